@@ -1,0 +1,210 @@
+package dev.optsidecar.client;
+
+import dev.optsidecar.proto.v1.DeleteRequest;
+import dev.optsidecar.proto.v1.DescribeRequest;
+import dev.optsidecar.proto.v1.ListRequest;
+import dev.optsidecar.proto.v1.ModelInfo;
+import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.proto.v1.OptimizerGrpc;
+import dev.optsidecar.proto.v1.PullRequest;
+import dev.optsidecar.proto.v1.RegisterRequest;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.proto.v1.WeightsChunk;
+import io.grpc.ManagedChannel;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
+import io.grpc.stub.ClientCallStreamObserver;
+import io.grpc.stub.ClientResponseObserver;
+import io.grpc.stub.StreamObserver;
+
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * A client for an optsidecar server: registers models, pulls views, describes them, and opens
+ * {@link Trainer}s that stream steps. Thread-safe; one instance per server is enough.
+ *
+ * <pre>{@code
+ * try (OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:50051")) {
+ *     client.register(spec, List.of(TensorData.of(w0), TensorData.of(b0)));
+ *     try (Trainer trainer = client.trainer("mlp", "worker-0")) {
+ *         trainer.step(List.of(TensorData.of(gw), TensorData.of(gb)), List.of(TensorData.of(w0), TensorData.of(b0)));
+ *     }
+ * }
+ * }</pre>
+ */
+public final class OptSidecarClient implements AutoCloseable {
+    /** Chunks in flight before a sender waits for the transport. */
+    static final int ON_READY_THRESHOLD = 4 * Chunks.CHUNK_BYTES;
+    static final int MAX_MESSAGE_BYTES = 4 * Chunks.CHUNK_BYTES;
+
+    private final ManagedChannel channel;
+    private final boolean ownsChannel;
+    final OptimizerGrpc.OptimizerStub async;
+    private final OptimizerGrpc.OptimizerBlockingStub blocking;
+
+    public OptSidecarClient(ManagedChannel channel) {
+        this(channel, false);
+    }
+
+    private OptSidecarClient(ManagedChannel channel, boolean ownsChannel) {
+        this.channel = channel;
+        this.ownsChannel = ownsChannel;
+        this.async = OptimizerGrpc.newStub(channel)
+                .withMaxInboundMessageSize(MAX_MESSAGE_BYTES)
+                .withOnReadyThreshold(ON_READY_THRESHOLD);
+        this.blocking = OptimizerGrpc.newBlockingStub(channel).withMaxInboundMessageSize(MAX_MESSAGE_BYTES);
+    }
+
+    /** Connects in plaintext to {@code host:port}. */
+    public static OptSidecarClient connect(String target) {
+        ManagedChannel channel = NettyChannelBuilder.forTarget(target)
+                .usePlaintext()
+                .maxInboundMessageSize(MAX_MESSAGE_BYTES)
+                .build();
+        return new OptSidecarClient(channel, true);
+    }
+
+    /**
+     * Registers a model and uploads its initial weights, one {@link TensorData} per tensor of the
+     * spec, in order.
+     */
+    public ModelInfo register(ModelSpec spec, List<? extends TensorData> initialWeights) {
+        if (initialWeights.size() != spec.getTensorsCount()) {
+            throw new IllegalArgumentException("spec has " + spec.getTensorsCount() + " tensors but "
+                    + initialWeights.size() + " initial weights were given");
+        }
+        CompletableFuture<ModelInfo> result = new CompletableFuture<>();
+        Chunks.ReadyGate gate = new Chunks.ReadyGate();
+        StreamObserver<RegisterRequest> requests = async.register(new ClientResponseObserver<RegisterRequest, ModelInfo>() {
+            @Override
+            public void beforeStart(ClientCallStreamObserver<RegisterRequest> stream) {
+                gate.attach(stream);
+                stream.setOnReadyHandler(gate::signal);
+            }
+
+            @Override
+            public void onNext(ModelInfo value) {
+                result.complete(value);
+            }
+
+            @Override
+            public void onError(Throwable t) {
+                result.completeExceptionally(t);
+                gate.fail(t);
+            }
+
+            @Override
+            public void onCompleted() {
+                result.completeExceptionally(Status.INTERNAL.withDescription("no reply to Register").asRuntimeException());
+            }
+        });
+        try {
+            requests.onNext(RegisterRequest.newBuilder().setSpec(spec).build());
+            Chunks.send(initialWeights, gate, c -> requests.onNext(RegisterRequest.newBuilder()
+                    .setWeights(WeightsChunk.newBuilder().setTensor(c.tensor()).setOffset(c.offset()).setData(c.data()))
+                    .build()));
+            requests.onCompleted();
+        } catch (RuntimeException e) {
+            if (!result.isDone()) {
+                requests.onError(Status.CANCELLED.withDescription("client failed: " + e).asRuntimeException());
+                throw e;
+            }
+        }
+        return await(result);
+    }
+
+    /** Opens a trainer: a Step stream for {@code model} identified by {@code clientId}. */
+    public Trainer trainer(String model, String clientId) {
+        return new Trainer(this, model, clientId, describe(model));
+    }
+
+    /**
+     * Pulls a view's weights into {@code out}, one {@link TensorData} per tensor.
+     *
+     * @return the view and version the weights belong to
+     */
+    public Weights pull(String model, View view, List<? extends TensorData> out) {
+        CompletableFuture<Weights> done = new CompletableFuture<>();
+        WeightsSink sink = new WeightsSink(out);
+        async.pull(PullRequest.newBuilder().setModel(model).setView(view).build(), new StreamObserver<>() {
+            @Override
+            public void onNext(WeightsChunk chunk) {
+                sink.accept(chunk);
+            }
+
+            @Override
+            public void onError(Throwable t) {
+                done.completeExceptionally(t);
+            }
+
+            @Override
+            public void onCompleted() {
+                try {
+                    done.complete(sink.finish());
+                } catch (RuntimeException e) {
+                    done.completeExceptionally(e);
+                }
+            }
+        });
+        return await(done);
+    }
+
+    /** Pulls the train view. */
+    public Weights pull(String model, List<? extends TensorData> out) {
+        return pull(model, View.newBuilder().setKind(ViewKind.VIEW_TRAIN).build(), out);
+    }
+
+    public ModelInfo describe(String model) {
+        return blocking.describe(DescribeRequest.newBuilder().setModel(model).build());
+    }
+
+    public List<String> list() {
+        return blocking.list(ListRequest.getDefaultInstance()).getModelsList();
+    }
+
+    public void delete(String model) {
+        blocking.delete(DeleteRequest.newBuilder().setModel(model).build());
+    }
+
+    /** Waits for a call's result, rethrowing a gRPC failure as the StatusRuntimeException it was. */
+    static <T> T await(CompletableFuture<T> future) {
+        try {
+            return future.get();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw Status.CANCELLED.withDescription("interrupted").asRuntimeException();
+        } catch (ExecutionException e) {
+            Throwable cause = e.getCause();
+            if (cause instanceof StatusRuntimeException s) {
+                throw new StatusRuntimeException(s.getStatus(), s.getTrailers());
+            }
+            if (cause instanceof RuntimeException r) {
+                throw r;
+            }
+            throw new IllegalStateException(cause);
+        }
+    }
+
+    @Override
+    public void close() {
+        if (ownsChannel) {
+            channel.shutdown();
+            try {
+                if (!channel.awaitTermination(5, TimeUnit.SECONDS)) {
+                    channel.shutdownNow();
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                channel.shutdownNow();
+            }
+        }
+    }
+
+    /** The view and model version a set of weights belongs to. */
+    public record Weights(View view, long version) {}
+}

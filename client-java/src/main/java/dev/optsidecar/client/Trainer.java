@@ -1,0 +1,231 @@
+package dev.optsidecar.client;
+
+import dev.optsidecar.proto.v1.GradientChunk;
+import dev.optsidecar.proto.v1.ModelInfo;
+import dev.optsidecar.proto.v1.StepCommit;
+import dev.optsidecar.proto.v1.StepOpen;
+import dev.optsidecar.proto.v1.StepRequest;
+import dev.optsidecar.proto.v1.StepResponse;
+import dev.optsidecar.proto.v1.StepResult;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
+import io.grpc.Status;
+import io.grpc.stub.ClientCallStreamObserver;
+import io.grpc.stub.ClientResponseObserver;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+
+/**
+ * One trainer's Step stream. {@link #step} streams a gradient set in 1 MiB chunks (respecting flow
+ * control), commits it, and writes the returned weights into the caller's tensors. Steps are
+ * synchronous; after a failed step the next one opens a fresh stream. Not thread-safe: one
+ * Trainer per training thread.
+ */
+public final class Trainer implements AutoCloseable {
+    private final OptSidecarClient client;
+    private final String model;
+    private final String clientId;
+    private final List<Long> sizes;
+    private Stream stream;
+    private long nextStepId = 1;
+
+    Trainer(OptSidecarClient client, String model, String clientId, ModelInfo info) {
+        this.client = client;
+        this.model = model;
+        this.clientId = clientId;
+        List<Long> s = new ArrayList<>();
+        info.getTensorsList().forEach(t -> s.add(t.getNumel()));
+        this.sizes = Collections.unmodifiableList(s);
+    }
+
+    /** Options of one step: the view to return and per-group learning rates to set. */
+    public static final class StepOptions {
+        private View view = View.newBuilder().setKind(ViewKind.VIEW_TRAIN).build();
+        private final Map<String, Double> groupLr = new LinkedHashMap<>();
+
+        public StepOptions view(ViewKind kind) {
+            this.view = View.newBuilder().setKind(kind).build();
+            return this;
+        }
+
+        public StepOptions view(View view) {
+            this.view = view;
+            return this;
+        }
+
+        /** Sets a group's base learning rate from this step on. */
+        public StepOptions groupLr(String group, double lr) {
+            groupLr.put(group, lr);
+            return this;
+        }
+    }
+
+    /** Steps with {@code grads} (one per tensor; null where a tensor has no gradient) and returns the train view into {@code weightsOut}. */
+    public StepResult step(List<? extends TensorData> grads, List<? extends TensorData> weightsOut) {
+        return step(grads, weightsOut, new StepOptions());
+    }
+
+    /** Convenience for float arrays: the train view is written back into {@code weightsOut}. */
+    public StepResult step(float[][] grads, float[][] weightsOut) {
+        List<TensorData> g = new ArrayList<>();
+        for (float[] a : grads) {
+            g.add(a == null ? null : TensorData.of(a));
+        }
+        List<TensorData> w = new ArrayList<>();
+        for (float[] a : weightsOut) {
+            w.add(TensorData.of(a));
+        }
+        return step(g, w);
+    }
+
+    /**
+     * Steps with {@code grads} and writes the requested view into {@code weightsOut} (which may be
+     * null with {@code ViewKind.VIEW_NONE}).
+     */
+    public StepResult step(List<? extends TensorData> grads, List<? extends TensorData> weightsOut, StepOptions options) {
+        if (grads.size() != sizes.size()) {
+            throw new IllegalArgumentException("model '" + model + "' has " + sizes.size() + " tensors but "
+                    + grads.size() + " gradients were given");
+        }
+        boolean wantsWeights = options.view.getKind() != ViewKind.VIEW_NONE;
+        if (wantsWeights && (weightsOut == null || weightsOut.size() != sizes.size())) {
+            throw new IllegalArgumentException("weightsOut must hold one tensor per model tensor (" + sizes.size() + ")");
+        }
+        long stepId = nextStepId++;
+        StepCommit.Builder commit = StepCommit.newBuilder().setStepId(stepId).setView(options.view)
+                .putAllGroupLr(options.groupLr);
+        List<TensorData> present = new ArrayList<>();
+        List<Integer> presentIndex = new ArrayList<>();
+        for (int i = 0; i < grads.size(); i++) {
+            TensorData g = grads.get(i);
+            if (g == null) {
+                commit.addNoGrad(i);
+            } else {
+                if (g.numel() != sizes.get(i)) {
+                    throw new IllegalArgumentException("gradient " + i + " has " + g.numel() + " elements; the tensor has "
+                            + sizes.get(i));
+                }
+                present.add(g);
+                presentIndex.add(i);
+            }
+        }
+        Stream s = openStream();
+        PendingStep pending = new PendingStep(wantsWeights ? new WeightsSink(weightsOut) : null);
+        s.pending = pending;
+        try {
+            Chunks.send(present, s.gate, c -> s.requests.onNext(StepRequest.newBuilder()
+                    .setChunk(GradientChunk.newBuilder()
+                            .setStepId(stepId)
+                            .setTensor(presentIndex.get(c.tensor()))
+                            .setOffset(c.offset())
+                            .setData(c.data()))
+                    .build()));
+            s.gate.awaitReady();
+            s.requests.onNext(StepRequest.newBuilder().setCommit(commit).build());
+            return OptSidecarClient.await(pending.result);
+        } catch (RuntimeException e) {
+            stream = null;
+            s.cancel(e);
+            throw e;
+        }
+    }
+
+    private Stream openStream() {
+        if (stream == null || stream.failed) {
+            stream = new Stream();
+            stream.requests.onNext(StepRequest.newBuilder()
+                    .setOpen(StepOpen.newBuilder().setModel(model).setClientId(clientId)).build());
+        }
+        return stream;
+    }
+
+    @Override
+    public void close() {
+        if (stream != null) {
+            stream.requests.onCompleted();
+            stream = null;
+        }
+    }
+
+    private static final class PendingStep {
+        final WeightsSink sink;
+        final CompletableFuture<StepResult> result = new CompletableFuture<>();
+
+        PendingStep(WeightsSink sink) {
+            this.sink = sink;
+        }
+    }
+
+    /** A live Step stream and the step currently waiting for its reply. */
+    private final class Stream implements ClientResponseObserver<StepRequest, StepResponse> {
+        final Chunks.ReadyGate gate = new Chunks.ReadyGate();
+        final ClientCallStreamObserver<StepRequest> requests;
+        volatile PendingStep pending;
+        volatile boolean failed;
+
+        Stream() {
+            this.requests = (ClientCallStreamObserver<StepRequest>) client.async.step(this);
+        }
+
+        @Override
+        public void beforeStart(ClientCallStreamObserver<StepRequest> stream) {
+            gate.attach(stream);
+            stream.setOnReadyHandler(gate::signal);
+        }
+
+        @Override
+        public void onNext(StepResponse response) {
+            PendingStep p = pending;
+            if (p == null) {
+                return;
+            }
+            try {
+                if (response.hasWeights()) {
+                    if (p.sink == null) {
+                        throw new IllegalStateException("server sent weights for a step that asked for none");
+                    }
+                    p.sink.accept(response.getWeights());
+                } else if (response.hasResult()) {
+                    if (p.sink != null) {
+                        p.sink.finish();
+                    }
+                    pending = null;
+                    p.result.complete(response.getResult());
+                }
+            } catch (RuntimeException e) {
+                p.result.completeExceptionally(e);
+                cancel(e);
+            }
+        }
+
+        @Override
+        public void onError(Throwable t) {
+            failed = true;
+            gate.fail(t);
+            PendingStep p = pending;
+            if (p != null) {
+                p.result.completeExceptionally(t);
+            }
+        }
+
+        @Override
+        public void onCompleted() {
+            failed = true;
+            PendingStep p = pending;
+            if (p != null) {
+                p.result.completeExceptionally(Status.UNAVAILABLE
+                        .withDescription("server closed the Step stream").asRuntimeException());
+            }
+        }
+
+        void cancel(Throwable cause) {
+            failed = true;
+            requests.cancel("client abandoned the step", cause);
+        }
+    }
+}

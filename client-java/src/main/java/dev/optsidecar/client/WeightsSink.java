@@ -1,0 +1,54 @@
+package dev.optsidecar.client;
+
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.WeightsChunk;
+
+import java.util.List;
+
+/**
+ * Copies incoming weights chunks straight into the caller's tensors and checks that they cover
+ * every element of one view and one version.
+ */
+final class WeightsSink {
+    private final List<? extends TensorData> out;
+    private long received;
+    private final long expected;
+    private View view;
+    private long version = -1;
+
+    WeightsSink(List<? extends TensorData> out) {
+        this.out = out;
+        long total = 0;
+        for (TensorData t : out) {
+            total += t.numel();
+        }
+        this.expected = total;
+    }
+
+    void accept(WeightsChunk chunk) {
+        if (chunk.getTensor() >= out.size()) {
+            throw new IllegalStateException("server sent tensor " + chunk.getTensor() + " but only "
+                    + out.size() + " destinations were given");
+        }
+        if (view == null) {
+            view = chunk.getView();
+            version = chunk.getVersion();
+        } else if (!view.equals(chunk.getView()) || version != chunk.getVersion()) {
+            throw new IllegalStateException("weights chunks mix views or versions");
+        }
+        out.get(chunk.getTensor()).write(chunk.getOffset(), chunk.getData().asReadOnlyByteBuffer());
+        received += chunk.getData().size() / Float.BYTES;
+    }
+
+    long received() {
+        return received;
+    }
+
+    /** Checks completeness and returns the view and version received. */
+    OptSidecarClient.Weights finish() {
+        if (received != expected) {
+            throw new IllegalStateException("received " + received + " of " + expected + " weights");
+        }
+        return new OptSidecarClient.Weights(view, version);
+    }
+}

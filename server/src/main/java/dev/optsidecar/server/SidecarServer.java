@@ -1,0 +1,100 @@
+package dev.optsidecar.server;
+
+import dev.optsidecar.proto.v1.OptimizerGrpc;
+import dev.optsidecar.server.api.OptimizerService;
+import dev.optsidecar.server.engine.cpu.CpuEngine;
+import dev.optsidecar.server.model.ModelRegistry;
+import dev.optsidecar.server.model.StepAssembly;
+import io.grpc.Server;
+import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
+import io.grpc.netty.shaded.io.grpc.netty.NettyServerBuilder;
+import io.grpc.netty.shaded.io.netty.channel.EventLoopGroup;
+import io.grpc.netty.shaded.io.netty.channel.epoll.Epoll;
+import io.grpc.netty.shaded.io.netty.channel.epoll.EpollEventLoopGroup;
+import io.grpc.netty.shaded.io.netty.channel.epoll.EpollServerSocketChannel;
+import io.grpc.netty.shaded.io.netty.channel.nio.NioEventLoopGroup;
+import io.grpc.netty.shaded.io.netty.channel.socket.nio.NioServerSocketChannel;
+import io.grpc.protobuf.services.HealthStatusManager;
+import io.grpc.protobuf.services.ProtoReflectionServiceV1;
+
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.util.concurrent.TimeUnit;
+import java.util.logging.Logger;
+
+/** The gRPC server: Netty (epoll on Linux), the Optimizer service, health and reflection. */
+public final class SidecarServer implements AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(SidecarServer.class.getName());
+    /** Room for one chunk and its header, with margin; no message needs more. */
+    static final int MAX_MESSAGE_BYTES = 4 * StepAssembly.MAX_CHUNK_BYTES;
+
+    private final Server server;
+    private final CpuEngine engine;
+    private final HealthStatusManager health = new HealthStatusManager();
+    private final EventLoopGroup boss;
+    private final EventLoopGroup workers;
+    private final ModelRegistry registry;
+
+    private SidecarServer(String bind, int port, int threads, long memoryLimit) {
+        engine = new CpuEngine(threads);
+        registry = new ModelRegistry(engine, memoryLimit);
+        NettyServerBuilder builder = NettyServerBuilder.forAddress(new InetSocketAddress(bind, port));
+        if (Epoll.isAvailable()) {
+            boss = new EpollEventLoopGroup(1);
+            workers = new EpollEventLoopGroup();
+            builder.channelType(EpollServerSocketChannel.class);
+        } else {
+            boss = new NioEventLoopGroup(1);
+            workers = new NioEventLoopGroup();
+            builder.channelType(NioServerSocketChannel.class);
+        }
+        server = builder.bossEventLoopGroup(boss)
+                .workerEventLoopGroup(workers)
+                .maxInboundMessageSize(MAX_MESSAGE_BYTES)
+                .addService(new OptimizerService(registry))
+                .addService(health.getHealthService())
+                .addService(ProtoReflectionServiceV1.newInstance())
+                .build();
+    }
+
+    /** Starts a server; port 0 picks a free one (see {@link #port()}). */
+    public static SidecarServer start(String bind, int port, int threads, long memoryLimit) throws IOException {
+        SidecarServer s = new SidecarServer(bind, port, threads, memoryLimit);
+        s.server.start();
+        s.health.setStatus("", ServingStatus.SERVING);
+        s.health.setStatus(OptimizerGrpc.SERVICE_NAME, ServingStatus.SERVING);
+        LOG.info(() -> "optsidecar serving on " + bind + ":" + s.port() + " (" + threads + " engine threads, "
+                + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
+        return s;
+    }
+
+    public int port() {
+        return server.getPort();
+    }
+
+    public ModelRegistry registry() {
+        return registry;
+    }
+
+    public void awaitTermination() throws InterruptedException {
+        server.awaitTermination();
+    }
+
+    @Override
+    public void close() {
+        health.enterTerminalState();
+        server.shutdown();
+        try {
+            if (!server.awaitTermination(5, TimeUnit.SECONDS)) {
+                server.shutdownNow();
+                server.awaitTermination(5, TimeUnit.SECONDS);
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            server.shutdownNow();
+        }
+        boss.shutdownGracefully(0, 1, TimeUnit.SECONDS);
+        workers.shutdownGracefully(0, 1, TimeUnit.SECONDS);
+        engine.close();
+    }
+}

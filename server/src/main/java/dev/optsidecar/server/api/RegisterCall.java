@@ -1,0 +1,86 @@
+package dev.optsidecar.server.api;
+
+import dev.optsidecar.proto.v1.ModelInfo;
+import dev.optsidecar.proto.v1.RegisterRequest;
+import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.model.ModelRegistry;
+import dev.optsidecar.server.model.PendingModel;
+import io.grpc.stub.StreamObserver;
+
+/** One Register stream: the spec, then the initial weights; the model appears only when complete. */
+final class RegisterCall implements StreamObserver<RegisterRequest> {
+    private final ModelRegistry registry;
+    private final StreamObserver<ModelInfo> out;
+    private PendingModel pending;
+    private boolean failed;
+
+    RegisterCall(ModelRegistry registry, StreamObserver<ModelInfo> out) {
+        this.registry = registry;
+        this.out = out;
+    }
+
+    @Override
+    public void onNext(RegisterRequest request) {
+        if (failed) {
+            return;
+        }
+        try {
+            switch (request.getKindCase()) {
+                case SPEC -> {
+                    if (pending != null) {
+                        throw OptError.invalid("spec: sent twice in one Register stream");
+                    }
+                    pending = registry.prepare(request.getSpec());
+                }
+                case WEIGHTS -> {
+                    if (pending == null) {
+                        throw OptError.invalid("spec: the first Register message must carry the model spec");
+                    }
+                    WeightsChunk c = request.getWeights();
+                    pending.addWeights(c.getTensor(), c.getOffset(), c.getData().asReadOnlyByteBuffer());
+                }
+                default -> throw OptError.invalid("kind: empty RegisterRequest");
+            }
+        } catch (RuntimeException | OutOfMemoryError e) {
+            fail(e);
+        }
+    }
+
+    @Override
+    public void onError(Throwable t) {
+        failed = true;
+        discard();
+    }
+
+    @Override
+    public void onCompleted() {
+        if (failed) {
+            return;
+        }
+        try {
+            if (pending == null) {
+                throw OptError.invalid("spec: Register stream ended without a model spec");
+            }
+            ModelInfo info = pending.publish().describe();
+            pending = null;
+            out.onNext(info);
+            out.onCompleted();
+        } catch (RuntimeException e) {
+            fail(e);
+        }
+    }
+
+    private void fail(Throwable e) {
+        failed = true;
+        discard();
+        out.onError(Statuses.toStatus(e));
+    }
+
+    private void discard() {
+        if (pending != null) {
+            pending.discard();
+            pending = null;
+        }
+    }
+}

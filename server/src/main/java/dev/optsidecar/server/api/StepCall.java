@@ -1,0 +1,212 @@
+package dev.optsidecar.server.api;
+
+import dev.optsidecar.proto.v1.GradientChunk;
+import dev.optsidecar.proto.v1.GroupLr;
+import dev.optsidecar.proto.v1.NonFinitePolicy;
+import dev.optsidecar.proto.v1.StepCommit;
+import dev.optsidecar.proto.v1.StepRequest;
+import dev.optsidecar.proto.v1.StepResponse;
+import dev.optsidecar.proto.v1.StepResult;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.model.Model;
+import dev.optsidecar.server.model.ModelRegistry;
+import dev.optsidecar.server.model.StepAssembly;
+import io.grpc.stub.ServerCallStreamObserver;
+import io.grpc.stub.StreamObserver;
+
+/**
+ * One trainer's Step stream: StepOpen, then per step the gradient chunks and a StepCommit. Chunks
+ * go straight into the model's gradient buffers; the commit applies the step and streams the
+ * requested view back, followed by the StepResult. Inbound messages are requested one at a time,
+ * so a commit that arrives while the previous step's weights are still going out waits its turn.
+ *
+ * <p>Any error ends the stream with a status and leaves the model as it was before the step.
+ */
+final class StepCall implements StreamObserver<StepRequest> {
+    private final ModelRegistry registry;
+    private final ServerCallStreamObserver<StepResponse> out;
+    private Model model;
+    private NonFinitePolicy policy;
+    private StepAssembly assembly;
+    private ChunkSender<StepResponse> sending;
+    private StepCommit deferredCommit;
+    private boolean closed;
+    private boolean halfClosed;
+
+    StepCall(ModelRegistry registry, ServerCallStreamObserver<StepResponse> out) {
+        this.registry = registry;
+        this.out = out;
+        out.disableAutoRequest();
+        out.setOnReadyThreshold(4 * ChunkSender.CHUNK_BYTES);
+        out.setOnReadyHandler(this::onReady);
+        out.setOnCancelHandler(this::cleanup);
+        out.request(1);
+    }
+
+    @Override
+    public void onNext(StepRequest request) {
+        if (closed) {
+            return;
+        }
+        try {
+            switch (request.getKindCase()) {
+                case OPEN -> open(request);
+                case CHUNK -> chunk(request.getChunk());
+                case COMMIT -> {
+                    if (sending != null) {
+                        deferredCommit = request.getCommit();
+                        return; // resumes when the previous step's weights are out
+                    }
+                    commit(request.getCommit());
+                }
+                default -> throw OptError.invalid("kind: empty StepRequest");
+            }
+            if (!closed) {
+                out.request(1); // chunks of the next step may arrive while weights go out
+            }
+        } catch (RuntimeException | OutOfMemoryError e) {
+            fail(e);
+        }
+    }
+
+    private void open(StepRequest request) {
+        if (model != null) {
+            throw OptError.invalid("open: sent twice in one Step stream");
+        }
+        model = registry.get(request.getOpen().getModel(), "open.model");
+        policy = model.nonFinitePolicy();
+    }
+
+    private Model requireOpen() {
+        if (model == null) {
+            throw OptError.invalid("open: the first Step message must be a StepOpen naming the model");
+        }
+        return model;
+    }
+
+    private void chunk(GradientChunk c) {
+        Model m = requireOpen();
+        if (assembly == null) {
+            assembly = m.openStep(c.getStepId());
+        } else if (assembly.stepId() != c.getStepId()) {
+            throw OptError.precondition("chunk.step_id: chunk for step %s arrived before step %s was committed",
+                    Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()));
+        }
+        String nonFinite = m.addChunk(assembly, c.getTensor(), c.getOffset(), c.getData().asReadOnlyByteBuffer());
+        if (nonFinite != null && policy != NonFinitePolicy.NON_FINITE_SKIP) {
+            throw OptError.invalid("step %s: %s (the model's non_finite policy rejects such steps)",
+                    Long.toUnsignedString(assembly.stepId()), nonFinite);
+        }
+    }
+
+    private void commit(StepCommit c) {
+        Model m = requireOpen();
+        View view = m.resolveView(c.getView(), "commit.view", true);
+        if (assembly == null) {
+            assembly = m.openStep(c.getStepId()); // legal only when every tensor is listed in no_grad
+        } else if (assembly.stepId() != c.getStepId()) {
+            throw OptError.precondition("commit.step_id: commit for step %s, but the chunks sent were for step %s",
+                    Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()));
+        }
+        StepAssembly a = assembly;
+        assembly = null;
+        Model.StepOutcome outcome = m.commit(a, c.getNoGradList(), c.getGroupLrMap(), view, policy);
+        StepResult.Builder result = StepResult.newBuilder()
+                .setStepId(c.getStepId())
+                .setVersion(outcome.version())
+                .setSkipped(outcome.skipped())
+                .setView(view == null ? View.newBuilder().setKind(ViewKind.VIEW_NONE).build() : view);
+        for (Model.GroupLrUsed lr : outcome.lr()) {
+            result.addLr(GroupLr.newBuilder().setGroup(lr.group()).setLr(lr.lr()));
+        }
+        StepResponse done = StepResponse.newBuilder().setResult(result).build();
+        if (outcome.weights() == null) {
+            out.onNext(done);
+            return;
+        }
+        sending = new ChunkSender<>(out, outcome.weights(),
+                w -> StepResponse.newBuilder().setWeights(w).build(),
+                () -> {
+                    out.onNext(done);
+                    sending = null;
+                });
+        sending.drain();
+    }
+
+    private void onReady() {
+        if (closed || sending == null) {
+            return;
+        }
+        try {
+            sending.drain();
+            if (sending == null) {
+                resumeAfterSend();
+            }
+        } catch (RuntimeException e) {
+            fail(e);
+        }
+    }
+
+    /** After a step's weights are out: run a commit that waited, or finish a half-closed stream. */
+    private void resumeAfterSend() {
+        if (deferredCommit != null) {
+            StepCommit c = deferredCommit;
+            deferredCommit = null;
+            commit(c);
+            out.request(1);
+            if (sending == null) {
+                resumeAfterSend();
+            }
+            return;
+        }
+        if (halfClosed) {
+            finish();
+        }
+    }
+
+    @Override
+    public void onError(Throwable t) {
+        cleanup();
+    }
+
+    @Override
+    public void onCompleted() {
+        if (closed) {
+            return;
+        }
+        halfClosed = true;
+        if (sending == null && deferredCommit == null) {
+            finish();
+        }
+    }
+
+    private void finish() {
+        // A step whose chunks arrived but which was never committed is dropped: nothing changes.
+        cleanup();
+        out.onCompleted();
+    }
+
+    private void fail(Throwable e) {
+        if (closed) {
+            return;
+        }
+        cleanup();
+        out.onError(Statuses.toStatus(e));
+    }
+
+    /** Releases the model: drops an uncommitted step and stops a weights transfer. Idempotent. */
+    private void cleanup() {
+        closed = true;
+        if (assembly != null) {
+            model.abandon(assembly);
+            assembly = null;
+        }
+        if (sending != null) {
+            sending.cancel();
+            sending = null;
+        }
+        deferredCommit = null;
+    }
+}

@@ -1,0 +1,36 @@
+package dev.optsidecar.server.engine;
+
+import java.nio.ByteBuffer;
+
+/**
+ * One tensor's memory as an engine holds it: the parameters, a gradient buffer that steps are
+ * assembled into, and the optimizer's state slots. Only the engine touches the buffers; everything
+ * above it moves data through these methods, as little-endian float32 bytes.
+ */
+public interface EngineTensor {
+    long numel();
+
+    int slotCount();
+
+    /** Bytes held for this tensor (parameters, gradient and state). */
+    long bytes();
+
+    /** Copies {@code src.remaining()/4} floats into the parameters at {@code offset}. */
+    void writeParams(long offset, ByteBuffer src);
+
+    /**
+     * Copies {@code src.remaining()/4} floats into the gradient buffer at {@code offset}.
+     *
+     * @return the element index of the first NaN or Inf that was copied, or -1 if all are finite
+     */
+    long writeGradient(long offset, ByteBuffer src);
+
+    /** Writes {@code count} parameters starting at {@code offset} into {@code dst}. */
+    void readParams(long offset, int count, ByteBuffer dst);
+
+    /** Writes {@code count} elements of state slot {@code slot} starting at {@code offset} into {@code dst}. */
+    void readSlot(int slot, long offset, int count, ByteBuffer dst);
+
+    /** Releases the memory; the tensor must not be used afterwards. */
+    void free();
+}

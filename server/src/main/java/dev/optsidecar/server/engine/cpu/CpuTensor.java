@@ -1,0 +1,187 @@
+package dev.optsidecar.server.engine.cpu;
+
+import dev.optsidecar.server.engine.EngineTensor;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
+
+/**
+ * A tensor stored as float[] blocks of {@code blockSize} elements (the last one shorter), so that
+ * tensors of more than 2^31 elements work. Parameters, gradient and state slots share the layout,
+ * so a kernel sees the same index range in every array of a block.
+ */
+final class CpuTensor implements EngineTensor {
+    private final long numel;
+    private final int blockSize;
+    private final int blockShift;
+    private float[][] params;
+    private float[][] grads;
+    /** state[slot][block]. */
+    private float[][][] state;
+    /** The same arrays by block: slotsByBlock[block][slot], as kernels take them. */
+    private float[][][] slotsByBlock;
+
+    CpuTensor(long numel, int slots, int blockSize) {
+        if (Integer.bitCount(blockSize) != 1) {
+            throw new IllegalArgumentException("block size must be a power of two: " + blockSize);
+        }
+        this.numel = numel;
+        this.blockSize = blockSize;
+        this.blockShift = Integer.numberOfTrailingZeros(blockSize);
+        this.params = newBlocks();
+        this.grads = newBlocks();
+        this.state = new float[slots][][];
+        for (int s = 0; s < slots; s++) {
+            state[s] = newBlocks();
+        }
+        this.slotsByBlock = new float[blockCount()][slots][];
+        for (int b = 0; b < slotsByBlock.length; b++) {
+            for (int s = 0; s < slots; s++) {
+                slotsByBlock[b][s] = state[s][b];
+            }
+        }
+    }
+
+    private float[][] newBlocks() {
+        int count = blockCount();
+        float[][] blocks = new float[count][];
+        for (int b = 0; b < count; b++) {
+            blocks[b] = new float[blockLength(b)];
+        }
+        return blocks;
+    }
+
+    int blockCount() {
+        return (int) ((numel + blockSize - 1) >>> blockShift);
+    }
+
+    int blockLength(int block) {
+        long start = (long) block << blockShift;
+        return (int) Math.min(blockSize, numel - start);
+    }
+
+    float[] paramBlock(int b) {
+        return params[b];
+    }
+
+    float[] gradBlock(int b) {
+        return grads[b];
+    }
+
+    /** The state slots of one block, in slot order. */
+    float[][] stateBlock(int b) {
+        return slotsByBlock[b];
+    }
+
+    @Override
+    public long numel() {
+        return numel;
+    }
+
+    @Override
+    public int slotCount() {
+        return state.length;
+    }
+
+    @Override
+    public long bytes() {
+        return CpuEngine.bytes(numel, state.length);
+    }
+
+    @Override
+    public void writeParams(long offset, ByteBuffer src) {
+        copyIn(params, offset, src.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer());
+    }
+
+    @Override
+    public long writeGradient(long offset, ByteBuffer src) {
+        FloatBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
+        int count = in.remaining();
+        copyIn(grads, offset, in);
+        return firstNonFinite(grads, offset, count);
+    }
+
+    @Override
+    public void readParams(long offset, int count, ByteBuffer dst) {
+        copyOut(params, offset, count, dst);
+    }
+
+    @Override
+    public void readSlot(int slot, long offset, int count, ByteBuffer dst) {
+        copyOut(state[slot], offset, count, dst);
+    }
+
+    @Override
+    public void free() {
+        params = null;
+        grads = null;
+        state = null;
+        slotsByBlock = null;
+    }
+
+    private void copyIn(float[][] blocks, long offset, FloatBuffer in) {
+        checkRange(offset, in.remaining());
+        long at = offset;
+        while (in.hasRemaining()) {
+            int b = (int) (at >>> blockShift);
+            int from = (int) (at & (blockSize - 1));
+            int n = Math.min(in.remaining(), blocks[b].length - from);
+            in.get(blocks[b], from, n);
+            at += n;
+        }
+    }
+
+    private void copyOut(float[][] blocks, long offset, int count, ByteBuffer dst) {
+        checkRange(offset, count);
+        FloatBuffer out = dst.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
+        long at = offset;
+        int left = count;
+        while (left > 0) {
+            int b = (int) (at >>> blockShift);
+            int from = (int) (at & (blockSize - 1));
+            int n = Math.min(left, blocks[b].length - from);
+            out.put(blocks[b], from, n);
+            at += n;
+            left -= n;
+        }
+        dst.position(dst.position() + count * Float.BYTES);
+    }
+
+    /**
+     * Finds the first NaN or Inf among {@code count} elements at {@code offset}. The common,
+     * all-finite case is an integer max over the exponent bits, which the JIT vectorises; the
+     * index is searched for only when that max says something is there.
+     */
+    private long firstNonFinite(float[][] blocks, long offset, int count) {
+        long at = offset;
+        int left = count;
+        while (left > 0) {
+            int b = (int) (at >>> blockShift);
+            int from = (int) (at & (blockSize - 1));
+            int n = Math.min(left, blocks[b].length - from);
+            float[] a = blocks[b];
+            int maxMagnitude = 0;
+            for (int i = from; i < from + n; i++) {
+                maxMagnitude = Math.max(maxMagnitude, Float.floatToRawIntBits(a[i]) & 0x7fffffff);
+            }
+            if (maxMagnitude >= 0x7f800000) {
+                for (int i = from; i < from + n; i++) {
+                    if (!Float.isFinite(a[i])) {
+                        return ((long) b << blockShift) + i;
+                    }
+                }
+            }
+            at += n;
+            left -= n;
+        }
+        return -1;
+    }
+
+    private void checkRange(long offset, long count) {
+        if (offset < 0 || count < 0 || offset + count > numel) {
+            throw new IndexOutOfBoundsException(
+                    "range [" + offset + ", " + (offset + count) + ") outside tensor of " + numel + " elements");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+package dev.optsidecar.server.model;
+
+import dev.optsidecar.server.optim.Algorithm;
+import dev.optsidecar.server.optim.Hyperparameters;
+
+/** A parameter group: its effective hyperparameters, its algorithm instance and its base lr. */
+final class GroupState {
+    final String name;
+    final Hyperparameters hyperparameters;
+    final Algorithm algorithm;
+    /** The base learning rate; a client may change it between steps, as torch schedulers do. */
+    double baseLr;
+
+    GroupState(String name, Hyperparameters hyperparameters, Algorithm algorithm) {
+        this.name = name;
+        this.hyperparameters = hyperparameters;
+        this.algorithm = algorithm;
+        this.baseLr = hyperparameters.number("lr");
+    }
+}

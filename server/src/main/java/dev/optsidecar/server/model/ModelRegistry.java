@@ -1,0 +1,92 @@
+package dev.optsidecar.server.model;
+
+import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.engine.Engine;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ConcurrentMap;
+import java.util.concurrent.atomic.AtomicLong;
+
+/** The models this server holds, by name, and the memory they may use together. */
+public final class ModelRegistry {
+    private final Engine engine;
+    private final long memoryLimit;
+    private final AtomicLong reserved = new AtomicLong();
+    private final ConcurrentMap<String, Model> models = new ConcurrentHashMap<>();
+
+    public ModelRegistry(Engine engine, long memoryLimitBytes) {
+        this.engine = engine;
+        this.memoryLimit = memoryLimitBytes;
+    }
+
+    public Engine engine() {
+        return engine;
+    }
+
+    /** Validates a spec and allocates its memory; the model is visible only after {@link #publish}. */
+    public PendingModel prepare(ModelSpec spec) {
+        if (models.containsKey(spec.getName())) {
+            throw OptError.alreadyExists("spec.name: model '%s' already exists", spec.getName());
+        }
+        return ModelFactory.build(spec, engine, this);
+    }
+
+    /** Reserves bytes against the memory limit, or fails with RESOURCE_EXHAUSTED. */
+    void reserve(String model, long bytes) {
+        long after = reserved.addAndGet(bytes);
+        if (after > memoryLimit) {
+            reserved.addAndGet(-bytes);
+            throw OptError.exhausted("model '%s' needs %d bytes, but only %d of the server's %d-byte memory limit"
+                    + " are free (see --memory-limit)", model, bytes, Math.max(0, memoryLimit - after + bytes), memoryLimit);
+        }
+    }
+
+    void release(long bytes) {
+        reserved.addAndGet(-bytes);
+    }
+
+    /** Makes a fully initialised model visible under its name. */
+    Model publish(Model model) {
+        if (models.putIfAbsent(model.name(), model) != null) {
+            throw OptError.alreadyExists("spec.name: model '%s' already exists", model.name());
+        }
+        return model;
+    }
+
+    public Model get(String name, String field) {
+        if (name.isEmpty()) {
+            throw OptError.invalid("%s: a model name is required", field);
+        }
+        Model m = models.get(name);
+        if (m == null) {
+            throw OptError.notFound("%s: no model named '%s'", field, name);
+        }
+        return m;
+    }
+
+    public List<String> names() {
+        List<String> names = new ArrayList<>(models.keySet());
+        Collections.sort(names);
+        return names;
+    }
+
+    public void delete(String name, String field) {
+        Model m = get(name, field);
+        if (models.remove(name, m)) {
+            m.delete();
+            release(m.memoryBytes());
+        }
+    }
+
+    public long reservedBytes() {
+        return reserved.get();
+    }
+
+    public long memoryLimit() {
+        return memoryLimit;
+    }
+}

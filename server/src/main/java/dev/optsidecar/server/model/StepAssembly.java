@@ -1,0 +1,108 @@
+package dev.optsidecar.server.model;
+
+import dev.optsidecar.server.OptError;
+
+import java.nio.ByteBuffer;
+import java.util.List;
+
+/**
+ * The gradients of one step as they arrive. Chunk bytes are copied straight into the tensors'
+ * preallocated gradient buffers; this object only tracks which elements have arrived and whether a
+ * non-finite value was among them. Weights and optimizer state are untouched until the commit, so
+ * abandoning an assembly changes nothing.
+ */
+public final class StepAssembly {
+    /** Largest chunk payload a sender may use. */
+    public static final int MAX_CHUNK_BYTES = 1 << 20;
+
+    private final List<TensorEntry> tensors;
+    private final long stepId;
+    private final Coverage[] coverage;
+    private String nonFinite;
+
+    StepAssembly(List<TensorEntry> tensors, long stepId) {
+        this.tensors = tensors;
+        this.stepId = stepId;
+        this.coverage = new Coverage[tensors.size()];
+        for (int i = 0; i < coverage.length; i++) {
+            coverage[i] = new Coverage(tensors.get(i).numel);
+        }
+    }
+
+    public long stepId() {
+        return stepId;
+    }
+
+    /**
+     * Copies one chunk into the gradient buffer of tensor {@code tensor} at element {@code offset}.
+     *
+     * @return a description of the first NaN or Inf in the chunk, or null if all values are finite
+     */
+    String add(int tensor, long offset, ByteBuffer data) {
+        TensorEntry t = checkChunk(tensors, tensor, offset, data, "gradient");
+        long count = data.remaining() / Float.BYTES;
+        Coverage c = coverage[tensor];
+        if (c.overlaps(offset, offset + count)) {
+            throw OptError.invalid("chunk for %s: elements [%d, %d) overlap elements already sent in step %d",
+                    t.describe(), offset, offset + count, stepId);
+        }
+        long bad = t.storage.writeGradient(offset, data);
+        c.add(offset, offset + count);
+        if (bad >= 0 && nonFinite == null) {
+            nonFinite = "gradient of " + t.describe() + " has a non-finite value at element " + bad;
+        }
+        return bad >= 0 ? nonFinite : null;
+    }
+
+    /** Validates a chunk's tensor index, size and range against the model's tensors. */
+    static TensorEntry checkChunk(List<TensorEntry> tensors, int tensor, long offset, ByteBuffer data, String what) {
+        if (tensor < 0 || tensor >= tensors.size()) {
+            throw OptError.invalid("chunk.tensor: index %d out of range; the model has %d tensors",
+                    Integer.toUnsignedLong(tensor), tensors.size());
+        }
+        TensorEntry t = tensors.get(tensor);
+        int bytes = data.remaining();
+        if (bytes == 0 || bytes % Float.BYTES != 0) {
+            throw OptError.invalid("chunk.data for %s: %d bytes is not a positive whole number of float32 values",
+                    t.describe(), bytes);
+        }
+        if (bytes > MAX_CHUNK_BYTES) {
+            throw OptError.invalid("chunk.data for %s: %d bytes exceeds the %d-byte chunk limit",
+                    t.describe(), bytes, MAX_CHUNK_BYTES);
+        }
+        long count = bytes / Float.BYTES;
+        if (offset < 0 || offset > t.numel - count) {
+            throw OptError.invalid("chunk.offset for %s %s: elements [%s, %s) fall outside its %d elements",
+                    what, t.describe(), Long.toUnsignedString(offset), Long.toUnsignedString(offset + count), t.numel);
+        }
+        return t;
+    }
+
+    /** The first NaN or Inf seen in this step, or null. */
+    String nonFinite() {
+        return nonFinite;
+    }
+
+    boolean received(int tensor) {
+        return !coverage[tensor].isEmpty();
+    }
+
+    /** Fails with FAILED_PRECONDITION naming the first tensor (not in noGrad) whose gradient is incomplete. */
+    void checkComplete(boolean[] noGrad) {
+        for (int i = 0; i < coverage.length; i++) {
+            if (noGrad[i]) {
+                if (!coverage[i].isEmpty()) {
+                    throw OptError.invalid("commit.no_grad lists %s, but chunks for it were sent in step %d",
+                            tensors.get(i).describe(), stepId);
+                }
+                continue;
+            }
+            Coverage c = coverage[i];
+            if (!c.isComplete()) {
+                throw OptError.precondition(
+                        "step %d: gradient of %s is incomplete: %d of %d elements missing, first missing element %d",
+                        stepId, tensors.get(i).describe(), c.missing(), tensors.get(i).numel, c.firstMissing());
+            }
+        }
+    }
+}

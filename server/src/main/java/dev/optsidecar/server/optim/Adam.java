@@ -1,0 +1,104 @@
+package dev.optsidecar.server.optim;
+
+import dev.optsidecar.server.engine.FusedStep;
+
+import java.util.List;
+import java.util.Map;
+
+/**
+ * Adam and AdamW, as torch's {@code _single_tensor_adam} / {@code _single_tensor_adamw}:
+ * <pre>
+ *   θ = θ(1 − lr·λ)                  (AdamW: decoupled decay)
+ *   g = g + λθ                       (Adam: coupled L2)
+ *   m = β1·m + (1 − β1)·g
+ *   v = β2·v + (1 − β2)·g²
+ *   v̂max = max(v̂max, v)             (amsgrad; used in place of v below)
+ *   θ = θ − (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)
+ * </pre>
+ * eps is added after the bias correction of v.
+ */
+public final class Adam implements Algorithm {
+    public static final AlgorithmDefinition ADAM = definition("Adam", 0.0, false);
+    public static final AlgorithmDefinition ADAMW = definition("AdamW", 1e-2, true);
+
+    private static AlgorithmDefinition definition(String name, double defaultWeightDecay, boolean decoupled) {
+        return new AlgorithmDefinition() {
+            @Override
+            public String name() {
+                return name;
+            }
+
+            @Override
+            public Map<String, Object> defaults() {
+                return Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
+                        "weight_decay", defaultWeightDecay, "amsgrad", false, "maximize", false);
+            }
+
+            @Override
+            public Algorithm create(Hyperparameters hp) {
+                return new Adam(hp, decoupled);
+            }
+        };
+    }
+
+    private final double beta1;
+    private final double beta2;
+    private final double eps;
+    private final double weightDecay;
+    private final boolean decoupled;
+    private final boolean amsgrad;
+    private final boolean maximize;
+
+    private Adam(Hyperparameters hp, boolean decoupled) {
+        hp.checkAdamFamily();
+        double[] betas = hp.numbers("betas");
+        beta1 = betas[0];
+        beta2 = betas[1];
+        eps = hp.number("eps");
+        weightDecay = hp.number("weight_decay");
+        amsgrad = hp.flag("amsgrad");
+        maximize = hp.flag("maximize");
+        this.decoupled = decoupled;
+    }
+
+    @Override
+    public List<String> stateSlots() {
+        return amsgrad ? List.of("exp_avg", "exp_avg_sq", "max_exp_avg_sq") : List.of("exp_avg", "exp_avg_sq");
+    }
+
+    @Override
+    public FusedStep step(long t, double lr) {
+        float sign = maximize ? -1f : 1f;
+        float decay = decoupled ? (float) (1 - lr * weightDecay) : 1f;
+        float l2 = decoupled ? 0f : (float) weightDecay;
+        float b1 = (float) beta1;
+        float oneMinusB1 = (float) (1 - beta1);
+        float b2 = (float) beta2;
+        float oneMinusB2 = (float) (1 - beta2);
+        double bc1 = 1 - Math.pow(beta1, t);
+        double bc2 = 1 - Math.pow(beta2, t);
+        float negStepSize = (float) (-(lr / bc1));
+        float sqrtBc2 = (float) Math.sqrt(bc2);
+        float epsF = (float) eps;
+        boolean ams = amsgrad;
+        return (p, g, s, from, to) -> {
+            float[] m = s[0];
+            float[] v = s[1];
+            float[] vmax = ams ? s[2] : null;
+            for (int i = from; i < to; i++) {
+                float pi = p[i] * decay;
+                float gi = sign * g[i] + l2 * pi;
+                float mi = m[i] * b1 + oneMinusB1 * gi;
+                float vi = v[i] * b2 + oneMinusB2 * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                if (ams) {
+                    vi = Math.max(vmax[i], vi);
+                    vmax[i] = vi;
+                }
+                float denom = (float) Math.sqrt(vi) / sqrtBc2 + epsF;
+                p[i] = pi + negStepSize * (mi / denom);
+            }
+        };
+    }
+}

@@ -1,0 +1,105 @@
+package dev.optsidecar.server.optim;
+
+import dev.optsidecar.server.engine.FusedStep;
+
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The RAdam paper's own implementation (Liu et al. 2019), selectable as {@code RAdam(original)}.
+ * It differs from torch's RAdam in three ways:
+ * <ul>
+ *   <li>the threshold is ρt ≥ 5 (torch: ρt &gt; 5);</li>
+ *   <li>below the threshold the parameter is left unchanged unless degenerated_to_sgd, which takes
+ *       the bias-corrected momentum step θ = θ − lr·m/bc1 (the moments are updated either way);</li>
+ *   <li>weight decay is decoupled, θ = θ − λ·lr·θ, and applied only on steps that update θ.</li>
+ * </ul>
+ * The rectified step θ = θ − lr·r·sqrt(bc2)/bc1 · m/(sqrt(v) + eps) equals torch's.
+ */
+public final class RAdamOriginal implements Algorithm {
+    public static final AlgorithmDefinition DEFINITION = new AlgorithmDefinition() {
+        @Override
+        public String name() {
+            return "RAdam(original)";
+        }
+
+        @Override
+        public Map<String, Object> defaults() {
+            return Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
+                    "weight_decay", 0.0, "degenerated_to_sgd", false);
+        }
+
+        @Override
+        public Algorithm create(Hyperparameters hp) {
+            return new RAdamOriginal(hp);
+        }
+    };
+
+    private final double beta1;
+    private final double beta2;
+    private final double eps;
+    private final double weightDecay;
+    private final boolean degeneratedToSgd;
+
+    private RAdamOriginal(Hyperparameters hp) {
+        hp.checkAdamFamily();
+        double[] betas = hp.numbers("betas");
+        beta1 = betas[0];
+        beta2 = betas[1];
+        eps = hp.number("eps");
+        weightDecay = hp.number("weight_decay");
+        degeneratedToSgd = hp.flag("degenerated_to_sgd");
+    }
+
+    @Override
+    public List<String> stateSlots() {
+        return List.of("exp_avg", "exp_avg_sq");
+    }
+
+    @Override
+    public FusedStep step(long t, double lr) {
+        FirstMoment moment = FirstMoment.of(beta1, false);
+        float b2 = (float) beta2;
+        float oneMinusB2 = (float) (1 - beta2);
+        double bc1 = 1 - Math.pow(beta1, t);
+        double bc2 = 1 - Math.pow(beta2, t);
+        double rhoT = RAdam.rho(beta2, t);
+        float negDecay = (float) (-weightDecay * lr);
+        if (rhoT >= 5) {
+            double stepSize = Math.sqrt(bc2) * RAdam.rectification(beta2, rhoT) / bc1;
+            float negStep = (float) (-stepSize * lr);
+            float epsF = (float) eps;
+            return (p, g, s, from, to) -> {
+                float[] m = s[0];
+                float[] v = s[1];
+                for (int i = from; i < to; i++) {
+                    float gi = g[i];
+                    float vi = v[i] * b2 + oneMinusB2 * gi * gi;
+                    float mi = moment.update(m[i], gi);
+                    v[i] = vi;
+                    m[i] = mi;
+                    float pi = p[i];
+                    pi = pi + negDecay * pi;
+                    p[i] = pi + negStep * (mi / ((float) Math.sqrt(vi) + epsF));
+                }
+            };
+        }
+        boolean moveParams = degeneratedToSgd;
+        float negStep = (float) (-lr / bc1);
+        return (p, g, s, from, to) -> {
+            float[] m = s[0];
+            float[] v = s[1];
+            for (int i = from; i < to; i++) {
+                float gi = g[i];
+                v[i] = v[i] * b2 + oneMinusB2 * gi * gi;
+                float mi = moment.update(m[i], gi);
+                m[i] = mi;
+                if (moveParams) {
+                    float pi = p[i];
+                    pi = pi + negDecay * pi;
+                    p[i] = pi + negStep * mi;
+                }
+            }
+        };
+    }
+}
