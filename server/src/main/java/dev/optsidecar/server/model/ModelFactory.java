@@ -42,6 +42,12 @@ final class ModelFactory {
             throw OptError.unimplemented("spec.optimizer.schedule.type: schedule '%s' is not implemented by this"
                     + " server yet", config.getSchedule().getType());
         }
+        if (config.getEmaCount() > 0) {
+            throw OptError.unimplemented("spec.optimizer.ema: EMA shadows are not implemented by this server yet");
+        }
+        if (config.hasLookahead()) {
+            throw OptError.unimplemented("spec.optimizer.lookahead: Lookahead is not implemented by this server yet");
+        }
         if (config.getNonFiniteValue() > 2) {
             throw OptError.invalid("spec.optimizer.non_finite: unknown policy %d", config.getNonFiniteValue());
         }
