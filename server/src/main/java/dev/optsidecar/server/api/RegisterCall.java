@@ -42,7 +42,7 @@ final class RegisterCall implements StreamObserver<RegisterRequest> {
                 }
                 default -> throw OptError.invalid("kind: empty RegisterRequest");
             }
-        } catch (RuntimeException | OutOfMemoryError e) {
+        } catch (RuntimeException | Error e) {
             fail(e);
         }
     }

@@ -66,7 +66,7 @@ final class StepCall implements StreamObserver<StepRequest> {
             if (!closed) {
                 out.request(1); // chunks of the next step may arrive while weights go out
             }
-        } catch (RuntimeException | OutOfMemoryError e) {
+        } catch (RuntimeException | Error e) {
             fail(e);
         }
     }
@@ -144,7 +144,7 @@ final class StepCall implements StreamObserver<StepRequest> {
             if (sending == null) {
                 resumeAfterSend();
             }
-        } catch (RuntimeException e) {
+        } catch (RuntimeException | Error e) {
             fail(e);
         }
     }

@@ -1,0 +1,79 @@
+package dev.optsidecar.server.conformance;
+
+import dev.optsidecar.client.OptSidecarClient;
+import dev.optsidecar.server.SidecarServer;
+import org.junit.jupiter.api.Test;
+
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** Replays the shared reference vectors through a real server on a loopback port. */
+class ReferenceConformanceTest {
+    /** The cases whose algorithm, schedule and wrappers this server implements. */
+    private static final List<String> MUST_PASS = List.of(
+            "sgd_momentum", "sgd_nesterov_wd", "sgd_dampening_plain",
+            "adam", "adam_l2_amsgrad", "adamw",
+            "radam", "radam_l2", "radam_decoupled_torch2x");
+
+    static Path referenceDir() {
+        String configured = System.getProperty("optsidecar.reference.dir");
+        Path dir = configured != null ? Path.of(configured) : Path.of("..", "..", "shared", "reference");
+        assertTrue(Files.isDirectory(dir), "reference vectors not found at " + dir.toAbsolutePath()
+                + " (set -Doptsidecar.reference.dir)");
+        return dir;
+    }
+
+    @Test
+    void everyImplementedCasePassesAndNoneFails() throws Exception {
+        ByteArrayOutputStream printed = new ByteArrayOutputStream();
+        ConformanceRunner.Summary summary;
+        try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30);
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port());
+             PrintStream out = new PrintStream(printed, true, StandardCharsets.UTF_8)) {
+            summary = new ConformanceRunner(client, out).runAll(referenceDir());
+        }
+        String report = printed.toString(StandardCharsets.UTF_8);
+        System.out.print(report);
+        assertEquals(List.of(), summary.names("FAIL"), report);
+        assertTrue(summary.names("PASS").containsAll(MUST_PASS), report);
+        String last = report.strip().lines().reduce((a, b) -> b).orElse("");
+        assertEquals("conformance: " + summary.passed() + " passed, 0 failed", last);
+    }
+
+    @Test
+    void aCaseOutsideToleranceFails(@org.junit.jupiter.api.io.TempDir Path tmp) throws Exception {
+        // Shift one recorded value of a real case by 10x its tolerance: the runner must report FAIL.
+        Path original = referenceDir().resolve("adam.json");
+        com.fasterxml.jackson.databind.ObjectMapper json = new com.fasterxml.jackson.databind.ObjectMapper();
+        com.fasterxml.jackson.databind.node.ObjectNode root =
+                (com.fasterxml.jackson.databind.node.ObjectNode) json.readTree(original.toFile());
+        com.fasterxml.jackson.databind.node.ObjectNode step =
+                (com.fasterxml.jackson.databind.node.ObjectNode) root.path("steps").get(3);
+        com.fasterxml.jackson.databind.node.ArrayNode train =
+                (com.fasterxml.jackson.databind.node.ArrayNode) step.path("train");
+        float[] p0 = ReferenceCase.decode(train.get(0).asText());
+        p0[1] += (float) (10 * (root.path("tolerance").path("atol").asDouble()
+                + root.path("tolerance").path("rtol").asDouble() * Math.abs(p0[1])));
+        java.nio.ByteBuffer bytes = java.nio.ByteBuffer.allocate(p0.length * 4).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        bytes.asFloatBuffer().put(p0);
+        train.set(0, java.util.Base64.getEncoder().encodeToString(bytes.array()));
+        json.writeValue(tmp.resolve("adam_tampered.json").toFile(), root);
+
+        ByteArrayOutputStream printed = new ByteArrayOutputStream();
+        try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, 1, 1L << 28);
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port());
+             PrintStream out = new PrintStream(printed, true, StandardCharsets.UTF_8)) {
+            ConformanceRunner.Summary summary = new ConformanceRunner(client, out).runAll(tmp);
+            assertEquals(List.of("adam"), summary.names("FAIL"), printed.toString(StandardCharsets.UTF_8));
+        }
+        assertTrue(printed.toString(StandardCharsets.UTF_8).contains("step 4 train p0[1]"),
+                printed.toString(StandardCharsets.UTF_8));
+    }
+}
