@@ -40,6 +40,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
  * each checked over a real socket against an independent way of computing the same thing.
  */
 class ModelSemanticsTest {
+    // Helpers shared with other tests live in TestData.
     private static SidecarServer server;
     private static OptSidecarClient client;
 
@@ -55,64 +56,27 @@ class ModelSemanticsTest {
         server.close();
     }
 
-    static Struct hp(Object... nameValue) {
-        Struct.Builder s = Struct.newBuilder();
-        for (int i = 0; i < nameValue.length; i += 2) {
-            Object v = nameValue[i + 1];
-            Value value = v instanceof Boolean b ? Value.newBuilder().setBoolValue(b).build()
-                    : Value.newBuilder().setNumberValue(((Number) v).doubleValue()).build();
-            s.putFields((String) nameValue[i], value);
-        }
-        return s.build();
-    }
-
-    static ModelSpec.Builder spec(String name, String algorithm, Struct hp, long... sizes) {
-        ModelSpec.Builder b = ModelSpec.newBuilder().setName(name)
-                .setOptimizer(OptimizerConfig.newBuilder().setAlgorithm(algorithm).setHyperparameters(hp));
-        for (int i = 0; i < sizes.length; i++) {
-            b.addTensors(TensorSpec.newBuilder().setName("t" + i).addShape(sizes[i]));
-        }
-        return b;
-    }
-
-    static float[] random(int n, long seed) {
-        Random r = new Random(seed);
-        float[] a = new float[n];
-        for (int i = 0; i < n; i++) {
-            a[i] = (float) r.nextGaussian();
-        }
-        return a;
-    }
-
-    static List<TensorData> data(float[]... arrays) {
-        List<TensorData> out = new ArrayList<>();
-        for (float[] a : arrays) {
-            out.add(a == null ? null : TensorData.of(a));
-        }
-        return out;
-    }
-
     @Test
     void eachGroupStepsWithItsOwnHyperparameters() {
-        float[] w = random(40, 1);
-        float[] bias = random(7, 2);
-        ModelSpec grouped = spec("groups", "AdamW", hp("lr", 0.01, "weight_decay", 0.1), 40, 7)
+        float[] w = TestData.random(40, 1);
+        float[] bias = TestData.random(7, 2);
+        ModelSpec grouped = TestData.spec("groups", "AdamW", TestData.hp("lr", 0.01, "weight_decay", 0.1), 40, 7)
                 .addGroups(ParamGroup.newBuilder().setName("no_decay").addTensors("t1")
-                        .setHyperparameters(hp("weight_decay", 0.0)))
+                        .setHyperparameters(TestData.hp("weight_decay", 0.0)))
                 .build();
-        client.register(grouped, data(w, bias));
-        client.register(spec("groups-w", "AdamW", hp("lr", 0.01, "weight_decay", 0.1), 40).build(), data(w));
-        client.register(spec("groups-b", "AdamW", hp("lr", 0.01, "weight_decay", 0.0), 7).build(), data(bias));
+        client.register(grouped, TestData.data(w, bias));
+        client.register(TestData.spec("groups-w", "AdamW", TestData.hp("lr", 0.01, "weight_decay", 0.1), 40).build(), TestData.data(w));
+        client.register(TestData.spec("groups-b", "AdamW", TestData.hp("lr", 0.01, "weight_decay", 0.0), 7).build(), TestData.data(bias));
 
         float[] w1 = new float[40], b1 = new float[7], wAlone = new float[40], bAlone = new float[7];
         try (Trainer both = client.trainer("groups", "c"); Trainer onlyW = client.trainer("groups-w", "c");
              Trainer onlyB = client.trainer("groups-b", "c")) {
             for (int t = 1; t <= 5; t++) {
-                float[] gw = random(40, 10 + t);
-                float[] gb = random(7, 20 + t);
-                both.step(data(gw, gb), data(w1, b1));
-                onlyW.step(data(gw), data(wAlone));
-                onlyB.step(data(gb), data(bAlone));
+                float[] gw = TestData.random(40, 10 + t);
+                float[] gb = TestData.random(7, 20 + t);
+                both.step(TestData.data(gw, gb), TestData.data(w1, b1));
+                onlyW.step(TestData.data(gw), TestData.data(wAlone));
+                onlyB.step(TestData.data(gb), TestData.data(bAlone));
             }
         }
         assertArrayEquals(wAlone, w1);
@@ -127,21 +91,21 @@ class ModelSemanticsTest {
     /** A tensor listed in no_grad is untouched, and its own step count (bias correction) does not advance. */
     @Test
     void tensorsWithoutGradientAreSkippedEntirely() {
-        float[] a0 = random(9, 3);
-        float[] b0 = random(5, 4);
-        client.register(spec("nograd", "Adam", hp("lr", 0.05), 9, 5).build(), data(a0, b0));
-        client.register(spec("nograd-b", "Adam", hp("lr", 0.05), 5).build(), data(b0));
+        float[] a0 = TestData.random(9, 3);
+        float[] b0 = TestData.random(5, 4);
+        client.register(TestData.spec("nograd", "Adam", TestData.hp("lr", 0.05), 9, 5).build(), TestData.data(a0, b0));
+        client.register(TestData.spec("nograd-b", "Adam", TestData.hp("lr", 0.05), 5).build(), TestData.data(b0));
         float[] a = new float[9], b = new float[5], bAlone = new float[5];
-        float[] gb1 = random(5, 31), gb3 = random(5, 33);
+        float[] gb1 = TestData.random(5, 31), gb3 = TestData.random(5, 33);
         try (Trainer tr = client.trainer("nograd", "c"); Trainer alone = client.trainer("nograd-b", "c")) {
-            tr.step(data(random(9, 30), gb1), data(a, b));
+            tr.step(TestData.data(TestData.random(9, 30), gb1), TestData.data(a, b));
             float[] bAfterFirst = b.clone();
-            StepResult second = tr.step(data(random(9, 32), null), data(a, b));
+            StepResult second = tr.step(TestData.data(TestData.random(9, 32), null), TestData.data(a, b));
             assertArrayEquals(bAfterFirst, b);
             assertEquals(2, second.getVersion());
-            tr.step(data(random(9, 34), gb3), data(a, b));
-            alone.step(data(gb1), data(bAlone));
-            alone.step(data(gb3), data(bAlone));
+            tr.step(TestData.data(TestData.random(9, 34), gb3), TestData.data(a, b));
+            alone.step(TestData.data(gb1), TestData.data(bAlone));
+            alone.step(TestData.data(gb3), TestData.data(bAlone));
         }
         assertArrayEquals(bAlone, b); // b's second step used t = 2, as in torch
         ModelInfo info = client.describe("nograd");
@@ -153,18 +117,18 @@ class ModelSemanticsTest {
     /** A client-side scheduler's lr reaches the server, persists, and is what the kernel used. */
     @Test
     void groupLrFromTheClientIsUsedAndKept() {
-        float[] p0 = random(64, 5);
-        client.register(spec("lr", "RAdam", hp("lr", 0.01), 64).build(), data(p0));
-        float[] g1 = random(64, 51), g2 = random(64, 52), g3 = random(64, 53);
+        float[] p0 = TestData.random(64, 5);
+        client.register(TestData.spec("lr", "RAdam", TestData.hp("lr", 0.01), 64).build(), TestData.data(p0));
+        float[] g1 = TestData.random(64, 51), g2 = TestData.random(64, 52), g3 = TestData.random(64, 53);
         float[] p = new float[64];
         try (Trainer tr = client.trainer("lr", "c")) {
-            assertEquals(0.01, tr.step(data(g1), data(p)).getLr(0).getLr());
-            StepResult r2 = tr.step(data(g2), data(p), new Trainer.StepOptions().groupLr("default", 0.004));
+            assertEquals(0.01, tr.step(TestData.data(g1), TestData.data(p)).getLr(0).getLr());
+            StepResult r2 = tr.step(TestData.data(g2), TestData.data(p), new Trainer.StepOptions().groupLr("default", 0.004));
             assertEquals(0.004, r2.getLr(0).getLr());
-            assertEquals(0.004, tr.step(data(g3), data(p)).getLr(0).getLr());
+            assertEquals(0.004, tr.step(TestData.data(g3), TestData.data(p)).getLr(0).getLr());
         }
         assertEquals(0.004, client.describe("lr").getGroups(0).getLr());
-        float[] expected = applyLocally("RAdam", hp("lr", 0.01), p0, List.of(g1, g2, g3), new double[] {0.01, 0.004, 0.004});
+        float[] expected = TestData.applyLocally("RAdam", TestData.hp("lr", 0.01), p0, List.of(g1, g2, g3), new double[] {0.01, 0.004, 0.004});
         assertArrayEquals(expected, p);
     }
 
@@ -175,49 +139,24 @@ class ModelSemanticsTest {
     @Test
     void multiChunkStepsMatchTheEngineDrivenDirectly() {
         int n = 1_000_003; // about 3.8 chunks, with a short last chunk
-        float[] p0 = random(n, 6);
-        Struct hp = hp("lr", 0.001, "weight_decay", 0.01, "amsgrad", true);
-        client.register(spec("big", "Adam", hp, n, 3).build(), data(p0, new float[] {1, 2, 3}));
-        List<float[]> grads = List.of(random(n, 61), random(n, 62), random(n, 63));
+        float[] p0 = TestData.random(n, 6);
+        Struct hp = TestData.hp("lr", 0.001, "weight_decay", 0.01, "amsgrad", true);
+        client.register(TestData.spec("big", "Adam", hp, n, 3).build(), TestData.data(p0, new float[] {1, 2, 3}));
+        List<float[]> grads = List.of(TestData.random(n, 61), TestData.random(n, 62), TestData.random(n, 63));
         float[] p = new float[n];
         float[] small = new float[3];
         try (Trainer tr = client.trainer("big", "c")) {
             for (float[] g : grads) {
-                tr.step(data(g, new float[] {0.5f, -0.5f, 1f}), data(p, small));
+                tr.step(TestData.data(g, new float[] {0.5f, -0.5f, 1f}), TestData.data(p, small));
             }
         }
-        assertArrayEquals(applyLocally("Adam", hp, p0, grads, new double[] {0.001, 0.001, 0.001}), p);
+        assertArrayEquals(TestData.applyLocally("Adam", hp, p0, grads, new double[] {0.001, 0.001, 0.001}), p);
         float[] pulled = new float[n];
         float[] pulledSmall = new float[3];
-        OptSidecarClient.Weights w = client.pull("big", data(pulled, pulledSmall));
+        OptSidecarClient.Weights w = client.pull("big", TestData.data(pulled, pulledSmall));
         assertEquals(3, w.version());
         assertEquals(ViewKind.VIEW_TRAIN, w.view().getKind());
         assertArrayEquals(p, pulled);
         assertFalse(Arrays.equals(p0, p));
-    }
-
-    /** Runs the algorithm's kernels directly on a CPU engine, one step per gradient. */
-    static float[] applyLocally(String algorithm, Struct hp, float[] init, List<float[]> grads, double[] lrs) {
-        AlgorithmDefinition def = Algorithms.byName(algorithm, "test");
-        Algorithm alg = def.create(Hyperparameters.merge(def, Map.of("hp", hp)));
-        try (CpuEngine engine = new CpuEngine(1)) {
-            EngineTensor t = engine.allocate(init.length, alg.stateSlots().size());
-            t.writeParams(0, le(init));
-            for (int i = 0; i < grads.size(); i++) {
-                t.writeGradient(0, le(grads.get(i)));
-                engine.apply(List.of(new TensorStep(t, alg.step(i + 1, lrs[i]))));
-            }
-            ByteBuffer out = ByteBuffer.allocate(init.length * 4);
-            t.readParams(0, init.length, out);
-            float[] result = new float[init.length];
-            out.flip().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(result);
-            return result;
-        }
-    }
-
-    static ByteBuffer le(float[] values) {
-        ByteBuffer b = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
-        b.asFloatBuffer().put(values);
-        return b;
     }
 }

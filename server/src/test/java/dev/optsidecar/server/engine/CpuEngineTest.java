@@ -7,14 +7,13 @@ import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
 import dev.optsidecar.server.optim.Hyperparameters;
+import dev.optsidecar.server.TestData;
 import org.junit.jupiter.api.Test;
 
 import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
-import java.util.Random;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -28,30 +27,6 @@ class CpuEngineTest {
         return def.create(Hyperparameters.merge(def, Map.of("hp", s.build())));
     }
 
-    private static ByteBuffer le(float[] values) {
-        ByteBuffer b = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
-        b.asFloatBuffer().put(values);
-        return b;
-    }
-
-    private static float[] read(EngineTensor t) {
-        ByteBuffer b = ByteBuffer.allocate((int) t.numel() * 4);
-        t.readParams(0, (int) t.numel(), b);
-        float[] out = new float[(int) t.numel()];
-        b.flip();
-        b.order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(out);
-        return out;
-    }
-
-    private static float[] random(int n, long seed) {
-        Random r = new Random(seed);
-        float[] a = new float[n];
-        for (int i = 0; i < n; i++) {
-            a[i] = (float) r.nextGaussian();
-        }
-        return a;
-    }
-
     /**
      * The same steps on small blocks over several threads must give exactly what one thread gives
      * on one contiguous block: blocking and splitting change where the loop runs, never the math.
@@ -60,26 +35,26 @@ class CpuEngineTest {
     void blocksAndThreadsDoNotChangeResults() {
         int n = 300_001; // not a multiple of the block size, so the last block is short
         Algorithm radam = algorithm("RAdam", Map.of("lr", 0.01, "weight_decay", 0.01));
-        float[] init = random(n, 1);
+        float[] init = TestData.random(n, 1);
         try (CpuEngine reference = new CpuEngine(1, 1 << 20); CpuEngine blocked = new CpuEngine(2, 1 << 12)) {
             EngineTensor a = reference.allocate(n, 2);
             EngineTensor b = blocked.allocate(n, 2);
-            a.writeParams(0, le(init));
-            b.writeParams(0, le(init));
+            a.writeParams(0, TestData.le(init));
+            b.writeParams(0, TestData.le(init));
             for (int t = 1; t <= 8; t++) {
-                float[] g = random(n, 100 + t);
-                a.writeGradient(0, le(g));
+                float[] g = TestData.random(n, 100 + t);
+                a.writeGradient(0, TestData.le(g));
                 // Arrive in uneven chunks that straddle block boundaries.
                 for (int off = 0; off < n; off += 5003) {
                     int len = Math.min(5003, n - off);
                     float[] part = new float[len];
                     System.arraycopy(g, off, part, 0, len);
-                    b.writeGradient(off, le(part));
+                    b.writeGradient(off, TestData.le(part));
                 }
                 reference.apply(List.of(new TensorStep(a, radam.step(t, 0.01))));
                 blocked.apply(List.of(new TensorStep(b, radam.step(t, 0.01))));
             }
-            assertArrayEquals(read(a), read(b));
+            assertArrayEquals(TestData.params(a), TestData.params(b));
             ByteBuffer slotA = ByteBuffer.allocate(n * 4);
             ByteBuffer slotB = ByteBuffer.allocate(n * 4);
             a.readSlot(1, 0, n, slotA);
@@ -99,13 +74,13 @@ class CpuEngineTest {
                 EngineTensor t = engine.allocate(1 + i * 37L, 0);
                 float[] ones = new float[(int) t.numel()];
                 java.util.Arrays.fill(ones, 1f);
-                t.writeGradient(0, le(ones));
+                t.writeGradient(0, TestData.le(ones));
                 tensors.add(t);
                 steps.add(new TensorStep(t, sgd.step(1, 1.0)));
             }
             engine.apply(steps);
             for (EngineTensor t : tensors) {
-                for (float v : read(t)) {
+                for (float v : TestData.params(t)) {
                     assertEquals(-1f, v); // 0 - lr * 1, once
                 }
             }
@@ -117,8 +92,8 @@ class CpuEngineTest {
     void outOfRangeWritesAreRefused() {
         try (CpuEngine engine = new CpuEngine(1, 1 << 10)) {
             EngineTensor t = engine.allocate(2048, 0);
-            assertThrows(IndexOutOfBoundsException.class, () -> t.writeGradient(2047, le(new float[2])));
-            assertThrows(IndexOutOfBoundsException.class, () -> t.writeParams(-1, le(new float[1])));
+            assertThrows(IndexOutOfBoundsException.class, () -> t.writeGradient(2047, TestData.le(new float[2])));
+            assertThrows(IndexOutOfBoundsException.class, () -> t.writeParams(-1, TestData.le(new float[1])));
             assertThrows(IndexOutOfBoundsException.class,
                     () -> t.readParams(Long.MAX_VALUE - 1, 4, ByteBuffer.allocate(16)));
         }
@@ -129,10 +104,10 @@ class CpuEngineTest {
         try (CpuEngine engine = new CpuEngine(1, 1 << 10)) {
             EngineTensor t = engine.allocate(5000, 0);
             float[] g = new float[3000];
-            assertEquals(-1, t.writeGradient(100, le(g)));
+            assertEquals(-1, t.writeGradient(100, TestData.le(g)));
             g[2500] = Float.POSITIVE_INFINITY;
             g[2900] = Float.NaN;
-            assertEquals(100 + 2500, t.writeGradient(100, le(g)));
+            assertEquals(100 + 2500, t.writeGradient(100, TestData.le(g)));
         }
     }
 }

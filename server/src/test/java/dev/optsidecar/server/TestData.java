@@ -1,0 +1,94 @@
+package dev.optsidecar.server;
+
+import com.google.protobuf.Struct;
+import com.google.protobuf.Value;
+import dev.optsidecar.client.TensorData;
+import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.proto.v1.OptimizerConfig;
+import dev.optsidecar.proto.v1.TensorSpec;
+import dev.optsidecar.server.engine.EngineTensor;
+import dev.optsidecar.server.engine.TensorStep;
+import dev.optsidecar.server.engine.cpu.CpuEngine;
+import dev.optsidecar.server.optim.Algorithm;
+import dev.optsidecar.server.optim.AlgorithmDefinition;
+import dev.optsidecar.server.optim.Algorithms;
+import dev.optsidecar.server.optim.Hyperparameters;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+
+/** Builders for specs, hyperparameters and random tensors, and a direct engine run to compare with. */
+public final class TestData {
+    private TestData() {}
+
+    public static Struct hp(Object... nameValue) {
+        Struct.Builder s = Struct.newBuilder();
+        for (int i = 0; i < nameValue.length; i += 2) {
+            Object v = nameValue[i + 1];
+            Value value = v instanceof Boolean b ? Value.newBuilder().setBoolValue(b).build()
+                    : Value.newBuilder().setNumberValue(((Number) v).doubleValue()).build();
+            s.putFields((String) nameValue[i], value);
+        }
+        return s.build();
+    }
+
+    public static ModelSpec.Builder spec(String name, String algorithm, Struct hp, long... sizes) {
+        ModelSpec.Builder b = ModelSpec.newBuilder().setName(name)
+                .setOptimizer(OptimizerConfig.newBuilder().setAlgorithm(algorithm).setHyperparameters(hp));
+        for (int i = 0; i < sizes.length; i++) {
+            b.addTensors(TensorSpec.newBuilder().setName("t" + i).addShape(sizes[i]));
+        }
+        return b;
+    }
+
+    public static float[] random(int n, long seed) {
+        Random r = new Random(seed);
+        float[] a = new float[n];
+        for (int i = 0; i < n; i++) {
+            a[i] = (float) r.nextGaussian();
+        }
+        return a;
+    }
+
+    public static List<TensorData> data(float[]... arrays) {
+        List<TensorData> out = new ArrayList<>();
+        for (float[] a : arrays) {
+            out.add(a == null ? null : TensorData.of(a));
+        }
+        return out;
+    }
+
+    /** Runs the algorithm's kernels directly on a CPU engine, one step per gradient. */
+    public static float[] applyLocally(String algorithm, Struct hp, float[] init, List<float[]> grads, double[] lrs) {
+        AlgorithmDefinition def = Algorithms.byName(algorithm, "test");
+        Algorithm alg = def.create(Hyperparameters.merge(def, Map.of("hp", hp)));
+        try (CpuEngine engine = new CpuEngine(1)) {
+            EngineTensor t = engine.allocate(init.length, alg.stateSlots().size());
+            t.writeParams(0, le(init));
+            for (int i = 0; i < grads.size(); i++) {
+                t.writeGradient(0, le(grads.get(i)));
+                engine.apply(List.of(new TensorStep(t, alg.step(i + 1, lrs[i]))));
+            }
+            return params(t);
+        }
+    }
+
+    public static ByteBuffer le(float[] values) {
+        ByteBuffer b = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
+        b.asFloatBuffer().put(values);
+        return b;
+    }
+
+    /** Reads a tensor's parameters back as floats. */
+    public static float[] params(EngineTensor t) {
+        ByteBuffer out = ByteBuffer.allocate((int) t.numel() * 4);
+        t.readParams(0, (int) t.numel(), out);
+        float[] result = new float[(int) t.numel()];
+        out.flip().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(result);
+        return result;
+    }
+}
