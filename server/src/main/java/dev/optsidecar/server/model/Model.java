@@ -127,6 +127,7 @@ public final class Model {
 
     /** Copies one gradient chunk into place; returns a non-finite description when one arrived. */
     public String addChunk(StepAssembly a, int tensor, long offset, java.nio.ByteBuffer data) {
+        checkLive();
         if (assembling.get() != a) {
             throw OptError.aborted("step %d of model '%s' is no longer being assembled", a.stepId(), name);
         }
