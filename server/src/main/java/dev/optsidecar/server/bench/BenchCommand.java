@@ -1,14 +1,94 @@
 package dev.optsidecar.server.bench;
 
+import picocli.CommandLine;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
 
+import java.util.List;
+import java.util.Locale;
 import java.util.concurrent.Callable;
 
-/** Prints a table of engine and end-to-end step throughput. */
-@Command(name = "bench", mixinStandardHelpOptions = true, description = "Benchmarks the engine and the gRPC step path.")
+/**
+ * Prints two tables: the CPU engine's RAdam step against a memory-pass ceiling on the same threads,
+ * and full gRPC step round trips against an in-process server. The large end-to-end size needs a
+ * few GB of heap; run it as {@code java -Xmx8g -jar optsidecar-server.jar bench}.
+ */
+@Command(name = "bench", mixinStandardHelpOptions = true,
+        description = {"Benchmarks the engine's RAdam step against a memory-pass ceiling, and full gRPC step"
+                + " round trips against an in-process server.",
+                "The 400 MB end-to-end size needs about 4 GB of heap: run with java -Xmx8g -jar ..."})
 public final class BenchCommand implements Callable<Integer> {
+    @Spec
+    CommandSpec spec;
+
+    @Option(names = "--threads", defaultValue = "2", description = "Engine threads (default: ${DEFAULT-VALUE}).")
+    int threads;
+
+    @Option(names = "--sizes", split = ",", defaultValue = "1M,10M,50M", converter = Count.class,
+            description = "Engine tensor sizes in parameters, e.g. 1M,10M,50M (default: ${DEFAULT-VALUE}).")
+    List<Long> sizes;
+
+    @Option(names = "--e2e-mb", split = ",", defaultValue = "4,40,400",
+            description = "End-to-end model sizes in MB of float32 (default: ${DEFAULT-VALUE}).")
+    List<Integer> e2eMegabytes;
+
+    @Option(names = "--iterations", defaultValue = "15",
+            description = "Measured iterations per size; medians are reported (default: ${DEFAULT-VALUE}).")
+    int iterations;
+
+    @Option(names = "--warmup", defaultValue = "5",
+            description = "Unmeasured iterations per size before measuring (default: ${DEFAULT-VALUE}).")
+    int warmup;
+
+    @Option(names = "--skip-engine", description = "Skip the engine table.")
+    boolean skipEngine;
+
+    @Option(names = "--skip-e2e", description = "Skip the end-to-end table.")
+    boolean skipE2e;
+
     @Override
-    public Integer call() {
-        throw new UnsupportedOperationException("bench is being written");
+    public Integer call() throws Exception {
+        if (threads < 1 || iterations < 1 || warmup < 0 || e2eMegabytes.stream().anyMatch(mb -> mb < 1)) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--threads, --iterations and --e2e-mb must be at least 1, --warmup at least 0");
+        }
+        Runtime rt = Runtime.getRuntime();
+        System.out.printf(Locale.ROOT, "optsidecar bench: %s %s (%s), %d CPUs, %d engine threads, max heap %.1f GB,"
+                        + " %d warmup + %d measured iterations%n",
+                System.getProperty("java.vm.name"), System.getProperty("java.vm.version"),
+                System.getProperty("java.vm.vendor"), rt.availableProcessors(), threads, rt.maxMemory() / 1e9,
+                warmup, iterations);
+        if (!skipEngine) {
+            new EngineBench(threads, warmup, iterations).run(sizes);
+        }
+        if (!skipE2e) {
+            new EndToEndBench(threads, warmup, iterations).run(e2eMegabytes);
+        }
+        return 0;
+    }
+
+    /** Parses counts like 50M, 500K, 1G (decimal) or a plain number. */
+    static final class Count implements CommandLine.ITypeConverter<Long> {
+        @Override
+        public Long convert(String value) {
+            String v = value.trim().toUpperCase(Locale.ROOT);
+            long unit = switch (v.isEmpty() ? ' ' : v.charAt(v.length() - 1)) {
+                case 'K' -> 1_000L;
+                case 'M' -> 1_000_000L;
+                case 'G' -> 1_000_000_000L;
+                default -> 1L;
+            };
+            try {
+                long n = Math.multiplyExact(Long.parseLong(unit == 1 ? v : v.substring(0, v.length() - 1)), unit);
+                if (n <= 0) {
+                    throw new CommandLine.TypeConversionException("size must be positive: " + value);
+                }
+                return n;
+            } catch (NumberFormatException | ArithmeticException e) {
+                throw new CommandLine.TypeConversionException("not a size: '" + value + "' (try 10M)");
+            }
+        }
     }
 }
