@@ -15,7 +15,9 @@ import java.util.Map;
  *   v̂max = max(v̂max, v)             (amsgrad; used in place of v below)
  *   θ = θ − (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)
  * </pre>
- * eps is added after the bias correction of v.
+ * eps is added after the bias correction of v. Scalars are computed once per step in double; the
+ * loop multiplies by 1/sqrt(bc2) where torch divides by sqrt(bc2), an ulp apart, to keep one
+ * divide per element.
  */
 public final class Adam implements Algorithm {
     public static final AlgorithmDefinition ADAM = definition("Adam", 0.0, false);
@@ -69,35 +71,50 @@ public final class Adam implements Algorithm {
     @Override
     public FusedStep step(long t, double lr) {
         float sign = maximize ? -1f : 1f;
-        float decay = decoupled ? (float) (1 - lr * weightDecay) : 1f;
-        float l2 = decoupled ? 0f : (float) weightDecay;
+        // As torch: a zero weight_decay touches neither θ nor g.
+        boolean decays = weightDecay != 0 && decoupled;
+        boolean l2 = weightDecay != 0 && !decoupled;
+        float decay = (float) (1 - lr * weightDecay);
+        float lambda = (float) weightDecay;
         float b1 = (float) beta1;
         float oneMinusB1 = (float) (1 - beta1);
         float b2 = (float) beta2;
         float oneMinusB2 = (float) (1 - beta2);
         double bc1 = 1 - Math.pow(beta1, t);
         double bc2 = 1 - Math.pow(beta2, t);
-        float negStepSize = (float) (-(lr / bc1));
-        float sqrtBc2 = (float) Math.sqrt(bc2);
+        float stepSize = (float) (lr / bc1);
+        // sqrt(v)/sqrt(bc2) as a multiply: one divide per element is left, in m / denom.
+        float invSqrtBc2 = (float) (1 / Math.sqrt(bc2));
         float epsF = (float) eps;
-        boolean ams = amsgrad;
+        if (amsgrad) {
+            return (p, g, s, from, to) -> {
+                float[] m = s[0];
+                float[] v = s[1];
+                float[] vmax = s[2];
+                for (int i = from; i < to; i++) {
+                    float pi = decays ? p[i] * decay : p[i];
+                    float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
+                    float mi = m[i] * b1 + oneMinusB1 * gi;
+                    float vi = v[i] * b2 + oneMinusB2 * gi * gi;
+                    float vm = Math.max(vmax[i], vi);
+                    m[i] = mi;
+                    v[i] = vi;
+                    vmax[i] = vm;
+                    p[i] = pi - stepSize * mi / ((float) Math.sqrt(vm) * invSqrtBc2 + epsF);
+                }
+            };
+        }
         return (p, g, s, from, to) -> {
             float[] m = s[0];
             float[] v = s[1];
-            float[] vmax = ams ? s[2] : null;
             for (int i = from; i < to; i++) {
-                float pi = p[i] * decay;
-                float gi = sign * g[i] + l2 * pi;
+                float pi = decays ? p[i] * decay : p[i];
+                float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
                 float mi = m[i] * b1 + oneMinusB1 * gi;
                 float vi = v[i] * b2 + oneMinusB2 * gi * gi;
                 m[i] = mi;
                 v[i] = vi;
-                if (ams) {
-                    vi = Math.max(vmax[i], vi);
-                    vmax[i] = vi;
-                }
-                float denom = (float) Math.sqrt(vi) / sqrtBc2 + epsF;
-                p[i] = pi + negStepSize * (mi / denom);
+                p[i] = pi - stepSize * mi / ((float) Math.sqrt(vi) * invSqrtBc2 + epsF);
             }
         };
     }

@@ -14,10 +14,12 @@ import java.util.Map;
  *   v = β2·v + (1 − β2)·g²
  *   m̂ = m / bc1
  *   ρ∞ = 2/(1 − β2) − 1,  ρt = ρ∞ − 2t·β2^t / bc2
- *   ρt > 5:  θ = θ − m̂·lr·(sqrt(bc2) / (sqrt(v) + eps))·r,  r = sqrt((ρt−4)(ρt−2)ρ∞ / ((ρ∞−4)(ρ∞−2)ρt))
+ *   ρt > 5:  θ = θ − lr·r·sqrt(bc2)/bc1 · m / (sqrt(v) + eps),  r = sqrt((ρt−4)(ρt−2)ρ∞ / ((ρ∞−4)(ρ∞−2)ρt))
  *   else:    θ = θ − m̂·lr
  * </pre>
- * eps is added to the uncorrected sqrt(v), unlike Adam.
+ * eps is added to the uncorrected sqrt(v), unlike Adam. The rectified step folds its scalars into
+ * one coefficient computed in double (as the paper's code does), which leaves a single divide per
+ * element; torch multiplies them in float one by one, a difference of an ulp or two.
  */
 public final class RAdam implements Algorithm {
     public static final AlgorithmDefinition TORCH = definition("RAdam", false);
@@ -84,23 +86,26 @@ public final class RAdam implements Algorithm {
     @Override
     public FusedStep step(long t, double lr) {
         float sign = maximize ? -1f : 1f;
-        float decay = decoupled ? (float) (1 - lr * weightDecay) : 1f;
-        float l2 = decoupled ? 0f : (float) weightDecay;
+        // As torch: with weight_decay = 0 neither decay form touches θ or g at all.
+        boolean decays = weightDecay != 0 && decoupled;
+        boolean l2 = weightDecay != 0 && !decoupled;
+        float decay = (float) (1 - lr * weightDecay);
+        float lambda = (float) weightDecay;
         float b2 = (float) beta2;
         float oneMinusB2 = (float) (1 - beta2);
         double bc1 = 1 - Math.pow(beta1, t);
         double bc2 = 1 - Math.pow(beta2, t);
-        float bc1F = (float) bc1;
-        float lrF = (float) lr;
         FirstMoment moment = FirstMoment.of(beta1, lerpFirstMoment);
         double rhoT = rho(beta2, t);
         if (!(rhoT > 5)) {
+            float bc1F = (float) bc1;
+            float lrF = (float) lr;
             return (p, g, s, from, to) -> {
                 float[] m = s[0];
                 float[] v = s[1];
                 for (int i = from; i < to; i++) {
-                    float pi = p[i] * decay;
-                    float gi = sign * g[i] + l2 * pi;
+                    float pi = decays ? p[i] * decay : p[i];
+                    float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
                     float mi = moment.update(m[i], gi);
                     m[i] = mi;
                     v[i] = v[i] * b2 + oneMinusB2 * gi * gi;
@@ -108,27 +113,23 @@ public final class RAdam implements Algorithm {
                 }
             };
         }
-        float rect = (float) rectification(beta2, rhoT);
-        float sqrtBc2 = (float) Math.sqrt(bc2);
+        // lr · r · sqrt(bc2) / bc1 in double, once: the loop keeps one sqrt and one divide per element.
+        float stepSize = (float) (lr * rectification(beta2, rhoT) * Math.sqrt(bc2) / bc1);
         float epsF = (float) eps;
-        if (sign == 1f && decay == 1f) {
-            // The usual configuration (no maximize, no decoupled decay) with its multiplications by
-            // exactly 1 left out: x·1 = x, so results are bitwise the same. Even at memory speed the
-            // arithmetic here (two divides and a sqrt among ~20 vector ops per element) slows the
-            // loads down, so the two multiplies are worth ~3% of a 10M-parameter step.
+        if (!maximize && !decays && !l2 && !lerpFirstMoment) {
+            // The common configuration, kept free of every operation it does not need.
+            float b1 = moment.beta1();
+            float oneMinusB1 = moment.oneMinusBeta1();
             return (p, g, s, from, to) -> {
                 float[] m = s[0];
                 float[] v = s[1];
                 for (int i = from; i < to; i++) {
-                    float pi = p[i];
-                    float gi = g[i] + l2 * pi;
-                    float mi = moment.update(m[i], gi);
+                    float gi = g[i];
+                    float mi = m[i] * b1 + oneMinusB1 * gi;
                     float vi = v[i] * b2 + oneMinusB2 * gi * gi;
                     m[i] = mi;
                     v[i] = vi;
-                    // torch evaluates scalar / tensor as reciprocal(tensor) * scalar.
-                    float adaptive = (1f / ((float) Math.sqrt(vi) + epsF)) * sqrtBc2;
-                    p[i] = pi - (mi / bc1F) * lrF * adaptive * rect;
+                    p[i] = p[i] - stepSize * mi / ((float) Math.sqrt(vi) + epsF);
                 }
             };
         }
@@ -136,15 +137,13 @@ public final class RAdam implements Algorithm {
             float[] m = s[0];
             float[] v = s[1];
             for (int i = from; i < to; i++) {
-                float pi = p[i] * decay;
-                float gi = sign * g[i] + l2 * pi;
+                float pi = decays ? p[i] * decay : p[i];
+                float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
                 float mi = moment.update(m[i], gi);
                 float vi = v[i] * b2 + oneMinusB2 * gi * gi;
                 m[i] = mi;
                 v[i] = vi;
-                // torch evaluates scalar / tensor as reciprocal(tensor) * scalar.
-                float adaptive = (1f / ((float) Math.sqrt(vi) + epsF)) * sqrtBc2;
-                p[i] = pi - (mi / bc1F) * lrF * adaptive * rect;
+                p[i] = pi - stepSize * mi / ((float) Math.sqrt(vi) + epsF);
             }
         };
     }

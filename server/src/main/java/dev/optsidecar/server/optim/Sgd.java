@@ -62,13 +62,14 @@ public final class Sgd implements Algorithm {
     @Override
     public FusedStep step(long t, double lr) {
         float sign = maximize ? -1f : 1f;
+        boolean l2 = weightDecay != 0; // as torch: a zero weight_decay leaves g alone
         float wd = (float) weightDecay;
         float negLr = (float) -lr;
         if (momentum == 0) {
             return (p, g, s, from, to) -> {
                 for (int i = from; i < to; i++) {
                     float pi = p[i];
-                    float d = sign * g[i] + wd * pi;
+                    float d = l2 ? sign * g[i] + wd * pi : sign * g[i];
                     p[i] = pi + negLr * d;
                 }
             };
@@ -81,7 +82,7 @@ public final class Sgd implements Algorithm {
             float[] buf = s[0];
             for (int i = from; i < to; i++) {
                 float pi = p[i];
-                float d = sign * g[i] + wd * pi;
+                float d = l2 ? sign * g[i] + wd * pi : sign * g[i];
                 float b = first ? d : buf[i] * mu + keep * d;
                 buf[i] = b;
                 float dir = nest ? d + mu * b : b;
