@@ -41,6 +41,8 @@ public final class OptSidecarClient implements AutoCloseable {
     /** Chunks in flight before a sender waits for the transport. */
     static final int ON_READY_THRESHOLD = 4 * Chunks.CHUNK_BYTES;
     static final int MAX_MESSAGE_BYTES = 4 * Chunks.CHUNK_BYTES;
+    /** HTTP/2 window per stream: several chunks in flight, so a sender seldom waits a round trip. */
+    static final int FLOW_CONTROL_WINDOW = 8 * Chunks.CHUNK_BYTES;
 
     private final ManagedChannel channel;
     private final boolean ownsChannel;
@@ -65,6 +67,7 @@ public final class OptSidecarClient implements AutoCloseable {
         ManagedChannel channel = NettyChannelBuilder.forTarget(target)
                 .usePlaintext()
                 .maxInboundMessageSize(MAX_MESSAGE_BYTES)
+                .flowControlWindow(FLOW_CONTROL_WINDOW)
                 .build();
         return new OptSidecarClient(channel, true);
     }

@@ -27,6 +27,8 @@ public final class SidecarServer implements AutoCloseable {
     private static final Logger LOG = Logger.getLogger(SidecarServer.class.getName());
     /** Room for one chunk and its header, with margin; no message needs more. */
     static final int MAX_MESSAGE_BYTES = 4 * StepAssembly.MAX_CHUNK_BYTES;
+    /** HTTP/2 window per stream: several chunks in flight, so a sender seldom waits a round trip. */
+    static final int FLOW_CONTROL_WINDOW = 8 * StepAssembly.MAX_CHUNK_BYTES;
 
     private final Server server;
     private final CpuEngine engine;
@@ -51,6 +53,7 @@ public final class SidecarServer implements AutoCloseable {
         server = builder.bossEventLoopGroup(boss)
                 .workerEventLoopGroup(workers)
                 .maxInboundMessageSize(MAX_MESSAGE_BYTES)
+                .flowControlWindow(FLOW_CONTROL_WINDOW)
                 .addService(new OptimizerService(registry))
                 .addService(health.getHealthService())
                 .addService(ProtoReflectionServiceV1.newInstance())
