@@ -120,18 +120,43 @@ public final class Model {
         return a;
     }
 
+    /**
+     * The id of the step being assembled, if any: its chunks are arriving but it has not yet been
+     * committed or abandoned. For diagnostics and tests; the answer may be stale by the time it is read.
+     */
+    public java.util.OptionalLong assemblingStep() {
+        StepAssembly a = assembling.get();
+        return a == null ? java.util.OptionalLong.empty() : java.util.OptionalLong.of(a.stepId());
+    }
+
     /** Abandons an assembly; weights and state are untouched. */
     public void abandon(StepAssembly a) {
         assembling.compareAndSet(a, null);
     }
 
-    /** Copies one gradient chunk into place; returns a non-finite description when one arrived. */
+    /**
+     * Copies one gradient chunk into place; returns a non-finite description when one arrived.
+     * The copy runs under the read lock, so a Delete (which frees the buffers under the write lock)
+     * cannot free them mid-copy, and a chunk for a model deleted mid-step is NOT_FOUND.
+     */
     public String addChunk(StepAssembly a, int tensor, long offset, java.nio.ByteBuffer data) {
         checkLive();
         if (assembling.get() != a) {
             throw OptError.aborted("step %d of model '%s' is no longer being assembled", a.stepId(), name);
         }
-        return a.add(tensor, offset, data);
+        // tryReadLock first: it ignores queued writers, so a Delete waiting for this stream's own
+        // weights transfer cannot block the stream. It fails only while a Delete holds the write lock
+        // (a commit needs this assembly), which ends without waiting on anything, so blocking is safe.
+        long stamp = lock.tryReadLock();
+        if (stamp == 0) {
+            stamp = lock.readLock();
+        }
+        try {
+            checkLive();
+            return a.add(tensor, offset, data);
+        } finally {
+            lock.unlockRead(stamp);
+        }
     }
 
     /**

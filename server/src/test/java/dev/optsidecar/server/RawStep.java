@@ -1,0 +1,150 @@
+package dev.optsidecar.server;
+
+import com.google.protobuf.ByteString;
+import dev.optsidecar.proto.v1.GradientChunk;
+import dev.optsidecar.proto.v1.OptimizerGrpc;
+import dev.optsidecar.proto.v1.StepCommit;
+import dev.optsidecar.proto.v1.StepOpen;
+import dev.optsidecar.proto.v1.StepRequest;
+import dev.optsidecar.proto.v1.StepResponse;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
+import io.grpc.Status;
+import io.grpc.stub.ClientCallStreamObserver;
+import io.grpc.stub.ClientResponseObserver;
+
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.TimeUnit;
+
+import static org.junit.jupiter.api.Assertions.fail;
+
+/**
+ * A Step stream driven message by message through the generated stub, for sequences the client
+ * never sends: bad chunks, commits with chunks missing, streams cancelled midway.
+ */
+final class RawStep implements ClientResponseObserver<StepRequest, StepResponse> {
+    final List<StepResponse> responses = new CopyOnWriteArrayList<>();
+    private final CompletableFuture<Status> closed = new CompletableFuture<>();
+    private ClientCallStreamObserver<StepRequest> requests;
+
+    private final int initialRequests;
+
+    private RawStep(int initialRequests) {
+        this.initialRequests = initialRequests;
+    }
+
+    /** A Step stream with nothing sent yet. */
+    static RawStep start(OptimizerGrpc.OptimizerStub stub) {
+        RawStep s = new RawStep(-1);
+        stub.step(s);
+        return s;
+    }
+
+    /**
+     * A Step stream that has sent its StepOpen and takes only {@code responses} responses until
+     * more are requested, so the server's sending backs up behind flow control.
+     */
+    static RawStep openWithManualFlow(OptimizerGrpc.OptimizerStub stub, String model, int responses) {
+        RawStep s = new RawStep(responses);
+        stub.step(s);
+        return s.send(StepRequest.newBuilder()
+                .setOpen(StepOpen.newBuilder().setModel(model).setClientId("raw")).build());
+    }
+
+    /** A Step stream that has sent its StepOpen for {@code model}. */
+    static RawStep open(OptimizerGrpc.OptimizerStub stub, String model) {
+        return start(stub).send(StepRequest.newBuilder()
+                .setOpen(StepOpen.newBuilder().setModel(model).setClientId("raw")).build());
+    }
+
+    @Override
+    public void beforeStart(ClientCallStreamObserver<StepRequest> stream) {
+        this.requests = stream;
+        if (initialRequests >= 0) {
+            stream.disableAutoRequestWithInitial(initialRequests);
+        }
+    }
+
+    RawStep send(StepRequest r) {
+        requests.onNext(r);
+        return this;
+    }
+
+    RawStep chunk(long stepId, int tensor, long offset, ByteString data) {
+        return send(StepRequest.newBuilder().setChunk(GradientChunk.newBuilder()
+                .setStepId(stepId).setTensor(tensor).setOffset(offset).setData(data)).build());
+    }
+
+    /** Sends tensor {@code t} of {@code grads} as the client would: 1 MiB chunks in order. */
+    RawStep tensor(long stepId, float[][] grads, int t) {
+        float[] g = grads[t];
+        for (int off = 0; off < g.length; off += SidecarFixture.CHUNK_FLOATS) {
+            int n = Math.min(SidecarFixture.CHUNK_FLOATS, g.length - off);
+            chunk(stepId, t, off, SidecarFixture.le(g, off, n));
+        }
+        return this;
+    }
+
+    /** Sends every tensor of {@code grads}. */
+    RawStep all(long stepId, float[][] grads) {
+        for (int t = 0; t < grads.length; t++) {
+            tensor(stepId, grads, t);
+        }
+        return this;
+    }
+
+    RawStep commit(StepCommit commit) {
+        return send(StepRequest.newBuilder().setCommit(commit).build());
+    }
+
+    RawStep commit(long stepId, ViewKind view) {
+        return commit(StepCommit.newBuilder().setStepId(stepId)
+                .setView(View.newBuilder().setKind(view)).build());
+    }
+
+    RawStep halfClose() {
+        requests.onCompleted();
+        return this;
+    }
+
+    /** The client cancels the call (RST_STREAM CANCEL). */
+    void cancel() {
+        requests.cancel("test cancels the step midway", null);
+    }
+
+    /** The client fails the call through the observer, as application code on error would. */
+    void clientError(Throwable cause) {
+        requests.onError(cause);
+    }
+
+    boolean isClosed() {
+        return closed.isDone();
+    }
+
+    /** Waits for the server to end the call; Status.OK when it completed normally. */
+    Status awaitClose() {
+        try {
+            return closed.get(SidecarFixture.WAIT_MS, TimeUnit.MILLISECONDS);
+        } catch (Exception e) {
+            requests.cancel("test timed out", e);
+            return fail("the server did not end the Step call within " + SidecarFixture.WAIT_MS + " ms: " + e);
+        }
+    }
+
+    @Override
+    public void onNext(StepResponse value) {
+        responses.add(value);
+    }
+
+    @Override
+    public void onError(Throwable t) {
+        closed.complete(Status.fromThrowable(t));
+    }
+
+    @Override
+    public void onCompleted() {
+        closed.complete(Status.OK);
+    }
+}
