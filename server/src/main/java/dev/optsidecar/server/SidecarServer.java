@@ -54,6 +54,11 @@ public final class SidecarServer implements AutoCloseable {
                 .workerEventLoopGroup(workers)
                 .maxInboundMessageSize(MAX_MESSAGE_BYTES)
                 .flowControlWindow(FLOW_CONTROL_WINDOW)
+                // Notice peers that vanish without a reset, so a half-sent step does not hold its
+                // model's gradient buffers forever; let clients ping as often as every 10 s.
+                .keepAliveTime(30, TimeUnit.SECONDS)
+                .keepAliveTimeout(10, TimeUnit.SECONDS)
+                .permitKeepAliveTime(10, TimeUnit.SECONDS)
                 .addService(new OptimizerService(registry))
                 .addService(health.getHealthService())
                 .addService(ProtoReflectionServiceV1.newInstance())

@@ -112,6 +112,7 @@ class BadInputTest {
                 }, invalid, "spec.groups[0].hyperparameters.bar"),
                 badSpec("negative lr", hp("Adam", "lr", -0.001), invalid, top + "lr", ">= 0"),
                 badSpec("NaN lr", hp("AdamW", "lr", Double.NaN), invalid, top + "lr"),
+                badSpec("infinite lr", hp("AdamW", "lr", Double.POSITIVE_INFINITY), invalid, top + "lr", "finite"),
                 badSpec("negative lr in a group override", b -> {
                     b.getGroupsBuilder(0).setHyperparameters(struct("lr", -1));
                     return b;
@@ -123,7 +124,7 @@ class BadInputTest {
                 badSpec("betas not numbers", hp("Adam", "betas", List.of(0.9, "x")), invalid, top + "betas[1]"),
                 badSpec("negative eps", hp("Adam", "eps", -1e-8), invalid, top + "eps"),
                 badSpec("negative weight_decay", hp("AdamW", "weight_decay", -0.1), invalid, top + "weight_decay"),
-                badSpec("lr not a number", hp("Adam", "lr", "fast"), invalid, top + "lr", "expected a number"),
+                badSpec("lr not a number", hp("Adam", "lr", "fast"), invalid, top + "lr", "expected a finite number"),
                 badSpec("amsgrad not a boolean", hp("Adam", "amsgrad", 1), invalid, top + "amsgrad", "true or false"),
                 badSpec("nesterov without momentum", hp("SGD", "lr", 0.1, "nesterov", true), invalid,
                         top + "nesterov", "momentum"),

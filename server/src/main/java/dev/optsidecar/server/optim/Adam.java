@@ -83,7 +83,8 @@ public final class Adam implements Algorithm {
         double bc1 = 1 - Math.pow(beta1, t);
         double bc2 = 1 - Math.pow(beta2, t);
         float stepSize = (float) (lr / bc1);
-        // sqrt(v)/sqrt(bc2) as a multiply: one divide per element is left, in m / denom.
+        // sqrt(v)/sqrt(bc2) as a multiply: one divide per element is left, in m / denom. Fused
+        // multiply-adds as in RAdam, an ulp from torch's scalar rounding.
         float invSqrtBc2 = (float) (1 / Math.sqrt(bc2));
         float epsF = (float) eps;
         if (amsgrad) {
@@ -94,13 +95,13 @@ public final class Adam implements Algorithm {
                 for (int i = from; i < to; i++) {
                     float pi = decays ? p[i] * decay : p[i];
                     float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
-                    float mi = m[i] * b1 + oneMinusB1 * gi;
-                    float vi = v[i] * b2 + oneMinusB2 * gi * gi;
+                    float mi = Math.fma(oneMinusB1, gi, m[i] * b1);
+                    float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
                     float vm = Math.max(vmax[i], vi);
                     m[i] = mi;
                     v[i] = vi;
                     vmax[i] = vm;
-                    p[i] = pi - stepSize * mi / ((float) Math.sqrt(vm) * invSqrtBc2 + epsF);
+                    p[i] = Math.fma(-stepSize, mi / Math.fma((float) Math.sqrt(vm), invSqrtBc2, epsF), pi);
                 }
             };
         }
@@ -110,11 +111,11 @@ public final class Adam implements Algorithm {
             for (int i = from; i < to; i++) {
                 float pi = decays ? p[i] * decay : p[i];
                 float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
-                float mi = m[i] * b1 + oneMinusB1 * gi;
-                float vi = v[i] * b2 + oneMinusB2 * gi * gi;
+                float mi = Math.fma(oneMinusB1, gi, m[i] * b1);
+                float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
                 m[i] = mi;
                 v[i] = vi;
-                p[i] = pi - stepSize * mi / ((float) Math.sqrt(vi) * invSqrtBc2 + epsF);
+                p[i] = Math.fma(-stepSize, mi / Math.fma((float) Math.sqrt(vi), invSqrtBc2, epsF), pi);
             }
         };
     }

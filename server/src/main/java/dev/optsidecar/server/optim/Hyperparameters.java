@@ -52,8 +52,8 @@ public final class Hyperparameters {
 
     private static Object convert(String field, Value v, Object like) {
         if (like instanceof Double) {
-            if (v.getKindCase() != Value.KindCase.NUMBER_VALUE) {
-                throw OptError.invalid("%s: expected a number", field);
+            if (v.getKindCase() != Value.KindCase.NUMBER_VALUE || !Double.isFinite(v.getNumberValue())) {
+                throw OptError.invalid("%s: expected a finite number", field);
             }
             return v.getNumberValue();
         }
@@ -71,8 +71,8 @@ public final class Hyperparameters {
         double[] out = new double[pattern.length];
         for (int i = 0; i < out.length; i++) {
             Value item = list.getValues(i);
-            if (item.getKindCase() != Value.KindCase.NUMBER_VALUE) {
-                throw OptError.invalid("%s[%d]: expected a number", field, i);
+            if (item.getKindCase() != Value.KindCase.NUMBER_VALUE || !Double.isFinite(item.getNumberValue())) {
+                throw OptError.invalid("%s[%d]: expected a finite number", field, i);
             }
             out[i] = item.getNumberValue();
         }

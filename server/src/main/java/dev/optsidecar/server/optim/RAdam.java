@@ -19,7 +19,8 @@ import java.util.Map;
  * </pre>
  * eps is added to the uncorrected sqrt(v), unlike Adam. The rectified step folds its scalars into
  * one coefficient computed in double (as the paper's code does), which leaves a single divide per
- * element; torch multiplies them in float one by one, a difference of an ulp or two.
+ * element; torch multiplies them in float one by one, a difference of an ulp or two. Math.fma
+ * compiles to one instruction on x86-64 with FMA3 (every server CPU since 2013) and on AArch64.
  */
 public final class RAdam implements Algorithm {
     public static final AlgorithmDefinition TORCH = definition("RAdam", false);
@@ -117,7 +118,9 @@ public final class RAdam implements Algorithm {
         float stepSize = (float) (lr * rectification(beta2, rhoT) * Math.sqrt(bc2) / bc1);
         float epsF = (float) eps;
         if (!maximize && !decays && !l2 && !lerpFirstMoment) {
-            // The common configuration, kept free of every operation it does not need.
+            // The common configuration, kept free of every operation it does not need. Fused
+            // multiply-adds (one rounding where torch's scalar tail rounds twice; its vector loops
+            // use FMA too) trim the arithmetic that otherwise shows at cache-resident sizes.
             float b1 = moment.beta1();
             float oneMinusB1 = moment.oneMinusBeta1();
             return (p, g, s, from, to) -> {
@@ -125,11 +128,11 @@ public final class RAdam implements Algorithm {
                 float[] v = s[1];
                 for (int i = from; i < to; i++) {
                     float gi = g[i];
-                    float mi = m[i] * b1 + oneMinusB1 * gi;
-                    float vi = v[i] * b2 + oneMinusB2 * gi * gi;
+                    float mi = Math.fma(oneMinusB1, gi, m[i] * b1);
+                    float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
                     m[i] = mi;
                     v[i] = vi;
-                    p[i] = p[i] - stepSize * mi / ((float) Math.sqrt(vi) + epsF);
+                    p[i] = Math.fma(-stepSize, mi / ((float) Math.sqrt(vi) + epsF), p[i]);
                 }
             };
         }
@@ -140,10 +143,10 @@ public final class RAdam implements Algorithm {
                 float pi = decays ? p[i] * decay : p[i];
                 float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
                 float mi = moment.update(m[i], gi);
-                float vi = v[i] * b2 + oneMinusB2 * gi * gi;
+                float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
                 m[i] = mi;
                 v[i] = vi;
-                p[i] = pi - stepSize * mi / ((float) Math.sqrt(vi) + epsF);
+                p[i] = Math.fma(-stepSize, mi / ((float) Math.sqrt(vi) + epsF), pi);
             }
         };
     }
