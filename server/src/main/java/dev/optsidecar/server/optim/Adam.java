@@ -3,7 +3,6 @@ package dev.optsidecar.server.optim;
 import dev.optsidecar.server.engine.FusedStep;
 
 import java.util.List;
-import java.util.Map;
 
 /**
  * Adam and AdamW, as torch's {@code _single_tensor_adam} / {@code _single_tensor_adamw}:
@@ -24,23 +23,10 @@ public final class Adam implements Algorithm {
     public static final AlgorithmDefinition ADAMW = definition("AdamW", 1e-2, true);
 
     private static AlgorithmDefinition definition(String name, double defaultWeightDecay, boolean decoupled) {
-        return new AlgorithmDefinition() {
-            @Override
-            public String name() {
-                return name;
-            }
-
-            @Override
-            public Map<String, Object> defaults() {
-                return Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
-                        "weight_decay", defaultWeightDecay, "amsgrad", false, "maximize", false);
-            }
-
-            @Override
-            public Algorithm create(Hyperparameters hp) {
-                return new Adam(hp, decoupled);
-            }
-        };
+        return new AlgorithmDefinition(name,
+                Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
+                        "weight_decay", defaultWeightDecay, "amsgrad", false, "maximize", false),
+                hp -> new Adam(hp, decoupled));
     }
 
     private final double beta1;

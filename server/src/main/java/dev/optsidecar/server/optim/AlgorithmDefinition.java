@@ -1,14 +1,15 @@
 package dev.optsidecar.server.optim;
 
 import java.util.Map;
+import java.util.function.Function;
 
-/** A named algorithm: its hyperparameters with their defaults, and how to build it from them. */
-public interface AlgorithmDefinition {
-    String name();
-
-    /** Every hyperparameter the algorithm accepts, with its default (Double, Boolean or double[]). */
-    Map<String, Object> defaults();
-
+/**
+ * A named algorithm: every hyperparameter it accepts with its default (Double, Boolean or
+ * double[]), and how to build it from validated values.
+ */
+public record AlgorithmDefinition(String name, Map<String, Object> defaults, Function<Hyperparameters, Algorithm> factory) {
     /** Validates the hyperparameters and builds the algorithm; throws OptError naming a bad one. */
-    Algorithm create(Hyperparameters hp);
+    public Algorithm create(Hyperparameters hp) {
+        return factory.apply(hp);
+    }
 }

@@ -7,7 +7,6 @@ import dev.optsidecar.server.OptError;
 
 import java.util.Arrays;
 import java.util.LinkedHashMap;
-import java.util.List;
 import java.util.Map;
 
 /**
@@ -153,9 +152,5 @@ public final class Hyperparameters {
             m.put((String) nameValuePairs[i], nameValuePairs[i + 1]);
         }
         return java.util.Collections.unmodifiableMap(m);
-    }
-
-    static List<String> slots(String... names) {
-        return List.of(names);
     }
 }

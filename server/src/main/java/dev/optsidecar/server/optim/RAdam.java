@@ -3,7 +3,6 @@ package dev.optsidecar.server.optim;
 import dev.optsidecar.server.engine.FusedStep;
 
 import java.util.List;
-import java.util.Map;
 
 /**
  * RAdam with torch semantics ({@code _single_tensor_radam}), including torch 2.x's
@@ -27,23 +26,10 @@ public final class RAdam implements Algorithm {
     public static final AlgorithmDefinition TORCH_2X = definition("RAdam(torch2.x)", true);
 
     private static AlgorithmDefinition definition(String name, boolean lerpFirstMoment) {
-        return new AlgorithmDefinition() {
-            @Override
-            public String name() {
-                return name;
-            }
-
-            @Override
-            public Map<String, Object> defaults() {
-                return Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
-                        "weight_decay", 0.0, "decoupled_weight_decay", false, "maximize", false);
-            }
-
-            @Override
-            public Algorithm create(Hyperparameters hp) {
-                return new RAdam(hp, lerpFirstMoment);
-            }
-        };
+        return new AlgorithmDefinition(name,
+                Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
+                        "weight_decay", 0.0, "decoupled_weight_decay", false, "maximize", false),
+                hp -> new RAdam(hp, lerpFirstMoment));
     }
 
     private final double beta1;

@@ -3,7 +3,6 @@ package dev.optsidecar.server.optim;
 import dev.optsidecar.server.engine.FusedStep;
 
 import java.util.List;
-import java.util.Map;
 
 /**
  * The RAdam paper's own implementation (Liu et al. 2019), selectable as {@code RAdam(original)}.
@@ -17,23 +16,10 @@ import java.util.Map;
  * The rectified step θ = θ − lr·r·sqrt(bc2)/bc1 · m/(sqrt(v) + eps) equals torch's.
  */
 public final class RAdamOriginal implements Algorithm {
-    public static final AlgorithmDefinition DEFINITION = new AlgorithmDefinition() {
-        @Override
-        public String name() {
-            return "RAdam(original)";
-        }
-
-        @Override
-        public Map<String, Object> defaults() {
-            return Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
-                    "weight_decay", 0.0, "degenerated_to_sgd", false);
-        }
-
-        @Override
-        public Algorithm create(Hyperparameters hp) {
-            return new RAdamOriginal(hp);
-        }
-    };
+    public static final AlgorithmDefinition DEFINITION = new AlgorithmDefinition("RAdam(original)",
+            Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
+                    "weight_decay", 0.0, "degenerated_to_sgd", false),
+            RAdamOriginal::new);
 
     private final double beta1;
     private final double beta2;

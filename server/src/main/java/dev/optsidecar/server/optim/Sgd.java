@@ -3,7 +3,6 @@ package dev.optsidecar.server.optim;
 import dev.optsidecar.server.engine.FusedStep;
 
 import java.util.List;
-import java.util.Map;
 
 /**
  * SGD with momentum, dampening, Nesterov and coupled (L2) weight decay, as torch's
@@ -17,23 +16,10 @@ import java.util.Map;
  * </pre>
  */
 public final class Sgd implements Algorithm {
-    public static final AlgorithmDefinition DEFINITION = new AlgorithmDefinition() {
-        @Override
-        public String name() {
-            return "SGD";
-        }
-
-        @Override
-        public Map<String, Object> defaults() {
-            return Hyperparameters.defaults("lr", 1e-3, "momentum", 0.0, "dampening", 0.0,
-                    "weight_decay", 0.0, "nesterov", false, "maximize", false);
-        }
-
-        @Override
-        public Algorithm create(Hyperparameters hp) {
-            return new Sgd(hp);
-        }
-    };
+    public static final AlgorithmDefinition DEFINITION = new AlgorithmDefinition("SGD",
+            Hyperparameters.defaults("lr", 1e-3, "momentum", 0.0, "dampening", 0.0,
+                    "weight_decay", 0.0, "nesterov", false, "maximize", false),
+            Sgd::new);
 
     private final double momentum;
     private final double dampening;
