@@ -114,12 +114,10 @@ final class ModelFactory {
                 needsDefault = true;
             }
         }
-        if (needsDefault) {
-            if (groupNames.contains(DEFAULT_GROUP)) {
-                // A group explicitly named "default" takes the tensors no group names.
-            } else {
-                groupHp.put(DEFAULT_GROUP, hyperparameters(definition, config, null, null));
-            }
+        // Tensors no group names join "default": a group of that name if the spec has one, else
+        // a group with the model's hyperparameters.
+        if (needsDefault && !groupHp.containsKey(DEFAULT_GROUP)) {
+            groupHp.put(DEFAULT_GROUP, hyperparameters(definition, config, null, null));
         }
 
         Map<String, GroupState> groups = new LinkedHashMap<>();
