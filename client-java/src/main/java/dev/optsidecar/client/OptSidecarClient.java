@@ -8,6 +8,7 @@ import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.proto.v1.PullRequest;
 import dev.optsidecar.proto.v1.RegisterRequest;
+import dev.optsidecar.proto.v1.StateChunk;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.proto.v1.WeightsChunk;
@@ -77,6 +78,17 @@ public final class OptSidecarClient implements AutoCloseable {
      * spec, in order.
      */
     public ModelInfo register(ModelSpec spec, List<? extends TensorData> initialWeights) {
+        return register(spec, initialWeights, List.of());
+    }
+
+    /** One saved optimizer state buffer: tensor index, slot name (as Describe lists it) and values. */
+    public record StateBuffer(int tensor, String slot, TensorData data) {}
+
+    /**
+     * Registers a model restored from a saved run: {@code spec.state} carries the counters,
+     * {@code state} the buffers. The model appears only when everything has arrived.
+     */
+    public ModelInfo register(ModelSpec spec, List<? extends TensorData> initialWeights, List<StateBuffer> state) {
         if (initialWeights.size() != spec.getTensorsCount()) {
             throw new IllegalArgumentException("spec has " + spec.getTensorsCount() + " tensors but "
                     + initialWeights.size() + " initial weights were given");
@@ -111,6 +123,12 @@ public final class OptSidecarClient implements AutoCloseable {
             Chunks.send(initialWeights, gate, c -> requests.onNext(RegisterRequest.newBuilder()
                     .setWeights(WeightsChunk.newBuilder().setTensor(c.tensor()).setOffset(c.offset()).setData(c.data()))
                     .build()));
+            for (StateBuffer buffer : state) {
+                Chunks.send(List.of(buffer.data()), gate, c -> requests.onNext(RegisterRequest.newBuilder()
+                        .setState(StateChunk.newBuilder().setTensor(buffer.tensor()).setSlot(buffer.slot())
+                                .setOffset(c.offset()).setData(c.data()))
+                        .build()));
+            }
             requests.onCompleted();
         } catch (RuntimeException e) {
             if (!result.isDone()) {

@@ -122,10 +122,10 @@ class ModelSemanticsTest {
         float[] g1 = TestData.random(64, 51), g2 = TestData.random(64, 52), g3 = TestData.random(64, 53);
         float[] p = new float[64];
         try (Trainer tr = client.trainer("lr", "c")) {
-            assertEquals(0.01, tr.step(TestData.data(g1), TestData.data(p)).getLr(0).getLr());
+            assertEquals(0.01, tr.step(TestData.data(g1), TestData.data(p)).getGroups(0).getLr());
             StepResult r2 = tr.step(TestData.data(g2), TestData.data(p), new Trainer.StepOptions().groupLr("default", 0.004));
-            assertEquals(0.004, r2.getLr(0).getLr());
-            assertEquals(0.004, tr.step(TestData.data(g3), TestData.data(p)).getLr(0).getLr());
+            assertEquals(0.004, r2.getGroups(0).getLr());
+            assertEquals(0.004, tr.step(TestData.data(g3), TestData.data(p)).getGroups(0).getLr());
         }
         assertEquals(0.004, client.describe("lr").getGroups(0).getLr());
         float[] expected = TestData.applyLocally("RAdam", TestData.hp("lr", 0.01), p0, List.of(g1, g2, g3), new double[] {0.01, 0.004, 0.004});

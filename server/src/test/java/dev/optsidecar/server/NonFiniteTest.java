@@ -1,7 +1,7 @@
 package dev.optsidecar.server;
 
 import dev.optsidecar.client.Trainer;
-import dev.optsidecar.proto.v1.GroupLr;
+import dev.optsidecar.proto.v1.GroupStep;
 import dev.optsidecar.proto.v1.NonFinitePolicy;
 import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.StepResult;
@@ -120,7 +120,7 @@ class NonFiniteTest {
             assertTrue(r1.getSkipped(), "NaN step not skipped");
             assertEquals(2, r1.getVersion());
             assertBitsEqual(before.weights(), out, "weights returned by the skipped step");
-            for (GroupLr lr : r1.getLrList()) {
+            for (GroupStep lr : r1.getGroupsList()) {
                 if (lr.getGroup().equals("default")) {
                     assertEquals(defaultLr, lr.getLr(), "lr of a skipped step");
                 }

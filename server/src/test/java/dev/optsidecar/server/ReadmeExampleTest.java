@@ -52,7 +52,7 @@ class ReadmeExampleTest {
             }
             // --- README example ends here ---
             assertEquals(1, r.getVersion());
-            assertEquals(1e-3, r.getLr(0).getLr());
+            assertEquals(1e-3, r.getGroups(0).getLr());
             assertFalse(Arrays.equals(w0, w));
         }
     }

@@ -12,6 +12,8 @@ import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
+import dev.optsidecar.server.optim.GroupCounters;
+import dev.optsidecar.server.optim.StepPlan;
 import dev.optsidecar.server.optim.Hyperparameters;
 
 import java.nio.ByteBuffer;
@@ -69,9 +71,12 @@ public final class TestData {
         try (CpuEngine engine = new CpuEngine(1)) {
             EngineTensor t = engine.allocate(init.length, alg.stateSlots().size());
             t.writeParams(0, le(init));
+            GroupCounters counters = GroupCounters.INITIAL;
             for (int i = 0; i < grads.size(); i++) {
                 t.writeGradient(0, le(grads.get(i)));
-                engine.apply(List.of(new TensorStep(t, alg.step(i + 1, lrs[i]))));
+                StepPlan plan = alg.plan(counters, lrs[i], 1f);
+                engine.apply(List.of(new TensorStep(t, plan.forTensor().apply(i + 1))));
+                counters = plan.after();
             }
             return params(t);
         }
@@ -81,6 +86,11 @@ public final class TestData {
         ByteBuffer b = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
         b.asFloatBuffer().put(values);
         return b;
+    }
+
+    /** A tensorwise algorithm's kernel for step t (torch-style algorithms keep no group counters). */
+    public static dev.optsidecar.server.engine.FusedStep step(Algorithm alg, long t, double lr) {
+        return alg.plan(GroupCounters.INITIAL, lr, 1f).forTensor().apply(t);
     }
 
     /** Reads a tensor's parameters back as floats. */

@@ -11,7 +11,6 @@ import dev.optsidecar.proto.v1.PullRequest;
 import dev.optsidecar.proto.v1.RegisterRequest;
 import dev.optsidecar.proto.v1.StepRequest;
 import dev.optsidecar.proto.v1.StepResponse;
-import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelRegistry;
@@ -45,7 +44,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
         ViewReader reader;
         try {
             Model model = registry.get(request.getModel(), "model");
-            View view = model.resolveView(request.getView(), "view", false);
+            Model.ResolvedView view = model.resolveView(request.getView(), "view", false);
             reader = model.read(view);
         } catch (RuntimeException e) {
             out.onError(Statuses.toStatus(e));

@@ -2,6 +2,7 @@ package dev.optsidecar.server.api;
 
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.RegisterRequest;
+import dev.optsidecar.proto.v1.StateChunk;
 import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.model.ModelRegistry;
@@ -39,6 +40,13 @@ final class RegisterCall implements StreamObserver<RegisterRequest> {
                     }
                     WeightsChunk c = request.getWeights();
                     pending.addWeights(c.getTensor(), c.getOffset(), c.getData().asReadOnlyByteBuffer());
+                }
+                case STATE -> {
+                    if (pending == null) {
+                        throw OptError.invalid("spec: the first Register message must carry the model spec");
+                    }
+                    StateChunk c = request.getState();
+                    pending.addState(c.getTensor(), c.getSlot(), c.getOffset(), c.getData().asReadOnlyByteBuffer());
                 }
                 default -> throw OptError.invalid("kind: empty RegisterRequest");
             }

@@ -1,7 +1,7 @@
 package dev.optsidecar.server.api;
 
 import dev.optsidecar.proto.v1.GradientChunk;
-import dev.optsidecar.proto.v1.GroupLr;
+import dev.optsidecar.proto.v1.GroupStep;
 import dev.optsidecar.proto.v1.NonFinitePolicy;
 import dev.optsidecar.proto.v1.StepCommit;
 import dev.optsidecar.proto.v1.StepRequest;
@@ -103,7 +103,7 @@ final class StepCall implements StreamObserver<StepRequest> {
 
     private void commit(StepCommit c) {
         Model m = requireOpen();
-        View view = m.resolveView(c.getView(), "commit.view", true);
+        Model.ResolvedView view = m.resolveView(c.getView(), "commit.view", true);
         if (assembly == null) {
             assembly = m.openStep(c.getStepId()); // legal only when every tensor is listed in no_grad
         } else if (assembly.stepId() != c.getStepId()) {
@@ -117,9 +117,21 @@ final class StepCall implements StreamObserver<StepRequest> {
                 .setStepId(c.getStepId())
                 .setVersion(outcome.version())
                 .setSkipped(outcome.skipped())
-                .setView(view == null ? View.newBuilder().setKind(ViewKind.VIEW_NONE).build() : view);
-        for (Model.GroupLrUsed lr : outcome.lr()) {
-            result.addLr(GroupLr.newBuilder().setGroup(lr.group()).setLr(lr.lr()));
+                .setView(view == null ? View.newBuilder().setKind(ViewKind.VIEW_NONE).build() : view.label())
+                .setGradNorm(outcome.gradNorm())
+                .setClipCoefficient(outcome.clipCoefficient());
+        if (outcome.updateNorm() != null) {
+            result.setUpdateNorm(outcome.updateNorm());
+        }
+        for (Model.GroupFigures g : outcome.groups()) {
+            result.addGroups(GroupStep.newBuilder()
+                    .setGroup(g.group())
+                    .setLr(g.lr())
+                    .setEffectiveLr(g.effectiveLr())
+                    .setAveragingWeight(g.averagingWeight())
+                    .setK(g.counters().k())
+                    .setWeightSum(g.counters().weightSum())
+                    .setLrMax(g.counters().lrMax()));
         }
         StepResponse done = StepResponse.newBuilder().setResult(result).build();
         if (outcome.weights() == null) {

@@ -7,6 +7,7 @@ import dev.optsidecar.server.engine.TensorStep;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
+import dev.optsidecar.server.optim.GroupCounters;
 import dev.optsidecar.server.optim.Hyperparameters;
 
 import java.nio.ByteBuffer;
@@ -46,7 +47,8 @@ final class BenchTensor implements AutoCloseable {
     static BenchTensor radam(Engine engine, long numel) {
         AlgorithmDefinition def = Algorithms.byName("RAdam", "bench");
         Algorithm algorithm = def.create(Hyperparameters.merge(def, Map.of()));
-        return new BenchTensor(engine, numel, 6, t -> algorithm.step(t, 1e-3), 1);
+        return new BenchTensor(engine, numel, 6,
+                t -> algorithm.plan(GroupCounters.INITIAL, 1e-3, 1f).forTensor().apply(t), 1);
     }
 
     /**

@@ -44,6 +44,12 @@ final class Comparison {
         record(fraction, String.format("%s: got %s, expected %s", what, actual, expected));
     }
 
+    void exact(String what, long actual, long expected) {
+        if (actual != expected) {
+            fail(String.format("%s: got %d, expected %d", what, actual, expected));
+        }
+    }
+
     private void record(double fraction, String where) {
         if (fraction > worst || worst == 0 && worstWhere.equals("no values compared")) {
             worst = fraction;

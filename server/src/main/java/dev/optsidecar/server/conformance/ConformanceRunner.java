@@ -4,7 +4,8 @@ import com.fasterxml.jackson.databind.JsonNode;
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;
 import dev.optsidecar.client.Trainer;
-import dev.optsidecar.proto.v1.ModelInfo;
+import dev.optsidecar.proto.v1.GroupStep;
+import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
@@ -17,6 +18,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Locale;
 import java.util.UUID;
 import java.util.stream.Stream;
 
@@ -66,10 +68,6 @@ public final class ConformanceRunner {
             return new CaseResult(fallbackName, CaseResult.Outcome.FAIL, Double.POSITIVE_INFINITY,
                     "cannot read case: " + e.getMessage());
         }
-        String reason = c.unsupportedReason();
-        if (reason != null) {
-            return new CaseResult(c.name, CaseResult.Outcome.SKIP, 0, reason);
-        }
         String model = "conformance-" + c.name + "-" + UUID.randomUUID();
         try {
             return run(c, model);
@@ -91,49 +89,78 @@ public final class ConformanceRunner {
         }
     }
 
+    /**
+     * Registers the case's model (a resume case restores its checkpoint through the API), replays
+     * the recorded gradients and checks, at every step, the train weights, the eval view, the lr
+     * and the Schedule-Free group scalars; at the end, the optimizer state.
+     */
     private CaseResult run(ReferenceCase c, String model) throws IOException {
-        List<float[]> params = c.initialParams();
-        List<TensorData> paramData = params.stream().map(TensorData::of).toList();
-        client.register(c.spec(model), paramData);
-        ModelInfo info = client.describe(model);
-        boolean hasEval = info.getViewsList().stream().anyMatch(v -> v.getKind() == ViewKind.VIEW_EVAL);
+        List<float[]> start = c.startingParams();
+        List<TensorData> startData = start.stream().map(TensorData::of).toList();
+        int resumeAfter = c.resumeAfter();
+        if (resumeAfter == 0) {
+            client.register(c.spec(model), startData);
+        } else {
+            ModelSpec spec = c.spec(model);
+            spec = spec.toBuilder().setState(c.checkpointState(1, "default")).build();
+            client.register(spec, startData, c.checkpointBuffers());
+        }
+        View evalView = c.evalView();
         Comparison cmp = new Comparison(c.atol, c.rtol, c.scalarRtol);
         List<String> names = c.paramNames();
-        List<float[]> train = new ArrayList<>();
-        List<float[]> eval = new ArrayList<>();
-        for (float[] p : params) {
-            train.add(new float[p.length]);
-            eval.add(new float[p.length]);
-        }
+        List<float[]> train = blanks(start);
+        List<float[]> eval = blanks(start);
         try (Trainer trainer = client.trainer(model, "conformance")) {
             for (JsonNode step : c.steps()) {
                 int t = step.path("t").asInt();
+                if (t <= resumeAfter) {
+                    continue;
+                }
                 List<TensorData> grads = ReferenceCase.decodeAll(step.path("grads")).stream().map(TensorData::of).toList();
                 StepResult result = trainer.step(grads, train.stream().map(TensorData::of).toList());
+                String at = "step " + t;
                 if (result.getVersion() != t) {
-                    cmp.fail("step " + t + ": server reports version " + result.getVersion());
+                    cmp.fail(at + ": server reports version " + result.getVersion());
                 }
-                if (step.has("lr")) {
-                    cmp.scalar("step " + t + " lr", result.getLr(0).getLr(), step.path("lr").asDouble());
+                GroupStep group = result.getGroups(0);
+                cmp.scalar(at + " lr", group.getLr(), step.path("lr").asDouble());
+                JsonNode expectedGroup = step.path("group");
+                if (expectedGroup.isObject()) {
+                    cmp.exact(at + " k", group.getK(), expectedGroup.path("k").asLong());
+                    cmp.scalar(at + " scheduled_lr", group.getEffectiveLr(), expectedGroup.path("scheduled_lr").asDouble());
+                    cmp.scalar(at + " lr_max", group.getLrMax(), expectedGroup.path("lr_max").asDouble());
+                    cmp.scalar(at + " weight_sum", group.getWeightSum(), expectedGroup.path("weight_sum").asDouble());
                 }
                 if (step.has("train")) {
-                    cmp.tensors("step " + t + " train", names, train, ReferenceCase.decodeAll(step.path("train")));
+                    cmp.tensors(at + " train", names, train, ReferenceCase.decodeAll(step.path("train")));
                 }
                 if (step.has("eval")) {
-                    if (!hasEval) {
-                        cmp.fail("step " + t + ": the case records an eval view but the model serves none");
-                    } else {
-                        client.pull(model, View.newBuilder().setKind(ViewKind.VIEW_EVAL).build(),
-                                eval.stream().map(TensorData::of).toList());
-                        cmp.tensors("step " + t + " eval", names, eval, ReferenceCase.decodeAll(step.path("eval")));
+                    if (evalView == null) {
+                        cmp.fail(at + ": the case records an eval view of unknown kind " + c.root.path("eval_view"));
+                        continue;
                     }
+                    OptSidecarClient.Weights w = client.pull(model, evalView, eval.stream().map(TensorData::of).toList());
+                    if (!w.view().equals(evalView) || w.version() != t) {
+                        cmp.fail(at + ": eval pull labelled " + w.view().getKind() + " version " + w.version());
+                    }
+                    cmp.tensors(at + " " + evalView.getKind().name().substring(5).toLowerCase(Locale.ROOT), names, eval,
+                            ReferenceCase.decodeAll(step.path("eval")));
                 }
             }
         }
+        new FinalState(client, model, c, cmp).check();
         if (cmp.passed()) {
             return new CaseResult(c.name, CaseResult.Outcome.PASS, cmp.worst(), "at " + cmp.worstWhere());
         }
         return new CaseResult(c.name, CaseResult.Outcome.FAIL, cmp.worst(), cmp.firstFailure());
+    }
+
+    private static List<float[]> blanks(List<float[]> like) {
+        List<float[]> out = new ArrayList<>();
+        for (float[] p : like) {
+            out.add(new float[p.length]);
+        }
+        return out;
     }
 
     /** Counts of a run. */

@@ -5,12 +5,18 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.protobuf.Struct;
 import com.google.protobuf.util.JsonFormat;
+import dev.optsidecar.client.OptSidecarClient;
+import dev.optsidecar.client.TensorData;
 import dev.optsidecar.proto.v1.EmaShadow;
+import dev.optsidecar.proto.v1.GroupCounters;
+import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.Lookahead;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.Schedule;
 import dev.optsidecar.proto.v1.TensorSpec;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -21,6 +27,7 @@ import java.util.ArrayList;
 import java.util.Base64;
 import java.util.Iterator;
 import java.util.List;
+import java.util.Map;
 
 /**
  * One reference case file (format_version 1): the optimizer configuration, initial tensors, and
@@ -59,12 +66,70 @@ final class ReferenceCase {
         return root.path("algorithm").asText();
     }
 
-    /** Why this runner cannot replay the case yet, or null. */
-    String unsupportedReason() {
-        if (root.has("checkpoint")) {
-            return "resume from a recorded checkpoint needs the state-restore API (not in this server yet)";
+    /** The view the case's {@code steps[].eval} records, or null. */
+    View evalView() {
+        String kind = root.path("eval_view").asText("");
+        return switch (kind) {
+            case "x" -> View.newBuilder().setKind(ViewKind.VIEW_EVAL).build();
+            case "ema" -> View.newBuilder().setKind(ViewKind.VIEW_EMA)
+                    .setEmaDecay(root.path("ema").path("decay").asDouble()).build();
+            case "slow" -> View.newBuilder().setKind(ViewKind.VIEW_SLOW).build();
+            default -> null;
+        };
+    }
+
+    /** The step after which the run was checkpointed, or 0 if the case is not a resume case. */
+    int resumeAfter() {
+        return root.has("checkpoint") ? root.path("checkpoint").path("after_step").asInt() : 0;
+    }
+
+    /** The initial weights: the checkpoint's when resuming, else the case's initial tensors. */
+    List<float[]> startingParams() {
+        if (resumeAfter() == 0) {
+            return initialParams();
         }
-        return null;
+        return decodeAll(root.path("checkpoint").path("params"));
+    }
+
+    /**
+     * The saved counters of a resume case, in the protocol's terms: torch's per-parameter 'step',
+     * the Schedule-Free group scalars, the scheduler's last_epoch, and which point the weights are.
+     */
+    ModelState checkpointState(int groupCount, String groupName) {
+        JsonNode cp = root.path("checkpoint");
+        int after = cp.path("after_step").asInt();
+        ModelState.Builder state = ModelState.newBuilder()
+                .setVersion(after)
+                .setScheduleStep(cp.path("scheduler").path("last_epoch").asLong(after))
+                .setWeightsView(cp.path("params_mode").asText().equals("eval") ? ViewKind.VIEW_EVAL : ViewKind.VIEW_TRAIN);
+        JsonNode group = cp.path("groups").get(0);
+        for (JsonNode s : cp.path("state")) {
+            // Torch counts steps per parameter; Schedule-Free counts k per group, and a tensor with z has stepped k times.
+            state.addTensorSteps(s.has("step") ? s.path("step").asLong() : group.path("k").asLong());
+        }
+        GroupCounters.Builder g = GroupCounters.newBuilder().setGroup(groupName).setLr(group.path("lr").asDouble());
+        if (group.has("k")) {
+            g.setK(group.path("k").asLong()).setWeightSum(group.path("weight_sum").asDouble())
+                    .setLrMax(group.path("lr_max").asDouble());
+        } else {
+            g.setLrMax(-1.0);
+        }
+        return state.addGroups(g).build();
+    }
+
+    /** The checkpoint's state tensors, each under its reference name (z, exp_avg, ...), which the server uses too. */
+    List<OptSidecarClient.StateBuffer> checkpointBuffers() {
+        List<OptSidecarClient.StateBuffer> out = new ArrayList<>();
+        JsonNode states = root.path("checkpoint").path("state");
+        for (int t = 0; t < states.size(); t++) {
+            for (Iterator<Map.Entry<String, JsonNode>> it = states.get(t).fields(); it.hasNext(); ) {
+                Map.Entry<String, JsonNode> e = it.next();
+                if (e.getValue().isTextual()) {
+                    out.add(new OptSidecarClient.StateBuffer(t, e.getKey(), TensorData.of(decode(e.getValue().asText()))));
+                }
+            }
+        }
+        return out;
     }
 
     int tensorCount() {

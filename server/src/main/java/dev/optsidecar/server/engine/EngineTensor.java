@@ -18,18 +18,23 @@ public interface EngineTensor {
     /** Copies {@code src.remaining()/4} floats into the parameters at {@code offset}. */
     void writeParams(long offset, ByteBuffer src);
 
+    /** Copies {@code src.remaining()/4} floats into state slot {@code slot} at {@code offset}. */
+    void writeSlot(int slot, long offset, ByteBuffer src);
+
     /**
-     * Copies {@code src.remaining()/4} floats into the gradient buffer at {@code offset}.
-     *
-     * @return the element index of the first NaN or Inf that was copied, or -1 if all are finite
+     * Copies {@code src.remaining()/4} floats into the gradient buffer at {@code offset}, noting
+     * the first NaN or Inf and the values' sum of squares on the way.
      */
-    long writeGradient(long offset, ByteBuffer src);
+    Ingest writeGradient(long offset, ByteBuffer src);
 
     /** Writes {@code count} parameters starting at {@code offset} into {@code dst}. */
     void readParams(long offset, int count, ByteBuffer dst);
 
     /** Writes {@code count} elements of state slot {@code slot} starting at {@code offset} into {@code dst}. */
     void readSlot(int slot, long offset, int count, ByteBuffer dst);
+
+    /** Computes {@code count} elements of a derived view starting at {@code offset} into {@code dst}. */
+    void readView(ViewKernel view, long offset, int count, ByteBuffer dst);
 
     /** Releases the memory; the tensor must not be used afterwards. */
     void free();

@@ -43,6 +43,10 @@ final class Coverage {
         covered += end - start;
     }
 
+    long numel() {
+        return numel;
+    }
+
     boolean isComplete() {
         return covered == numel;
     }

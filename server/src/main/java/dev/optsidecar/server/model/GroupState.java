@@ -1,15 +1,18 @@
 package dev.optsidecar.server.model;
 
 import dev.optsidecar.server.optim.Algorithm;
+import dev.optsidecar.server.optim.GroupCounters;
 import dev.optsidecar.server.optim.Hyperparameters;
 
-/** A parameter group: its effective hyperparameters, its algorithm instance and its base lr. */
+/** A parameter group: its effective hyperparameters, its algorithm instance, base lr and counters. */
 final class GroupState {
     final String name;
     final Hyperparameters hyperparameters;
     final Algorithm algorithm;
     /** The base learning rate; a client may change it between steps, as torch schedulers do. */
     double baseLr;
+    /** Schedule-Free's k, weight_sum and lr_max; carried unchanged by other algorithms. */
+    GroupCounters counters = GroupCounters.INITIAL;
 
     GroupState(String name, Hyperparameters hyperparameters, Algorithm algorithm) {
         this.name = name;

@@ -1,15 +1,19 @@
 package dev.optsidecar.server.model;
 
-import dev.optsidecar.proto.v1.GroupInfo;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.NonFinitePolicy;
-import dev.optsidecar.proto.v1.TensorInfo;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.View;
-import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.engine.Chain;
 import dev.optsidecar.server.engine.Engine;
+import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.Ingest;
 import dev.optsidecar.server.engine.TensorStep;
+import dev.optsidecar.server.engine.UpdateNorm;
+import dev.optsidecar.server.optim.EmaShadow;
+import dev.optsidecar.server.optim.Lookahead;
+import dev.optsidecar.server.optim.StepPlan;
 
 import java.util.ArrayList;
 import java.util.Collections;
@@ -17,6 +21,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.concurrent.atomic.DoubleAdder;
 import java.util.concurrent.locks.StampedLock;
 
 /**
@@ -34,17 +39,26 @@ public final class Model {
     private final long memoryBytes;
     private final StampedLock lock = new StampedLock();
     private final AtomicReference<StepAssembly> assembling = new AtomicReference<>();
+    private final Training training;
     private volatile long version;
     private volatile boolean deleted;
+    /** Scheduler steps taken (LambdaLR's last_epoch): the schedule's position. */
+    long scheduleStep;
+    /** Updates each EMA shadow has had (AveragedModel's n_averaged). */
+    final long[] emaUpdates;
+    /** Lookahead's inner steps since its last synchronisation. */
+    long lookaheadStep;
 
     Model(String name, OptimizerConfig config, List<TensorEntry> tensors, List<GroupState> groups,
-          Engine engine, long memoryBytes) {
+          Training training, Engine engine, long memoryBytes) {
         this.name = name;
         this.config = config;
         this.tensors = Collections.unmodifiableList(tensors);
         this.groups = Collections.unmodifiableList(groups);
+        this.training = training;
         this.engine = engine;
         this.memoryBytes = memoryBytes;
+        this.emaUpdates = new long[training.ema().size()];
     }
 
     public String name() {
@@ -79,32 +93,31 @@ public final class Model {
         return groups;
     }
 
-    /** The views this model serves. The algorithms of this version have only the train view. */
+    Training training() {
+        return training;
+    }
+
+    Engine engine() {
+        return engine;
+    }
+
+    void setVersion(long version) {
+        this.version = version;
+    }
+
+    /** The views this model serves, labelled as responses label them. */
     public List<View> views() {
-        return List.of(View.newBuilder().setKind(ViewKind.VIEW_TRAIN).build());
+        return Views.available(this);
     }
 
     /**
-     * Resolves a requested view: unspecified means train; a view the algorithm lacks is
+     * Resolves a requested view: unspecified means train; a view the model lacks is
      * INVALID_ARGUMENT, never silently the train view.
      *
      * @return the resolved view, or null for VIEW_NONE when {@code allowNone}
      */
-    public View resolveView(View requested, String field, boolean allowNone) {
-        ViewKind kind = requested.getKind();
-        if (kind == ViewKind.VIEW_KIND_UNSPECIFIED || kind == ViewKind.VIEW_TRAIN) {
-            return View.newBuilder().setKind(ViewKind.VIEW_TRAIN).build();
-        }
-        if (kind == ViewKind.VIEW_NONE && allowNone) {
-            return null;
-        }
-        List<String> available = new ArrayList<>();
-        for (View v : views()) {
-            available.add(v.getKind().name());
-        }
-        throw OptError.invalid("%s: model '%s' (%s) has no %s view; available: %s", field, name,
-                config.getAlgorithm(), kind == ViewKind.UNRECOGNIZED ? "such" : kind.name(),
-                String.join(", ", available));
+    public ResolvedView resolveView(View requested, String field, boolean allowNone) {
+        return Views.resolve(this, requested, field, allowNone);
     }
 
     /**
@@ -163,12 +176,12 @@ public final class Model {
      * Validates and applies an assembled step, then opens the requested view of the result under
      * the read lock, so the weights streamed back are exactly those of the new version.
      *
-     * @param noGrad    tensor indexes without a gradient this step
-     * @param groupLr   new base learning rates by group name
-     * @param view      resolved view to return, or null for none
+     * @param noGrad  tensor indexes without a gradient this step
+     * @param groupLr new base learning rates by group name
+     * @param view    resolved view to return, or null for none
      */
     public StepOutcome commit(StepAssembly a, List<Integer> noGrad, Map<String, Double> groupLr,
-                              View view, NonFinitePolicy policy) {
+                              ResolvedView view, NonFinitePolicy policy) {
         try {
             if (assembling.get() != a) {
                 throw OptError.aborted("step %d of model '%s' is no longer being assembled", a.stepId(), name);
@@ -183,34 +196,29 @@ public final class Model {
                 if (!skipped) {
                     newLr.forEach((g, lr) -> g.baseLr = lr);
                 }
-                Map<GroupState, Double> stepLr = new LinkedHashMap<>();
-                List<GroupLrUsed> lrs = new ArrayList<>(groups.size());
+                double gradNorm = Math.sqrt(a.sumOfSquares());
+                double clip = training.clipGradNorm() > 0
+                        ? Math.min(1.0, training.clipGradNorm() / (gradNorm + 1e-6)) : 1.0;
+                Map<GroupState, StepPlan> plans = new LinkedHashMap<>();
+                List<GroupFigures> figures = new ArrayList<>(groups.size());
                 for (GroupState g : groups) {
-                    stepLr.put(g, lrFor(g));
-                    lrs.add(new GroupLrUsed(g.name, stepLr.get(g)));
+                    double lr = lrFor(g);
+                    StepPlan plan = g.algorithm.plan(g.counters, lr, (float) clip);
+                    plans.put(g, plan);
+                    figures.add(new GroupFigures(g.name, lr, plan.effectiveLr(), plan.averagingWeight(),
+                            skipped ? g.counters : plan.after()));
                 }
+                Double updateNorm = null;
                 if (!skipped) {
-                    List<TensorStep> steps = new ArrayList<>();
-                    for (TensorEntry t : tensors) {
-                        if (!skip[t.index]) {
-                            steps.add(new TensorStep(t.storage, t.group.algorithm.step(t.steps + 1, stepLr.get(t.group))));
-                        }
-                    }
-                    engine.apply(steps);
-                    for (TensorEntry t : tensors) {
-                        if (!skip[t.index]) {
-                            t.steps++;
-                        }
-                    }
-                    version++;
+                    updateNorm = apply(skip, plans);
                 }
                 long readStamp = lock.tryConvertToReadLock(stamp);
                 stamp = 0;
-                ViewReader reader = view == null ? null : new ViewReader(this, view, version, readStamp);
+                ViewReader reader = view == null ? null : new ViewReader(this, view.label(), view.source(), version, readStamp);
                 if (reader == null) {
                     lock.unlockRead(readStamp);
                 }
-                return new StepOutcome(version, skipped, lrs, reader);
+                return new StepOutcome(version, skipped, figures, gradNorm, skipped ? 1.0 : clip, updateNorm, reader);
             } finally {
                 if (stamp != 0) {
                     lock.unlockWrite(stamp);
@@ -221,9 +229,60 @@ public final class Model {
         }
     }
 
-    /** The learning rate a group uses for the next step. Schedules will scale the base lr here. */
+    /**
+     * Runs one step on the engine under the write lock: per tensor, the algorithm's kernel (if
+     * it has a gradient), then a due Lookahead synchronisation, then due EMA updates, chained
+     * into one pass; then advances every counter.
+     *
+     * @return the update norm, if the model reports it
+     */
+    private Double apply(boolean[] skip, Map<GroupState, StepPlan> plans) {
+        long t = version + 1;
+        boolean sync = training.lookahead() != null && training.lookahead().syncsAt(lookaheadStep + 1);
+        List<Integer> emaDue = new ArrayList<>();
+        for (int i = 0; i < emaUpdates.length; i++) {
+            if (training.ema().get(i).updatesAt(t)) {
+                emaDue.add(i);
+            }
+        }
+        DoubleAdder updateSquares = training.reportUpdateNorm() ? new DoubleAdder() : null;
+        List<TensorStep> steps = new ArrayList<>();
+        for (TensorEntry tensor : tensors) {
+            List<FusedStep> chain = new ArrayList<>();
+            if (!skip[tensor.index]) {
+                chain.add(plans.get(tensor.group).forTensor().apply(tensor.steps + 1));
+            }
+            if (sync) {
+                chain.add(training.lookahead().sync(tensor.slot(Lookahead.SLOW_SLOT),
+                        tensor.group.algorithm.momentumSlot(), tensor.slot(Lookahead.CACHE_SLOT)));
+            }
+            for (int i : emaDue) {
+                chain.add(training.ema().get(i).update(emaUpdates[i], tensor.slot(EmaShadow.slotName(i))));
+            }
+            if (!chain.isEmpty()) {
+                FusedStep step = Chain.of(chain);
+                steps.add(new TensorStep(tensor.storage, updateSquares == null ? step : new UpdateNorm(step, updateSquares)));
+            }
+        }
+        engine.apply(steps);
+        for (TensorEntry tensor : tensors) {
+            if (!skip[tensor.index]) {
+                tensor.steps++;
+            }
+        }
+        plans.forEach((g, plan) -> g.counters = plan.after());
+        emaDue.forEach(i -> emaUpdates[i]++);
+        if (training.lookahead() != null) {
+            lookaheadStep = sync ? 0 : lookaheadStep + 1;
+        }
+        scheduleStep++;
+        version = t;
+        return updateSquares == null ? null : Math.sqrt(updateSquares.sum());
+    }
+
+    /** The learning rate a group uses for the next step: its base lr under the schedule. */
     double lrFor(GroupState g) {
-        return g.baseLr;
+        return training.schedule().lr(g.baseLr, scheduleStep);
     }
 
     private boolean[] noGradMask(List<Integer> noGrad) {
@@ -254,7 +313,7 @@ public final class Model {
     }
 
     /** Opens a view for reading under the read lock; the caller must close the reader. */
-    public ViewReader read(View view) {
+    public ViewReader read(ResolvedView view) {
         long stamp = lock.readLock();
         try {
             checkLive();
@@ -262,37 +321,14 @@ public final class Model {
             lock.unlockRead(stamp);
             throw e;
         }
-        return new ViewReader(this, view, version, stamp);
+        return new ViewReader(this, view.label(), view.source(), version, stamp);
     }
 
-    /** The model's tensors, groups, configuration, version and current learning rates. */
+    /** The model's tensors, groups, configuration, counters, version and current learning rates. */
     public ModelInfo describe() {
         return underReadLock(() -> {
             checkLive();
-            ModelInfo.Builder b = ModelInfo.newBuilder()
-                    .setName(name)
-                    .setOptimizer(config)
-                    .setVersion(version)
-                    .addAllViews(views())
-                    .setMemoryBytes(memoryBytes);
-            long total = 0;
-            for (TensorEntry t : tensors) {
-                TensorInfo.Builder ti = TensorInfo.newBuilder()
-                        .setName(t.name).setNumel(t.numel).setGroup(t.group.name).setSteps(t.steps);
-                for (long d : t.shape) {
-                    ti.addShape(d);
-                }
-                b.addTensors(ti);
-                total += t.numel;
-            }
-            for (GroupState g : groups) {
-                b.addGroups(GroupInfo.newBuilder()
-                        .setName(g.name)
-                        .setHyperparameters(g.hyperparameters.toStruct().toBuilder()
-                                .putFields("lr", com.google.protobuf.Value.newBuilder().setNumberValue(g.baseLr).build()))
-                        .setLr(lrFor(g)));
-            }
-            return b.setTotalElements(total).build();
+            return ModelDescription.of(this);
         });
     }
 
@@ -329,9 +365,17 @@ public final class Model {
         }
     }
 
-    /** The learning rate each group used in a step. */
-    public record GroupLrUsed(String group, double lr) {}
+    /** What one group did in a step: its lr, the lr the update used, c_t and its counters after. */
+    public record GroupFigures(String group, double lr, double effectiveLr, double averagingWeight,
+                               dev.optsidecar.server.optim.GroupCounters counters) {}
 
-    /** What a commit did. {@code weights} is null when no view was requested; else the caller closes it. */
-    public record StepOutcome(long version, boolean skipped, List<GroupLrUsed> lr, ViewReader weights) {}
+    /**
+     * What a commit did. {@code updateNorm} is null unless the model reports it; {@code weights} is
+     * null when no view was requested, else the caller closes it.
+     */
+    public record StepOutcome(long version, boolean skipped, List<GroupFigures> groups, double gradNorm,
+                              double clipCoefficient, Double updateNorm, ViewReader weights) {}
+
+    /** A view as resolved for this model: its label on the wire and where its values come from. */
+    public record ResolvedView(View label, ViewSource source) {}
 }

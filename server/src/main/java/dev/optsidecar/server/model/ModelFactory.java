@@ -11,7 +11,11 @@ import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
+import dev.optsidecar.server.optim.EmaShadow;
 import dev.optsidecar.server.optim.Hyperparameters;
+import dev.optsidecar.server.optim.Lookahead;
+import dev.optsidecar.server.optim.schedule.Schedule;
+import dev.optsidecar.server.optim.schedule.Schedules;
 
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -37,17 +41,7 @@ final class ModelFactory {
         }
         OptimizerConfig config = spec.getOptimizer();
         AlgorithmDefinition definition = Algorithms.byName(config.getAlgorithm(), "spec.optimizer.algorithm");
-        if (config.hasSchedule() && !config.getSchedule().getType().isEmpty()
-                && !config.getSchedule().getType().equals("constant")) {
-            throw OptError.unimplemented("spec.optimizer.schedule.type: schedule '%s' is not implemented by this"
-                    + " server yet", config.getSchedule().getType());
-        }
-        if (config.getEmaCount() > 0) {
-            throw OptError.unimplemented("spec.optimizer.ema: EMA shadows are not implemented by this server yet");
-        }
-        if (config.hasLookahead()) {
-            throw OptError.unimplemented("spec.optimizer.lookahead: Lookahead is not implemented by this server yet");
-        }
+        Training training = training(config);
         if (config.getNonFiniteValue() > 2) {
             throw OptError.invalid("spec.optimizer.non_finite: unknown policy %d", config.getNonFiniteValue());
         }
@@ -123,20 +117,31 @@ final class ModelFactory {
         Map<String, GroupState> groups = new LinkedHashMap<>();
         for (Map.Entry<String, Hyperparameters> e : groupHp.entrySet()) {
             Algorithm algorithm = definition.create(e.getValue());
+            if (training.lookahead() != null && training.lookahead().pullback() != Lookahead.Pullback.NONE
+                    && algorithm.momentumSlot() < 0) {
+                throw OptError.invalid("spec.optimizer.lookahead.pullback_momentum: '%s' acts on SGD's momentum"
+                        + " buffer, which group '%s' (%s) does not have", config.getLookahead().getPullbackMomentum(),
+                        e.getKey(), definition.name());
+            }
             groups.put(e.getKey(), new GroupState(e.getKey(), e.getValue(), algorithm));
         }
+        List<String> wrapperSlots = Views.wrapperSlots(training.ema().size(), training.lookahead());
 
         long bytes = 0;
         for (int i = 0; i < sizes.size(); i++) {
-            bytes += engine.bytesFor(sizes.get(i), groups.get(groupOf[i]).algorithm.stateSlots().size());
+            bytes += engine.bytesFor(sizes.get(i),
+                    groups.get(groupOf[i]).algorithm.stateSlots().size() + wrapperSlots.size());
         }
         registry.reserve(name, bytes);
         List<TensorEntry> tensors = new ArrayList<>();
         try {
             for (int i = 0; i < sizes.size(); i++) {
                 GroupState g = groups.get(groupOf[i]);
-                EngineTensor storage = engine.allocate(sizes.get(i), g.algorithm.stateSlots().size());
-                tensors.add(new TensorEntry(i, spec.getTensors(i).getName(), shapes.get(i), sizes.get(i), g, storage));
+                List<String> slots = new ArrayList<>(g.algorithm.stateSlots());
+                slots.addAll(wrapperSlots);
+                EngineTensor storage = engine.allocate(sizes.get(i), slots.size());
+                tensors.add(new TensorEntry(i, spec.getTensors(i).getName(), shapes.get(i), sizes.get(i), g, storage,
+                        slots));
             }
         } catch (OutOfMemoryError e) {
             tensors.forEach(t -> t.storage.free());
@@ -144,8 +149,61 @@ final class ModelFactory {
             throw OptError.exhausted("model '%s': out of memory allocating %d bytes; raise the JVM heap (-Xmx)"
                     + " or lower --memory-limit", name, bytes);
         }
-        Model model = new Model(name, config, tensors, new ArrayList<>(groups.values()), engine, bytes);
-        return new PendingModel(model, registry);
+        Model model = new Model(name, config, tensors, new ArrayList<>(groups.values()), training, engine, bytes);
+        return new PendingModel(model, registry, spec.hasState() ? spec.getState() : null);
+    }
+
+    /** The schedule, wrappers, clipping and reporting around the algorithm, validated. */
+    private static Training training(OptimizerConfig config) {
+        String field = "spec.optimizer";
+        Schedule schedule = Schedules.parse(config.getSchedule().getType(), config.getSchedule().getParameters(),
+                field + ".schedule");
+        List<EmaShadow> ema = new ArrayList<>();
+        Set<Double> decays = new HashSet<>();
+        for (int i = 0; i < config.getEmaCount(); i++) {
+            EmaShadowSpec e = new EmaShadowSpec(config.getEma(i), field + ".ema[" + i + "]");
+            if (!decays.add(e.decay)) {
+                throw OptError.invalid("%s.ema[%d].decay: two shadows with decay %s", field, i, e.decay);
+            }
+            ema.add(new EmaShadow(e.decay, e.every));
+        }
+        Lookahead lookahead = null;
+        if (config.hasLookahead()) {
+            dev.optsidecar.proto.v1.Lookahead la = config.getLookahead();
+            if (la.getK() < 1) {
+                throw OptError.invalid("%s.lookahead.k: must be >= 1 (got %d)", field, Integer.toUnsignedLong(la.getK()));
+            }
+            if (!(la.getAlpha() >= 0 && la.getAlpha() <= 1)) {
+                throw OptError.invalid("%s.lookahead.alpha: must be in [0, 1] (got %s)", field, la.getAlpha());
+            }
+            Lookahead.Pullback pullback = switch (la.getPullbackMomentum()) {
+                case "", "none" -> Lookahead.Pullback.NONE;
+                case "reset" -> Lookahead.Pullback.RESET;
+                case "pullback" -> Lookahead.Pullback.PULLBACK;
+                default -> throw OptError.invalid("%s.lookahead.pullback_momentum: '%s' is not none, reset or pullback",
+                        field, la.getPullbackMomentum());
+            };
+            lookahead = new Lookahead(Integer.toUnsignedLong(la.getK()), la.getAlpha(), pullback);
+        }
+        double clip = config.getClipGradNorm();
+        if (!(clip >= 0) || Double.isInfinite(clip)) {
+            throw OptError.invalid("%s.clip_grad_norm: must be finite and >= 0, 0 for none (got %s)", field, clip);
+        }
+        return new Training(schedule, List.copyOf(ema), lookahead, clip, config.getReportUpdateNorm());
+    }
+
+    /** One EMA shadow's settings, validated. */
+    private record EmaShadowSpec(double decay, long every) {
+        EmaShadowSpec(dev.optsidecar.proto.v1.EmaShadow e, String field) {
+            this(check(e.getDecay(), field), e.getEvery() == 0 ? 1 : Integer.toUnsignedLong(e.getEvery()));
+        }
+
+        private static double check(double decay, String field) {
+            if (!(decay >= 0 && decay < 1)) {
+                throw OptError.invalid("%s.decay: must be in [0, 1) (got %s)", field, decay);
+            }
+            return decay;
+        }
     }
 
     private static Hyperparameters hyperparameters(AlgorithmDefinition def, OptimizerConfig config,

@@ -1,53 +1,165 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.proto.v1.ModelState;
+import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.TensorStep;
+import dev.optsidecar.server.optim.GroupCounters;
+import dev.optsidecar.server.optim.Lookahead;
 
 import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
 
 /**
- * A model being registered: its memory is allocated and its initial weights are arriving. It
- * becomes visible only when every element has arrived; if registration fails or is abandoned,
- * {@link #discard} frees the memory and nothing is left behind.
+ * A model being registered: its memory is allocated and its initial weights (and, when restoring a
+ * saved run, its state buffers) are arriving. It becomes visible only when every element has
+ * arrived; if registration fails or is abandoned, {@link #discard} frees the memory and nothing is
+ * left behind.
  */
 public final class PendingModel {
     private final Model model;
     private final ModelRegistry registry;
-    private final Coverage[] coverage;
+    private final ModelState state;
+    private final Coverage[] weights;
+    /** Per tensor: state slot index to the coverage of the chunks sent for it. */
+    private final List<Map<Integer, Coverage>> slots = new ArrayList<>();
     private boolean done;
 
-    PendingModel(Model model, ModelRegistry registry) {
+    PendingModel(Model model, ModelRegistry registry, ModelState state) {
         this.model = model;
         this.registry = registry;
-        this.coverage = new Coverage[model.tensorCount()];
-        for (int i = 0; i < coverage.length; i++) {
-            coverage[i] = new Coverage(model.tensors().get(i).numel);
+        this.state = state;
+        this.weights = new Coverage[model.tensorCount()];
+        for (int i = 0; i < weights.length; i++) {
+            weights[i] = new Coverage(model.tensors().get(i).numel);
+            slots.add(new HashMap<>());
         }
     }
 
     public void addWeights(int tensor, long offset, ByteBuffer data) {
         TensorEntry t = StepAssembly.checkChunk(model.tensors(), tensor, offset, data, "initial weights of");
         long count = data.remaining() / Float.BYTES;
-        if (coverage[tensor].overlaps(offset, offset + count)) {
+        if (weights[tensor].overlaps(offset, offset + count)) {
             throw OptError.invalid("weights chunk for %s: elements [%d, %d) were already sent",
                     t.describe(), offset, offset + count);
         }
         t.storage.writeParams(offset, data);
-        coverage[tensor].add(offset, offset + count);
+        weights[tensor].add(offset, offset + count);
     }
 
-    /** Checks that every element arrived and publishes the model under its name. */
+    /** Copies a chunk of a saved state buffer into place. */
+    public void addState(int tensor, String slot, long offset, ByteBuffer data) {
+        if (state == null) {
+            throw OptError.invalid("state: state chunks need spec.state (the saved run's counters)");
+        }
+        TensorEntry t = StepAssembly.checkChunk(model.tensors(), tensor, offset, data, "state of");
+        int index = t.slot(slot);
+        if (index < 0) {
+            throw OptError.invalid("state.slot: %s has no state slot '%s'; its slots: %s", t.describe(), slot,
+                    String.join(", ", t.slots));
+        }
+        long count = data.remaining() / Float.BYTES;
+        Coverage c = slots.get(tensor).computeIfAbsent(index, i -> new Coverage(t.numel));
+        if (c.overlaps(offset, offset + count)) {
+            throw OptError.invalid("state chunk for %s slot '%s': elements [%d, %d) were already sent",
+                    t.describe(), slot, offset, offset + count);
+        }
+        t.storage.writeSlot(index, offset, data);
+        c.add(offset, offset + count);
+    }
+
+    /** Checks that every element arrived, applies the saved counters and publishes the model. */
     public Model publish() {
-        for (int i = 0; i < coverage.length; i++) {
-            if (!coverage[i].isComplete()) {
-                TensorEntry t = model.tensors().get(i);
-                throw OptError.precondition("initial weights of %s are incomplete: %d of %d elements missing,"
-                        + " first missing element %d", t.describe(), coverage[i].missing(), t.numel,
-                        coverage[i].firstMissing());
+        for (int i = 0; i < weights.length; i++) {
+            TensorEntry t = model.tensors().get(i);
+            requireComplete(weights[i], "initial weights of " + t.describe() + " are");
+            for (Map.Entry<Integer, Coverage> e : slots.get(i).entrySet()) {
+                requireComplete(e.getValue(), "state slot '" + t.slots.get(e.getKey()) + "' of " + t.describe() + " is");
             }
         }
+        if (state != null) {
+            restoreCounters();
+        }
+        initialiseWrappers();
         registry.publish(model);
         done = true;
         return model;
+    }
+
+    private static void requireComplete(Coverage c, String what) {
+        if (!c.isComplete()) {
+            throw OptError.precondition("%s incomplete: %d of %d elements missing, first missing element %d",
+                    what, c.missing(), c.numel(), c.firstMissing());
+        }
+    }
+
+    /** Sets the saved run's counters; weights saved at Schedule-Free's eval point become y. */
+    private void restoreCounters() {
+        List<TensorEntry> tensors = model.tensors();
+        if (state.getTensorStepsCount() != 0 && state.getTensorStepsCount() != tensors.size()) {
+            throw OptError.invalid("spec.state.tensor_steps: %d entries for %d tensors",
+                    state.getTensorStepsCount(), tensors.size());
+        }
+        if (state.getEmaUpdatesCount() != 0 && state.getEmaUpdatesCount() != model.emaUpdates.length) {
+            throw OptError.invalid("spec.state.ema_updates: %d entries for %d EMA shadows",
+                    state.getEmaUpdatesCount(), model.emaUpdates.length);
+        }
+        for (dev.optsidecar.proto.v1.GroupCounters saved : state.getGroupsList()) {
+            GroupState g = model.groups().stream().filter(x -> x.name.equals(saved.getGroup())).findFirst()
+                    .orElseThrow(() -> OptError.invalid("spec.state.groups: model '%s' has no group '%s'",
+                            model.name(), saved.getGroup()));
+            if (!(saved.getLr() >= 0) || Double.isInfinite(saved.getLr())) {
+                throw OptError.invalid("spec.state.groups[%s].lr: must be finite and >= 0", g.name);
+            }
+            g.baseLr = saved.getLr();
+            g.counters = new GroupCounters(saved.getK(), saved.getWeightSum(), saved.getLrMax());
+        }
+        for (int i = 0; i < state.getTensorStepsCount(); i++) {
+            tensors.get(i).steps = state.getTensorSteps(i);
+        }
+        for (int i = 0; i < state.getEmaUpdatesCount(); i++) {
+            model.emaUpdates[i] = state.getEmaUpdates(i);
+        }
+        model.scheduleStep = state.getScheduleStep();
+        model.lookaheadStep = state.getLookaheadStep();
+        model.setVersion(state.getVersion());
+        ViewKind saved = state.getWeightsView();
+        if (saved == ViewKind.VIEW_EVAL) {
+            FusedStep toTrain = model.groups().get(0).algorithm.trainFromEval();
+            if (toTrain == null) {
+                throw OptError.invalid("spec.state.weights_view: %s has no eval point to convert from",
+                        model.config().getAlgorithm());
+            }
+            List<TensorStep> steps = new ArrayList<>();
+            for (TensorEntry t : tensors) {
+                if (t.steps > 0) { // a tensor without z holds y = x
+                    steps.add(new TensorStep(t.storage, t.group.algorithm.trainFromEval()));
+                }
+            }
+            model.engine().apply(steps);
+        } else if (saved != ViewKind.VIEW_TRAIN && saved != ViewKind.VIEW_KIND_UNSPECIFIED) {
+            throw OptError.invalid("spec.state.weights_view: must be VIEW_TRAIN or VIEW_EVAL (got %s)", saved);
+        }
+    }
+
+    /** Lookahead's slow weights start as θ unless a saved run sent them. */
+    private void initialiseWrappers() {
+        Lookahead lookahead = model.training().lookahead();
+        if (lookahead == null) {
+            return;
+        }
+        List<TensorStep> steps = new ArrayList<>();
+        for (TensorEntry t : model.tensors()) {
+            int slow = t.slot(Lookahead.SLOW_SLOT);
+            if (!slots.get(t.index).containsKey(slow)) {
+                steps.add(new TensorStep(t.storage, lookahead.initialise(slow)));
+            }
+        }
+        model.engine().apply(steps);
     }
 
     /** Frees the memory of a model that will not be published. */

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.model;
 
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.engine.Ingest;
 
 import java.nio.ByteBuffer;
 import java.util.List;
@@ -19,6 +20,7 @@ public final class StepAssembly {
     private final long stepId;
     private final Coverage[] coverage;
     private String nonFinite;
+    private double sumOfSquares;
 
     StepAssembly(List<TensorEntry> tensors, long stepId) {
         this.tensors = tensors;
@@ -46,10 +48,14 @@ public final class StepAssembly {
             throw OptError.invalid("chunk for %s: elements [%d, %d) overlap elements already sent in step %d",
                     t.describe(), offset, offset + count, stepId);
         }
-        long bad = t.storage.writeGradient(offset, data);
+        Ingest ingest = t.storage.writeGradient(offset, data);
         c.add(offset, offset + count);
+        long bad = ingest.firstNonFinite();
         if (bad >= 0 && nonFinite == null) {
             nonFinite = "gradient of " + t.describe() + " has a non-finite value at element " + bad;
+        }
+        if (bad < 0) {
+            sumOfSquares += ingest.sumOfSquares();
         }
         return bad >= 0 ? nonFinite : null;
     }
@@ -76,6 +82,11 @@ public final class StepAssembly {
                     what, t.describe(), Long.toUnsignedString(offset), Long.toUnsignedString(offset + count), t.numel);
         }
         return t;
+    }
+
+    /** The squared global L2 norm of the gradients received (finite chunks). */
+    double sumOfSquares() {
+        return sumOfSquares;
     }
 
     /** The first NaN or Inf seen in this step, or null. */

@@ -14,14 +14,16 @@ import java.nio.ByteBuffer;
 public final class ViewReader implements AutoCloseable {
     private final Model model;
     private final View view;
+    private final ViewSource source;
     private final long version;
     private long stamp;
     private int tensor;
     private long offset;
 
-    ViewReader(Model model, View view, long version, long stamp) {
+    ViewReader(Model model, View view, ViewSource source, long version, long stamp) {
         this.model = model;
         this.view = view;
+        this.source = source;
         this.version = version;
         this.stamp = stamp;
     }
@@ -43,7 +45,7 @@ public final class ViewReader implements AutoCloseable {
         TensorEntry t = model.tensors().get(tensor);
         int count = (int) Math.min(maxBytes / Float.BYTES, t.numel - offset);
         byte[] bytes = new byte[count * Float.BYTES];
-        t.storage.readParams(offset, count, ByteBuffer.wrap(bytes));
+        source.read(t, offset, count, ByteBuffer.wrap(bytes));
         WeightsChunk chunk = WeightsChunk.newBuilder()
                 .setView(view)
                 .setVersion(version)

@@ -18,7 +18,7 @@ import java.util.List;
  * loop multiplies by 1/sqrt(bc2) where torch divides by sqrt(bc2), an ulp apart, to keep one
  * divide per element.
  */
-public final class Adam implements Algorithm {
+public final class Adam extends TensorwiseAlgorithm {
     public static final AlgorithmDefinition ADAM = definition("Adam", 0.0, false);
     public static final AlgorithmDefinition ADAMW = definition("AdamW", 1e-2, true);
 
@@ -55,8 +55,8 @@ public final class Adam implements Algorithm {
     }
 
     @Override
-    public FusedStep step(long t, double lr) {
-        float sign = maximize ? -1f : 1f;
+    FusedStep step(long t, double lr, float gradScale) {
+        float scale = maximize ? -gradScale : gradScale; // maximize and clipping, on g
         // As torch: a zero weight_decay touches neither θ nor g.
         boolean decays = weightDecay != 0 && decoupled;
         boolean l2 = weightDecay != 0 && !decoupled;
@@ -80,7 +80,7 @@ public final class Adam implements Algorithm {
                 float[] vmax = s[2];
                 for (int i = from; i < to; i++) {
                     float pi = decays ? p[i] * decay : p[i];
-                    float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
+                    float gi = l2 ? scale * g[i] + lambda * pi : scale * g[i];
                     float mi = Math.fma(oneMinusB1, gi, m[i] * b1);
                     float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
                     float vm = Math.max(vmax[i], vi);
@@ -96,7 +96,7 @@ public final class Adam implements Algorithm {
             float[] v = s[1];
             for (int i = from; i < to; i++) {
                 float pi = decays ? p[i] * decay : p[i];
-                float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
+                float gi = l2 ? scale * g[i] + lambda * pi : scale * g[i];
                 float mi = Math.fma(oneMinusB1, gi, m[i] * b1);
                 float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
                 m[i] = mi;

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.optim;
 
 import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.ViewKernel;
 
 import java.util.List;
 
@@ -13,10 +14,26 @@ public interface Algorithm {
     List<String> stateSlots();
 
     /**
-     * The step for one tensor.
+     * Plans one step of the group. Pure: the counters after the step are returned, not stored.
      *
-     * @param t  1-based count of steps this tensor has taken, including this one
-     * @param lr the group's learning rate for this step
+     * @param counters  the group's counters before the step
+     * @param lr        the group's learning rate for this step (base lr under the schedule)
+     * @param gradScale factor on every gradient element (gradient clipping); 1 when none
      */
-    FusedStep step(long t, double lr);
+    StepPlan plan(GroupCounters counters, double lr, float gradScale);
+
+    /** The algorithm's own eval point, computed from θ and state, or null if it has none. */
+    default ViewKernel evalView() {
+        return null;
+    }
+
+    /** Turns eval-point weights back into train weights (Schedule-Free's train()), or null. */
+    default FusedStep trainFromEval() {
+        return null;
+    }
+
+    /** Slot index of SGD's momentum buffer, for Lookahead's momentum handling; -1 if none. */
+    default int momentumSlot() {
+        return -1;
+    }
 }

@@ -9,13 +9,13 @@ import java.util.Set;
 /** The algorithms the server knows, by the names clients use. */
 public final class Algorithms {
     private static final Map<String, AlgorithmDefinition> BY_NAME = new LinkedHashMap<>();
-    /** Names the protocol reserves for algorithms this server version does not run yet. */
-    private static final Set<String> PLANNED =
-            Set.of("SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree", "Lookahead");
+    /** Lookahead is not an algorithm here but a wrapper: OptimizerConfig.lookahead. */
+    private static final Set<String> WRAPPERS = Set.of("Lookahead");
 
     static {
         for (AlgorithmDefinition d : new AlgorithmDefinition[] {
-                Sgd.DEFINITION, Adam.ADAM, Adam.ADAMW, RAdam.TORCH, RAdam.TORCH_2X, RAdamOriginal.DEFINITION}) {
+                Sgd.DEFINITION, Adam.ADAM, Adam.ADAMW, RAdam.TORCH, RAdam.TORCH_2X, RAdamOriginal.DEFINITION,
+                SgdScheduleFree.DEFINITION, AdamWScheduleFree.DEFINITION, RAdamScheduleFree.DEFINITION}) {
             BY_NAME.put(d.name(), d);
         }
     }
@@ -28,8 +28,9 @@ public final class Algorithms {
         if (d != null) {
             return d;
         }
-        if (PLANNED.contains(name)) {
-            throw OptError.unimplemented("%s: algorithm %s is not implemented by this server yet", field, name);
+        if (WRAPPERS.contains(name)) {
+            throw OptError.invalid("%s: %s wraps an algorithm: name the inner algorithm here and configure"
+                    + " spec.optimizer.lookahead", field, name);
         }
         throw OptError.invalid("%s: unknown algorithm '%s' (known: %s)", field, name,
                 String.join(", ", BY_NAME.keySet()));

@@ -21,7 +21,7 @@ import java.util.List;
  * element; torch multiplies them in float one by one, a difference of an ulp or two. Math.fma
  * compiles to one instruction on x86-64 with FMA3 (every server CPU since 2013) and on AArch64.
  */
-public final class RAdam implements Algorithm {
+public final class RAdam extends TensorwiseAlgorithm {
     public static final AlgorithmDefinition TORCH = definition("RAdam", false);
     public static final AlgorithmDefinition TORCH_2X = definition("RAdam(torch2.x)", true);
 
@@ -71,8 +71,8 @@ public final class RAdam implements Algorithm {
     }
 
     @Override
-    public FusedStep step(long t, double lr) {
-        float sign = maximize ? -1f : 1f;
+    FusedStep step(long t, double lr, float gradScale) {
+        float scale = maximize ? -gradScale : gradScale; // maximize and clipping, on g
         // As torch: with weight_decay = 0 neither decay form touches θ or g at all.
         boolean decays = weightDecay != 0 && decoupled;
         boolean l2 = weightDecay != 0 && !decoupled;
@@ -92,7 +92,7 @@ public final class RAdam implements Algorithm {
                 float[] v = s[1];
                 for (int i = from; i < to; i++) {
                     float pi = decays ? p[i] * decay : p[i];
-                    float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
+                    float gi = l2 ? scale * g[i] + lambda * pi : scale * g[i];
                     float mi = moment.update(m[i], gi);
                     m[i] = mi;
                     v[i] = v[i] * b2 + oneMinusB2 * gi * gi;
@@ -103,7 +103,7 @@ public final class RAdam implements Algorithm {
         // lr · r · sqrt(bc2) / bc1 in double, once: the loop keeps one sqrt and one divide per element.
         float stepSize = (float) (lr * rectification(beta2, rhoT) * Math.sqrt(bc2) / bc1);
         float epsF = (float) eps;
-        if (!maximize && !decays && !l2 && !lerpFirstMoment) {
+        if (scale == 1f && !decays && !l2 && !lerpFirstMoment) {
             // The common configuration, kept free of every operation it does not need. Fused
             // multiply-adds (one rounding where torch's scalar tail rounds twice; its vector loops
             // use FMA too) trim the arithmetic that otherwise shows at cache-resident sizes.
@@ -127,7 +127,7 @@ public final class RAdam implements Algorithm {
             float[] v = s[1];
             for (int i = from; i < to; i++) {
                 float pi = decays ? p[i] * decay : p[i];
-                float gi = l2 ? sign * g[i] + lambda * pi : sign * g[i];
+                float gi = l2 ? scale * g[i] + lambda * pi : scale * g[i];
                 float mi = moment.update(m[i], gi);
                 float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
                 m[i] = mi;

@@ -15,7 +15,7 @@ import java.util.List;
  * </ul>
  * The rectified step θ = θ − lr·r·sqrt(bc2)/bc1 · m/(sqrt(v) + eps) equals torch's.
  */
-public final class RAdamOriginal implements Algorithm {
+public final class RAdamOriginal extends TensorwiseAlgorithm {
     public static final AlgorithmDefinition DEFINITION = new AlgorithmDefinition("RAdam(original)",
             Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
                     "weight_decay", 0.0, "degenerated_to_sgd", false),
@@ -43,7 +43,7 @@ public final class RAdamOriginal implements Algorithm {
     }
 
     @Override
-    public FusedStep step(long t, double lr) {
+    FusedStep step(long t, double lr, float gradScale) {
         FirstMoment moment = FirstMoment.of(beta1, false);
         float b2 = (float) beta2;
         float oneMinusB2 = (float) (1 - beta2);
@@ -59,7 +59,7 @@ public final class RAdamOriginal implements Algorithm {
                 float[] m = s[0];
                 float[] v = s[1];
                 for (int i = from; i < to; i++) {
-                    float gi = g[i];
+                    float gi = gradScale * g[i];
                     float vi = v[i] * b2 + oneMinusB2 * gi * gi;
                     float mi = moment.update(m[i], gi);
                     v[i] = vi;
@@ -76,7 +76,7 @@ public final class RAdamOriginal implements Algorithm {
             float[] m = s[0];
             float[] v = s[1];
             for (int i = from; i < to; i++) {
-                float gi = g[i];
+                float gi = gradScale * g[i];
                 v[i] = v[i] * b2 + oneMinusB2 * gi * gi;
                 float mi = moment.update(m[i], gi);
                 m[i] = mi;

@@ -15,7 +15,7 @@ import java.util.List;
  *   θ = θ − lr·d
  * </pre>
  */
-public final class Sgd implements Algorithm {
+public final class Sgd extends TensorwiseAlgorithm {
     public static final AlgorithmDefinition DEFINITION = new AlgorithmDefinition("SGD",
             Hyperparameters.defaults("lr", 1e-3, "momentum", 0.0, "dampening", 0.0,
                     "weight_decay", 0.0, "nesterov", false, "maximize", false),
@@ -41,13 +41,18 @@ public final class Sgd implements Algorithm {
     }
 
     @Override
+    public int momentumSlot() {
+        return momentum != 0 ? 0 : -1;
+    }
+
+    @Override
     public List<String> stateSlots() {
         return momentum != 0 ? List.of("momentum_buffer") : List.of();
     }
 
     @Override
-    public FusedStep step(long t, double lr) {
-        float sign = maximize ? -1f : 1f;
+    FusedStep step(long t, double lr, float gradScale) {
+        float scale = maximize ? -gradScale : gradScale; // maximize and clipping, on g
         boolean l2 = weightDecay != 0; // as torch: a zero weight_decay leaves g alone
         float wd = (float) weightDecay;
         float negLr = (float) -lr;
@@ -55,7 +60,7 @@ public final class Sgd implements Algorithm {
             return (p, g, s, from, to) -> {
                 for (int i = from; i < to; i++) {
                     float pi = p[i];
-                    float d = l2 ? sign * g[i] + wd * pi : sign * g[i];
+                    float d = l2 ? scale * g[i] + wd * pi : scale * g[i];
                     p[i] = pi + negLr * d;
                 }
             };
@@ -68,7 +73,7 @@ public final class Sgd implements Algorithm {
             float[] buf = s[0];
             for (int i = from; i < to; i++) {
                 float pi = p[i];
-                float d = l2 ? sign * g[i] + wd * pi : sign * g[i];
+                float d = l2 ? scale * g[i] + wd * pi : scale * g[i];
                 float b = first ? d : buf[i] * mu + keep * d;
                 buf[i] = b;
                 float dir = nest ? d + mu * b : b;

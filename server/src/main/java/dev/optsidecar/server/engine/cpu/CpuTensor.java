@@ -1,6 +1,8 @@
 package dev.optsidecar.server.engine.cpu;
 
 import dev.optsidecar.server.engine.EngineTensor;
+import dev.optsidecar.server.engine.Ingest;
+import dev.optsidecar.server.engine.ViewKernel;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -95,11 +97,17 @@ final class CpuTensor implements EngineTensor {
     }
 
     @Override
-    public long writeGradient(long offset, ByteBuffer src) {
+    public void writeSlot(int slot, long offset, ByteBuffer src) {
+        copyIn(state[slot], offset, src.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer());
+    }
+
+    @Override
+    public Ingest writeGradient(long offset, ByteBuffer src) {
         FloatBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
         int count = in.remaining();
         copyIn(grads, offset, in);
-        return firstNonFinite(grads, offset, count);
+        long bad = firstNonFinite(grads, offset, count);
+        return new Ingest(bad, bad >= 0 ? Double.NaN : sumOfSquares(grads, offset, count));
     }
 
     @Override
@@ -110,6 +118,31 @@ final class CpuTensor implements EngineTensor {
     @Override
     public void readSlot(int slot, long offset, int count, ByteBuffer dst) {
         copyOut(state[slot], offset, count, dst);
+    }
+
+    /** Scratch for computed views, one per reading thread, grown to the largest chunk read. */
+    private static final ThreadLocal<float[]> VIEW_SCRATCH = ThreadLocal.withInitial(() -> new float[0]);
+
+    @Override
+    public void readView(ViewKernel view, long offset, int count, ByteBuffer dst) {
+        checkRange(offset, count);
+        float[] scratch = VIEW_SCRATCH.get();
+        if (scratch.length < count) {
+            scratch = new float[count];
+            VIEW_SCRATCH.set(scratch);
+        }
+        long at = offset;
+        int done = 0;
+        while (done < count) {
+            int b = (int) (at >>> blockShift);
+            int from = (int) (at & (blockSize - 1));
+            int n = Math.min(count - done, params[b].length - from);
+            view.compute(params[b], slotsByBlock[b], from, from + n, scratch, done);
+            at += n;
+            done += n;
+        }
+        dst.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().put(scratch, 0, count);
+        dst.position(dst.position() + count * Float.BYTES);
     }
 
     @Override
@@ -176,6 +209,31 @@ final class CpuTensor implements EngineTensor {
             left -= n;
         }
         return -1;
+    }
+
+    /** Sum of squares in double, with two accumulators so the adds overlap. */
+    private double sumOfSquares(float[][] blocks, long offset, int count) {
+        double s0 = 0;
+        double s1 = 0;
+        long at = offset;
+        int left = count;
+        while (left > 0) {
+            int b = (int) (at >>> blockShift);
+            int from = (int) (at & (blockSize - 1));
+            int n = Math.min(left, blocks[b].length - from);
+            float[] a = blocks[b];
+            int i = from;
+            for (; i + 1 < from + n; i += 2) {
+                s0 += (double) a[i] * a[i];
+                s1 += (double) a[i + 1] * a[i + 1];
+            }
+            if (i < from + n) {
+                s0 += (double) a[i] * a[i];
+            }
+            at += n;
+            left -= n;
+        }
+        return s0 + s1;
     }
 
     private void checkRange(long offset, long count) {

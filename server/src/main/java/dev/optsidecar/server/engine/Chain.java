@@ -1,0 +1,38 @@
+package dev.optsidecar.server.engine;
+
+import java.util.List;
+
+/**
+ * Several fused steps applied to one tensor as one pass over memory: the range is cut into tiles
+ * small enough to stay in L1, and every step runs over a tile before the next tile is touched.
+ * This is how wrappers compose with an algorithm (an EMA shadow reads the θ the optimizer just
+ * wrote, Lookahead pulls θ toward its slow weights) without a second trip to memory.
+ */
+public final class Chain implements FusedStep {
+    /** 4096 floats: 16 KiB per array, so a tile of θ and one state slot stay in a 48 KiB L1. */
+    static final int TILE = 4096;
+
+    private final FusedStep[] steps;
+
+    private Chain(List<FusedStep> steps) {
+        this.steps = steps.toArray(FusedStep[]::new);
+    }
+
+    /** The steps in order; a single step is returned as it is. */
+    public static FusedStep of(List<FusedStep> steps) {
+        if (steps.isEmpty()) {
+            throw new IllegalArgumentException("empty chain");
+        }
+        return steps.size() == 1 ? steps.get(0) : new Chain(steps);
+    }
+
+    @Override
+    public void apply(float[] p, float[] g, float[][] state, int from, int to) {
+        for (int tile = from; tile < to; tile += TILE) {
+            int end = Math.min(to, tile + TILE);
+            for (FusedStep s : steps) {
+                s.apply(p, g, state, tile, end);
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+package dev.optsidecar.server.model;
+
+import com.google.protobuf.Value;
+import dev.optsidecar.proto.v1.GroupCounters;
+import dev.optsidecar.proto.v1.GroupInfo;
+import dev.optsidecar.proto.v1.ModelInfo;
+import dev.optsidecar.proto.v1.ModelState;
+import dev.optsidecar.proto.v1.Schedule;
+import dev.optsidecar.proto.v1.TensorInfo;
+
+/** Builds Describe's answer from a model; the caller holds the model's read lock. */
+final class ModelDescription {
+    private ModelDescription() {}
+
+    static ModelInfo of(Model m) {
+        ModelInfo.Builder b = ModelInfo.newBuilder()
+                .setName(m.name())
+                .setOptimizer(m.config())
+                .setVersion(m.version())
+                .addAllViews(m.views())
+                .setMemoryBytes(m.memoryBytes())
+                .setSchedule(Schedule.newBuilder()
+                        .setType(m.training().schedule().type())
+                        .setParameters(m.training().schedule().parameters()));
+        ModelState.Builder state = ModelState.newBuilder()
+                .setVersion(m.version())
+                .setScheduleStep(m.scheduleStep)
+                .setLookaheadStep(m.lookaheadStep);
+        for (long n : m.emaUpdates) {
+            state.addEmaUpdates(n);
+        }
+        long total = 0;
+        for (TensorEntry t : m.tensors()) {
+            TensorInfo.Builder ti = TensorInfo.newBuilder()
+                    .setName(t.name).setNumel(t.numel).setGroup(t.group.name).setSteps(t.steps)
+                    .addAllSlots(t.slots);
+            for (long d : t.shape) {
+                ti.addShape(d);
+            }
+            b.addTensors(ti);
+            state.addTensorSteps(t.steps);
+            total += t.numel;
+        }
+        for (GroupState g : m.groups()) {
+            b.addGroups(GroupInfo.newBuilder()
+                    .setName(g.name)
+                    .setHyperparameters(g.hyperparameters.toStruct().toBuilder()
+                            .putFields("lr", Value.newBuilder().setNumberValue(g.baseLr).build()))
+                    .setLr(m.lrFor(g)));
+            state.addGroups(GroupCounters.newBuilder()
+                    .setGroup(g.name)
+                    .setLr(g.baseLr)
+                    .setK(g.counters.k())
+                    .setWeightSum(g.counters.weightSum())
+                    .setLrMax(g.counters.lrMax()));
+        }
+        return b.setTotalElements(total).setState(state).build();
+    }
+}

@@ -1,0 +1,65 @@
+package dev.optsidecar.server.optim;
+
+import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.ViewKernel;
+
+/**
+ * What the three Schedule-Free optimizers share (algorithms.md §5.1–5.2): the averaging weight
+ * c_t and the conversions between the train point y and the eval point x, with
+ * y = (1−β)·z + β·x.
+ */
+final class ScheduleFreeAveraging {
+    private ScheduleFreeAveraging() {}
+
+    /** The group counters after a step at lr_k, and that step's averaging weight c. */
+    record Advance(GroupCounters after, double c) {}
+
+    /**
+     * lr_max ← max(lr_max, lr_k); w = (k+1)^r · lr_max^power; weight_sum ← weight_sum + w;
+     * c = w / weight_sum, or 0 while weight_sum is 0 (RAdam's silent phase); k ← k+1.
+     */
+    static Advance advance(GroupCounters before, double lrK, double r, double weightLrPower) {
+        double lrMax = Math.max(before.lrMax(), lrK);
+        double weight = Math.pow(before.k() + 1, r) * Math.pow(lrMax, weightLrPower);
+        double weightSum = before.weightSum() + weight;
+        double c = weightSum == 0 ? 0 : weight / weightSum;
+        return new Advance(new GroupCounters(before.k() + 1, weightSum, lrMax), c);
+    }
+
+    /** x = lerp(y, z, 1 − 1/β), as the reference's eval(); z is state slot 0. */
+    static ViewKernel evalView(double beta) {
+        float w = (float) (1 - 1 / beta);
+        return (p, state, from, to, out, at) -> {
+            float[] z = state[0];
+            for (int i = from; i < to; i++) {
+                out[at + i - from] = Lerp.lerp(p[i], z[i], w);
+            }
+        };
+    }
+
+    /** y = lerp(x, z, 1 − β), as the reference's train(): for weights saved in eval mode. */
+    static FusedStep trainFromEval(double beta) {
+        float w = (float) (1 - beta);
+        return (p, g, state, from, to) -> {
+            float[] z = state[0];
+            for (int i = from; i < to; i++) {
+                p[i] = Lerp.lerp(p[i], z[i], w);
+            }
+        };
+    }
+
+    /** Checks Schedule-Free's common hyperparameters. */
+    static void check(Hyperparameters hp) {
+        hp.check(hp.number("lr") >= 0, "lr", "must be >= 0");
+        hp.check(hp.number("weight_decay") >= 0, "weight_decay", "must be >= 0");
+        hp.check(hp.number("weight_lr_power") >= 0, "weight_lr_power", "must be >= 0");
+        hp.check(hp.number("r") >= 0, "r", "must be >= 0");
+    }
+
+    /** A hyperparameter that counts steps: a whole number >= 0. */
+    static long wholeSteps(Hyperparameters hp, String name) {
+        double v = hp.number(name);
+        hp.check(v >= 0 && v == Math.rint(v) && v < 1e15, name, "must be a whole number >= 0");
+        return (long) v;
+    }
+}

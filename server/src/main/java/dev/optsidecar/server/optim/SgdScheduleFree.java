@@ -1,0 +1,83 @@
+package dev.optsidecar.server.optim;
+
+import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.ViewKernel;
+
+import java.util.List;
+
+/**
+ * Schedule-Free SGD (Defazio et al. 2024; algorithms.md §5). θ holds y, where gradients are taken;
+ * state z is the base iterate; the eval point x is computed on demand. Per step:
+ * <pre>
+ *   lr_k = lr · min(1, (k+1)/warmup_steps);  c from §5.2
+ *   u = g + λ·y                    (weight decay at y)
+ *   y = lerp(y, z, c)
+ *   y = y + lr_k·(β(1 − c) − 1)·u
+ *   z = z − lr_k·u
+ * </pre>
+ */
+public final class SgdScheduleFree implements Algorithm {
+    public static final AlgorithmDefinition DEFINITION = new AlgorithmDefinition("SGDScheduleFree",
+            Hyperparameters.defaults("lr", 1.0, "momentum", 0.9, "weight_decay", 0.0, "warmup_steps", 0.0,
+                    "r", 0.0, "weight_lr_power", 2.0),
+            SgdScheduleFree::new);
+
+    private final double beta;
+    private final double weightDecay;
+    private final long warmupSteps;
+    private final double r;
+    private final double weightLrPower;
+
+    private SgdScheduleFree(Hyperparameters hp) {
+        ScheduleFreeAveraging.check(hp);
+        beta = hp.number("momentum");
+        hp.check(beta > 0 && beta < 1, "momentum", "must be in (0, 1)");
+        weightDecay = hp.number("weight_decay");
+        warmupSteps = ScheduleFreeAveraging.wholeSteps(hp, "warmup_steps");
+        r = hp.number("r");
+        weightLrPower = hp.number("weight_lr_power");
+    }
+
+    @Override
+    public List<String> stateSlots() {
+        return List.of("z");
+    }
+
+    @Override
+    public StepPlan plan(GroupCounters counters, double lr, float gradScale) {
+        long k = counters.k();
+        double lrK = lr * (k < warmupSteps ? (double) (k + 1) / warmupSteps : 1.0);
+        ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(counters, lrK, r, weightLrPower);
+        double c = advance.c();
+        float cF = (float) c;
+        float yCoef = (float) (lrK * (beta * (1 - c) - 1));
+        float lrKF = (float) lrK;
+        boolean decays = weightDecay != 0;
+        float lambda = (float) weightDecay;
+        return new StepPlan(t -> {
+            boolean first = t == 1; // z is created as a copy of y at a tensor's first step
+            FusedStep step = (p, g, s, from, to) -> {
+                float[] z = s[0];
+                for (int i = from; i < to; i++) {
+                    float y = p[i];
+                    float zi = first ? y : z[i];
+                    float u = decays ? Math.fma(lambda, y, gradScale * g[i]) : gradScale * g[i];
+                    float yNew = Lerp.lerp(y, zi, cF);
+                    p[i] = Math.fma(yCoef, u, yNew);
+                    z[i] = Math.fma(-lrKF, u, zi);
+                }
+            };
+            return step;
+        }, advance.after(), lrK, c);
+    }
+
+    @Override
+    public ViewKernel evalView() {
+        return ScheduleFreeAveraging.evalView(beta);
+    }
+
+    @Override
+    public FusedStep trainFromEval() {
+        return ScheduleFreeAveraging.trainFromEval(beta);
+    }
+}
