@@ -2,7 +2,8 @@ package dev.optsidecar.server.optim;
 
 /**
  * The first-moment update m = β1·m + (1 − β1)·g in the two float forms torch has used: 1.13's
- * mul + add, and 2.x's lerp(m, g, 1 − β1). They differ by about one ulp per step.
+ * mul + add (here fused, as its vector loops do), and 2.x's lerp(m, g, 1 − β1). They differ by
+ * about one ulp per step.
  */
 record FirstMoment(float beta1, float oneMinusBeta1, boolean lerp) {
     static FirstMoment of(double beta1, boolean lerp) {
@@ -10,6 +11,6 @@ record FirstMoment(float beta1, float oneMinusBeta1, boolean lerp) {
     }
 
     float update(float m, float g) {
-        return lerp ? Lerp.lerp(m, g, oneMinusBeta1) : m * beta1 + oneMinusBeta1 * g;
+        return lerp ? Lerp.lerp(m, g, oneMinusBeta1) : Math.fma(oneMinusBeta1, g, m * beta1);
     }
 }

@@ -107,14 +107,12 @@ public final class RAdam extends TensorwiseAlgorithm {
             // The common configuration, kept free of every operation it does not need. Fused
             // multiply-adds (one rounding where torch's scalar tail rounds twice; its vector loops
             // use FMA too) trim the arithmetic that otherwise shows at cache-resident sizes.
-            float b1 = moment.beta1();
-            float oneMinusB1 = moment.oneMinusBeta1();
             return (p, g, s, from, to) -> {
                 float[] m = s[0];
                 float[] v = s[1];
                 for (int i = from; i < to; i++) {
                     float gi = g[i];
-                    float mi = Math.fma(oneMinusB1, gi, m[i] * b1);
+                    float mi = moment.update(m[i], gi);
                     float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
                     m[i] = mi;
                     v[i] = vi;

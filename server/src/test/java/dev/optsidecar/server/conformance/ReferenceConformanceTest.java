@@ -16,12 +16,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** Replays the shared reference vectors through a real server on a loopback port. */
 class ReferenceConformanceTest {
-    /** The cases whose algorithm, schedule and wrappers this server implements. */
-    private static final List<String> MUST_PASS = List.of(
-            "sgd_momentum", "sgd_nesterov_wd", "sgd_dampening_plain",
-            "adam", "adam_l2_amsgrad", "adamw",
-            "radam", "radam_l2", "radam_decoupled_torch2x");
-
     static Path referenceDir() {
         String configured = System.getProperty("optsidecar.reference.dir");
         Path dir = configured != null ? Path.of(configured) : Path.of("..", "..", "shared", "reference");
@@ -31,7 +25,7 @@ class ReferenceConformanceTest {
     }
 
     @Test
-    void everyImplementedCasePassesAndNoneFails() throws Exception {
+    void everyReferenceCasePasses() throws Exception {
         ByteArrayOutputStream printed = new ByteArrayOutputStream();
         ConformanceRunner.Summary summary;
         try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30);
@@ -41,8 +35,10 @@ class ReferenceConformanceTest {
         }
         String report = printed.toString(StandardCharsets.UTF_8);
         System.out.print(report);
+        // Every algorithm, schedule, wrapper and resume case of the shared vectors is implemented.
         assertEquals(List.of(), summary.names("FAIL"), report);
-        assertTrue(summary.names("PASS").containsAll(MUST_PASS), report);
+        assertEquals(List.of(), summary.names("SKIP"), report);
+        assertTrue(summary.passed() >= 30, report);
         String last = report.strip().lines().reduce((a, b) -> b).orElse("");
         assertEquals("conformance: " + summary.passed() + " passed, 0 failed", last);
     }

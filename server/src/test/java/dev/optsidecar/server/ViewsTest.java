@@ -1,0 +1,175 @@
+package dev.optsidecar.server;
+
+import dev.optsidecar.client.OptSidecarClient;
+import dev.optsidecar.client.TensorData;
+import dev.optsidecar.client.Trainer;
+import dev.optsidecar.proto.v1.EmaShadow;
+import dev.optsidecar.proto.v1.Lookahead;
+import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Views over a real socket: each is labelled with its kind (and EMA decay) and the version, a view
+ * the model lacks is INVALID_ARGUMENT, and reading the eval view never moves the train trajectory.
+ */
+class ViewsTest {
+    private static SidecarServer server;
+    private static OptSidecarClient client;
+    private static final int N = 50;
+
+    @BeforeAll
+    static void start() throws Exception {
+        server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 28);
+        client = OptSidecarClient.connect("127.0.0.1:" + server.port());
+    }
+
+    @AfterAll
+    static void stop() {
+        client.close();
+        server.close();
+    }
+
+    private static View view(ViewKind kind) {
+        return View.newBuilder().setKind(kind).build();
+    }
+
+    private static View ema(double decay) {
+        return View.newBuilder().setKind(ViewKind.VIEW_EMA).setEmaDecay(decay).build();
+    }
+
+    private static OptSidecarClient.Weights pull(String model, View v, float[] out) {
+        return client.pull(model, v, List.of(TensorData.of(out)));
+    }
+
+    private static Status.Code pullFails(String model, View v) {
+        return assertThrows(StatusRuntimeException.class, () -> pull(model, v, new float[N])).getStatus().getCode();
+    }
+
+    /** Pulling x between steps (with the steps' own weights) leaves y exactly where a twin that never looks is. */
+    @Test
+    void scheduleFreeEvalIsComputedWithoutTouchingTrain() {
+        ModelSpec.Builder spec = TestData.spec("sf", "AdamWScheduleFree", TestData.hp("lr", 0.05, "warmup_steps", 3), N);
+        float[] init = TestData.random(N, 1);
+        client.register(spec.build(), TestData.data(init));
+        client.register(spec.setName("sf-twin").build(), TestData.data(init));
+        float[] y = new float[N], yTwin = new float[N], x = new float[N];
+        try (Trainer a = client.trainer("sf", "a"); Trainer b = client.trainer("sf-twin", "b")) {
+            for (int t = 1; t <= 8; t++) {
+                float[] g = TestData.random(N, 10 + t);
+                a.step(TestData.data(g), TestData.data(x), new Trainer.StepOptions().view(ViewKind.VIEW_EVAL));
+                OptSidecarClient.Weights w = pull("sf", view(ViewKind.VIEW_EVAL), x);
+                assertEquals(view(ViewKind.VIEW_EVAL), w.view());
+                assertEquals(t, w.version());
+                b.step(TestData.data(g), TestData.data(yTwin));
+            }
+        }
+        OptSidecarClient.Weights train = pull("sf", view(ViewKind.VIEW_TRAIN), y);
+        assertEquals(view(ViewKind.VIEW_TRAIN), train.view());
+        assertArrayEquals(yTwin, y);
+        assertTrue(!java.util.Arrays.equals(x, y), "x and y differ once z has moved away");
+        assertEquals(List.of(view(ViewKind.VIEW_TRAIN), view(ViewKind.VIEW_EVAL)), client.describe("sf").getViewsList());
+        assertEquals(Status.Code.INVALID_ARGUMENT, pullFails("sf", view(ViewKind.VIEW_SLOW)));
+        assertEquals(Status.Code.INVALID_ARGUMENT, pullFails("sf", ema(0)));
+    }
+
+    /**
+     * Two EMA shadows, one every step and one every second step: each is addressed by its decay,
+     * labelled with it, absent until its first update, and equal to the EMA of the train weights
+     * as algorithms.md §6 defines it (first update copies).
+     */
+    @Test
+    void severalEmaShadowsAreEachAddressableByDecay() {
+        ModelSpec spec = TestData.spec("ema", "SGD", TestData.hp("lr", 0.1, "momentum", 0.9), N).build().toBuilder()
+                .setOptimizer(TestData.spec("x", "SGD", TestData.hp("lr", 0.1, "momentum", 0.9), N).build()
+                        .getOptimizer().toBuilder()
+                        .addEma(EmaShadow.newBuilder().setDecay(0.9))
+                        .addEma(EmaShadow.newBuilder().setDecay(0.5).setEvery(2)))
+                .build();
+        client.register(spec, TestData.data(TestData.random(N, 2)));
+        assertEquals(List.of(view(ViewKind.VIEW_TRAIN), view(ViewKind.VIEW_EVAL), ema(0.9), ema(0.5)),
+                client.describe("ema").getViewsList());
+        assertEquals(Status.Code.FAILED_PRECONDITION, pullFails("ema", ema(0.9)));
+        float[] train = new float[N];
+        float[] e9 = null;
+        float[] e5 = null;
+        try (Trainer tr = client.trainer("ema", "c")) {
+            for (int t = 1; t <= 6; t++) {
+                tr.step(TestData.data(TestData.random(N, 20 + t)), TestData.data(train));
+                e9 = blend(e9, train, 0.9);
+                if (t % 2 == 0) {
+                    e5 = blend(e5, train, 0.5);
+                } else if (t == 1) {
+                    assertEquals(Status.Code.FAILED_PRECONDITION, pullFails("ema", ema(0.5)));
+                }
+            }
+        }
+        float[] got = new float[N];
+        assertEquals(ema(0.9), pull("ema", ema(0.9), got).view());
+        assertClose(e9, got);
+        assertEquals(ema(0.5), pull("ema", ema(0.5), got).view());
+        assertClose(e5, got);
+        assertEquals(ema(0.9), pull("ema", view(ViewKind.VIEW_EVAL), got).view(), "eval is the first shadow");
+        StatusRuntimeException e = assertThrows(StatusRuntimeException.class, () -> pull("ema", ema(0.7), new float[N]));
+        assertEquals(Status.Code.INVALID_ARGUMENT, e.getStatus().getCode());
+        assertTrue(e.getStatus().getDescription().contains("0.9, 0.5"), e.getStatus().getDescription());
+    }
+
+    private static float[] blend(float[] shadow, float[] theta, double decay) {
+        if (shadow == null) {
+            return theta.clone();
+        }
+        float[] out = new float[theta.length];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = (float) (decay * shadow[i] + (1 - decay) * theta[i]);
+        }
+        return out;
+    }
+
+    private static void assertClose(float[] expected, float[] actual) {
+        for (int i = 0; i < expected.length; i++) {
+            assertEquals(expected[i], actual[i], 1e-6 * Math.max(1, Math.abs(expected[i])), "element " + i);
+        }
+    }
+
+    @Test
+    void lookaheadServesSlowWeightsAndSlotsAreReadable() {
+        ModelSpec base = TestData.spec("la", "Adam", TestData.hp("lr", 0.01), N).build();
+        ModelSpec spec = base.toBuilder().setOptimizer(base.getOptimizer().toBuilder()
+                .setLookahead(Lookahead.newBuilder().setK(3).setAlpha(0.5))).build();
+        float[] init = TestData.random(N, 3);
+        client.register(spec, TestData.data(init));
+        float[] slow = new float[N];
+        assertEquals(view(ViewKind.VIEW_SLOW), pull("la", view(ViewKind.VIEW_EVAL), slow).view());
+        assertArrayEquals(init, slow, "slow weights start as θ");
+        float[] train = new float[N];
+        try (Trainer tr = client.trainer("la", "c")) {
+            for (int t = 1; t <= 3; t++) {
+                tr.step(TestData.data(TestData.random(N, 30 + t)), TestData.data(train));
+            }
+        }
+        OptSidecarClient.Weights w = pull("la", view(ViewKind.VIEW_SLOW), slow);
+        assertEquals(3, w.version());
+        assertArrayEquals(train, slow, "right after a synchronisation θ and φ are equal");
+        assertEquals(3, client.describe("la").getState().getVersion());
+        assertEquals(0, client.describe("la").getState().getLookaheadStep());
+
+        View expAvg = View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot("exp_avg").build();
+        assertEquals(expAvg, pull("la", expAvg, new float[N]).view());
+        assertEquals(List.of("exp_avg", "exp_avg_sq", "slow"), client.describe("la").getTensors(0).getSlotsList());
+        View bogus = View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot("z").build();
+        assertEquals(Status.Code.INVALID_ARGUMENT, pullFails("la", bogus));
+    }
+}
