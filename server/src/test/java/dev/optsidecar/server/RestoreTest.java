@@ -1,0 +1,202 @@
+package dev.optsidecar.server;
+
+import com.google.protobuf.Struct;
+import dev.optsidecar.client.OptSidecarClient;
+import dev.optsidecar.client.TensorData;
+import dev.optsidecar.client.Trainer;
+import dev.optsidecar.proto.v1.EmaShadow;
+import dev.optsidecar.proto.v1.Lookahead;
+import dev.optsidecar.proto.v1.ModelInfo;
+import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.proto.v1.OptimizerConfig;
+import dev.optsidecar.proto.v1.ParamGroup;
+import dev.optsidecar.proto.v1.Schedule;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+import org.junit.jupiter.api.Test;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.function.UnaryOperator;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Setting a model's full optimizer state through the API: a model registered from another's
+ * weights, state buffers (read back with VIEW_SLOT) and counters (Describe's state) continues
+ * bit for bit like the original, for every algorithm and wrapper.
+ */
+class RestoreTest {
+    private static final long[] SIZES = {300_000, 33, 1};
+    private static SidecarServer server;
+    private static OptSidecarClient client;
+
+    @BeforeAll
+    static void start() throws Exception {
+        server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30);
+        client = OptSidecarClient.connect("127.0.0.1:" + server.port());
+    }
+
+    @AfterAll
+    static void stop() {
+        client.close();
+        server.close();
+    }
+
+    record Config(String name, String algorithm, Struct hp, UnaryOperator<OptimizerConfig.Builder> extra) {
+        @Override
+        public String toString() {
+            return name;
+        }
+    }
+
+    static Stream<Config> configs() {
+        return Stream.of(
+                new Config("sgd-nesterov", "SGD", TestData.hp("lr", 0.05, "momentum", 0.9, "nesterov", true), c -> c),
+                new Config("adamw-amsgrad-wsd", "AdamW", TestData.hp("lr", 0.01, "amsgrad", true), c -> c.setSchedule(
+                        Schedule.newBuilder().setType("wsd").setParameters(TestData.hp("warmup_steps", 2,
+                                "stable_steps", 4, "decay_steps", 6)))),
+                new Config("radam-two-ema", "RAdam", TestData.hp("lr", 0.01), c -> c
+                        .addEma(EmaShadow.newBuilder().setDecay(0.9))
+                        .addEma(EmaShadow.newBuilder().setDecay(0.99).setEvery(4))),
+                new Config("sgd-lookahead-pullback", "SGD", TestData.hp("lr", 0.05, "momentum", 0.9), c -> c
+                        .setLookahead(Lookahead.newBuilder().setK(4).setAlpha(0.5).setPullbackMomentum("pullback"))),
+                new Config("adamw-sf-momentum", "AdamWScheduleFree",
+                        TestData.hp("lr", 0.02, "warmup_steps", 3, "inner_momentum", 0.9, "weight_decay", 0.01), c -> c),
+                new Config("radam-sf-ema", "RAdamScheduleFree", TestData.hp("lr", 0.02),
+                        c -> c.addEma(EmaShadow.newBuilder().setDecay(0.95))),
+                new Config("sgd-sf", "SGDScheduleFree", TestData.hp("lr", 0.5, "warmup_steps", 2), c -> c));
+    }
+
+    private static ModelSpec spec(Config c, String name) {
+        ModelSpec.Builder b = TestData.spec(name, c.algorithm(), c.hp(), SIZES);
+        b.addGroups(ParamGroup.newBuilder().setName("small").addTensors("t1").addTensors("t2")
+                .setHyperparameters(TestData.hp("lr", 0.001)));
+        b.setOptimizer(c.extra().apply(b.getOptimizer().toBuilder()));
+        return b.build();
+    }
+
+    private static List<float[]> blanks() {
+        List<float[]> out = new ArrayList<>();
+        for (long n : SIZES) {
+            out.add(new float[(int) n]);
+        }
+        return out;
+    }
+
+    private static List<TensorData> data(List<float[]> arrays) {
+        return arrays.stream().map(TensorData::of).toList();
+    }
+
+    private static List<float[]> grads(int step) {
+        List<float[]> g = new ArrayList<>();
+        for (int i = 0; i < SIZES.length; i++) {
+            g.add(TestData.random((int) SIZES[i], 1000L * step + i));
+        }
+        return g;
+    }
+
+    /** Saves a model through the API: its train weights, every state slot and its counters. */
+    private static void copy(String from, String to, ModelSpec spec) {
+        ModelInfo info = client.describe(from);
+        List<float[]> weights = blanks();
+        client.pull(from, data(weights));
+        List<OptSidecarClient.StateBuffer> buffers = new ArrayList<>();
+        for (String slot : info.getTensors(0).getSlotsList()) {
+            List<float[]> values = blanks();
+            client.pull(from, View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot(slot).build(), data(values));
+            for (int t = 0; t < SIZES.length; t++) {
+                buffers.add(new OptSidecarClient.StateBuffer(t, slot, TensorData.of(values.get(t))));
+            }
+        }
+        client.register(spec.toBuilder().setName(to).setState(info.getState()).build(), data(weights), buffers);
+    }
+
+    @ParameterizedTest
+    @MethodSource("configs")
+    void aRestoredModelContinuesBitForBit(Config c) {
+        String original = "orig-" + c.name();
+        String restored = "copy-" + c.name();
+        ModelSpec spec = spec(c, original);
+        List<float[]> init = new ArrayList<>();
+        for (int i = 0; i < SIZES.length; i++) {
+            init.add(TestData.random((int) SIZES[i], 7 + i));
+        }
+        client.register(spec, data(init));
+        List<float[]> a = blanks();
+        List<float[]> b = blanks();
+        try (Trainer tr = client.trainer(original, "a")) {
+            for (int step = 1; step <= 6; step++) {
+                tr.step(data(grads(step)), data(a));
+            }
+            copy(original, restored, spec);
+            ModelInfo before = client.describe(original);
+            ModelInfo after = client.describe(restored);
+            assertEquals(before.getState(), after.getState());
+            try (Trainer tc = client.trainer(restored, "b")) {
+                for (int step = 7; step <= 11; step++) {
+                    tr.step(data(grads(step)), data(a));
+                    tc.step(data(grads(step)), data(b));
+                    for (int t = 0; t < SIZES.length; t++) {
+                        assertArrayEquals(a.get(t), b.get(t), "step " + step + " tensor " + t);
+                    }
+                }
+            }
+        }
+        for (View v : client.describe(original).getViewsList()) {
+            List<float[]> va = blanks();
+            List<float[]> vb = blanks();
+            client.pull(original, v, data(va));
+            client.pull(restored, v, data(vb));
+            for (int t = 0; t < SIZES.length; t++) {
+                assertArrayEquals(va.get(t), vb.get(t), v + " tensor " + t);
+            }
+        }
+        assertEquals(client.describe(original).getState(), client.describe(restored).getState());
+    }
+
+    private static Status.Code registerFails(ModelSpec spec, List<OptSidecarClient.StateBuffer> buffers, String fragment) {
+        StatusRuntimeException e = assertThrows(StatusRuntimeException.class,
+                () -> client.register(spec, data(blanks()), buffers));
+        assertTrue(e.getStatus().getDescription().contains(fragment), e.getStatus().getDescription());
+        assertThrows(StatusRuntimeException.class, () -> client.describe(spec.getName()));
+        return e.getStatus().getCode();
+    }
+
+    @Test
+    void badSavedStateIsRefusedAndLeavesNoModel() {
+        Config adam = new Config("adam", "Adam", TestData.hp("lr", 0.01), c -> c);
+        ModelSpec spec = spec(adam, "bad-restore");
+        ModelSpec withState = spec.toBuilder().setState(client.describe(registerFresh(adam)).getState()).build();
+        TensorData zeros = TensorData.of(new float[(int) SIZES[1]]);
+        assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(spec,
+                List.of(new OptSidecarClient.StateBuffer(1, "exp_avg", zeros)), "spec.state"));
+        assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(withState,
+                List.of(new OptSidecarClient.StateBuffer(1, "z", zeros)), "no state slot 'z'"));
+        assertEquals(Status.Code.FAILED_PRECONDITION, registerFails(withState,
+                List.of(new OptSidecarClient.StateBuffer(0, "exp_avg", TensorData.of(new float[10]))),
+                "state slot 'exp_avg' of tensor 't0'"));
+        assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(withState.toBuilder()
+                .setState(withState.getState().toBuilder().setWeightsView(ViewKind.VIEW_EVAL)).build(), List.of(),
+                "weights_view"));
+        assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(withState.toBuilder()
+                .setState(withState.getState().toBuilder().setGroups(0,
+                        withState.getState().getGroups(0).toBuilder().setGroup("nope"))).build(), List.of(), "'nope'"));
+    }
+
+    private static String registerFresh(Config c) {
+        String name = "fresh-" + c.name();
+        client.register(spec(c, name), data(blanks()));
+        return name;
+    }
+}
