@@ -19,9 +19,8 @@ import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
 import dev.optsidecar.server.optim.Hyperparameters;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -40,21 +39,10 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
  * each checked over a real socket against an independent way of computing the same thing.
  */
 class ModelSemanticsTest {
+    @RegisterExtension
+    static final LiveServer LIVE = new LiveServer(2, 1L << 30);
     // Helpers shared with other tests live in TestData.
-    private static SidecarServer server;
-    private static OptSidecarClient client;
 
-    @BeforeAll
-    static void start() throws Exception {
-        server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30);
-        client = OptSidecarClient.connect("127.0.0.1:" + server.port());
-    }
-
-    @AfterAll
-    static void stop() {
-        client.close();
-        server.close();
-    }
 
     @Test
     void eachGroupStepsWithItsOwnHyperparameters() {
@@ -64,13 +52,13 @@ class ModelSemanticsTest {
                 .addGroups(ParamGroup.newBuilder().setName("no_decay").addTensors("t1")
                         .setHyperparameters(TestData.hp("weight_decay", 0.0)))
                 .build();
-        client.register(grouped, TestData.data(w, bias));
-        client.register(TestData.spec("groups-w", "AdamW", TestData.hp("lr", 0.01, "weight_decay", 0.1), 40).build(), TestData.data(w));
-        client.register(TestData.spec("groups-b", "AdamW", TestData.hp("lr", 0.01, "weight_decay", 0.0), 7).build(), TestData.data(bias));
+        LIVE.client().register(grouped, TestData.data(w, bias));
+        LIVE.client().register(TestData.spec("groups-w", "AdamW", TestData.hp("lr", 0.01, "weight_decay", 0.1), 40).build(), TestData.data(w));
+        LIVE.client().register(TestData.spec("groups-b", "AdamW", TestData.hp("lr", 0.01, "weight_decay", 0.0), 7).build(), TestData.data(bias));
 
         float[] w1 = new float[40], b1 = new float[7], wAlone = new float[40], bAlone = new float[7];
-        try (Trainer both = client.trainer("groups", "c"); Trainer onlyW = client.trainer("groups-w", "c");
-             Trainer onlyB = client.trainer("groups-b", "c")) {
+        try (Trainer both = LIVE.client().trainer("groups", "c"); Trainer onlyW = LIVE.client().trainer("groups-w", "c");
+             Trainer onlyB = LIVE.client().trainer("groups-b", "c")) {
             for (int t = 1; t <= 5; t++) {
                 float[] gw = TestData.random(40, 10 + t);
                 float[] gb = TestData.random(7, 20 + t);
@@ -81,7 +69,7 @@ class ModelSemanticsTest {
         }
         assertArrayEquals(wAlone, w1);
         assertArrayEquals(bAlone, b1);
-        ModelInfo info = client.describe("groups");
+        ModelInfo info = LIVE.client().describe("groups");
         assertEquals(List.of("no_decay", "default"), info.getGroupsList().stream().map(g -> g.getName()).toList());
         assertEquals(0.0, info.getGroups(0).getHyperparameters().getFieldsOrThrow("weight_decay").getNumberValue());
         assertEquals(0.1, info.getGroups(1).getHyperparameters().getFieldsOrThrow("weight_decay").getNumberValue());
@@ -93,11 +81,11 @@ class ModelSemanticsTest {
     void tensorsWithoutGradientAreSkippedEntirely() {
         float[] a0 = TestData.random(9, 3);
         float[] b0 = TestData.random(5, 4);
-        client.register(TestData.spec("nograd", "Adam", TestData.hp("lr", 0.05), 9, 5).build(), TestData.data(a0, b0));
-        client.register(TestData.spec("nograd-b", "Adam", TestData.hp("lr", 0.05), 5).build(), TestData.data(b0));
+        LIVE.client().register(TestData.spec("nograd", "Adam", TestData.hp("lr", 0.05), 9, 5).build(), TestData.data(a0, b0));
+        LIVE.client().register(TestData.spec("nograd-b", "Adam", TestData.hp("lr", 0.05), 5).build(), TestData.data(b0));
         float[] a = new float[9], b = new float[5], bAlone = new float[5];
         float[] gb1 = TestData.random(5, 31), gb3 = TestData.random(5, 33);
-        try (Trainer tr = client.trainer("nograd", "c"); Trainer alone = client.trainer("nograd-b", "c")) {
+        try (Trainer tr = LIVE.client().trainer("nograd", "c"); Trainer alone = LIVE.client().trainer("nograd-b", "c")) {
             tr.step(TestData.data(TestData.random(9, 30), gb1), TestData.data(a, b));
             float[] bAfterFirst = b.clone();
             StepResult second = tr.step(TestData.data(TestData.random(9, 32), null), TestData.data(a, b));
@@ -108,7 +96,7 @@ class ModelSemanticsTest {
             alone.step(TestData.data(gb3), TestData.data(bAlone));
         }
         assertArrayEquals(bAlone, b); // b's second step used t = 2, as in torch
-        ModelInfo info = client.describe("nograd");
+        ModelInfo info = LIVE.client().describe("nograd");
         assertEquals(3, info.getVersion());
         assertEquals(3, info.getTensors(0).getSteps());
         assertEquals(2, info.getTensors(1).getSteps());
@@ -118,16 +106,16 @@ class ModelSemanticsTest {
     @Test
     void groupLrFromTheClientIsUsedAndKept() {
         float[] p0 = TestData.random(64, 5);
-        client.register(TestData.spec("lr", "RAdam", TestData.hp("lr", 0.01), 64).build(), TestData.data(p0));
+        LIVE.client().register(TestData.spec("lr", "RAdam", TestData.hp("lr", 0.01), 64).build(), TestData.data(p0));
         float[] g1 = TestData.random(64, 51), g2 = TestData.random(64, 52), g3 = TestData.random(64, 53);
         float[] p = new float[64];
-        try (Trainer tr = client.trainer("lr", "c")) {
+        try (Trainer tr = LIVE.client().trainer("lr", "c")) {
             assertEquals(0.01, tr.step(TestData.data(g1), TestData.data(p)).getGroups(0).getLr());
             StepResult r2 = tr.step(TestData.data(g2), TestData.data(p), new Trainer.StepOptions().groupLr("default", 0.004));
             assertEquals(0.004, r2.getGroups(0).getLr());
             assertEquals(0.004, tr.step(TestData.data(g3), TestData.data(p)).getGroups(0).getLr());
         }
-        assertEquals(0.004, client.describe("lr").getGroups(0).getLr());
+        assertEquals(0.004, LIVE.client().describe("lr").getGroups(0).getLr());
         float[] expected = TestData.applyLocally("RAdam", TestData.hp("lr", 0.01), p0, List.of(g1, g2, g3), new double[] {0.01, 0.004, 0.004});
         assertArrayEquals(expected, p);
     }
@@ -141,11 +129,11 @@ class ModelSemanticsTest {
         int n = 1_000_003; // about 3.8 chunks, with a short last chunk
         float[] p0 = TestData.random(n, 6);
         Struct hp = TestData.hp("lr", 0.001, "weight_decay", 0.01, "amsgrad", true);
-        client.register(TestData.spec("big", "Adam", hp, n, 3).build(), TestData.data(p0, new float[] {1, 2, 3}));
+        LIVE.client().register(TestData.spec("big", "Adam", hp, n, 3).build(), TestData.data(p0, new float[] {1, 2, 3}));
         List<float[]> grads = List.of(TestData.random(n, 61), TestData.random(n, 62), TestData.random(n, 63));
         float[] p = new float[n];
         float[] small = new float[3];
-        try (Trainer tr = client.trainer("big", "c")) {
+        try (Trainer tr = LIVE.client().trainer("big", "c")) {
             for (float[] g : grads) {
                 tr.step(TestData.data(g, new float[] {0.5f, -0.5f, 1f}), TestData.data(p, small));
             }
@@ -153,7 +141,7 @@ class ModelSemanticsTest {
         assertArrayEquals(TestData.applyLocally("Adam", hp, p0, grads, new double[] {0.001, 0.001, 0.001}), p);
         float[] pulled = new float[n];
         float[] pulledSmall = new float[3];
-        OptSidecarClient.Weights w = client.pull("big", TestData.data(pulled, pulledSmall));
+        OptSidecarClient.Weights w = LIVE.client().pull("big", TestData.data(pulled, pulledSmall));
         assertEquals(3, w.version());
         assertEquals(ViewKind.VIEW_TRAIN, w.view().getKind());
         assertArrayEquals(p, pulled);

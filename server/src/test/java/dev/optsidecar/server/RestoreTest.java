@@ -15,11 +15,10 @@ import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 
 import java.util.ArrayList;
 import java.util.List;
@@ -37,21 +36,10 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * bit for bit like the original, for every algorithm and wrapper.
  */
 class RestoreTest {
+    @RegisterExtension
+    static final LiveServer LIVE = new LiveServer(2, 1L << 30);
     private static final long[] SIZES = {300_000, 33, 1};
-    private static SidecarServer server;
-    private static OptSidecarClient client;
 
-    @BeforeAll
-    static void start() throws Exception {
-        server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30);
-        client = OptSidecarClient.connect("127.0.0.1:" + server.port());
-    }
-
-    @AfterAll
-    static void stop() {
-        client.close();
-        server.close();
-    }
 
     record Config(String name, String algorithm, Struct hp, UnaryOperator<OptimizerConfig.Builder> extra) {
         @Override
@@ -108,18 +96,18 @@ class RestoreTest {
 
     /** Saves a model through the API: its train weights, every state slot and its counters. */
     private static void copy(String from, String to, ModelSpec spec) {
-        ModelInfo info = client.describe(from);
+        ModelInfo info = LIVE.client().describe(from);
         List<float[]> weights = blanks();
-        client.pull(from, data(weights));
+        LIVE.client().pull(from, data(weights));
         List<OptSidecarClient.StateBuffer> buffers = new ArrayList<>();
         for (String slot : info.getTensors(0).getSlotsList()) {
             List<float[]> values = blanks();
-            client.pull(from, View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot(slot).build(), data(values));
+            LIVE.client().pull(from, View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot(slot).build(), data(values));
             for (int t = 0; t < SIZES.length; t++) {
                 buffers.add(new OptSidecarClient.StateBuffer(t, slot, TensorData.of(values.get(t))));
             }
         }
-        client.register(spec.toBuilder().setName(to).setState(info.getState()).build(), data(weights), buffers);
+        LIVE.client().register(spec.toBuilder().setName(to).setState(info.getState()).build(), data(weights), buffers);
     }
 
     @ParameterizedTest
@@ -132,18 +120,18 @@ class RestoreTest {
         for (int i = 0; i < SIZES.length; i++) {
             init.add(TestData.random((int) SIZES[i], 7 + i));
         }
-        client.register(spec, data(init));
+        LIVE.client().register(spec, data(init));
         List<float[]> a = blanks();
         List<float[]> b = blanks();
-        try (Trainer tr = client.trainer(original, "a")) {
+        try (Trainer tr = LIVE.client().trainer(original, "a")) {
             for (int step = 1; step <= 6; step++) {
                 tr.step(data(grads(step)), data(a));
             }
             copy(original, restored, spec);
-            ModelInfo before = client.describe(original);
-            ModelInfo after = client.describe(restored);
+            ModelInfo before = LIVE.client().describe(original);
+            ModelInfo after = LIVE.client().describe(restored);
             assertEquals(before.getState(), after.getState());
-            try (Trainer tc = client.trainer(restored, "b")) {
+            try (Trainer tc = LIVE.client().trainer(restored, "b")) {
                 for (int step = 7; step <= 11; step++) {
                     tr.step(data(grads(step)), data(a));
                     tc.step(data(grads(step)), data(b));
@@ -153,23 +141,23 @@ class RestoreTest {
                 }
             }
         }
-        for (View v : client.describe(original).getViewsList()) {
+        for (View v : LIVE.client().describe(original).getViewsList()) {
             List<float[]> va = blanks();
             List<float[]> vb = blanks();
-            client.pull(original, v, data(va));
-            client.pull(restored, v, data(vb));
+            LIVE.client().pull(original, v, data(va));
+            LIVE.client().pull(restored, v, data(vb));
             for (int t = 0; t < SIZES.length; t++) {
                 assertArrayEquals(va.get(t), vb.get(t), v + " tensor " + t);
             }
         }
-        assertEquals(client.describe(original).getState(), client.describe(restored).getState());
+        assertEquals(LIVE.client().describe(original).getState(), LIVE.client().describe(restored).getState());
     }
 
     private static Status.Code registerFails(ModelSpec spec, List<OptSidecarClient.StateBuffer> buffers, String fragment) {
         StatusRuntimeException e = assertThrows(StatusRuntimeException.class,
-                () -> client.register(spec, data(blanks()), buffers));
+                () -> LIVE.client().register(spec, data(blanks()), buffers));
         assertTrue(e.getStatus().getDescription().contains(fragment), e.getStatus().getDescription());
-        assertThrows(StatusRuntimeException.class, () -> client.describe(spec.getName()));
+        assertThrows(StatusRuntimeException.class, () -> LIVE.client().describe(spec.getName()));
         return e.getStatus().getCode();
     }
 
@@ -177,7 +165,7 @@ class RestoreTest {
     void badSavedStateIsRefusedAndLeavesNoModel() {
         Config adam = new Config("adam", "Adam", TestData.hp("lr", 0.01), c -> c);
         ModelSpec spec = spec(adam, "bad-restore");
-        ModelSpec withState = spec.toBuilder().setState(client.describe(registerFresh(adam)).getState()).build();
+        ModelSpec withState = spec.toBuilder().setState(LIVE.client().describe(registerFresh(adam)).getState()).build();
         TensorData zeros = TensorData.of(new float[(int) SIZES[1]]);
         assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(spec,
                 List.of(new OptSidecarClient.StateBuffer(1, "exp_avg", zeros)), "spec.state"));
@@ -196,7 +184,7 @@ class RestoreTest {
 
     private static String registerFresh(Config c) {
         String name = "fresh-" + c.name();
-        client.register(spec(c, name), data(blanks()));
+        LIVE.client().register(spec(c, name), data(blanks()));
         return name;
     }
 }

@@ -5,9 +5,8 @@ import dev.optsidecar.client.TensorData;
 import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.StepResult;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 
 import java.util.List;
 
@@ -18,20 +17,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** What each StepResult reports, checked against the same figures computed by the test. */
 class StepFiguresTest {
-    private static SidecarServer server;
-    private static OptSidecarClient client;
+    @RegisterExtension
+    static final LiveServer LIVE = new LiveServer(2, 1L << 28);
 
-    @BeforeAll
-    static void start() throws Exception {
-        server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 28);
-        client = OptSidecarClient.connect("127.0.0.1:" + server.port());
-    }
-
-    @AfterAll
-    static void stop() {
-        client.close();
-        server.close();
-    }
 
     private static double norm(float[]... arrays) {
         double s = 0;
@@ -53,11 +41,11 @@ class StepFiguresTest {
     void gradientAndUpdateNorms() {
         float[] a0 = TestData.random(300_000, 1);
         float[] b0 = TestData.random(7, 2);
-        client.register(withConfig(TestData.spec("norms", "RAdam", TestData.hp("lr", 0.01), 300_000, 7).build(), 0, true),
+        LIVE.client().register(withConfig(TestData.spec("norms", "RAdam", TestData.hp("lr", 0.01), 300_000, 7).build(), 0, true),
                 TestData.data(a0, b0));
         float[] a = a0.clone();
         float[] b = b0.clone();
-        try (Trainer tr = client.trainer("norms", "c")) {
+        try (Trainer tr = LIVE.client().trainer("norms", "c")) {
             for (int t = 1; t <= 3; t++) {
                 float[] ga = TestData.random(300_000, 10 + t);
                 float[] gb = TestData.random(7, 20 + t);
@@ -78,9 +66,9 @@ class StepFiguresTest {
                 assertEquals(norm(da, db), r.getUpdateNorm(), 1e-6 * norm(da, db));
             }
         }
-        client.register(TestData.spec("no-update-norm", "SGD", TestData.hp("lr", 0.1), 3).build(),
+        LIVE.client().register(TestData.spec("no-update-norm", "SGD", TestData.hp("lr", 0.1), 3).build(),
                 TestData.data(new float[3]));
-        try (Trainer tr = client.trainer("no-update-norm", "c")) {
+        try (Trainer tr = LIVE.client().trainer("no-update-norm", "c")) {
             assertFalse(tr.step(TestData.data(new float[] {1, 2, 2}), TestData.data(new float[3])).hasUpdateNorm());
         }
     }
@@ -94,11 +82,11 @@ class StepFiguresTest {
     void clippingByGlobalNormScalesGradientsFirst() {
         float[] init = TestData.random(40, 3);
         ModelSpec spec = TestData.spec("clip", "AdamW", TestData.hp("lr", 0.01), 40).build();
-        client.register(withConfig(spec, 2.0, false), TestData.data(init));
-        client.register(spec.toBuilder().setName("clip-twin").build(), TestData.data(init));
+        LIVE.client().register(withConfig(spec, 2.0, false), TestData.data(init));
+        LIVE.client().register(spec.toBuilder().setName("clip-twin").build(), TestData.data(init));
         float[] clipped = new float[40];
         float[] twin = new float[40];
-        try (Trainer tr = client.trainer("clip", "c"); Trainer tw = client.trainer("clip-twin", "c")) {
+        try (Trainer tr = LIVE.client().trainer("clip", "c"); Trainer tw = LIVE.client().trainer("clip-twin", "c")) {
             for (int t = 1; t <= 4; t++) {
                 float[] g = TestData.random(40, 30 + t);
                 if (t == 3) {
@@ -124,9 +112,9 @@ class StepFiguresTest {
     /** Schedule-Free's figures: lr_k under warmup, c_t = 1 at the first step, counters after the step. */
     @Test
     void scheduleFreeReportsItsAveragingWeight() {
-        client.register(TestData.spec("sf-figures", "SGDScheduleFree", TestData.hp("lr", 0.5, "warmup_steps", 4), 5)
+        LIVE.client().register(TestData.spec("sf-figures", "SGDScheduleFree", TestData.hp("lr", 0.5, "warmup_steps", 4), 5)
                 .build(), TestData.data(new float[5]));
-        try (Trainer tr = client.trainer("sf-figures", "c")) {
+        try (Trainer tr = LIVE.client().trainer("sf-figures", "c")) {
             StepResult first = tr.step(TestData.data(TestData.random(5, 1)), List.of(TensorData.of(new float[5])));
             assertEquals(0.5, first.getGroups(0).getLr());
             assertEquals(0.5 * 1 / 4, first.getGroups(0).getEffectiveLr());

@@ -8,8 +8,7 @@ import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.Schedule;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
@@ -22,20 +21,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** Bad schedule, EMA, Lookahead and clipping settings: INVALID_ARGUMENT naming the field, no model. */
 class TrainingConfigTest {
-    private static SidecarServer server;
-    private static OptSidecarClient client;
+    @RegisterExtension
+    static final LiveServer LIVE = new LiveServer(1, 1L << 26);
 
-    @BeforeAll
-    static void start() throws Exception {
-        server = SidecarServer.start("127.0.0.1", 0, 1, 1L << 26);
-        client = OptSidecarClient.connect("127.0.0.1:" + server.port());
-    }
-
-    @AfterAll
-    static void stop() {
-        client.close();
-        server.close();
-    }
 
     record Bad(String what, String algorithm, UnaryOperator<OptimizerConfig.Builder> edit, String field) {
         @Override
@@ -77,9 +65,9 @@ class TrainingConfigTest {
                 TestData.hp(), 4);
         spec.setOptimizer(bad.edit().apply(spec.getOptimizer().toBuilder()));
         StatusRuntimeException e = assertThrows(StatusRuntimeException.class,
-                () -> client.register(spec.build(), TestData.data(new float[4])));
+                () -> LIVE.client().register(spec.build(), TestData.data(new float[4])));
         assertEquals(Status.Code.INVALID_ARGUMENT, e.getStatus().getCode(), e.getStatus().toString());
         assertTrue(e.getStatus().getDescription().startsWith(bad.field()), e.getStatus().getDescription());
-        assertEquals(0, server.registry().reservedBytes());
+        assertEquals(0, LIVE.server().registry().reservedBytes());
     }
 }

@@ -10,9 +10,8 @@ import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 
 import java.util.List;
 
@@ -26,21 +25,10 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * the model lacks is INVALID_ARGUMENT, and reading the eval view never moves the train trajectory.
  */
 class ViewsTest {
-    private static SidecarServer server;
-    private static OptSidecarClient client;
+    @RegisterExtension
+    static final LiveServer LIVE = new LiveServer(2, 1L << 28);
     private static final int N = 50;
 
-    @BeforeAll
-    static void start() throws Exception {
-        server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 28);
-        client = OptSidecarClient.connect("127.0.0.1:" + server.port());
-    }
-
-    @AfterAll
-    static void stop() {
-        client.close();
-        server.close();
-    }
 
     private static View view(ViewKind kind) {
         return View.newBuilder().setKind(kind).build();
@@ -51,7 +39,7 @@ class ViewsTest {
     }
 
     private static OptSidecarClient.Weights pull(String model, View v, float[] out) {
-        return client.pull(model, v, List.of(TensorData.of(out)));
+        return LIVE.client().pull(model, v, List.of(TensorData.of(out)));
     }
 
     private static Status.Code pullFails(String model, View v) {
@@ -63,10 +51,10 @@ class ViewsTest {
     void scheduleFreeEvalIsComputedWithoutTouchingTrain() {
         ModelSpec.Builder spec = TestData.spec("sf", "AdamWScheduleFree", TestData.hp("lr", 0.05, "warmup_steps", 3), N);
         float[] init = TestData.random(N, 1);
-        client.register(spec.build(), TestData.data(init));
-        client.register(spec.setName("sf-twin").build(), TestData.data(init));
+        LIVE.client().register(spec.build(), TestData.data(init));
+        LIVE.client().register(spec.setName("sf-twin").build(), TestData.data(init));
         float[] y = new float[N], yTwin = new float[N], x = new float[N];
-        try (Trainer a = client.trainer("sf", "a"); Trainer b = client.trainer("sf-twin", "b")) {
+        try (Trainer a = LIVE.client().trainer("sf", "a"); Trainer b = LIVE.client().trainer("sf-twin", "b")) {
             for (int t = 1; t <= 8; t++) {
                 float[] g = TestData.random(N, 10 + t);
                 a.step(TestData.data(g), TestData.data(x), new Trainer.StepOptions().view(ViewKind.VIEW_EVAL));
@@ -80,7 +68,7 @@ class ViewsTest {
         assertEquals(view(ViewKind.VIEW_TRAIN), train.view());
         assertArrayEquals(yTwin, y);
         assertTrue(!java.util.Arrays.equals(x, y), "x and y differ once z has moved away");
-        assertEquals(List.of(view(ViewKind.VIEW_TRAIN), view(ViewKind.VIEW_EVAL)), client.describe("sf").getViewsList());
+        assertEquals(List.of(view(ViewKind.VIEW_TRAIN), view(ViewKind.VIEW_EVAL)), LIVE.client().describe("sf").getViewsList());
         assertEquals(Status.Code.INVALID_ARGUMENT, pullFails("sf", view(ViewKind.VIEW_SLOW)));
         assertEquals(Status.Code.INVALID_ARGUMENT, pullFails("sf", ema(0)));
     }
@@ -98,14 +86,14 @@ class ViewsTest {
                         .addEma(EmaShadow.newBuilder().setDecay(0.9))
                         .addEma(EmaShadow.newBuilder().setDecay(0.5).setEvery(2)))
                 .build();
-        client.register(spec, TestData.data(TestData.random(N, 2)));
+        LIVE.client().register(spec, TestData.data(TestData.random(N, 2)));
         assertEquals(List.of(view(ViewKind.VIEW_TRAIN), view(ViewKind.VIEW_EVAL), ema(0.9), ema(0.5)),
-                client.describe("ema").getViewsList());
+                LIVE.client().describe("ema").getViewsList());
         assertEquals(Status.Code.FAILED_PRECONDITION, pullFails("ema", ema(0.9)));
         float[] train = new float[N];
         float[] e9 = null;
         float[] e5 = null;
-        try (Trainer tr = client.trainer("ema", "c")) {
+        try (Trainer tr = LIVE.client().trainer("ema", "c")) {
             for (int t = 1; t <= 6; t++) {
                 tr.step(TestData.data(TestData.random(N, 20 + t)), TestData.data(train));
                 e9 = blend(e9, train, 0.9);
@@ -150,12 +138,12 @@ class ViewsTest {
         ModelSpec spec = base.toBuilder().setOptimizer(base.getOptimizer().toBuilder()
                 .setLookahead(Lookahead.newBuilder().setK(3).setAlpha(0.5))).build();
         float[] init = TestData.random(N, 3);
-        client.register(spec, TestData.data(init));
+        LIVE.client().register(spec, TestData.data(init));
         float[] slow = new float[N];
         assertEquals(view(ViewKind.VIEW_SLOW), pull("la", view(ViewKind.VIEW_EVAL), slow).view());
         assertArrayEquals(init, slow, "slow weights start as θ");
         float[] train = new float[N];
-        try (Trainer tr = client.trainer("la", "c")) {
+        try (Trainer tr = LIVE.client().trainer("la", "c")) {
             for (int t = 1; t <= 3; t++) {
                 tr.step(TestData.data(TestData.random(N, 30 + t)), TestData.data(train));
             }
@@ -163,12 +151,12 @@ class ViewsTest {
         OptSidecarClient.Weights w = pull("la", view(ViewKind.VIEW_SLOW), slow);
         assertEquals(3, w.version());
         assertArrayEquals(train, slow, "right after a synchronisation θ and φ are equal");
-        assertEquals(3, client.describe("la").getState().getVersion());
-        assertEquals(0, client.describe("la").getState().getLookaheadStep());
+        assertEquals(3, LIVE.client().describe("la").getState().getVersion());
+        assertEquals(0, LIVE.client().describe("la").getState().getLookaheadStep());
 
         View expAvg = View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot("exp_avg").build();
         assertEquals(expAvg, pull("la", expAvg, new float[N]).view());
-        assertEquals(List.of("exp_avg", "exp_avg_sq", "slow"), client.describe("la").getTensors(0).getSlotsList());
+        assertEquals(List.of("exp_avg", "exp_avg_sq", "slow"), LIVE.client().describe("la").getTensors(0).getSlotsList());
         View bogus = View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot("z").build();
         assertEquals(Status.Code.INVALID_ARGUMENT, pullFails("la", bogus));
     }

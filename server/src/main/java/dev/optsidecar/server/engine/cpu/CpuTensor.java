@@ -125,22 +125,13 @@ final class CpuTensor implements EngineTensor {
 
     @Override
     public void readView(ViewKernel view, long offset, int count, ByteBuffer dst) {
-        checkRange(offset, count);
         float[] scratch = VIEW_SCRATCH.get();
         if (scratch.length < count) {
             scratch = new float[count];
             VIEW_SCRATCH.set(scratch);
         }
-        long at = offset;
-        int done = 0;
-        while (done < count) {
-            int b = (int) (at >>> blockShift);
-            int from = (int) (at & (blockSize - 1));
-            int n = Math.min(count - done, params[b].length - from);
-            view.compute(params[b], slotsByBlock[b], from, from + n, scratch, done);
-            at += n;
-            done += n;
-        }
+        float[] out = scratch;
+        forEachSegment(offset, count, (b, from, to, done) -> view.compute(params[b], slotsByBlock[b], from, to, out, done));
         dst.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().put(scratch, 0, count);
         dst.position(dst.position() + count * Float.BYTES);
     }
@@ -153,31 +144,35 @@ final class CpuTensor implements EngineTensor {
         slotsByBlock = null;
     }
 
-    private void copyIn(float[][] blocks, long offset, FloatBuffer in) {
-        checkRange(offset, in.remaining());
+    /** One piece of a range that lies within a single block. */
+    @FunctionalInterface
+    private interface Segment {
+        /** Elements [from, to) of block b; {@code done} elements of the range precede them. */
+        void visit(int b, int from, int to, int done);
+    }
+
+    /** Visits the block pieces of elements [offset, offset + count), in order. */
+    private void forEachSegment(long offset, int count, Segment segment) {
+        checkRange(offset, count);
         long at = offset;
-        while (in.hasRemaining()) {
+        int done = 0;
+        while (done < count) {
             int b = (int) (at >>> blockShift);
             int from = (int) (at & (blockSize - 1));
-            int n = Math.min(in.remaining(), blocks[b].length - from);
-            in.get(blocks[b], from, n);
+            int n = Math.min(count - done, blockLength(b) - from);
+            segment.visit(b, from, from + n, done);
             at += n;
+            done += n;
         }
     }
 
+    private void copyIn(float[][] blocks, long offset, FloatBuffer in) {
+        forEachSegment(offset, in.remaining(), (b, from, to, done) -> in.get(blocks[b], from, to - from));
+    }
+
     private void copyOut(float[][] blocks, long offset, int count, ByteBuffer dst) {
-        checkRange(offset, count);
         FloatBuffer out = dst.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
-        long at = offset;
-        int left = count;
-        while (left > 0) {
-            int b = (int) (at >>> blockShift);
-            int from = (int) (at & (blockSize - 1));
-            int n = Math.min(left, blocks[b].length - from);
-            out.put(blocks[b], from, n);
-            at += n;
-            left -= n;
-        }
+        forEachSegment(offset, count, (b, from, to, done) -> out.put(blocks[b], from, to - from));
         dst.position(dst.position() + count * Float.BYTES);
     }
 
@@ -187,53 +182,43 @@ final class CpuTensor implements EngineTensor {
      * index is searched for only when that max says something is there.
      */
     private long firstNonFinite(float[][] blocks, long offset, int count) {
-        long at = offset;
-        int left = count;
-        while (left > 0) {
-            int b = (int) (at >>> blockShift);
-            int from = (int) (at & (blockSize - 1));
-            int n = Math.min(left, blocks[b].length - from);
+        long[] first = {-1};
+        forEachSegment(offset, count, (b, from, to, done) -> {
             float[] a = blocks[b];
             int maxMagnitude = 0;
-            for (int i = from; i < from + n; i++) {
+            for (int i = from; i < to; i++) {
                 maxMagnitude = Math.max(maxMagnitude, Float.floatToRawIntBits(a[i]) & 0x7fffffff);
             }
-            if (maxMagnitude >= 0x7f800000) {
-                for (int i = from; i < from + n; i++) {
+            if (first[0] < 0 && maxMagnitude >= 0x7f800000) {
+                for (int i = from; i < to && first[0] < 0; i++) {
                     if (!Float.isFinite(a[i])) {
-                        return ((long) b << blockShift) + i;
+                        first[0] = ((long) b << blockShift) + i;
                     }
                 }
             }
-            at += n;
-            left -= n;
-        }
-        return -1;
+        });
+        return first[0];
     }
 
     /** Sum of squares in double, with two accumulators so the adds overlap. */
     private double sumOfSquares(float[][] blocks, long offset, int count) {
-        double s0 = 0;
-        double s1 = 0;
-        long at = offset;
-        int left = count;
-        while (left > 0) {
-            int b = (int) (at >>> blockShift);
-            int from = (int) (at & (blockSize - 1));
-            int n = Math.min(left, blocks[b].length - from);
+        double[] sums = new double[2];
+        forEachSegment(offset, count, (b, from, to, done) -> {
             float[] a = blocks[b];
+            double s0 = 0;
+            double s1 = 0;
             int i = from;
-            for (; i + 1 < from + n; i += 2) {
+            for (; i + 1 < to; i += 2) {
                 s0 += (double) a[i] * a[i];
                 s1 += (double) a[i + 1] * a[i + 1];
             }
-            if (i < from + n) {
+            if (i < to) {
                 s0 += (double) a[i] * a[i];
             }
-            at += n;
-            left -= n;
-        }
-        return s0 + s1;
+            sums[0] += s0;
+            sums[1] += s1;
+        });
+        return sums[0] + sums[1];
     }
 
     private void checkRange(long offset, long count) {
