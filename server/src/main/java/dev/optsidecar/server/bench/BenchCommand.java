@@ -11,13 +11,14 @@ import java.util.Locale;
 import java.util.concurrent.Callable;
 
 /**
- * Prints two tables: the CPU engine's RAdam step against a memory-pass ceiling on the same threads,
- * and full gRPC step round trips against an in-process server. The large end-to-end size needs a
- * few GB of heap; run it as {@code java -Xmx8g -jar optsidecar-server.jar bench}.
+ * Prints two tables: the CPU engine's RAdam, Schedule-Free RAdam and Schedule-Free AdamW + EMA
+ * steps, each against a memory-pass ceiling on the same threads, and full gRPC step round trips
+ * against an in-process server. The large end-to-end size needs a few GB of heap; run it as
+ * {@code java -Xmx8g -jar optsidecar-server.jar bench}.
  */
 @Command(name = "bench", mixinStandardHelpOptions = true,
-        description = {"Benchmarks the engine's RAdam step against a memory-pass ceiling, and full gRPC step"
-                + " round trips against an in-process server.",
+        description = {"Benchmarks the engine's RAdam, Schedule-Free RAdam and Schedule-Free AdamW + EMA steps,"
+                + " each against a memory-pass ceiling, and full gRPC step round trips against an in-process server.",
                 "The 400 MB end-to-end size needs about 4 GB of heap: run with java -Xmx8g -jar ..."})
 public final class BenchCommand implements Callable<Integer> {
     @Spec

@@ -21,6 +21,8 @@ import java.util.logging.Logger;
  * engine with the same threads, so the difference is what transport and copying cost.
  */
 final class EndToEndBench {
+    /** The engine-only step timed beside each round trip. */
+    private static final BenchKernel RADAM = BenchKernel.radam();
     /** Client heap per parameter: the gradient and the weights it receives. */
     private static final int CLIENT_HEAP_PER_ELEMENT = 2 * Float.BYTES;
     /**
@@ -48,7 +50,7 @@ final class EndToEndBench {
         try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, threads, Runtime.getRuntime().maxMemory());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port());
              CpuEngine engine = new CpuEngine(threads)) {
-            BenchTensor.warmUpJit(engine);
+            RADAM.warmUpJit(engine);
             measure(client, engine, "bench-transport-warmup", TRANSPORT_WARMUP_PARAMS, TRANSPORT_WARMUP_STEPS, 1);
             System.out.printf(Locale.ROOT, "%nEnd to end: Trainer.step over loopback gRPC, RAdam, one float32 tensor,"
                     + " %d engine threads, after %d warm-up steps of a %d MB model; MB = 10^6 bytes of model%n",
@@ -60,7 +62,7 @@ final class EndToEndBench {
                     "engine ms", "transport ms");
             for (int mb : megabytes) {
                 long n = mb * 1_000_000L / Float.BYTES;
-                long heap = n * (2L * BenchTensor.HEAP_PER_ELEMENT + CLIENT_HEAP_PER_ELEMENT);
+                long heap = n * (2L * RADAM.heapPerElement() + CLIENT_HEAP_PER_ELEMENT);
                 String shortfall = n > Integer.MAX_VALUE - 8
                         ? "skipped: the client side holds each tensor in one float[]"
                         : Measure.heapShortfall(heap);
@@ -93,7 +95,7 @@ final class EndToEndBench {
                 .setOptimizer(OptimizerConfig.newBuilder().setAlgorithm("RAdam"))
                 .build(), List.of(TensorData.of(weights[0])));
         try (Trainer trainer = client.trainer(name, "bench");
-             BenchTensor engineOnly = BenchTensor.radam(engine, n)) {
+             BenchTensor engineOnly = RADAM.kernelTensor(engine, n)) {
             return Measure.interleaved(warmup, iterations, () -> {
                 long start = System.nanoTime();
                 trainer.step(grads, weights);

@@ -6,10 +6,10 @@ import java.util.List;
 import java.util.Locale;
 
 /**
- * The engine table: the RAdam step against the memory-pass ceiling, both on the same engine, sizes
- * and threads, timed alternately. A fused Adam-family step on CPU is bound by memory bandwidth,
- * so "fraction of ceiling" says how close the kernel comes to the best a pass over its 7 arrays
- * can do on this machine.
+ * The engine table: each kernel against the memory-pass ceiling over the arrays it touches, both
+ * on the same engine, sizes and threads, timed alternately. A fused Adam-family step on CPU is
+ * bound by memory bandwidth, so "of ceiling" says how close the kernel comes to the best a pass
+ * over its arrays can do on this machine.
  */
 final class EngineBench {
     private final int threads;
@@ -23,28 +23,39 @@ final class EngineBench {
     }
 
     void run(List<Long> sizes) {
-        System.out.printf(Locale.ROOT, "%nEngine: RAdam step (rectified, t >= 6) vs memory-pass ceiling (read p,g,m,v;"
-                + " write p,m,v), %d threads; GB/s = 7 x 4 bytes x params / time%n", threads);
-        String format = "%10s  %10s  %10s  %12s  %12s  %10s%n";
-        System.out.printf(Locale.ROOT, format, "params", "RAdam ms", "RAdam GB/s", "ceiling ms", "ceiling GB/s",
-                "of ceiling");
+        List<BenchKernel> kernels = BenchKernel.all();
+        System.out.printf(Locale.ROOT, "%nEngine: each kernel vs a memory-pass ceiling over the same arrays (in place,"
+                + " trivial arithmetic), timed alternately, %d threads%n", threads);
+        for (BenchKernel k : kernels) {
+            System.out.printf(Locale.ROOT, "  %-12s %s; %s: %d x 4 bytes per param%n", k.name(), k.about(),
+                    k.arrays(), k.reads() + k.writes());
+        }
+        System.out.println("  GB/s = bytes per param x params / time; of ceiling = ceiling ms / kernel ms");
+        String format = "%-12s  %8s  %10s  %11s  %10s  %12s  %10s%n";
+        System.out.printf(Locale.ROOT, format, "kernel", "params", "kernel ms", "kernel GB/s", "ceiling ms",
+                "ceiling GB/s", "of ceiling");
         try (CpuEngine engine = new CpuEngine(threads)) {
-            BenchTensor.warmUpJit(engine);
-            for (long n : sizes) {
-                String shortfall = Measure.heapShortfall(2 * BenchTensor.HEAP_PER_ELEMENT * n);
-                if (shortfall != null) {
-                    System.out.printf(Locale.ROOT, "%10s  %s%n", Measure.count(n), shortfall);
-                    continue;
+            kernels.forEach(k -> k.warmUpJit(engine));
+            for (BenchKernel k : kernels) {
+                for (long n : sizes) {
+                    row(engine, k, n);
                 }
-                double[] ms;
-                try (BenchTensor radam = BenchTensor.radam(engine, n);
-                     BenchTensor ceiling = BenchTensor.ceiling(engine, n)) {
-                    ms = Measure.interleaved(warmup, iterations, radam::timeStep, ceiling::timeStep);
-                }
-                double gb = (double) BenchTensor.BYTES_PER_ELEMENT * n / 1e9;
-                System.out.printf(Locale.ROOT, "%10s  %10.2f  %10.1f  %12.2f  %12.1f  %10.3f%n", Measure.count(n),
-                        ms[0], gb / (ms[0] / 1e3), ms[1], gb / (ms[1] / 1e3), ms[1] / ms[0]);
             }
         }
+    }
+
+    private void row(CpuEngine engine, BenchKernel k, long n) {
+        String shortfall = Measure.heapShortfall(2L * k.heapPerElement() * n);
+        if (shortfall != null) {
+            System.out.printf(Locale.ROOT, "%-12s  %8s  %s%n", k.name(), Measure.count(n), shortfall);
+            return;
+        }
+        double[] ms;
+        try (BenchTensor kernel = k.kernelTensor(engine, n); BenchTensor ceiling = k.ceilingTensor(engine, n)) {
+            ms = Measure.interleaved(warmup, iterations, kernel::timeStep, ceiling::timeStep);
+        }
+        double gb = (double) k.bytesPerElement() * n / 1e9;
+        System.out.printf(Locale.ROOT, "%-12s  %8s  %10.2f  %11.1f  %10.2f  %12.1f  %10.3f%n", k.name(),
+                Measure.count(n), ms[0], gb / (ms[0] / 1e3), ms[1], gb / (ms[1] / 1e3), ms[1] / ms[0]);
     }
 }

@@ -4,13 +4,18 @@ import java.util.List;
 
 /**
  * Several fused steps applied to one tensor as one pass over memory: the range is cut into tiles
- * small enough to stay in L1, and every step runs over a tile before the next tile is touched.
- * This is how wrappers compose with an algorithm (an EMA shadow reads the θ the optimizer just
- * wrote, Lookahead pulls θ toward its slow weights) without a second trip to memory.
+ * small enough to stay in the core's L2, and every step runs over a tile before the next tile is
+ * touched. This is how wrappers compose with an algorithm (an EMA shadow reads the θ the optimizer
+ * just wrote, Lookahead pulls θ toward its slow weights) without a second trip to memory.
  */
 public final class Chain implements FusedStep {
-    /** 4096 floats: 16 KiB per array, so a tile of θ and one state slot stay in a 48 KiB L1. */
-    static final int TILE = 4096;
+    /**
+     * 128K floats, 512 KiB per array: the longest tile whose first step, a Schedule-Free AdamW over
+     * four arrays, fits a 2 MiB L2, so the θ it wrote is still there when an EMA reads it. L1-sized
+     * tiles do not pay: the step alone outgrows L1, and switching steps every 4K floats made that
+     * chain about 5% slower at 10M parameters (bench).
+     */
+    static final int TILE = 1 << 17;
 
     private final FusedStep[] steps;
 

@@ -75,6 +75,30 @@ public final class AdamWScheduleFree implements Algorithm {
         float momentumCorrection = (float) (1 - Math.pow(innerMomentum, k + 1));
         return new StepPlan(t -> {
             boolean first = t == 1;
+            if (!first && gradScale == 1f && !momentum) {
+                // The common configuration (z set, no clipping, no inner momentum) in a loop of its own,
+                // without the gradScale multiply: beside the sqrt and divide, every vector operation
+                // costs time once the arrays sit in cache.
+                FusedStep fast = (p, g, s, from, to) -> {
+                    float[] z = s[0];
+                    float[] v = s[1];
+                    for (int i = from; i < to; i++) {
+                        float y = p[i];
+                        float zi = z[i];
+                        float gi = g[i];
+                        float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
+                        v[i] = vi;
+                        float u = gi / ((float) Math.sqrt(vi * invBc2) + epsF);
+                        if (decays) {
+                            u = Math.fma(lambda, y, u);
+                        }
+                        float yNew = Lerp.lerp(y, zi, cF);
+                        p[i] = Math.fma(yCoef, u, yNew);
+                        z[i] = Math.fma(-lrKF, u, zi);
+                    }
+                };
+                return fast;
+            }
             FusedStep step = (p, g, s, from, to) -> {
                 float[] z = s[0];
                 float[] v = s[1];
