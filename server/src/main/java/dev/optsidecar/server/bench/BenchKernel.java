@@ -5,6 +5,7 @@ import com.google.protobuf.Value;
 import dev.optsidecar.server.engine.Chain;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.UpdateNorm;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
@@ -15,6 +16,7 @@ import dev.optsidecar.server.optim.StepPlan;
 
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.DoubleAdder;
 import java.util.function.LongFunction;
 
 /**
@@ -70,7 +72,7 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
 
     /** The rows of the table, in order. */
     static List<BenchKernel> all() {
-        return List.of(radam(), radamScheduleFree(), adamWScheduleFreeWithEma());
+        return List.of(radam(), radamScheduleFree(), adamWScheduleFreeWithEma(), radamWithUpdateNorm());
     }
 
     /**
@@ -100,6 +102,14 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
         return new BenchKernel("AdamWSF+EMA", "weight_decay 0.01, k = " + SCHEDULE_FREE_K + ", then EMA 0.999",
                 "read y,g,z,v,e; write y,z,v,e", 3, 5, 4, SCHEDULE_FREE_K + 1,
                 t -> Chain.of(List.of(plan.forTensor().apply(t), ema)), SCHEDULE_FREE_EMA_PASS);
+    }
+
+    /** RAdam with the update norm measured (OptimizerConfig.report_update_norm): what asking costs. */
+    static BenchKernel radamWithUpdateNorm() {
+        Algorithm radam = create("RAdam", Map.of());
+        DoubleAdder sink = new DoubleAdder();
+        return new BenchKernel("RAdam+norm", "as RAdam, with report_update_norm", "read p,g,m,v; write p,m,v", 2, 4, 3, 6,
+                t -> new UpdateNorm(radam.plan(GroupCounters.INITIAL, 1e-3, 1f).forTensor().apply(t), sink), ADAM_PASS);
     }
 
     /** Bytes a step moves per element, for the GB/s columns. */

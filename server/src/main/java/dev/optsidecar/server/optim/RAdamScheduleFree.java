@@ -69,10 +69,15 @@ public final class RAdamScheduleFree implements Algorithm {
         float lambda = (float) weightDecay;
         return new StepPlan(t -> {
             boolean first = t == 1;
-            if (rectified && !first && gradScale == 1f) {
-                // The common configuration (rectified, z set, no clipping) in a loop of its own,
-                // without the gradScale multiply: beside the sqrt and divide, every vector operation
-                // costs time once the arrays sit in cache.
+            if (rectified && !first && gradScale == 1f && !decays) {
+                // The common configuration (rectified, z set, no clipping, no decay) in a loop of
+                // its own: beside the sqrt and divide every vector operation costs time once the
+                // arrays sit in cache, so sqrt(bc2) moves out of the loop:
+                // g / (sqrt(v / bc2) + eps) = sqrt(bc2) · g / (sqrt(v) + eps·sqrt(bc2)).
+                double sqrtBc2 = Math.sqrt(1 - Math.pow(beta2, k + 1));
+                float epsScaled = (float) (eps * sqrtBc2);
+                float yCoefScaled = (float) (lrK * (beta1 * (1 - c) - 1) * sqrtBc2);
+                float zCoefScaled = (float) (-lrK * sqrtBc2);
                 FusedStep fast = (p, g, s, from, to) -> {
                     float[] z = s[0];
                     float[] v = s[1];
@@ -82,13 +87,10 @@ public final class RAdamScheduleFree implements Algorithm {
                         float gi = g[i];
                         float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
                         v[i] = vi;
-                        float u = gi / ((float) Math.sqrt(vi * invBc2) + epsF);
-                        if (decays) {
-                            u = Math.fma(lambda, y, u);
-                        }
+                        float uScaled = gi / ((float) Math.sqrt(vi) + epsScaled);
                         float yNew = Lerp.lerp(y, zi, cF);
-                        p[i] = Math.fma(yCoef, u, yNew);
-                        z[i] = Math.fma(-lrKF, u, zi);
+                        p[i] = Math.fma(yCoefScaled, uScaled, yNew);
+                        z[i] = Math.fma(zCoefScaled, uScaled, zi);
                     }
                 };
                 return fast;
