@@ -115,6 +115,36 @@ class ViewsTest {
         assertTrue(e.getStatus().getDescription().contains("0.9, 0.5"), e.getStatus().getDescription());
     }
 
+    /**
+     * A single EMA blend is folded into Schedule-Free AdamW's loop; with a second shadow due the
+     * same blend is chained after it instead. Both must give the same bits.
+     */
+    @Test
+    void emaFoldedIntoTheKernelEqualsEmaChainedAfterIt() {
+        ModelSpec base = TestData.spec("fold", "AdamWScheduleFree", TestData.hp("lr", 0.05, "weight_decay", 0.01), N).build();
+        ModelSpec folded = base.toBuilder().setOptimizer(base.getOptimizer().toBuilder()
+                .addEma(EmaShadow.newBuilder().setDecay(0.9))).build();
+        ModelSpec chained = base.toBuilder().setName("chain").setOptimizer(base.getOptimizer().toBuilder()
+                .addEma(EmaShadow.newBuilder().setDecay(0.9))
+                .addEma(EmaShadow.newBuilder().setDecay(0.5))).build();
+        float[] init = TestData.random(N, 4);
+        LIVE.client().register(folded, TestData.data(init));
+        LIVE.client().register(chained, TestData.data(init));
+        float[] a = new float[N];
+        float[] b = new float[N];
+        try (Trainer ta = LIVE.client().trainer("fold", "a"); Trainer tb = LIVE.client().trainer("chain", "b")) {
+            for (int t = 1; t <= 6; t++) {
+                float[] g = TestData.random(N, 40 + t);
+                ta.step(TestData.data(g), TestData.data(a));
+                tb.step(TestData.data(g), TestData.data(b));
+                assertArrayEquals(b, a, "train at step " + t);
+                pull("fold", ema(0.9), a);
+                pull("chain", ema(0.9), b);
+                assertArrayEquals(b, a, "shadow at step " + t);
+            }
+        }
+    }
+
     private static float[] blend(float[] shadow, float[] theta, double decay) {
         if (shadow == null) {
             return theta.clone();

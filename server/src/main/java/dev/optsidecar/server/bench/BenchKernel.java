@@ -94,14 +94,18 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
 
     /**
      * Schedule-Free AdamW with weight decay, then an EMA shadow past its first update (so it
-     * blends), chained as the server chains them for a tensor with slots z, exp_avg_sq, ema.
+     * blends), composed as the server composes them (the blend folded into the kernel's loop) for a
+     * tensor with slots z, exp_avg_sq, ema.
      */
     static BenchKernel adamWScheduleFreeWithEma() {
         StepPlan plan = planAtK(create("AdamWScheduleFree", Map.of("weight_decay", 0.01)));
-        FusedStep ema = new EmaShadow(0.999, 1).update(1, 2);
+        EmaShadow shadow = new EmaShadow(0.999, 1);
         return new BenchKernel("AdamWSF+EMA", "weight_decay 0.01, k = " + SCHEDULE_FREE_K + ", then EMA 0.999",
                 "read y,g,z,v,e; write y,z,v,e", 3, 5, 4, SCHEDULE_FREE_K + 1,
-                t -> Chain.of(List.of(plan.forTensor().apply(t), ema)), SCHEDULE_FREE_EMA_PASS);
+                t -> {
+                    FusedStep fused = plan.withEma().forTensor(t, 2, shadow.keep(), shadow.take());
+                    return fused != null ? fused : Chain.of(List.of(plan.forTensor().apply(t), shadow.update(1, 2)));
+                }, SCHEDULE_FREE_EMA_PASS);
     }
 
     /** RAdam with the update norm measured (OptimizerConfig.report_update_norm): what asking costs. */

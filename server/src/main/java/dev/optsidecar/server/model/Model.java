@@ -247,17 +247,30 @@ public final class Model {
         }
         DoubleAdder updateSquares = training.reportUpdateNorm() ? new DoubleAdder() : null;
         List<TensorStep> steps = new ArrayList<>();
+        // A single blending EMA update right after the kernel can be folded into its loop.
+        int foldable = !sync && emaDue.size() == 1 && emaUpdates[emaDue.get(0)] > 0 ? emaDue.get(0) : -1;
         for (TensorEntry tensor : tensors) {
             List<FusedStep> chain = new ArrayList<>();
+            int folded = -1;
             if (!skip[tensor.index]) {
-                chain.add(plans.get(tensor.group).forTensor().apply(tensor.steps + 1));
+                StepPlan plan = plans.get(tensor.group);
+                FusedStep step = null;
+                if (foldable >= 0 && plan.withEma() != null) {
+                    EmaShadow shadow = training.ema().get(foldable);
+                    step = plan.withEma().forTensor(tensor.steps + 1, tensor.slot(EmaShadow.slotName(foldable)),
+                            shadow.keep(), shadow.take());
+                    folded = step == null ? -1 : foldable;
+                }
+                chain.add(step != null ? step : plan.forTensor().apply(tensor.steps + 1));
             }
             if (sync) {
                 chain.add(training.lookahead().sync(tensor.slot(Lookahead.SLOW_SLOT),
                         tensor.group.algorithm.momentumSlot(), tensor.slot(Lookahead.CACHE_SLOT)));
             }
             for (int i : emaDue) {
-                chain.add(training.ema().get(i).update(emaUpdates[i], tensor.slot(EmaShadow.slotName(i))));
+                if (i != folded) {
+                    chain.add(training.ema().get(i).update(emaUpdates[i], tensor.slot(EmaShadow.slotName(i))));
+                }
             }
             if (!chain.isEmpty()) {
                 FusedStep step = Chain.of(chain);

@@ -73,12 +73,34 @@ public final class AdamWScheduleFree implements Algorithm {
         float mu = (float) innerMomentum;
         float oneMinusMu = (float) (1 - innerMomentum);
         float momentumCorrection = (float) (1 - Math.pow(innerMomentum, k + 1));
+        // The common configuration (z set, no clipping, no inner momentum) has loops of its own,
+        // without the gradScale multiply: beside the sqrt and divide, every vector operation costs
+        // time once the arrays sit in cache. One of them also blends an EMA shadow.
+        boolean common = gradScale == 1f && !momentum;
+        StepPlan.WithEma withEma = !common ? null : (t, emaSlot, keep, take) -> t == 1 ? null
+                : (p, g, s, from, to) -> {
+                    float[] z = s[0];
+                    float[] v = s[1];
+                    float[] e = s[emaSlot];
+                    for (int i = from; i < to; i++) {
+                        float y = p[i];
+                        float zi = z[i];
+                        float gi = g[i];
+                        float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
+                        v[i] = vi;
+                        float u = gi / ((float) Math.sqrt(vi * invBc2) + epsF);
+                        if (decays) {
+                            u = Math.fma(lambda, y, u);
+                        }
+                        float yNew = Math.fma(yCoef, u, Lerp.lerp(y, zi, cF));
+                        p[i] = yNew;
+                        z[i] = Math.fma(-lrKF, u, zi);
+                        e[i] = Math.fma(take, yNew, keep * e[i]);
+                    }
+                };
         return new StepPlan(t -> {
             boolean first = t == 1;
-            if (!first && gradScale == 1f && !momentum) {
-                // The common configuration (z set, no clipping, no inner momentum) in a loop of its own,
-                // without the gradScale multiply: beside the sqrt and divide, every vector operation
-                // costs time once the arrays sit in cache.
+            if (!first && common) {
                 FusedStep fast = (p, g, s, from, to) -> {
                     float[] z = s[0];
                     float[] v = s[1];
@@ -127,7 +149,7 @@ public final class AdamWScheduleFree implements Algorithm {
                 }
             };
             return step;
-        }, advance.after(), lrK, c);
+        }, advance.after(), lrK, c, withEma);
     }
 
     @Override

@@ -21,13 +21,23 @@ public record EmaShadow(double decay, long every) {
         return t % every == 0;
     }
 
+    /** decay as the float the blend multiplies by. */
+    public float keep() {
+        return (float) decay;
+    }
+
+    /** 1 − decay as the float the blend multiplies by. */
+    public float take() {
+        return (float) (1 - decay);
+    }
+
     /** The update of the shadow in state slot {@code s}, given how many updates it has had. */
     public FusedStep update(long updatesBefore, int s) {
         if (updatesBefore == 0) {
             return (p, g, state, from, to) -> System.arraycopy(p, from, state[s], from, to - from);
         }
-        float keep = (float) decay;
-        float take = (float) (1 - decay);
+        float keep = keep();
+        float take = take();
         return (p, g, state, from, to) -> {
             float[] e = state[s];
             for (int i = from; i < to; i++) {
