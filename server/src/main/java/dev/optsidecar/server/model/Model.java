@@ -5,13 +5,8 @@ import dev.optsidecar.proto.v1.NonFinitePolicy;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.server.OptError;
-import dev.optsidecar.server.engine.Chain;
 import dev.optsidecar.server.engine.Engine;
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.Ingest;
 import dev.optsidecar.server.engine.TensorStep;
-import dev.optsidecar.server.engine.UpdateNorm;
-import dev.optsidecar.server.optim.EmaShadow;
 import dev.optsidecar.server.optim.Lookahead;
 import dev.optsidecar.server.optim.StepPlan;
 
@@ -230,9 +225,8 @@ public final class Model {
     }
 
     /**
-     * Runs one step on the engine under the write lock: per tensor, the algorithm's kernel (if
-     * it has a gradient), then a due Lookahead synchronisation, then due EMA updates, chained
-     * into one pass; then advances every counter.
+     * Runs one step on the engine under the write lock (see {@link StepComposition}), then
+     * advances every counter.
      *
      * @return the update norm, if the model reports it
      */
@@ -246,37 +240,7 @@ public final class Model {
             }
         }
         DoubleAdder updateSquares = training.reportUpdateNorm() ? new DoubleAdder() : null;
-        List<TensorStep> steps = new ArrayList<>();
-        // A single blending EMA update right after the kernel can be folded into its loop.
-        int foldable = !sync && emaDue.size() == 1 && emaUpdates[emaDue.get(0)] > 0 ? emaDue.get(0) : -1;
-        for (TensorEntry tensor : tensors) {
-            List<FusedStep> chain = new ArrayList<>();
-            int folded = -1;
-            if (!skip[tensor.index]) {
-                StepPlan plan = plans.get(tensor.group);
-                FusedStep step = null;
-                if (foldable >= 0 && plan.withEma() != null) {
-                    EmaShadow shadow = training.ema().get(foldable);
-                    step = plan.withEma().forTensor(tensor.steps + 1, tensor.slot(EmaShadow.slotName(foldable)),
-                            shadow.keep(), shadow.take());
-                    folded = step == null ? -1 : foldable;
-                }
-                chain.add(step != null ? step : plan.forTensor().apply(tensor.steps + 1));
-            }
-            if (sync) {
-                chain.add(training.lookahead().sync(tensor.slot(Lookahead.SLOW_SLOT),
-                        tensor.group.algorithm.momentumSlot(), tensor.slot(Lookahead.CACHE_SLOT)));
-            }
-            for (int i : emaDue) {
-                if (i != folded) {
-                    chain.add(training.ema().get(i).update(emaUpdates[i], tensor.slot(EmaShadow.slotName(i))));
-                }
-            }
-            if (!chain.isEmpty()) {
-                FusedStep step = Chain.of(chain);
-                steps.add(new TensorStep(tensor.storage, updateSquares == null ? step : new UpdateNorm(step, updateSquares)));
-            }
-        }
+        List<TensorStep> steps = StepComposition.compose(this, skip, plans, sync, emaDue, updateSquares);
         engine.apply(steps);
         for (TensorEntry tensor : tensors) {
             if (!skip[tensor.index]) {
