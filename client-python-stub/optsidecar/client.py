@@ -26,6 +26,7 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
+import weakref
 from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 import grpc
@@ -67,13 +68,17 @@ class Client:
         target: ``host:port`` of the server.
         timeout: seconds allowed for a unary call (Describe, List, Delete); None for no limit.
             Streams (Register, Pull, Step) have no deadline: their length grows with the model.
+        connect_timeout: seconds a new Step stream waits for the connection when it is down, so
+            that the first step after a server restart finds it again; then the step fails with
+            ``ServerUnavailable``.
         options: extra gRPC channel options.
     """
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: Optional[float] = 60.0,
-                 options: Sequence[tuple] = ()):
+                 connect_timeout: float = 5.0, options: Sequence[tuple] = ()):
         self.target = target
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self._channel = grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -83,6 +88,8 @@ class Client:
             ("grpc.max_reconnect_backoff_ms", 2000),
             *options,
         ])
+        self._connectivity = grpc.ChannelConnectivity.IDLE
+        self._channel.subscribe(self._track_connectivity, try_to_connect=False)
         self._stub = pb_grpc.OptimizerStub(self._channel)
         # The bulk-data methods use the hand-written chunk encoding of optsidecar.wire.
         self._register = self._channel.stream_unary(
@@ -195,10 +202,30 @@ class Client:
         return StepStream(self, model, client_id or f"py-{uuid.uuid4().hex[:12]}",
                           [t.numel for t in info.tensors])
 
+    # -- connection ----------------------------------------------------------------------------
+
+    def _track_connectivity(self, state: grpc.ChannelConnectivity) -> None:
+        self._connectivity = state
+
+    def wait_for_connection(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for the connection to be up; True if it is.
+
+        After the server went away, gRPC retries the connection with a backoff (at most 2 s
+        here) and fails calls at once in between; waiting lets a call see a server that is back.
+        """
+        if self._connectivity == grpc.ChannelConnectivity.READY:
+            return True
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
     # -- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Closes the channel; calls in progress are cancelled."""
+        self._channel.unsubscribe(self._track_connectivity)
         self._channel.close()
 
     def __enter__(self) -> "Client":
@@ -427,19 +454,31 @@ class StepStream:
 
     def _open(self) -> _LiveStream:
         if self._live is None or self._live.broken:
+            # If the connection is down (the server went away), give it a moment to come back;
+            # if it does not, the call below fails with UNAVAILABLE.
+            self.client.wait_for_connection(self.client.connect_timeout)
             request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
             self._live = _LiveStream(self.client._step, request)
+            # A StepStream dropped without close() must not leave its call (and grpc's sending
+            # thread, waiting for requests) behind.
+            self._finalizer = weakref.finalize(self, _LiveStream.abandon, self._live)
         return self._live
+
+    def _forget(self) -> Optional[_LiveStream]:
+        live, self._live = self._live, None
+        if live is not None:
+            self._finalizer.detach()
+        return live
 
     def _drop(self, live: _LiveStream) -> None:
         live.abandon()
         if self._live is live:
-            self._live = None
+            self._forget()
 
     def close(self) -> None:
         """Ends the stream cleanly (the server drops nothing: no step is pending between steps)."""
-        if self._live is not None:
-            live, self._live = self._live, None
+        live = self._forget()
+        if live is not None:
             live.close()
 
     def __enter__(self) -> "StepStream":

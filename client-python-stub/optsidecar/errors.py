@@ -93,6 +93,9 @@ _BY_CODE: Dict[grpc.StatusCode, Type[OptSidecarError]] = {
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
     grpc.StatusCode.UNAVAILABLE: ServerUnavailable,
+    # The client never shows its own cancellations as errors, so a CANCELLED status comes from the
+    # other end: a server shutting down resets its open streams.
+    grpc.StatusCode.CANCELLED: ServerUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
 

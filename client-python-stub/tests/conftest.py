@@ -74,8 +74,13 @@ class ServerProcess:
             pytest.fail("server did not report its port:\n" + "".join(log))
         return found[0]
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """Stops the server: SIGTERM (it shuts down cleanly), or SIGKILL with ``crash``."""
         if self.process.poll() is None:
+            if crash:
+                self.process.kill()
+                self.process.wait()
+                return
             self.process.terminate()
             try:
                 self.process.wait(20)
@@ -130,9 +135,9 @@ def private_server():
             self.port = self.current.port
             self.target = self.current.target
 
-        def stop(self) -> None:
+        def stop(self, crash: bool = False) -> None:
             if self.current is not None:
-                self.current.stop()
+                self.current.stop(crash)
                 self.current = None
 
         def restart(self) -> None:

@@ -68,3 +68,31 @@ def assert_within_tolerance(actual: Sequence[torch.Tensor], expected: Sequence[t
 def assert_moved(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> None:
     """Guards comparisons against passing because nothing happened."""
     assert any(not torch.equal(b, a) for b, a in zip(before, after)), "training did not change the parameters"
+
+
+def build_run(config: str, target: str, seed: int):
+    """A model, its RemoteOptimizer and torch lr scheduler (or None) for a named configuration,
+    as both the test and the fresh-process resume worker build them."""
+    from optsidecar import RemoteOptimizer
+
+    model = make_mlp(seed)
+    if config == "adamw_groups_lambdalr_server_schedule_ema_lookahead":
+        opt = RemoteOptimizer(decay_groups(model), target, "AdamW", lr=2e-2, weight_decay=0.1,
+                              schedule=dict(type="cosine", warmup_steps=3, total_steps=30),
+                              ema=[0.9], lookahead=dict(k=3, alpha=0.5), clip_grad_norm=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.97 ** epoch)
+        return model, opt, scheduler
+    if config == "radam_schedulefree_saved_in_eval_mode":
+        opt = RemoteOptimizer(model.named_parameters(), target, "RAdamScheduleFree", lr=2e-2, weight_decay=0.01)
+        return model, opt, None
+    raise ValueError(f"unknown configuration {config!r}")
+
+
+RESUME_CONFIGS = ["adamw_groups_lambdalr_server_schedule_ema_lookahead", "radam_schedulefree_saved_in_eval_mode"]
+
+
+def run_steps(model, opt, scheduler, first: int, last: int) -> None:
+    for t in range(first, last + 1):
+        train_step(model, opt, t)
+        if scheduler is not None:
+            scheduler.step()
