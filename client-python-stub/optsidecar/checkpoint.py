@@ -1,8 +1,9 @@
 """Reading a model's whole optimizer state off the server, and registering a model from it.
 
-A model's state is its description (``ModelInfo``: configuration, effective hyperparameters and
-the ``ModelState`` counters), its train weights, and every state slot of every tensor (``exp_avg``,
-``z``, ``ema:0``, ``slow``, ...). Re-registering all of it continues training bit for bit.
+A model's state is the spec that re-creates it (tensors, groups with their effective
+hyperparameters, configuration, and in ``spec.state`` the ``ModelState`` counters from Describe),
+its train weights, and every state slot of every tensor (``exp_avg``, ``z``, ``ema:0``, ``slow``,
+...). Registering all of it again continues training bit for bit.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .client import Client, StateBuffer
-from .spec import spec_from_info
+from .spec import renamed, spec_from_info
 from .v1 import optimizer_pb2 as pb
 
 __all__ = ["ServerState", "capture", "restore"]
@@ -22,12 +23,12 @@ class ServerState:
     """Everything the server holds for one model.
 
     Attributes:
-        info: Describe's answer, with the counters in ``info.state``.
+        spec: the spec that re-creates the model, with its counters in ``spec.state``.
         weights: the train view (θ; Schedule-Free: y), one array or tensor per model tensor.
         slots: per slot name, one array or tensor per model tensor.
     """
 
-    info: pb.ModelInfo
+    spec: pb.ModelSpec
     weights: List[Any]
     slots: Dict[str, List[Any]]
 
@@ -62,13 +63,14 @@ def capture(client: Client, model: str, allocate: Callable[[int, pb.TensorInfo],
                                       f"{lacking}; the server can only pull a slot that every tensor has")
     weights = pull("train")
     slots = {name: pull(f"slot:{name}") for name in slot_names}
-    return ServerState(info, weights, slots)
+    return ServerState(spec_from_info(info), weights, slots)
 
 
 def restore(client: Client, name: str, state: ServerState,
             tensor_names: Optional[Sequence[str]] = None) -> pb.ModelInfo:
-    """Registers model ``name`` with a captured state; returns the new model's description."""
-    spec = spec_from_info(state.info, name, tensor_names)
+    """Registers model ``name`` with a captured state (its tensors renamed to ``tensor_names``, if
+    given); returns the new model's description."""
+    spec = renamed(state.spec, name, tensor_names)
     buffers = [StateBuffer(index, slot, values[index])
                for slot, values in state.slots.items() for index in range(len(values))]
     return client.register(spec, state.weights, buffers)

@@ -18,7 +18,7 @@ from .client import Client, StepStream
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .params import ParsedGroup, parse_params
 from .results import StepFigures
-from .spec import from_struct, model_spec, optimizer_config
+from .spec import from_struct, model_spec, optimizer_config, tensor_groups
 from .v1 import optimizer_pb2 as pb
 
 __all__ = ["RemoteOptimizer"]
@@ -43,13 +43,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
             ``{"params": biases, "weight_decay": 0.0}``); groups are named ``group0``, ``group1``, ...
             unless a dict has a ``"name"``.
         target (str): ``host:port`` of the server (default ``127.0.0.1:50051``).
-        algorithm (str): ``SGD``, ``Adam``, ``AdamW`` (default), ``RAdam``, ``RAdam(torch2.x)``,
-            ``RAdam(original)``, ``SGDScheduleFree``, ``AdamWScheduleFree`` or ``RAdamScheduleFree``.
+        algorithm (str, optional): ``SGD``, ``Adam``, ``AdamW`` (the default), ``RAdam``,
+            ``RAdam(torch2.x)``, ``RAdam(original)``, ``SGDScheduleFree``, ``AdamWScheduleFree`` or
+            ``RAdamScheduleFree``.
         model (str, optional): the model's name on the server; a unique one is generated if None.
         client_id (str, optional): names this trainer to the server.
         attach (bool): continue the existing model ``model`` instead of registering one: its train
             weights are pulled into ``params`` (which must match its tensors' shapes, in order), and
-            its parameter groups and hyperparameters replace the ones given here.
+            its parameter groups and hyperparameters apply (passing others is an error).
         schedule (dict, optional): a server-side lr schedule, e.g.
             ``dict(type="cosine", warmup_steps=100, total_steps=10_000)``.
         ema (float, list, optional): EMA shadow weights: a decay, a list of decays, or dicts
@@ -89,7 +90,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         {'group0': 0.001}
     """
 
-    def __init__(self, params: Any, target: str = "127.0.0.1:50051", algorithm: str = "AdamW",
+    def __init__(self, params: Any, target: str = "127.0.0.1:50051", algorithm: Optional[str] = None,
                  model: Optional[str] = None, client_id: Optional[str] = None, *, attach: bool = False,
                  schedule: Optional[Dict[str, Any]] = None, ema: Any = None,
                  lookahead: Optional[Dict[str, Any]] = None, clip_grad_norm: float = 0.0,
@@ -105,10 +106,19 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if attach:
                 if model is None:
                     raise ValueError("attach=True needs the name of the model to attach to (model=...)")
+                configured = dict(hyperparameters, schedule=schedule, ema=ema, lookahead=lookahead,
+                                  clip_grad_norm=clip_grad_norm or None, report_update_norm=report_update_norm or None,
+                                  non_finite=non_finite)
+                configured = sorted(k for k, v in configured.items() if v is not None)
+                if configured or any(len(g.overrides) for g in groups):
+                    raise ValueError(f"attach=True continues model {model!r} as the server configured it; "
+                                     f"settings given here would be ignored: {configured or 'param group overrides'}")
                 info = self.client.describe(self.model)
+                if algorithm is not None and algorithm != info.optimizer.algorithm:
+                    raise ValueError(f"model {model!r} runs {info.optimizer.algorithm}, not {algorithm}")
                 groups = _server_layout(groups, info)
             else:
-                config = optimizer_config(algorithm, hyperparameters, schedule=schedule, ema=ema,
+                config = optimizer_config(algorithm or "AdamW", hyperparameters, schedule=schedule, ema=ema,
                                           lookahead=lookahead, clip_grad_norm=clip_grad_norm,
                                           report_update_norm=report_update_norm, non_finite=non_finite)
                 tensors = [(n, tuple(p.shape)) for g in groups for n, p in zip(g.names, g.params)]
@@ -272,10 +282,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> Dict[str, Any]:
         """The whole optimizer as the server holds it, for ``torch.save``.
 
-        Holds: the model's description (configuration, effective hyperparameters, counters), its
-        train weights and every state buffer of every tensor (as CPU float32 tensors), the
-        ``param_groups`` as torch keeps them (with parameter indices), and the mode. Loading it
-        with :meth:`load_state_dict` continues training bit for bit.
+        Holds: ``spec``, the ``ModelSpec`` that re-creates the model (tensors, groups with their
+        effective hyperparameters, configuration, and the counters of Describe's ``ModelState``
+        in ``spec["state"]``), as a dict; ``weights``, the train view, and ``slots``, every state
+        buffer of every tensor by slot name, as CPU float32 tensors; ``param_groups`` as torch
+        keeps them (with parameter indices); and ``mode``. Loading it with :meth:`load_state_dict`
+        continues training bit for bit.
         """
         def allocate(index: int, _info: pb.TensorInfo) -> torch.Tensor:
             return torch.empty(self._params[index].shape, dtype=torch.float32)
@@ -291,7 +303,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             "optsidecar": STATE_DICT_FORMAT,
             "model": self.model,
             "mode": self._mode,
-            "info": json_format.MessageToDict(state.info, preserving_proto_field_name=True),
+            "spec": json_format.MessageToDict(state.spec, preserving_proto_field_name=True),
             "weights": state.weights,
             "slots": state.slots,
             "param_groups": groups,
@@ -306,16 +318,16 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if state_dict.get("optsidecar") != STATE_DICT_FORMAT:
             raise ValueError("not a RemoteOptimizer state dict (its 'optsidecar' format entry is "
                              f"{state_dict.get('optsidecar')!r}, expected {STATE_DICT_FORMAT})")
-        info = json_format.ParseDict(state_dict["info"], pb.ModelInfo())
+        spec = json_format.ParseDict(state_dict["spec"], pb.ModelSpec())
         saved_groups = state_dict["param_groups"]
-        self._check_layout(info, saved_groups)
+        self._check_layout(spec, saved_groups)
 
         self._stream.close()
         try:
             self.client.delete(self.model)
         except NotFound:
             pass
-        state = ServerState(info, list(state_dict["weights"]), {k: list(v) for k, v in state_dict["slots"].items()})
+        state = ServerState(spec, list(state_dict["weights"]), {k: list(v) for k, v in state_dict["slots"].items()})
         new_info = restore(self.client, self.model, state, tensor_names=self._names)
 
         self._group_names = [g.name for g in new_info.groups]
@@ -332,18 +344,19 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if state_dict.get("mode") == "eval":
             self.eval()
 
-    def _check_layout(self, info: pb.ModelInfo, saved_groups: List[Dict[str, Any]]) -> None:
-        if len(info.tensors) != len(self._params):
-            raise ValueError(f"loaded state dict holds {len(info.tensors)} tensors; this optimizer has "
+    def _check_layout(self, spec: pb.ModelSpec, saved_groups: List[Dict[str, Any]]) -> None:
+        if len(spec.tensors) != len(self._params):
+            raise ValueError(f"loaded state dict holds {len(spec.tensors)} tensors; this optimizer has "
                              f"{len(self._params)} parameters")
-        for i, (t, p) in enumerate(zip(info.tensors, self._params)):
-            if t.numel != p.numel() or list(t.shape) != (list(p.shape) or [1]):
+        for i, (t, p) in enumerate(zip(spec.tensors, self._params)):
+            if list(t.shape) != (list(p.shape) or [1]):
                 raise ValueError(f"loaded state dict: tensor {i} ({t.name!r}) has shape {list(t.shape)}; parameter "
                                  f"{self._names[i]!r} has shape {list(p.shape)}")
         index_of = {id(p): i for i, p in enumerate(self._params)}
         ours = [sorted(index_of[id(p)] for p in g["params"]) for g in self.param_groups]
         theirs = [sorted(g["params"]) for g in saved_groups]
-        if ours != theirs:
+        by_spec = [sorted(i for i, g in enumerate(tensor_groups(spec)) if g == gi) for gi in range(len(spec.groups))]
+        if ours != theirs or theirs != by_spec:
             raise ValueError(f"loaded state dict has parameter groups {theirs} (parameter indices); this optimizer "
                              f"has {ours}")
 

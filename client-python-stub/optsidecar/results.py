@@ -20,7 +20,7 @@ class GroupFigures:
         lr: the group's lr for the step: its base lr under the model's schedule, if any.
         effective_lr: the lr the update used (Schedule-Free: lr times its warmup or
             rectification factor; otherwise equal to ``lr``).
-        averaging_weight: Schedule-Free's c_t (0 for other algorithms).
+        averaging_weight: Schedule-Free's c_t (NaN for other algorithms, as the server reports it).
         k, weight_sum, lr_max: Schedule-Free's counters after the step.
     """
 

@@ -15,6 +15,8 @@ __all__ = [
     "optimizer_config",
     "model_spec",
     "spec_from_info",
+    "renamed",
+    "tensor_groups",
 ]
 
 
@@ -163,21 +165,42 @@ def model_spec(
     return spec
 
 
-def spec_from_info(info: pb.ModelInfo, name: str, tensor_names: Optional[Sequence[str]] = None) -> pb.ModelSpec:
-    """The spec that re-creates a described model with its counters (``ModelInfo.state``).
+def spec_from_info(info: pb.ModelInfo) -> pb.ModelSpec:
+    """The spec that re-creates a described model, counters (``ModelInfo.state``) included.
 
     Each group carries its effective hyperparameters, so the new model does not depend on the
-    server's defaults staying the same. ``tensor_names`` renames the tensors (same order).
+    server's defaults staying the same.
     """
-    names = list(tensor_names) if tensor_names is not None else [t.name for t in info.tensors]
-    if len(names) != len(info.tensors):
-        raise ValueError(f"{len(names)} tensor names for {len(info.tensors)} tensors")
-    spec = pb.ModelSpec(name=name)
+    spec = pb.ModelSpec(name=info.name)
     spec.optimizer.CopyFrom(info.optimizer)
-    for tensor_name, t in zip(names, info.tensors):
-        spec.tensors.append(pb.TensorSpec(name=tensor_name, shape=list(t.shape)))
+    for t in info.tensors:
+        spec.tensors.append(pb.TensorSpec(name=t.name, shape=list(t.shape)))
     for g in info.groups:
-        members = [n for n, t in zip(names, info.tensors) if t.group == g.name]
+        members = [t.name for t in info.tensors if t.group == g.name]
         spec.groups.append(pb.ParamGroup(name=g.name, tensors=members, hyperparameters=g.hyperparameters))
     spec.state.CopyFrom(info.state)
     return spec
+
+
+def renamed(spec: pb.ModelSpec, name: str, tensor_names: Optional[Sequence[str]] = None) -> pb.ModelSpec:
+    """A copy of ``spec`` for model ``name``, its tensors renamed in order (groups follow)."""
+    out = pb.ModelSpec()
+    out.CopyFrom(spec)
+    out.name = name
+    if tensor_names is not None:
+        if len(tensor_names) != len(spec.tensors):
+            raise ValueError(f"{len(tensor_names)} tensor names for {len(spec.tensors)} tensors")
+        new_name = {t.name: n for t, n in zip(spec.tensors, tensor_names)}
+        for t, n in zip(out.tensors, tensor_names):
+            t.name = n
+        for g in out.groups:
+            members = [new_name[m] for m in g.tensors]
+            del g.tensors[:]
+            g.tensors.extend(members)
+    return out
+
+
+def tensor_groups(spec: pb.ModelSpec) -> list:
+    """For each tensor of ``spec``, the index of its group in ``spec.groups`` (None: "default")."""
+    index = {name: gi for gi, g in enumerate(spec.groups) for name in g.tensors}
+    return [index.get(t.name) for t in spec.tensors]

@@ -124,6 +124,10 @@ def test_attach_continues_an_existing_model(client, target):
         train_step(other, attached, 4)
         assert client.describe(first.model).version == 4
         narrower = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        with pytest.raises(ValueError, match="settings given here would be ignored: \\['lr'\\]"):
+            RemoteOptimizer(other.named_parameters(), target, model=first.model, attach=True, lr=0.5)
+        with pytest.raises(ValueError, match="runs Adam, not SGD"):
+            RemoteOptimizer(other.named_parameters(), target, "SGD", model=first.model, attach=True)
         with pytest.raises(ValueError, match=r"tensor 0 \('0\.weight'\) has shape \[16, 6\]; parameter '0\.weight' has "
                                              r"shape \[8, 6\]"):
             RemoteOptimizer(narrower.named_parameters(), target, model=first.model, attach=True)

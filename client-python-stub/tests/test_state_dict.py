@@ -69,8 +69,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(target, tmp_path, config):
         assert torch.equal(a, b), f"parameter {i} differs by up to {(a - b).abs().max().item():.3g}"
     # The whole optimizer state too: every slot (moments, z, EMA shadow, slow weights) and counter.
     final = resumed["state"]
-    assert final["info"]["state"] == uninterrupted_state["info"]["state"]
-    assert final["info"]["groups"] == uninterrupted_state["info"]["groups"]
+    assert final["spec"]["state"] == uninterrupted_state["spec"]["state"]
+    assert final["spec"]["groups"] == uninterrupted_state["spec"]["groups"]
     assert sorted(final["slots"]) == sorted(uninterrupted_state["slots"])
     for slot, tensors in uninterrupted_state["slots"].items():
         assert all(torch.equal(a, b) for a, b in zip(final["slots"][slot], tensors)), f"slot {slot} differs"
@@ -84,8 +84,9 @@ def test_state_dict_holds_every_slot_and_the_counters(client, target):
         state = opt.state_dict()
         info = client.describe(opt.model)
         assert sorted(state["slots"]) == sorted(info.tensors[0].slots) == ["ema:0", "exp_avg", "exp_avg_sq"]
-        assert state["info"]["state"]["version"] == "3"
-        assert state["info"]["state"]["ema_updates"] == ["3"]
+        assert state["spec"]["state"]["version"] == "3"
+        assert state["spec"]["state"]["ema_updates"] == ["3"]
+        assert state["spec"]["optimizer"]["algorithm"] == "Adam"
         assert all(torch.equal(w, p.detach()) for w, p in zip(state["weights"], model.parameters()))
         assert state["param_groups"][0]["params"] == [0, 1, 2, 3]
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_moved, assert_within_tolerance, decay_groups, make_mlp, train_step, twin
+from helpers import assert_moved, assert_within_tolerance, batch, decay_groups, make_mlp, train_step, twin
 from optsidecar import RemoteOptimizer
 
 STEPS = 50
@@ -146,5 +146,50 @@ def test_closure_loss_and_skipped_gradients(client, target):
         assert steps == {"0.weight": 1, "0.bias": 0, "2.weight": 1, "2.bias": 1}
         opt.zero_grad()
         assert all(p.grad is None for p in model.parameters())
+    finally:
+        opt.delete()
+
+
+def test_server_side_clipping_matches_torch_clip_grad_norm(target):
+    remote_model = make_mlp()
+    local_model = twin(remote_model)
+    opt = RemoteOptimizer(remote_model.parameters(), target, "SGD", lr=0.1, momentum=0.9, clip_grad_norm=0.5,
+                          report_update_norm=True)
+    reference = torch.optim.SGD(local_model.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    try:
+        clipped = 0
+        for t in range(1, 21):
+            before = [p.detach().clone() for p in remote_model.parameters()]
+            train_step(remote_model, opt, t)
+            x, y = batch(t)
+            reference.zero_grad()
+            torch.nn.functional.mse_loss(local_model(x), y).backward()
+            norm = torch.nn.utils.clip_grad_norm_(local_model.parameters(), 0.5)
+            reference.step()
+            figures = opt.last_result
+            assert figures.grad_norm == pytest.approx(norm.item(), rel=1e-5)
+            clipped += figures.clip_coefficient < 1
+            update = torch.sqrt(sum(((p.detach().double() - b.double()) ** 2).sum()
+                                    for p, b in zip(remote_model.parameters(), before)))
+            assert figures.update_norm == pytest.approx(update.item(), rel=1e-6)
+        assert clipped > 0, "the test never clipped"
+        assert_within_tolerance(list(remote_model.parameters()), list(local_model.parameters()), "SGD + clipping")
+    finally:
+        opt.delete()
+
+
+def test_non_finite_gradients_can_be_skipped(client, target):
+    model = make_mlp()
+    opt = RemoteOptimizer(model.parameters(), target, "Adam", lr=1e-2, non_finite="skip")
+    try:
+        train_step(model, opt, 1)
+        before = [p.detach().clone() for p in model.parameters()]
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        model[0].weight.grad[0, 0] = float("inf")
+        opt.step()
+        assert opt.last_result.skipped and opt.version == 1
+        assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+        assert [t.steps for t in client.describe(opt.model).tensors] == [1, 1, 1, 1]
     finally:
         opt.delete()
