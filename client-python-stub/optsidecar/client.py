@@ -88,8 +88,6 @@ class Client:
             ("grpc.max_reconnect_backoff_ms", 2000),
             *options,
         ])
-        self._connectivity = grpc.ChannelConnectivity.IDLE
-        self._channel.subscribe(self._track_connectivity, try_to_connect=False)
         self._stub = pb_grpc.OptimizerStub(self._channel)
         # The bulk-data methods use the hand-written chunk encoding of optsidecar.wire.
         self._register = self._channel.stream_unary(
@@ -204,28 +202,24 @@ class Client:
 
     # -- connection ----------------------------------------------------------------------------
 
-    def _track_connectivity(self, state: grpc.ChannelConnectivity) -> None:
-        self._connectivity = state
-
     def wait_for_connection(self, timeout: float) -> bool:
-        """Waits up to ``timeout`` seconds for the connection to be up; True if it is.
+        """Waits up to ``timeout`` seconds for the server to answer; True if it does.
 
         After the server went away, gRPC retries the connection with a backoff (at most 2 s
         here) and fails calls at once in between; waiting lets a call see a server that is back.
+        A List call that waits for the connection does it (grpc's connectivity watchers race
+        with closing the channel in grpcio 1.51); it costs one round trip when the server is up.
         """
-        if self._connectivity == grpc.ChannelConnectivity.READY:
-            return True
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            self._stub.List(pb.ListRequest(), timeout=timeout, wait_for_ready=True)
             return True
-        except grpc.FutureTimeoutError:
+        except grpc.RpcError:
             return False
 
     # -- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Closes the channel; calls in progress are cancelled."""
-        self._channel.unsubscribe(self._track_connectivity)
         self._channel.close()
 
     def __enter__(self) -> "Client":
@@ -277,6 +271,16 @@ class _Sink:
         return Weights(self.view if self.view is not None else pb.View(), self.version)
 
 
+class _ClosedStream(grpc.RpcError):
+    """The server ended a Step stream without an error while a step was waiting for its reply."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the server closed the Step stream"
+
+
 _END = object()  # ends a request iterator
 
 
@@ -303,7 +307,7 @@ class _LiveStream:
         """Queues a request, waiting while the outbox is full; stops if the call has ended."""
         while True:
             if self.call.done():
-                raise self.call if self.call.code() != grpc.StatusCode.OK else _closed_by_server()
+                raise self.call if self.call.code() != grpc.StatusCode.OK else _ClosedStream()
             try:
                 self.outbox.put(request, timeout=0.05)
                 return
@@ -314,7 +318,7 @@ class _LiveStream:
         try:
             return next(self.call)
         except StopIteration:
-            raise _closed_by_server() from None
+            raise _ClosedStream() from None
 
     def _end_requests(self) -> None:
         # Wake grpc's sending thread if it waits for a request, so it can finish.
@@ -343,20 +347,6 @@ class _LiveStream:
         self._end_requests()
 
 
-def _closed_by_server() -> grpc.RpcError:
-    return _ClosedStream()
-
-
-class _ClosedStream(grpc.RpcError):
-    """The server ended a Step stream without an error while a step was waiting for its reply."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "the server closed the Step stream"
-
-
 class StepStream:
     """One trainer's Step stream: :meth:`step` streams a gradient set, commits it, and copies the
     returned weights into the caller's tensors.
@@ -379,6 +369,7 @@ class StepStream:
         self.numels = list(numels)
         self._next_step_id = 1
         self._live: Optional[_LiveStream] = None
+        self._failed = False
         #: True after a step failed while its weights were arriving: the destinations may hold a
         #: mix of old and new values until the next successful step or pull.
         self.partial_weights = False
@@ -443,6 +434,7 @@ class StepStream:
                 if sink is not None:
                     sink.finish(action)
                 self.partial_weights = False
+                self._failed = False
                 return StepFigures.from_proto(reply)
         except grpc.RpcError as e:
             self._drop(live)
@@ -454,9 +446,10 @@ class StepStream:
 
     def _open(self) -> _LiveStream:
         if self._live is None or self._live.broken:
-            # If the connection is down (the server went away), give it a moment to come back;
-            # if it does not, the call below fails with UNAVAILABLE.
-            self.client.wait_for_connection(self.client.connect_timeout)
+            if self._failed:
+                # The last step failed, perhaps because the server went away: give the connection
+                # a moment to come back; if it does not, the call below fails with UNAVAILABLE.
+                self.client.wait_for_connection(self.client.connect_timeout)
             request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
             self._live = _LiveStream(self.client._step, request)
             # A StepStream dropped without close() must not leave its call (and grpc's sending
@@ -471,6 +464,7 @@ class StepStream:
         return live
 
     def _drop(self, live: _LiveStream) -> None:
+        self._failed = True
         live.abandon()
         if self._live is live:
             self._forget()
