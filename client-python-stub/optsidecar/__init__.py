@@ -1,7 +1,8 @@
 """optsidecar: an optimizer as a service, for PyTorch trainers.
 
 - :class:`RemoteOptimizer` (needs torch): a ``torch.optim`` optimizer whose parameters and state
-  live on an optsidecar server.
+  live on an optsidecar server; :func:`recalibrate_batchnorm` recomputes BatchNorm statistics at
+  its eval view.
 - :class:`Client` and :class:`StepStream`: the low-level client (works with numpy alone).
 - :mod:`optsidecar.errors`: one exception per gRPC status, keeping the server's message.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "StepStream",
     "StateBuffer",
     "RemoteOptimizer",
+    "recalibrate_batchnorm",
     "StepFigures",
     "GroupFigures",
     "Weights",
@@ -47,9 +49,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # RemoteOptimizer needs torch; import it only when asked for, so numpy-only users need no torch.
+    # These need torch; import them only when asked for, so numpy-only users need no torch.
     if name == "RemoteOptimizer":
         from .optimizer import RemoteOptimizer
 
         return RemoteOptimizer
+    if name == "recalibrate_batchnorm":
+        from .batchnorm import recalibrate_batchnorm
+
+        return recalibrate_batchnorm
     raise AttributeError(f"module 'optsidecar' has no attribute {name!r}")
