@@ -1,0 +1,61 @@
+"""optsidecar: an optimizer as a service, for PyTorch trainers.
+
+- :class:`RemoteOptimizer` (needs torch): a ``torch.optim`` optimizer whose parameters and state
+  live on an optsidecar server; :func:`recalibrate_batchnorm` recomputes BatchNorm statistics at
+  its eval view.
+- :class:`Client` and :class:`StepStream`: the low-level client (works with numpy alone).
+- :mod:`optsidecar.errors`: one exception per gRPC status, keeping the server's message.
+"""
+
+from .client import Client, StateBuffer, StepStream
+from .errors import (
+    Aborted,
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OptSidecarError,
+    ProtocolError,
+    ResourceExhausted,
+    ServerUnavailable,
+    Unimplemented,
+)
+from .results import GroupFigures, StepFigures, Weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "StepStream",
+    "StateBuffer",
+    "RemoteOptimizer",
+    "recalibrate_batchnorm",
+    "StepFigures",
+    "GroupFigures",
+    "Weights",
+    "OptSidecarError",
+    "InvalidArgument",
+    "NotFound",
+    "AlreadyExists",
+    "FailedPrecondition",
+    "ResourceExhausted",
+    "Aborted",
+    "Unimplemented",
+    "ServerUnavailable",
+    "DeadlineExceeded",
+    "ProtocolError",
+]
+
+
+def __getattr__(name: str):
+    # These need torch; import them only when asked for, so numpy-only users need no torch.
+    if name == "RemoteOptimizer":
+        from .optimizer import RemoteOptimizer
+
+        return RemoteOptimizer
+    if name == "recalibrate_batchnorm":
+        from .batchnorm import recalibrate_batchnorm
+
+        return recalibrate_batchnorm
+    raise AttributeError(f"module 'optsidecar' has no attribute {name!r}")

@@ -1,0 +1,483 @@
+"""A low-level client for an optsidecar server: register, describe, list, delete, pull views, and
+stream steps.
+
+Bulk data moves as chunks of at most 1 MiB of little-endian float32. Outgoing chunks are sliced
+from a flat float32 view of each tensor and copied once, into the message; incoming chunks are
+copied once, from the message into the destination tensor (see :mod:`optsidecar.wire` and
+:mod:`optsidecar.buffers`). Request streams are fed through iterators, which grpc consumes one
+message at a time as the transport accepts them, so a model is never queued whole in memory.
+
+Example::
+
+    from optsidecar import Client
+    from optsidecar.v1 import optimizer_pb2 as pb
+
+    with Client("127.0.0.1:50051") as client:
+        spec = pb.ModelSpec(name="linear", tensors=[pb.TensorSpec(name="w", shape=[784, 10])],
+                            optimizer=pb.OptimizerConfig(algorithm="RAdam"))
+        client.register(spec, [w])                # w: a numpy array or torch tensor
+        with client.step_stream("linear") as stream:
+            figures = stream.step([grad_w], [w])  # w now holds the updated weights
+        client.pull("linear", "train", [w])
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+import weakref
+from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
+
+import grpc
+
+from . import wire
+from .buffers import Destination, as_destination, chunks, numel_of, source_array
+from .errors import ProtocolError, from_rpc_error
+from .results import StepFigures, Weights
+from .v1 import optimizer_pb2 as pb
+from .v1 import optimizer_pb2_grpc as pb_grpc
+from .views import ViewLike, make_view, view_name
+
+__all__ = ["Client", "StepStream", "StateBuffer", "MAX_MESSAGE_BYTES"]
+
+#: Largest message either side sends: a few chunks, whatever the model's size.
+MAX_MESSAGE_BYTES = 4 << 20
+
+_SERVICE = "/" + pb.DESCRIPTOR.services_by_name["Optimizer"].full_name + "/"
+
+
+class StateBuffer(NamedTuple):
+    """One saved optimizer state buffer, for restoring a model with :meth:`Client.register`.
+
+    Attributes:
+        tensor: index of the tensor in the spec.
+        slot: the slot's name as Describe lists it (``exp_avg``, ``z``, ``ema:0``, ``slow``, ...).
+        data: its values (a numpy array or torch tensor with the tensor's number of elements).
+    """
+
+    tensor: int
+    slot: str
+    data: Any
+
+
+class Client:
+    """A connection to an optsidecar server. Thread-safe; one per server is enough.
+
+    Args:
+        target: ``host:port`` of the server.
+        timeout: seconds allowed for a unary call (Describe, List, Delete); None for no limit.
+            Streams (Register, Pull, Step) have no deadline: their length grows with the model.
+        connect_timeout: seconds a new Step stream waits for the connection when it is down, so
+            that the first step after a server restart finds it again; then the step fails with
+            ``ServerUnavailable``.
+        options: extra gRPC channel options.
+    """
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: Optional[float] = 60.0,
+                 connect_timeout: float = 5.0, options: Sequence[tuple] = ()):
+        self.target = target
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Reconnect soon after a server restart instead of backing off for up to two minutes.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            *options,
+        ])
+        self._stub = pb_grpc.OptimizerStub(self._channel)
+        # The bulk-data methods use the hand-written chunk encoding of optsidecar.wire.
+        self._register = self._channel.stream_unary(
+            _SERVICE + "Register", request_serializer=wire.serialize,
+            response_deserializer=pb.ModelInfo.FromString)
+        self._pull = self._channel.unary_stream(
+            _SERVICE + "Pull", request_serializer=pb.PullRequest.SerializeToString,
+            response_deserializer=wire.parse_weights_chunk)
+        self._step = self._channel.stream_stream(
+            _SERVICE + "Step", request_serializer=wire.serialize,
+            response_deserializer=wire.parse_step_response)
+
+    # -- unary calls ---------------------------------------------------------------------------
+
+    def describe(self, model: str) -> pb.ModelInfo:
+        """The model's tensors (with their state slots), groups with effective hyperparameters and
+        current lr, configuration, schedule, version, views and restorable counters."""
+        return self._unary(self._stub.Describe, pb.DescribeRequest(model=model), f"describe model {model!r}")
+
+    def list(self) -> List[str]:
+        """Names of the registered models."""
+        return list(self._unary(self._stub.List, pb.ListRequest(), "list models").models)
+
+    def delete(self, model: str) -> None:
+        """Removes a model and frees its memory on the server."""
+        self._unary(self._stub.Delete, pb.DeleteRequest(model=model), f"delete model {model!r}")
+
+    def _unary(self, method, request, action: str):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, action, self.target) from None
+
+    # -- register ------------------------------------------------------------------------------
+
+    def register(self, spec: pb.ModelSpec, weights: Sequence[Any],
+                 state: Iterable[StateBuffer] = ()) -> pb.ModelInfo:
+        """Registers a model and uploads its initial weights.
+
+        Args:
+            spec: the model: named tensors with shapes, parameter groups, optimizer configuration;
+                to restore a saved run, ``spec.state`` carries its counters.
+            weights: one tensor or array per tensor of the spec, in order.
+            state: saved optimizer state buffers (with ``spec.state``); slots not sent start as a
+                fresh model's would.
+
+        Returns:
+            the server's description of the new model.
+        """
+        numels = [_numel(t) for t in spec.tensors]
+        if len(weights) != len(numels):
+            raise ValueError(f"spec has {len(numels)} tensors but {len(weights)} initial weights were given")
+        for i, (w, n) in enumerate(zip(weights, numels)):
+            if numel_of(w) != n:
+                raise ValueError(f"initial weights of tensor {spec.tensors[i].name!r} (index {i}) have "
+                                 f"{numel_of(w)} elements; its shape {list(spec.tensors[i].shape)} has {n}")
+        state = list(state)
+        for buffer in state:
+            if not 0 <= buffer.tensor < len(numels):
+                raise ValueError(f"state buffer {buffer.slot!r}: tensor index {buffer.tensor} out of range")
+            if numel_of(buffer.data) != numels[buffer.tensor]:
+                raise ValueError(f"state buffer {buffer.slot!r} of tensor {spec.tensors[buffer.tensor].name!r} has "
+                                 f"{numel_of(buffer.data)} elements; the tensor has {numels[buffer.tensor]}")
+
+        def requests() -> Iterator[Any]:
+            # Each tensor is converted only when its turn comes, so at most one extra copy exists.
+            yield pb.RegisterRequest(spec=spec)
+            for index, w in enumerate(weights):
+                for offset, data in chunks(source_array(w)):
+                    yield wire.register_weights_chunk(index, offset, data)
+            for buffer in state:
+                for offset, data in chunks(source_array(buffer.data)):
+                    yield wire.register_state_chunk(buffer.tensor, buffer.slot, offset, data)
+
+        try:
+            return self._register(requests())
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, f"register model {spec.name!r}", self.target) from None
+
+    # -- pull ----------------------------------------------------------------------------------
+
+    def pull(self, model: str, view: ViewLike, out: Sequence[Any]) -> Weights:
+        """Pulls a view's weights into preallocated tensors or arrays, one per model tensor.
+
+        Args:
+            model: the model's name.
+            view: ``"train"``, ``"eval"``, ``"slow"``, ``"ema"``, ``"ema:DECAY"``, ``"slot:NAME"``
+                or a ``View`` message.
+            out: destinations (torch tensors on any device, or numpy arrays) with each tensor's
+                number of elements; written in place.
+
+        Returns:
+            the view (as the server labels it) and the model version the weights belong to.
+        """
+        request = pb.PullRequest(model=model, view=make_view(view))
+        sink = _Sink([as_destination(t) for t in out])
+        action = f"pull view {view_name(request.view)} of model {model!r}"
+        try:
+            for chunk in self._pull(request):
+                sink.accept(chunk)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, action, self.target) from None
+        return sink.finish(action)
+
+    # -- step ----------------------------------------------------------------------------------
+
+    def step_stream(self, model: str, client_id: Optional[str] = None) -> "StepStream":
+        """Opens a trainer's :class:`StepStream` for ``model`` (the stream itself opens lazily)."""
+        info = self.describe(model)
+        return StepStream(self, model, client_id or f"py-{uuid.uuid4().hex[:12]}",
+                          [t.numel for t in info.tensors])
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def wait_for_connection(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for the server to answer; True if it does.
+
+        After the server went away, gRPC retries the connection with a backoff (at most 2 s
+        here) and fails calls at once in between; waiting lets a call see a server that is back.
+        A List call that waits for the connection does it (grpc's connectivity watchers race
+        with closing the channel in grpcio 1.51); it costs one round trip when the server is up.
+        """
+        try:
+            self._stub.List(pb.ListRequest(), timeout=timeout, wait_for_ready=True)
+            return True
+        except grpc.RpcError:
+            return False
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel; calls in progress are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _numel(tensor: pb.TensorSpec) -> int:
+    n = 1
+    for d in tensor.shape:
+        n *= d
+    return n
+
+
+class _Sink:
+    """Copies received chunks into their destinations and checks that they cover one view of one
+    version completely."""
+
+    def __init__(self, destinations: List[Destination]):
+        self.destinations = destinations
+        self.expected = sum(d.numel for d in destinations)
+        self.received = 0
+        self.view: Optional[pb.View] = None
+        self.version = -1
+
+    def accept(self, chunk: wire.ReceivedChunk) -> None:
+        if chunk.tensor >= len(self.destinations):
+            raise ProtocolError(f"server sent tensor {chunk.tensor} but only {len(self.destinations)} "
+                                f"destinations were given")
+        if self.view is None:
+            self.view, self.version = chunk.view, chunk.version
+        elif chunk.view != self.view or chunk.version != self.version:
+            raise ProtocolError("weights chunks mix views or versions")
+        destination = self.destinations[chunk.tensor]
+        count = chunk.data.nbytes // 4
+        if chunk.data.nbytes % 4 or chunk.offset + count > destination.numel:
+            raise ProtocolError(f"chunk for tensor {chunk.tensor} at offset {chunk.offset} with "
+                                f"{chunk.data.nbytes} bytes does not fit its {destination.numel} elements")
+        destination.write(chunk.offset, chunk.data)
+        self.received += count
+
+    def finish(self, action: str) -> Weights:
+        if self.received != self.expected:
+            raise ProtocolError(f"{action}: received {self.received} of {self.expected} values")
+        for d in self.destinations:
+            d.commit()
+        return Weights(self.view if self.view is not None else pb.View(), self.version)
+
+
+class _ClosedStream(grpc.RpcError):
+    """The server ended a Step stream without an error while a step was waiting for its reply."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the server closed the Step stream"
+
+
+_END = object()  # ends a request iterator
+
+
+class _LiveStream:
+    """One open Step call: a bounded outbox that grpc's sending thread drains, and the replies."""
+
+    #: Requests queued ahead of the transport: a few chunks, so memory stays bounded.
+    OUTBOX = 4
+
+    def __init__(self, step_method, open_request: pb.StepRequest):
+        self.outbox: "queue.Queue[Any]" = queue.Queue(maxsize=self.OUTBOX)
+        self.outbox.put(open_request)
+        self.call = step_method(self._requests())
+        self.broken = False
+
+    def _requests(self) -> Iterator[Any]:
+        while True:
+            item = self.outbox.get()
+            if item is _END:
+                return
+            yield item
+
+    def send(self, request: Any) -> None:
+        """Queues a request, waiting while the outbox is full; stops if the call has ended."""
+        while True:
+            if self.call.done():
+                raise self.call if self.call.code() != grpc.StatusCode.OK else _ClosedStream()
+            try:
+                self.outbox.put(request, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def receive(self) -> Any:
+        try:
+            return next(self.call)
+        except StopIteration:
+            raise _ClosedStream() from None
+
+    def _end_requests(self) -> None:
+        # Wake grpc's sending thread if it waits for a request, so it can finish.
+        while True:
+            try:
+                self.outbox.put_nowait(_END)
+                return
+            except queue.Full:
+                try:
+                    self.outbox.get_nowait()
+                except queue.Empty:
+                    pass
+
+    def close(self, wait: float = 5.0) -> None:
+        """Half-closes the stream; the server ends it once nothing is pending."""
+        self._end_requests()
+        finished = threading.Event()
+        self.call.add_done_callback(lambda _: finished.set())
+        if not finished.wait(wait):
+            self.call.cancel()
+
+    def abandon(self) -> None:
+        """Cancels the call: the server drops any uncommitted step, and nothing changes."""
+        self.broken = True
+        self.call.cancel()
+        self._end_requests()
+
+
+class StepStream:
+    """One trainer's Step stream: :meth:`step` streams a gradient set, commits it, and copies the
+    returned weights into the caller's tensors.
+
+    Steps are synchronous. A failed step raises (``ServerUnavailable`` when the connection broke)
+    and is never retried: the next :meth:`step` opens a fresh stream. Not thread-safe: one
+    StepStream per training thread.
+
+    Args:
+        client: the :class:`Client`.
+        model: the model's name.
+        client_id: identifies the trainer to the server.
+        numels: the number of elements of each model tensor, in order.
+    """
+
+    def __init__(self, client: Client, model: str, client_id: str, numels: Sequence[int]):
+        self.client = client
+        self.model = model
+        self.client_id = client_id
+        self.numels = list(numels)
+        self._next_step_id = 1
+        self._live: Optional[_LiveStream] = None
+        self._failed = False
+        #: True after a step failed while its weights were arriving: the destinations may hold a
+        #: mix of old and new values until the next successful step or pull.
+        self.partial_weights = False
+
+    def step(self, grads: Sequence[Any], out: Optional[Sequence[Any]] = None, *,
+             view: ViewLike = None, group_lr: Optional[Mapping[str, float]] = None) -> StepFigures:
+        """Applies one step.
+
+        Args:
+            grads: one gradient per model tensor (torch tensor or numpy array with the tensor's
+                number of elements), or None for a tensor without a gradient this step (it is
+                skipped: its weights, state and step count do not change).
+            out: destinations for the returned view, one per model tensor; None with view "none".
+            view: the view to return (default train); ``"none"`` returns figures only.
+            group_lr: new base learning rates by group name, from this step on.
+
+        Returns:
+            the step's :class:`~optsidecar.results.StepFigures`.
+        """
+        if len(grads) != len(self.numels):
+            raise ValueError(f"model {self.model!r} has {len(self.numels)} tensors but {len(grads)} gradients "
+                             f"were given")
+        for i, g in enumerate(grads):
+            if g is not None and numel_of(g) != self.numels[i]:
+                raise ValueError(f"gradient {i} of model {self.model!r} has {numel_of(g)} elements; the tensor "
+                                 f"has {self.numels[i]}")
+        requested = make_view(view)
+        wants_weights = requested.kind != pb.VIEW_NONE
+        sink = None
+        if wants_weights:
+            if out is None or len(out) != len(self.numels):
+                raise ValueError(f"out must hold one destination per model tensor ({len(self.numels)})")
+            destinations = [as_destination(t) for t in out]
+            for i, d in enumerate(destinations):
+                if d.numel != self.numels[i]:
+                    raise ValueError(f"destination {i} has {d.numel} elements; the tensor has {self.numels[i]}")
+            sink = _Sink(destinations)
+
+        step_id = self._next_step_id
+        self._next_step_id += 1
+        commit = pb.StepCommit(step_id=step_id, view=requested,
+                               no_grad=[i for i, g in enumerate(grads) if g is None],
+                               group_lr=dict(group_lr or {}))
+        action = f"step {step_id} of model {self.model!r}"
+        live = self._open()
+        try:
+            for index, g in enumerate(grads):
+                if g is not None:
+                    for offset, data in chunks(source_array(g)):
+                        live.send(wire.gradient_chunk(step_id, index, offset, data))
+            live.send(pb.StepRequest(commit=commit))
+            while True:
+                reply = live.receive()
+                if isinstance(reply, wire.ReceivedChunk):
+                    if sink is None:
+                        raise ProtocolError(f"{action}: server sent weights for a step that asked for none")
+                    self.partial_weights = True
+                    sink.accept(reply)
+                    continue
+                if reply.step_id != step_id:
+                    raise ProtocolError(f"{action}: server answered step {reply.step_id}")
+                if sink is not None:
+                    sink.finish(action)
+                self.partial_weights = False
+                self._failed = False
+                return StepFigures.from_proto(reply)
+        except grpc.RpcError as e:
+            self._drop(live)
+            raise from_rpc_error(e, action, self.client.target) from None
+        except BaseException:
+            # Includes KeyboardInterrupt: a half-sent step must be abandoned, never resumed.
+            self._drop(live)
+            raise
+
+    def _open(self) -> _LiveStream:
+        if self._live is None or self._live.broken:
+            if self._failed:
+                # The last step failed, perhaps because the server went away: give the connection
+                # a moment to come back; if it does not, the call below fails with UNAVAILABLE.
+                self.client.wait_for_connection(self.client.connect_timeout)
+            request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
+            self._live = _LiveStream(self.client._step, request)
+            # A StepStream dropped without close() must not leave its call (and grpc's sending
+            # thread, waiting for requests) behind.
+            self._finalizer = weakref.finalize(self, _LiveStream.abandon, self._live)
+        return self._live
+
+    def _forget(self) -> Optional[_LiveStream]:
+        live, self._live = self._live, None
+        if live is not None:
+            self._finalizer.detach()
+        return live
+
+    def _drop(self, live: _LiveStream) -> None:
+        self._failed = True
+        live.abandon()
+        if self._live is live:
+            self._forget()
+
+    def close(self) -> None:
+        """Ends the stream cleanly (the server drops nothing: no step is pending between steps)."""
+        live = self._forget()
+        if live is not None:
+            live.close()
+
+    def __enter__(self) -> "StepStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

@@ -1,0 +1,416 @@
+"""``RemoteOptimizer``: a torch optimizer whose parameters and state live on an optsidecar server."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import uuid
+import warnings
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from google.protobuf import json_format
+
+from .buffers import Destination
+from .checkpoint import ServerState, capture, restore
+from .client import Client, StepStream
+from .errors import AlreadyExists, InvalidArgument, NotFound
+from .params import ParsedGroup, parse_params
+from .results import StepFigures
+from .spec import from_struct, model_spec, optimizer_config, tensor_groups
+from .v1 import optimizer_pb2 as pb
+
+__all__ = ["RemoteOptimizer"]
+
+#: The ``"optsidecar"`` entry of a state dict: its format version.
+STATE_DICT_FORMAT = 1
+
+
+class RemoteOptimizer(torch.optim.Optimizer):
+    r"""Runs the optimizer on an optsidecar server: each :meth:`step` streams the parameters'
+    gradients to the server, which applies the update to its own copy of the weights and of the
+    optimizer state, and writes the new weights back into the parameters.
+
+    It behaves like a ``torch.optim`` optimizer (param groups, ``zero_grad``, closures, lr
+    schedulers, ``state_dict``) and, for algorithms with an evaluation point, like schedule_free's
+    optimizers (:meth:`train` / :meth:`eval`).
+
+    Args:
+        params (iterable): ``model.named_parameters()`` (the names become the server's tensor
+            names), an iterable of tensors (named ``p0``, ``p1``, ...), or a list of dicts defining
+            parameter groups, whose other keys override hyperparameters for that group (e.g.
+            ``{"params": biases, "weight_decay": 0.0}``); groups are named ``group0``, ``group1``, ...
+            unless a dict has a ``"name"``.
+        target (str): ``host:port`` of the server (default ``127.0.0.1:50051``).
+        algorithm (str, optional): ``SGD``, ``Adam``, ``AdamW`` (the default), ``RAdam``,
+            ``RAdam(torch2.x)``, ``RAdam(original)``, ``SGDScheduleFree``, ``AdamWScheduleFree`` or
+            ``RAdamScheduleFree``.
+        model (str, optional): the model's name on the server; a unique one is generated if None.
+        client_id (str, optional): names this trainer to the server.
+        attach (bool): continue the existing model ``model`` instead of registering one: its train
+            weights are pulled into ``params`` (which must match its tensors' shapes, in order), and
+            its parameter groups and hyperparameters apply (passing others is an error).
+        schedule (dict, optional): a server-side lr schedule, e.g.
+            ``dict(type="cosine", warmup_steps=100, total_steps=10_000)``.
+        ema (float, list, optional): EMA shadow weights: a decay, a list of decays, or dicts
+            ``{"decay": 0.999, "every": 1}``. The first one is the eval view unless the algorithm
+            or Lookahead has its own.
+        lookahead (dict, optional): ``dict(k=5, alpha=0.5, pullback_momentum="none")``.
+        clip_grad_norm (float): clip each step's gradients to this global L2 norm on the server
+            (as ``torch.nn.utils.clip_grad_norm_`` before ``step()``); 0 disables.
+        report_update_norm (bool): report ``|θ_new − θ_old|`` in :attr:`last_result`.
+        non_finite (str, optional): ``"reject"`` (default: the step raises ``InvalidArgument``) or
+            ``"skip"`` (the step is acknowledged as skipped and changes nothing) for NaN/Inf gradients.
+        client (Client, optional): an existing :class:`~optsidecar.Client` to use instead of
+            connecting to ``target``.
+        **hyperparameters: the algorithm's arguments under torch's and schedule_free's names
+            (``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``warmup_steps``, ...);
+            missing ones take the reference defaults.
+
+    **Learning rate.** Each group's ``param_groups[i]["lr"]`` is its *base* lr and is sent with
+    every step, so torch's lr schedulers work as usual. If the model also has a server-side
+    ``schedule``, the server multiplies that base lr by the schedule's factor: the two compose.
+    Use one or the other unless you mean both. :attr:`last_result` reports the lr actually used.
+    Other hyperparameters are fixed at registration; changing them in ``param_groups`` raises.
+
+    **Views.** The parameters hold the train view (where gradients must be taken: Schedule-Free's
+    y, Lookahead's fast weights). :meth:`eval` swaps in the eval view (Schedule-Free's x, else the
+    slow weights, else the first EMA shadow) and :meth:`train` swaps the train view back; the
+    server computes views without touching its state, so switching never perturbs training.
+    :meth:`step` requires train mode. BatchNorm statistics collected at y are not statistics at x:
+    recompute them before evaluating (see the README).
+
+    Example:
+        >>> opt = RemoteOptimizer(model.named_parameters(), algorithm="AdamW", lr=1e-3)
+        >>> opt.zero_grad()
+        >>> loss_fn(model(input), target).backward()
+        >>> opt.step()
+        >>> opt.last_result.lr
+        {'group0': 0.001}
+    """
+
+    def __init__(self, params: Any, target: str = "127.0.0.1:50051", algorithm: Optional[str] = None,
+                 model: Optional[str] = None, client_id: Optional[str] = None, *, attach: bool = False,
+                 schedule: Optional[Dict[str, Any]] = None, ema: Any = None,
+                 lookahead: Optional[Dict[str, Any]] = None, clip_grad_norm: float = 0.0,
+                 report_update_norm: bool = False, non_finite: Optional[str] = None,
+                 client: Optional[Client] = None, **hyperparameters: Any):
+        groups = parse_params(params)
+        self._frozen = False
+        self._owns_client = client is None
+        self.client = client if client is not None else Client(target)
+        self.model = model if model is not None else f"torch-{uuid.uuid4().hex[:12]}"
+        self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        try:
+            if attach:
+                if model is None:
+                    raise ValueError("attach=True needs the name of the model to attach to (model=...)")
+                configured = dict(hyperparameters, schedule=schedule, ema=ema, lookahead=lookahead,
+                                  clip_grad_norm=clip_grad_norm or None, report_update_norm=report_update_norm or None,
+                                  non_finite=non_finite)
+                configured = sorted(k for k, v in configured.items() if v is not None)
+                if configured or any(len(g.overrides) for g in groups):
+                    raise ValueError(f"attach=True continues model {model!r} as the server configured it; "
+                                     f"settings given here would be ignored: {configured or 'param group overrides'}")
+                info = self.client.describe(self.model)
+                if algorithm is not None and algorithm != info.optimizer.algorithm:
+                    raise ValueError(f"model {model!r} runs {info.optimizer.algorithm}, not {algorithm}")
+                groups = _server_layout(groups, info)
+            else:
+                config = optimizer_config(algorithm or "AdamW", hyperparameters, schedule=schedule, ema=ema,
+                                          lookahead=lookahead, clip_grad_norm=clip_grad_norm,
+                                          report_update_norm=report_update_norm, non_finite=non_finite)
+                tensors = [(n, tuple(p.shape)) for g in groups for n, p in zip(g.names, g.params)]
+                spec = model_spec(self.model, tensors, [(g.name, g.names, g.overrides) for g in groups], config)
+                try:
+                    info = self.client.register(spec, [p for g in groups for p in g.params])
+                except AlreadyExists as e:
+                    raise AlreadyExists(f"{e} (pass attach=True to continue that model, or load a state dict "
+                                        f"into an optimizer with another name)", e.code, e.details) from None
+        except BaseException:
+            if self._owns_client:
+                self.client.close()
+            raise
+
+        super().__init__([{"params": g.params, **g.overrides} for g in groups], dict(hyperparameters))
+        self._frozen = True
+        # Server order: tensor i of the model is self._params[i].
+        self._params: List[torch.Tensor] = [p for g in groups for p in g.params]
+        self._names: List[str] = [n for g in groups for n in g.names]
+        self._group_names: List[str] = [g.name for g in groups]
+        self._staging: Dict[int, Any] = {}
+        self._mode = "train"
+        #: Figures of the last step (:class:`~optsidecar.results.StepFigures`), None before the first.
+        self.last_result: Optional[StepFigures] = None
+        #: The model version (steps applied) the parameters belong to.
+        self.version: int = info.version
+        self._adopt_server_groups(info)
+        self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in info.tensors])
+        if attach:
+            self._pull_into_params("train")
+
+    # -- groups and hyperparameters ------------------------------------------------------------
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        if getattr(self, "_frozen", False):
+            raise NotImplementedError("RemoteOptimizer: the server fixes a model's tensors at registration; "
+                                      "register a new model to optimize more parameters")
+        super().add_param_group(param_group)
+
+    def _adopt_server_groups(self, info: pb.ModelInfo) -> None:
+        """Fills param_groups with the server's effective hyperparameters (lr is the base lr) and
+        remembers the ones that are fixed, to catch edits that would have no effect."""
+        by_name = {g.name: g for g in info.groups}
+        self._algorithm = info.optimizer.algorithm
+        self._fixed: List[Dict[str, Any]] = []
+        for name, group in zip(self._group_names, self.param_groups):
+            values = from_struct(by_name[name].hyperparameters)
+            group.update(values)
+            self._fixed.append({k: _normalized(v) for k, v in values.items() if k != "lr"})
+
+    def _check_fixed(self) -> None:
+        for index, (group, fixed) in enumerate(zip(self.param_groups, self._fixed)):
+            for key, value in fixed.items():
+                if _normalized(group.get(key)) != value:
+                    raise ValueError(
+                        f"param_groups[{index}][{key!r}] changed from {value} to {group.get(key)}: the server fixes "
+                        f"every hyperparameter but lr when the model is registered (a momentum-cycling scheduler "
+                        f"needs cycle_momentum=False)")
+
+    def _group_lr(self) -> Dict[str, float]:
+        return {name: float(group["lr"]) for name, group in zip(self._group_names, self.param_groups)}
+
+    # -- stepping ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """Performs a single optimization step on the server.
+
+        Sends each parameter's ``.grad`` (a parameter whose ``.grad`` is None is skipped, as torch
+        skips it), then writes the updated train weights into the parameters in place.
+
+        Args:
+            closure (Callable, optional): a closure that reevaluates the model and returns the loss.
+
+        Returns:
+            the closure's loss, or None.
+        """
+        if self._mode != "train":
+            raise RuntimeError("RemoteOptimizer.step() needs train mode, but the parameters hold the eval view: "
+                               "call optimizer.train() before training steps and optimizer.eval() before "
+                               "evaluating (as with schedule_free)")
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._check_fixed()
+        grads = []
+        for name, p in zip(self._names, self._params):
+            g = p.grad
+            if g is not None:
+                if g.is_sparse:
+                    raise InvalidArgument(f"gradient of {name!r} is sparse; RemoteOptimizer needs dense gradients")
+                if g.shape != p.shape:
+                    raise InvalidArgument(f"gradient of {name!r} has shape {tuple(g.shape)} but the parameter has "
+                                          f"shape {tuple(p.shape)}")
+            grads.append(g)
+        if self._stream.partial_weights:
+            warnings.warn("the previous step failed while its weights were arriving, so the parameters may mix "
+                          "two versions; call optimizer.resync() after such a failure", RuntimeWarning)
+        figures = self._stream.step(grads, self._destinations(), view="train", group_lr=self._group_lr())
+        self.last_result = figures
+        self.version = figures.version
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Resets the gradients of all parameters (to None by default, as torch 2.x does)."""
+        super().zero_grad(set_to_none=set_to_none)
+
+    def _destinations(self) -> List[Destination]:
+        """The parameters as destinations: written in place when they are CPU float32 and
+        contiguous, else through a staging buffer kept for the next time."""
+        destinations = [Destination(p, staging=self._staging.get(i)) for i, p in enumerate(self._params)]
+        for i, d in enumerate(destinations):
+            if d.staged:
+                self._staging[i] = d.array
+        return destinations
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "RemoteOptimizer":
+        """Puts the train view (where gradients are taken) into the parameters; ``train(False)`` is
+        :meth:`eval`. A no-op when already in that mode."""
+        if not mode:
+            return self.eval()
+        if self._mode != "train":
+            self._pull_into_params("train")
+            self._mode = "train"
+        return self
+
+    def eval(self) -> "RemoteOptimizer":
+        """Puts the eval view into the parameters: Schedule-Free's x, else Lookahead's slow weights,
+        else the first EMA shadow. Raises ``InvalidArgument`` for a model without one (e.g. plain
+        AdamW) and ``FailedPrecondition`` for an EMA shadow before its first update."""
+        if self._mode == "eval":
+            return self
+        try:
+            self._pull_into_params("eval")
+        except InvalidArgument as e:
+            raise InvalidArgument(f"eval(): {self._algorithm} has no eval view (Schedule-Free algorithms, Lookahead "
+                                  f"and EMA have one); the server says: {e.details}", e.code, e.details) from None
+        self._mode = "eval"
+        return self
+
+    @property
+    def mode(self) -> str:
+        """``"train"`` or ``"eval"``: which view the parameters hold."""
+        return self._mode
+
+    def resync(self) -> None:
+        """Pulls the current mode's view into the parameters, e.g. after a step failed midway or
+        when another trainer steps the same model."""
+        self._pull_into_params(self._mode)
+        self._stream.partial_weights = False
+
+    def _pull_into_params(self, view: str) -> None:
+        weights = self.client.pull(self.model, view, self._destinations())
+        self.version = weights.version
+
+    # -- state dict ----------------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The whole optimizer as the server holds it, for ``torch.save``.
+
+        Holds: ``spec``, the ``ModelSpec`` that re-creates the model (tensors, groups with their
+        effective hyperparameters, configuration, and the counters of Describe's ``ModelState``
+        in ``spec["state"]``), as a dict; ``weights``, the train view, and ``slots``, every state
+        buffer of every tensor by slot name, as CPU float32 tensors; ``param_groups`` as torch
+        keeps them (with parameter indices); and ``mode``. Loading it with :meth:`load_state_dict`
+        continues training bit for bit.
+        """
+        def allocate(index: int, _info: pb.TensorInfo) -> torch.Tensor:
+            return torch.empty(self._params[index].shape, dtype=torch.float32)
+
+        state = capture(self.client, self.model, allocate)
+        index_of = {id(p): i for i, p in enumerate(self._params)}
+        groups = []
+        for group in self.param_groups:
+            saved = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            saved["params"] = [index_of[id(p)] for p in group["params"]]
+            groups.append(saved)
+        return {
+            "optsidecar": STATE_DICT_FORMAT,
+            "model": self.model,
+            "mode": self._mode,
+            "spec": json_format.MessageToDict(state.spec, preserving_proto_field_name=True),
+            "weights": state.weights,
+            "slots": state.slots,
+            "param_groups": groups,
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restores a :meth:`state_dict`: the server's model under this optimizer's name is replaced
+        by the saved one (weights, state buffers and counters), the parameters receive the saved
+        weights, and ``param_groups`` the saved values (lr, and keys such as a scheduler's
+        ``initial_lr``). The parameters must have the saved shapes and group layout.
+        """
+        if state_dict.get("optsidecar") != STATE_DICT_FORMAT:
+            raise ValueError("not a RemoteOptimizer state dict (its 'optsidecar' format entry is "
+                             f"{state_dict.get('optsidecar')!r}, expected {STATE_DICT_FORMAT})")
+        spec = json_format.ParseDict(state_dict["spec"], pb.ModelSpec())
+        saved_groups = state_dict["param_groups"]
+        self._check_layout(spec, saved_groups)
+
+        self._stream.close()
+        try:
+            self.client.delete(self.model)
+        except NotFound:
+            pass
+        state = ServerState(spec, list(state_dict["weights"]), {k: list(v) for k, v in state_dict["slots"].items()})
+        new_info = restore(self.client, self.model, state, tensor_names=self._names)
+
+        self._group_names = [g.name for g in new_info.groups]
+        self._adopt_server_groups(new_info)
+        for group, saved in zip(self.param_groups, saved_groups):
+            group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
+        self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in new_info.tensors])
+        with torch.no_grad():
+            for p, w in zip(self._params, state.weights):
+                p.copy_(torch.as_tensor(w).reshape(p.shape))
+        self.version = new_info.version
+        self.last_result = None
+        self._mode = "train"
+        if state_dict.get("mode") == "eval":
+            self.eval()
+
+    def _check_layout(self, spec: pb.ModelSpec, saved_groups: List[Dict[str, Any]]) -> None:
+        if len(spec.tensors) != len(self._params):
+            raise ValueError(f"loaded state dict holds {len(spec.tensors)} tensors; this optimizer has "
+                             f"{len(self._params)} parameters")
+        for i, (t, p) in enumerate(zip(spec.tensors, self._params)):
+            if list(t.shape) != (list(p.shape) or [1]):
+                raise ValueError(f"loaded state dict: tensor {i} ({t.name!r}) has shape {list(t.shape)}; parameter "
+                                 f"{self._names[i]!r} has shape {list(p.shape)}")
+        index_of = {id(p): i for i, p in enumerate(self._params)}
+        ours = [sorted(index_of[id(p)] for p in g["params"]) for g in self.param_groups]
+        theirs = [sorted(g["params"]) for g in saved_groups]
+        by_spec = [sorted(i for i, g in enumerate(tensor_groups(spec)) if g == gi) for gi in range(len(spec.groups))]
+        if ours != theirs or theirs != by_spec:
+            raise ValueError(f"loaded state dict has parameter groups {theirs} (parameter indices); this optimizer "
+                             f"has {ours}")
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def delete(self) -> None:
+        """Deletes the model from the server (its weights and state are gone) and closes."""
+        self._stream.close()
+        self.client.delete(self.model)
+        self.close()
+
+    def close(self) -> None:
+        """Ends the Step stream and, if this optimizer opened it, the connection. The model stays
+        on the server."""
+        self._stream.close()
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> "RemoteOptimizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _server_layout(groups: List[ParsedGroup], info: pb.ModelInfo) -> List[ParsedGroup]:
+    """The given parameters regrouped as the server's model groups them (for attach=True)."""
+    params = [(n, p) for g in groups for n, p in zip(g.names, g.params)]
+    if len(params) != len(info.tensors):
+        raise ValueError(f"model {info.name!r} has {len(info.tensors)} tensors but {len(params)} parameters were "
+                         f"given")
+    for i, ((name, p), t) in enumerate(zip(params, info.tensors)):
+        if list(t.shape) != (list(p.shape) or [1]):
+            raise ValueError(f"model {info.name!r}: tensor {i} ({t.name!r}) has shape {list(t.shape)}; parameter "
+                             f"{name!r} has shape {list(p.shape)}")
+    out = []
+    for g in info.groups:
+        members = [i for i, t in enumerate(info.tensors) if t.group == g.name]
+        out.append(ParsedGroup(g.name, [info.tensors[i].name for i in members], [params[i][1] for i in members]))
+    if [id(p) for g in out for p in g.params] != [id(p) for _, p in params]:
+        raise ValueError(f"model {info.name!r} interleaves its groups' tensors; attach needs each group's tensors "
+                         f"to be consecutive")
+    return out
+
+
+def _normalized(value: Any) -> Any:
+    """A hyperparameter value in a comparable form (tuples and lists alike, numbers as float)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalized(v) for v in value)
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value

@@ -1,0 +1,206 @@
+"""Building ``ModelSpec`` messages from Python values, and back from a server's description."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+from google.protobuf import struct_pb2
+
+from .v1 import optimizer_pb2 as pb
+
+__all__ = [
+    "to_struct",
+    "from_struct",
+    "optimizer_config",
+    "model_spec",
+    "spec_from_info",
+    "renamed",
+    "tensor_groups",
+]
+
+
+def _plain(value: Any, field: str) -> Any:
+    """A JSON-like value for a Struct: bools, numbers (as float), strings and lists of them."""
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{field}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):
+        return _plain(value.item(), field)  # numpy scalars, 0-d torch tensors
+    raise TypeError(f"{field}: {type(value).__name__} is not a number, bool, string or list of them")
+
+
+def to_struct(values: Mapping[str, Any], field: str = "hyperparameters") -> struct_pb2.Struct:
+    """A ``google.protobuf.Struct`` of hyperparameters (numbers become doubles, tuples lists)."""
+    struct = struct_pb2.Struct()
+    for name, value in values.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{field}: names must be strings, not {type(name).__name__}")
+        plain = _plain(value, f"{field}[{name!r}]")
+        if isinstance(plain, list):
+            struct.get_or_create_list(name).extend(plain)
+        else:
+            struct[name] = plain
+    return struct
+
+
+def from_struct(struct: struct_pb2.Struct) -> Dict[str, Any]:
+    """Plain Python values of a Struct; lists become tuples, as torch keeps ``betas``."""
+
+    def convert(value: struct_pb2.Value) -> Any:
+        kind = value.WhichOneof("kind")
+        if kind == "number_value":
+            return value.number_value
+        if kind == "bool_value":
+            return value.bool_value
+        if kind == "string_value":
+            return value.string_value
+        if kind == "list_value":
+            return tuple(convert(v) for v in value.list_value.values)
+        if kind == "struct_value":
+            return {k: convert(v) for k, v in value.struct_value.fields.items()}
+        return None
+
+    return {name: convert(value) for name, value in struct.fields.items()}
+
+
+EmaLike = Union[float, Mapping[str, Any]]
+_NON_FINITE = {
+    None: pb.NON_FINITE_POLICY_UNSPECIFIED,
+    "reject": pb.NON_FINITE_REJECT,
+    "skip": pb.NON_FINITE_SKIP,
+}
+
+
+def optimizer_config(
+    algorithm: str,
+    hyperparameters: Mapping[str, Any],
+    *,
+    schedule: Optional[Mapping[str, Any]] = None,
+    ema: Union[None, EmaLike, Sequence[EmaLike]] = None,
+    lookahead: Optional[Mapping[str, Any]] = None,
+    clip_grad_norm: float = 0.0,
+    report_update_norm: bool = False,
+    non_finite: Optional[str] = None,
+) -> pb.OptimizerConfig:
+    """An ``OptimizerConfig``.
+
+    Args:
+        algorithm: ``SGD``, ``Adam``, ``AdamW``, ``RAdam``, ``RAdam(torch2.x)``, ``RAdam(original)``,
+            ``SGDScheduleFree``, ``AdamWScheduleFree`` or ``RAdamScheduleFree``.
+        hyperparameters: the algorithm's arguments under torch's / schedule_free's names.
+        schedule: ``dict(type="cosine", warmup_steps=..., total_steps=...)`` and so on.
+        ema: EMA shadows: a decay, a list of decays, or dicts ``{"decay": 0.999, "every": 1}``.
+        lookahead: ``dict(k=5, alpha=0.5, pullback_momentum="none")``.
+        clip_grad_norm: clip the step's gradients to this global norm (0: no clipping).
+        report_update_norm: report ``|θ_new − θ_old|`` in each step's figures.
+        non_finite: ``"reject"`` (default) or ``"skip"`` a step whose gradient holds NaN or Inf.
+    """
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm must be a string such as 'AdamW', not {type(algorithm).__name__}")
+    config = pb.OptimizerConfig(
+        algorithm=algorithm,
+        hyperparameters=to_struct(hyperparameters),
+        clip_grad_norm=float(clip_grad_norm),
+        report_update_norm=bool(report_update_norm),
+    )
+    if non_finite not in _NON_FINITE:
+        raise ValueError(f"non_finite must be 'reject' or 'skip', not {non_finite!r}")
+    config.non_finite = _NON_FINITE[non_finite]
+    if schedule is not None:
+        parameters = dict(schedule)
+        kind = parameters.pop("type", None)
+        if not isinstance(kind, str):
+            raise ValueError("schedule needs a 'type', e.g. dict(type='cosine', warmup_steps=100, total_steps=1000)")
+        config.schedule.CopyFrom(pb.Schedule(type=kind, parameters=to_struct(parameters, "schedule")))
+    for shadow in _ema_list(ema):
+        config.ema.append(shadow)
+    if lookahead is not None:
+        settings = dict(lookahead)
+        unknown = set(settings) - {"k", "alpha", "pullback_momentum"}
+        if unknown:
+            raise ValueError(f"lookahead: unknown settings {sorted(unknown)}; expected k, alpha, pullback_momentum")
+        config.lookahead.CopyFrom(pb.Lookahead(
+            k=int(settings.get("k", 5)),
+            alpha=float(settings.get("alpha", 0.8)),
+            pullback_momentum=str(settings.get("pullback_momentum", "none")),
+        ))
+    return config
+
+
+def _ema_list(ema: Union[None, EmaLike, Sequence[EmaLike]]) -> Iterable[pb.EmaShadow]:
+    if ema is None:
+        return []
+    items = [ema] if isinstance(ema, (numbers.Real, Mapping)) else list(ema)
+    shadows = []
+    for i, item in enumerate(items):
+        if isinstance(item, Mapping):
+            unknown = set(item) - {"decay", "every"}
+            if unknown or "decay" not in item:
+                raise ValueError(f"ema[{i}]: expected {{'decay': ..., 'every': ...}}, got {dict(item)}")
+            shadows.append(pb.EmaShadow(decay=float(item["decay"]), every=int(item.get("every", 1))))
+        else:
+            shadows.append(pb.EmaShadow(decay=float(item), every=1))
+    return shadows
+
+
+def model_spec(
+    name: str,
+    tensors: Sequence[Tuple[str, Sequence[int]]],
+    groups: Sequence[Tuple[str, Sequence[str], Mapping[str, Any]]],
+    config: pb.OptimizerConfig,
+) -> pb.ModelSpec:
+    """A ``ModelSpec``: ``tensors`` as ``(name, shape)``, ``groups`` as ``(name, tensor names,
+    hyperparameter overrides)``. A scalar (shape ``()``) is sent as shape ``[1]``."""
+    spec = pb.ModelSpec(name=name, optimizer=config)
+    for tensor_name, shape in tensors:
+        spec.tensors.append(pb.TensorSpec(name=tensor_name, shape=[int(d) for d in shape] or [1]))
+    for group_name, members, overrides in groups:
+        spec.groups.append(pb.ParamGroup(
+            name=group_name, tensors=list(members),
+            hyperparameters=to_struct(overrides, f"param group {group_name!r}")))
+    return spec
+
+
+def spec_from_info(info: pb.ModelInfo) -> pb.ModelSpec:
+    """The spec that re-creates a described model, counters (``ModelInfo.state``) included.
+
+    Each group carries its effective hyperparameters, so the new model does not depend on the
+    server's defaults staying the same.
+    """
+    spec = pb.ModelSpec(name=info.name)
+    spec.optimizer.CopyFrom(info.optimizer)
+    for t in info.tensors:
+        spec.tensors.append(pb.TensorSpec(name=t.name, shape=list(t.shape)))
+    for g in info.groups:
+        members = [t.name for t in info.tensors if t.group == g.name]
+        spec.groups.append(pb.ParamGroup(name=g.name, tensors=members, hyperparameters=g.hyperparameters))
+    spec.state.CopyFrom(info.state)
+    return spec
+
+
+def renamed(spec: pb.ModelSpec, name: str, tensor_names: Optional[Sequence[str]] = None) -> pb.ModelSpec:
+    """A copy of ``spec`` for model ``name``, its tensors renamed in order (groups follow)."""
+    out = pb.ModelSpec()
+    out.CopyFrom(spec)
+    out.name = name
+    if tensor_names is not None:
+        if len(tensor_names) != len(spec.tensors):
+            raise ValueError(f"{len(tensor_names)} tensor names for {len(spec.tensors)} tensors")
+        new_name = {t.name: n for t, n in zip(spec.tensors, tensor_names)}
+        for t, n in zip(out.tensors, tensor_names):
+            t.name = n
+        for g in out.groups:
+            members = [new_name[m] for m in g.tensors]
+            del g.tensors[:]
+            g.tensors.extend(members)
+    return out
+
+
+def tensor_groups(spec: pb.ModelSpec) -> list:
+    """For each tensor of ``spec``, the index of its group in ``spec.groups`` (None: "default")."""
+    index = {name: gi for gi, g in enumerate(spec.groups) for name in g.tensors}
+    return [index.get(t.name) for t in spec.tensors]

@@ -1,0 +1,180 @@
+"""Bad input, a server that is down or restarts, and how each surfaces in Python."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import free_port
+from helpers import make_mlp, train_step
+from optsidecar import (
+    AlreadyExists,
+    Client,
+    InvalidArgument,
+    NotFound,
+    OptSidecarError,
+    RemoteOptimizer,
+    ServerUnavailable,
+)
+
+
+def test_wrong_gradient_shape_names_the_parameter(target):
+    model = make_mlp()
+    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    try:
+        train_step(model, opt, 1)
+        # torch refuses a .grad of another shape, but not a swapped .data
+        model[2].weight.grad = torch.zeros(3, 16)
+        model[2].weight.grad.data = torch.zeros(16, 3)
+        with pytest.raises(InvalidArgument, match=r"'2\.weight' has shape \(16, 3\) but the parameter has shape "
+                                                  r"\(3, 16\)") as caught:
+            opt.step()
+        assert isinstance(caught.value, ValueError)
+        assert opt.version == 1
+    finally:
+        opt.delete()
+
+
+def test_wrong_gradient_size_in_the_low_level_client(client, target):
+    model = make_mlp()
+    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    grads = [np.zeros(p.numel(), np.float32) for p in model.parameters()]
+    out = [np.zeros(p.numel(), np.float32) for p in model.parameters()]
+    try:
+        with client.step_stream(opt.model) as stream:
+            wrong = list(grads)
+            wrong[1] = np.zeros(17, np.float32)
+            with pytest.raises(ValueError, match="gradient 1 of model .* has 17 elements; the tensor has 16"):
+                stream.step(wrong, out)
+            # Past the client's check, the server names the tensor itself.
+            stream.numels[1] = 17
+            with pytest.raises(InvalidArgument, match="'0.bias'") as caught:
+                stream.step(wrong, view="none")
+            stream.numels[1] = 16
+            assert stream.step(grads, out).version == 1
+    finally:
+        opt.delete()
+
+
+def test_server_rejects_a_non_finite_gradient_and_the_next_step_works(client, target):
+    model = make_mlp()
+    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    try:
+        train_step(model, opt, 1)
+        before = [p.detach().clone() for p in model.parameters()]
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        model[0].bias.grad[3] = float("nan")
+        with pytest.raises(InvalidArgument, match="0.bias") as caught:
+            opt.step()
+        assert caught.value.code.name == "INVALID_ARGUMENT"
+        assert "non_finite" in caught.value.details or "NaN" in caught.value.details
+        # Nothing changed, and the next step opens a fresh stream and is applied once.
+        assert client.describe(opt.model).version == 1
+        assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+        train_step(model, opt, 2)
+        assert opt.version == 2 == client.describe(opt.model).version
+    finally:
+        opt.delete()
+
+
+def test_unknown_algorithm_names_the_field(target):
+    with pytest.raises(InvalidArgument, match=r"spec\.optimizer\.algorithm: unknown algorithm 'AdamX'"):
+        RemoteOptimizer(make_mlp().parameters(), target, "AdamX")
+
+
+def test_unknown_and_bad_hyperparameters_name_the_field(target):
+    with pytest.raises(InvalidArgument, match="lr_decay"):
+        RemoteOptimizer(make_mlp().parameters(), target, "Adam", lr_decay=0.1)
+    with pytest.raises(InvalidArgument, match=r"spec\.optimizer\.hyperparameters\.lr"):
+        RemoteOptimizer(make_mlp().parameters(), target, "Adam", lr=-1.0)
+    with pytest.raises(InvalidArgument, match=r"spec\.groups\[1\]\.hyperparameters\.eps"):
+        RemoteOptimizer([{"params": [torch.nn.Parameter(torch.ones(2))]},
+                         {"params": [torch.nn.Parameter(torch.ones(2))], "eps": -1.0}], target, "Adam")
+
+
+def test_name_taken_and_model_missing(client, target):
+    model = make_mlp()
+    opt = RemoteOptimizer(model.parameters(), target, "SGD", lr=0.1)
+    try:
+        with pytest.raises(AlreadyExists, match="attach=True"):
+            RemoteOptimizer(make_mlp().parameters(), target, "SGD", model=opt.model, lr=0.1)
+        with pytest.raises(NotFound, match="no model named 'no-such-model'") as caught:
+            RemoteOptimizer(make_mlp().parameters(), target, model="no-such-model", attach=True)
+        assert isinstance(caught.value, LookupError)
+    finally:
+        opt.delete()
+    with pytest.raises(NotFound):
+        client.describe(opt.model)
+
+
+def test_attach_continues_an_existing_model(client, target):
+    model = make_mlp()
+    first = RemoteOptimizer(model.named_parameters(), target, "Adam", lr=1e-2, model=f"attach-{id(model)}")
+    try:
+        for t in range(1, 4):
+            train_step(model, first, t)
+        first.close()
+        other = make_mlp(seed=7)
+        attached = RemoteOptimizer(other.named_parameters(), target, model=first.model, attach=True)
+        assert attached.version == 3
+        assert attached.param_groups[0]["lr"] == 1e-2
+        assert all(torch.equal(a, b) for a, b in zip(other.parameters(), model.parameters()))
+        train_step(other, attached, 4)
+        assert client.describe(first.model).version == 4
+        narrower = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        with pytest.raises(ValueError, match="settings given here would be ignored: \\['lr'\\]"):
+            RemoteOptimizer(other.named_parameters(), target, model=first.model, attach=True, lr=0.5)
+        with pytest.raises(ValueError, match="runs Adam, not SGD"):
+            RemoteOptimizer(other.named_parameters(), target, "SGD", model=first.model, attach=True)
+        with pytest.raises(ValueError, match=r"tensor 0 \('0\.weight'\) has shape \[16, 6\]; parameter '0\.weight' has "
+                                             r"shape \[8, 6\]"):
+            RemoteOptimizer(narrower.named_parameters(), target, model=first.model, attach=True)
+        attached.close()
+    finally:
+        client.delete(first.model)
+
+
+def test_server_down_is_server_unavailable():
+    down = f"127.0.0.1:{free_port()}"
+    with Client(down, timeout=10) as client:
+        with pytest.raises(ServerUnavailable, match=f"optsidecar server at {down} is unavailable") as caught:
+            client.list()
+        assert isinstance(caught.value, ConnectionError)
+    with pytest.raises(ServerUnavailable, match=f"register model .* server at {down} is unavailable"):
+        RemoteOptimizer(make_mlp().parameters(), down, "SGD", lr=0.1)
+
+
+@pytest.mark.parametrize("crash", [True, False], ids=["killed", "shut-down"])
+def test_steps_after_a_server_restart(private_server, crash):
+    """A broken stream raises ServerUnavailable on the step in flight, nothing is retried, and the
+    next step opens a new stream (here after restoring the model onto the restarted server)."""
+    model = make_mlp()
+    client = Client(private_server.target, connect_timeout=1.0)
+    opt = RemoteOptimizer(model.named_parameters(), "unused", "Adam", lr=1e-2, model="restarted", client=client)
+    train_step(model, opt, 1)
+    saved = opt.state_dict()
+    private_server.stop(crash=crash)
+    with pytest.raises(ServerUnavailable, match="restarted"):
+        train_step(model, opt, 2)
+    with pytest.raises(ServerUnavailable):
+        train_step(model, opt, 2)  # a new stream, and the server is still down
+    private_server.restart()
+    with pytest.raises(NotFound):
+        train_step(model, opt, 2)  # a new stream reaches the new server, which lost its models
+    opt.load_state_dict(saved)
+    assert opt.version == 1
+    train_step(model, opt, 2)
+    assert opt.version == 2 and opt.client.describe("restarted").version == 2
+    opt.delete()
+    client.close()
+
+
+def test_low_level_errors_keep_the_server_message(client):
+    with pytest.raises(NotFound) as caught:
+        client.pull("no-such-model", "train", [np.zeros(1, np.float32)])
+    assert isinstance(caught.value, OptSidecarError)
+    assert caught.value.details == "model: no model named 'no-such-model'"
+    with pytest.raises(ValueError, match="unknown view"):
+        client.pull("no-such-model", "best", [])

@@ -1,0 +1,110 @@
+"""state_dict() / load_state_dict(): save, continue in a fresh process, compare bit for bit."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TESTS_DIR, subprocess_env
+from helpers import RESUME_CONFIGS, build_run, make_mlp, run_steps
+from optsidecar import RemoteOptimizer
+
+SAVE_AFTER = 10
+LAST = 20
+
+
+def figures_without_step_id(figures) -> str:
+    # step_id is the client's own sequence number; repr compares NaN figures as equal
+    return repr(dataclasses.asdict(dataclasses.replace(figures, step_id=0)))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The fresh process uses one thread too, so both compute identical gradients.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("config", RESUME_CONFIGS)
+def test_resume_in_a_fresh_process_is_bit_identical(target, tmp_path, config):
+    model, opt, scheduler = build_run(config, target, seed=0)
+    try:
+        run_steps(model, opt, scheduler, 1, LAST)
+        uninterrupted = [p.detach().clone() for p in model.parameters()]
+        uninterrupted_figures = figures_without_step_id(opt.last_result)
+        uninterrupted_state = opt.state_dict()
+    finally:
+        opt.delete()
+
+    model, opt, scheduler = build_run(config, target, seed=0)
+    try:
+        run_steps(model, opt, scheduler, 1, SAVE_AFTER)
+        saved_in_eval = config.endswith("eval_mode")
+        if saved_in_eval:
+            opt.eval()  # as schedule_free's README asks before saving
+        state = opt.state_dict()
+        assert all(isinstance(w, torch.Tensor) for w in state["weights"])
+        assert all(isinstance(t, torch.Tensor) for slot in state["slots"].values() for t in slot)
+        checkpoint = tmp_path / "checkpoint.pt"
+        torch.save({"optimizer": state, "scheduler": scheduler.state_dict() if scheduler else None}, checkpoint)
+    finally:
+        opt.delete()
+
+    output = tmp_path / "resumed.pt"
+    run = subprocess.run(
+        [sys.executable, str(TESTS_DIR / "resume_worker.py"), target, config, str(checkpoint),
+         str(SAVE_AFTER + 1), str(LAST), str(output)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    resumed = torch.load(output)
+    assert resumed["mode_after_load"] == ("eval" if saved_in_eval else "train")
+    assert resumed["figures"] == uninterrupted_figures
+    for i, (a, b) in enumerate(zip(resumed["params"], uninterrupted)):
+        assert torch.equal(a, b), f"parameter {i} differs by up to {(a - b).abs().max().item():.3g}"
+    # The whole optimizer state too: every slot (moments, z, EMA shadow, slow weights) and counter.
+    final = resumed["state"]
+    assert final["spec"]["state"] == uninterrupted_state["spec"]["state"]
+    assert final["spec"]["groups"] == uninterrupted_state["spec"]["groups"]
+    assert sorted(final["slots"]) == sorted(uninterrupted_state["slots"])
+    for slot, tensors in uninterrupted_state["slots"].items():
+        assert all(torch.equal(a, b) for a, b in zip(final["slots"][slot], tensors)), f"slot {slot} differs"
+
+
+def test_state_dict_holds_every_slot_and_the_counters(client, target):
+    model = make_mlp()
+    opt = RemoteOptimizer(model.parameters(), target, "Adam", lr=1e-2, ema=[0.5])
+    try:
+        run_steps(model, opt, None, 1, 3)
+        state = opt.state_dict()
+        info = client.describe(opt.model)
+        assert sorted(state["slots"]) == sorted(info.tensors[0].slots) == ["ema:0", "exp_avg", "exp_avg_sq"]
+        assert state["spec"]["state"]["version"] == "3"
+        assert state["spec"]["state"]["ema_updates"] == ["3"]
+        assert state["spec"]["optimizer"]["algorithm"] == "Adam"
+        assert all(torch.equal(w, p.detach()) for w, p in zip(state["weights"], model.parameters()))
+        assert state["param_groups"][0]["params"] == [0, 1, 2, 3]
+    finally:
+        opt.delete()
+
+
+def test_load_rejects_another_layout(target):
+    model = make_mlp()
+    opt = RemoteOptimizer(model.parameters(), target, "SGD", lr=0.1)
+    other_model = torch.nn.Linear(6, 3)
+    other = RemoteOptimizer(other_model.parameters(), target, "SGD", lr=0.1)
+    try:
+        with pytest.raises(ValueError, match="tensors"):
+            other.load_state_dict(opt.state_dict())
+        with pytest.raises(ValueError, match="not a RemoteOptimizer state dict"):
+            opt.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+        # Nothing was replaced on the server.
+        assert other.client.describe(other.model).tensors[0].shape == [3, 6]
+    finally:
+        opt.delete()
+        other.delete()
