@@ -43,9 +43,10 @@ def capture(client: Client, model: str, allocate: Callable[[int, pb.TensorInfo],
     info = client.describe(model)
     version = info.version
 
-    def pull(view: str) -> List[Any]:
-        out = [allocate(i, t) for i, t in enumerate(info.tensors)]
-        got = client.pull(model, view, out)
+    def pull(view: str, having: Optional[List[int]] = None) -> List[Any]:
+        """The view for every tensor, or only those in ``having`` (None elsewhere)."""
+        out = [allocate(i, t) if having is None or i in having else None for i, t in enumerate(info.tensors)]
+        got = client.pull(model, view, out, having)
         if got.version != version:
             raise RuntimeError(f"model {model!r} stepped from version {version} to {got.version} while its "
                                f"state was being read; save when no other trainer is stepping it")
@@ -54,15 +55,10 @@ def capture(client: Client, model: str, allocate: Callable[[int, pb.TensorInfo],
     slot_names: List[str] = []
     for t in info.tensors:
         slot_names.extend(s for s in t.slots if s not in slot_names)
-    for name in slot_names:
-        lacking = [t.name for t in info.tensors if name not in t.slots]
-        if lacking:
-            # Pull reads a slot of every tensor at once, so a slot only some tensors have (e.g. amsgrad
-            # in one group only) cannot be read back.
-            raise NotImplementedError(f"model {model!r}: state slot {name!r} exists on some tensors but not on "
-                                      f"{lacking}; the server can only pull a slot that every tensor has")
     weights = pull("train")
-    slots = {name: pull(f"slot:{name}") for name in slot_names}
+    # A slot only some groups have (e.g. amsgrad in one group) is read from the tensors that have it.
+    slots = {name: pull(f"slot:{name}", [i for i, t in enumerate(info.tensors) if name in t.slots])
+             for name in slot_names}
     return ServerState(spec_from_info(info), weights, slots)
 
 
@@ -72,5 +68,5 @@ def restore(client: Client, name: str, state: ServerState,
     given); returns the new model's description."""
     spec = renamed(state.spec, name, tensor_names)
     buffers = [StateBuffer(index, slot, values[index])
-               for slot, values in state.slots.items() for index in range(len(values))]
+               for slot, values in state.slots.items() for index in range(len(values)) if values[index] is not None]
     return client.register(spec, state.weights, buffers)

@@ -83,8 +83,9 @@ class Client:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Reconnect soon after a server restart instead of backing off for up to two minutes.
+            # (Not grpc.min_reconnect_backoff_ms: grpc also uses it as the deadline of a connection
+            # attempt, and a busy server may need more than a fraction of a second to answer.)
             ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
             *options,
         ])
@@ -169,7 +170,8 @@ class Client:
 
     # -- pull ----------------------------------------------------------------------------------
 
-    def pull(self, model: str, view: ViewLike, out: Sequence[Any]) -> Weights:
+    def pull(self, model: str, view: ViewLike, out: Sequence[Any],
+             tensors: Optional[Sequence[int]] = None) -> Weights:
         """Pulls a view's weights into preallocated tensors or arrays, one per model tensor.
 
         Args:
@@ -177,13 +179,15 @@ class Client:
             view: ``"train"``, ``"eval"``, ``"slow"``, ``"ema"``, ``"ema:DECAY"``, ``"slot:NAME"``
                 or a ``View`` message.
             out: destinations (torch tensors on any device, or numpy arrays) with each tensor's
-                number of elements; written in place.
+                number of elements; written in place. ``None`` for tensors not pulled.
+            tensors: indexes of the tensors to pull (default: all), e.g. for a state slot only
+                some parameter groups have.
 
         Returns:
             the view (as the server labels it) and the model version the weights belong to.
         """
-        request = pb.PullRequest(model=model, view=make_view(view))
-        sink = _Sink([as_destination(t) for t in out])
+        request = pb.PullRequest(model=model, view=make_view(view), tensors=list(tensors or []))
+        sink = _Sink([None if t is None else as_destination(t) for t in out])
         action = f"pull view {view_name(request.view)} of model {model!r}"
         try:
             for chunk in self._pull(request):
@@ -240,17 +244,16 @@ class _Sink:
     """Copies received chunks into their destinations and checks that they cover one view of one
     version completely."""
 
-    def __init__(self, destinations: List[Destination]):
+    def __init__(self, destinations: List[Optional[Destination]]):
         self.destinations = destinations
-        self.expected = sum(d.numel for d in destinations)
+        self.expected = sum(d.numel for d in destinations if d is not None)
         self.received = 0
         self.view: Optional[pb.View] = None
         self.version = -1
 
     def accept(self, chunk: wire.ReceivedChunk) -> None:
-        if chunk.tensor >= len(self.destinations):
-            raise ProtocolError(f"server sent tensor {chunk.tensor} but only {len(self.destinations)} "
-                                f"destinations were given")
+        if chunk.tensor >= len(self.destinations) or self.destinations[chunk.tensor] is None:
+            raise ProtocolError(f"server sent tensor {chunk.tensor}, which has no destination")
         if self.view is None:
             self.view, self.version = chunk.view, chunk.version
         elif chunk.view != self.view or chunk.version != self.version:
@@ -267,7 +270,8 @@ class _Sink:
         if self.received != self.expected:
             raise ProtocolError(f"{action}: received {self.received} of {self.expected} values")
         for d in self.destinations:
-            d.commit()
+            if d is not None:
+                d.commit()
         return Weights(self.view if self.view is not None else pb.View(), self.version)
 
 

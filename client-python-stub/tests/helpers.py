@@ -82,13 +82,20 @@ def build_run(config: str, target: str, seed: int):
                               ema=[0.9], lookahead=dict(k=3, alpha=0.5), clip_grad_norm=1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.97 ** epoch)
         return model, opt, scheduler
+    if config == "adam_amsgrad_in_one_group":
+        # The biases' group has a state slot (max_exp_avg_sq) the weights' group lacks.
+        weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+        biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+        opt = RemoteOptimizer([{"params": weights}, {"params": biases, "amsgrad": True}], target, "Adam", lr=1e-2)
+        return model, opt, None
     if config == "radam_schedulefree_saved_in_eval_mode":
         opt = RemoteOptimizer(model.named_parameters(), target, "RAdamScheduleFree", lr=2e-2, weight_decay=0.01)
         return model, opt, None
     raise ValueError(f"unknown configuration {config!r}")
 
 
-RESUME_CONFIGS = ["adamw_groups_lambdalr_server_schedule_ema_lookahead", "radam_schedulefree_saved_in_eval_mode"]
+RESUME_CONFIGS = ["adamw_groups_lambdalr_server_schedule_ema_lookahead", "radam_schedulefree_saved_in_eval_mode",
+                  "adam_amsgrad_in_one_group"]
 
 
 def run_steps(model, opt, scheduler, first: int, last: int) -> None:

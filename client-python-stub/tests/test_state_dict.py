@@ -50,7 +50,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(target, tmp_path, config):
             opt.eval()  # as schedule_free's README asks before saving
         state = opt.state_dict()
         assert all(isinstance(w, torch.Tensor) for w in state["weights"])
-        assert all(isinstance(t, torch.Tensor) for slot in state["slots"].values() for t in slot)
+        # A slot only some groups have is None for the other tensors.
+        assert all(t is None or isinstance(t, torch.Tensor) for slot in state["slots"].values() for t in slot)
         checkpoint = tmp_path / "checkpoint.pt"
         torch.save({"optimizer": state, "scheduler": scheduler.state_dict() if scheduler else None}, checkpoint)
     finally:
@@ -73,7 +74,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(target, tmp_path, config):
     assert final["spec"]["groups"] == uninterrupted_state["spec"]["groups"]
     assert sorted(final["slots"]) == sorted(uninterrupted_state["slots"])
     for slot, tensors in uninterrupted_state["slots"].items():
-        assert all(torch.equal(a, b) for a, b in zip(final["slots"][slot], tensors)), f"slot {slot} differs"
+        assert all(a is b is None or torch.equal(a, b) for a, b in zip(final["slots"][slot], tensors)), \
+            f"slot {slot} differs"
 
 
 def test_state_dict_holds_every_slot_and_the_counters(client, target):

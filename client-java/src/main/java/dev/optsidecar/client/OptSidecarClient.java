@@ -150,9 +150,18 @@ public final class OptSidecarClient implements AutoCloseable {
      * @return the view and version the weights belong to
      */
     public Weights pull(String model, View view, List<? extends TensorData> out) {
+        return pull(model, view, out, List.of());
+    }
+
+    /**
+     * Pulls a view of some tensors only: {@code out} holds one entry per model tensor, null for
+     * those not in {@code tensors}. Needed for a state slot only some groups have.
+     */
+    public Weights pull(String model, View view, List<? extends TensorData> out, List<Integer> tensors) {
         CompletableFuture<Weights> done = new CompletableFuture<>();
         WeightsSink sink = new WeightsSink(out);
-        async.pull(PullRequest.newBuilder().setModel(model).setView(view).build(), new StreamObserver<>() {
+        PullRequest request = PullRequest.newBuilder().setModel(model).setView(view).addAllTensors(tensors).build();
+        async.pull(request, new StreamObserver<>() {
             @Override
             public void onNext(WeightsChunk chunk) {
                 sink.accept(chunk);

@@ -20,15 +20,14 @@ final class WeightsSink {
         this.out = out;
         long total = 0;
         for (TensorData t : out) {
-            total += t.numel();
+            total += t == null ? 0 : t.numel();
         }
         this.expected = total;
     }
 
     void accept(WeightsChunk chunk) {
-        if (chunk.getTensor() >= out.size()) {
-            throw new IllegalStateException("server sent tensor " + chunk.getTensor() + " but only "
-                    + out.size() + " destinations were given");
+        if (chunk.getTensor() >= out.size() || out.get(chunk.getTensor()) == null) {
+            throw new IllegalStateException("server sent tensor " + chunk.getTensor() + ", which has no destination");
         }
         if (view == null) {
             view = chunk.getView();

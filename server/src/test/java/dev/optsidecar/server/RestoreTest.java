@@ -63,13 +63,16 @@ class RestoreTest {
                         TestData.hp("lr", 0.02, "warmup_steps", 3, "inner_momentum", 0.9, "weight_decay", 0.01), c -> c),
                 new Config("radam-sf-ema", "RAdamScheduleFree", TestData.hp("lr", 0.02),
                         c -> c.addEma(EmaShadow.newBuilder().setDecay(0.95))),
-                new Config("sgd-sf", "SGDScheduleFree", TestData.hp("lr", 0.5, "warmup_steps", 2), c -> c));
+                new Config("sgd-sf", "SGDScheduleFree", TestData.hp("lr", 0.5, "warmup_steps", 2), c -> c),
+                new Config("adam-amsgrad-in-one-group", "Adam", TestData.hp("lr", 0.01), c -> c));
     }
 
     private static ModelSpec spec(Config c, String name) {
         ModelSpec.Builder b = TestData.spec(name, c.algorithm(), c.hp(), SIZES);
+        // The small tensors' group differs in lr; in one config also in its state slots (amsgrad).
         b.addGroups(ParamGroup.newBuilder().setName("small").addTensors("t1").addTensors("t2")
-                .setHyperparameters(TestData.hp("lr", 0.001)));
+                .setHyperparameters(c.name().contains("amsgrad-in-one-group")
+                        ? TestData.hp("lr", 0.001, "amsgrad", true) : TestData.hp("lr", 0.001)));
         b.setOptimizer(c.extra().apply(b.getOptimizer().toBuilder()));
         return b.build();
     }
@@ -100,12 +103,22 @@ class RestoreTest {
         List<float[]> weights = blanks();
         LIVE.client().pull(from, data(weights));
         List<OptSidecarClient.StateBuffer> buffers = new ArrayList<>();
-        for (String slot : info.getTensors(0).getSlotsList()) {
+        java.util.Set<String> slots = new java.util.LinkedHashSet<>();
+        info.getTensorsList().forEach(t -> slots.addAll(t.getSlotsList()));
+        for (String slot : slots) {
+            // Pull the slot from the tensors that have it (groups may differ in their slots).
+            List<Integer> having = new ArrayList<>();
+            List<TensorData> out = new ArrayList<>();
             List<float[]> values = blanks();
-            LIVE.client().pull(from, View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot(slot).build(), data(values));
             for (int t = 0; t < SIZES.length; t++) {
-                buffers.add(new OptSidecarClient.StateBuffer(t, slot, TensorData.of(values.get(t))));
+                boolean has = info.getTensors(t).getSlotsList().contains(slot);
+                out.add(has ? TensorData.of(values.get(t)) : null);
+                if (has) {
+                    having.add(t);
+                    buffers.add(new OptSidecarClient.StateBuffer(t, slot, TensorData.of(values.get(t))));
+                }
             }
+            LIVE.client().pull(from, View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot(slot).build(), out, having);
         }
         LIVE.client().register(spec.toBuilder().setName(to).setState(info.getState()).build(), data(weights), buffers);
     }

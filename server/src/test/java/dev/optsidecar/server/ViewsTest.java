@@ -145,6 +145,27 @@ class ViewsTest {
         }
     }
 
+    /** A slot only one group has (amsgrad there) is pulled for the tensors that have it. */
+    @Test
+    void aSlotOfOneGroupIsPulledForItsTensors() {
+        ModelSpec spec = TestData.spec("mixed", "Adam", TestData.hp("lr", 0.01), N, 3)
+                .addGroups(dev.optsidecar.proto.v1.ParamGroup.newBuilder().setName("ams").addTensors("t1")
+                        .setHyperparameters(TestData.hp("amsgrad", true)))
+                .build();
+        LIVE.client().register(spec, TestData.data(TestData.random(N, 5), new float[3]));
+        View vmax = View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot("max_exp_avg_sq").build();
+        StatusRuntimeException e = assertThrows(StatusRuntimeException.class,
+                () -> LIVE.client().pull("mixed", vmax, TestData.data(new float[N], new float[3])));
+        assertEquals(Status.Code.INVALID_ARGUMENT, e.getStatus().getCode());
+        assertTrue(e.getStatus().getDescription().startsWith("tensors: tensor 't0'"), e.getStatus().getDescription());
+        float[] got = new float[3];
+        java.util.List<TensorData> out = java.util.Arrays.asList(null, TensorData.of(got));
+        assertEquals(vmax, LIVE.client().pull("mixed", vmax, out, List.of(1)).view());
+        StatusRuntimeException range = assertThrows(StatusRuntimeException.class,
+                () -> LIVE.client().pull("mixed", vmax, out, List.of(7)));
+        assertTrue(range.getStatus().getDescription().contains("out of range"), range.getStatus().getDescription());
+    }
+
     private static float[] blend(float[] shadow, float[] theta, double decay) {
         if (shadow == null) {
             return theta.clone();

@@ -45,7 +45,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
         try {
             Model model = registry.get(request.getModel(), "model");
             Model.ResolvedView view = model.resolveView(request.getView(), "view", false);
-            reader = model.read(view);
+            reader = model.read(view, request.getTensorsList(), "tensors");
         } catch (RuntimeException e) {
             out.onError(Statuses.toStatus(e));
             return;

@@ -209,7 +209,8 @@ public final class Model {
                 }
                 long readStamp = lock.tryConvertToReadLock(stamp);
                 stamp = 0;
-                ViewReader reader = view == null ? null : new ViewReader(this, view.label(), view.source(), version, readStamp);
+                ViewReader reader = view == null ? null
+                        : new ViewReader(this, view.label(), view.source(), tensors, version, readStamp);
                 if (reader == null) {
                     lock.unlockRead(readStamp);
                 }
@@ -289,8 +290,13 @@ public final class Model {
         return out;
     }
 
-    /** Opens a view for reading under the read lock; the caller must close the reader. */
-    public ViewReader read(ResolvedView view) {
+    /**
+     * Opens a view for reading under the read lock; the caller must close the reader.
+     *
+     * @param selected tensor indexes to read (empty: all), each checked against the view
+     */
+    public ViewReader read(ResolvedView view, List<Integer> selected, String field) {
+        List<TensorEntry> chosen = Views.select(this, view, selected, field);
         long stamp = lock.readLock();
         try {
             checkLive();
@@ -298,7 +304,7 @@ public final class Model {
             lock.unlockRead(stamp);
             throw e;
         }
-        return new ViewReader(this, view.label(), view.source(), version, stamp);
+        return new ViewReader(this, view.label(), view.source(), chosen, version, stamp);
     }
 
     /** The model's tensors, groups, configuration, counters, version and current learning rates. */
@@ -353,6 +359,13 @@ public final class Model {
     public record StepOutcome(long version, boolean skipped, List<GroupFigures> groups, double gradNorm,
                               double clipCoefficient, Double updateNorm, ViewReader weights) {}
 
-    /** A view as resolved for this model: its label on the wire and where its values come from. */
-    public record ResolvedView(View label, ViewSource source) {}
+    /**
+     * A view as resolved for this model: its label on the wire, where its values come from, and
+     * the state slot it reads (null for θ and computed views), which not every tensor may have.
+     */
+    public record ResolvedView(View label, ViewSource source, String slot) {
+        ResolvedView(View label, ViewSource source) {
+            this(label, source, null);
+        }
+    }
 }

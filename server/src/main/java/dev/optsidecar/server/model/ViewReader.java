@@ -5,6 +5,7 @@ import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.WeightsChunk;
 
 import java.nio.ByteBuffer;
+import java.util.List;
 
 /**
  * Reads one view of a model as a sequence of chunks, tensor by tensor, holding the model's read
@@ -15,15 +16,17 @@ public final class ViewReader implements AutoCloseable {
     private final Model model;
     private final View view;
     private final ViewSource source;
+    private final List<TensorEntry> tensors;
     private final long version;
     private long stamp;
     private int tensor;
     private long offset;
 
-    ViewReader(Model model, View view, ViewSource source, long version, long stamp) {
+    ViewReader(Model model, View view, ViewSource source, List<TensorEntry> tensors, long version, long stamp) {
         this.model = model;
         this.view = view;
         this.source = source;
+        this.tensors = tensors;
         this.version = version;
         this.stamp = stamp;
     }
@@ -37,19 +40,19 @@ public final class ViewReader implements AutoCloseable {
     }
 
     public boolean hasNext() {
-        return stamp != 0 && tensor < model.tensors().size();
+        return stamp != 0 && tensor < tensors.size();
     }
 
     /** The next chunk, of at most {@code maxBytes} bytes of data. */
     public WeightsChunk next(int maxBytes) {
-        TensorEntry t = model.tensors().get(tensor);
+        TensorEntry t = tensors.get(tensor);
         int count = (int) Math.min(maxBytes / Float.BYTES, t.numel - offset);
         byte[] bytes = new byte[count * Float.BYTES];
         source.read(t, offset, count, ByteBuffer.wrap(bytes));
         WeightsChunk chunk = WeightsChunk.newBuilder()
                 .setView(view)
                 .setVersion(version)
-                .setTensor(tensor)
+                .setTensor(t.index)
                 .setOffset(offset)
                 .setData(UnsafeByteOperations.unsafeWrap(bytes))
                 .build();

@@ -120,14 +120,49 @@ final class Views {
     }
 
     private static Model.ResolvedView slot(Model m, String name, String field) {
-        for (TensorEntry t : m.tensors()) {
-            if (!t.slots.contains(name)) {
-                throw OptError.invalid("%s.slot: %s has no state slot '%s'; its slots: %s", field, t.describe(),
-                        name, String.join(", ", t.slots));
-            }
+        if (m.tensors().stream().noneMatch(t -> t.slots.contains(name))) {
+            throw OptError.invalid("%s.slot: model '%s' has no state slot '%s'; its slots: %s", field, m.name(),
+                    name, String.join(", ", m.tensors().get(0).slots));
         }
         View label = View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot(name).build();
-        return new Model.ResolvedView(label, ViewSource.slot(name));
+        return new Model.ResolvedView(label, ViewSource.slot(name), name);
+    }
+
+    /**
+     * The tensors a Pull reads: those selected (all when none are), in tensor order; each must
+     * exist and, for a state slot, have it.
+     */
+    static List<TensorEntry> select(Model m, Model.ResolvedView view, List<Integer> selected, String field) {
+        List<TensorEntry> chosen = new ArrayList<>();
+        if (selected.isEmpty()) {
+            chosen.addAll(m.tensors());
+        } else {
+            boolean[] seen = new boolean[m.tensorCount()];
+            for (int i : selected) {
+                if (i < 0 || i >= seen.length) {
+                    throw OptError.invalid("%s: tensor index %d out of range; the model has %d tensors", field,
+                            Integer.toUnsignedLong(i), seen.length);
+                }
+                if (seen[i]) {
+                    throw OptError.invalid("%s: tensor index %d listed twice", field, i);
+                }
+                seen[i] = true;
+            }
+            for (TensorEntry t : m.tensors()) {
+                if (seen[t.index]) {
+                    chosen.add(t);
+                }
+            }
+        }
+        if (view.slot() != null) {
+            for (TensorEntry t : chosen) {
+                if (!t.slots.contains(view.slot())) {
+                    throw OptError.invalid("%s: %s has no state slot '%s' (its slots: %s); select the tensors"
+                            + " that have it", field, t.describe(), view.slot(), String.join(", ", t.slots));
+                }
+            }
+        }
+        return chosen;
     }
 
     /** Slot names of the wrappers, after the algorithm's own. */
