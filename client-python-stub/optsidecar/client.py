@@ -83,8 +83,10 @@ class Client:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Reconnect soon after a server restart instead of backing off for up to two minutes.
+            # (Not grpc.min_reconnect_backoff_ms: grpc core also takes it as the minimum time a
+            # connection attempt may take, and a server still warming up can need more than a
+            # fraction of a second to answer its first handshake.)
             ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
             *options,
         ])
