@@ -51,8 +51,9 @@ class OptimizerServicer(object):
 
     def Register(self, request_iterator, context):
         """Creates a model. The first message carries the spec; the following ones carry the initial
-        weights as chunks that together cover every tensor exactly once. The model becomes visible
-        only when the stream completes and every element has arrived.
+        weights as chunks that together cover every tensor exactly once and, when restoring a saved
+        run (ModelSpec.state), its state buffers as StateChunks. The model becomes visible only when
+        the stream completes and every element has arrived.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,14 +69,15 @@ class OptimizerServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def Pull(self, request, context):
-        """Streams a view's weights without stepping.
+        """Streams a view's weights (or one state slot) without stepping, for all or some tensors.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Describe(self, request, context):
-        """The model's tensors, groups, configuration, version and current learning rates.
+        """The model's tensors, groups, configuration, version, current learning rates and the counters
+        that restoring it needs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
