@@ -34,12 +34,10 @@ public final class AdamWScheduleFree implements Algorithm {
     private final double innerMomentum;
 
     private AdamWScheduleFree(Hyperparameters hp) {
-        hp.checkAdamFamily();
-        ScheduleFreeAveraging.check(hp);
+        ScheduleFreeAveraging.checkAdamFamily(hp);
         double[] betas = hp.numbers("betas");
         beta1 = betas[0];
         beta2 = betas[1];
-        hp.check(beta1 > 0, "betas", "betas[0] must be in (0, 1): it interpolates y between z and x");
         eps = hp.number("eps");
         weightDecay = hp.number("weight_decay");
         warmupSteps = ScheduleFreeAveraging.wholeSteps(hp, "warmup_steps");

@@ -56,6 +56,13 @@ final class ScheduleFreeAveraging {
         hp.check(hp.number("r") >= 0, "r", "must be >= 0");
     }
 
+    /** The Adam-family checks, plus β1 > 0: Schedule-Free uses it to interpolate y between z and x. */
+    static void checkAdamFamily(Hyperparameters hp) {
+        hp.checkAdamFamily();
+        check(hp);
+        hp.check(hp.numbers("betas")[0] > 0, "betas", "betas[0] must be in (0, 1): it interpolates y between z and x");
+    }
+
     /** A hyperparameter that counts steps: a whole number >= 0. */
     static long wholeSteps(Hyperparameters hp, String name) {
         double v = hp.number(name);
