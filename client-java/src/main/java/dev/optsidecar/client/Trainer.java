@@ -41,6 +41,11 @@ public final class Trainer implements AutoCloseable {
         List<Long> s = new ArrayList<>();
         info.getTensorsList().forEach(t -> s.add(t.getNumel()));
         this.sizes = Collections.unmodifiableList(s);
+        // Sequence numbers continue where this client id left off, so a new Trainer under an old id
+        // is not mistaken for a retry of that id's last step.
+        info.getState().getClientsList().stream()
+                .filter(p -> p.getClientId().equals(clientId))
+                .forEach(p -> nextStepId = p.getLastStepId() + 1);
     }
 
     /** Options of one step: the view to return and per-group learning rates to set. */

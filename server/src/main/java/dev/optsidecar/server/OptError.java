@@ -7,13 +7,18 @@ package dev.optsidecar.server;
 public final class OptError extends RuntimeException {
     /** Mirrors the gRPC codes the server uses, so domain code needs no gRPC types. */
     public enum Kind {
-        INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNIMPLEMENTED, ABORTED
+        INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNIMPLEMENTED, ABORTED,
+        UNAVAILABLE, DATA_LOSS, INTERNAL
     }
 
     private final Kind kind;
 
     private OptError(Kind kind, String message) {
-        super(message, null, false, false);
+        this(kind, message, null);
+    }
+
+    private OptError(Kind kind, String message, Throwable cause) {
+        super(message, cause, false, false);
         this.kind = kind;
     }
 
@@ -47,5 +52,20 @@ public final class OptError extends RuntimeException {
 
     public static OptError aborted(String format, Object... args) {
         return new OptError(Kind.ABORTED, String.format(format, args));
+    }
+
+    /** The server cannot serve this now (shutting down); the client may retry elsewhere or later. */
+    public static OptError unavailable(String format, Object... args) {
+        return new OptError(Kind.UNAVAILABLE, String.format(format, args));
+    }
+
+    /** Stored data is missing or corrupt. */
+    public static OptError dataLoss(String format, Object... args) {
+        return new OptError(Kind.DATA_LOSS, String.format(format, args));
+    }
+
+    /** A server-side failure such as an I/O error, with its cause. */
+    public static OptError internal(Throwable cause, String format, Object... args) {
+        return new OptError(Kind.INTERNAL, String.format(format, args), cause);
     }
 }

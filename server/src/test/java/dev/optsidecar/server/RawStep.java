@@ -50,13 +50,20 @@ final class RawStep implements ClientResponseObserver<StepRequest, StepResponse>
         RawStep s = new RawStep(responses);
         stub.step(s);
         return s.send(StepRequest.newBuilder()
-                .setOpen(StepOpen.newBuilder().setModel(model).setClientId("raw")).build());
+                .setOpen(StepOpen.newBuilder().setModel(model).setClientId(uniqueClientId())).build());
+    }
+
+    private static final java.util.concurrent.atomic.AtomicLong CLIENTS = new java.util.concurrent.atomic.AtomicLong();
+
+    /** Each raw stream is its own client, so step ids reused across streams are never taken for retries. */
+    private static String uniqueClientId() {
+        return "raw-" + CLIENTS.incrementAndGet();
     }
 
     /** A Step stream that has sent its StepOpen for {@code model}. */
     static RawStep open(OptimizerGrpc.OptimizerStub stub, String model) {
         return start(stub).send(StepRequest.newBuilder()
-                .setOpen(StepOpen.newBuilder().setModel(model).setClientId("raw")).build());
+                .setOpen(StepOpen.newBuilder().setModel(model).setClientId(uniqueClientId())).build());
     }
 
     @Override

@@ -144,7 +144,7 @@ class RestoreTest {
             ModelInfo before = LIVE.client().describe(original);
             ModelInfo after = LIVE.client().describe(restored);
             assertEquals(before.getState(), after.getState());
-            try (Trainer tc = LIVE.client().trainer(restored, "b")) {
+            try (Trainer tc = LIVE.client().trainer(restored, "b")) { // a client of its own: "a" is at step 6 there too
                 for (int step = 7; step <= 11; step++) {
                     tr.step(data(grads(step)), data(a));
                     tc.step(data(grads(step)), data(b));
@@ -163,7 +163,9 @@ class RestoreTest {
                 assertArrayEquals(va.get(t), vb.get(t), v + " tensor " + t);
             }
         }
-        assertEquals(LIVE.client().describe(original).getState(), LIVE.client().describe(restored).getState());
+        // Everything but the clients' sequence numbers: the copy was stepped by a client of its own.
+        assertEquals(LIVE.client().describe(original).getState().toBuilder().clearClients().build(),
+                LIVE.client().describe(restored).getState().toBuilder().clearClients().build());
     }
 
     private static Status.Code registerFails(ModelSpec spec, List<OptSidecarClient.StateBuffer> buffers, String fragment) {

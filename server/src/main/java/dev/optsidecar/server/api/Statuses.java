@@ -26,7 +26,13 @@ final class Statuses {
                 case RESOURCE_EXHAUSTED -> Status.Code.RESOURCE_EXHAUSTED;
                 case UNIMPLEMENTED -> Status.Code.UNIMPLEMENTED;
                 case ABORTED -> Status.Code.ABORTED;
+                case UNAVAILABLE -> Status.Code.UNAVAILABLE;
+                case DATA_LOSS -> Status.Code.DATA_LOSS;
+                case INTERNAL -> Status.Code.INTERNAL;
             };
+            if (e.getCause() != null) {
+                LOG.log(Level.WARNING, e.getMessage(), e.getCause());
+            }
             return Status.fromCode(code).withDescription(e.getMessage()).asRuntimeException();
         }
         if (t instanceof OutOfMemoryError) {

@@ -1,7 +1,6 @@
 package dev.optsidecar.server.api;
 
 import dev.optsidecar.proto.v1.GradientChunk;
-import dev.optsidecar.proto.v1.GroupStep;
 import dev.optsidecar.proto.v1.NonFinitePolicy;
 import dev.optsidecar.proto.v1.StepCommit;
 import dev.optsidecar.proto.v1.StepRequest;
@@ -13,6 +12,7 @@ import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.StepAssembly;
+import dev.optsidecar.server.model.ViewReader;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 
@@ -28,7 +28,10 @@ final class StepCall implements StreamObserver<StepRequest> {
     private final ModelRegistry registry;
     private final ServerCallStreamObserver<StepResponse> out;
     private Model model;
+    private String clientId = "";
     private NonFinitePolicy policy;
+    /** A retried step that was already applied: its chunks are dropped and its commit answered from the ledger. */
+    private Long replayedStepId;
     private StepAssembly assembly;
     private ChunkSender<StepResponse> sending;
     private StepCommit deferredCommit;
@@ -76,6 +79,7 @@ final class StepCall implements StreamObserver<StepRequest> {
             throw OptError.invalid("open: sent twice in one Step stream");
         }
         model = registry.get(request.getOpen().getModel(), "open.model");
+        clientId = request.getOpen().getClientId();
         policy = model.nonFinitePolicy();
     }
 
@@ -88,8 +92,15 @@ final class StepCall implements StreamObserver<StepRequest> {
 
     private void chunk(GradientChunk c) {
         Model m = requireOpen();
+        if (replayedStepId != null && replayedStepId == c.getStepId()) {
+            return; // already applied; the commit is answered from the client's ledger
+        }
         if (assembly == null) {
-            assembly = m.openStep(c.getStepId());
+            if (m.appliedResult(clientId, c.getStepId()) != null) {
+                replayedStepId = c.getStepId();
+                return;
+            }
+            assembly = m.openStep(clientId, c.getStepId());
         } else if (assembly.stepId() != c.getStepId()) {
             throw OptError.precondition("chunk.step_id: chunk for step %s arrived before step %s was committed",
                     Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()));
@@ -105,7 +116,13 @@ final class StepCall implements StreamObserver<StepRequest> {
         Model m = requireOpen();
         Model.ResolvedView view = m.resolveView(c.getView(), "commit.view", true);
         if (assembly == null) {
-            assembly = m.openStep(c.getStepId()); // legal only when every tensor is listed in no_grad
+            replayedStepId = null;
+            StepResult stored = m.appliedResult(clientId, c.getStepId());
+            if (stored != null) {
+                answerRetry(m, stored, view);
+                return;
+            }
+            assembly = m.openStep(clientId, c.getStepId()); // legal only when every tensor is listed in no_grad
         } else if (assembly.stepId() != c.getStepId()) {
             throw OptError.precondition("commit.step_id: commit for step %s, but the chunks sent were for step %s",
                     Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()));
@@ -113,32 +130,24 @@ final class StepCall implements StreamObserver<StepRequest> {
         StepAssembly a = assembly;
         assembly = null;
         Model.StepOutcome outcome = m.commit(a, c.getNoGradList(), c.getGroupLrMap(), view, policy);
-        StepResult.Builder result = StepResult.newBuilder()
-                .setStepId(c.getStepId())
-                .setVersion(outcome.version())
-                .setSkipped(outcome.skipped())
-                .setView(view == null ? View.newBuilder().setKind(ViewKind.VIEW_NONE).build() : view.label())
-                .setGradNorm(outcome.gradNorm())
-                .setClipCoefficient(outcome.clipCoefficient());
-        if (outcome.updateNorm() != null) {
-            result.setUpdateNorm(outcome.updateNorm());
-        }
-        for (Model.GroupFigures g : outcome.groups()) {
-            result.addGroups(GroupStep.newBuilder()
-                    .setGroup(g.group())
-                    .setLr(g.lr())
-                    .setEffectiveLr(g.effectiveLr())
-                    .setAveragingWeight(g.averagingWeight())
-                    .setK(g.counters().k())
-                    .setWeightSum(g.counters().weightSum())
-                    .setLrMax(g.counters().lrMax()));
-        }
+        send(outcome.result(), outcome.weights());
+    }
+
+    /** A step the client had sent before: its stored result, with the current weights. */
+    private void answerRetry(Model m, StepResult stored, Model.ResolvedView view) {
+        StepResult.Builder result = stored.toBuilder().setReplayed(true)
+                .setView(view == null ? View.newBuilder().setKind(ViewKind.VIEW_NONE).build() : view.label());
+        send(result.build(), view == null ? null : m.read(view, java.util.List.of(), "commit.view"));
+    }
+
+    /** Streams a step's weights (if any), then its result. */
+    private void send(StepResult result, ViewReader weights) {
         StepResponse done = StepResponse.newBuilder().setResult(result).build();
-        if (outcome.weights() == null) {
+        if (weights == null) {
             out.onNext(done);
             return;
         }
-        sending = new ChunkSender<>(out, outcome.weights(),
+        sending = new ChunkSender<>(out, weights,
                 w -> StepResponse.newBuilder().setWeights(w).build(),
                 () -> {
                     out.onNext(done);

@@ -30,6 +30,9 @@ public interface EngineTensor {
     /** Writes {@code count} parameters starting at {@code offset} into {@code dst}. */
     void readParams(long offset, int count, ByteBuffer dst);
 
+    /** Writes {@code count} gradient values starting at {@code offset} into {@code dst} (for the step journal). */
+    void readGradient(long offset, int count, ByteBuffer dst);
+
     /** Writes {@code count} elements of state slot {@code slot} starting at {@code offset} into {@code dst}. */
     void readSlot(int slot, long offset, int count, ByteBuffer dst);
 

@@ -1,9 +1,13 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.proto.v1.GroupStep;
 import dev.optsidecar.proto.v1.ModelInfo;
+import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.NonFinitePolicy;
 import dev.optsidecar.proto.v1.OptimizerConfig;
+import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.TensorStep;
@@ -26,6 +30,7 @@ import java.util.concurrent.locks.StampedLock;
  * buffers.
  */
 public final class Model {
+    private static final View NO_VIEW = View.newBuilder().setKind(ViewKind.VIEW_NONE).build();
     private final String name;
     private final OptimizerConfig config;
     private final List<TensorEntry> tensors;
@@ -35,8 +40,15 @@ public final class Model {
     private final StampedLock lock = new StampedLock();
     private final AtomicReference<StepAssembly> assembling = new AtomicReference<>();
     private final Training training;
+    private final ModelSpec spec;
+    private final ClientLedger ledger = new ClientLedger();
+    private final StepRecord.Gradients gradients;
     private volatile long version;
     private volatile boolean deleted;
+    private volatile boolean acceptingSteps = true;
+    private StepLog log;
+    /** Identifies this model's run across snapshots and journals (a new one per registration). */
+    private String run = java.util.UUID.randomUUID().toString();
     /** Scheduler steps taken (LambdaLR's last_epoch): the schedule's position. */
     long scheduleStep;
     /** Updates each EMA shadow has had (AveragedModel's n_averaged). */
@@ -44,16 +56,45 @@ public final class Model {
     /** Lookahead's inner steps since its last synchronisation. */
     long lookaheadStep;
 
-    Model(String name, OptimizerConfig config, List<TensorEntry> tensors, List<GroupState> groups,
+    Model(ModelSpec spec, List<TensorEntry> tensors, List<GroupState> groups,
           Training training, Engine engine, long memoryBytes) {
-        this.name = name;
-        this.config = config;
+        this.spec = spec.toBuilder().clearState().build();
+        this.name = spec.getName();
+        this.config = spec.getOptimizer();
         this.tensors = Collections.unmodifiableList(tensors);
         this.groups = Collections.unmodifiableList(groups);
         this.training = training;
         this.engine = engine;
         this.memoryBytes = memoryBytes;
         this.emaUpdates = new long[training.ema().size()];
+        this.gradients = new StepRecord.Gradients() {
+            @Override
+            public long numel(int tensor) {
+                return Model.this.tensors.get(tensor).numel;
+            }
+
+            @Override
+            public void read(int tensor, long offset, int count, java.nio.ByteBuffer dst) {
+                Model.this.tensors.get(tensor).storage.readGradient(offset, count, dst);
+            }
+        };
+    }
+
+    /** The spec this model was created from, without restore state. */
+    public ModelSpec spec() {
+        return spec;
+    }
+
+    public String run() {
+        return run;
+    }
+
+    void setRun(String run) {
+        this.run = run;
+    }
+
+    ClientLedger ledger() {
+        return ledger;
     }
 
     public String name() {
@@ -119,13 +160,49 @@ public final class Model {
      * Starts assembling a step. Only one step is assembled at a time, because its gradients are
      * written straight into the tensors' gradient buffers.
      */
-    public StepAssembly openStep(long stepId) {
+    public StepAssembly openStep(String clientId, long stepId) {
         checkLive();
-        StepAssembly a = new StepAssembly(tensors, stepId);
-        if (!assembling.compareAndSet(null, a)) {
-            throw OptError.aborted("model '%s' is assembling another client's step; retry when it is done", name);
+        StepAssembly a = new StepAssembly(tensors, clientId, stepId);
+        while (!assembling.compareAndSet(null, a)) {
+            StepAssembly current = assembling.get();
+            // A client's retry replaces its own step left half-sent by a connection that died.
+            if (current != null && !clientId.isEmpty() && clientId.equals(current.clientId())) {
+                if (assembling.compareAndSet(current, a)) {
+                    break;
+                }
+            } else if (current != null) {
+                throw OptError.aborted("model '%s' is assembling another client's step; retry when it is done", name);
+            }
         }
         return a;
+    }
+
+    /**
+     * The stored result when step {@code stepId} is client {@code clientId}'s last applied step (a
+     * retry), else null; FAILED_PRECONDITION when it is older.
+     */
+    public StepResult appliedResult(String clientId, long stepId) {
+        return underReadLock(() -> ledger.applied(name, clientId, stepId));
+    }
+
+    /** Stops accepting steps (graceful shutdown): a later commit is UNAVAILABLE. Waits for a step being applied. */
+    public void stopAcceptingSteps() {
+        long stamp = lock.writeLock();
+        acceptingSteps = false;
+        lock.unlockWrite(stamp);
+    }
+
+    private void checkAcceptingSteps() {
+        if (!acceptingSteps) {
+            throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", name);
+        }
+    }
+
+    /** Sets where steps are journaled before they are applied; null for nowhere. */
+    public void setStepLog(StepLog log) {
+        long stamp = lock.writeLock();
+        this.log = log;
+        lock.unlockWrite(stamp);
     }
 
     /**
@@ -169,7 +246,9 @@ public final class Model {
 
     /**
      * Validates and applies an assembled step, then opens the requested view of the result under
-     * the read lock, so the weights streamed back are exactly those of the new version.
+     * the read lock, so the weights streamed back are exactly those of the new version. A step the
+     * client's ledger shows as already applied (a retry that raced its original) is answered with
+     * the stored result instead.
      *
      * @param noGrad  tensor indexes without a gradient this step
      * @param groupLr new base learning rates by group name
@@ -184,28 +263,21 @@ public final class Model {
             boolean[] skip = noGradMask(noGrad);
             a.checkComplete(skip);
             Map<GroupState, Double> newLr = resolveGroupLr(groupLr);
+            View label = view == null ? NO_VIEW : view.label();
             long stamp = lock.writeLock();
             try {
                 checkLive();
-                boolean skipped = a.nonFinite() != null && policy == NonFinitePolicy.NON_FINITE_SKIP;
-                if (!skipped) {
-                    newLr.forEach((g, lr) -> g.baseLr = lr);
+                if (assembling.get() != a) { // superseded by the same client's retry while waiting
+                    throw OptError.aborted("step %d of model '%s' is no longer being assembled", a.stepId(), name);
                 }
-                double gradNorm = Math.sqrt(a.sumOfSquares());
-                double clip = training.clipGradNorm() > 0
-                        ? Math.min(1.0, training.clipGradNorm() / (gradNorm + 1e-6)) : 1.0;
-                Map<GroupState, StepPlan> plans = new LinkedHashMap<>();
-                List<GroupFigures> figures = new ArrayList<>(groups.size());
-                for (GroupState g : groups) {
-                    double lr = lrFor(g);
-                    StepPlan plan = g.algorithm.plan(g.counters, lr, (float) clip);
-                    plans.put(g, plan);
-                    figures.add(new GroupFigures(g.name, lr, plan.effectiveLr(), plan.averagingWeight(),
-                            skipped ? g.counters : plan.after()));
-                }
-                Double updateNorm = null;
-                if (!skipped) {
-                    updateNorm = apply(skip, plans);
+                StepResult result;
+                StepResult stored = ledger.applied(name, a.clientId(), a.stepId());
+                if (stored != null) {
+                    result = stored.toBuilder().setView(label).setReplayed(true).build();
+                } else {
+                    checkAcceptingSteps();
+                    result = applyAssembled(a, skip, groupLr, newLr, policy, label);
+                    ledger.record(a.clientId(), a.stepId(), result);
                 }
                 long readStamp = lock.tryConvertToReadLock(stamp);
                 stamp = 0;
@@ -214,7 +286,7 @@ public final class Model {
                 if (reader == null) {
                     lock.unlockRead(readStamp);
                 }
-                return new StepOutcome(version, skipped, figures, gradNorm, skipped ? 1.0 : clip, updateNorm, reader);
+                return new StepOutcome(result, reader);
             } finally {
                 if (stamp != 0) {
                     lock.unlockWrite(stamp);
@@ -223,6 +295,82 @@ public final class Model {
         } finally {
             assembling.compareAndSet(a, null);
         }
+    }
+
+    /** Journals and applies a validated step under the write lock, and returns its result. */
+    private StepResult applyAssembled(StepAssembly a, boolean[] skip, Map<String, Double> groupLr,
+                                      Map<GroupState, Double> newLr, NonFinitePolicy policy, View label) {
+        boolean skipped = a.nonFinite() != null && policy == NonFinitePolicy.NON_FINITE_SKIP;
+        if (!skipped && log != null) {
+            log.append(new StepRecord(a.clientId(), a.stepId(), version, skip, Map.copyOf(groupLr),
+                    a.sumOfSquares(), gradients));
+        }
+        if (!skipped) {
+            newLr.forEach((g, lr) -> g.baseLr = lr);
+        }
+        double gradNorm = Math.sqrt(a.sumOfSquares());
+        double clip = training.clipGradNorm() > 0
+                ? Math.min(1.0, training.clipGradNorm() / (gradNorm + 1e-6)) : 1.0;
+        Map<GroupState, StepPlan> plans = new LinkedHashMap<>();
+        StepResult.Builder result = StepResult.newBuilder()
+                .setStepId(a.stepId())
+                .setSkipped(skipped)
+                .setView(label)
+                .setGradNorm(gradNorm)
+                .setClipCoefficient(skipped ? 1.0 : clip);
+        for (GroupState g : groups) {
+            double lr = lrFor(g);
+            StepPlan plan = g.algorithm.plan(g.counters, lr, (float) clip);
+            plans.put(g, plan);
+            dev.optsidecar.server.optim.GroupCounters after = skipped ? g.counters : plan.after();
+            result.addGroups(GroupStep.newBuilder()
+                    .setGroup(g.name)
+                    .setLr(lr)
+                    .setEffectiveLr(plan.effectiveLr())
+                    .setAveragingWeight(plan.averagingWeight())
+                    .setK(after.k())
+                    .setWeightSum(after.weightSum())
+                    .setLrMax(after.lrMax()));
+        }
+        if (!skipped) {
+            Double updateNorm = apply(skip, plans);
+            if (updateNorm != null) {
+                result.setUpdateNorm(updateNorm);
+            }
+        }
+        return result.setVersion(version).build();
+    }
+
+    /**
+     * Applies a step read back from the journal, exactly as it was applied the first time: the
+     * same gradients, learning rates, skipped tensors and gradient norm, on the same version.
+     */
+    public void replay(StepRecord step) {
+        if (step.versionBefore() != version) {
+            throw OptError.dataLoss("journal of model '%s': step %s of client '%s' was applied to version %d,"
+                    + " but the model is at version %d", name, Long.toUnsignedString(step.stepId()), step.clientId(),
+                    step.versionBefore(), version);
+        }
+        StepAssembly a = openStep(step.clientId(), step.stepId());
+        java.nio.ByteBuffer chunk = java.nio.ByteBuffer.allocate(StepAssembly.MAX_CHUNK_BYTES)
+                .order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        List<Integer> noGrad = new ArrayList<>();
+        for (TensorEntry t : tensors) {
+            if (step.noGrad()[t.index]) {
+                noGrad.add(t.index);
+                continue;
+            }
+            for (long offset = 0; offset < t.numel; ) {
+                int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / Float.BYTES, t.numel - offset);
+                chunk.clear();
+                step.gradients().read(t.index, offset, count, chunk);
+                chunk.flip();
+                addChunk(a, t.index, offset, chunk);
+                offset += count;
+            }
+        }
+        a.setSumOfSquares(step.sumOfSquares());
+        commit(a, noGrad, step.groupLr(), null, NonFinitePolicy.NON_FINITE_REJECT);
     }
 
     /**
@@ -348,16 +496,8 @@ public final class Model {
         }
     }
 
-    /** What one group did in a step: its lr, the lr the update used, c_t and its counters after. */
-    public record GroupFigures(String group, double lr, double effectiveLr, double averagingWeight,
-                               dev.optsidecar.server.optim.GroupCounters counters) {}
-
-    /**
-     * What a commit did. {@code updateNorm} is null unless the model reports it; {@code weights} is
-     * null when no view was requested, else the caller closes it.
-     */
-    public record StepOutcome(long version, boolean skipped, List<GroupFigures> groups, double gradNorm,
-                              double clipCoefficient, Double updateNorm, ViewReader weights) {}
+    /** What a commit did; {@code weights} is null when no view was requested, else the caller closes it. */
+    public record StepOutcome(StepResult result, ViewReader weights) {}
 
     /**
      * A view as resolved for this model: its label on the wire, where its values come from, and

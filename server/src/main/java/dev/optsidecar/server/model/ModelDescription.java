@@ -25,7 +25,8 @@ final class ModelDescription {
         ModelState.Builder state = ModelState.newBuilder()
                 .setVersion(m.version())
                 .setScheduleStep(m.scheduleStep)
-                .setLookaheadStep(m.lookaheadStep);
+                .setLookaheadStep(m.lookaheadStep)
+                .addAllClients(m.ledger().toProto());
         for (long n : m.emaUpdates) {
             state.addEmaUpdates(n);
         }

@@ -124,6 +124,7 @@ public final class PendingModel {
         for (int i = 0; i < state.getEmaUpdatesCount(); i++) {
             model.emaUpdates[i] = state.getEmaUpdates(i);
         }
+        model.ledger().restore(state.getClientsList());
         model.scheduleStep = state.getScheduleStep();
         model.lookaheadStep = state.getLookaheadStep();
         model.setVersion(state.getVersion());

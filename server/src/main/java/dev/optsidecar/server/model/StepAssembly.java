@@ -17,13 +17,15 @@ public final class StepAssembly {
     public static final int MAX_CHUNK_BYTES = 1 << 20;
 
     private final List<TensorEntry> tensors;
+    private final String clientId;
     private final long stepId;
     private final Coverage[] coverage;
     private String nonFinite;
     private double sumOfSquares;
 
-    StepAssembly(List<TensorEntry> tensors, long stepId) {
+    StepAssembly(List<TensorEntry> tensors, String clientId, long stepId) {
         this.tensors = tensors;
+        this.clientId = clientId;
         this.stepId = stepId;
         this.coverage = new Coverage[tensors.size()];
         for (int i = 0; i < coverage.length; i++) {
@@ -33,6 +35,11 @@ public final class StepAssembly {
 
     public long stepId() {
         return stepId;
+    }
+
+    /** The client that sends this step; empty for an anonymous one. */
+    public String clientId() {
+        return clientId;
     }
 
     /**
@@ -87,6 +94,11 @@ public final class StepAssembly {
     /** The squared global L2 norm of the gradients received (finite chunks). */
     double sumOfSquares() {
         return sumOfSquares;
+    }
+
+    /** Sets the squared norm to the one recorded when a journaled step was first received. */
+    void setSumOfSquares(double sumOfSquares) {
+        this.sumOfSquares = sumOfSquares;
     }
 
     /** The first NaN or Inf seen in this step, or null. */

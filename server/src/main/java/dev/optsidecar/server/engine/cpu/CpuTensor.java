@@ -116,6 +116,11 @@ final class CpuTensor implements EngineTensor {
     }
 
     @Override
+    public void readGradient(long offset, int count, ByteBuffer dst) {
+        copyOut(grads, offset, count, dst);
+    }
+
+    @Override
     public void readSlot(int slot, long offset, int count, ByteBuffer dst) {
         copyOut(state[slot], offset, count, dst);
     }

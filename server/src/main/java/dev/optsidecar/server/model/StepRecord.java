@@ -1,0 +1,25 @@
+package dev.optsidecar.server.model;
+
+import java.nio.ByteBuffer;
+import java.util.Map;
+
+/**
+ * One step as the journal keeps it: who sent it, what it asked for, and its gradients, so that
+ * replaying it on the state it was applied to gives bit-for-bit the same result.
+ *
+ * @param versionBefore the model version the step was applied to
+ * @param noGrad        per tensor: true when the tensor had no gradient this step
+ * @param groupLr       the step's new base learning rates by group name
+ * @param sumOfSquares  the gradients' squared norm as received (clipping uses it)
+ */
+public record StepRecord(String clientId, long stepId, long versionBefore, boolean[] noGrad,
+                         Map<String, Double> groupLr, double sumOfSquares, Gradients gradients) {
+
+    /** Reads the step's gradient of one tensor. */
+    public interface Gradients {
+        long numel(int tensor);
+
+        /** Writes {@code count} gradient values of {@code tensor} from {@code offset} into {@code dst}. */
+        void read(int tensor, long offset, int count, ByteBuffer dst);
+    }
+}
