@@ -12,6 +12,14 @@ import dev.optsidecar.proto.v1.StateChunk;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.proto.v1.ExportInfo;
+import dev.optsidecar.proto.v1.ExportRequest;
+import dev.optsidecar.proto.v1.ForkRequest;
+import dev.optsidecar.proto.v1.ListSnapshotsRequest;
+import dev.optsidecar.proto.v1.RestoreRequest;
+import dev.optsidecar.proto.v1.Schedule;
+import dev.optsidecar.proto.v1.SnapshotInfo;
+import dev.optsidecar.proto.v1.SnapshotRequest;
 import io.grpc.ManagedChannel;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
@@ -193,6 +201,35 @@ public final class OptSidecarClient implements AutoCloseable {
         return blocking.describe(DescribeRequest.newBuilder().setModel(model).build());
     }
 
+    /** Writes a resumable snapshot of {@code model} to the server's state directory. */
+    public SnapshotInfo snapshot(String model) {
+        return blocking.snapshot(SnapshotRequest.newBuilder().setModel(model).build());
+    }
+
+    /** Snapshots of one model (or of all, for an empty name), oldest first, each verified. */
+    public List<SnapshotInfo> listSnapshots(String model) {
+        return blocking.listSnapshots(ListSnapshotsRequest.newBuilder().setModel(model).build()).getSnapshotsList();
+    }
+
+    /** Restores a model from its snapshots (see RestoreRequest). */
+    public ModelInfo restore(RestoreRequest request) {
+        return blocking.restore(request);
+    }
+
+    /** Copies {@code model} with all its optimizer state into {@code newModel}, optionally with another schedule. */
+    public ModelInfo fork(String model, String newModel, Schedule schedule) {
+        ForkRequest.Builder r = ForkRequest.newBuilder().setModel(model).setNewModel(newModel);
+        if (schedule != null) {
+            r.setSchedule(schedule);
+        }
+        return blocking.fork(r.build());
+    }
+
+    /** Writes one view (default: eval) of {@code model} as a safetensors file for deployment. */
+    public ExportInfo export(String model, View view) {
+        return blocking.export(ExportRequest.newBuilder().setModel(model).setView(view).build());
+    }
+
     public List<String> list() {
         return blocking.list(ListRequest.getDefaultInstance()).getModelsList();
     }
@@ -202,6 +239,11 @@ public final class OptSidecarClient implements AutoCloseable {
     }
 
     /** Waits for a call's result, rethrowing a gRPC failure as the StatusRuntimeException it was. */
+    /** Reconnect at once rather than after the channel's backoff: the caller is retrying because the server is back. */
+    void reconnectNow() {
+        channel.resetConnectBackoff();
+    }
+
     static <T> T await(CompletableFuture<T> future) {
         try {
             return future.get();

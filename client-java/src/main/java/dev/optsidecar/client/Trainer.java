@@ -33,6 +33,7 @@ public final class Trainer implements AutoCloseable {
     private final List<Long> sizes;
     private Stream stream;
     private long nextStepId = 1;
+    private java.time.Duration retryFor = java.time.Duration.ofSeconds(60);
 
     Trainer(OptSidecarClient client, String model, String clientId, ModelInfo info) {
         this.client = client;
@@ -119,8 +120,44 @@ public final class Trainer implements AutoCloseable {
                 presentIndex.add(i);
             }
         }
+        long deadline = System.nanoTime() + retryFor.toNanos();
+        long backoffMs = 50;
+        while (true) {
+            try {
+                return attempt(stepId, commit, present, presentIndex, wantsWeights ? weightsOut : null);
+            } catch (io.grpc.StatusRuntimeException e) {
+                // The connection dropped or the server is restarting: send the same step again. The
+                // server applies it if it never got it, or answers from its ledger if it did.
+                if (e.getStatus().getCode() != Status.Code.UNAVAILABLE || System.nanoTime() > deadline) {
+                    throw e;
+                }
+            }
+            sleep(backoffMs);
+            backoffMs = Math.min(2 * backoffMs, 1000);
+            client.reconnectNow();
+        }
+    }
+
+    /** How long a step keeps being retried while the server is unreachable (default 60 s; zero: never). */
+    public Trainer retryFor(java.time.Duration duration) {
+        this.retryFor = duration;
+        return this;
+    }
+
+    private static void sleep(long ms) {
+        try {
+            Thread.sleep(ms);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw Status.CANCELLED.withDescription("interrupted while waiting to retry a step").asRuntimeException();
+        }
+    }
+
+    /** One attempt at sending step {@code stepId} and reading its reply. */
+    private StepResult attempt(long stepId, StepCommit.Builder commit, List<TensorData> present,
+                               List<Integer> presentIndex, List<? extends TensorData> weightsOut) {
         Stream s = openStream();
-        PendingStep pending = new PendingStep(wantsWeights ? new WeightsSink(weightsOut) : null);
+        PendingStep pending = new PendingStep(weightsOut != null ? new WeightsSink(weightsOut) : null);
         s.pending = pending;
         try {
             Chunks.send(present, s.gate, c -> s.requests.onNext(StepRequest.newBuilder()

@@ -28,6 +28,35 @@ public final class Main implements Callable<Integer> {
             description = "Most bytes all models together may hold, e.g. 8g or 512m (default: the JVM heap less 512m).")
     Long memoryLimit;
 
+    @Option(names = "--state-dir", paramLabel = "DIR",
+            description = "Keep models durable here: snapshots, the step journal and exports. Without it the"
+                    + " server keeps everything in memory only.")
+    java.nio.file.Path stateDir;
+
+    @Option(names = "--journal", defaultValue = "fsync", paramLabel = "MODE",
+            description = "With --state-dir, record each step before acknowledging it: fsync (survives power loss),"
+                    + " write (survives the process dying) or off (steps since the last snapshot can be lost)"
+                    + " (default: ${DEFAULT-VALUE}).")
+    String journal;
+
+    @Option(names = "--snapshot-every-steps", defaultValue = "0", paramLabel = "N",
+            description = "Snapshot a model after every N steps (default: 0, never; with a journal a model is"
+                    + " also snapshotted once its journal outgrows its last snapshot).")
+    long snapshotEverySteps;
+
+    @Option(names = "--snapshot-interval", defaultValue = "0", paramLabel = "SECONDS",
+            description = "Snapshot models that changed, this often (default: 0, never).")
+    long snapshotInterval;
+
+    @Option(names = "--snapshot-keep", defaultValue = "3", paramLabel = "K",
+            description = "Snapshots kept per model; older ones and their journals are deleted (default: ${DEFAULT-VALUE}).")
+    int snapshotKeep;
+
+    @Option(names = "--restore", paramLabel = "latest|MODEL|MODEL@ID",
+            description = "At startup, restore every model's latest snapshot (latest), one model's, or one snapshot"
+                    + " exactly; latest and MODEL also replay the journaled steps after it. Repeatable.")
+    java.util.List<String> restore = new java.util.ArrayList<>();
+
     public static void main(String[] args) {
         System.setProperty("optsidecar.cpus", String.valueOf(Runtime.getRuntime().availableProcessors()));
         System.exit(new CommandLine(new Main()).execute(args));
@@ -46,10 +75,33 @@ public final class Main implements Callable<Integer> {
     public Integer call() throws Exception {
         SidecarServer server = SidecarServer.start(bind, port,
                 threads == null ? defaultThreads() : threads,
-                memoryLimit == null ? defaultMemoryLimit() : memoryLimit);
+                memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore);
         Runtime.getRuntime().addShutdownHook(new Thread(server::close, "optsidecar-shutdown"));
         server.awaitTermination();
         return 0;
+    }
+
+    /** The durability options, or null when the server keeps no state directory. */
+    private dev.optsidecar.server.durability.Persistence.Options durability() {
+        if (stateDir == null) {
+            if (!restore.isEmpty()) {
+                throw new CommandLine.ParameterException(new CommandLine(this), "--restore needs --state-dir");
+            }
+            return null;
+        }
+        dev.optsidecar.server.durability.StepJournal.Sync sync = switch (journal) {
+            case "fsync" -> dev.optsidecar.server.durability.StepJournal.Sync.FSYNC;
+            case "write" -> dev.optsidecar.server.durability.StepJournal.Sync.WRITE;
+            case "off" -> null;
+            default -> throw new CommandLine.ParameterException(new CommandLine(this),
+                    "--journal: '" + journal + "' is not fsync, write or off");
+        };
+        if (snapshotKeep < 1 || snapshotEverySteps < 0 || snapshotInterval < 0) {
+            throw new CommandLine.ParameterException(new CommandLine(this),
+                    "--snapshot-keep must be >= 1; --snapshot-every-steps and --snapshot-interval >= 0");
+        }
+        return new dev.optsidecar.server.durability.Persistence.Options(stateDir, snapshotKeep, sync,
+                snapshotEverySteps, snapshotInterval == 0 ? null : java.time.Duration.ofSeconds(snapshotInterval));
     }
 
     /** Parses sizes like 512m, 8g or a plain byte count. */

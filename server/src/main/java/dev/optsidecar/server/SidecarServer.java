@@ -2,6 +2,7 @@ package dev.optsidecar.server;
 
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.server.api.OptimizerService;
+import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.StepAssembly;
@@ -19,6 +20,7 @@ import io.grpc.protobuf.services.ProtoReflectionServiceV1;
 
 import java.io.IOException;
 import java.net.InetSocketAddress;
+import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.logging.Logger;
 
@@ -36,10 +38,15 @@ public final class SidecarServer implements AutoCloseable {
     private final EventLoopGroup boss;
     private final EventLoopGroup workers;
     private final ModelRegistry registry;
+    private final Persistence persistence;
+    private final OptimizerService service;
 
-    private SidecarServer(String bind, int port, int threads, long memoryLimit) {
+    private SidecarServer(String bind, int port, int threads, long memoryLimit, Persistence.Options durability)
+            throws IOException {
         engine = new CpuEngine(threads);
         registry = new ModelRegistry(engine, memoryLimit);
+        persistence = durability == null ? null : new Persistence(registry, durability);
+        service = new OptimizerService(registry, persistence);
         NettyServerBuilder builder = NettyServerBuilder.forAddress(new InetSocketAddress(bind, port));
         if (Epoll.isAvailable()) {
             boss = new EpollEventLoopGroup(1);
@@ -59,15 +66,35 @@ public final class SidecarServer implements AutoCloseable {
                 .keepAliveTime(30, TimeUnit.SECONDS)
                 .keepAliveTimeout(10, TimeUnit.SECONDS)
                 .permitKeepAliveTime(10, TimeUnit.SECONDS)
-                .addService(new OptimizerService(registry))
+                .addService(service)
                 .addService(health.getHealthService())
                 .addService(ProtoReflectionServiceV1.newInstance())
                 .build();
     }
 
-    /** Starts a server; port 0 picks a free one (see {@link #port()}). */
+    /** Starts a server without a state directory; port 0 picks a free one (see {@link #port()}). */
     public static SidecarServer start(String bind, int port, int threads, long memoryLimit) throws IOException {
-        SidecarServer s = new SidecarServer(bind, port, threads, memoryLimit);
+        return start(bind, port, threads, memoryLimit, null, List.of());
+    }
+
+    /**
+     * Starts a server that keeps its models durable as {@code durability} says (null: in memory
+     * only), after restoring what {@code restore} names ("latest", "MODEL" or "MODEL@ID").
+     */
+    public static SidecarServer start(String bind, int port, int threads, long memoryLimit,
+                                      Persistence.Options durability, List<String> restore) throws IOException {
+        SidecarServer s = new SidecarServer(bind, port, threads, memoryLimit, durability);
+        try {
+            for (String what : restore) {
+                if (s.persistence == null) {
+                    throw new IllegalArgumentException("--restore needs --state-dir");
+                }
+                s.persistence.restoreAtStartup(what);
+            }
+        } catch (IOException | RuntimeException e) {
+            s.releaseResources();
+            throw e;
+        }
         s.server.start();
         s.health.setStatus("", ServingStatus.SERVING);
         s.health.setStatus(OptimizerGrpc.SERVICE_NAME, ServingStatus.SERVING);
@@ -88,9 +115,22 @@ public final class SidecarServer implements AutoCloseable {
         server.awaitTermination();
     }
 
+    public Persistence persistence() {
+        return persistence;
+    }
+
+    /**
+     * Graceful shutdown: stops taking steps, snapshots every model that changed since its last
+     * snapshot, ends open Step streams with UNAVAILABLE (clients retry against the restarted
+     * server), then stops.
+     */
     @Override
     public void close() {
         health.enterTerminalState();
+        if (persistence != null) {
+            persistence.shutdown();
+        }
+        service.shutdown();
         server.shutdown();
         try {
             if (!server.awaitTermination(5, TimeUnit.SECONDS)) {
@@ -100,6 +140,13 @@ public final class SidecarServer implements AutoCloseable {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             server.shutdownNow();
+        }
+        releaseResources();
+    }
+
+    private void releaseResources() {
+        if (persistence != null) {
+            persistence.close();
         }
         boss.shutdownGracefully(0, 1, TimeUnit.SECONDS);
         workers.shutdownGracefully(0, 1, TimeUnit.SECONDS);

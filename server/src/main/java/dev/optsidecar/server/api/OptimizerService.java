@@ -12,30 +12,52 @@ import dev.optsidecar.proto.v1.RegisterRequest;
 import dev.optsidecar.proto.v1.StepRequest;
 import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.proto.v1.ExportInfo;
+import dev.optsidecar.proto.v1.ExportRequest;
+import dev.optsidecar.proto.v1.ForkRequest;
+import dev.optsidecar.proto.v1.ListSnapshotsRequest;
+import dev.optsidecar.proto.v1.ListSnapshotsResponse;
+import dev.optsidecar.proto.v1.RestoreRequest;
+import dev.optsidecar.proto.v1.SnapshotInfo;
+import dev.optsidecar.proto.v1.SnapshotRequest;
+import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.model.Model;
+import dev.optsidecar.server.model.ModelLoader;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.ViewReader;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 
-import java.util.function.Supplier;
+import java.io.IOException;
 
-/** The Optimizer service: validates requests and delegates to the model registry. */
+/** The Optimizer service: validates requests and delegates to the model registry and persistence. */
 public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     private final ModelRegistry registry;
+    /** Null when the server has no state directory. */
+    private final Persistence persistence;
+    private final java.util.Set<StepCall> openSteps = java.util.concurrent.ConcurrentHashMap.newKeySet();
 
-    public OptimizerService(ModelRegistry registry) {
+    public OptimizerService(ModelRegistry registry, Persistence persistence) {
         this.registry = registry;
+        this.persistence = persistence;
     }
 
     @Override
     public StreamObserver<RegisterRequest> register(StreamObserver<ModelInfo> out) {
-        return new RegisterCall(registry, out);
+        return new RegisterCall(registry, persistence, out);
     }
 
     @Override
     public StreamObserver<StepRequest> step(StreamObserver<StepResponse> out) {
-        return new StepCall(registry, (ServerCallStreamObserver<StepResponse>) out);
+        StepCall call = new StepCall(registry, (ServerCallStreamObserver<StepResponse>) out, openSteps::remove);
+        openSteps.add(call);
+        return call;
+    }
+
+    /** Ends every open Step stream with UNAVAILABLE, for a shutdown. */
+    public void shutdown() {
+        openSteps.forEach(StepCall::shutdown);
     }
 
     @Override
@@ -77,16 +99,73 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     @Override
     public void delete(DeleteRequest request, StreamObserver<DeleteResponse> out) {
         unary(out, () -> {
+            Model m = registry.get(request.getModel(), "model");
             registry.delete(request.getModel(), "model");
+            if (persistence != null) {
+                persistence.deleted(m);
+            }
             return DeleteResponse.getDefaultInstance();
         });
     }
 
-    private static <T> void unary(StreamObserver<T> out, Supplier<T> body) {
+    @Override
+    public void snapshot(SnapshotRequest request, StreamObserver<SnapshotInfo> out) {
+        unary(out, () -> persistence().snapshot(registry.get(request.getModel(), "model"), "rpc"));
+    }
+
+    @Override
+    public void listSnapshots(ListSnapshotsRequest request, StreamObserver<ListSnapshotsResponse> out) {
+        unary(out, () -> ListSnapshotsResponse.newBuilder().addAllSnapshots(request.getModel().isEmpty()
+                ? persistence().store().listAll() : persistence().store().list(request.getModel())).build());
+    }
+
+    @Override
+    public void restore(RestoreRequest request, StreamObserver<ModelInfo> out) {
+        unary(out, () -> {
+            if (request.getModel().isEmpty()) {
+                throw OptError.invalid("model: name the model whose snapshots to restore");
+            }
+            return persistence().restore(request.getModel(), request.getId(), request.getAsModel(),
+                    request.getReplace()).describe();
+        });
+    }
+
+    @Override
+    public void fork(ForkRequest request, StreamObserver<ModelInfo> out) {
+        unary(out, () -> {
+            Model source = registry.get(request.getModel(), "model");
+            Model fork = ModelLoader.fork(registry, source, request.getNewModel(),
+                    request.hasSchedule() ? request.getSchedule() : null).publish();
+            if (persistence != null) {
+                persistence.adopt(fork, "fork");
+            }
+            return fork.describe();
+        });
+    }
+
+    @Override
+    public void export(ExportRequest request, StreamObserver<ExportInfo> out) {
+        unary(out, () -> persistence().export(registry.get(request.getModel(), "model"), request.getView()));
+    }
+
+    private Persistence persistence() {
+        if (persistence == null) {
+            throw OptError.precondition("the server was started without --state-dir, so it keeps no snapshots");
+        }
+        return persistence;
+    }
+
+    /** A unary body that may do file I/O. */
+    @FunctionalInterface
+    private interface Body<T> {
+        T get() throws IOException;
+    }
+
+    private static <T> void unary(StreamObserver<T> out, Body<T> body) {
         T response;
         try {
             response = body.get();
-        } catch (RuntimeException e) {
+        } catch (IOException | RuntimeException e) {
             out.onError(Statuses.toStatus(e));
             return;
         }

@@ -5,6 +5,8 @@ import dev.optsidecar.proto.v1.RegisterRequest;
 import dev.optsidecar.proto.v1.StateChunk;
 import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.PendingModel;
 import io.grpc.stub.StreamObserver;
@@ -12,12 +14,14 @@ import io.grpc.stub.StreamObserver;
 /** One Register stream: the spec, then the initial weights; the model appears only when complete. */
 final class RegisterCall implements StreamObserver<RegisterRequest> {
     private final ModelRegistry registry;
+    private final Persistence persistence;
     private final StreamObserver<ModelInfo> out;
     private PendingModel pending;
     private boolean failed;
 
-    RegisterCall(ModelRegistry registry, StreamObserver<ModelInfo> out) {
+    RegisterCall(ModelRegistry registry, Persistence persistence, StreamObserver<ModelInfo> out) {
         this.registry = registry;
+        this.persistence = persistence;
         this.out = out;
     }
 
@@ -70,8 +74,17 @@ final class RegisterCall implements StreamObserver<RegisterRequest> {
             if (pending == null) {
                 throw OptError.invalid("spec: Register stream ended without a model spec");
             }
-            ModelInfo info = pending.publish().describe();
+            Model model = pending.publish();
             pending = null;
+            if (persistence != null) {
+                try {
+                    persistence.adopt(model, "register"); // the model is durable before it is acknowledged
+                } catch (RuntimeException e) {
+                    registry.delete(model.name(), "spec.name");
+                    throw e;
+                }
+            }
+            ModelInfo info = model.describe();
             out.onNext(info);
             out.onCompleted();
         } catch (RuntimeException e) {

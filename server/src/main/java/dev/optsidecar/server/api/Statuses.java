@@ -1,9 +1,12 @@
 package dev.optsidecar.server.api;
 
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.snapshot.CorruptSnapshotException;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 
+import java.io.IOException;
+import java.nio.file.NoSuchFileException;
 import java.util.logging.Level;
 import java.util.logging.Logger;
 
@@ -34,6 +37,17 @@ final class Statuses {
                 LOG.log(Level.WARNING, e.getMessage(), e.getCause());
             }
             return Status.fromCode(code).withDescription(e.getMessage()).asRuntimeException();
+        }
+        if (t instanceof CorruptSnapshotException e) {
+            return Status.DATA_LOSS.withDescription(e.getMessage()).asRuntimeException();
+        }
+        if (t instanceof NoSuchFileException e) {
+            return Status.NOT_FOUND.withDescription(e.getReason() != null ? e.getReason() : e.getMessage())
+                    .asRuntimeException();
+        }
+        if (t instanceof IOException e) {
+            LOG.log(Level.WARNING, "I/O error while serving a request", e);
+            return Status.INTERNAL.withDescription("I/O error: " + e.getMessage()).asRuntimeException();
         }
         if (t instanceof OutOfMemoryError) {
             LOG.log(Level.WARNING, "out of memory while serving a request", t);

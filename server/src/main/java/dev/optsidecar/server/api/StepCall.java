@@ -35,12 +35,15 @@ final class StepCall implements StreamObserver<StepRequest> {
     private StepAssembly assembly;
     private ChunkSender<StepResponse> sending;
     private StepCommit deferredCommit;
+    private final java.util.function.Consumer<StepCall> onClose;
     private boolean closed;
     private boolean halfClosed;
 
-    StepCall(ModelRegistry registry, ServerCallStreamObserver<StepResponse> out) {
+    StepCall(ModelRegistry registry, ServerCallStreamObserver<StepResponse> out,
+             java.util.function.Consumer<StepCall> onClose) {
         this.registry = registry;
         this.out = out;
+        this.onClose = onClose;
         out.disableAutoRequest();
         out.setOnReadyThreshold(4 * ChunkSender.CHUNK_BYTES);
         out.setOnReadyHandler(this::onReady);
@@ -49,7 +52,7 @@ final class StepCall implements StreamObserver<StepRequest> {
     }
 
     @Override
-    public void onNext(StepRequest request) {
+    public synchronized void onNext(StepRequest request) {
         if (closed) {
             return;
         }
@@ -156,7 +159,7 @@ final class StepCall implements StreamObserver<StepRequest> {
         sending.drain();
     }
 
-    private void onReady() {
+    private synchronized void onReady() {
         if (closed || sending == null) {
             return;
         }
@@ -188,12 +191,12 @@ final class StepCall implements StreamObserver<StepRequest> {
     }
 
     @Override
-    public void onError(Throwable t) {
+    public synchronized void onError(Throwable t) {
         cleanup();
     }
 
     @Override
-    public void onCompleted() {
+    public synchronized void onCompleted() {
         if (closed) {
             return;
         }
@@ -217,9 +220,15 @@ final class StepCall implements StreamObserver<StepRequest> {
         out.onError(Statuses.toStatus(e));
     }
 
+    /** Server shutdown: ends the stream with UNAVAILABLE; a step not yet acknowledged is retried by the client. */
+    synchronized void shutdown() {
+        fail(dev.optsidecar.server.OptError.unavailable("the server is shutting down; retry when it is back"));
+    }
+
     /** Releases the model: drops an uncommitted step and stops a weights transfer. Idempotent. */
-    private void cleanup() {
+    private synchronized void cleanup() {
         closed = true;
+        onClose.accept(this);
         if (assembly != null) {
             model.abandon(assembly);
             assembly = null;

@@ -93,6 +93,11 @@ public final class Model {
         this.run = run;
     }
 
+    /** Starts a new timeline (a restore of an older snapshot), so journals of the old one are never chained onto it. */
+    public void startNewRun() {
+        this.run = java.util.UUID.randomUUID().toString();
+    }
+
     ClientLedger ledger() {
         return ledger;
     }
@@ -463,6 +468,10 @@ public final class Model {
         });
     }
 
+    long readLock() {
+        return lock.readLock();
+    }
+
     void unlockRead(long stamp) {
         lock.unlockRead(stamp);
     }
@@ -490,7 +499,7 @@ public final class Model {
         }
     }
 
-    private void checkLive() {
+    void checkLive() {
         if (deleted) {
             throw OptError.notFound("model '%s' was deleted", name);
         }

@@ -29,7 +29,12 @@ public final class ModelRegistry {
 
     /** Validates a spec and allocates its memory; the model is visible only after {@link #publish}. */
     public PendingModel prepare(ModelSpec spec) {
-        if (models.containsKey(spec.getName())) {
+        return prepare(spec, false);
+    }
+
+    /** As {@link #prepare(ModelSpec)}; with {@code replacing}, a model of that name may exist (see {@link PendingModel#publishReplacing}). */
+    public PendingModel prepare(ModelSpec spec, boolean replacing) {
+        if (!replacing && models.containsKey(spec.getName())) {
             throw OptError.alreadyExists("spec.name: model '%s' already exists", spec.getName());
         }
         return ModelFactory.build(spec, engine, this);
@@ -57,6 +62,15 @@ public final class ModelRegistry {
         return model;
     }
 
+    /** Makes a complete model visible, replacing a model of the same name, which is freed. */
+    void replace(Model model) {
+        Model old = models.put(model.name(), model);
+        if (old != null) {
+            old.delete();
+            release(old.memoryBytes());
+        }
+    }
+
     public Model get(String name, String field) {
         if (name.isEmpty()) {
             throw OptError.invalid("%s: a model name is required", field);
@@ -66,6 +80,18 @@ public final class ModelRegistry {
             throw OptError.notFound("%s: no model named '%s'", field, name);
         }
         return m;
+    }
+
+    /** The registered models, by name. */
+    public List<Model> models() {
+        List<Model> out = new ArrayList<>();
+        for (String name : names()) {
+            Model m = models.get(name);
+            if (m != null) {
+                out.add(m);
+            }
+        }
+        return out;
     }
 
     public List<String> names() {

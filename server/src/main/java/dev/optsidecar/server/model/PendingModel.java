@@ -28,6 +28,7 @@ public final class PendingModel {
     /** Per tensor: state slot index to the coverage of the chunks sent for it. */
     private final List<Map<Integer, Coverage>> slots = new ArrayList<>();
     private boolean done;
+    private boolean completed;
 
     PendingModel(Model model, ModelRegistry registry, ModelState state) {
         this.model = model;
@@ -72,8 +73,16 @@ public final class PendingModel {
         c.add(offset, offset + count);
     }
 
-    /** Checks that every element arrived, applies the saved counters and publishes the model. */
-    public Model publish() {
+    /** The model being built: steps may be replayed on it after {@link #complete} and before it is published. */
+    public Model model() {
+        return model;
+    }
+
+    /** Checks that every element arrived and applies the saved counters; idempotent. */
+    public void complete() {
+        if (completed) {
+            return;
+        }
         for (int i = 0; i < weights.length; i++) {
             TensorEntry t = model.tensors().get(i);
             requireComplete(weights[i], "initial weights of " + t.describe() + " are");
@@ -85,7 +94,21 @@ public final class PendingModel {
             restoreCounters();
         }
         initialiseWrappers();
+        completed = true;
+    }
+
+    /** Completes the model and makes it visible under its name. */
+    public Model publish() {
+        complete();
         registry.publish(model);
+        done = true;
+        return model;
+    }
+
+    /** Completes the model and makes it visible, replacing (and freeing) a model of that name if there is one. */
+    public Model publishReplacing() {
+        complete();
+        registry.replace(model);
         done = true;
         return model;
     }

@@ -1,0 +1,291 @@
+package dev.optsidecar.server.durability;
+
+import dev.optsidecar.proto.v1.ExportInfo;
+import dev.optsidecar.proto.v1.SnapshotInfo;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.model.Model;
+import dev.optsidecar.server.model.ModelCapture;
+import dev.optsidecar.server.model.ModelLoader;
+import dev.optsidecar.server.model.ModelRegistry;
+import dev.optsidecar.server.model.PendingModel;
+import dev.optsidecar.server.model.StepRecord;
+import dev.optsidecar.server.snapshot.Pending;
+import dev.optsidecar.server.snapshot.Snapshot;
+import dev.optsidecar.server.snapshot.SnapshotStore;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+import java.util.logging.Level;
+import java.util.logging.Logger;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import java.util.stream.Stream;
+
+/**
+ * Keeps models durable in a state directory: snapshots (on request, on registration, every N
+ * steps, every T seconds, at shutdown), the step journal after each snapshot, and restoring a
+ * model from its latest valid snapshot plus the journaled steps after it.
+ */
+public final class Persistence implements AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(Persistence.class.getName());
+    private static final Pattern JOURNAL = Pattern.compile("journal-(\\d+)\\.log");
+
+    /**
+     * @param journal     how far each step's journal record is pushed before it is applied; null: no journal
+     * @param everySteps  snapshot after every this many steps; 0 for never
+     * @param interval    snapshot models that changed this often; null for never
+     */
+    public record Options(Path dir, int keep, StepJournal.Sync journal, long everySteps, Duration interval) {}
+
+    private final SnapshotStore store;
+    private final ModelRegistry registry;
+    private final Options options;
+    private final Map<Model, JournalSwitch> logs = new ConcurrentHashMap<>();
+    private final Map<Model, Long> snapshotVersions = new ConcurrentHashMap<>();
+    private final Map<Model, Long> snapshotBytes = new ConcurrentHashMap<>();
+    private final Map<Model, Boolean> snapshotQueued = new ConcurrentHashMap<>();
+    private final ScheduledExecutorService background = Executors.newSingleThreadScheduledExecutor(r -> {
+        Thread t = new Thread(r, "optsidecar-snapshots");
+        t.setDaemon(true);
+        return t;
+    });
+
+    public Persistence(ModelRegistry registry, Options options) throws IOException {
+        this.registry = registry;
+        this.options = options;
+        this.store = new SnapshotStore(options.dir(), options.keep());
+        if (options.interval() != null) {
+            long ms = options.interval().toMillis();
+            background.scheduleWithFixedDelay(() -> snapshotChanged("interval"), ms, ms, TimeUnit.MILLISECONDS);
+        }
+    }
+
+    public SnapshotStore store() {
+        return store;
+    }
+
+    /** A model was just created (registered, forked or restored): its first snapshot is its base. */
+    public SnapshotInfo adopt(Model m, String trigger) {
+        JournalSwitch log = new JournalSwitch((version, journalBytes) -> stepRecorded(m, version, journalBytes));
+        logs.put(m, log);
+        m.setStepLog(log);
+        try {
+            store.clearTombstone(m.name());
+            return snapshot(m, trigger);
+        } catch (IOException | RuntimeException e) {
+            forget(m);
+            throw e instanceof OptError oe ? oe
+                    : OptError.internal(e, "model '%s': cannot write its first snapshot: %s", m.name(), e.getMessage());
+        }
+    }
+
+    /** Writes a snapshot of {@code m} and starts a new journal after it. One snapshot of a model at a time. */
+    public SnapshotInfo snapshot(Model m, String trigger) throws IOException {
+        JournalSwitch log = logs.get(m);
+        if (log == null) {
+            throw OptError.notFound("model '%s' was deleted", m.name());
+        }
+        synchronized (log) {
+            Pending staged = ModelCapture.capture(m, (version, meta, files) -> {
+                Pending p = store.stage(m.name(), trigger, version, meta, files);
+                if (options.journal() != null) {
+                    try {
+                        log.rotate(StepJournal.create(journalPath(m.name(), p.id()), m.name(), m.run(), p.id(),
+                                version, options.journal()));
+                    } catch (IOException | RuntimeException e) {
+                        store.abort(p);
+                        throw e;
+                    }
+                }
+                return p;
+            });
+            try {
+                SnapshotInfo info = store.commit(staged);
+                snapshotVersions.put(m, info.getVersion());
+                snapshotBytes.put(m, info.getBytes());
+                LOG.info(() -> String.format("model '%s': snapshot %s at version %d (%s, %d bytes)", m.name(),
+                        info.getId(), info.getVersion(), trigger, info.getBytes()));
+                return info;
+            } catch (IOException | RuntimeException e) {
+                store.abort(staged);
+                throw e;
+            }
+        }
+    }
+
+    /**
+     * Loads a model from its snapshots. Without an id: the latest valid snapshot, then every
+     * journaled step after it (the model as of its last acknowledged step). With an id: exactly
+     * that snapshot, as a new timeline. The restored model gets a fresh snapshot as its base.
+     */
+    public Model restore(String model, String id, String asName, boolean replace) throws IOException {
+        String name = asName.isEmpty() ? model : asName;
+        Snapshot snapshot = id.isEmpty() ? store.openLatestValid(model) : store.open(model, id);
+        PendingModel pending = ModelLoader.fromSnapshot(registry, snapshot, name, replace);
+        int replayed;
+        try {
+            if (id.isEmpty()) {
+                replayed = replayJournals(model, snapshot, pending.model());
+            } else {
+                replayed = 0;
+                pending.model().startNewRun();
+            }
+        } catch (IOException | RuntimeException e) {
+            pending.discard();
+            throw e;
+        }
+        Model m = replace ? pending.publishReplacing() : pending.publish();
+        int steps = replayed;
+        LOG.info(() -> String.format("model '%s': restored from snapshot %s of '%s' (version %d) and %d journaled"
+                + " steps: now at version %d", name, snapshot.id(), model, snapshot.version(), steps, m.version()));
+        adopt(m, "restore");
+        return m;
+    }
+
+    /** Restores at startup: "latest" (every model), "MODEL" (its latest) or "MODEL@ID". */
+    public List<Model> restoreAtStartup(String what) throws IOException {
+        List<Model> out = new ArrayList<>();
+        if (what.equals("latest")) {
+            for (String model : store.models()) {
+                out.add(restore(model, "", "", false));
+            }
+            return out;
+        }
+        int at = what.lastIndexOf('@');
+        String model = at < 0 ? what : what.substring(0, at);
+        String id = at < 0 ? "" : what.substring(at + 1);
+        out.add(restore(model, id, "", false));
+        return out;
+    }
+
+    /** Replays the steps journaled after {@code snapshot}, through every later journal of the same run. */
+    private int replayJournals(String model, Snapshot snapshot, Model m) throws IOException {
+        long from = Long.parseLong(snapshot.id());
+        List<Path> journals = new ArrayList<>();
+        Path dir = store.modelDir(model);
+        try (Stream<Path> files = Files.list(dir)) {
+            files.filter(p -> {
+                Matcher j = JOURNAL.matcher(p.getFileName().toString());
+                return j.matches() && Long.parseLong(j.group(1)) >= from;
+            }).sorted().forEach(journals::add);
+        }
+        int replayed = 0;
+        for (Path file : journals) {
+            try (JournalReader r = JournalReader.open(file)) {
+                if (!r.run().equals(m.run())) {
+                    continue;
+                }
+                StepRecord step;
+                while ((step = r.next()) != null) {
+                    if (step.versionBefore() < m.version()) {
+                        continue; // already in the snapshot
+                    }
+                    if (step.versionBefore() > m.version()) {
+                        LOG.severe(String.format("model '%s': journal %s jumps from version %d to %d; the steps after"
+                                + " it are not replayed", model, file.getFileName(), m.version(), step.versionBefore()));
+                        return replayed;
+                    }
+                    m.replay(step);
+                    replayed++;
+                }
+                if (r.problem() != null) {
+                    LOG.warning(String.format("model '%s': journal %s ends with %d unusable bytes (%s): a step cut"
+                            + " short by a crash, never acknowledged; ignored", model, file.getFileName(),
+                            r.unreadBytes(), r.problem()));
+                }
+            } catch (IOException e) {
+                LOG.log(Level.WARNING, "model '" + model + "': journal " + file.getFileName() + " is unreadable; skipped", e);
+            }
+        }
+        return replayed;
+    }
+
+    /** Writes a view of a model's weights for deployment (not a snapshot). */
+    public ExportInfo export(Model m, View view) throws IOException {
+        return ModelCapture.captureView(m, view, (version, label, file) -> store.export(m.name(), version, label, file));
+    }
+
+    /** A model was deleted: stop journaling it and keep `--restore latest` from bringing it back. */
+    public void deleted(Model m) {
+        forget(m);
+        try {
+            store.tombstone(m.name());
+        } catch (IOException e) {
+            LOG.log(Level.WARNING, "model '" + m.name() + "': cannot mark its snapshots deleted", e);
+        }
+    }
+
+    /** Graceful shutdown: stops every model's steps and snapshots the ones that changed since their last snapshot. */
+    public void shutdown() {
+        background.shutdownNow();
+        for (Model m : registry.models()) {
+            m.stopAcceptingSteps();
+        }
+        snapshotChanged("shutdown");
+    }
+
+    private void snapshotChanged(String trigger) {
+        for (Model m : registry.models()) {
+            Long last = snapshotVersions.get(m);
+            if (last != null && last != m.version()) {
+                try {
+                    snapshot(m, trigger);
+                } catch (IOException | RuntimeException e) {
+                    LOG.log(Level.SEVERE, "model '" + m.name() + "': " + trigger + " snapshot failed", e);
+                }
+            }
+        }
+    }
+
+    /**
+     * After a step is recorded: snapshot every N steps, and whenever the journal has outgrown the
+     * last snapshot (replaying it would then cost more than loading a fresh snapshot).
+     */
+    private void stepRecorded(Model m, long version, long journalBytes) {
+        String trigger = options.everySteps() > 0 && version % options.everySteps() == 0 ? "steps"
+                : journalBytes >= snapshotBytes.getOrDefault(m, Long.MAX_VALUE) ? "journal" : null;
+        if (trigger == null || snapshotQueued.putIfAbsent(m, Boolean.TRUE) != null) {
+            return;
+        }
+        background.execute(() -> {
+            snapshotQueued.remove(m);
+            try {
+                if (logs.containsKey(m)) {
+                    snapshot(m, trigger);
+                }
+            } catch (IOException | RuntimeException e) {
+                LOG.log(Level.SEVERE, "model '" + m.name() + "': snapshot after step " + version + " failed", e);
+            }
+        });
+    }
+
+    private Path journalPath(String model, String snapshotId) {
+        return store.modelDir(model).resolve("journal-" + snapshotId + ".log");
+    }
+
+    private void forget(Model m) {
+        m.setStepLog(null);
+        JournalSwitch log = logs.remove(m);
+        if (log != null) {
+            log.close();
+        }
+        snapshotVersions.remove(m);
+        snapshotBytes.remove(m);
+    }
+
+    @Override
+    public void close() {
+        background.shutdownNow();
+        logs.values().forEach(JournalSwitch::close);
+    }
+}

@@ -1,0 +1,186 @@
+package dev.optsidecar.server.durability;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.model.StepLog;
+import dev.optsidecar.server.model.StepRecord;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.util.Map;
+import java.util.zip.CRC32C;
+
+/**
+ * The steps applied to one model since one snapshot, appended before each is applied, so that a
+ * step acknowledged to a client survives a crash: restoring replays them on the snapshot.
+ *
+ * <p>File: a header record naming the model, its run and the snapshot it follows, then one record
+ * per step. A record is {@code magic, header length, JSON header, gradients, CRC32C}, all
+ * little-endian; the JSON header holds the client, sequence number, version, skipped tensors,
+ * learning rates and gradient norm, and the gradients follow in tensor order. A record cut short
+ * by a crash fails its checksum and ends the journal: its step was never acknowledged.
+ */
+public final class StepJournal implements StepLog, AutoCloseable {
+    static final int FILE_MAGIC = 0x4E4A534F; // "OSJN"
+    static final int RECORD_MAGIC = 0x5045_5453; // "STEP"
+    private static final ObjectMapper JSON = new ObjectMapper();
+    private static final int BUFFER_BYTES = 1 << 20;
+
+    /** How far a record is pushed before the step is applied and acknowledged. */
+    public enum Sync {
+        /** To the disk (fsync): an acknowledged step survives a power loss. */
+        FSYNC,
+        /** To the operating system: an acknowledged step survives the server process dying. */
+        WRITE
+    }
+
+    private final Path file;
+    private final FileChannel channel;
+    private final Sync sync;
+    private final ByteBuffer buffer = ByteBuffer.allocateDirect(BUFFER_BYTES).order(ByteOrder.LITTLE_ENDIAN);
+    private long position;
+
+    private StepJournal(Path file, FileChannel channel, Sync sync, long position) {
+        this.file = file;
+        this.channel = channel;
+        this.sync = sync;
+        this.position = position;
+    }
+
+    /** Creates a journal file that follows snapshot {@code afterSnapshot} (at {@code version}) of a run. */
+    public static StepJournal create(Path file, String model, String run, String afterSnapshot, long version,
+                                     Sync sync) throws IOException {
+        FileChannel ch = FileChannel.open(file, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
+        StepJournal j = new StepJournal(file, ch, sync, 0);
+        ObjectNode h = JSON.createObjectNode()
+                .put("model", model).put("run", run).put("after_snapshot", afterSnapshot).put("version", version);
+        try {
+            j.writeRecord(FILE_MAGIC, JSON.writeValueAsBytes(h), null);
+            ch.force(true);
+            Durable.forceDirectory(file.getParent());
+        } catch (IOException | RuntimeException e) {
+            ch.close();
+            throw e;
+        }
+        return j;
+    }
+
+    public Path file() {
+        return file;
+    }
+
+    /** Bytes written so far. */
+    public synchronized long size() {
+        return position;
+    }
+
+    @Override
+    public synchronized void append(StepRecord step) {
+        ObjectNode h = JSON.createObjectNode()
+                .put("client_id", step.clientId())
+                .put("step_id", Long.toUnsignedString(step.stepId()))
+                .put("version_before", step.versionBefore())
+                .put("sum_of_squares", step.sumOfSquares());
+        ArrayNode noGrad = h.putArray("no_grad");
+        ArrayNode numel = h.putArray("numel");
+        for (int t = 0; t < step.noGrad().length; t++) {
+            numel.add(step.gradients().numel(t));
+            if (step.noGrad()[t]) {
+                noGrad.add(t);
+            }
+        }
+        ObjectNode lr = h.putObject("group_lr");
+        for (Map.Entry<String, Double> e : step.groupLr().entrySet()) {
+            lr.put(e.getKey(), e.getValue());
+        }
+        long start = position;
+        try {
+            writeRecord(RECORD_MAGIC, JSON.writeValueAsBytes(h), step);
+            if (sync == Sync.FSYNC) {
+                channel.force(false);
+            }
+        } catch (IOException e) {
+            try { // never leave a partial record that would hide the ones after it
+                channel.truncate(start);
+                position = start;
+            } catch (IOException ignored) {
+                // the checksum still marks the partial record as the journal's end
+            }
+            throw OptError.internal(e, "step journal %s: cannot record step %s: %s; the step was not applied",
+                    file.getFileName(), Long.toUnsignedString(step.stepId()), e.getMessage());
+        }
+    }
+
+    /** magic, header length, header, the step's gradients (if any), CRC32C of all of it. */
+    private void writeRecord(int magic, byte[] header, StepRecord step) throws IOException {
+        CRC32C crc = new CRC32C();
+        buffer.clear();
+        buffer.putInt(magic).putInt(header.length);
+        put(header, crc);
+        if (step != null) {
+            for (int t = 0; t < step.noGrad().length; t++) {
+                if (step.noGrad()[t]) {
+                    continue;
+                }
+                long numel = step.gradients().numel(t);
+                for (long offset = 0; offset < numel; ) {
+                    if (buffer.remaining() < Float.BYTES) {
+                        flush(crc);
+                    }
+                    int count = (int) Math.min(buffer.remaining() / Float.BYTES, numel - offset);
+                    step.gradients().read(t, offset, count, buffer);
+                    offset += count;
+                }
+            }
+        }
+        if (buffer.remaining() < Integer.BYTES) {
+            flush(crc);
+        }
+        ByteBuffer tail = buffer.duplicate().flip();
+        crc.update(tail);
+        buffer.putInt((int) crc.getValue());
+        buffer.flip();
+        writeFully();
+    }
+
+    private void put(byte[] bytes, CRC32C crc) throws IOException {
+        for (int done = 0; done < bytes.length; ) {
+            if (!buffer.hasRemaining()) {
+                flush(crc);
+            }
+            int n = Math.min(buffer.remaining(), bytes.length - done);
+            buffer.put(bytes, done, n);
+            done += n;
+        }
+    }
+
+    /** Checksums and writes what the buffer holds. */
+    private void flush(CRC32C crc) throws IOException {
+        buffer.flip();
+        crc.update(buffer.duplicate());
+        writeFully();
+        buffer.clear();
+    }
+
+    private void writeFully() throws IOException {
+        while (buffer.hasRemaining()) {
+            position += channel.write(buffer, position);
+        }
+    }
+
+    @Override
+    public synchronized void close() throws IOException {
+        channel.close();
+    }
+
+    static ObjectMapper json() {
+        return JSON;
+    }
+}
