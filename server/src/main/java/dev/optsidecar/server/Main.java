@@ -101,7 +101,7 @@ public final class Main implements Callable<Integer> {
                     "--snapshot-keep must be >= 1; --snapshot-every-steps and --snapshot-interval >= 0");
         }
         return new dev.optsidecar.server.durability.Persistence.Options(stateDir, snapshotKeep, sync,
-                snapshotEverySteps, snapshotInterval == 0 ? null : java.time.Duration.ofSeconds(snapshotInterval));
+                snapshotEverySteps, snapshotInterval == 0 ? null : java.time.Duration.ofSeconds(snapshotInterval), true);
     }
 
     /** Parses sizes like 512m, 8g or a plain byte count. */

@@ -38,44 +38,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class RestoreTest {
     @RegisterExtension
     static final LiveServer LIVE = new LiveServer(2, 1L << 30);
-    private static final long[] SIZES = {300_000, 33, 1};
+    private static final long[] SIZES = TrainingConfigs.SIZES;
 
-
-    record Config(String name, String algorithm, Struct hp, UnaryOperator<OptimizerConfig.Builder> extra) {
-        @Override
-        public String toString() {
-            return name;
-        }
-    }
-
-    static Stream<Config> configs() {
-        return Stream.of(
-                new Config("sgd-nesterov", "SGD", TestData.hp("lr", 0.05, "momentum", 0.9, "nesterov", true), c -> c),
-                new Config("adamw-amsgrad-wsd", "AdamW", TestData.hp("lr", 0.01, "amsgrad", true), c -> c.setSchedule(
-                        Schedule.newBuilder().setType("wsd").setParameters(TestData.hp("warmup_steps", 2,
-                                "stable_steps", 4, "decay_steps", 6)))),
-                new Config("radam-two-ema", "RAdam", TestData.hp("lr", 0.01), c -> c
-                        .addEma(EmaShadow.newBuilder().setDecay(0.9))
-                        .addEma(EmaShadow.newBuilder().setDecay(0.99).setEvery(4))),
-                new Config("sgd-lookahead-pullback", "SGD", TestData.hp("lr", 0.05, "momentum", 0.9), c -> c
-                        .setLookahead(Lookahead.newBuilder().setK(4).setAlpha(0.5).setPullbackMomentum("pullback"))),
-                new Config("adamw-sf-momentum", "AdamWScheduleFree",
-                        TestData.hp("lr", 0.02, "warmup_steps", 3, "inner_momentum", 0.9, "weight_decay", 0.01), c -> c),
-                new Config("radam-sf-ema", "RAdamScheduleFree", TestData.hp("lr", 0.02),
-                        c -> c.addEma(EmaShadow.newBuilder().setDecay(0.95))),
-                new Config("sgd-sf", "SGDScheduleFree", TestData.hp("lr", 0.5, "warmup_steps", 2), c -> c),
-                new Config("adam-amsgrad-in-one-group", "Adam", TestData.hp("lr", 0.01), c -> c));
-    }
-
-    private static ModelSpec spec(Config c, String name) {
-        ModelSpec.Builder b = TestData.spec(name, c.algorithm(), c.hp(), SIZES);
-        // The small tensors' group differs in lr; in one config also in its state slots (amsgrad).
-        b.addGroups(ParamGroup.newBuilder().setName("small").addTensors("t1").addTensors("t2")
-                .setHyperparameters(c.name().contains("amsgrad-in-one-group")
-                        ? TestData.hp("lr", 0.001, "amsgrad", true) : TestData.hp("lr", 0.001)));
-        b.setOptimizer(c.extra().apply(b.getOptimizer().toBuilder()));
-        return b.build();
-    }
 
     private static List<float[]> blanks() {
         List<float[]> out = new ArrayList<>();
@@ -124,11 +88,11 @@ class RestoreTest {
     }
 
     @ParameterizedTest
-    @MethodSource("configs")
-    void aRestoredModelContinuesBitForBit(Config c) {
+    @MethodSource("dev.optsidecar.server.TrainingConfigs#all")
+    void aRestoredModelContinuesBitForBit(TrainingConfigs.Config c) {
         String original = "orig-" + c.name();
         String restored = "copy-" + c.name();
-        ModelSpec spec = spec(c, original);
+        ModelSpec spec = TrainingConfigs.spec(c, original);
         List<float[]> init = new ArrayList<>();
         for (int i = 0; i < SIZES.length; i++) {
             init.add(TestData.random((int) SIZES[i], 7 + i));
@@ -178,8 +142,8 @@ class RestoreTest {
 
     @Test
     void badSavedStateIsRefusedAndLeavesNoModel() {
-        Config adam = new Config("adam", "Adam", TestData.hp("lr", 0.01), c -> c);
-        ModelSpec spec = spec(adam, "bad-restore");
+        TrainingConfigs.Config adam = new TrainingConfigs.Config("adam", "Adam", TestData.hp("lr", 0.01), c -> c);
+        ModelSpec spec = TrainingConfigs.spec(adam, "bad-restore");
         ModelSpec withState = spec.toBuilder().setState(LIVE.client().describe(registerFresh(adam)).getState()).build();
         TensorData zeros = TensorData.of(new float[(int) SIZES[1]]);
         assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(spec,
@@ -197,9 +161,9 @@ class RestoreTest {
                         withState.getState().getGroups(0).toBuilder().setGroup("nope"))).build(), List.of(), "'nope'"));
     }
 
-    private static String registerFresh(Config c) {
+    private static String registerFresh(TrainingConfigs.Config c) {
         String name = "fresh-" + c.name();
-        LIVE.client().register(spec(c, name), data(blanks()));
+        LIVE.client().register(TrainingConfigs.spec(c, name), data(blanks()));
         return name;
     }
 }

@@ -44,8 +44,10 @@ public final class Persistence implements AutoCloseable {
      * @param journal     how far each step's journal record is pushed before it is applied; null: no journal
      * @param everySteps  snapshot after every this many steps; 0 for never
      * @param interval    snapshot models that changed this often; null for never
+     * @param compactJournal snapshot a model once its journal outgrows its last snapshot
      */
-    public record Options(Path dir, int keep, StepJournal.Sync journal, long everySteps, Duration interval) {}
+    public record Options(Path dir, int keep, StepJournal.Sync journal, long everySteps, Duration interval,
+                          boolean compactJournal) {}
 
     private final SnapshotStore store;
     private final ModelRegistry registry;
@@ -253,7 +255,8 @@ public final class Persistence implements AutoCloseable {
      */
     private void stepRecorded(Model m, long version, long journalBytes) {
         String trigger = options.everySteps() > 0 && version % options.everySteps() == 0 ? "steps"
-                : journalBytes >= snapshotBytes.getOrDefault(m, Long.MAX_VALUE) ? "journal" : null;
+                : options.compactJournal() && journalBytes >= snapshotBytes.getOrDefault(m, Long.MAX_VALUE) ? "journal"
+                : null;
         if (trigger == null || snapshotQueued.putIfAbsent(m, Boolean.TRUE) != null) {
             return;
         }
@@ -267,6 +270,15 @@ public final class Persistence implements AutoCloseable {
                 LOG.log(Level.SEVERE, "model '" + m.name() + "': snapshot after step " + version + " failed", e);
             }
         });
+    }
+
+    /** Waits until the snapshots queued so far (every N steps, journal size) are written. */
+    public void awaitBackgroundSnapshots() throws InterruptedException {
+        try {
+            background.submit(() -> { }).get();
+        } catch (java.util.concurrent.ExecutionException | java.util.concurrent.RejectedExecutionException e) {
+            // shut down: nothing more will be written
+        }
     }
 
     private Path journalPath(String model, String snapshotId) {

@@ -282,7 +282,7 @@ public final class Model {
                 } else {
                     checkAcceptingSteps();
                     result = applyAssembled(a, skip, groupLr, newLr, policy, label);
-                    ledger.record(a.clientId(), a.stepId(), result);
+                    ledger.record(a.clientId(), a.stepId(), result.toBuilder().clearView().build()); // a retry names its own
                 }
                 long readStamp = lock.tryConvertToReadLock(stamp);
                 stamp = 0;
