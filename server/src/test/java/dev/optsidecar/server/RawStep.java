@@ -60,6 +60,12 @@ final class RawStep implements ClientResponseObserver<StepRequest, StepResponse>
         return "raw-" + CLIENTS.incrementAndGet();
     }
 
+    /** A Step stream that has sent its StepOpen for {@code model} as client {@code clientId}. */
+    static RawStep openAs(OptimizerGrpc.OptimizerStub stub, String model, String clientId) {
+        return start(stub).send(StepRequest.newBuilder()
+                .setOpen(StepOpen.newBuilder().setModel(model).setClientId(clientId)).build());
+    }
+
     /** A Step stream that has sent its StepOpen for {@code model}. */
     static RawStep open(OptimizerGrpc.OptimizerStub stub, String model) {
         return start(stub).send(StepRequest.newBuilder()
