@@ -1,0 +1,236 @@
+package dev.optsidecar.server;
+
+import dev.optsidecar.client.OptSidecarClient;
+import dev.optsidecar.client.Trainer;
+import dev.optsidecar.proto.v1.ExportInfo;
+import dev.optsidecar.proto.v1.GroupStep;
+import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.proto.v1.RestoreRequest;
+import dev.optsidecar.proto.v1.Schedule;
+import dev.optsidecar.proto.v1.SnapshotInfo;
+import dev.optsidecar.proto.v1.StepResult;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.durability.StepJournal;
+import dev.optsidecar.server.snapshot.SafetensorsFile;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.nio.ByteOrder;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.logging.Handler;
+import java.util.logging.LogRecord;
+import java.util.logging.Logger;
+
+import static dev.optsidecar.server.SnapshotResumeTest.blanks;
+import static dev.optsidecar.server.SnapshotResumeTest.data;
+import static dev.optsidecar.server.SnapshotResumeTest.grads;
+import static dev.optsidecar.server.SnapshotResumeTest.initial;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The snapshot RPCs over a real socket: corruption and fallback, restore, fork, export, listing. */
+class SnapshotServiceTest {
+    @TempDir
+    Path tmp;
+
+    private static SidecarServer start(Path dir, List<String> restore) throws IOException {
+        return SidecarServer.start("127.0.0.1", 0, 2, 1L << 30,
+                new Persistence.Options(dir, 5, StepJournal.Sync.WRITE, 0, null, false), restore);
+    }
+
+    private static ModelSpec spec(String name) {
+        return TrainingConfigs.spec(TrainingConfigs.all().filter(c -> c.name().equals("radam-sf-ema")).findFirst()
+                .orElseThrow(), name);
+    }
+
+    private static void steps(OptSidecarClient client, String model, int from, int to) {
+        try (Trainer t = client.trainer(model, "t")) {
+            SnapshotResumeTest.steps(t, from, to);
+        }
+    }
+
+    @Test
+    void aCorruptSnapshotIsNeverLoadedAndTheOneBeforeItPlusTheJournalsRestoreExactly() throws Exception {
+        Path live = tmp.resolve("live");
+        Path image = tmp.resolve("image");
+        SnapshotInfo second;
+        SnapshotInfo third;
+        SnapshotResumeTest.State expected;
+        try (SidecarServer s = start(live, List.of());
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            client.register(spec("m"), data(initial()));
+            steps(client, "m", 1, 3);
+            second = client.snapshot("m");
+            steps(client, "m", 4, 5);
+            third = client.snapshot("m");
+            steps(client, "m", 6, 7);
+            SnapshotResumeTest.copyTree(live, image);
+            expected = SnapshotResumeTest.State.of(client, "m");
+        }
+        assertEquals(List.of(3L, 5L), List.of(second.getVersion(), third.getVersion()));
+        flipByte(image.resolve(third.getPath()).resolve("weights.safetensors"), 5000);
+
+        List<String> warnings = new java.util.concurrent.CopyOnWriteArrayList<>();
+        Handler capture = new Handler() {
+            @Override
+            public void publish(LogRecord r) {
+                warnings.add(r.getMessage());
+            }
+
+            @Override
+            public void flush() {}
+
+            @Override
+            public void close() {}
+        };
+        Logger.getLogger("dev.optsidecar.server").addHandler(capture);
+        try (SidecarServer s = start(image, List.of("latest"));
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            expected.assertSame(SnapshotResumeTest.State.of(client, "m"), "snapshot 2 + journals 2 and 3");
+            assertTrue(warnings.stream().anyMatch(w -> w.contains(third.getId()) && w.contains("corrupt")
+                    && w.contains("weights.safetensors") && w.contains("falling back to " + second.getId())), warnings.toString());
+
+            SnapshotInfo listed = client.listSnapshots("m").stream().filter(i -> i.getId().equals(third.getId()))
+                    .findFirst().orElseThrow();
+            assertFalse(listed.getValid());
+            assertTrue(listed.getProblem().contains("weights.safetensors"), listed.getProblem());
+
+            StatusRuntimeException e = assertThrows(StatusRuntimeException.class, () -> client.restore(
+                    RestoreRequest.newBuilder().setModel("m").setId(third.getId()).setAsModel("copy").build()));
+            assertEquals(Status.Code.DATA_LOSS, e.getStatus().getCode());
+            assertTrue(e.getStatus().getDescription().contains("weights.safetensors"), e.getStatus().getDescription());
+            assertFalse(client.list().contains("copy"));
+        } finally {
+            Logger.getLogger("dev.optsidecar.server").removeHandler(capture);
+        }
+    }
+
+    @Test
+    void restoreByRpcGivesExactlyThatSnapshotUnderAnotherNameOrInPlace() throws Exception {
+        try (SidecarServer s = start(tmp, List.of());
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            client.register(spec("m"), data(initial()));
+            steps(client, "m", 1, 4);
+            SnapshotInfo at4 = client.snapshot("m");
+            SnapshotResumeTest.State state4 = SnapshotResumeTest.State.of(client, "m");
+            steps(client, "m", 5, 6);
+
+            client.restore(RestoreRequest.newBuilder().setModel("m").setId(at4.getId()).setAsModel("m-at-4").build());
+            state4.assertSame(SnapshotResumeTest.State.of(client, "m-at-4"), "restored as m-at-4");
+            StatusRuntimeException exists = assertThrows(StatusRuntimeException.class, () -> client.restore(
+                    RestoreRequest.newBuilder().setModel("m").setId(at4.getId()).build()));
+            assertEquals(Status.Code.ALREADY_EXISTS, exists.getStatus().getCode());
+            client.restore(RestoreRequest.newBuilder().setModel("m").setId(at4.getId()).setReplace(true).build());
+            state4.assertSame(SnapshotResumeTest.State.of(client, "m"), "m rolled back to version 4");
+
+            StatusRuntimeException missing = assertThrows(StatusRuntimeException.class, () -> client.restore(
+                    RestoreRequest.newBuilder().setModel("m").setId("999999").build()));
+            assertEquals(Status.Code.NOT_FOUND, missing.getStatus().getCode());
+        }
+    }
+
+    @Test
+    void aForkContinuesLikeItsSourceAndTakesItsOwnSchedule() throws Exception {
+        try (SidecarServer s = start(tmp, List.of());
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            ModelSpec main = TestData.spec("main", "RAdam", TestData.hp("lr", 0.01), TrainingConfigs.SIZES).build();
+            client.register(main, data(initial()));
+            steps(client, "main", 1, 5);
+            client.fork("main", "twin", null);
+            // A WSD cooldown branch: 2 warmup + 3 stable steps are behind it, the decay starts now.
+            client.fork("main", "cooldown", Schedule.newBuilder().setType("wsd").setParameters(SidecarFixture.struct(
+                    "warmup_steps", 2, "stable_steps", 3, "decay_steps", 4, "decay_type", "linear")).build());
+            assertEquals(5, client.describe("cooldown").getVersion());
+            List<float[]> a = blanks();
+            List<float[]> b = blanks();
+            List<float[]> c = blanks();
+            try (Trainer tm = client.trainer("main", "t"); Trainer tt = client.trainer("twin", "t");
+                 Trainer tc = client.trainer("cooldown", "t")) {
+                for (int step = 6; step <= 9; step++) {
+                    tm.step(data(grads(step)), data(a));
+                    tt.step(data(grads(step)), data(b));
+                    StepResult r = tc.step(data(grads(step)), data(c));
+                    for (int t = 0; t < a.size(); t++) {
+                        assertArrayEquals(a.get(t), b.get(t), "fork vs source, step " + step);
+                    }
+                    GroupStep g = r.getGroupsList().stream().filter(x -> x.getGroup().equals("default")).findFirst().orElseThrow();
+                    assertEquals(0.01 * (1 - (step - 6) / 4.0), g.getLr(), 1e-15, "cooldown lr at step " + step); // linear decay from s = 5
+                }
+            }
+            assertEquals(Status.Code.ALREADY_EXISTS, assertThrows(StatusRuntimeException.class,
+                    () -> client.fork("main", "twin", null)).getStatus().getCode());
+        }
+    }
+
+    @Test
+    void exportWritesTheEvalViewAsSafetensorsAndSnapshotsCarryItToo() throws Exception {
+        try (SidecarServer s = start(tmp, List.of());
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            client.register(spec("sf"), data(initial()));
+            steps(client, "sf", 1, 4);
+            List<float[]> eval = blanks();
+            client.pull("sf", View.newBuilder().setKind(ViewKind.VIEW_EVAL).build(), data(eval));
+
+            ExportInfo export = client.export("sf", View.getDefaultInstance());
+            assertEquals(ViewKind.VIEW_EVAL, export.getView().getKind());
+            assertEquals(4, export.getVersion());
+            assertSameTensors(eval, tmp.resolve(export.getPath()));
+
+            SnapshotInfo snap = client.snapshot("sf");
+            assertSameTensors(eval, tmp.resolve(snap.getPath()).resolve("eval.safetensors"));
+            assertTrue(client.listSnapshots("").stream().allMatch(SnapshotInfo::getValid));
+            assertEquals(List.of("register", "rpc"), client.listSnapshots("sf").stream().map(SnapshotInfo::getTrigger).toList());
+
+            client.delete("sf"); // its snapshots stay, but "latest" no longer brings it back
+            assertEquals(2, client.listSnapshots("sf").size());
+        }
+        try (SidecarServer s = start(tmp, List.of("latest"));
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            assertEquals(List.of(), client.list());
+        }
+    }
+
+    @Test
+    void withoutAStateDirectorySnapshotsAreAFailedPrecondition() throws Exception {
+        try (SidecarServer s = SidecarServer.start("127.0.0.1", 0, 2, 1L << 28);
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            client.register(spec("m"), data(initial()));
+            StatusRuntimeException e = assertThrows(StatusRuntimeException.class, () -> client.snapshot("m"));
+            assertEquals(Status.Code.FAILED_PRECONDITION, e.getStatus().getCode());
+            assertTrue(e.getStatus().getDescription().contains("--state-dir"));
+            assertEquals(client.describe("m").getState(), client.fork("m", "m2", null).getState()); // no state directory needed
+        }
+    }
+
+    private static void assertSameTensors(List<float[]> expected, Path file) throws IOException {
+        try (SafetensorsFile f = SafetensorsFile.open(file)) {
+            List<String> names = List.of("t0", "t1", "t2");
+            for (int t = 0; t < expected.size(); t++) {
+                float[] got = new float[expected.get(t).length];
+                f.readAll(names.get(t), (offset, data) -> data.order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer()
+                        .get(got, (int) offset, data.remaining() / Float.BYTES));
+                assertArrayEquals(expected.get(t), got, file.getFileName() + " tensor " + names.get(t));
+            }
+        }
+    }
+
+    private static void flipByte(Path file, long at) throws IOException {
+        try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "rw")) {
+            f.seek(at);
+            int b = f.read();
+            f.seek(at);
+            f.write(b ^ 0x40);
+        }
+    }
+
+}
