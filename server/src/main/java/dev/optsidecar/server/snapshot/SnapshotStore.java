@@ -652,7 +652,7 @@ public final class SnapshotStore {
     }
 
     // ------------------------------------------------------------------------------------------
-    // Directory helpers
+    // Directories and files
 
     /** The real model name for a model directory, from its newest readable manifest, else decoded from the name. */
     private String modelName(String dirName) {
