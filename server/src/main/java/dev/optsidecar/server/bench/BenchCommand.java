@@ -1,24 +1,29 @@
 package dev.optsidecar.server.bench;
 
+import dev.optsidecar.server.snapshot.SnapshotBench;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Spec;
 
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
 
 /**
- * Prints two tables: the CPU engine's RAdam, Schedule-Free RAdam and Schedule-Free AdamW + EMA
- * steps, each against a memory-pass ceiling on the same threads, and full gRPC step round trips
- * against an in-process server. The large end-to-end size needs a few GB of heap; run it as
+ * Prints three tables: the CPU engine's RAdam, Schedule-Free RAdam and Schedule-Free AdamW + EMA
+ * steps, each against a memory-pass ceiling on the same threads; full gRPC step round trips
+ * against an in-process server; and writing and reading a snapshot against plain file copies of
+ * the same bytes. The large sizes need a few GB of heap; run it as
  * {@code java -Xmx8g -jar optsidecar-server.jar bench}.
  */
 @Command(name = "bench", mixinStandardHelpOptions = true,
         description = {"Benchmarks the engine's RAdam, Schedule-Free RAdam and Schedule-Free AdamW + EMA steps,"
-                + " each against a memory-pass ceiling, and full gRPC step round trips against an in-process server.",
+                + " each against a memory-pass ceiling, full gRPC step round trips against an in-process server,"
+                + " and snapshot writes and reads against plain file copies of the same bytes.",
                 "The 400 MB end-to-end size needs about 4 GB of heap: run with java -Xmx8g -jar ..."})
 public final class BenchCommand implements Callable<Integer> {
     @Spec
@@ -49,11 +54,30 @@ public final class BenchCommand implements Callable<Integer> {
     @Option(names = "--skip-e2e", description = "Skip the end-to-end table.")
     boolean skipE2e;
 
+    @Option(names = "--skip-snapshot", description = "Skip the snapshot table.")
+    boolean skipSnapshot;
+
+    @Option(names = "--snapshot-dir", paramLabel = "DIR",
+            description = "Where the snapshot table writes (a fresh subdirectory, removed afterwards;"
+                    + " default: under java.io.tmpdir).")
+    Path snapshotDir;
+
+    @Option(names = "--snapshot-params", defaultValue = "100M", converter = Count.class,
+            description = "Snapshot model size in parameters; weights and two state slots make 12 bytes per"
+                    + " parameter on disk and in heap (default: ${DEFAULT-VALUE}).")
+    long snapshotParams;
+
+    @Option(names = "--snapshot-iterations", defaultValue = "3",
+            description = "Measured snapshot rounds, after one warmup round (default: ${DEFAULT-VALUE}).")
+    int snapshotIterations;
+
     @Override
     public Integer call() throws Exception {
-        if (threads < 1 || iterations < 1 || warmup < 0 || e2eMegabytes.stream().anyMatch(mb -> mb < 1)) {
+        if (threads < 1 || iterations < 1 || warmup < 0 || snapshotIterations < 1
+                || e2eMegabytes.stream().anyMatch(mb -> mb < 1)) {
             throw new CommandLine.ParameterException(spec.commandLine(),
-                    "--threads, --iterations and --e2e-mb must be at least 1, --warmup at least 0");
+                    "--threads, --iterations, --snapshot-iterations and --e2e-mb must be at least 1,"
+                            + " --warmup at least 0");
         }
         Runtime rt = Runtime.getRuntime();
         System.out.printf(Locale.ROOT, "optsidecar bench: %s %s (%s), %d CPUs, %d engine threads, max heap %.1f GB,"
@@ -67,7 +91,23 @@ public final class BenchCommand implements Callable<Integer> {
         if (!skipE2e) {
             new EndToEndBench(threads, warmup, iterations).run(e2eMegabytes);
         }
+        if (!skipSnapshot) {
+            runSnapshot();
+        }
         return 0;
+    }
+
+    private void runSnapshot() throws Exception {
+        String shortfall = Measure.heapShortfall(SnapshotBench.heapBytes(snapshotParams));
+        if (shortfall != null) {
+            System.out.printf(Locale.ROOT, "%nSnapshots: %s params %s%n", Measure.count(snapshotParams), shortfall);
+            return;
+        }
+        Path parent = snapshotDir != null ? snapshotDir : Path.of(System.getProperty("java.io.tmpdir"));
+        Files.createDirectories(parent);
+        Path dir = Files.createTempDirectory(parent, "optsidecar-snapshot-bench-");
+        System.out.printf(Locale.ROOT, "%nSnapshot files go to %s (removed afterwards)%n", dir);
+        new SnapshotBench(dir, 1, snapshotIterations, System.out).run(snapshotParams);
     }
 
     /** Parses counts like 50M, 500K, 1G (decimal) or a plain number. */

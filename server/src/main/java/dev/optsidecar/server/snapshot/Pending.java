@@ -83,9 +83,9 @@ public final class Pending {
         state = to;
     }
 
-    /** Moves to {@code to} unless already finished; returns whether it did. */
-    synchronized boolean finish(State to) {
-        if (state == State.COMMITTED || state == State.ABORTED) {
+    /** Moves from {@code from} to {@code to} if in {@code from}; returns whether it did. */
+    synchronized boolean tryTransition(State from, State to) {
+        if (state != from) {
             return false;
         }
         state = to;

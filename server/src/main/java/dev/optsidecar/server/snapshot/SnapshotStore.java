@@ -216,13 +216,13 @@ public final class SnapshotStore {
                 synchronized (st) {
                     st.inFlight.remove(p.id());
                 }
-                p.finish(Pending.State.ABORTED);
+                p.tryTransition(Pending.State.COMMITTING, Pending.State.ABORTED);
             } else {
-                p.finish(Pending.State.COMMITTED);
+                p.tryTransition(Pending.State.COMMITTING, Pending.State.COMMITTED);
             }
             throw e;
         }
-        p.finish(Pending.State.COMMITTED);
+        p.tryTransition(Pending.State.COMMITTING, Pending.State.COMMITTED);
         synchronized (st) {
             try {
                 applyRetention(modelDir, st);
@@ -243,10 +243,13 @@ public final class SnapshotStore {
                 .build();
     }
 
-    /** Deletes the temporary directory of a staged snapshot. Never throws; a no-op once committed or aborted. */
+    /**
+     * Deletes the temporary directory of a staged snapshot. Never throws; a no-op once a commit
+     * has begun (a failing commit cleans up after itself) or the snapshot was aborted.
+     */
     public void abort(Pending p) {
         try {
-            if (!p.finish(Pending.State.ABORTED)) {
+            if (!p.tryTransition(Pending.State.STAGED, Pending.State.ABORTED)) {
                 return;
             }
             deleteQuietly(p.tempDir());
@@ -649,7 +652,7 @@ public final class SnapshotStore {
     }
 
     // ------------------------------------------------------------------------------------------
-    // Directory helpers
+    // Directories and files
 
     /** The real model name for a model directory, from its newest readable manifest, else decoded from the name. */
     private String modelName(String dirName) {

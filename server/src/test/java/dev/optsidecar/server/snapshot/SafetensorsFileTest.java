@@ -14,10 +14,12 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.zip.CRC32C;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -130,6 +132,30 @@ class SafetensorsFileTest {
         }
         assertEquals(bytes.length - dataStart, expectedBegin, "data ends at the end of the file");
         assertEquals("[]", root.get("scale").get("shape").toString());
+    }
+
+    /** Headers of every length modulo 8: each is padded with spaces to align the data. */
+    @Test
+    void everyHeaderLengthIsPaddedToEightBytes() throws IOException {
+        Set<Long> unpaddedResidues = new HashSet<>();
+        for (int extra = 0; extra < 8; extra++) {
+            Path p = write("pad" + extra + ".safetensors", Map.of("k", "v".repeat(1 + extra)),
+                    List.of(Tensors.of("odd", ODD, 21)));
+            byte[] bytes = Files.readAllBytes(p);
+            long n = ByteBuffer.wrap(bytes, 0, 8).order(ByteOrder.LITTLE_ENDIAN).getLong();
+            assertEquals(0, (8 + n) % 8, "aligned with " + extra + " extra metadata bytes");
+            String header = new String(bytes, 8, (int) n, StandardCharsets.UTF_8);
+            String json = header.stripTrailing();
+            assertTrue(json.endsWith("}"));
+            assertEquals(" ".repeat(header.length() - json.length()), header.substring(json.length()));
+            assertTrue(header.length() - json.length() < 8);
+            unpaddedResidues.add((long) json.getBytes(StandardCharsets.UTF_8).length % 8);
+            assertEquals(8 + n + 84, bytes.length);
+            try (SafetensorsFile f = SafetensorsFile.open(p)) {
+                Tensors.assertBitExact(ODD, new Tensors.Collected(f, "odd").values);
+            }
+        }
+        assertEquals(8, unpaddedResidues.size(), "every residue was exercised");
     }
 
     @Test

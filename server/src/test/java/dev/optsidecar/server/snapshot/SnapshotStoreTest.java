@@ -322,6 +322,53 @@ class SnapshotStoreTest {
     }
 
     @Test
+    void aFailedCommitCleansUpAndLosesOnlyThatSnapshot() throws IOException {
+        SnapshotStore store = new SnapshotStore(root, 3);
+        snapshot(store, "m", 1);
+        Pending p = store.stage("m", "rpc", 2, meta("m"), files(2));
+        Files.delete(store.modelDir("m").resolve(".tmp-" + p.id()).resolve("state.safetensors"));
+        assertThrows(NoSuchFileException.class, () -> store.commit(p));
+        assertEquals(Set.of("000001"), entries(store.modelDir("m")));
+        store.abort(p);
+        assertThrows(IllegalStateException.class, () -> store.commit(p));
+        assertEquals("000003", snapshot(store, "m", 3).getId());
+        assertEquals(List.of("000001", "000003"), ids(store.list("m")));
+    }
+
+    @Test
+    void concurrentSnapshotsGetDistinctIdsAndStayValid() throws Exception {
+        SnapshotStore store = new SnapshotStore(root, 4);
+        int threads = 4;
+        int each = 3;
+        java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newFixedThreadPool(threads);
+        try {
+            List<java.util.concurrent.Future<List<String>>> futures = new ArrayList<>();
+            for (int t = 0; t < threads; t++) {
+                futures.add(pool.submit(() -> {
+                    List<String> got = new ArrayList<>();
+                    for (int i = 0; i < each; i++) {
+                        Pending p = store.stage("shared", "steps", i, meta("shared"), files(i));
+                        got.add(store.commit(p).getId());
+                    }
+                    return got;
+                }));
+            }
+            Set<String> all = new TreeSet<>();
+            for (java.util.concurrent.Future<List<String>> f : futures) {
+                all.addAll(f.get());
+            }
+            assertEquals(threads * each, all.size(), "no id issued twice");
+        } finally {
+            pool.shutdownNow();
+        }
+        List<SnapshotInfo> kept = store.list("shared");
+        assertEquals(4, kept.size());
+        assertTrue(kept.stream().allMatch(SnapshotInfo::getValid));
+        assertEquals(List.of("000009", "000010", "000011", "000012"), ids(kept));
+        assertEquals(Set.of("000009", "000010", "000011", "000012"), entries(store.modelDir("shared")));
+    }
+
+    @Test
     void stageRejectsBadFileNames() throws IOException {
         SnapshotStore store = new SnapshotStore(root, 3);
         for (String name : List.of("../x", "a/b", ".hidden", "manifest.json", "manifest.crc32c", "")) {
