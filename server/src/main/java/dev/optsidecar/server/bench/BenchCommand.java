@@ -57,6 +57,13 @@ public final class BenchCommand implements Callable<Integer> {
     @Option(names = "--skip-snapshot", description = "Skip the snapshot table.")
     boolean skipSnapshot;
 
+    @Option(names = "--skip-journal", description = "Skip the step journal table.")
+    boolean skipJournal;
+
+    @Option(names = "--journal-mb", defaultValue = "40",
+            description = "Model size of the step journal table, in MB (default: ${DEFAULT-VALUE}).")
+    int journalMegabytes;
+
     @Option(names = "--snapshot-dir", paramLabel = "DIR",
             description = "Where the snapshot table writes (a fresh subdirectory, removed afterwards;"
                     + " default: under java.io.tmpdir).")
@@ -91,6 +98,16 @@ public final class BenchCommand implements Callable<Integer> {
         if (!skipE2e) {
             new EndToEndBench(threads, warmup, iterations).run(e2eMegabytes);
         }
+        if (!skipJournal) {
+            Path parent = snapshotDir != null ? snapshotDir : Path.of(System.getProperty("java.io.tmpdir"));
+            Files.createDirectories(parent);
+            Path dir = Files.createTempDirectory(parent, "optsidecar-journal-bench-");
+            try {
+                new JournalBench(threads, warmup, iterations).run(dir, journalMegabytes);
+            } finally {
+                deleteTree(dir);
+            }
+        }
         if (!skipSnapshot) {
             runSnapshot();
         }
@@ -108,6 +125,14 @@ public final class BenchCommand implements Callable<Integer> {
         Path dir = Files.createTempDirectory(parent, "optsidecar-snapshot-bench-");
         System.out.printf(Locale.ROOT, "%nSnapshot files go to %s (removed afterwards)%n", dir);
         new SnapshotBench(dir, 1, snapshotIterations, System.out).run(snapshotParams);
+    }
+
+    private static void deleteTree(Path dir) throws java.io.IOException {
+        try (java.util.stream.Stream<Path> files = Files.walk(dir)) {
+            for (Path p : files.sorted(java.util.Comparator.reverseOrder()).toList()) {
+                Files.deleteIfExists(p);
+            }
+        }
     }
 
     /** Parses counts like 50M, 500K, 1G (decimal) or a plain number. */
