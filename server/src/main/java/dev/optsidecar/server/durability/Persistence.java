@@ -146,7 +146,11 @@ public final class Persistence implements AutoCloseable {
             pending.discard();
             throw e;
         }
+        Model replaced = replace ? registry.find(name) : null;
         Model m = replace ? pending.publishReplacing() : pending.publish();
+        if (replaced != null) {
+            forget(replaced);
+        }
         int steps = replayed;
         LOG.info(() -> String.format("model '%s': restored from snapshot %s of '%s' (version %d) and %d journaled"
                 + " steps: now at version %d", name, snapshot.id(), model, snapshot.version(), steps, m.version()));

@@ -71,6 +71,11 @@ public final class ModelRegistry {
         }
     }
 
+    /** The model of that name, or null. */
+    public Model find(String name) {
+        return models.get(name);
+    }
+
     public Model get(String name, String field) {
         if (name.isEmpty()) {
             throw OptError.invalid("%s: a model name is required", field);
