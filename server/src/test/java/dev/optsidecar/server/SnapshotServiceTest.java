@@ -201,6 +201,39 @@ class SnapshotServiceTest {
     }
 
     @Test
+    void snapshotsEveryNStepsKeepingTheLastK() throws Exception {
+        try (SidecarServer s = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30,
+                new Persistence.Options(tmp, 2, StepJournal.Sync.WRITE, 3, null, false), List.of());
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            client.register(spec("m"), data(initial()));
+            steps(client, "m", 1, 7);
+            s.persistence().awaitBackgroundSnapshots();
+            assertEquals(List.of("steps@3", "steps@6"), client.listSnapshots("m").stream() // register@0: beyond keep 2
+                    .map(i -> i.getTrigger() + "@" + i.getVersion()).toList());
+        }
+    }
+
+    @Test
+    void snapshotsEveryTSecondsOnlyWhatChanged() throws Exception {
+        try (SidecarServer s = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30,
+                new Persistence.Options(tmp, 3, StepJournal.Sync.WRITE, 0, java.time.Duration.ofMillis(200), false),
+                List.of());
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            client.register(spec("m"), data(initial()));
+            steps(client, "m", 1, 2);
+            long deadline = System.nanoTime() + 10_000_000_000L;
+            while (client.listSnapshots("m").stream().noneMatch(i -> i.getVersion() == 2) && System.nanoTime() < deadline) {
+                Thread.sleep(20);
+            }
+            List<SnapshotInfo> saved = client.listSnapshots("m");
+            SnapshotInfo last = saved.get(saved.size() - 1);
+            assertEquals("interval@2", last.getTrigger() + "@" + last.getVersion());
+            Thread.sleep(700); // nothing changed since: no new snapshot
+            assertEquals(saved, client.listSnapshots("m"));
+        }
+    }
+
+    @Test
     void withoutAStateDirectorySnapshotsAreAFailedPrecondition() throws Exception {
         try (SidecarServer s = SidecarServer.start("127.0.0.1", 0, 2, 1L << 28);
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
