@@ -259,8 +259,10 @@ def test_training_rides_through_server_restarts_bit_for_bit(target, start_server
 
     def stop_and_restart() -> None:
         try:
+            at = 0
             for after in kill_after:
-                while done[0] < after:
+                # At least one step between two restarts, so that the trainer sees each of them.
+                while done[0] < min(max(after, at + 1), STEPS - 1):
                     if quit.wait(0.0005):
                         return
                 time.sleep(rng.uniform(0, 0.004))  # lands between steps or anywhere within one
@@ -291,7 +293,9 @@ def test_training_rides_through_server_restarts_bit_for_bit(target, start_server
         info = opt.client.describe(opt.model)
         assert info.version == STEPS, f"seed {seed}: {info.version} steps applied for {STEPS} sent ({events})"
         assert [(c.client_id, c.last_step_id) for c in info.state.clients] == [(opt.client_id, STEPS)]
-        assert len(events) == KILLS and opt._stream.retries >= KILLS
+        # Each restart broke the stream of a step that was then sent again (two restarts with no
+        # step in between, which only the last steps can see, may break just one).
+        assert len(events) == KILLS and opt._stream.retries >= len({at for at, _, _ in events})
         for i, (a, b) in enumerate(zip(model.parameters(), reference.parameters())):
             assert torch.equal(a, b), f"seed {seed}: parameter {i} differs by {(a - b).abs().max().item():.3g}"
         # How long the server was away, and how soon after it was back the step in wait got through.
