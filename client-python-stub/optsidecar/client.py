@@ -573,8 +573,8 @@ class StepStream:
             except ServerUnavailable:
                 if time.monotonic() + pause >= deadline:
                     raise
-            # The server is restarting or the connection broke: send the same step again once it
-            # answers. (The attempt was made on a fresh stream, so nothing of it is left over.)
+            # The server is restarting or the connection broke: send the same step again, on a
+            # fresh stream (the failed one was cancelled), once the server answers.
             time.sleep(pause)
             pause = min(2 * pause, self.MAX_PAUSE)
             self.client.wait_for_connection(max(0.0, deadline - time.monotonic()))
