@@ -11,6 +11,7 @@ from .client import Client, StateBuffer, StepStream
 from .errors import (
     Aborted,
     AlreadyExists,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -44,6 +45,7 @@ __all__ = [
     "Unimplemented",
     "ServerUnavailable",
     "DeadlineExceeded",
+    "DataLoss",
     "ProtocolError",
 ]
 

@@ -19,30 +19,42 @@ Example::
         with client.step_stream("linear") as stream:
             figures = stream.step([grad_w], [w])  # w now holds the updated weights
         client.pull("linear", "train", [w])
+
+Steps are exactly-once: each carries the stream's client id and a growing sequence number, and a
+step that fails because the server is unavailable (restarting, connection dropped) is sent again,
+the same step with the same gradients, until it gets through; the server answers a step it already
+applied from its ledger of each client's last step (``StepFigures.replayed``) instead of applying
+it twice.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 import uuid
 import weakref
-from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import grpc
 
 from . import wire
 from .buffers import Destination, as_destination, chunks, numel_of, source_array
-from .errors import ProtocolError, from_rpc_error
+from .errors import ProtocolError, ServerUnavailable, from_rpc_error
 from .results import StepFigures, Weights
+from .spec import make_schedule
 from .v1 import optimizer_pb2 as pb
 from .v1 import optimizer_pb2_grpc as pb_grpc
 from .views import ViewLike, make_view, view_name
 
-__all__ = ["Client", "StepStream", "StateBuffer", "MAX_MESSAGE_BYTES"]
+__all__ = ["Client", "StepStream", "StateBuffer", "MAX_MESSAGE_BYTES", "DEFAULT_RETRY_SECONDS",
+           "next_step_id"]
 
 #: Largest message either side sends: a few chunks, whatever the model's size.
 MAX_MESSAGE_BYTES = 4 << 20
+
+#: How long a step is retried while the server is unavailable, by default.
+DEFAULT_RETRY_SECONDS = 60.0
 
 _SERVICE = "/" + pb.DESCRIPTOR.services_by_name["Optimizer"].full_name + "/"
 
@@ -67,10 +79,11 @@ class Client:
     Args:
         target: ``host:port`` of the server.
         timeout: seconds allowed for a unary call (Describe, List, Delete); None for no limit.
-            Streams (Register, Pull, Step) have no deadline: their length grows with the model.
-        connect_timeout: seconds a new Step stream waits for the connection when it is down, so
-            that the first step after a server restart finds it again; then the step fails with
-            ``ServerUnavailable``.
+            Streams (Register, Pull, Step) and the calls that read or write a whole model
+            (Snapshot, Restore, Fork, Export) have no deadline: their length grows with the model.
+        connect_timeout: seconds a new Step stream waits for the connection when it is down and
+            the stream does not retry steps (``retry_for=0``), so that the first step after a
+            server restart finds it again; then the step fails with ``ServerUnavailable``.
         options: extra gRPC channel options.
     """
 
@@ -82,11 +95,14 @@ class Client:
         self._channel = grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # Reconnect soon after a server restart instead of backing off for up to two minutes.
+            # Reconnect soon after a server restart instead of backing off for up to two minutes:
+            # while the server is away, a step waits for it to come back (the Python API cannot
+            # reset the backoff, as a client that knows the server is back would), so try every
+            # quarter second at most; a refused connection on a restarting server costs nothing.
             # (Not grpc.min_reconnect_backoff_ms: grpc also uses it as the deadline of a connection
             # attempt, and a busy server may need more than a fraction of a second to answer.)
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.initial_reconnect_backoff_ms", 50),
+            ("grpc.max_reconnect_backoff_ms", 250),
             *options,
         ])
         self._stub = pb_grpc.OptimizerStub(self._channel)
@@ -116,11 +132,90 @@ class Client:
         """Removes a model and frees its memory on the server."""
         self._unary(self._stub.Delete, pb.DeleteRequest(model=model), f"delete model {model!r}")
 
-    def _unary(self, method, request, action: str):
+    def _unary(self, method, request, action: str, timeout: Any = "default"):
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout if timeout == "default" else timeout)
         except grpc.RpcError as e:
             raise from_rpc_error(e, action, self.target) from None
+
+    # -- snapshots, restore, fork, export --------------------------------------------------------
+
+    def snapshot(self, model: str) -> pb.SnapshotInfo:
+        """Writes a resumable snapshot of ``model`` to the server's state directory, atomically:
+        weights, every optimizer state buffer, counters, configuration and the clients' sequence
+        numbers. Needs a server started with ``--state-dir``.
+
+        Returns:
+            its ``SnapshotInfo``: ``id`` (e.g. ``"000007"``), ``version`` (steps applied), ``path``
+            (its directory, relative to the state directory), ``bytes``, ``created_unix_millis``
+            and ``trigger`` (``"rpc"``).
+        """
+        return self._unary(self._stub.Snapshot, pb.SnapshotRequest(model=model), f"snapshot model {model!r}",
+                           timeout=None)
+
+    def list_snapshots(self, model: str = "") -> List[pb.SnapshotInfo]:
+        """The snapshots in the server's state directory, oldest first: of ``model``, or of every
+        model when it is empty. Each is verified: ``valid`` is False for one with a missing, torn
+        or corrupt file, and ``problem`` says why."""
+        action = f"list the snapshots of model {model!r}" if model else "list snapshots"
+        return list(self._unary(self._stub.ListSnapshots, pb.ListSnapshotsRequest(model=model), action,
+                                timeout=None).snapshots)
+
+    def restore(self, model: str, id: str = "", as_model: str = "", replace: bool = False) -> pb.ModelInfo:
+        """Loads a model from its snapshots into the running server.
+
+        Args:
+            model: the model whose snapshots to restore from.
+            id: a snapshot id; empty restores the latest valid snapshot and replays the steps
+                journaled after it, so the model is exactly as of its last acknowledged step. A
+                given id restores that snapshot exactly, as a new timeline.
+            as_model: the name to restore under (default: ``model``).
+            replace: replace a loaded model of that name; it keeps serving until the restored one
+                is complete. Without it, restoring over an existing model raises ``AlreadyExists``.
+
+        Returns:
+            the restored model's description. A corrupt snapshot raises :class:`~optsidecar.DataLoss`.
+        """
+        target = as_model or model
+        action = f"restore model {model!r}" + (f" snapshot {id}" if id else "") + (
+            f" as {target!r}" if target != model else "")
+        return self._unary(self._stub.Restore,
+                           pb.RestoreRequest(model=model, id=id, as_model=as_model, replace=replace), action,
+                           timeout=None)
+
+    def fork(self, model: str, new_model: str,
+             schedule: Union[None, Mapping[str, Any], pb.Schedule] = None) -> pb.ModelInfo:
+        """Copies ``model`` with all its optimizer state and counters into a new model
+        ``new_model``: a branch that steps exactly as the source would from here.
+
+        Args:
+            schedule: the branch's lr schedule from the current position on (the schedule step
+                carries over), e.g. ``dict(type="wsd", ...)`` for a cooldown that starts now; None
+                keeps the source's.
+
+        Returns:
+            the new model's description.
+        """
+        request = pb.ForkRequest(model=model, new_model=new_model)
+        if schedule is not None:
+            request.schedule.CopyFrom(make_schedule(schedule))
+        return self._unary(self._stub.Fork, request, f"fork model {model!r} into {new_model!r}", timeout=None)
+
+    def export(self, model: str, view: ViewLike = None) -> pb.ExportInfo:
+        """Writes one view of ``model``'s weights as a safetensors file, for deployment. An export
+        holds no optimizer state and cannot be resumed (a snapshot can).
+
+        Args:
+            view: ``"eval"``, ``"train"``, ``"ema:0.999"``, ...; None means the eval view, or the
+                train view for an algorithm without one.
+
+        Returns:
+            its ``ExportInfo``: ``path`` (relative to the server's state directory, e.g.
+            ``exports/MODEL/v30-eval.safetensors``), ``version``, ``view`` and ``bytes``.
+        """
+        request = pb.ExportRequest(model=model, view=pb.View() if view is None else make_view(view))
+        action = f"export model {model!r}" + ("" if view is None else f" view {view_name(request.view)}")
+        return self._unary(self._stub.Export, request, action, timeout=None)
 
     # -- register ------------------------------------------------------------------------------
 
@@ -198,27 +293,42 @@ class Client:
 
     # -- step ----------------------------------------------------------------------------------
 
-    def step_stream(self, model: str, client_id: Optional[str] = None) -> "StepStream":
-        """Opens a trainer's :class:`StepStream` for ``model`` (the stream itself opens lazily)."""
+    def step_stream(self, model: str, client_id: Optional[str] = None, *,
+                    retry_for: float = DEFAULT_RETRY_SECONDS) -> "StepStream":
+        """Opens a trainer's :class:`StepStream` for ``model`` (the stream itself opens lazily).
+
+        Args:
+            client_id: identifies the trainer; a new one is made up if None. Under a client id the
+                server already knows for this model, steps continue from its last step.
+            retry_for: seconds a step is retried while the server is unavailable (0: never).
+        """
         info = self.describe(model)
-        return StepStream(self, model, client_id or f"py-{uuid.uuid4().hex[:12]}",
-                          [t.numel for t in info.tensors])
+        client_id = client_id or f"py-{uuid.uuid4().hex[:12]}"
+        return StepStream(self, model, client_id, [t.numel for t in info.tensors],
+                          next_step_id=next_step_id(info, client_id), retry_for=retry_for)
 
     # -- connection ----------------------------------------------------------------------------
 
     def wait_for_connection(self, timeout: float) -> bool:
         """Waits up to ``timeout`` seconds for the server to answer; True if it does.
 
-        After the server went away, gRPC retries the connection with a backoff (at most 2 s
+        After the server went away, gRPC retries the connection with a backoff (at most 0.25 s
         here) and fails calls at once in between; waiting lets a call see a server that is back.
         A List call that waits for the connection does it (grpc's connectivity watchers race
         with closing the channel in grpcio 1.51); it costs one round trip when the server is up.
+        A connection whose server died while no call was using it is found dead only by the next
+        call, which fails with UNAVAILABLE however long it may wait; the call is then made again.
         """
-        try:
-            self._stub.List(pb.ListRequest(), timeout=timeout, wait_for_ready=True)
-            return True
-        except grpc.RpcError:
-            return False
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                self._stub.List(pb.ListRequest(), timeout=max(0.001, deadline - time.monotonic()),
+                                wait_for_ready=True)
+                return True
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + 0.02 >= deadline:
+                    return False
+            time.sleep(0.02)
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -231,6 +341,16 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def next_step_id(info: pb.ModelInfo, client_id: str) -> int:
+    """The sequence number client ``client_id``'s next step on the described model must carry:
+    one past the last step the server applied for it (its ledger, ``info.state.clients``), or 1
+    for a client the model does not know."""
+    for progress in info.state.clients:
+        if progress.client_id == client_id:
+            return progress.last_step_id + 1
+    return 1
 
 
 def _numel(tensor: pb.TensorSpec) -> int:
@@ -355,23 +475,46 @@ class StepStream:
     """One trainer's Step stream: :meth:`step` streams a gradient set, commits it, and copies the
     returned weights into the caller's tensors.
 
-    Steps are synchronous. A failed step raises (``ServerUnavailable`` when the connection broke)
-    and is never retried: the next :meth:`step` opens a fresh stream. Not thread-safe: one
-    StepStream per training thread.
+    Steps are synchronous and exactly-once. Each carries the stream's ``client_id`` and a sequence
+    number (:attr:`next_step_id`, growing by one per step). When a step fails because the server
+    is unavailable (it is restarting, the connection dropped, or a shutdown ended the stream), the
+    same step, with the same sequence number and gradients, is sent again on a fresh stream, with
+    a growing pause in between, until it is answered or ``retry_for`` seconds have passed; then
+    it raises ``ServerUnavailable``. A server that applied the step before the failure answers
+    the retry from its ledger (``replayed=True``) and sends the current weights, so the step
+    counts once either way. Other errors are raised at once and never retried.
+
+    Not thread-safe: one StepStream per training thread.
 
     Args:
         client: the :class:`Client`.
         model: the model's name.
         client_id: identifies the trainer to the server.
         numels: the number of elements of each model tensor, in order.
+        next_step_id: the sequence number of the first step. Under a client id the model already
+            knows, it must be past that client's last applied step (:func:`next_step_id` reads it
+            from Describe; :meth:`Client.step_stream` does so).
+        retry_for: seconds a step is retried while the server is unavailable; 0 never retries.
     """
 
-    def __init__(self, client: Client, model: str, client_id: str, numels: Sequence[int]):
+    #: First pause between two attempts at a step, doubled after each failure up to ``MAX_PAUSE``.
+    FIRST_PAUSE = 0.05
+    MAX_PAUSE = 1.0
+
+    def __init__(self, client: Client, model: str, client_id: str, numels: Sequence[int], *,
+                 next_step_id: int = 1, retry_for: float = DEFAULT_RETRY_SECONDS):
+        if retry_for < 0:
+            raise ValueError(f"retry_for must be 0 or more seconds, not {retry_for}")
         self.client = client
         self.model = model
         self.client_id = client_id
         self.numels = list(numels)
-        self._next_step_id = 1
+        #: The sequence number the next step will carry.
+        self.next_step_id = next_step_id
+        #: Seconds a step is retried while the server is unavailable (0: never).
+        self.retry_for = retry_for
+        #: Attempts made again after the server was unavailable, over the stream's life.
+        self.retries = 0
         self._live: Optional[_LiveStream] = None
         self._failed = False
         #: True after a step failed while its weights were arriving: the destinations may hold a
@@ -380,18 +523,20 @@ class StepStream:
 
     def step(self, grads: Sequence[Any], out: Optional[Sequence[Any]] = None, *,
              view: ViewLike = None, group_lr: Optional[Mapping[str, float]] = None) -> StepFigures:
-        """Applies one step.
+        """Applies one step, exactly once.
 
         Args:
             grads: one gradient per model tensor (torch tensor or numpy array with the tensor's
                 number of elements), or None for a tensor without a gradient this step (it is
-                skipped: its weights, state and step count do not change).
+                skipped: its weights, state and step count do not change). They must not change
+                until the step returns: a retry sends them again.
             out: destinations for the returned view, one per model tensor; None with view "none".
             view: the view to return (default train); ``"none"`` returns figures only.
             group_lr: new base learning rates by group name, from this step on.
 
         Returns:
-            the step's :class:`~optsidecar.results.StepFigures`.
+            the step's :class:`~optsidecar.results.StepFigures` (``replayed`` when the server had
+            applied it already, before a retry).
         """
         if len(grads) != len(self.numels):
             raise ValueError(f"model {self.model!r} has {len(self.numels)} tensors but {len(grads)} gradients "
@@ -401,27 +546,50 @@ class StepStream:
                 raise ValueError(f"gradient {i} of model {self.model!r} has {numel_of(g)} elements; the tensor "
                                  f"has {self.numels[i]}")
         requested = make_view(view)
-        wants_weights = requested.kind != pb.VIEW_NONE
-        sink = None
-        if wants_weights:
+        destinations: Optional[List[Destination]] = None
+        if requested.kind != pb.VIEW_NONE:
             if out is None or len(out) != len(self.numels):
                 raise ValueError(f"out must hold one destination per model tensor ({len(self.numels)})")
             destinations = [as_destination(t) for t in out]
             for i, d in enumerate(destinations):
                 if d.numel != self.numels[i]:
                     raise ValueError(f"destination {i} has {d.numel} elements; the tensor has {self.numels[i]}")
-            sink = _Sink(destinations)
 
-        step_id = self._next_step_id
-        self._next_step_id += 1
+        step_id = self.next_step_id
+        self.next_step_id += 1
         commit = pb.StepCommit(step_id=step_id, view=requested,
                                no_grad=[i for i, g in enumerate(grads) if g is None],
                                group_lr=dict(group_lr or {}))
         action = f"step {step_id} of model {self.model!r}"
+        if self._failed and self._live is None and not self.retry_for:
+            # The last step failed, perhaps because the server went away: give the connection a
+            # moment to come back; if it does not, the attempt below fails with UNAVAILABLE.
+            self.client.wait_for_connection(self.client.connect_timeout)
+        deadline = time.monotonic() + self.retry_for
+        pause = self.FIRST_PAUSE
+        while True:
+            try:
+                return self._attempt(step_id, grads, commit, destinations, action)
+            except ServerUnavailable:
+                if time.monotonic() + pause >= deadline:
+                    raise
+            # The server is restarting or the connection broke: send the same step again, on a
+            # fresh stream (the failed one was cancelled), once the server answers.
+            time.sleep(pause)
+            pause = min(2 * pause, self.MAX_PAUSE)
+            self.client.wait_for_connection(max(0.0, deadline - time.monotonic()))
+            self.retries += 1
+
+    def _attempt(self, step_id: int, grads: Sequence[Any], commit: pb.StepCommit,
+                 destinations: Optional[List[Destination]], action: str) -> StepFigures:
+        """Sends the step once on the open stream (or a new one) and reads its reply."""
+        # A new sink per attempt: a retry receives every value again, into the same destinations.
+        sink = _Sink(destinations) if destinations is not None else None
         live = self._open()
         try:
             for index, g in enumerate(grads):
                 if g is not None:
+                    # Sliced from the gradient itself (converted once if it is not CPU float32).
                     for offset, data in chunks(source_array(g)):
                         live.send(wire.gradient_chunk(step_id, index, offset, data))
             live.send(pb.StepRequest(commit=commit))
@@ -450,10 +618,6 @@ class StepStream:
 
     def _open(self) -> _LiveStream:
         if self._live is None or self._live.broken:
-            if self._failed:
-                # The last step failed, perhaps because the server went away: give the connection
-                # a moment to come back; if it does not, the call below fails with UNAVAILABLE.
-                self.client.wait_for_connection(self.client.connect_timeout)
             request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
             self._live = _LiveStream(self.client._step, request)
             # A StepStream dropped without close() must not leave its call (and grpc's sending

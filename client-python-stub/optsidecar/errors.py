@@ -24,6 +24,7 @@ __all__ = [
     "Unimplemented",
     "ServerUnavailable",
     "DeadlineExceeded",
+    "DataLoss",
     "ProtocolError",
     "from_rpc_error",
 ]
@@ -79,6 +80,12 @@ class DeadlineExceeded(OptSidecarError, TimeoutError):
     """DEADLINE_EXCEEDED: the call took longer than its timeout."""
 
 
+class DataLoss(OptSidecarError, OSError):
+    """DATA_LOSS: a snapshot on the server's disk failed verification (a file missing or torn, or a
+    checksum that does not match): it cannot be restored. ``list_snapshots()`` shows which snapshots
+    verify (``valid``) and why the others do not (``problem``); restore one of those by id."""
+
+
 class ProtocolError(OptSidecarError):
     """The server's reply broke the protocol (a chunk out of range, mixed views, missing weights)."""
 
@@ -97,6 +104,7 @@ _BY_CODE: Dict[grpc.StatusCode, Type[OptSidecarError]] = {
     # other end: a server shutting down resets its open streams.
     grpc.StatusCode.CANCELLED: ServerUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
 }
 
 

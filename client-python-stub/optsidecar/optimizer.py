@@ -7,14 +7,14 @@ import os
 import socket
 import uuid
 import warnings
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 from google.protobuf import json_format
 
 from .buffers import Destination
 from .checkpoint import ServerState, capture, restore
-from .client import Client, StepStream
+from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .params import ParsedGroup, parse_params
 from .results import StepFigures
@@ -47,7 +47,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
             ``RAdam(torch2.x)``, ``RAdam(original)``, ``SGDScheduleFree``, ``AdamWScheduleFree`` or
             ``RAdamScheduleFree``.
         model (str, optional): the model's name on the server; a unique one is generated if None.
-        client_id (str, optional): names this trainer to the server.
+        client_id (str, optional): names this trainer to the server (a unique id is made up if
+            None). Steps are exactly-once per client id: attaching under the id of an earlier
+            trainer of the model continues its sequence numbers.
         attach (bool): continue the existing model ``model`` instead of registering one: its train
             weights are pulled into ``params`` (which must match its tensors' shapes, in order), and
             its parameter groups and hyperparameters apply (passing others is an error).
@@ -64,6 +66,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             ``"skip"`` (the step is acknowledged as skipped and changes nothing) for NaN/Inf gradients.
         client (Client, optional): an existing :class:`~optsidecar.Client` to use instead of
             connecting to ``target``.
+        retry_for (float): seconds a step is retried while the server is unavailable (restarting,
+            connection dropped), default 60; 0 raises ``ServerUnavailable`` at once. See below.
         **hyperparameters: the algorithm's arguments under torch's and schedule_free's names
             (``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``warmup_steps``, ...);
             missing ones take the reference defaults.
@@ -73,6 +77,16 @@ class RemoteOptimizer(torch.optim.Optimizer):
     ``schedule``, the server multiplies that base lr by the schedule's factor: the two compose.
     Use one or the other unless you mean both. :attr:`last_result` reports the lr actually used.
     Other hyperparameters are fixed at registration; changing them in ``param_groups`` raises.
+
+    **Exactly-once steps.** A step that fails because the server is unavailable is sent again,
+    the same step with the same gradients, until the server answers or ``retry_for`` runs out.
+    The server applies each step once: if it had applied the step before the connection broke, it
+    answers the retry from its ledger (``last_result.replayed``) with the current weights. With a
+    server that keeps its state (``--state-dir``) and restarts with ``--restore latest``, training
+    thus rides through a crash or a restart of the server without losing or doubling a step.
+
+    **Snapshots and branches.** :meth:`snapshot`, :meth:`list_snapshots`, :meth:`restore`,
+    :meth:`fork` and :meth:`export` (the first three and the last need ``--state-dir``).
 
     **Views.** The parameters hold the train view (where gradients must be taken: Schedule-Free's
     y, Lookahead's fast weights). :meth:`eval` swaps in the eval view (Schedule-Free's x, else the
@@ -95,7 +109,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  schedule: Optional[Dict[str, Any]] = None, ema: Any = None,
                  lookahead: Optional[Dict[str, Any]] = None, clip_grad_norm: float = 0.0,
                  report_update_norm: bool = False, non_finite: Optional[str] = None,
-                 client: Optional[Client] = None, **hyperparameters: Any):
+                 client: Optional[Client] = None, retry_for: float = DEFAULT_RETRY_SECONDS,
+                 **hyperparameters: Any):
         groups = parse_params(params)
         self._frozen = False
         self._owns_client = client is None
@@ -146,7 +161,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         #: The model version (steps applied) the parameters belong to.
         self.version: int = info.version
         self._adopt_server_groups(info)
-        self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in info.tensors])
+        self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in info.tensors],
+                                  next_step_id=next_step_id(info, self.client_id), retry_for=retry_for)
         if attach:
             self._pull_into_params("train")
 
@@ -334,7 +350,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._adopt_server_groups(new_info)
         for group, saved in zip(self.param_groups, saved_groups):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
-        self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in new_info.tensors])
+        self._new_stream(new_info)
         with torch.no_grad():
             for p, w in zip(self._params, state.weights):
                 p.copy_(torch.as_tensor(w).reshape(p.shape))
@@ -343,6 +359,26 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._mode = "train"
         if state_dict.get("mode") == "eval":
             self.eval()
+
+    def _new_stream(self, info: pb.ModelInfo) -> None:
+        """A Step stream for the model as ``info`` describes it (after it was replaced), keeping
+        this trainer's sequence numbers growing past both its own and the model's ledger."""
+        old = self._stream
+        old.close()
+        self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in info.tensors],
+                                  next_step_id=max(old.next_step_id, next_step_id(info, self.client_id)),
+                                  retry_for=old.retry_for)
+
+    @property
+    def retry_for(self) -> float:
+        """Seconds a step is retried while the server is unavailable (0: never); settable."""
+        return self._stream.retry_for
+
+    @retry_for.setter
+    def retry_for(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"retry_for must be 0 or more seconds, not {seconds}")
+        self._stream.retry_for = seconds
 
     def _check_layout(self, spec: pb.ModelSpec, saved_groups: List[Dict[str, Any]]) -> None:
         if len(spec.tensors) != len(self._params):
@@ -359,6 +395,80 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if ours != theirs or theirs != by_spec:
             raise ValueError(f"loaded state dict has parameter groups {theirs} (parameter indices); this optimizer "
                              f"has {ours}")
+
+    # -- snapshots, branches and exports ------------------------------------------------------
+
+    def snapshot(self) -> pb.SnapshotInfo:
+        """Writes a resumable snapshot of the model to the server's state directory (weights,
+        every state buffer, counters, configuration, the trainers' sequence numbers), atomically.
+        Needs a server started with ``--state-dir``.
+
+        Returns:
+            its ``SnapshotInfo``: ``id``, ``version``, ``path`` (the snapshot's directory relative
+            to the state directory, holding ``weights.safetensors`` with the train weights,
+            ``state.safetensors`` with the state buffers under ``"<tensor>/<slot>"``, and
+            ``eval.safetensors`` for a model with an eval view), ``bytes`` and
+            ``created_unix_millis``.
+        """
+        return self.client.snapshot(self.model)
+
+    def list_snapshots(self) -> List[pb.SnapshotInfo]:
+        """The model's snapshots on the server, oldest first, each verified (``valid``, ``problem``)."""
+        return self.client.list_snapshots(self.model)
+
+    def restore(self, snapshot: Union[str, pb.SnapshotInfo]) -> pb.ModelInfo:
+        """Rolls the model back to one of its snapshots (an id, or a ``SnapshotInfo`` from
+        :meth:`snapshot` or :meth:`list_snapshots`): the server replaces the model with the
+        snapshot's weights, optimizer state and counters, and the parameters receive its weights
+        (in the current mode's view). ``param_groups`` take the snapshot's base learning rates;
+        a torch lr scheduler keeps its own position. A corrupt snapshot raises
+        :class:`~optsidecar.DataLoss` and changes nothing.
+
+        Returns:
+            the restored model's description.
+        """
+        snapshot_id = snapshot.id if isinstance(snapshot, pb.SnapshotInfo) else str(snapshot)
+        if not snapshot_id:
+            raise ValueError("restore() needs the id of a snapshot (see list_snapshots())")
+        self._stream.close()
+        info = self.client.restore(self.model, snapshot_id, replace=True)
+        self._adopt_server_groups(info)
+        self._new_stream(info)
+        self.last_result = None
+        self._pull_into_params(self._mode)
+        return info
+
+    def fork(self, new_model: str, schedule: Union[None, Mapping[str, Any], pb.Schedule] = None) -> pb.ModelInfo:
+        """Branches the model: the server copies it, with all its optimizer state and counters,
+        into a new model ``new_model``, which steps exactly as this one would from here. Training
+        this optimizer goes on unchanged. Does not need ``--state-dir``.
+
+        Args:
+            new_model: the branch's name; no model of that name may exist.
+            schedule: the branch's server-side lr schedule from the current step on, e.g.
+                ``dict(type="wsd", ...)`` for a cooldown starting now; None keeps this model's.
+
+        Returns:
+            the branch's description. Train it with another optimizer attached to it::
+
+                branch = RemoteOptimizer(other_model.named_parameters(), target, model=new_model,
+                                         attach=True)
+        """
+        return self.client.fork(self.model, new_model, schedule)
+
+    def export(self, view: Optional[str] = None) -> pb.ExportInfo:
+        """Writes one view of the weights as a safetensors file on the server, for deployment
+        (no optimizer state: it cannot be resumed). Needs ``--state-dir``.
+
+        Args:
+            view: ``"eval"``, ``"train"``, ``"ema:0.999"``, ...; None means the eval view, or the
+                train view for an algorithm without one.
+
+        Returns:
+            its ``ExportInfo``: ``path`` relative to the state directory
+            (``exports/<model>/v<version>-<view>.safetensors``), ``version``, ``view``, ``bytes``.
+        """
+        return self.client.export(self.model, view)
 
     # -- lifetime ------------------------------------------------------------------------------
 

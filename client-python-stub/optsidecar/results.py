@@ -46,6 +46,9 @@ class StepFigures:
         grad_norm: the global L2 norm of the gradients as received, before clipping.
         clip_coefficient: the factor the gradients were scaled by (1 without clipping).
         update_norm: ``|θ_new − θ_old|`` when the model reports it, else None.
+        replayed: True when the server had already applied this step (a retry after the connection
+            dropped or the server restarted): the figures are those of when it was applied, and
+            the weights returned with it are the model's current ones. The step counts once.
     """
 
     step_id: int
@@ -56,6 +59,7 @@ class StepFigures:
     grad_norm: float
     clip_coefficient: float
     update_norm: Optional[float]
+    replayed: bool = False
 
     @property
     def lr(self) -> Dict[str, float]:
@@ -86,6 +90,7 @@ class StepFigures:
             grad_norm=result.grad_norm,
             clip_coefficient=result.clip_coefficient,
             update_norm=result.update_norm if result.HasField("update_norm") else None,
+            replayed=result.replayed,
         )
 
 

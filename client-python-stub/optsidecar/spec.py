@@ -13,6 +13,7 @@ __all__ = [
     "to_struct",
     "from_struct",
     "optimizer_config",
+    "make_schedule",
     "model_spec",
     "spec_from_info",
     "renamed",
@@ -111,11 +112,7 @@ def optimizer_config(
         raise ValueError(f"non_finite must be 'reject' or 'skip', not {non_finite!r}")
     config.non_finite = _NON_FINITE[non_finite]
     if schedule is not None:
-        parameters = dict(schedule)
-        kind = parameters.pop("type", None)
-        if not isinstance(kind, str):
-            raise ValueError("schedule needs a 'type', e.g. dict(type='cosine', warmup_steps=100, total_steps=1000)")
-        config.schedule.CopyFrom(pb.Schedule(type=kind, parameters=to_struct(parameters, "schedule")))
+        config.schedule.CopyFrom(make_schedule(schedule))
     for shadow in _ema_list(ema):
         config.ema.append(shadow)
     if lookahead is not None:
@@ -129,6 +126,18 @@ def optimizer_config(
             pullback_momentum=str(settings.get("pullback_momentum", "none")),
         ))
     return config
+
+
+def make_schedule(schedule: Union[Mapping[str, Any], pb.Schedule]) -> pb.Schedule:
+    """A ``Schedule`` message from ``dict(type="cosine", warmup_steps=100, total_steps=1000)`` (the
+    type and the schedule's parameters), or a ``Schedule`` message as it is."""
+    if isinstance(schedule, pb.Schedule):
+        return schedule
+    parameters = dict(schedule)
+    kind = parameters.pop("type", None)
+    if not isinstance(kind, str):
+        raise ValueError("schedule needs a 'type', e.g. dict(type='cosine', warmup_steps=100, total_steps=1000)")
+    return pb.Schedule(type=kind, parameters=to_struct(parameters, "schedule"))
 
 
 def _ema_list(ema: Union[None, EmaLike, Sequence[EmaLike]]) -> Iterable[pb.EmaShadow]:

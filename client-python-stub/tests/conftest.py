@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import shutil
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Deque, List, Optional, Sequence
 
 import pytest
 
@@ -38,30 +39,49 @@ def subprocess_env() -> dict:
 
 
 class ServerProcess:
-    """The packaged server jar, run as its own process on a loopback port."""
+    """The packaged server jar, run as its own process on a loopback port.
 
-    def __init__(self, port: int = 0):
+    Args:
+        port: the port to listen on; 0 picks a free one, which later restarts keep.
+        args: extra server flags, e.g. ``["--state-dir", DIR, "--restore", "latest"]``.
+    """
+
+    def __init__(self, port: int = 0, args: Sequence[str] = ()):
+        self.port = port
+        self.args = [str(a) for a in args]
+        self.process: Optional[subprocess.Popen] = None
+        #: The server's most recent log lines, for failure messages.
+        self.log: Deque[str] = collections.deque(maxlen=200)
+        self.start()
+
+    def start(self) -> None:
+        """Starts the server on its port (it must not be running) and waits until it serves."""
+        if self.running:
+            raise RuntimeError("the server is already running")
         jar = server_jar()
         if not jar.is_file():
             pytest.fail(f"missing {jar}: build the server first (mvn -B -q -o package -DskipTests)")
         java = shutil.which("java") or str(Path(os.environ.get("JAVA_HOME", "/usr")) / "bin" / "java")
         self.process = subprocess.Popen(
-            [java, "-jar", str(jar), "--port", str(port), "--bind", "127.0.0.1", "--threads", "2",
-             "--memory-limit", "1g"],
+            [java, "-jar", str(jar), "--port", str(self.port), "--bind", "127.0.0.1", "--threads", "2",
+             "--memory-limit", "1g", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.port = self._await_port()
+        self.port = self._await_port(self.process)
         self.target = f"127.0.0.1:{self.port}"
 
-    def _await_port(self) -> int:
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _await_port(self, process: subprocess.Popen) -> int:
         found: list = []
         ready = threading.Event()
-        log: list = []
 
         def read() -> None:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:  # keeps draining after the port is found
+            assert process.stdout is not None
+            for line in process.stdout:  # keeps draining after the port is found
+                self.log.append(line)
                 if not found:
-                    log.append(line)
                     match = _SERVING.search(line)
                     if match:
                         found.append(int(match.group(1)))
@@ -71,12 +91,12 @@ class ServerProcess:
         threading.Thread(target=read, name="server-log", daemon=True).start()
         if not ready.wait(60) or not found:
             self.stop()
-            pytest.fail("server did not report its port:\n" + "".join(log))
+            pytest.fail("server did not report its port:\n" + "".join(self.log))
         return found[0]
 
     def stop(self, crash: bool = False) -> None:
         """Stops the server: SIGTERM (it shuts down cleanly), or SIGKILL with ``crash``."""
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             if crash:
                 self.process.kill()
                 self.process.wait()
@@ -87,6 +107,18 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, as in a crash or an OOM kill."""
+        self.stop(crash=True)
+
+    def restart(self, crash: bool = False, args: Optional[Sequence[str]] = None) -> None:
+        """Stops the server (killing it with ``crash``) and starts it again on the same port, with
+        the same flags or with ``args``."""
+        self.stop(crash)
+        if args is not None:
+            self.args = [str(a) for a in args]
+        self.start()
 
 
 @pytest.fixture(scope="session")
@@ -128,22 +160,20 @@ def free_port() -> int:
 @pytest.fixture
 def private_server():
     """A server of the test's own, for tests that stop it; ``restart()`` brings it back on its port."""
-
-    class Private:
-        def __init__(self) -> None:
-            self.current: Optional[ServerProcess] = ServerProcess()
-            self.port = self.current.port
-            self.target = self.current.target
-
-        def stop(self, crash: bool = False) -> None:
-            if self.current is not None:
-                self.current.stop(crash)
-                self.current = None
-
-        def restart(self) -> None:
-            self.stop()
-            self.current = ServerProcess(self.port)
-
-    p = Private()
+    p = ServerProcess()
     yield p
     p.stop()
+
+
+@pytest.fixture
+def start_server():
+    """Starts servers of the test's own: ``start_server(*flags, port=0)``; all are stopped after the test."""
+    started: List[ServerProcess] = []
+
+    def start(*args: str, port: int = 0) -> ServerProcess:
+        started.append(ServerProcess(port, args))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -147,26 +149,35 @@ def test_server_down_is_server_unavailable():
 
 
 @pytest.mark.parametrize("crash", [True, False], ids=["killed", "shut-down"])
-def test_steps_after_a_server_restart(private_server, crash):
-    """A broken stream raises ServerUnavailable on the step in flight, nothing is retried, and the
-    next step opens a new stream (here after restoring the model onto the restarted server)."""
+def test_steps_after_a_restart_of_a_server_without_state(private_server, crash):
+    """A step is retried while the server is away, until retry_for runs out; a server restarted
+    without a state directory has lost its models, which is NotFound (not retried); loading a
+    state dict then continues, with sequence numbers past those the state dict's ledger holds."""
     model = make_mlp()
     client = Client(private_server.target, connect_timeout=1.0)
-    opt = RemoteOptimizer(model.named_parameters(), "unused", "Adam", lr=1e-2, model="restarted", client=client)
+    opt = RemoteOptimizer(model.named_parameters(), "unused", "Adam", lr=1e-2, model="restarted", client=client,
+                          retry_for=0.6)
     train_step(model, opt, 1)
     saved = opt.state_dict()
     private_server.stop(crash=crash)
+    started = time.monotonic()
     with pytest.raises(ServerUnavailable, match="restarted"):
         train_step(model, opt, 2)
+    assert 0.5 <= time.monotonic() - started < 10 and opt._stream.retries >= 1
+    opt.retry_for = 0
+    retries = opt._stream.retries
     with pytest.raises(ServerUnavailable):
         train_step(model, opt, 2)  # a new stream, and the server is still down
+    assert opt._stream.retries == retries  # not retried
     private_server.restart()
+    opt.retry_for = 30
     with pytest.raises(NotFound):
-        train_step(model, opt, 2)  # a new stream reaches the new server, which lost its models
+        train_step(model, opt, 2)  # reaches the new server, which lost its models
     opt.load_state_dict(saved)
     assert opt.version == 1
     train_step(model, opt, 2)
     assert opt.version == 2 and opt.client.describe("restarted").version == 2
+    assert not opt.last_result.replayed and opt.last_result.step_id == 5  # steps 2 to 4 failed
     opt.delete()
     client.close()
 

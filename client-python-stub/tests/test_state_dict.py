@@ -22,6 +22,11 @@ def figures_without_step_id(figures) -> str:
     return repr(dataclasses.asdict(dataclasses.replace(figures, step_id=0)))
 
 
+def without_clients(state: dict) -> dict:
+    # The ledger of trainers' sequence numbers names the trainers, and the resumed run had another one.
+    return {k: v for k, v in state.items() if k != "clients"}
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     # The fresh process uses one thread too, so both compute identical gradients.
@@ -70,7 +75,7 @@ def test_resume_in_a_fresh_process_is_bit_identical(target, tmp_path, config):
         assert torch.equal(a, b), f"parameter {i} differs by up to {(a - b).abs().max().item():.3g}"
     # The whole optimizer state too: every slot (moments, z, EMA shadow, slow weights) and counter.
     final = resumed["state"]
-    assert final["spec"]["state"] == uninterrupted_state["spec"]["state"]
+    assert without_clients(final["spec"]["state"]) == without_clients(uninterrupted_state["spec"]["state"])
     assert final["spec"]["groups"] == uninterrupted_state["spec"]["groups"]
     assert sorted(final["slots"]) == sorted(uninterrupted_state["slots"])
     for slot, tensors in uninterrupted_state["slots"].items():

@@ -44,6 +44,31 @@ class OptimizerStub(object):
                 request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.DeleteResponse.FromString,
                 )
+        self.Snapshot = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/Snapshot',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.SnapshotInfo.FromString,
+                )
+        self.ListSnapshots = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/ListSnapshots',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ListSnapshotsResponse.FromString,
+                )
+        self.Restore = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/Restore',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.FromString,
+                )
+        self.Fork = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/Fork',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ForkRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.FromString,
+                )
+        self.Export = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/Export',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ExportRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ExportInfo.FromString,
+                )
 
 
 class OptimizerServicer(object):
@@ -91,7 +116,50 @@ class OptimizerServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Removes a model and frees its memory.
+        """Removes a model and frees its memory. Its snapshots stay on disk, but `--restore latest` no
+        longer brings it back (restoring one of its snapshots by id still does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Snapshot(self, request, context):
+        """Snapshots and branches. Snapshot, ListSnapshots, Restore and Export need a server started
+        with --state-dir; Fork does not.
+
+        Writes a resumable snapshot of a model (weights, every state buffer, counters, config and the
+        clients' sequence numbers) atomically to the state directory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """The snapshots in the state directory, oldest first, with whether each one verified.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Restore(self, request, context):
+        """Loads a snapshot (the latest valid one unless an id is given) into a running server, and
+        replays the step journal after it, so the model is exactly as of its last acknowledged step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fork(self, request, context):
+        """Copies a model, with all its optimizer state and counters, into a new model: a branch, e.g. a
+        WSD cooldown run from the current point while the main run goes on. Optionally with a new schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Export(self, request, context):
+        """Writes one view of a model's weights (by default the eval view) as a safetensors file for
+        deployment. An export is not a snapshot: it holds no optimizer state and cannot be resumed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +197,31 @@ def add_OptimizerServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.DeleteRequest.FromString,
                     response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.SnapshotRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.SnapshotInfo.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'Restore': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restore,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.RestoreRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.SerializeToString,
+            ),
+            'Fork': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fork,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ForkRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.SerializeToString,
+            ),
+            'Export': grpc.unary_unary_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ExportRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ExportInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -239,5 +332,90 @@ class Optimizer(object):
         return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/Delete',
             optsidecar_dot_v1_dot_optimizer__pb2.DeleteRequest.SerializeToString,
             optsidecar_dot_v1_dot_optimizer__pb2.DeleteResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/Snapshot',
+            optsidecar_dot_v1_dot_optimizer__pb2.SnapshotRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.SnapshotInfo.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/ListSnapshots',
+            optsidecar_dot_v1_dot_optimizer__pb2.ListSnapshotsRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.ListSnapshotsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Restore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/Restore',
+            optsidecar_dot_v1_dot_optimizer__pb2.RestoreRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Fork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/Fork',
+            optsidecar_dot_v1_dot_optimizer__pb2.ForkRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/Export',
+            optsidecar_dot_v1_dot_optimizer__pb2.ExportRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.ExportInfo.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

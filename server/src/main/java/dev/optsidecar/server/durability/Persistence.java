@@ -233,10 +233,13 @@ public final class Persistence implements AutoCloseable {
 
     /** Graceful shutdown: stops every model's steps and snapshots the ones that changed since their last snapshot. */
     public void shutdown() {
-        background.shutdownNow();
+        // Steps first: a step being applied waits for nothing but its own work, and once none can be
+        // applied, none asks for a background snapshot on an executor that is shut down (it would fail
+        // the step after it was journaled, and lose it from memory).
         for (Model m : registry.models()) {
             m.stopAcceptingSteps();
         }
+        background.shutdownNow();
         snapshotChanged("shutdown");
     }
 
@@ -264,16 +267,21 @@ public final class Persistence implements AutoCloseable {
         if (trigger == null || snapshotQueued.putIfAbsent(m, Boolean.TRUE) != null) {
             return;
         }
-        background.execute(() -> {
-            snapshotQueued.remove(m);
-            try {
-                if (logs.containsKey(m)) {
-                    snapshot(m, trigger);
+        try {
+            background.execute(() -> {
+                snapshotQueued.remove(m);
+                try {
+                    if (logs.containsKey(m)) {
+                        snapshot(m, trigger);
+                    }
+                } catch (IOException | RuntimeException e) {
+                    LOG.log(Level.SEVERE, "model '" + m.name() + "': snapshot after step " + version + " failed", e);
                 }
-            } catch (IOException | RuntimeException e) {
-                LOG.log(Level.SEVERE, "model '" + m.name() + "': snapshot after step " + version + " failed", e);
-            }
-        });
+            });
+        } catch (java.util.concurrent.RejectedExecutionException e) {
+            // Shutting down: the step stands (it is journaled), and the shutdown snapshot covers it.
+            snapshotQueued.remove(m);
+        }
     }
 
     /** Waits until the snapshots queued so far (every N steps, journal size) are written. */
