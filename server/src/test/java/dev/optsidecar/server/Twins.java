@@ -110,9 +110,14 @@ final class Twins {
                 "Describe, model vs twin");
     }
 
-    /** A description without the clients' sequence numbers (twins are stepped by different clients). */
+    /**
+     * A description without the bookkeeping of who stepped it: the clients' sequence numbers, the
+     * trainers attached and their counts, and the memory their gradient buffers hold (twins are
+     * stepped by different clients).
+     */
     static ModelInfo withoutClients(ModelInfo info) {
-        return info.toBuilder().setState(info.getState().toBuilder().clearClients()).build();
+        return info.toBuilder().setState(info.getState().toBuilder().clearClients()).clearCoordination()
+                .clearMemoryBytes().build();
     }
 
     private StepResult stepRetryingAborted(float[][] grads, float[][] out) {

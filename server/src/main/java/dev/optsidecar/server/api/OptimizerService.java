@@ -15,6 +15,8 @@ import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.proto.v1.ExportInfo;
 import dev.optsidecar.proto.v1.ExportRequest;
 import dev.optsidecar.proto.v1.ForkRequest;
+import dev.optsidecar.proto.v1.HistoryRequest;
+import dev.optsidecar.proto.v1.HistoryResponse;
 import dev.optsidecar.proto.v1.ListSnapshotsRequest;
 import dev.optsidecar.proto.v1.ListSnapshotsResponse;
 import dev.optsidecar.proto.v1.RestoreRequest;
@@ -146,6 +148,12 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     @Override
     public void export(ExportRequest request, StreamObserver<ExportInfo> out) {
         unary(out, () -> persistence().export(registry.get(request.getModel(), "model"), request.getView()));
+    }
+
+    @Override
+    public void history(HistoryRequest request, StreamObserver<HistoryResponse> out) {
+        unary(out, () -> HistoryResponse.newBuilder()
+                .addAllVersions(registry.get(request.getModel(), "model").history(request.getFromVersion())).build());
     }
 
     private Persistence persistence() {

@@ -9,6 +9,7 @@ import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.model.ClientSession;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.StepAssembly;
@@ -28,7 +29,9 @@ final class StepCall implements StreamObserver<StepRequest> {
     private final ModelRegistry registry;
     private final ServerCallStreamObserver<StepResponse> out;
     private Model model;
-    private String clientId = "";
+    private ClientSession session;
+    /** A sync step waiting for the other trainers' contributions. */
+    private java.util.concurrent.CompletableFuture<?> awaiting;
     private NonFinitePolicy policy;
     /** A retried step that was already applied: its chunks are dropped and its commit answered from the ledger. */
     private Long replayedStepId;
@@ -61,7 +64,7 @@ final class StepCall implements StreamObserver<StepRequest> {
                 case OPEN -> open(request);
                 case CHUNK -> chunk(request.getChunk());
                 case COMMIT -> {
-                    if (sending != null) {
+                    if (sending != null || awaiting != null) {
                         deferredCommit = request.getCommit();
                         return; // resumes when the previous step's weights are out
                     }
@@ -82,7 +85,7 @@ final class StepCall implements StreamObserver<StepRequest> {
             throw OptError.invalid("open: sent twice in one Step stream");
         }
         model = registry.get(request.getOpen().getModel(), "open.model");
-        clientId = request.getOpen().getClientId();
+        session = model.attach(request.getOpen().getClientId());
         policy = model.nonFinitePolicy();
     }
 
@@ -99,11 +102,11 @@ final class StepCall implements StreamObserver<StepRequest> {
             return; // already applied; the commit is answered from the client's ledger
         }
         if (assembly == null) {
-            if (m.appliedResult(clientId, c.getStepId()) != null) {
+            if (m.appliedResult(session, c.getStepId()) != null || m.waitingContribution(session, c.getStepId()) != null) {
                 replayedStepId = c.getStepId();
                 return;
             }
-            assembly = m.openStep(clientId, c.getStepId());
+            assembly = m.openStep(session, c.getStepId());
         } else if (assembly.stepId() != c.getStepId()) {
             throw OptError.precondition("chunk.step_id: chunk for step %s arrived before step %s was committed",
                     Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()));
@@ -120,20 +123,63 @@ final class StepCall implements StreamObserver<StepRequest> {
         Model.ResolvedView view = m.resolveView(c.getView(), "commit.view", true);
         if (assembly == null) {
             replayedStepId = null;
-            StepResult stored = m.appliedResult(clientId, c.getStepId());
+            StepResult stored = m.appliedResult(session, c.getStepId());
             if (stored != null) {
                 answerRetry(m, stored, view);
                 return;
             }
-            assembly = m.openStep(clientId, c.getStepId()); // legal only when every tensor is listed in no_grad
+            var waiting = m.waitingContribution(session, c.getStepId());
+            if (waiting != null) { // sent before on a stream that died: answer when its sync step is applied
+                await(waiting, outcome -> answerRetry(m, m.appliedResult(session, c.getStepId()), view));
+                return;
+            }
+            assembly = m.openStep(session, c.getStepId()); // legal only when every tensor is listed in no_grad
         } else if (assembly.stepId() != c.getStepId()) {
             throw OptError.precondition("commit.step_id: commit for step %s, but the chunks sent were for step %s",
                     Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()));
         }
         StepAssembly a = assembly;
         assembly = null;
-        Model.StepOutcome outcome = m.commit(a, c.getNoGradList(), c.getGroupLrMap(), view, policy);
-        send(outcome.result(), outcome.weights());
+        var outcome = m.commit(a, c.getNoGradList(), c.getGroupLrMap(), view, policy,
+                c.hasBaseVersion() ? c.getBaseVersion() : null);
+        if (outcome.isDone()) {
+            Model.StepOutcome o = outcome.join();
+            send(o.result(), o.weights());
+        } else {
+            await(outcome, o -> send(o.result(), o.weights()));
+        }
+    }
+
+    /**
+     * Waits for a sync step to be applied without holding up the stream's thread; then {@code then}
+     * runs as a callback of this call. Completions run on another thread than the one applying the
+     * step, which holds the model's lock.
+     */
+    private <T> void await(java.util.concurrent.CompletableFuture<T> step, java.util.function.Consumer<T> then) {
+        awaiting = step;
+        step.whenCompleteAsync((value, error) -> {
+            synchronized (this) {
+                awaiting = null;
+                if (closed) {
+                    if (value instanceof Model.StepOutcome o && o.weights() != null) {
+                        o.weights().close();
+                    }
+                    return;
+                }
+                try {
+                    if (error != null) {
+                        throw error instanceof java.util.concurrent.CompletionException ce && ce.getCause() != null
+                                ? ce.getCause() : error;
+                    }
+                    then.accept(value);
+                    if (sending == null) {
+                        resumeAfterSend();
+                    }
+                } catch (Throwable e) {
+                    fail(e);
+                }
+            }
+        });
     }
 
     /** A step the client had sent before: its stored result, with the current weights. */
@@ -175,6 +221,9 @@ final class StepCall implements StreamObserver<StepRequest> {
 
     /** After a step's weights are out: run a commit that waited, or finish a half-closed stream. */
     private void resumeAfterSend() {
+        if (awaiting != null) {
+            return;
+        }
         if (deferredCommit != null) {
             StepCommit c = deferredCommit;
             deferredCommit = null;
@@ -201,7 +250,7 @@ final class StepCall implements StreamObserver<StepRequest> {
             return;
         }
         halfClosed = true;
-        if (sending == null && deferredCommit == null) {
+        if (sending == null && deferredCommit == null && awaiting == null) {
             finish();
         }
     }
@@ -232,6 +281,13 @@ final class StepCall implements StreamObserver<StepRequest> {
         if (assembly != null) {
             model.abandon(assembly);
             assembly = null;
+        }
+        if (session != null) {
+            Model m = model;
+            ClientSession s = session;
+            session = null;
+            // Off this call's lock: detaching takes the model's lock, which a step being applied holds.
+            java.util.concurrent.ForkJoinPool.commonPool().execute(() -> m.detach(s));
         }
         if (sending != null) {
             sending.cancel();

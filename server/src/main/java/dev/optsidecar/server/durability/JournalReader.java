@@ -1,6 +1,7 @@
 package dev.optsidecar.server.durability;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.server.model.StepRecord;
 
 import java.io.IOException;
@@ -9,7 +10,9 @@ import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.zip.CRC32C;
 
@@ -102,8 +105,12 @@ public final class JournalReader implements AutoCloseable {
                 dst.position(dst.position() + count * Float.BYTES);
             }
         };
-        return new StepRecord(h.path("client_id").asText(), Long.parseUnsignedLong(h.path("step_id").asText()),
-                h.path("version_before").asLong(), noGrad, lr, h.path("sum_of_squares").asDouble(), gradients);
+        List<Contribution> contributions = new ArrayList<>();
+        h.path("contributions").forEach(c -> contributions.add(Contribution.newBuilder()
+                .setClientId(c.path("client_id").asText())
+                .setStepId(Long.parseUnsignedLong(c.path("step_id").asText())).build()));
+        return new StepRecord(contributions, h.path("version_before").asLong(), noGrad, lr,
+                h.path("sum_of_squares").asDouble(), h.path("lr_scale").asDouble(1.0), gradients);
     }
 
     /** Why the journal ended before its last byte (a torn or corrupt record), or null. */

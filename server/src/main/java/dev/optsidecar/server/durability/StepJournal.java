@@ -23,8 +23,8 @@ import java.util.zip.CRC32C;
  *
  * <p>File: a header record naming the model, its run and the snapshot it follows, then one record
  * per step. A record is {@code magic, header length, JSON header, gradients, CRC32C}, all
- * little-endian; the JSON header holds the client, sequence number, version, skipped tensors,
- * learning rates and gradient norm, and the gradients follow in tensor order. A record cut short
+ * little-endian; the JSON header holds the contributions (client, sequence number), the version,
+ * skipped tensors, learning rates, learning-rate scale and gradient norm, and the gradients follow in tensor order. A record cut short
  * by a crash fails its checksum and ends the journal: its step was never acknowledged.
  */
 public final class StepJournal implements StepLog, AutoCloseable {
@@ -84,10 +84,12 @@ public final class StepJournal implements StepLog, AutoCloseable {
     @Override
     public synchronized void append(StepRecord step) {
         ObjectNode h = JSON.createObjectNode()
-                .put("client_id", step.clientId())
-                .put("step_id", Long.toUnsignedString(step.stepId()))
                 .put("version_before", step.versionBefore())
-                .put("sum_of_squares", step.sumOfSquares());
+                .put("sum_of_squares", step.sumOfSquares())
+                .put("lr_scale", step.lrScale());
+        ArrayNode contributions = h.putArray("contributions");
+        step.contributions().forEach(c -> contributions.addObject()
+                .put("client_id", c.getClientId()).put("step_id", Long.toUnsignedString(c.getStepId())));
         ArrayNode noGrad = h.putArray("no_grad");
         ArrayNode numel = h.putArray("numel");
         for (int t = 0; t < step.noGrad().length; t++) {
@@ -113,8 +115,8 @@ public final class StepJournal implements StepLog, AutoCloseable {
             } catch (IOException ignored) {
                 // the checksum still marks the partial record as the journal's end
             }
-            throw OptError.internal(e, "step journal %s: cannot record step %s: %s; the step was not applied",
-                    file.getFileName(), Long.toUnsignedString(step.stepId()), e.getMessage());
+            throw OptError.internal(e, "step journal %s: cannot record the step to version %d: %s; it was not applied",
+                    file.getFileName(), step.versionBefore() + 1, e.getMessage());
         }
     }
 

@@ -27,6 +27,32 @@ public interface EngineTensor {
      */
     Ingest writeGradient(long offset, ByteBuffer src);
 
+    /**
+     * Allocates another gradient buffer, for one trainer's step to arrive in while other trainers'
+     * steps arrive in theirs, and returns its handle.
+     */
+    int newGradientBuffer();
+
+    void freeGradientBuffer(int handle);
+
+    /** As {@link #writeGradient(long, ByteBuffer)}, into gradient buffer {@code handle}. */
+    Ingest writeGradient(int handle, long offset, ByteBuffer src);
+
+    /** As {@link #readGradient(long, int, ByteBuffer)}, from gradient buffer {@code handle}. */
+    void readGradient(int handle, long offset, int count, ByteBuffer dst);
+
+    /**
+     * Makes buffer {@code handle} the gradient the next step uses, in O(1): the two buffers swap,
+     * so {@code handle} then names the buffer the step gradient was in.
+     */
+    void useGradient(int handle);
+
+    /**
+     * Sets the step's gradient to the sum of buffers {@code handles}, added in that order, divided
+     * by {@code divisor} (float32 arithmetic), and returns the result's sum of squares.
+     */
+    double combineGradients(int[] handles, float divisor);
+
     /** Writes {@code count} parameters starting at {@code offset} into {@code dst}. */
     void readParams(long offset, int count, ByteBuffer dst);
 

@@ -1,5 +1,6 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.GroupStep;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.ModelSpec;
@@ -19,7 +20,7 @@ import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.atomic.AtomicReference;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.atomic.DoubleAdder;
 import java.util.concurrent.locks.StampedLock;
 
@@ -38,7 +39,26 @@ public final class Model {
     private final Engine engine;
     private final long memoryBytes;
     private final StampedLock lock = new StampedLock();
-    private final AtomicReference<StepAssembly> assembling = new AtomicReference<>();
+    /** Trainers by client id (or a key of their own for anonymous streams); also a lock, taken after the model lock. */
+    private final Map<String, ClientSession> sessions = new java.util.HashMap<>();
+    private final java.util.concurrent.atomic.AtomicLong anonymousStreams = new java.util.concurrent.atomic.AtomicLong();
+    /** Bytes of one trainer's gradient buffers. */
+    private final long gradientBytes;
+    /** Reserves and releases memory under the server's limit. */
+    private final ModelRegistry memory;
+    private final dev.optsidecar.proto.v1.Coordination coordination;
+    private final boolean sync;
+    /** Sync mode: the step gathering contributions now; guarded by the write lock. */
+    private SyncRound round;
+    private final CoordinationStatusBuilder status = new CoordinationStatusBuilder();
+    private final History history = new History();
+    /** Straggler timeouts of every model. */
+    private static final java.util.concurrent.ScheduledExecutorService TIMERS =
+            java.util.concurrent.Executors.newSingleThreadScheduledExecutor(r -> {
+                Thread t = new Thread(r, "optsidecar-sync-timeouts");
+                t.setDaemon(true);
+                return t;
+            });
     private final Training training;
     private final ModelSpec spec;
     private final ClientLedger ledger = new ClientLedger();
@@ -57,8 +77,12 @@ public final class Model {
     long lookaheadStep;
 
     Model(ModelSpec spec, List<TensorEntry> tensors, List<GroupState> groups,
-          Training training, Engine engine, long memoryBytes) {
+          Training training, Engine engine, long memoryBytes, ModelRegistry memory) {
         this.spec = spec.toBuilder().clearState().build();
+        this.memory = memory;
+        this.coordination = spec.getCoordination();
+        this.sync = coordination.getMode() == dev.optsidecar.proto.v1.CoordinationMode.COORDINATION_SYNC;
+        this.gradientBytes = tensors.stream().mapToLong(t -> t.numel * (long) Float.BYTES).sum();
         this.name = spec.getName();
         this.config = spec.getOptimizer();
         this.tensors = Collections.unmodifiableList(tensors);
@@ -110,8 +134,40 @@ public final class Model {
         return version;
     }
 
+    /** Bytes held for the model itself (weights, step gradient, state), not counting trainers' buffers. */
     public long memoryBytes() {
         return memoryBytes;
+    }
+
+    /** Bytes held for trainers' gradient buffers now. */
+    long sessionBytes() {
+        synchronized (sessions) {
+            return sessions.values().stream().filter(s -> s.handles != null).count() * gradientBytes;
+        }
+    }
+
+    /** Reserves room for a transient copy of weights being sent; false when the limit has none. */
+    boolean reserveTransient(long bytes) {
+        try {
+            memory.reserve(name, bytes);
+            return true;
+        } catch (OptError e) {
+            return false;
+        }
+    }
+
+    void releaseTransient(long bytes) {
+        memory.release(bytes);
+    }
+
+    /** What trainers are attached and what their contributions did. */
+    dev.optsidecar.proto.v1.CoordinationStatus coordinationStatus() {
+        return status.build(coordination, trainers());
+    }
+
+    /** The contributions of versions from {@code from} on, as far back as they are kept. */
+    public List<dev.optsidecar.proto.v1.VersionContributions> history(long from) {
+        return underReadLock(() -> history.from(from));
     }
 
     public NonFinitePolicy nonFinitePolicy() {
@@ -161,33 +217,106 @@ public final class Model {
         return Views.resolve(this, requested, field, allowNone);
     }
 
-    /**
-     * Starts assembling a step. Only one step is assembled at a time, because its gradients are
-     * written straight into the tensors' gradient buffers.
-     */
-    public StepAssembly openStep(String clientId, long stepId) {
+    // ------------------------------------------------------------------------------------------
+    // Trainers
+
+    /** A trainer opened a Step stream: its session (created on first use) counts as attached. */
+    public ClientSession attach(String clientId) {
         checkLive();
-        StepAssembly a = new StepAssembly(tensors, clientId, stepId);
-        while (!assembling.compareAndSet(null, a)) {
-            StepAssembly current = assembling.get();
-            // A client's retry replaces its own step left half-sent by a connection that died.
-            if (current != null && !clientId.isEmpty() && clientId.equals(current.clientId())) {
-                if (assembling.compareAndSet(current, a)) {
-                    break;
-                }
-            } else if (current != null) {
-                throw OptError.aborted("model '%s' is assembling another client's step; retry when it is done", name);
-            }
+        String key = clientId.isEmpty() ? "\u0000anonymous-" + anonymousStreams.incrementAndGet() : clientId;
+        synchronized (sessions) {
+            ClientSession s = sessions.computeIfAbsent(key, k -> new ClientSession(k, clientId));
+            s.streams++;
+            return s;
         }
-        return a;
     }
 
     /**
-     * The stored result when step {@code stepId} is client {@code clientId}'s last applied step (a
-     * retry), else null; FAILED_PRECONDITION when it is older.
+     * A trainer's stream ended: a half-sent step of it is dropped (a retry on another stream would
+     * replace it anyway), and a sync step waiting for as many trainers as are attached may now be due.
      */
-    public StepResult appliedResult(String clientId, long stepId) {
-        return underReadLock(() -> ledger.applied(name, clientId, stepId));
+    public void detach(ClientSession s) {
+        long stamp = lock.writeLock();
+        try {
+            synchronized (sessions) {
+                s.streams--;
+                if (s.streams == 0) {
+                    s.assembly = null;
+                    if (s.pending == null) {
+                        release(s);
+                    }
+                }
+            }
+            if (sync && !deleted) {
+                applyRoundIfDue(false);
+            }
+        } finally {
+            lock.unlockWrite(stamp);
+        }
+    }
+
+    /** Frees a session that has no stream and no waiting contribution; under the write lock and the sessions lock. */
+    private void release(ClientSession s) {
+        sessions.remove(s.key);
+        if (s.handles != null && !deleted) {
+            for (TensorEntry t : tensors) {
+                t.storage.freeGradientBuffer(s.handles[t.index]);
+            }
+            s.handles = null;
+            memory.release(gradientBytes);
+        }
+    }
+
+    /** The trainers attached now, by client id. */
+    List<String> trainers() {
+        synchronized (sessions) {
+            List<String> ids = new ArrayList<>();
+            sessions.values().stream().filter(s -> s.streams > 0).forEach(s -> ids.add(s.clientId));
+            java.util.Collections.sort(ids);
+            return ids;
+        }
+    }
+
+    /**
+     * Starts assembling a step of {@code s} in its own gradient buffers, allocated on its first
+     * step. A step the session left half-sent (a dead connection) is replaced.
+     */
+    public StepAssembly openStep(ClientSession s, long stepId) {
+        checkLive();
+        synchronized (sessions) {
+            if (s.pending != null) {
+                throw OptError.precondition("step_id: client '%s' sent step %s while its step %s waits for the other"
+                                + " trainers' contributions", s.clientId, Long.toUnsignedString(stepId),
+                        Long.toUnsignedString(s.pending.stepId()));
+            }
+            if (s.handles == null) {
+                memory.reserve(name, gradientBytes);
+                int[] handles = new int[tensors.size()];
+                for (TensorEntry t : tensors) {
+                    handles[t.index] = t.storage.newGradientBuffer();
+                }
+                s.handles = handles;
+            }
+            StepAssembly a = new StepAssembly(tensors, s, stepId);
+            s.assembly = a;
+            return a;
+        }
+    }
+
+    /**
+     * The stored result when step {@code stepId} is the session's last applied step (a retry), else
+     * null; FAILED_PRECONDITION when it is older.
+     */
+    public StepResult appliedResult(ClientSession s, long stepId) {
+        return underReadLock(() -> ledger.applied(name, s.clientId, stepId));
+    }
+
+    /** The session's sync contribution of step {@code stepId} still waiting for its step, for a retry to wait on; or null. */
+    public CompletableFuture<StepOutcome> waitingContribution(ClientSession s, long stepId) {
+        synchronized (sessions) {
+            SyncRound.Contribution c = s.pending;
+            return c != null && c.stepId() == stepId ? c.result() : null;
+        }
     }
 
     /** Stops accepting steps (graceful shutdown): a later commit is UNAVAILABLE. Waits for a step being applied. */
@@ -211,120 +340,314 @@ public final class Model {
     }
 
     /**
-     * The id of the step being assembled, if any: its chunks are arriving but it has not yet been
+     * The id of a step being assembled, if any: its chunks are arriving but it has not yet been
      * committed or abandoned. For diagnostics and tests; the answer may be stale by the time it is read.
      */
     public java.util.OptionalLong assemblingStep() {
-        StepAssembly a = assembling.get();
-        return a == null ? java.util.OptionalLong.empty() : java.util.OptionalLong.of(a.stepId());
+        synchronized (sessions) {
+            return sessions.values().stream().map(s -> s.assembly).filter(java.util.Objects::nonNull)
+                    .mapToLong(StepAssembly::stepId).findFirst();
+        }
     }
 
     /** Abandons an assembly; weights and state are untouched. */
     public void abandon(StepAssembly a) {
-        assembling.compareAndSet(a, null);
+        synchronized (sessions) {
+            if (a.session().assembly == a) {
+                a.session().assembly = null;
+            }
+        }
+    }
+
+    private void checkCurrent(StepAssembly a) {
+        if (a.session().assembly != a) {
+            throw OptError.aborted("step %s of model '%s' is no longer being assembled (a retry replaced it)",
+                    Long.toUnsignedString(a.stepId()), name);
+        }
     }
 
     /**
-     * Copies one gradient chunk into place; returns a non-finite description when one arrived.
-     * The copy runs under the read lock, so a Delete (which frees the buffers under the write lock)
-     * cannot free them mid-copy, and a chunk for a model deleted mid-step is NOT_FOUND.
+     * Copies one gradient chunk into the step's buffers; returns a non-finite description when one
+     * arrived. The copy runs under the read lock, so a Delete (which frees the buffers under the
+     * write lock) cannot free them mid-copy, and a chunk for a model deleted mid-step is NOT_FOUND.
      */
     public String addChunk(StepAssembly a, int tensor, long offset, java.nio.ByteBuffer data) {
         checkLive();
-        if (assembling.get() != a) {
-            throw OptError.aborted("step %d of model '%s' is no longer being assembled", a.stepId(), name);
-        }
+        checkCurrent(a);
         // tryReadLock first: it ignores queued writers, so a Delete waiting for this stream's own
-        // weights transfer cannot block the stream. It fails only while a Delete holds the write lock
-        // (a commit needs this assembly), which ends without waiting on anything, so blocking is safe.
+        // weights transfer cannot block the stream. It fails only while a writer holds the lock,
+        // which ends without waiting on anything, so blocking is safe.
         long stamp = lock.tryReadLock();
         if (stamp == 0) {
             stamp = lock.readLock();
         }
         try {
             checkLive();
+            checkCurrent(a);
             return a.add(tensor, offset, data);
         } finally {
             lock.unlockRead(stamp);
         }
     }
 
+    // ------------------------------------------------------------------------------------------
+    // Steps
+
     /**
-     * Validates and applies an assembled step, then opens the requested view of the result under
-     * the read lock, so the weights streamed back are exactly those of the new version. A step the
-     * client's ledger shows as already applied (a retry that raced its original) is answered with
-     * the stored result instead.
+     * Validates an assembled step and applies it: at once (async mode, or a lone trainer), or as
+     * part of the sync step it contributes to, when that step has its contributions. The future
+     * holds the result and the requested view of the new version. A step the client's ledger shows
+     * as already applied is answered with the stored result instead.
      *
-     * @param noGrad  tensor indexes without a gradient this step
-     * @param groupLr new base learning rates by group name
-     * @param view    resolved view to return, or null for none
+     * @param noGrad      tensor indexes without a gradient this step
+     * @param groupLr     new base learning rates by group name
+     * @param view        resolved view to return, or null for none
+     * @param baseVersion the version the gradient was computed at, or null for the current one
      */
-    public StepOutcome commit(StepAssembly a, List<Integer> noGrad, Map<String, Double> groupLr,
-                              ResolvedView view, NonFinitePolicy policy) {
+    public CompletableFuture<StepOutcome> commit(StepAssembly a, List<Integer> noGrad, Map<String, Double> groupLr,
+                                                 ResolvedView view, NonFinitePolicy policy, Long baseVersion) {
+        checkCurrent(a);
+        boolean[] skip = noGradMask(noGrad);
+        a.checkComplete(skip);
+        Map<GroupState, Double> newLr = resolveGroupLr(groupLr);
+        View label = view == null ? NO_VIEW : view.label();
+        boolean skipped = a.nonFinite() != null && policy == NonFinitePolicy.NON_FINITE_SKIP;
+        long stamp = lock.writeLock();
         try {
-            if (assembling.get() != a) {
-                throw OptError.aborted("step %d of model '%s' is no longer being assembled", a.stepId(), name);
+            checkLive();
+            checkCurrent(a);
+            StepResult stored = ledger.applied(name, a.clientId(), a.stepId());
+            StepResult result;
+            if (stored != null) {
+                result = stored.toBuilder().setView(label).setReplayed(true).build();
+            } else {
+                checkAcceptingSteps();
+                if (baseVersion != null && baseVersion > version) {
+                    throw OptError.invalid("commit.base_version: %d is ahead of the model's version %d", baseVersion, version);
+                }
+                if (sync && !skipped && (baseVersion == null || baseVersion == version)) {
+                    return contribute(a, skip, groupLr, view, baseVersion);
+                }
+                if (sync && !skipped) { // its step was applied without it
+                    status.late++;
+                    result = StepResult.newBuilder().setStepId(a.stepId()).setVersion(version).setLate(true)
+                            .setView(label).setLrScale(1.0).build();
+                    ledger.record(a.clientId(), a.stepId(), result.toBuilder().clearView().build());
+                    abandon(a);
+                    long readStamp = lock.tryConvertToReadLock(stamp);
+                    stamp = 0;
+                    return CompletableFuture.completedFuture(new StepOutcome(result, readerAfterStep(view, readStamp)));
+                }
+                long staleness = baseVersion == null ? 0 : version - baseVersion;
+                double lrScale = skipped ? 1.0 : admit(a, staleness);
+                if (!skipped) {
+                    for (TensorEntry t : tensors) {
+                        if (!skip[t.index]) {
+                            t.storage.useGradient(a.session().handles[t.index]);
+                        }
+                    }
+                }
+                result = applyLocked(List.of(contribution(a.clientId(), a.stepId())), skip, groupLr, newLr,
+                        a.sumOfSquares(), lrScale, staleness, skipped, label);
+                ledger.record(a.clientId(), a.stepId(), result.toBuilder().clearView().build()); // a retry names its own
             }
-            boolean[] skip = noGradMask(noGrad);
-            a.checkComplete(skip);
-            Map<GroupState, Double> newLr = resolveGroupLr(groupLr);
-            View label = view == null ? NO_VIEW : view.label();
-            long stamp = lock.writeLock();
-            try {
-                checkLive();
-                if (assembling.get() != a) { // superseded by the same client's retry while waiting
-                    throw OptError.aborted("step %d of model '%s' is no longer being assembled", a.stepId(), name);
-                }
-                StepResult result;
-                StepResult stored = ledger.applied(name, a.clientId(), a.stepId());
-                if (stored != null) {
-                    result = stored.toBuilder().setView(label).setReplayed(true).build();
-                } else {
-                    checkAcceptingSteps();
-                    result = applyAssembled(a, skip, groupLr, newLr, policy, label);
-                    ledger.record(a.clientId(), a.stepId(), result.toBuilder().clearView().build()); // a retry names its own
-                }
-                long readStamp = lock.tryConvertToReadLock(stamp);
-                stamp = 0;
-                ViewReader reader = view == null ? null
-                        : new ViewReader(this, view.label(), view.source(), tensors, version, readStamp);
-                if (reader == null) {
-                    lock.unlockRead(readStamp);
-                }
-                return new StepOutcome(result, reader);
-            } finally {
-                if (stamp != 0) {
-                    lock.unlockWrite(stamp);
-                }
-            }
+            abandon(a);
+            long readStamp = lock.tryConvertToReadLock(stamp);
+            stamp = 0;
+            return CompletableFuture.completedFuture(new StepOutcome(result, readerAfterStep(view, readStamp)));
         } finally {
-            assembling.compareAndSet(a, null);
+            if (stamp != 0) {
+                lock.unlockWrite(stamp);
+            }
         }
     }
 
-    /** Journals and applies a validated step under the write lock, and returns its result. */
-    private StepResult applyAssembled(StepAssembly a, boolean[] skip, Map<String, Double> groupLr,
-                                      Map<GroupState, Double> newLr, NonFinitePolicy policy, View label) {
-        boolean skipped = a.nonFinite() != null && policy == NonFinitePolicy.NON_FINITE_SKIP;
+    /** Async mode: the learning-rate factor for a gradient this stale, or FAILED_PRECONDITION past the bound. */
+    private double admit(StepAssembly a, long staleness) {
+        dev.optsidecar.proto.v1.AsyncOptions options = coordination.getAsync();
+        if (options.getMaxStaleness() == 0 || staleness <= Integer.toUnsignedLong(options.getMaxStaleness())) {
+            return 1.0;
+        }
+        if (options.getStale() == dev.optsidecar.proto.v1.StalePolicy.STALE_DOWNWEIGHT) {
+            return 1.0 / (1 + staleness);
+        }
+        status.rejected++;
+        throw OptError.precondition("step %s of client '%s': its gradient was computed at version %d, %d versions"
+                        + " behind the current version %d (the bound is %d); pull the weights and send a fresh one",
+                Long.toUnsignedString(a.stepId()), a.clientId(), version - staleness, staleness, version,
+                Integer.toUnsignedLong(options.getMaxStaleness()));
+    }
+
+    /** Opens the requested view after a step, releasing the read lock when there is none to read. */
+    private ViewReader readerAfterStep(ResolvedView view, long readStamp) {
+        if (view == null) {
+            lock.unlockRead(readStamp);
+            return null;
+        }
+        return new ViewReader(this, view.label(), view.source(), Views.select(this, view, List.of(), "commit.view"),
+                version, readStamp);
+    }
+
+    private static Contribution contribution(String clientId, long stepId) {
+        return Contribution.newBuilder().setClientId(clientId).setStepId(stepId).build();
+    }
+
+    /** Sync mode: adds the step to the open round and applies the round if it is now due. Under the write lock. */
+    private CompletableFuture<StepOutcome> contribute(StepAssembly a, boolean[] skip, Map<String, Double> groupLr,
+                                                      ResolvedView view, Long baseVersion) {
+        ClientSession s = a.session();
+        CompletableFuture<StepOutcome> result = new CompletableFuture<>();
+        SyncRound.Contribution c = new SyncRound.Contribution(s, a.stepId(), skip, Map.copyOf(groupLr), view, result);
+        synchronized (sessions) {
+            s.assembly = null;
+            s.pending = c;
+        }
+        if (round == null) {
+            round = new SyncRound(version + 1);
+            int timeout = coordination.getSync().getTimeoutMs();
+            if (timeout > 0) {
+                SyncRound r = round;
+                r.timer = TIMERS.schedule(() -> straggled(r), timeout, java.util.concurrent.TimeUnit.MILLISECONDS);
+            }
+        }
+        round.contributions.add(c);
+        applyRoundIfDue(false);
+        return result;
+    }
+
+    /** The straggler timeout of round {@code r}: from now on it applies with min_k contributions. */
+    private void straggled(SyncRound r) {
+        long stamp = lock.writeLock();
+        try {
+            if (round == r && !deleted) {
+                r.timedOut = true;
+                applyRoundIfDue(true);
+            }
+        } catch (RuntimeException e) {
+            java.util.logging.Logger.getLogger(Model.class.getName()).log(java.util.logging.Level.WARNING,
+                    "model '" + name + "': applying a sync step after its straggler timeout failed", e);
+        } finally {
+            lock.unlockWrite(stamp);
+        }
+    }
+
+    /** Applies the open sync round if it has its contributions; under the write lock. */
+    private void applyRoundIfDue(boolean timedOut) {
+        SyncRound r = round;
+        if (r == null || r.contributions.isEmpty()) {
+            return;
+        }
+        int k = coordination.getSync().getK();
+        int target = k > 0 ? k : Math.max(1, trainers().size());
+        int minK = Math.max(1, coordination.getSync().getMinK());
+        int have = r.contributions.size();
+        if (have < target && !(r.timedOut && have >= minK)) {
+            return;
+        }
+        round = null;
+        if (r.timer != null) {
+            r.timer.cancel(false);
+        }
+        if (have < target) {
+            status.timedOut++;
+        }
+        List<SyncRound.Contribution> parts = new ArrayList<>(r.contributions);
+        parts.sort(java.util.Comparator.comparing(c -> c.session().key));
+        try {
+            checkAcceptingSteps();
+            applyRound(parts);
+        } catch (RuntimeException e) {
+            finishRound(parts);
+            parts.forEach(c -> c.result().completeExceptionally(e));
+        }
+    }
+
+    /** Combines a round's contributions into the step gradient and applies it; every contributor gets the same weights. */
+    private void applyRound(List<SyncRound.Contribution> parts) {
+        boolean mean = coordination.getSync().getCombine() == dev.optsidecar.proto.v1.Combine.COMBINE_MEAN;
+        boolean[] skip = new boolean[tensors.size()];
+        double squares = 0;
+        for (TensorEntry t : tensors) {
+            int[] handles = parts.stream().filter(c -> !c.noGrad()[t.index])
+                    .mapToInt(c -> c.session().handles[t.index]).toArray();
+            if (handles.length == 0) {
+                skip[t.index] = true;
+                continue;
+            }
+            // A trainer without this tensor's gradient contributes zeros, as in data-parallel training.
+            squares += t.storage.combineGradients(handles, mean ? parts.size() : 1f);
+        }
+        Map<String, Double> groupLr = parts.get(0).groupLr();
+        List<Contribution> who = parts.stream().map(c -> contribution(c.session().clientId, c.stepId())).toList();
+        StepResult common = applyLocked(who, skip, groupLr, resolveGroupLr(groupLr), squares, 1.0, 0, false, NO_VIEW);
+        java.util.Map<View, ViewReader.Published> copies = new java.util.HashMap<>();
+        for (SyncRound.Contribution c : parts) {
+            StepResult mine = common.toBuilder().setStepId(c.stepId()).build();
+            ledger.record(c.session().clientId, c.stepId(), mine.toBuilder().clearView().build());
+        }
+        finishRound(parts);
+        for (SyncRound.Contribution c : parts) {
+            StepResult mine = common.toBuilder().setStepId(c.stepId())
+                    .setView(c.view() == null ? NO_VIEW : c.view().label()).build();
+            ViewReader weights = null;
+            if (c.view() != null) {
+                ViewReader.Published shared = copies.get(c.view().label());
+                if (shared == null) {
+                    shared = ViewReader.copyOut(this, c.view().label(), c.view().source(),
+                            Views.select(this, c.view(), List.of(), "commit.view"), version);
+                    if (shared == null) {
+                        throw OptError.exhausted("model '%s': no memory left under the limit to copy out the new"
+                                + " weights for the sync step's %d contributors", name, parts.size());
+                    }
+                    copies.put(c.view().label(), shared);
+                }
+                weights = new ViewReader(this, c.view().label(), version, shared);
+            }
+            c.result().complete(new StepOutcome(mine, weights));
+        }
+    }
+
+    /** Releases the contributors' sessions from the round. */
+    private void finishRound(List<SyncRound.Contribution> parts) {
+        synchronized (sessions) {
+            for (SyncRound.Contribution c : parts) {
+                ClientSession s = c.session();
+                s.pending = null;
+                if (s.streams == 0) {
+                    release(s);
+                }
+            }
+        }
+    }
+
+    /**
+     * Journals and applies a step whose gradient is in the tensors' step buffers, under the write
+     * lock, and returns its result (with the new version).
+     */
+    private StepResult applyLocked(List<Contribution> contributions, boolean[] skip, Map<String, Double> groupLr,
+                                   Map<GroupState, Double> newLr, double sumOfSquares, double lrScale,
+                                   long staleness, boolean skipped, View label) {
         if (!skipped && log != null) {
-            log.append(new StepRecord(a.clientId(), a.stepId(), version, skip, Map.copyOf(groupLr),
-                    a.sumOfSquares(), gradients));
+            log.append(new StepRecord(contributions, version, skip, Map.copyOf(groupLr), sumOfSquares, lrScale,
+                    gradients));
         }
         if (!skipped) {
             newLr.forEach((g, lr) -> g.baseLr = lr);
         }
-        double gradNorm = Math.sqrt(a.sumOfSquares());
+        double gradNorm = Math.sqrt(sumOfSquares);
         double clip = training.clipGradNorm() > 0
                 ? Math.min(1.0, training.clipGradNorm() / (gradNorm + 1e-6)) : 1.0;
         Map<GroupState, StepPlan> plans = new LinkedHashMap<>();
         StepResult.Builder result = StepResult.newBuilder()
-                .setStepId(a.stepId())
+                .setStepId(contributions.get(0).getStepId())
                 .setSkipped(skipped)
                 .setView(label)
                 .setGradNorm(gradNorm)
-                .setClipCoefficient(skipped ? 1.0 : clip);
+                .setClipCoefficient(skipped ? 1.0 : clip)
+                .setStaleness(staleness)
+                .setLrScale(lrScale);
         for (GroupState g : groups) {
-            double lr = lrFor(g);
+            double lr = lrFor(g) * lrScale;
             StepPlan plan = g.algorithm.plan(g.counters, lr, (float) clip);
             plans.put(g, plan);
             dev.optsidecar.server.optim.GroupCounters after = skipped ? g.counters : plan.after();
@@ -342,40 +665,48 @@ public final class Model {
             if (updateNorm != null) {
                 result.setUpdateNorm(updateNorm);
             }
+            result.addAllContributions(contributions);
+            history.record(version, contributions);
+            status.applied(contributions.size(), staleness);
         }
         return result.setVersion(version).build();
     }
 
     /**
      * Applies a step read back from the journal, exactly as it was applied the first time: the
-     * same gradients, learning rates, skipped tensors and gradient norm, on the same version.
+     * same gradient, learning rates, skipped tensors, gradient norm and contributors, on the same
+     * version.
      */
     public void replay(StepRecord step) {
         if (step.versionBefore() != version) {
-            throw OptError.dataLoss("journal of model '%s': step %s of client '%s' was applied to version %d,"
-                    + " but the model is at version %d", name, Long.toUnsignedString(step.stepId()), step.clientId(),
-                    step.versionBefore(), version);
+            throw OptError.dataLoss("journal of model '%s': a step was applied to version %d, but the model is at"
+                    + " version %d", name, step.versionBefore(), version);
         }
-        StepAssembly a = openStep(step.clientId(), step.stepId());
         java.nio.ByteBuffer chunk = java.nio.ByteBuffer.allocate(StepAssembly.MAX_CHUNK_BYTES)
                 .order(java.nio.ByteOrder.LITTLE_ENDIAN);
-        List<Integer> noGrad = new ArrayList<>();
-        for (TensorEntry t : tensors) {
-            if (step.noGrad()[t.index]) {
-                noGrad.add(t.index);
-                continue;
+        long stamp = lock.writeLock();
+        try {
+            for (TensorEntry t : tensors) {
+                if (step.noGrad()[t.index]) {
+                    continue;
+                }
+                for (long offset = 0; offset < t.numel; ) {
+                    int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / Float.BYTES, t.numel - offset);
+                    chunk.clear();
+                    step.gradients().read(t.index, offset, count, chunk);
+                    chunk.flip();
+                    t.storage.writeGradient(offset, chunk);
+                    offset += count;
+                }
             }
-            for (long offset = 0; offset < t.numel; ) {
-                int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / Float.BYTES, t.numel - offset);
-                chunk.clear();
-                step.gradients().read(t.index, offset, count, chunk);
-                chunk.flip();
-                addChunk(a, t.index, offset, chunk);
-                offset += count;
+            StepResult result = applyLocked(step.contributions(), step.noGrad(), step.groupLr(),
+                    resolveGroupLr(step.groupLr()), step.sumOfSquares(), step.lrScale(), 0, false, NO_VIEW);
+            for (Contribution c : step.contributions()) {
+                ledger.record(c.getClientId(), c.getStepId(), result.toBuilder().setStepId(c.getStepId()).clearView().build());
             }
+        } finally {
+            lock.unlockWrite(stamp);
         }
-        a.setSumOfSquares(step.sumOfSquares());
-        commit(a, noGrad, step.groupLr(), null, NonFinitePolicy.NON_FINITE_REJECT);
     }
 
     /**
@@ -491,6 +822,20 @@ public final class Model {
         long stamp = lock.writeLock();
         try {
             deleted = true;
+            SyncRound r = round;
+            round = null;
+            if (r != null) {
+                if (r.timer != null) {
+                    r.timer.cancel(false);
+                }
+                OptError gone = OptError.notFound("model '%s' was deleted while its sync step waited for contributions", name);
+                r.contributions.forEach(c -> c.result().completeExceptionally(gone));
+            }
+            synchronized (sessions) {
+                long held = sessions.values().stream().filter(x -> x.handles != null).count() * gradientBytes;
+                sessions.clear();
+                memory.release(held);
+            }
             for (TensorEntry t : tensors) {
                 t.storage.free();
             }

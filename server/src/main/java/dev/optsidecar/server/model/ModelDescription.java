@@ -18,7 +18,8 @@ final class ModelDescription {
                 .setOptimizer(m.config())
                 .setVersion(m.version())
                 .addAllViews(m.views())
-                .setMemoryBytes(m.memoryBytes())
+                .setMemoryBytes(m.memoryBytes() + m.sessionBytes())
+                .setCoordination(m.coordinationStatus())
                 .setSchedule(Schedule.newBuilder()
                         .setType(m.training().schedule().type())
                         .setParameters(m.training().schedule().parameters()));

@@ -149,7 +149,7 @@ final class ModelFactory {
             throw OptError.exhausted("model '%s': out of memory allocating %d bytes; raise the JVM heap (-Xmx)"
                     + " or lower --memory-limit", name, bytes);
         }
-        Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes);
+        Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes, registry);
         return new PendingModel(model, registry, spec.hasState() ? spec.getState() : null);
     }
 

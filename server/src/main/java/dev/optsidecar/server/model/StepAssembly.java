@@ -7,8 +7,8 @@ import java.nio.ByteBuffer;
 import java.util.List;
 
 /**
- * The gradients of one step as they arrive. Chunk bytes are copied straight into the tensors'
- * preallocated gradient buffers; this object only tracks which elements have arrived and whether a
+ * The gradients of one step as they arrive. Chunk bytes are copied straight into the sending
+ * trainer's own preallocated gradient buffers; this object only tracks which elements have arrived and whether a
  * non-finite value was among them. Weights and optimizer state are untouched until the commit, so
  * abandoning an assembly changes nothing.
  */
@@ -17,15 +17,15 @@ public final class StepAssembly {
     public static final int MAX_CHUNK_BYTES = 1 << 20;
 
     private final List<TensorEntry> tensors;
-    private final String clientId;
+    private final ClientSession session;
     private final long stepId;
     private final Coverage[] coverage;
     private String nonFinite;
     private double sumOfSquares;
 
-    StepAssembly(List<TensorEntry> tensors, String clientId, long stepId) {
+    StepAssembly(List<TensorEntry> tensors, ClientSession session, long stepId) {
         this.tensors = tensors;
-        this.clientId = clientId;
+        this.session = session;
         this.stepId = stepId;
         this.coverage = new Coverage[tensors.size()];
         for (int i = 0; i < coverage.length; i++) {
@@ -39,7 +39,11 @@ public final class StepAssembly {
 
     /** The client that sends this step; empty for an anonymous one. */
     public String clientId() {
-        return clientId;
+        return session.clientId;
+    }
+
+    ClientSession session() {
+        return session;
     }
 
     /**
@@ -55,7 +59,7 @@ public final class StepAssembly {
             throw OptError.invalid("chunk for %s: elements [%d, %d) overlap elements already sent in step %d",
                     t.describe(), offset, offset + count, stepId);
         }
-        Ingest ingest = t.storage.writeGradient(offset, data);
+        Ingest ingest = t.storage.writeGradient(session.handles[tensor], offset, data);
         c.add(offset, offset + count);
         long bad = ingest.firstNonFinite();
         if (bad >= 0 && nonFinite == null) {

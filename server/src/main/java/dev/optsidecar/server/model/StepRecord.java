@@ -1,6 +1,9 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.proto.v1.Contribution;
+
 import java.nio.ByteBuffer;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -10,10 +13,12 @@ import java.util.Map;
  * @param versionBefore the model version the step was applied to
  * @param noGrad        per tensor: true when the tensor had no gradient this step
  * @param groupLr       the step's new base learning rates by group name
+ * @param contributions the (client, step) pairs the step combined
  * @param sumOfSquares  the gradients' squared norm as received (clipping uses it)
+ * @param lrScale       the factor the learning rates were scaled by (a stale gradient's down-weighting)
  */
-public record StepRecord(String clientId, long stepId, long versionBefore, boolean[] noGrad,
-                         Map<String, Double> groupLr, double sumOfSquares, Gradients gradients) {
+public record StepRecord(List<Contribution> contributions, long versionBefore, boolean[] noGrad,
+                         Map<String, Double> groupLr, double sumOfSquares, double lrScale, Gradients gradients) {
 
     /** Reads the step's gradient of one tensor. */
     public interface Gradients {

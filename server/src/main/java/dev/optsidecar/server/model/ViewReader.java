@@ -5,12 +5,17 @@ import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.WeightsChunk;
 
 import java.nio.ByteBuffer;
+import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.atomic.AtomicInteger;
 
 /**
- * Reads one view of a model as a sequence of chunks, tensor by tensor, holding the model's read
- * lock until closed, so that every chunk belongs to the same version. Each chunk's bytes are
- * written once into a fresh array that the message wraps without a further copy.
+ * One view of a model as a sequence of chunks, tensor by tensor, all of one version. Normally the
+ * chunks are copied out at once, under the model's read lock, which is then released, so a slow
+ * receiver never holds up steps; the copy's bytes count against the memory limit until the
+ * reader is closed. When the limit leaves no room for a copy, the reader holds the read lock and
+ * produces each chunk as it is sent. Each chunk's bytes are written once into a fresh array that
+ * the message wraps without a further copy.
  */
 public final class ViewReader implements AutoCloseable {
     private final Model model;
@@ -21,7 +26,23 @@ public final class ViewReader implements AutoCloseable {
     private long stamp;
     private int tensor;
     private long offset;
+    private Published published;
+    private int nextChunk;
+    private boolean closed;
 
+    /** Chunks copied out once and shared by every reader of them; the memory is released by the last. */
+    static final class Published {
+        final List<WeightsChunk> chunks;
+        final long bytes;
+        final AtomicInteger readers = new AtomicInteger();
+
+        Published(List<WeightsChunk> chunks, long bytes) {
+            this.chunks = chunks;
+            this.bytes = bytes;
+        }
+    }
+
+    /** Reads under the read lock {@code stamp}, which the reader releases (at once if it can copy the view). */
     ViewReader(Model model, View view, ViewSource source, List<TensorEntry> tensors, long version, long stamp) {
         this.model = model;
         this.view = view;
@@ -29,6 +50,61 @@ public final class ViewReader implements AutoCloseable {
         this.tensors = tensors;
         this.version = version;
         this.stamp = stamp;
+        Published copy = copyOut(model, view, source, tensors, version);
+        if (copy != null) {
+            copy.readers.incrementAndGet();
+            published = copy;
+            model.unlockRead(stamp);
+            this.stamp = 0;
+        }
+    }
+
+    /** Another reader of chunks already copied out. */
+    ViewReader(Model model, View view, long version, Published shared) {
+        this.model = model;
+        this.view = view;
+        this.source = null;
+        this.tensors = List.of();
+        this.version = version;
+        shared.readers.incrementAndGet();
+        this.published = shared;
+    }
+
+    /** Copies a view out, if the memory limit has room; the caller holds the read lock. */
+    static Published copyOut(Model model, View view, ViewSource source, List<TensorEntry> tensors, long version) {
+        long bytes = 0;
+        for (TensorEntry t : tensors) {
+            bytes += t.numel * Float.BYTES;
+        }
+        if (!model.reserveTransient(bytes)) {
+            return null;
+        }
+        List<WeightsChunk> chunks = new ArrayList<>();
+        for (TensorEntry t : tensors) {
+            for (long at = 0; at < t.numel; ) {
+                int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / Float.BYTES, t.numel - at);
+                chunks.add(chunk(view, source, t, version, at, count));
+                at += count;
+            }
+        }
+        return new Published(chunks, bytes);
+    }
+
+    /** The chunks copied out, to share with more readers; null when this reader streams under the lock. */
+    Published published() {
+        return published;
+    }
+
+    private static WeightsChunk chunk(View view, ViewSource source, TensorEntry t, long version, long offset, int count) {
+        byte[] bytes = new byte[count * Float.BYTES];
+        source.read(t, offset, count, ByteBuffer.wrap(bytes));
+        return WeightsChunk.newBuilder()
+                .setView(view)
+                .setVersion(version)
+                .setTensor(t.index)
+                .setOffset(offset)
+                .setData(UnsafeByteOperations.unsafeWrap(bytes))
+                .build();
     }
 
     public View view() {
@@ -39,23 +115,24 @@ public final class ViewReader implements AutoCloseable {
         return version;
     }
 
-    public boolean hasNext() {
+    public synchronized boolean hasNext() {
+        if (closed) {
+            return false;
+        }
+        if (published != null) {
+            return nextChunk < published.chunks.size();
+        }
         return stamp != 0 && tensor < tensors.size();
     }
 
-    /** The next chunk, of at most {@code maxBytes} bytes of data. */
-    public WeightsChunk next(int maxBytes) {
+    /** The next chunk, of at most {@code maxBytes} bytes of data (copied chunks are at most 1 MiB). */
+    public synchronized WeightsChunk next(int maxBytes) {
+        if (published != null) {
+            return published.chunks.get(nextChunk++);
+        }
         TensorEntry t = tensors.get(tensor);
         int count = (int) Math.min(maxBytes / Float.BYTES, t.numel - offset);
-        byte[] bytes = new byte[count * Float.BYTES];
-        source.read(t, offset, count, ByteBuffer.wrap(bytes));
-        WeightsChunk chunk = WeightsChunk.newBuilder()
-                .setView(view)
-                .setVersion(version)
-                .setTensor(t.index)
-                .setOffset(offset)
-                .setData(UnsafeByteOperations.unsafeWrap(bytes))
-                .build();
+        WeightsChunk chunk = chunk(view, source, t, version, offset, count);
         offset += count;
         if (offset == t.numel) {
             tensor++;
@@ -64,12 +141,19 @@ public final class ViewReader implements AutoCloseable {
         return chunk;
     }
 
-    /** Releases the read lock; safe to call more than once. */
+    /** Releases the read lock or the copy; safe to call more than once. */
     @Override
     public synchronized void close() {
+        if (closed) {
+            return;
+        }
+        closed = true;
         if (stamp != 0) {
             model.unlockRead(stamp);
             stamp = 0;
+        }
+        if (published != null && published.readers.decrementAndGet() == 0) {
+            model.releaseTransient(published.bytes);
         }
     }
 }

@@ -1,5 +1,6 @@
 package dev.optsidecar.server.durability;
 
+import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.server.model.StepRecord;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -29,7 +30,9 @@ class StepJournalTest {
     private static StepRecord step(long id) {
         long[] numel = {300_000, 5, 1};
         boolean[] noGrad = {false, true, false};
-        return new StepRecord("client-" + id, id, id - 1, noGrad, Map.of("default", 0.5 / id), 1.25 * id,
+        List<Contribution> who = List.of(Contribution.newBuilder().setClientId("client-" + id).setStepId(id).build(),
+                Contribution.newBuilder().setClientId("other").setStepId(7 * id).build());
+        return new StepRecord(who, id - 1, noGrad, Map.of("default", 0.5 / id), 1.25 * id, 1.0 / id,
                 new StepRecord.Gradients() {
                     @Override
                     public long numel(int tensor) {
@@ -85,8 +88,8 @@ class StepJournalTest {
             for (int i = 1; i <= 3; i++) {
                 StepRecord got = r.next();
                 StepRecord sent = step(i);
-                assertEquals(sent.clientId(), got.clientId());
-                assertEquals(sent.stepId(), got.stepId());
+                assertEquals(sent.contributions(), got.contributions());
+                assertEquals(sent.lrScale(), got.lrScale());
                 assertEquals(sent.versionBefore(), got.versionBefore());
                 assertArrayEquals(sent.noGrad(), got.noGrad());
                 assertEquals(sent.groupLr(), got.groupLr());

@@ -23,6 +23,8 @@ final class CpuTensor implements EngineTensor {
     private float[][][] state;
     /** The same arrays by block: slotsByBlock[block][slot], as kernels take them. */
     private float[][][] slotsByBlock;
+    /** Trainers' own gradient buffers by handle (null: free); replaced, never mutated, when it grows. */
+    private volatile float[][][] gradientBuffers = new float[0][][];
 
     CpuTensor(long numel, int slots, int blockSize) {
         if (Integer.bitCount(blockSize) != 1) {
@@ -111,6 +113,78 @@ final class CpuTensor implements EngineTensor {
     }
 
     @Override
+    public synchronized int newGradientBuffer() {
+        float[][][] buffers = gradientBuffers;
+        int handle = 0;
+        while (handle < buffers.length && buffers[handle] != null) {
+            handle++;
+        }
+        float[][][] grown = java.util.Arrays.copyOf(buffers, Math.max(buffers.length, handle + 1));
+        grown[handle] = newBlocks();
+        gradientBuffers = grown;
+        return handle;
+    }
+
+    @Override
+    public synchronized void freeGradientBuffer(int handle) {
+        float[][][] copy = gradientBuffers.clone();
+        copy[handle] = null;
+        gradientBuffers = copy;
+    }
+
+    @Override
+    public Ingest writeGradient(int handle, long offset, ByteBuffer src) {
+        float[][] into = gradientBuffers[handle];
+        FloatBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
+        int count = in.remaining();
+        copyIn(into, offset, in);
+        long bad = firstNonFinite(into, offset, count);
+        return new Ingest(bad, bad >= 0 ? Double.NaN : sumOfSquares(into, offset, count));
+    }
+
+    @Override
+    public void readGradient(int handle, long offset, int count, ByteBuffer dst) {
+        copyOut(gradientBuffers[handle], offset, count, dst);
+    }
+
+    @Override
+    public synchronized void useGradient(int handle) {
+        float[][][] copy = gradientBuffers.clone();
+        float[][] step = grads;
+        grads = copy[handle];
+        copy[handle] = step;
+        gradientBuffers = copy;
+    }
+
+    @Override
+    public double combineGradients(int[] handles, float divisor) {
+        float[][][] buffers = gradientBuffers;
+        double squares = 0;
+        for (int b = 0; b < grads.length; b++) {
+            float[] out = grads[b];
+            int n = out.length;
+            System.arraycopy(buffers[handles[0]][b], 0, out, 0, n);
+            for (int h = 1; h < handles.length; h++) {
+                float[] add = buffers[handles[h]][b];
+                for (int i = 0; i < n; i++) {
+                    out[i] += add[i];
+                }
+            }
+            if (divisor != 1f) {
+                for (int i = 0; i < n; i++) {
+                    out[i] /= divisor;
+                }
+            }
+            double blockSquares = 0;
+            for (int i = 0; i < n; i++) {
+                blockSquares += (double) out[i] * out[i];
+            }
+            squares += blockSquares;
+        }
+        return squares;
+    }
+
+    @Override
     public void readParams(long offset, int count, ByteBuffer dst) {
         copyOut(params, offset, count, dst);
     }
@@ -145,6 +219,7 @@ final class CpuTensor implements EngineTensor {
     public void free() {
         params = null;
         grads = null;
+        gradientBuffers = new float[0][][];
         state = null;
         slotsByBlock = null;
     }
