@@ -33,6 +33,8 @@ public final class Trainer implements AutoCloseable {
     private final List<Long> sizes;
     private Stream stream;
     private long nextStepId = 1;
+    /** The version of the weights this trainer last received: its next gradient is computed at it. */
+    private long baseVersion;
     private java.time.Duration retryFor = java.time.Duration.ofSeconds(60);
 
     Trainer(OptSidecarClient client, String model, String clientId, ModelInfo info) {
@@ -47,6 +49,21 @@ public final class Trainer implements AutoCloseable {
         info.getState().getClientsList().stream()
                 .filter(p -> p.getClientId().equals(clientId))
                 .forEach(p -> nextStepId = p.getLastStepId() + 1);
+        this.baseVersion = info.getVersion();
+    }
+
+    /**
+     * Tells the trainer which version its next gradient is computed at, when it took the weights
+     * from elsewhere (a Pull). Steps set it to the version they return.
+     */
+    public Trainer computedAt(long version) {
+        this.baseVersion = version;
+        return this;
+    }
+
+    /** The version of the weights the trainer last received. */
+    public long baseVersion() {
+        return baseVersion;
     }
 
     /** Options of one step: the view to return and per-group learning rates to set. */
@@ -104,6 +121,7 @@ public final class Trainer implements AutoCloseable {
         }
         long stepId = nextStepId++;
         StepCommit.Builder commit = StepCommit.newBuilder().setStepId(stepId).setView(options.view)
+                .setBaseVersion(baseVersion)
                 .putAllGroupLr(options.groupLr);
         List<TensorData> present = new ArrayList<>();
         List<Integer> presentIndex = new ArrayList<>();
@@ -124,7 +142,11 @@ public final class Trainer implements AutoCloseable {
         long backoffMs = 50;
         while (true) {
             try {
-                return attempt(stepId, commit, present, presentIndex, wantsWeights ? weightsOut : null);
+                StepResult result = attempt(stepId, commit, present, presentIndex, wantsWeights ? weightsOut : null);
+                if (wantsWeights) {
+                    baseVersion = result.getVersion(); // the weights the next gradient will be taken at
+                }
+                return result;
             } catch (io.grpc.StatusRuntimeException e) {
                 // The connection dropped or the server is restarting: send the same step again. The
                 // server applies it if it never got it, or answers from its ledger if it did.
