@@ -61,6 +61,15 @@ public final class Trainer implements AutoCloseable {
         return this;
     }
 
+    /**
+     * Opens the Step stream now rather than at the first step, so the server counts this trainer as
+     * attached (in sync mode, a step waits for every attached trainer unless k is fixed).
+     */
+    public Trainer attach() {
+        openStream();
+        return this;
+    }
+
     /** The version of the weights the trainer last received. */
     public long baseVersion() {
         return baseVersion;
