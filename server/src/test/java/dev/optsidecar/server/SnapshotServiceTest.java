@@ -234,6 +234,44 @@ class SnapshotServiceTest {
     }
 
     @Test
+    void syncStepsAreJournaledWithTheirContributorsAndReplayExactly() throws Exception {
+        Path live = tmp.resolve("live");
+        Path image = tmp.resolve("image");
+        ModelSpec spec = spec("sync").toBuilder().setCoordination(ParameterServerTest.sync(3, 0, 0)).build();
+        SnapshotResumeTest.State expected;
+        try (SidecarServer s = start(live, List.of());
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            client.register(spec, data(initial()));
+            List<Trainer> trainers = List.of(client.trainer("sync", "a"), client.trainer("sync", "b"),
+                    client.trainer("sync", "c"));
+            for (int step = 1; step <= 4; step++) {
+                int at = step;
+                List<java.util.concurrent.CompletableFuture<StepResult>> results = new java.util.ArrayList<>();
+                for (int i = 0; i < 3; i++) {
+                    Trainer t = trainers.get(i);
+                    List<float[]> g = grads(10 * at + i);
+                    results.add(java.util.concurrent.CompletableFuture.supplyAsync(() -> t.step(data(g), data(blanks()))));
+                }
+                for (var r : results) {
+                    assertEquals(step, r.get().getVersion());
+                }
+            }
+            trainers.forEach(Trainer::close);
+            SnapshotResumeTest.copyTree(live, image);
+            expected = SnapshotResumeTest.State.of(client, "sync");
+        }
+        try (SidecarServer s = start(image, List.of("latest"));
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            SnapshotResumeTest.State restored = SnapshotResumeTest.State.of(client, "sync");
+            expected.assertSame(restored, "4 sync steps replayed from the journal");
+            assertEquals(expected.info().getState().getClientsList(), restored.info().getState().getClientsList(),
+                    "each contributor's last step comes back");
+            assertEquals(List.of("a@4", "b@4", "c@4"), restored.info().getState().getClientsList().stream()
+                    .map(c -> c.getClientId() + "@" + c.getLastStepId()).toList());
+        }
+    }
+
+    @Test
     void withoutAStateDirectorySnapshotsAreAFailedPrecondition() throws Exception {
         try (SidecarServer s = SidecarServer.start("127.0.0.1", 0, 2, 1L << 28);
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
