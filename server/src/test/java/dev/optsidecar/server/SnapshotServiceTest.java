@@ -206,7 +206,12 @@ class SnapshotServiceTest {
                 new Persistence.Options(tmp, 2, StepJournal.Sync.WRITE, 3, null, false), List.of());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             client.register(spec("m"), data(initial()));
-            steps(client, "m", 1, 7);
+            // Each snapshot is written in the background after its step; wait for it before going on.
+            steps(client, "m", 1, 3);
+            s.persistence().awaitBackgroundSnapshots();
+            steps(client, "m", 4, 6);
+            s.persistence().awaitBackgroundSnapshots();
+            steps(client, "m", 7, 7);
             s.persistence().awaitBackgroundSnapshots();
             assertEquals(List.of("steps@3", "steps@6"), client.listSnapshots("m").stream() // register@0: beyond keep 2
                     .map(i -> i.getTrigger() + "@" + i.getVersion()).toList());
