@@ -39,6 +39,13 @@ final class StepCall implements StreamObserver<StepRequest> {
     private ChunkSender<StepResponse> sending;
     private StepCommit deferredCommit;
     private final java.util.function.Consumer<StepCall> onClose;
+    /** Runs what follows a sync step's completion, and detaches, away from threads holding a model's lock. */
+    private static final java.util.concurrent.ExecutorService COMPLETIONS =
+            java.util.concurrent.Executors.newCachedThreadPool(r -> {
+                Thread t = new Thread(r, "optsidecar-step-completions");
+                t.setDaemon(true);
+                return t;
+            });
     private boolean closed;
     private boolean halfClosed;
 
@@ -179,7 +186,7 @@ final class StepCall implements StreamObserver<StepRequest> {
                     fail(e);
                 }
             }
-        });
+        }, COMPLETIONS);
     }
 
     /** A step the client had sent before: its stored result, with the current weights. */
@@ -287,7 +294,7 @@ final class StepCall implements StreamObserver<StepRequest> {
             ClientSession s = session;
             session = null;
             // Off this call's lock: detaching takes the model's lock, which a step being applied holds.
-            java.util.concurrent.ForkJoinPool.commonPool().execute(() -> m.detach(s));
+            COMPLETIONS.execute(() -> m.detach(s));
         }
         if (sending != null) {
             sending.cancel();
