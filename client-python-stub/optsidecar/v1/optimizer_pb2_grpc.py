@@ -69,6 +69,11 @@ class OptimizerStub(object):
                 request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ExportRequest.SerializeToString,
                 response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ExportInfo.FromString,
                 )
+        self.History = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/History',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.HistoryResponse.FromString,
+                )
 
 
 class OptimizerServicer(object):
@@ -165,6 +170,14 @@ class OptimizerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def History(self, request, context):
+        """Which (client, step) contributions each recent version combined: the audit trail of a model
+        shared by several trainers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +235,11 @@ def add_OptimizerServicer_to_server(servicer, server):
                     servicer.Export,
                     request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ExportRequest.FromString,
                     response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ExportInfo.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.HistoryRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.HistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -417,5 +435,22 @@ class Optimizer(object):
         return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/Export',
             optsidecar_dot_v1_dot_optimizer__pb2.ExportRequest.SerializeToString,
             optsidecar_dot_v1_dot_optimizer__pb2.ExportInfo.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/History',
+            optsidecar_dot_v1_dot_optimizer__pb2.HistoryRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.HistoryResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
