@@ -236,7 +236,8 @@ def model_spec(
 
 
 def spec_from_info(info: pb.ModelInfo) -> pb.ModelSpec:
-    """The spec that re-creates a described model, counters (``ModelInfo.state``) included.
+    """The spec that re-creates a described model, counters (``ModelInfo.state``) and how
+    trainers share it (``ModelInfo.coordination.config``) included.
 
     Each group carries its effective hyperparameters, so the new model does not depend on the
     server's defaults staying the same.
@@ -249,6 +250,8 @@ def spec_from_info(info: pb.ModelInfo) -> pb.ModelSpec:
         members = [t.name for t in info.tensors if t.group == g.name]
         spec.groups.append(pb.ParamGroup(name=g.name, tensors=members, hyperparameters=g.hyperparameters))
     spec.state.CopyFrom(info.state)
+    if info.HasField("coordination"):
+        spec.coordination.CopyFrom(info.coordination.config)
     return spec
 
 

@@ -308,3 +308,19 @@ def test_stale_rejection_maps_to_stale_gradient_with_the_versions():
     assert (error.current_version, error.base_version, error.staleness, error.max_staleness) == (8, 3, 5, 4)
     other = from_rpc_error(_Failed(grpc.StatusCode.FAILED_PRECONDITION, "commit: 3 chunks missing"), "step", "x:1")
     assert type(other) is FailedPrecondition
+
+
+def test_a_state_dict_keeps_the_coordination_settings(target):
+    settings = dict(mode="async", max_staleness=3, stale="downweight")
+    model = make_mlp(8)
+    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1, coordination=settings)
+    other_model = make_mlp(9)
+    other = RemoteOptimizer(other_model.named_parameters(), target, "SGD", lr=0.1)
+    try:
+        step_on(model, opt, 1)
+        other.load_state_dict(opt.state_dict())
+        assert other.coordination().config == make_coordination(settings)
+        assert other.version == 1
+    finally:
+        opt.delete()
+        other.delete()
