@@ -324,3 +324,46 @@ def test_a_state_dict_keeps_the_coordination_settings(target):
     finally:
         opt.delete()
         other.delete()
+
+
+def test_sync_sum_and_a_trainer_leaving_while_another_waits(target, client):
+    """combine="sum" steps the sum of the gradients; with k=0, a trainer that detaches while
+    another waits lets the waiting step go ahead with the trainers still attached."""
+    name = unique("sync-sum")
+    initial = make_mlp(10)
+    a_model, b_model, reference_model = (copy.deepcopy(initial) for _ in range(3))
+    a = RemoteOptimizer(a_model.named_parameters(), target, "SGD", model=name, client_id="a",
+                        coordination=dict(mode="sync", combine="sum"), lr=0.05)
+    b = RemoteOptimizer(b_model.named_parameters(), target, model=name, client_id="b", attach=True)
+    reference = RemoteOptimizer(reference_model.named_parameters(), target, "SGD", lr=0.05)
+    try:
+        a.join()
+        b.join()
+        client.wait_for_trainers(name, 2)
+        done = threading.Thread(target=step_on, args=(a_model, a, 1))
+        done.start()
+        step_on(b_model, b, 2)
+        done.join(10)
+        grads = [gradient(reference_model, 1), gradient(reference_model, 2)]
+        for i, p in enumerate(reference_model.parameters()):
+            p.grad = grads[0][i] + grads[1][i]
+        reference.step()
+        for ours in (a_model, b_model):
+            for got, want in zip(ours.parameters(), reference_model.parameters()):
+                assert torch.equal(got, want)
+        assert a.last_result.contributions == (Contribution("a", 1), Contribution("b", 1))
+
+        # a waits for b, which leaves instead: a's step goes ahead alone.
+        waiting = threading.Thread(target=step_on, args=(a_model, a, 3))
+        waiting.start()
+        waiting.join(0.3)  # a's contribution arrives and waits for b's
+        assert waiting.is_alive() and client.describe(name).version == 1
+        b.close()
+        waiting.join(10)
+        assert not waiting.is_alive()
+        assert (a.last_result.version, a.last_result.contributions) == (2, (Contribution("a", 2),))
+        assert client.coordination(name).trainers == ("a",)
+    finally:
+        b.close()
+        a.delete()
+        reference.delete()
