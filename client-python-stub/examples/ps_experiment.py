@@ -290,9 +290,12 @@ def table(outcomes: Sequence[Outcome]) -> str:
               f"{'late':>5} {'rejected':>8} {'stale mean':>10} {'stale max':>9}")
     lines = [header, "-" * len(header)]
     for o in outcomes:
+        # The server's last histogram bucket counts staleness 16 and above.
+        open_ended = len(o.staleness_histogram) == 17 and o.staleness_max == 16
+        most = f"{o.staleness_max}+" if open_ended else str(o.staleness_max)
         lines.append(f"{o.mode:<6} {o.trainers:>8} {o.steps:>6} {o.steps_per_second:>8.1f} "
                      f"{o.contributions_per_second:>9.1f} {o.accuracy:>8.4f} {o.late:>5} {o.rejected:>8} "
-                     f"{o.staleness_mean:>10.2f} {o.staleness_max:>9}")
+                     f"{o.staleness_mean:>10.2f} {most:>9}")
     return "\n".join(lines)
 
 
@@ -320,12 +323,12 @@ def plot(outcomes: Sequence[Outcome], path: str, title: str, max_staleness: int,
     speed.bar_label(contributions, fmt="%.0f")
     speed.set_xticks(positions, modes)
     speed.set(title="Throughput", ylabel="per second",
-              ylim=(0, 1.15 * max(max(o.steps_per_second, o.contributions_per_second) for o in outcomes)))
+              ylim=(0, 1.45 * max(max(o.steps_per_second, o.contributions_per_second) for o in outcomes)))
     from matplotlib.patches import Patch
 
     speed.legend(handles=[Patch(color="gray", label="steps applied/s"),
                           Patch(facecolor="gray", alpha=0.45, hatch="//", label="gradients applied/s")],
-                 loc="upper left")
+                 loc="upper center", ncol=2)
 
     asynchronous = next(o for o in outcomes if o.mode == "async")
     histogram = list(asynchronous.staleness_histogram) or [0]
@@ -338,6 +341,10 @@ def plot(outcomes: Sequence[Outcome], path: str, title: str, max_staleness: int,
         staleness.axvline(max_staleness + 0.5, color="gray", linestyle="--", linewidth=1)
         staleness.text(max_staleness + 0.6, max(histogram) * 0.9,
                        "down-weighted" if stale == "downweight" else "rejected", color="tab:red")
+    staleness.set_ylim(0, 1.2 * max(max(histogram), 1))
+    if asynchronous.rejected:  # rejected gradients were never applied: not in the histogram
+        staleness.text(0.97, 0.95, f"{asynchronous.rejected} rejected (staleness > {max_staleness})",
+                       transform=staleness.transAxes, ha="right", va="top", color="tab:red")
     staleness.set(title=f"Async staleness (mean {asynchronous.staleness_mean:.2f}, "
                         f"bound {max_staleness or 'none'})",
                   xlabel="staleness of an applied gradient (versions)", ylabel="applied gradients")
