@@ -367,3 +367,35 @@ def test_sync_sum_and_a_trainer_leaving_while_another_waits(target, client):
         b.close()
         a.delete()
         reference.delete()
+
+
+def test_replayed_journal_keeps_the_staleness_of_each_step(start_server, tmp_path):
+    """A stale, down-weighted step replayed from the journal after a crash is answered to a retry
+    with the staleness and lr scale it was applied with, and counts at that staleness."""
+    server = start_server("--state-dir", str(tmp_path / "state"))
+    name = unique("journal-stale")
+    a_model, b_model = make_mlp(11), make_mlp(11)
+    a = RemoteOptimizer(a_model.named_parameters(), server.target, "SGD", model=name, client_id="a",
+                        coordination=dict(mode="async", max_staleness=1, stale="downweight"), lr=0.05)
+    b = RemoteOptimizer(b_model.named_parameters(), server.target, model=name, client_id="b", attach=True)
+    try:
+        for t in range(1, 4):
+            step_on(a_model, a, t)
+        stale = step_on(b_model, b, 4)
+        assert (stale.version, stale.staleness, stale.lr_scale) == (4, 3, 0.25)
+
+        server.restart(crash=True, args=["--state-dir", str(tmp_path / "state"), "--restore", "latest"])
+        info = a.client.describe(name)
+        assert info.version == 4
+        stored = {c.client_id: c.last_result for c in info.state.clients}
+        assert (stored["b"].staleness, stored["b"].lr_scale) == (3, 0.25)
+        # Counted since the restart: the steps replayed after the latest snapshot, b's at staleness 3.
+        assert a.coordination().staleness_histogram[3:] == (1,)
+        # The retry of b's step (sent again with its sequence number) gets the figures it had.
+        with a.client.step_stream(name, "b") as retry:
+            retry.next_step_id = 1
+            again = retry.step([p.grad for p in b_model.parameters()], view="none", base_version=0)
+        assert (again.replayed, again.version, again.staleness, again.lr_scale) == (True, 4, 3, 0.25)
+    finally:
+        b.close()
+        a.close()
