@@ -4,7 +4,10 @@
   live on an optsidecar server; :func:`recalibrate_batchnorm` recomputes BatchNorm statistics at
   its eval view.
 - :class:`Client` and :class:`StepStream`: the low-level client (works with numpy alone).
-- :mod:`optsidecar.errors`: one exception per gRPC status, keeping the server's message.
+- :mod:`optsidecar.errors`: one exception per gRPC status, keeping the server's message
+  (:class:`StaleGradient` for a gradient rejected as too stale, with the current version).
+- Several trainers on one model: ``RemoteOptimizer(..., coordination=dict(mode="sync"))``,
+  :meth:`Client.coordination`, :meth:`Client.history`.
 """
 
 from .client import Client, StateBuffer, StepStream
@@ -20,9 +23,10 @@ from .errors import (
     ProtocolError,
     ResourceExhausted,
     ServerUnavailable,
+    StaleGradient,
     Unimplemented,
 )
-from .results import GroupFigures, StepFigures, Weights
+from .results import Contribution, CoordinationStatus, GroupFigures, StepFigures, VersionContributions, Weights
 
 __version__ = "0.1.0"
 
@@ -35,11 +39,15 @@ __all__ = [
     "StepFigures",
     "GroupFigures",
     "Weights",
+    "Contribution",
+    "VersionContributions",
+    "CoordinationStatus",
     "OptSidecarError",
     "InvalidArgument",
     "NotFound",
     "AlreadyExists",
     "FailedPrecondition",
+    "StaleGradient",
     "ResourceExhausted",
     "Aborted",
     "Unimplemented",

@@ -25,6 +25,11 @@ step that fails because the server is unavailable (restarting, connection droppe
 the same step with the same gradients, until it gets through; the server answers a step it already
 applied from its ledger of each client's last step (``StepFigures.replayed``) instead of applying
 it twice.
+
+Each step also carries the version of the weights its gradient was computed at (the stream's
+``base_version``, kept up to date from the train weights each step returns), so that a model
+shared by several trainers can tell how stale a gradient is (asynchronous mode) or which step it
+is for (synchronous mode).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import grpc
 from . import wire
 from .buffers import Destination, as_destination, chunks, numel_of, source_array
 from .errors import ProtocolError, ServerUnavailable, from_rpc_error
-from .results import StepFigures, Weights
+from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, Weights
 from .spec import make_schedule
 from .v1 import optimizer_pb2 as pb
 from .v1 import optimizer_pb2_grpc as pb_grpc
@@ -131,6 +136,38 @@ class Client:
     def delete(self, model: str) -> None:
         """Removes a model and frees its memory on the server."""
         self._unary(self._stub.Delete, pb.DeleteRequest(model=model), f"delete model {model!r}")
+
+    # -- several trainers ----------------------------------------------------------------------
+
+    def coordination(self, model: str) -> CoordinationStatus:
+        """How trainers share ``model`` (its sync or async settings), which trainers are attached
+        now, and what their contributions did: applied, late (sync), rejected as too stale
+        (async), steps applied after a straggler timeout, and the staleness histogram."""
+        return CoordinationStatus.from_proto(self.describe(model).coordination)
+
+    def history(self, model: str, from_version: int = 0) -> List[VersionContributions]:
+        """Which contributions (client id, step id) each version of ``model`` from
+        ``from_version`` on combined, oldest first: every contributor of a sync step, the one
+        gradient of an async step. The server keeps the most recent versions (100,000); older
+        ones are left out."""
+        response = self._unary(self._stub.History, pb.HistoryRequest(model=model, from_version=from_version),
+                               f"history of model {model!r}")
+        return [VersionContributions(v.version, tuple(Contribution.from_proto(c) for c in v.contributions))
+                for v in response.versions]
+
+    def wait_for_trainers(self, model: str, count: int, timeout: float = 30.0) -> CoordinationStatus:
+        """Waits until at least ``count`` trainers are attached to ``model`` (each with a Step
+        stream open, e.g. after :meth:`StepStream.open`), so that a sync step with ``k=0``
+        counts them all from the first step. Raises ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.coordination(model)
+            if len(status.trainers) >= count:
+                return status
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"model {model!r}: {len(status.trainers)} of {count} trainers attached after "
+                                   f"{timeout} s: {list(status.trainers)}")
+            time.sleep(0.01)
 
     def _unary(self, method, request, action: str, timeout: Any = "default"):
         try:
@@ -294,18 +331,23 @@ class Client:
     # -- step ----------------------------------------------------------------------------------
 
     def step_stream(self, model: str, client_id: Optional[str] = None, *,
-                    retry_for: float = DEFAULT_RETRY_SECONDS) -> "StepStream":
-        """Opens a trainer's :class:`StepStream` for ``model`` (the stream itself opens lazily).
+                    retry_for: float = DEFAULT_RETRY_SECONDS, base_version: Optional[int] = None) -> "StepStream":
+        """Opens a trainer's :class:`StepStream` for ``model`` (the stream itself opens lazily; see
+        :meth:`StepStream.open`).
 
         Args:
             client_id: identifies the trainer; a new one is made up if None. Under a client id the
                 server already knows for this model, steps continue from its last step.
             retry_for: seconds a step is retried while the server is unavailable (0: never).
+            base_version: the version of the weights the first gradient will be computed at;
+                None takes the model's current version (right for weights just registered or
+                pulled; after a pull, pass the version :meth:`pull` returned).
         """
         info = self.describe(model)
         client_id = client_id or f"py-{uuid.uuid4().hex[:12]}"
         return StepStream(self, model, client_id, [t.numel for t in info.tensors],
-                          next_step_id=next_step_id(info, client_id), retry_for=retry_for)
+                          next_step_id=next_step_id(info, client_id), retry_for=retry_for,
+                          base_version=info.version if base_version is None else base_version)
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -484,6 +526,14 @@ class StepStream:
     the retry from its ledger (``replayed=True``) and sends the current weights, so the step
     counts once either way. Other errors are raised at once and never retried.
 
+    **Base version.** Each step tells the server the version of the weights its gradient was
+    computed at: :attr:`base_version`, which every step returning the train view sets to the
+    version of the weights it wrote into ``out`` (after a retry answered from the ledger, or a
+    late sync contribution, those are the current weights). Weights taken from elsewhere (a
+    :meth:`Client.pull`) must be announced by setting :attr:`base_version` to the version the pull
+    returned. With ``base_version=None`` (the default of a stream made directly) steps carry none
+    until the first train weights arrive, and the server takes each gradient as current.
+
     Not thread-safe: one StepStream per training thread.
 
     Args:
@@ -495,6 +545,7 @@ class StepStream:
             knows, it must be past that client's last applied step (:func:`next_step_id` reads it
             from Describe; :meth:`Client.step_stream` does so).
         retry_for: seconds a step is retried while the server is unavailable; 0 never retries.
+        base_version: the version of the weights the first gradient is computed at (None: send none).
     """
 
     #: First pause between two attempts at a step, doubled after each failure up to ``MAX_PAUSE``.
@@ -502,7 +553,8 @@ class StepStream:
     MAX_PAUSE = 1.0
 
     def __init__(self, client: Client, model: str, client_id: str, numels: Sequence[int], *,
-                 next_step_id: int = 1, retry_for: float = DEFAULT_RETRY_SECONDS):
+                 next_step_id: int = 1, retry_for: float = DEFAULT_RETRY_SECONDS,
+                 base_version: Optional[int] = None):
         if retry_for < 0:
             raise ValueError(f"retry_for must be 0 or more seconds, not {retry_for}")
         self.client = client
@@ -515,14 +567,25 @@ class StepStream:
         self.retry_for = retry_for
         #: Attempts made again after the server was unavailable, over the stream's life.
         self.retries = 0
+        #: The version of the weights the next gradient is computed at, sent with each step (None:
+        #: none is sent). Steps that return the train view set it; set it after pulling weights.
+        self.base_version = base_version
         self._live: Optional[_LiveStream] = None
         self._failed = False
         #: True after a step failed while its weights were arriving: the destinations may hold a
         #: mix of old and new values until the next successful step or pull.
         self.partial_weights = False
 
+    def open(self) -> "StepStream":
+        """Opens the Step stream now rather than at the first step: from then on the server counts
+        this trainer as attached to the model (a sync step with ``k=0`` waits for every attached
+        trainer). See :meth:`Client.wait_for_trainers` to know when the server has seen it."""
+        self._open()
+        return self
+
     def step(self, grads: Sequence[Any], out: Optional[Sequence[Any]] = None, *,
-             view: ViewLike = None, group_lr: Optional[Mapping[str, float]] = None) -> StepFigures:
+             view: ViewLike = None, group_lr: Optional[Mapping[str, float]] = None,
+             base_version: Optional[int] = None) -> StepFigures:
         """Applies one step, exactly once.
 
         Args:
@@ -533,10 +596,18 @@ class StepStream:
             out: destinations for the returned view, one per model tensor; None with view "none".
             view: the view to return (default train); ``"none"`` returns figures only.
             group_lr: new base learning rates by group name, from this step on.
+            base_version: the version of the weights the gradients were computed at; None sends
+                :attr:`base_version`.
 
         Returns:
             the step's :class:`~optsidecar.results.StepFigures` (``replayed`` when the server had
-            applied it already, before a retry).
+            applied it already, before a retry; ``late``, ``staleness``, ``lr_scale`` and
+            ``contributions`` when several trainers share the model).
+
+        Raises:
+            StaleGradient: asynchronous mode with the reject policy: the gradient was computed
+                more than the model's ``max_staleness`` versions ago. Nothing was applied; pull
+                the current weights, set :attr:`base_version` and compute the gradient again.
         """
         if len(grads) != len(self.numels):
             raise ValueError(f"model {self.model!r} has {len(self.numels)} tensors but {len(grads)} gradients "
@@ -560,6 +631,9 @@ class StepStream:
         commit = pb.StepCommit(step_id=step_id, view=requested,
                                no_grad=[i for i, g in enumerate(grads) if g is None],
                                group_lr=dict(group_lr or {}))
+        computed_at = self.base_version if base_version is None else base_version
+        if computed_at is not None:
+            commit.base_version = int(computed_at)
         action = f"step {step_id} of model {self.model!r}"
         if self._failed and self._live is None and not self.retry_for:
             # The last step failed, perhaps because the server went away: give the connection a
@@ -569,7 +643,10 @@ class StepStream:
         pause = self.FIRST_PAUSE
         while True:
             try:
-                return self._attempt(step_id, grads, commit, destinations, action)
+                figures = self._attempt(step_id, grads, commit, destinations, action)
+                if figures.weights_version is not None and requested.kind in (pb.VIEW_KIND_UNSPECIFIED, pb.VIEW_TRAIN):
+                    self.base_version = figures.weights_version
+                return figures
             except ServerUnavailable:
                 if time.monotonic() + pause >= deadline:
                     raise
@@ -603,11 +680,13 @@ class StepStream:
                     continue
                 if reply.step_id != step_id:
                     raise ProtocolError(f"{action}: server answered step {reply.step_id}")
+                weights_version = None
                 if sink is not None:
-                    sink.finish(action)
+                    received = sink.finish(action)
+                    weights_version = received.version if received.version >= 0 else reply.version
                 self.partial_weights = False
                 self._failed = False
-                return StepFigures.from_proto(reply)
+                return StepFigures.from_proto(reply, weights_version)
         except grpc.RpcError as e:
             self._drop(live)
             raise from_rpc_error(e, action, self.client.target) from None

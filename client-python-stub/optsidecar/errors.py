@@ -9,6 +9,7 @@ ConnectionError`` a server that cannot be reached.
 
 from __future__ import annotations
 
+import re
 from typing import Dict, Optional, Type
 
 import grpc
@@ -19,6 +20,7 @@ __all__ = [
     "NotFound",
     "AlreadyExists",
     "FailedPrecondition",
+    "StaleGradient",
     "ResourceExhausted",
     "Aborted",
     "Unimplemented",
@@ -58,6 +60,30 @@ class AlreadyExists(OptSidecarError):
 
 class FailedPrecondition(OptSidecarError, RuntimeError):
     """FAILED_PRECONDITION: e.g. a commit with missing chunks, or an EMA view before its first update."""
+
+
+class StaleGradient(FailedPrecondition):
+    """FAILED_PRECONDITION for a gradient too stale to apply: in asynchronous mode with a staleness
+    bound and the reject policy, the gradient was computed at a version more than ``max_staleness``
+    versions behind the model's current one. Nothing was applied. Pull the current weights (with
+    ``RemoteOptimizer.pull()``, or ``Client.pull`` and the stream's ``base_version``), compute the
+    gradient again there and send it.
+
+    Attributes:
+        current_version: the model's version when the gradient was rejected.
+        base_version: the version the gradient was computed at (None if the message lacks it).
+        staleness: how many versions behind it was (None if the message lacks it).
+        max_staleness: the model's bound (None if the message lacks it).
+    """
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None, details: str = "", *,
+                 current_version: int, base_version: Optional[int] = None, staleness: Optional[int] = None,
+                 max_staleness: Optional[int] = None):
+        super().__init__(message, code, details)
+        self.current_version = current_version
+        self.base_version = base_version
+        self.staleness = staleness
+        self.max_staleness = max_staleness
 
 
 class ResourceExhausted(OptSidecarError, MemoryError):
@@ -108,6 +134,16 @@ _BY_CODE: Dict[grpc.StatusCode, Type[OptSidecarError]] = {
 }
 
 
+# The server's rejection of a too stale gradient: "step 7 of client 'a': its gradient was computed
+# at version 3, 5 versions behind the current version 8 (the bound is 4); pull the weights ...".
+_STALE = re.compile(r"behind the current version (\d+)")
+_STALE_DETAILS = {
+    "base_version": re.compile(r"computed at version (\d+)"),
+    "staleness": re.compile(r"(\d+) versions? behind"),
+    "max_staleness": re.compile(r"the bound is (\d+)"),
+}
+
+
 def from_rpc_error(error: grpc.RpcError, action: str, target: str) -> OptSidecarError:
     """Turns a failed gRPC call into the matching :class:`OptSidecarError`.
 
@@ -123,4 +159,10 @@ def from_rpc_error(error: grpc.RpcError, action: str, target: str) -> OptSidecar
         message = f"{action}: optsidecar server at {target} is unavailable ({details})"
     else:
         message = f"{action}: {code.name}: {details}"
+    if cls is FailedPrecondition:
+        stale = _STALE.search(details)
+        if stale:
+            found = {name: pattern.search(details) for name, pattern in _STALE_DETAILS.items()}
+            return StaleGradient(message, code, details, current_version=int(stale.group(1)),
+                                 **{name: int(m.group(1)) if m else None for name, m in found.items()})
     return cls(message, code=code, details=details)

@@ -15,9 +15,9 @@ from google.protobuf import json_format
 from .buffers import Destination
 from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
-from .errors import AlreadyExists, InvalidArgument, NotFound
+from .errors import AlreadyExists, InvalidArgument, NotFound, StaleGradient
 from .params import ParsedGroup, parse_params
-from .results import StepFigures
+from .results import CoordinationStatus, StepFigures, VersionContributions
 from .spec import from_struct, model_spec, optimizer_config, tensor_groups
 from .v1 import optimizer_pb2 as pb
 
@@ -64,6 +64,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
         report_update_norm (bool): report ``|θ_new − θ_old|`` in :attr:`last_result`.
         non_finite (str, optional): ``"reject"`` (default: the step raises ``InvalidArgument``) or
             ``"skip"`` (the step is acknowledged as skipped and changes nothing) for NaN/Inf gradients.
+        coordination (dict, optional): how several trainers share the model, when registering it:
+            ``dict(mode="sync", k=0, combine="mean", timeout_ms=0, min_k=0)`` or
+            ``dict(mode="async", max_staleness=0, stale="reject")`` (``"downweight"``); see
+            below. None: asynchronous without a staleness bound.
         client (Client, optional): an existing :class:`~optsidecar.Client` to use instead of
             connecting to ``target``.
         retry_for (float): seconds a step is retried while the server is unavailable (restarting,
@@ -84,6 +88,21 @@ class RemoteOptimizer(torch.optim.Optimizer):
     answers the retry from its ledger (``last_result.replayed``) with the current weights. With a
     server that keeps its state (``--state-dir``) and restarts with ``--restore latest``, training
     thus rides through a crash or a restart of the server without losing or doubling a step.
+
+    **Several trainers.** Any number of optimizers, in as many processes, may train one model:
+    each attaches with ``model=..., attach=True`` and its own ``client_id``. Each step carries
+    the version of the weights in the parameters (:attr:`version`: from registration, attach,
+    the last step or :meth:`pull`), which the server uses according to the model's
+    ``coordination``. In *sync* mode a step is applied once ``k`` trainers have sent their
+    gradient for it (``k=0``: all attached trainers; :meth:`join` attaches before the first
+    step); ``step()`` blocks until then, and every trainer receives the same new weights. A
+    gradient for a step already applied without it is *late*: nothing is applied and the
+    parameters receive the current weights (``last_result.late``). In *async* mode each gradient
+    is applied when it arrives; ``last_result.staleness`` says how many versions behind it was.
+    Past ``max_staleness``, ``stale="reject"`` makes :meth:`step` raise
+    :class:`~optsidecar.errors.StaleGradient` (call :meth:`pull`, compute the gradient again and
+    step), and ``stale="downweight"`` applies it with its lr scaled by ``1/(1 + staleness)``
+    (``last_result.lr_scale``). :meth:`coordination` and :meth:`history` report what happened.
 
     **Snapshots and branches.** :meth:`snapshot`, :meth:`list_snapshots`, :meth:`restore`,
     :meth:`fork` and :meth:`export` (the first three and the last need ``--state-dir``).
@@ -110,7 +129,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  lookahead: Optional[Dict[str, Any]] = None, clip_grad_norm: float = 0.0,
                  report_update_norm: bool = False, non_finite: Optional[str] = None,
                  client: Optional[Client] = None, retry_for: float = DEFAULT_RETRY_SECONDS,
-                 **hyperparameters: Any):
+                 coordination: Any = None, **hyperparameters: Any):
         groups = parse_params(params)
         self._frozen = False
         self._owns_client = client is None
@@ -123,7 +142,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                     raise ValueError("attach=True needs the name of the model to attach to (model=...)")
                 configured = dict(hyperparameters, schedule=schedule, ema=ema, lookahead=lookahead,
                                   clip_grad_norm=clip_grad_norm or None, report_update_norm=report_update_norm or None,
-                                  non_finite=non_finite)
+                                  non_finite=non_finite, coordination=coordination)
                 configured = sorted(k for k, v in configured.items() if v is not None)
                 if configured or any(len(g.overrides) for g in groups):
                     raise ValueError(f"attach=True continues model {model!r} as the server configured it; "
@@ -137,7 +156,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                           lookahead=lookahead, clip_grad_norm=clip_grad_norm,
                                           report_update_norm=report_update_norm, non_finite=non_finite)
                 tensors = [(n, tuple(p.shape)) for g in groups for n, p in zip(g.names, g.params)]
-                spec = model_spec(self.model, tensors, [(g.name, g.names, g.overrides) for g in groups], config)
+                spec = model_spec(self.model, tensors, [(g.name, g.names, g.overrides) for g in groups], config,
+                                  coordination)
                 try:
                     info = self.client.register(spec, [p for g in groups for p in g.params])
                 except AlreadyExists as e:
@@ -234,9 +254,16 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if self._stream.partial_weights:
             warnings.warn("the previous step failed while its weights were arriving, so the parameters may mix "
                           "two versions; call optimizer.resync() after such a failure", RuntimeWarning)
-        figures = self._stream.step(grads, self._destinations(), view="train", group_lr=self._group_lr())
+        try:
+            figures = self._stream.step(grads, self._destinations(), view="train", group_lr=self._group_lr(),
+                                        base_version=self.version)
+        except StaleGradient as e:
+            raise StaleGradient(f"{e} [call optimizer.pull(), compute the gradient again and step]", e.code,
+                                e.details, current_version=e.current_version, base_version=e.base_version,
+                                staleness=e.staleness, max_staleness=e.max_staleness) from None
         self.last_result = figures
-        self.version = figures.version
+        # The weights now in the parameters: the current ones after a replayed or late step.
+        self.version = figures.weights_version if figures.weights_version is not None else figures.version
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -282,6 +309,37 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def mode(self) -> str:
         """``"train"`` or ``"eval"``: which view the parameters hold."""
         return self._mode
+
+    def pull(self) -> int:
+        """Refreshes the parameters to the model's current train view (switching back to train
+        mode if in eval mode), e.g. after a :class:`~optsidecar.errors.StaleGradient` or to catch
+        up with other trainers; the next gradient is then taken at these weights.
+
+        Returns:
+            the version pulled (also :attr:`version`).
+        """
+        self._pull_into_params("train")
+        self._mode = "train"
+        self._stream.partial_weights = False
+        return self.version
+
+    def join(self) -> "RemoteOptimizer":
+        """Attaches this trainer to the model now (opens its Step stream) instead of at its first
+        step, so that a sync model with ``k=0`` counts it from the first step. With several
+        trainers, let each join, then wait for all (``client.wait_for_trainers(model, n)``)
+        before the first step."""
+        self._stream.open()
+        return self
+
+    def coordination(self) -> CoordinationStatus:
+        """How trainers share the model, who is attached now and what their contributions did
+        (see :meth:`Client.coordination`)."""
+        return self.client.coordination(self.model)
+
+    def history(self, from_version: int = 0) -> List[VersionContributions]:
+        """The (client id, step id) contributions of each version from ``from_version`` on (see
+        :meth:`Client.history`)."""
+        return self.client.history(self.model, from_version)
 
     def resync(self) -> None:
         """Pulls the current mode's view into the parameters, e.g. after a step failed midway or

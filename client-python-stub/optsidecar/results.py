@@ -1,14 +1,33 @@
-"""Plain-Python records of what the server reports: a step's figures and a view's version."""
+"""Plain-Python records of what the server reports: a step's figures, a view's version, and how
+several trainers share a model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from .v1 import optimizer_pb2 as pb
 from .views import view_name
 
-__all__ = ["GroupFigures", "StepFigures", "Weights"]
+__all__ = ["GroupFigures", "StepFigures", "Weights", "Contribution", "VersionContributions", "CoordinationStatus"]
+
+
+class Contribution(NamedTuple):
+    """One trainer's step that went into a version: its client id and sequence number."""
+
+    client_id: str
+    step_id: int
+
+    @classmethod
+    def from_proto(cls, c: pb.Contribution) -> "Contribution":
+        return cls(c.client_id, c.step_id)
+
+
+class VersionContributions(NamedTuple):
+    """The contributions one model version combined (:meth:`Client.history`)."""
+
+    version: int
+    contributions: Tuple[Contribution, ...]
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,17 @@ class StepFigures:
         replayed: True when the server had already applied this step (a retry after the connection
             dropped or the server restarted): the figures are those of when it was applied, and
             the weights returned with it are the model's current ones. The step counts once.
+        late: sync mode: the gradient arrived after the step it was for had been applied without
+            it. Nothing was applied; the weights returned with it are the current ones.
+        staleness: async mode: how many versions old the gradient was when it was applied (the
+            model's version minus the version it was computed at).
+        lr_scale: the factor the step's learning rate was scaled by: 1, or ``1/(1 + staleness)``
+            for a stale gradient under the down-weight policy.
+        contributions: the (client id, step id) pairs the new version combined: every contributor
+            of a sync step, this step alone in async mode; empty when nothing was applied.
+        weights_version: the version of the weights that came back with the step (the current
+            version for a replayed or late step, whose ``version`` is older or unchanged); None
+            when the step returned no weights.
     """
 
     step_id: int
@@ -60,6 +90,11 @@ class StepFigures:
     clip_coefficient: float
     update_norm: Optional[float]
     replayed: bool = False
+    late: bool = False
+    staleness: int = 0
+    lr_scale: float = 1.0
+    contributions: Tuple[Contribution, ...] = ()
+    weights_version: Optional[int] = None
 
     @property
     def lr(self) -> Dict[str, float]:
@@ -77,7 +112,7 @@ class StepFigures:
         return {g.name: g.averaging_weight for g in self.groups}
 
     @classmethod
-    def from_proto(cls, result: pb.StepResult) -> "StepFigures":
+    def from_proto(cls, result: pb.StepResult, weights_version: Optional[int] = None) -> "StepFigures":
         return cls(
             step_id=result.step_id,
             version=result.version,
@@ -91,6 +126,12 @@ class StepFigures:
             clip_coefficient=result.clip_coefficient,
             update_norm=result.update_norm if result.HasField("update_norm") else None,
             replayed=result.replayed,
+            late=result.late,
+            staleness=result.staleness,
+            # 0 only in results stored by a server that did not report it: nothing was scaled.
+            lr_scale=result.lr_scale or 1.0,
+            contributions=tuple(Contribution.from_proto(c) for c in result.contributions),
+            weights_version=weights_version,
         )
 
 
@@ -100,3 +141,60 @@ class Weights:
 
     view: pb.View
     version: int
+
+
+_MODES = {pb.COORDINATION_ASYNC: "async", pb.COORDINATION_SYNC: "sync"}
+
+
+@dataclass(frozen=True)
+class CoordinationStatus:
+    """How trainers share a model, who is attached, and what their contributions did (the
+    server's ``ModelInfo.coordination``).
+
+    Attributes:
+        mode: ``"async"`` or ``"sync"``.
+        config: the model's ``Coordination`` message (sync and async options).
+        trainers: client ids of the trainers attached now (with a Step stream open), sorted.
+        contributions_applied: contributions that went into a version.
+        contributions_late: sync: contributions that arrived after their step was applied.
+        contributions_rejected: async: gradients rejected as staler than the bound.
+        steps_timed_out: sync: steps applied after the straggler timeout with fewer than k.
+        staleness_histogram: applied contributions by staleness: entry s counts staleness s, the
+            last entry that staleness and above (the server keeps 16 exact buckets); trailing
+            empty buckets are left out.
+    """
+
+    mode: str
+    config: pb.Coordination
+    trainers: Tuple[str, ...]
+    contributions_applied: int
+    contributions_late: int
+    contributions_rejected: int
+    steps_timed_out: int
+    staleness_histogram: Tuple[int, ...]
+
+    @property
+    def staleness_mean(self) -> float:
+        """Mean staleness of the applied contributions (the last bucket counted at its lower
+        bound); 0 when none were applied."""
+        total = sum(self.staleness_histogram)
+        return sum(s * n for s, n in enumerate(self.staleness_histogram)) / total if total else 0.0
+
+    @property
+    def staleness_max(self) -> int:
+        """The largest staleness seen (a lower bound when it falls in the last, open bucket)."""
+        nonzero = [s for s, n in enumerate(self.staleness_histogram) if n]
+        return nonzero[-1] if nonzero else 0
+
+    @classmethod
+    def from_proto(cls, status: pb.CoordinationStatus) -> "CoordinationStatus":
+        return cls(
+            mode=_MODES.get(status.config.mode, str(status.config.mode)),
+            config=status.config,
+            trainers=tuple(status.trainers),
+            contributions_applied=status.contributions_applied,
+            contributions_late=status.contributions_late,
+            contributions_rejected=status.contributions_rejected,
+            steps_timed_out=status.steps_timed_out,
+            staleness_histogram=tuple(status.staleness_histogram),
+        )

@@ -14,6 +14,7 @@ __all__ = [
     "from_struct",
     "optimizer_config",
     "make_schedule",
+    "make_coordination",
     "model_spec",
     "spec_from_info",
     "renamed",
@@ -140,6 +141,62 @@ def make_schedule(schedule: Union[Mapping[str, Any], pb.Schedule]) -> pb.Schedul
     return pb.Schedule(type=kind, parameters=to_struct(parameters, "schedule"))
 
 
+CoordinationLike = Union[None, Mapping[str, Any], pb.Coordination]
+_MODES = {"async": pb.COORDINATION_ASYNC, "sync": pb.COORDINATION_SYNC}
+_COMBINE = {"mean": pb.COMBINE_MEAN, "sum": pb.COMBINE_SUM}
+_STALE = {"reject": pb.STALE_REJECT, "downweight": pb.STALE_DOWNWEIGHT}
+_SETTINGS = {"async": {"mode", "max_staleness", "stale"}, "sync": {"mode", "k", "combine", "timeout_ms", "min_k"}}
+
+
+def _count(settings: Mapping[str, Any], name: str) -> int:
+    value = settings.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"coordination: {name} must be a whole number >= 0, not {value!r}")
+    return int(value)
+
+
+def make_coordination(coordination: CoordinationLike) -> pb.Coordination:
+    """A ``Coordination`` message: how several trainers share a model.
+
+    ``dict(mode="sync", k=0, combine="mean", timeout_ms=0, min_k=0)``: a step is applied once k
+    contributions have arrived (k=0: as many as trainers are attached), their mean (or sum);
+    after ``timeout_ms`` from its first contribution, a step goes ahead with ``min_k`` (0 means 1).
+
+    ``dict(mode="async", max_staleness=0, stale="reject")``: each gradient is applied when it
+    arrives; one computed more than ``max_staleness`` versions ago (0: no bound) is rejected
+    (:class:`~optsidecar.errors.StaleGradient`) or, with ``stale="downweight"``, applied with its
+    learning rate scaled by ``1/(1 + staleness)``.
+
+    Settings left out take the defaults shown. A ``Coordination`` message is returned as it is.
+    """
+    if isinstance(coordination, pb.Coordination):
+        return coordination
+    if coordination is None:
+        return pb.Coordination()
+    settings = dict(coordination)
+    mode = settings.get("mode", "async")
+    if mode not in _MODES:
+        raise ValueError(f"coordination: mode must be 'sync' or 'async', not {mode!r}")
+    unknown = set(settings) - _SETTINGS[mode]
+    if unknown:
+        raise ValueError(f"coordination: unknown settings for mode {mode!r}: {sorted(unknown)}; expected "
+                         f"{sorted(_SETTINGS[mode] - {'mode'})}")
+    out = pb.Coordination(mode=_MODES[mode])
+    if mode == "sync":
+        combine = settings.get("combine", "mean")
+        if combine not in _COMBINE:
+            raise ValueError(f"coordination: combine must be 'mean' or 'sum', not {combine!r}")
+        out.sync.CopyFrom(pb.SyncOptions(k=_count(settings, "k"), combine=_COMBINE[combine],
+                                         timeout_ms=_count(settings, "timeout_ms"), min_k=_count(settings, "min_k")))
+    else:
+        stale = settings.get("stale", "reject")
+        if stale not in _STALE:
+            raise ValueError(f"coordination: stale must be 'reject' or 'downweight', not {stale!r}")
+        # "async" is a Python keyword: the field is reached by name.
+        getattr(out, "async").CopyFrom(pb.AsyncOptions(max_staleness=_count(settings, "max_staleness"), stale=_STALE[stale]))
+    return out
+
+
 def _ema_list(ema: Union[None, EmaLike, Sequence[EmaLike]]) -> Iterable[pb.EmaShadow]:
     if ema is None:
         return []
@@ -161,10 +218,14 @@ def model_spec(
     tensors: Sequence[Tuple[str, Sequence[int]]],
     groups: Sequence[Tuple[str, Sequence[str], Mapping[str, Any]]],
     config: pb.OptimizerConfig,
+    coordination: CoordinationLike = None,
 ) -> pb.ModelSpec:
     """A ``ModelSpec``: ``tensors`` as ``(name, shape)``, ``groups`` as ``(name, tensor names,
-    hyperparameter overrides)``. A scalar (shape ``()``) is sent as shape ``[1]``."""
+    hyperparameter overrides)``. A scalar (shape ``()``) is sent as shape ``[1]``. ``coordination``
+    as :func:`make_coordination` takes it (None: asynchronous, no staleness bound)."""
     spec = pb.ModelSpec(name=name, optimizer=config)
+    if coordination is not None:
+        spec.coordination.CopyFrom(make_coordination(coordination))
     for tensor_name, shape in tensors:
         spec.tensors.append(pb.TensorSpec(name=tensor_name, shape=[int(d) for d in shape] or [1]))
     for group_name, members, overrides in groups:
@@ -175,7 +236,8 @@ def model_spec(
 
 
 def spec_from_info(info: pb.ModelInfo) -> pb.ModelSpec:
-    """The spec that re-creates a described model, counters (``ModelInfo.state``) included.
+    """The spec that re-creates a described model, counters (``ModelInfo.state``) and how
+    trainers share it (``ModelInfo.coordination.config``) included.
 
     Each group carries its effective hyperparameters, so the new model does not depend on the
     server's defaults staying the same.
@@ -188,6 +250,8 @@ def spec_from_info(info: pb.ModelInfo) -> pb.ModelSpec:
         members = [t.name for t in info.tensors if t.group == g.name]
         spec.groups.append(pb.ParamGroup(name=g.name, tensors=members, hyperparameters=g.hyperparameters))
     spec.state.CopyFrom(info.state)
+    if info.HasField("coordination"):
+        spec.coordination.CopyFrom(info.coordination.config)
     return spec
 
 

@@ -25,7 +25,7 @@ def main(target: str, config: str, checkpoint: str, first: int, last: int, outpu
         run_steps(model, opt, scheduler, first, last)
         torch.save({
             "params": [p.detach().clone() for p in model.parameters()],
-            "figures": repr(dataclasses.asdict(dataclasses.replace(opt.last_result, step_id=0))),
+            "figures": repr(dataclasses.asdict(dataclasses.replace(opt.last_result, step_id=0, contributions=()))),
             "mode_after_load": mode_after_load,
             "state": opt.state_dict(),
         }, output)

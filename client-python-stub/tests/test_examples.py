@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import PACKAGE_ROOT, subprocess_env
+from conftest import PACKAGE_ROOT, server_jar, subprocess_env
 
 EXAMPLES = PACKAGE_ROOT / "examples"
 
@@ -34,3 +34,29 @@ def test_digits_trains_both_optimizers_and_plots(target: str, tmp_path: Path):
     assert adamw > THREE_EPOCH_BOUND, run.stdout
 
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ps_experiment_runs_sync_and_async_trainer_processes(tmp_path: Path):
+    """The experiment with tiny settings, starting a server of its own from the jar."""
+    figure = tmp_path / "ps.png"
+    run = subprocess.run([sys.executable, str(EXAMPLES / "ps_experiment.py"), "--jar", str(server_jar()),
+                          "--trainers", "2", "--epochs", "1", "--warmup-epochs", "0", "--out", str(figure)],
+                         env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    assert re.search(r"^mode\s+trainers\s+steps\s+steps/s\s+contrib/s\s+test acc\s+late\s+rejected\s+stale mean\s+"
+                     r"stale max$", run.stdout, re.MULTILINE), run.stdout
+    rows = {m.group(1): m.groups()[1:] for m in re.finditer(
+        r"^(sync|async)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+(\d+\+?)$",
+        run.stdout, re.MULTILINE)}
+    assert sorted(rows) == ["async", "sync"], run.stdout
+    batches = int(re.search(r"\((\d+) batches of", run.stdout).group(1))
+    trainers, steps, _, _, accuracy, late, rejected, stale_mean, stale_max = rows["sync"]
+    # Sync: one step per round of both trainers' gradients, none late, nothing stale.
+    assert (int(trainers), int(steps), int(late), int(rejected)) == (2, batches, 0, 0)
+    assert (float(stale_mean), stale_max) == (0.0, "0")
+    trainers, steps, _, _, accuracy, late, rejected, stale_mean, stale_max = rows["async"]
+    # Async: every gradient is a step of its own (down-weighted past the bound, not rejected).
+    assert (int(trainers), int(steps), int(late), int(rejected)) == (2, 2 * batches, 0, 0)
+    assert 0.0 < float(accuracy) <= 1.0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -48,8 +48,9 @@ def assert_same(loaded: Dict[str, torch.Tensor], expected: Dict[str, torch.Tenso
 
 
 def figures(opt: RemoteOptimizer) -> str:
-    # step_id is each trainer's own sequence number; repr compares NaN figures as equal
-    return repr(dataclasses.asdict(dataclasses.replace(opt.last_result, step_id=0)))
+    # step_id (also in contributions) is each trainer's own sequence number; repr compares NaN
+    # figures as equal
+    return repr(dataclasses.asdict(dataclasses.replace(opt.last_result, step_id=0, contributions=())))
 
 
 def test_snapshot_files_hold_what_pull_returns(durable):

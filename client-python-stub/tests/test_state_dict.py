@@ -18,8 +18,9 @@ LAST = 20
 
 
 def figures_without_step_id(figures) -> str:
-    # step_id is the client's own sequence number; repr compares NaN figures as equal
-    return repr(dataclasses.asdict(dataclasses.replace(figures, step_id=0)))
+    # step_id (also in contributions, with the client id) is the client's own sequence number;
+    # repr compares NaN figures as equal
+    return repr(dataclasses.asdict(dataclasses.replace(figures, step_id=0, contributions=())))
 
 
 def without_clients(state: dict) -> dict:

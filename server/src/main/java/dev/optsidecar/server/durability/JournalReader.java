@@ -110,7 +110,8 @@ public final class JournalReader implements AutoCloseable {
                 .setClientId(c.path("client_id").asText())
                 .setStepId(Long.parseUnsignedLong(c.path("step_id").asText())).build()));
         return new StepRecord(contributions, h.path("version_before").asLong(), noGrad, lr,
-                h.path("sum_of_squares").asDouble(), h.path("lr_scale").asDouble(1.0), gradients);
+                h.path("sum_of_squares").asDouble(), h.path("lr_scale").asDouble(1.0),
+                h.path("staleness").asLong(0), gradients);
     }
 
     /** Why the journal ended before its last byte (a torn or corrupt record), or null. */

@@ -24,7 +24,7 @@ import java.util.zip.CRC32C;
  * <p>File: a header record naming the model, its run and the snapshot it follows, then one record
  * per step. A record is {@code magic, header length, JSON header, gradients, CRC32C}, all
  * little-endian; the JSON header holds the contributions (client, sequence number), the version,
- * skipped tensors, learning rates, learning-rate scale and gradient norm, and the gradients follow in tensor order. A record cut short
+ * skipped tensors, learning rates, learning-rate scale, staleness and gradient norm, and the gradients follow in tensor order. A record cut short
  * by a crash fails its checksum and ends the journal: its step was never acknowledged.
  */
 public final class StepJournal implements StepLog, AutoCloseable {
@@ -86,7 +86,8 @@ public final class StepJournal implements StepLog, AutoCloseable {
         ObjectNode h = JSON.createObjectNode()
                 .put("version_before", step.versionBefore())
                 .put("sum_of_squares", step.sumOfSquares())
-                .put("lr_scale", step.lrScale());
+                .put("lr_scale", step.lrScale())
+                .put("staleness", step.staleness());
         ArrayNode contributions = h.putArray("contributions");
         step.contributions().forEach(c -> contributions.addObject()
                 .put("client_id", c.getClientId()).put("step_id", Long.toUnsignedString(c.getStepId())));

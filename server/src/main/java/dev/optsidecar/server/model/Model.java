@@ -629,7 +629,7 @@ public final class Model {
                                    long staleness, boolean skipped, View label) {
         if (!skipped && log != null) {
             log.append(new StepRecord(contributions, version, skip, Map.copyOf(groupLr), sumOfSquares, lrScale,
-                    gradients));
+                    staleness, gradients));
         }
         if (!skipped) {
             newLr.forEach((g, lr) -> g.baseLr = lr);
@@ -700,7 +700,8 @@ public final class Model {
                 }
             }
             StepResult result = applyLocked(step.contributions(), step.noGrad(), step.groupLr(),
-                    resolveGroupLr(step.groupLr()), step.sumOfSquares(), step.lrScale(), 0, false, NO_VIEW);
+                    resolveGroupLr(step.groupLr()), step.sumOfSquares(), step.lrScale(), step.staleness(), false,
+                    NO_VIEW);
             for (Contribution c : step.contributions()) {
                 ledger.record(c.getClientId(), c.getStepId(), result.toBuilder().setStepId(c.getStepId()).clearView().build());
             }

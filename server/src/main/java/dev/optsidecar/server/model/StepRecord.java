@@ -16,9 +16,11 @@ import java.util.Map;
  * @param contributions the (client, step) pairs the step combined
  * @param sumOfSquares  the gradients' squared norm as received (clipping uses it)
  * @param lrScale       the factor the learning rates were scaled by (a stale gradient's down-weighting)
+ * @param staleness     how many versions old the gradient was (async mode), as its result reports it
  */
 public record StepRecord(List<Contribution> contributions, long versionBefore, boolean[] noGrad,
-                         Map<String, Double> groupLr, double sumOfSquares, double lrScale, Gradients gradients) {
+                         Map<String, Double> groupLr, double sumOfSquares, double lrScale, long staleness,
+                         Gradients gradients) {
 
     /** Reads the step's gradient of one tensor. */
     public interface Gradients {

@@ -32,7 +32,7 @@ class StepJournalTest {
         boolean[] noGrad = {false, true, false};
         List<Contribution> who = List.of(Contribution.newBuilder().setClientId("client-" + id).setStepId(id).build(),
                 Contribution.newBuilder().setClientId("other").setStepId(7 * id).build());
-        return new StepRecord(who, id - 1, noGrad, Map.of("default", 0.5 / id), 1.25 * id, 1.0 / id,
+        return new StepRecord(who, id - 1, noGrad, Map.of("default", 0.5 / id), 1.25 * id, 1.0 / id, id - 1,
                 new StepRecord.Gradients() {
                     @Override
                     public long numel(int tensor) {
@@ -90,6 +90,7 @@ class StepJournalTest {
                 StepRecord sent = step(i);
                 assertEquals(sent.contributions(), got.contributions());
                 assertEquals(sent.lrScale(), got.lrScale());
+                assertEquals(sent.staleness(), got.staleness());
                 assertEquals(sent.versionBefore(), got.versionBefore());
                 assertArrayEquals(sent.noGrad(), got.noGrad());
                 assertEquals(sent.groupLr(), got.groupLr());
