@@ -52,6 +52,12 @@ final class TrainersBench {
     private static final long TRANSPORT_WARMUP_PARAMS = 1_000_000;
     /** Steps every trainer finishes before the window opens, however short the warm-up time. */
     private static final int WARMUP_STEPS = 3;
+    /**
+     * Versions a window lasts at least, so that the step cut off at either end is a small part of
+     * it; a window runs past its time for them, up to this many times that time.
+     */
+    private static final int MIN_WINDOW_VERSIONS = 20;
+    private static final double MAX_WINDOW_FACTOR = 10;
     /** How long the trainers get to finish their last step once the window has closed. */
     private static final long FINISH_SECONDS = 60;
 
@@ -147,16 +153,17 @@ final class TrainersBench {
                     + " client id and connection, stepping RAdam as fast as it can over loopback gRPC to an in-process"
                     + " server with %d engine threads, all in this process on %d CPUs; sync: one step per contribution"
                     + " of every attached trainer (k = 0), mean%n", threads, Runtime.getRuntime().availableProcessors());
-            out.printf(Locale.ROOT, "  one window of %.1f s per row after %.1f s of warm-up; rates are over that"
-                    + " window (not medians): versions/s = steps applied, grads/s = gradients applied, grad MB/s ="
+            out.printf(Locale.ROOT, "  one window per row of %.1f s, or longer until %d versions were applied"
+                    + " (at most %.0f s), after %.1f s of warm-up; rates are over that window (not medians): versions/s = steps applied, grads/s = gradients applied, grad MB/s ="
                     + " gradient bytes the server received; scaling = grads/s / the %d-trainer grads/s of the same"
                     + " mode and size; step ms = median Trainer.step; staleness = mean versions a gradient was behind"
                     + " (async); late = sync gradients that missed their step; cores = this process's CPU time / window"
                     + " (server and trainers together); others = cores other processes kept busy meanwhile;"
-                    + " MB = 10^6 bytes%n", seconds, warmupSeconds, base);
-            String format = "%9s  %-5s  %7s  %10s  %9s  %10s  %7s  %8s  %9s  %5s  %5s  %6s%n";
+                    + " CPU ms/grad = cores x 1000 / grads/s; MB = 10^6 bytes%n", seconds, MIN_WINDOW_VERSIONS,
+                    MAX_WINDOW_FACTOR * seconds, warmupSeconds, base);
+            String format = "%9s  %-5s  %7s  %10s  %9s  %10s  %7s  %8s  %9s  %5s  %5s  %11s  %6s%n";
             out.printf(Locale.ROOT, format, "model MB", "mode", "clients", "versions/s", "grads/s", "grad MB/s",
-                    "scaling", "step ms", "staleness", "late", "cores", "others");
+                    "scaling", "step ms", "staleness", "late", "cores", "CPU ms/grad", "others");
             for (long params : sizes) {
                 String mb = megabytes(params);
                 for (Mode mode : modes) {
@@ -183,6 +190,7 @@ final class TrainersBench {
                                 mode == Mode.ASYNC ? String.format(Locale.ROOT, "%.2f", row.meanStaleness()) : "-",
                                 Long.toString(row.late()),
                                 String.format(Locale.ROOT, "%.2f", row.coresBusy()),
+                                String.format(Locale.ROOT, "%.1f", row.coresBusy() * 1000 / row.gradientsPerSecond()),
                                 Double.isNaN(row.othersBusy()) ? "-" : String.format(Locale.ROOT, "%.2f", row.othersBusy()));
                         String mismatch = row.countMismatch();
                         if (mismatch != null) {
@@ -233,6 +241,7 @@ final class TrainersBench {
             run.windowStart = t0;
             run.phase = MEASURE;
             sleep(seconds);
+            awaitVersion(model, before.getVersion() + MIN_WINDOW_VERSIONS, t0 + Math.round(MAX_WINDOW_FACTOR * seconds * 1e9));
             ModelInfo after = model.describe();
             long t1 = System.nanoTime();
             long cpu1 = processCpuNanos();
@@ -297,6 +306,13 @@ final class TrainersBench {
                         + FINISH_SECONDS + " s");
             }
             Thread.sleep(5);
+        }
+    }
+
+    /** Waits until the model reaches {@code version}, or until {@code deadline} (System.nanoTime). */
+    private static void awaitVersion(Model model, long version, long deadline) throws InterruptedException {
+        while (model.version() < version && System.nanoTime() < deadline) {
+            Thread.sleep(2);
         }
     }
 
