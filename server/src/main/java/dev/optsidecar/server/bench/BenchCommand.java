@@ -14,16 +14,18 @@ import java.util.Locale;
 import java.util.concurrent.Callable;
 
 /**
- * Prints three tables: the CPU engine's RAdam, Schedule-Free RAdam and Schedule-Free AdamW + EMA
- * steps, each against a memory-pass ceiling on the same threads; full gRPC step round trips
- * against an in-process server; and writing and reading a snapshot against plain file copies of
- * the same bytes. The large sizes need a few GB of heap; run it as
- * {@code java -Xmx8g -jar optsidecar-server.jar bench}.
+ * Prints the benchmark tables: the CPU engine's RAdam, Schedule-Free RAdam and Schedule-Free
+ * AdamW + EMA steps, each against a memory-pass ceiling on the same threads; full gRPC step round
+ * trips against an in-process server; what the step journal costs a step; aggregate gradients per
+ * second with several trainers on one model, asynchronous and synchronous; and writing and reading
+ * a snapshot against plain file copies of the same bytes. The large sizes need a few GB of heap;
+ * run it as {@code java -Xmx8g -jar optsidecar-server.jar bench}.
  */
 @Command(name = "bench", mixinStandardHelpOptions = true,
         description = {"Benchmarks the engine's RAdam, Schedule-Free RAdam and Schedule-Free AdamW + EMA steps,"
                 + " each against a memory-pass ceiling, full gRPC step round trips against an in-process server,"
-                + " and snapshot writes and reads against plain file copies of the same bytes.",
+                + " the step journal's cost, aggregate gradients per second with several trainers on one model"
+                + " (async and sync), and snapshot writes and reads against plain file copies of the same bytes.",
                 "The 400 MB end-to-end size needs about 4 GB of heap: run with java -Xmx8g -jar ..."})
 public final class BenchCommand implements Callable<Integer> {
     @Spec
@@ -64,6 +66,30 @@ public final class BenchCommand implements Callable<Integer> {
             description = "Model size of the step journal table, in MB (default: ${DEFAULT-VALUE}).")
     int journalMegabytes;
 
+    @Option(names = "--skip-ps", description = "Skip the several-trainers table.")
+    boolean skipTrainers;
+
+    @Option(names = "--ps-mb", split = ",", defaultValue = "4,40",
+            description = "Model sizes of the several-trainers table, in MB of float32 (default: ${DEFAULT-VALUE}).")
+    List<Integer> trainersMegabytes;
+
+    @Option(names = "--ps-clients", split = ",", defaultValue = "1,2,4,8",
+            description = "Trainer counts of the several-trainers table; scaling is against the smallest"
+                    + " (default: ${DEFAULT-VALUE}).")
+    List<Integer> trainersClients;
+
+    @Option(names = "--ps-modes", split = ",", defaultValue = "async,sync", converter = ModeConverter.class,
+            description = "Coordination modes of the several-trainers table: async, sync (default: ${DEFAULT-VALUE}).")
+    List<TrainersBench.Mode> trainersModes;
+
+    @Option(names = "--ps-seconds", defaultValue = "5",
+            description = "Measured window per row of the several-trainers table, in seconds (default: ${DEFAULT-VALUE}).")
+    double trainersSeconds;
+
+    @Option(names = "--ps-warmup-seconds", defaultValue = "2",
+            description = "Unmeasured stepping per row before the window, in seconds (default: ${DEFAULT-VALUE}).")
+    double trainersWarmupSeconds;
+
     @Option(names = "--snapshot-dir", paramLabel = "DIR",
             description = "Where the snapshot table writes (a fresh subdirectory, removed afterwards;"
                     + " default: under java.io.tmpdir).")
@@ -81,10 +107,16 @@ public final class BenchCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         if (threads < 1 || iterations < 1 || warmup < 0 || snapshotIterations < 1
-                || e2eMegabytes.stream().anyMatch(mb -> mb < 1)) {
+                || e2eMegabytes.stream().anyMatch(mb -> mb < 1)
+                || trainersMegabytes.stream().anyMatch(mb -> mb < 1)
+                || trainersClients.stream().anyMatch(n -> n < 1)) {
             throw new CommandLine.ParameterException(spec.commandLine(),
-                    "--threads, --iterations, --snapshot-iterations and --e2e-mb must be at least 1,"
-                            + " --warmup at least 0");
+                    "--threads, --iterations, --snapshot-iterations, --e2e-mb, --ps-mb and --ps-clients must be at"
+                            + " least 1, --warmup at least 0");
+        }
+        if (!(trainersSeconds > 0) || !(trainersWarmupSeconds >= 0)) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--ps-seconds must be positive, --ps-warmup-seconds at least 0");
         }
         Runtime rt = Runtime.getRuntime();
         System.out.printf(Locale.ROOT, "optsidecar bench: %s %s (%s), %d CPUs, %d engine threads, max heap %.1f GB,"
@@ -107,6 +139,11 @@ public final class BenchCommand implements Callable<Integer> {
             } finally {
                 deleteTree(dir);
             }
+        }
+        if (!skipTrainers) {
+            new TrainersBench(threads, trainersWarmupSeconds, trainersSeconds, System.out).run(
+                    trainersMegabytes.stream().map(mb -> mb * 1_000_000L / Float.BYTES).toList(),
+                    trainersModes.stream().distinct().toList(), trainersClients.stream().distinct().toList());
         }
         if (!skipSnapshot) {
             runSnapshot();
@@ -132,6 +169,19 @@ public final class BenchCommand implements Callable<Integer> {
             for (Path p : files.sorted(java.util.Comparator.reverseOrder()).toList()) {
                 Files.deleteIfExists(p);
             }
+        }
+    }
+
+    /** Parses a coordination mode name: async or sync. */
+    static final class ModeConverter implements CommandLine.ITypeConverter<TrainersBench.Mode> {
+        @Override
+        public TrainersBench.Mode convert(String value) {
+            for (TrainersBench.Mode m : TrainersBench.Mode.values()) {
+                if (m.label().equals(value.trim().toLowerCase(Locale.ROOT))) {
+                    return m;
+                }
+            }
+            throw new CommandLine.TypeConversionException("not a mode: '" + value + "' (async or sync)");
         }
     }
 

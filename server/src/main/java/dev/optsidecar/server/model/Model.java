@@ -586,24 +586,32 @@ public final class Model {
             ledger.record(c.session().clientId, c.stepId(), mine.toBuilder().clearView().build());
         }
         finishRound(parts);
-        for (SyncRound.Contribution c : parts) {
-            StepResult mine = common.toBuilder().setStepId(c.stepId())
-                    .setView(c.view() == null ? NO_VIEW : c.view().label()).build();
-            ViewReader weights = null;
-            if (c.view() != null) {
-                ViewReader.Published shared = copies.get(c.view().label());
-                if (shared == null) {
-                    shared = ViewReader.copyOut(this, c.view().label(), c.view().source(),
-                            Views.select(this, c.view(), List.of(), "commit.view"), version);
+        // The round holds each copy until every contributor has its reader: a contributor whose
+        // weights go out before the next reader is made would otherwise give the copy's memory
+        // back once for each time the count of readers fell to zero.
+        try {
+            for (SyncRound.Contribution c : parts) {
+                StepResult mine = common.toBuilder().setStepId(c.stepId())
+                        .setView(c.view() == null ? NO_VIEW : c.view().label()).build();
+                ViewReader weights = null;
+                if (c.view() != null) {
+                    ViewReader.Published shared = copies.get(c.view().label());
                     if (shared == null) {
-                        throw OptError.exhausted("model '%s': no memory left under the limit to copy out the new"
-                                + " weights for the sync step's %d contributors", name, parts.size());
+                        shared = ViewReader.copyOut(this, c.view().label(), c.view().source(),
+                                Views.select(this, c.view(), List.of(), "commit.view"), version);
+                        if (shared == null) {
+                            throw OptError.exhausted("model '%s': no memory left under the limit to copy out the new"
+                                    + " weights for the sync step's %d contributors", name, parts.size());
+                        }
+                        shared.retain();
+                        copies.put(c.view().label(), shared);
                     }
-                    copies.put(c.view().label(), shared);
+                    weights = new ViewReader(this, c.view().label(), version, shared);
                 }
-                weights = new ViewReader(this, c.view().label(), version, shared);
+                c.result().complete(new StepOutcome(mine, weights));
             }
-            c.result().complete(new StepOutcome(mine, weights));
+        } finally {
+            copies.values().forEach(shared -> shared.release(this));
         }
     }
 

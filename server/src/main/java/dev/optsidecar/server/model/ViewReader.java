@@ -40,6 +40,18 @@ public final class ViewReader implements AutoCloseable {
             this.chunks = chunks;
             this.bytes = bytes;
         }
+
+        /** Takes a hold on the copy; each is given back by {@link #release}. */
+        void retain() {
+            readers.incrementAndGet();
+        }
+
+        /** Gives back one hold; the last gives the copy's memory back to the limit. */
+        void release(Model model) {
+            if (readers.decrementAndGet() == 0) {
+                model.releaseTransient(bytes);
+            }
+        }
     }
 
     /** Reads under the read lock {@code stamp}, which the reader releases (at once if it can copy the view). */
@@ -52,7 +64,7 @@ public final class ViewReader implements AutoCloseable {
         this.stamp = stamp;
         Published copy = copyOut(model, view, source, tensors, version);
         if (copy != null) {
-            copy.readers.incrementAndGet();
+            copy.retain();
             published = copy;
             model.unlockRead(stamp);
             this.stamp = 0;
@@ -66,7 +78,7 @@ public final class ViewReader implements AutoCloseable {
         this.source = null;
         this.tensors = List.of();
         this.version = version;
-        shared.readers.incrementAndGet();
+        shared.retain();
         this.published = shared;
     }
 
@@ -152,8 +164,8 @@ public final class ViewReader implements AutoCloseable {
             model.unlockRead(stamp);
             stamp = 0;
         }
-        if (published != null && published.readers.decrementAndGet() == 0) {
-            model.releaseTransient(published.bytes);
+        if (published != null) {
+            published.release(model);
         }
     }
 }
