@@ -39,11 +39,7 @@ public final class Model {
     private final Engine engine;
     private final long memoryBytes;
     private final StampedLock lock = new StampedLock();
-    /** Trainers by client id (or a key of their own for anonymous streams); also a lock, taken after the model lock. */
-    private final Map<String, ClientSession> sessions = new java.util.HashMap<>();
-    private final java.util.concurrent.atomic.AtomicLong anonymousStreams = new java.util.concurrent.atomic.AtomicLong();
-    /** Bytes of one trainer's gradient buffers. */
-    private final long gradientBytes;
+    private final Trainers trainers;
     /** Reserves and releases memory under the server's limit. */
     private final ModelRegistry memory;
     private final dev.optsidecar.proto.v1.Coordination coordination;
@@ -82,7 +78,7 @@ public final class Model {
         this.memory = memory;
         this.coordination = spec.getCoordination();
         this.sync = coordination.getMode() == dev.optsidecar.proto.v1.CoordinationMode.COORDINATION_SYNC;
-        this.gradientBytes = tensors.stream().mapToLong(t -> t.numel * (long) Float.BYTES).sum();
+        this.trainers = new Trainers(spec.getName(), tensors, memory);
         this.name = spec.getName();
         this.config = spec.getOptimizer();
         this.tensors = Collections.unmodifiableList(tensors);
@@ -141,9 +137,7 @@ public final class Model {
 
     /** Bytes held for trainers' gradient buffers now. */
     long sessionBytes() {
-        synchronized (sessions) {
-            return sessions.values().stream().filter(s -> s.handles != null).count() * gradientBytes;
-        }
+        return trainers.bytes();
     }
 
     /** Reserves room for a transient copy of weights being sent; false when the limit has none. */
@@ -162,7 +156,7 @@ public final class Model {
 
     /** What trainers are attached and what their contributions did. */
     dev.optsidecar.proto.v1.CoordinationStatus coordinationStatus() {
-        return status.build(coordination, trainers());
+        return status.build(coordination, trainers.attached());
     }
 
     /** The contributions of versions from {@code from} on, as far back as they are kept. */
@@ -223,12 +217,7 @@ public final class Model {
     /** A trainer opened a Step stream: its session (created on first use) counts as attached. */
     public ClientSession attach(String clientId) {
         checkLive();
-        String key = clientId.isEmpty() ? "\u0000anonymous-" + anonymousStreams.incrementAndGet() : clientId;
-        synchronized (sessions) {
-            ClientSession s = sessions.computeIfAbsent(key, k -> new ClientSession(k, clientId));
-            s.streams++;
-            return s;
-        }
+        return trainers.attach(clientId);
     }
 
     /**
@@ -238,42 +227,12 @@ public final class Model {
     public void detach(ClientSession s) {
         long stamp = lock.writeLock();
         try {
-            synchronized (sessions) {
-                s.streams--;
-                if (s.streams == 0) {
-                    s.assembly = null;
-                    if (s.pending == null) {
-                        release(s);
-                    }
-                }
-            }
+            trainers.leave(s);
             if (sync && !deleted) {
-                applyRoundIfDue(false);
+                applyRoundIfDue();
             }
         } finally {
             lock.unlockWrite(stamp);
-        }
-    }
-
-    /** Frees a session that has no stream and no waiting contribution; under the write lock and the sessions lock. */
-    private void release(ClientSession s) {
-        sessions.remove(s.key);
-        if (s.handles != null && !deleted) {
-            for (TensorEntry t : tensors) {
-                t.storage.freeGradientBuffer(s.handles[t.index]);
-            }
-            s.handles = null;
-            memory.release(gradientBytes);
-        }
-    }
-
-    /** The trainers attached now, by client id. */
-    List<String> trainers() {
-        synchronized (sessions) {
-            List<String> ids = new ArrayList<>();
-            sessions.values().stream().filter(s -> s.streams > 0).forEach(s -> ids.add(s.clientId));
-            java.util.Collections.sort(ids);
-            return ids;
         }
     }
 
@@ -283,24 +242,7 @@ public final class Model {
      */
     public StepAssembly openStep(ClientSession s, long stepId) {
         checkLive();
-        synchronized (sessions) {
-            if (s.pending != null) {
-                throw OptError.precondition("step_id: client '%s' sent step %s while its step %s waits for the other"
-                                + " trainers' contributions", s.clientId, Long.toUnsignedString(stepId),
-                        Long.toUnsignedString(s.pending.stepId()));
-            }
-            if (s.handles == null) {
-                memory.reserve(name, gradientBytes);
-                int[] handles = new int[tensors.size()];
-                for (TensorEntry t : tensors) {
-                    handles[t.index] = t.storage.newGradientBuffer();
-                }
-                s.handles = handles;
-            }
-            StepAssembly a = new StepAssembly(tensors, s, stepId);
-            s.assembly = a;
-            return a;
-        }
+        return trainers.open(s, stepId);
     }
 
     /**
@@ -313,10 +255,7 @@ public final class Model {
 
     /** The session's sync contribution of step {@code stepId} still waiting for its step, for a retry to wait on; or null. */
     public CompletableFuture<StepOutcome> waitingContribution(ClientSession s, long stepId) {
-        synchronized (sessions) {
-            SyncRound.Contribution c = s.pending;
-            return c != null && c.stepId() == stepId ? c.result() : null;
-        }
+        return trainers.waiting(s, stepId);
     }
 
     /** Stops accepting steps (graceful shutdown): a later commit is UNAVAILABLE. Waits for a step being applied. */
@@ -344,19 +283,12 @@ public final class Model {
      * committed or abandoned. For diagnostics and tests; the answer may be stale by the time it is read.
      */
     public java.util.OptionalLong assemblingStep() {
-        synchronized (sessions) {
-            return sessions.values().stream().map(s -> s.assembly).filter(java.util.Objects::nonNull)
-                    .mapToLong(StepAssembly::stepId).findFirst();
-        }
+        return trainers.assemblingStep();
     }
 
     /** Abandons an assembly; weights and state are untouched. */
     public void abandon(StepAssembly a) {
-        synchronized (sessions) {
-            if (a.session().assembly == a) {
-                a.session().assembly = null;
-            }
-        }
+        trainers.abandon(a);
     }
 
     private void checkCurrent(StepAssembly a) {
@@ -498,10 +430,7 @@ public final class Model {
         ClientSession s = a.session();
         CompletableFuture<StepOutcome> result = new CompletableFuture<>();
         SyncRound.Contribution c = new SyncRound.Contribution(s, a.stepId(), skip, Map.copyOf(groupLr), view, result);
-        synchronized (sessions) {
-            s.assembly = null;
-            s.pending = c;
-        }
+        trainers.contributing(c);
         if (round == null) {
             round = new SyncRound(version + 1);
             int timeout = coordination.getSync().getTimeoutMs();
@@ -511,7 +440,7 @@ public final class Model {
             }
         }
         round.contributions.add(c);
-        applyRoundIfDue(false);
+        applyRoundIfDue();
         return result;
     }
 
@@ -521,7 +450,7 @@ public final class Model {
         try {
             if (round == r && !deleted) {
                 r.timedOut = true;
-                applyRoundIfDue(true);
+                applyRoundIfDue();
             }
         } catch (RuntimeException e) {
             java.util.logging.Logger.getLogger(Model.class.getName()).log(java.util.logging.Level.WARNING,
@@ -532,13 +461,13 @@ public final class Model {
     }
 
     /** Applies the open sync round if it has its contributions; under the write lock. */
-    private void applyRoundIfDue(boolean timedOut) {
+    private void applyRoundIfDue() {
         SyncRound r = round;
         if (r == null || r.contributions.isEmpty()) {
             return;
         }
         int k = coordination.getSync().getK();
-        int target = k > 0 ? k : Math.max(1, trainers().size());
+        int target = k > 0 ? k : Math.max(1, trainers.attached().size());
         int minK = Math.max(1, coordination.getSync().getMinK());
         int have = r.contributions.size();
         if (have < target && !(r.timedOut && have >= minK)) {
@@ -557,7 +486,7 @@ public final class Model {
             checkAcceptingSteps();
             applyRound(parts);
         } catch (RuntimeException e) {
-            finishRound(parts);
+            trainers.contributed(parts);
             parts.forEach(c -> c.result().completeExceptionally(e));
         }
     }
@@ -585,7 +514,7 @@ public final class Model {
             StepResult mine = common.toBuilder().setStepId(c.stepId()).build();
             ledger.record(c.session().clientId, c.stepId(), mine.toBuilder().clearView().build());
         }
-        finishRound(parts);
+        trainers.contributed(parts);
         // The round holds each copy until every contributor has its reader: a contributor whose
         // weights go out before the next reader is made would otherwise give the copy's memory
         // back once for each time the count of readers fell to zero.
@@ -612,19 +541,6 @@ public final class Model {
             }
         } finally {
             copies.values().forEach(shared -> shared.release(this));
-        }
-    }
-
-    /** Releases the contributors' sessions from the round. */
-    private void finishRound(List<SyncRound.Contribution> parts) {
-        synchronized (sessions) {
-            for (SyncRound.Contribution c : parts) {
-                ClientSession s = c.session();
-                s.pending = null;
-                if (s.streams == 0) {
-                    release(s);
-                }
-            }
         }
     }
 
@@ -840,11 +756,7 @@ public final class Model {
                 OptError gone = OptError.notFound("model '%s' was deleted while its sync step waited for contributions", name);
                 r.contributions.forEach(c -> c.result().completeExceptionally(gone));
             }
-            synchronized (sessions) {
-                long held = sessions.values().stream().filter(x -> x.handles != null).count() * gradientBytes;
-                sessions.clear();
-                memory.release(held);
-            }
+            trainers.close();
             for (TensorEntry t : tensors) {
                 t.storage.free();
             }
