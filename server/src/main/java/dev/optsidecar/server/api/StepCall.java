@@ -137,7 +137,9 @@ final class StepCall implements StreamObserver<StepRequest> {
             }
             var waiting = m.waitingContribution(session, c.getStepId());
             if (waiting != null) { // sent before on a stream that died: answer when its sync step is applied
-                await(waiting, outcome -> answerRetry(m, m.appliedResult(session, c.getStepId()), view));
+                // The waited-for outcome's weights belong to the original stream; this one reads its own.
+                await(waiting.thenApply(outcome -> Boolean.TRUE),
+                        applied -> answerRetry(m, m.appliedResult(session, c.getStepId()), view));
                 return;
             }
             assembly = m.openStep(session, c.getStepId()); // legal only when every tensor is listed in no_grad
