@@ -307,6 +307,43 @@ class ParameterServerTest {
     }
 
     @Test
+    void aRetryOfAStepWaitingInASyncRoundWaitsForItAndIsNotCountedTwice() throws Exception {
+        register(spec("sync-retry", sync(2, 0, 0)));
+        OptimizerGrpc.OptimizerStub stub = OptimizerGrpc.newStub(channel());
+        float[][] ga = grad(0, 1);
+        RawStep first = RawStep.openAs(stub, "sync-retry", "a").all(1, ga).commit(1, dev.optsidecar.proto.v1.ViewKind.VIEW_TRAIN);
+        SidecarFixture.awaitTrue("a's step waiting", () -> server.registry().get("sync-retry", "m")
+                .waitingContribution(attachedSession("a"), 1) != null);
+        RawStep retry = RawStep.openAs(stub, "sync-retry", "a").all(1, ga).commit(1, dev.optsidecar.proto.v1.ViewKind.VIEW_TRAIN);
+        Thread.sleep(100);
+        assertTrue(retry.responses.isEmpty(), "the retry waits for the round");
+        try (Trainer b = client.trainer("sync-retry", "b")) {
+            StepResult rb = b.step(grad(1, 1), blank());
+            assertEquals(1, rb.getVersion());
+            assertEquals(2, rb.getContributionsCount());
+        }
+        first.halfClose();
+        retry.halfClose();
+        assertEquals(Status.Code.OK, first.awaitClose().getCode());
+        assertEquals(Status.Code.OK, retry.awaitClose().getCode());
+        StepResult original = first.responses.get(first.responses.size() - 1).getResult();
+        StepResult again = retry.responses.get(retry.responses.size() - 1).getResult();
+        assertFalse(original.getReplayed());
+        assertTrue(again.getReplayed());
+        assertEquals(1, again.getVersion());
+        assertEquals(2, client.describe("sync-retry").getCoordination().getContributionsApplied());
+        assertEquals(1, history("sync-retry").size());
+    }
+
+    /** The session of client {@code id} on model sync-retry (attaching to look it up, then leaving). */
+    private static dev.optsidecar.server.model.ClientSession attachedSession(String id) {
+        var m = server.registry().get("sync-retry", "m");
+        var s = m.attach(id);
+        m.detach(s);
+        return s;
+    }
+
+    @Test
     void aReaderThatStopsReadingDoesNotHoldUpTrainers() throws Exception {
         register(spec("reader", Coordination.getDefaultInstance()));
         ClientCallStreamObserver<?>[] call = new ClientCallStreamObserver<?>[1];
