@@ -131,9 +131,7 @@ public final class BenchCommand implements Callable<Integer> {
             new EndToEndBench(threads, warmup, iterations).run(e2eMegabytes);
         }
         if (!skipJournal) {
-            Path parent = snapshotDir != null ? snapshotDir : Path.of(System.getProperty("java.io.tmpdir"));
-            Files.createDirectories(parent);
-            Path dir = Files.createTempDirectory(parent, "optsidecar-journal-bench-");
+            Path dir = scratchDir("optsidecar-journal-bench-");
             try {
                 new JournalBench(threads, warmup, iterations).run(dir, journalMegabytes);
             } finally {
@@ -157,11 +155,16 @@ public final class BenchCommand implements Callable<Integer> {
             System.out.printf(Locale.ROOT, "%nSnapshots: %s params %s%n", Measure.count(snapshotParams), shortfall);
             return;
         }
-        Path parent = snapshotDir != null ? snapshotDir : Path.of(System.getProperty("java.io.tmpdir"));
-        Files.createDirectories(parent);
-        Path dir = Files.createTempDirectory(parent, "optsidecar-snapshot-bench-");
+        Path dir = scratchDir("optsidecar-snapshot-bench-");
         System.out.printf(Locale.ROOT, "%nSnapshot files go to %s (removed afterwards)%n", dir);
         new SnapshotBench(dir, 1, snapshotIterations, System.out).run(snapshotParams);
+    }
+
+    /** A fresh directory for files a table writes, under --snapshot-dir or the temporary directory. */
+    private Path scratchDir(String prefix) throws java.io.IOException {
+        Path parent = snapshotDir != null ? snapshotDir : Path.of(System.getProperty("java.io.tmpdir"));
+        Files.createDirectories(parent);
+        return Files.createTempDirectory(parent, prefix);
     }
 
     private static void deleteTree(Path dir) throws java.io.IOException {

@@ -52,10 +52,7 @@ public final class Persistence implements AutoCloseable {
     private final SnapshotStore store;
     private final ModelRegistry registry;
     private final Options options;
-    private final Map<Model, JournalSwitch> logs = new ConcurrentHashMap<>();
-    private final Map<Model, Long> snapshotVersions = new ConcurrentHashMap<>();
-    private final Map<Model, Long> snapshotBytes = new ConcurrentHashMap<>();
-    private final Map<Model, Boolean> snapshotQueued = new ConcurrentHashMap<>();
+    private final Map<Model, Tracked> tracked = new ConcurrentHashMap<>();
     private final ScheduledExecutorService background = Executors.newSingleThreadScheduledExecutor(r -> {
         Thread t = new Thread(r, "optsidecar-snapshots");
         t.setDaemon(true);
@@ -78,9 +75,9 @@ public final class Persistence implements AutoCloseable {
 
     /** A model was just created (registered, forked or restored): its first snapshot is its base. */
     public SnapshotInfo adopt(Model m, String trigger) {
-        JournalSwitch log = new JournalSwitch((version, journalBytes) -> stepRecorded(m, version, journalBytes));
-        logs.put(m, log);
-        m.setStepLog(log);
+        Tracked t = new Tracked(new JournalSwitch((version, journalBytes) -> stepRecorded(m, version, journalBytes)));
+        tracked.put(m, t);
+        m.setStepLog(t.log);
         try {
             store.clearTombstone(m.name());
             return snapshot(m, trigger);
@@ -93,10 +90,11 @@ public final class Persistence implements AutoCloseable {
 
     /** Writes a snapshot of {@code m} and starts a new journal after it. One snapshot of a model at a time. */
     public SnapshotInfo snapshot(Model m, String trigger) throws IOException {
-        JournalSwitch log = logs.get(m);
-        if (log == null) {
+        Tracked t = tracked.get(m);
+        if (t == null) {
             throw OptError.notFound("model '%s' was deleted", m.name());
         }
+        JournalSwitch log = t.log;
         synchronized (log) {
             Pending staged = ModelCapture.capture(m, (version, meta, files) -> {
                 Pending p = store.stage(m.name(), trigger, version, meta, files);
@@ -113,8 +111,8 @@ public final class Persistence implements AutoCloseable {
             });
             try {
                 SnapshotInfo info = store.commit(staged);
-                snapshotVersions.put(m, info.getVersion());
-                snapshotBytes.put(m, info.getBytes());
+                t.snapshotVersion = info.getVersion();
+                t.snapshotBytes = info.getBytes();
                 LOG.info(() -> String.format("model '%s': snapshot %s at version %d (%s, %d bytes)", m.name(),
                         info.getId(), info.getVersion(), trigger, info.getBytes()));
                 return info;
@@ -245,8 +243,8 @@ public final class Persistence implements AutoCloseable {
 
     private void snapshotChanged(String trigger) {
         for (Model m : registry.models()) {
-            Long last = snapshotVersions.get(m);
-            if (last != null && last != m.version()) {
+            Tracked t = tracked.get(m);
+            if (t != null && t.snapshotVersion != m.version()) {
                 try {
                     snapshot(m, trigger);
                 } catch (IOException | RuntimeException e) {
@@ -261,17 +259,21 @@ public final class Persistence implements AutoCloseable {
      * last snapshot (replaying it would then cost more than loading a fresh snapshot).
      */
     private void stepRecorded(Model m, long version, long journalBytes) {
+        Tracked t = tracked.get(m);
+        if (t == null) {
+            return;
+        }
         String trigger = options.everySteps() > 0 && version % options.everySteps() == 0 ? "steps"
-                : options.compactJournal() && journalBytes >= snapshotBytes.getOrDefault(m, Long.MAX_VALUE) ? "journal"
+                : options.compactJournal() && journalBytes >= t.snapshotBytes ? "journal"
                 : null;
-        if (trigger == null || snapshotQueued.putIfAbsent(m, Boolean.TRUE) != null) {
+        if (trigger == null || !t.queued.compareAndSet(false, true)) {
             return;
         }
         try {
             background.execute(() -> {
-                snapshotQueued.remove(m);
+                t.queued.set(false);
                 try {
-                    if (logs.containsKey(m)) {
+                    if (tracked.containsKey(m)) {
                         snapshot(m, trigger);
                     }
                 } catch (IOException | RuntimeException e) {
@@ -280,7 +282,7 @@ public final class Persistence implements AutoCloseable {
             });
         } catch (java.util.concurrent.RejectedExecutionException e) {
             // Shutting down: the step stands (it is journaled), and the shutdown snapshot covers it.
-            snapshotQueued.remove(m);
+            t.queued.set(false);
         }
     }
 
@@ -299,17 +301,29 @@ public final class Persistence implements AutoCloseable {
 
     private void forget(Model m) {
         m.setStepLog(null);
-        JournalSwitch log = logs.remove(m);
-        if (log != null) {
-            log.close();
+        Tracked t = tracked.remove(m);
+        if (t != null) {
+            t.log.close();
         }
-        snapshotVersions.remove(m);
-        snapshotBytes.remove(m);
     }
 
     @Override
     public void close() {
         background.shutdownNow();
-        logs.values().forEach(JournalSwitch::close);
+        tracked.values().forEach(t -> t.log.close());
+    }
+
+    /** What is kept per durable model: its step log and what its last snapshot was. */
+    private static final class Tracked {
+        final JournalSwitch log;
+        volatile long snapshotVersion = -1;
+        /** Size of the last snapshot; the journal is compacted into a new one once it outgrows it. */
+        volatile long snapshotBytes = Long.MAX_VALUE;
+        /** A background snapshot is queued. */
+        final java.util.concurrent.atomic.AtomicBoolean queued = new java.util.concurrent.atomic.AtomicBoolean();
+
+        Tracked(JournalSwitch log) {
+            this.log = log;
+        }
     }
 }

@@ -6,6 +6,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.model.StepLog;
 import dev.optsidecar.server.model.StepRecord;
+import dev.optsidecar.server.snapshot.SnapshotStore;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -64,7 +65,7 @@ public final class StepJournal implements StepLog, AutoCloseable {
         try {
             j.writeRecord(FILE_MAGIC, JSON.writeValueAsBytes(h), null);
             ch.force(true);
-            Durable.forceDirectory(file.getParent());
+            SnapshotStore.forceDir(file.getParent());
         } catch (IOException | RuntimeException e) {
             ch.close();
             throw e;

@@ -12,7 +12,6 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.util.List;
 
-
 /**
  * Builds models from saved or live state, through the same path as a Register that restores a
  * run: a snapshot read back from disk, or a fork of a live model. The result is complete but not

@@ -756,7 +756,8 @@ public final class SnapshotStore {
         forceDir(parent);
     }
 
-    static void forceDir(Path dir) throws IOException {
+    /** Forces a directory's entries (a created or renamed file) to disk. */
+    public static void forceDir(Path dir) throws IOException {
         try (FileChannel ch = FileChannel.open(dir, StandardOpenOption.READ)) {
             ch.force(true);
         }

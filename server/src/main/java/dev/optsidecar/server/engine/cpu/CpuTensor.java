@@ -105,11 +105,16 @@ final class CpuTensor implements EngineTensor {
 
     @Override
     public Ingest writeGradient(long offset, ByteBuffer src) {
+        return ingest(grads, offset, src);
+    }
+
+    /** Copies gradient values in, noting the first NaN or Inf and their sum of squares. */
+    private Ingest ingest(float[][] into, long offset, ByteBuffer src) {
         FloatBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
         int count = in.remaining();
-        copyIn(grads, offset, in);
-        long bad = firstNonFinite(grads, offset, count);
-        return new Ingest(bad, bad >= 0 ? Double.NaN : sumOfSquares(grads, offset, count));
+        copyIn(into, offset, in);
+        long bad = firstNonFinite(into, offset, count);
+        return new Ingest(bad, bad >= 0 ? Double.NaN : sumOfSquares(into, offset, count));
     }
 
     @Override
@@ -134,12 +139,7 @@ final class CpuTensor implements EngineTensor {
 
     @Override
     public Ingest writeGradient(int handle, long offset, ByteBuffer src) {
-        float[][] into = gradientBuffers[handle];
-        FloatBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
-        int count = in.remaining();
-        copyIn(into, offset, in);
-        long bad = firstNonFinite(into, offset, count);
-        return new Ingest(bad, bad >= 0 ? Double.NaN : sumOfSquares(into, offset, count));
+        return ingest(gradientBuffers[handle], offset, src);
     }
 
     @Override
