@@ -12,7 +12,7 @@ import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
-import dev.optsidecar.server.optim.GroupCounters;
+import dev.optsidecar.server.optim.GroupScalars;
 import dev.optsidecar.server.optim.StepPlan;
 import dev.optsidecar.server.optim.Hyperparameters;
 
@@ -71,7 +71,7 @@ public final class TestData {
         try (CpuEngine engine = new CpuEngine(1)) {
             EngineTensor t = engine.allocate(init.length, alg.stateSlots().size());
             t.writeParams(0, le(init));
-            GroupCounters counters = GroupCounters.INITIAL;
+            GroupScalars counters = GroupScalars.initial(alg.groupScalars());
             for (int i = 0; i < grads.size(); i++) {
                 t.writeGradient(0, le(grads.get(i)));
                 StepPlan plan = alg.plan(counters, lrs[i], 1f);
@@ -90,7 +90,7 @@ public final class TestData {
 
     /** A tensorwise algorithm's kernel for step t (torch-style algorithms keep no group counters). */
     public static dev.optsidecar.server.engine.FusedStep step(Algorithm alg, long t, double lr) {
-        return alg.plan(GroupCounters.INITIAL, lr, 1f).forTensor().apply(t);
+        return alg.plan(GroupScalars.initial(alg.groupScalars()), lr, 1f).forTensor().apply(t);
     }
 
     /** Reads a tensor's parameters back as floats. */

@@ -10,7 +10,7 @@ import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
 import dev.optsidecar.server.optim.EmaShadow;
-import dev.optsidecar.server.optim.GroupCounters;
+import dev.optsidecar.server.optim.GroupScalars;
 import dev.optsidecar.server.optim.Hyperparameters;
 import dev.optsidecar.server.optim.StepPlan;
 
@@ -82,7 +82,7 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
     static BenchKernel radam() {
         Algorithm radam = create("RAdam", Map.of());
         return new BenchKernel("RAdam", "defaults, rectified (t >= 6)", "read p,g,m,v; write p,m,v", 2, 4, 3, 6,
-                t -> radam.plan(GroupCounters.INITIAL, 1e-3, 1f).forTensor().apply(t), ADAM_PASS);
+                t -> radam.plan(GroupScalars.NONE, 1e-3, 1f).forTensor().apply(t), ADAM_PASS);
     }
 
     /** Schedule-Free RAdam with its defaults, rectified (sqrt and divide) with z already set. */
@@ -113,7 +113,7 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
         Algorithm radam = create("RAdam", Map.of());
         DoubleAdder sink = new DoubleAdder();
         return new BenchKernel("RAdam+norm", "as RAdam, with report_update_norm", "read p,g,m,v; write p,m,v", 2, 4, 3, 6,
-                t -> new UpdateNorm(radam.plan(GroupCounters.INITIAL, 1e-3, 1f).forTensor().apply(t), sink), ADAM_PASS);
+                t -> new UpdateNorm(radam.plan(GroupScalars.NONE, 1e-3, 1f).forTensor().apply(t), sink), ADAM_PASS);
     }
 
     /** Bytes a step moves per element, for the GB/s columns. */
@@ -158,7 +158,7 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
 
     /** The plan of a group's next step once it has taken {@link #SCHEDULE_FREE_K} at the same lr. */
     private static StepPlan planAtK(Algorithm algorithm) {
-        GroupCounters counters = GroupCounters.INITIAL;
+        GroupScalars counters = GroupScalars.initial(algorithm.groupScalars());
         for (int i = 0; i < SCHEDULE_FREE_K; i++) {
             counters = algorithm.plan(counters, SCHEDULE_FREE_LR, 1f).after();
         }

@@ -572,17 +572,17 @@ public final class Model {
                 .setLrScale(lrScale);
         for (GroupState g : groups) {
             double lr = lrFor(g) * lrScale;
-            StepPlan plan = g.algorithm.plan(g.counters, lr, (float) clip);
+            StepPlan plan = g.algorithm.plan(g.scalars, lr, (float) clip);
             plans.put(g, plan);
-            dev.optsidecar.server.optim.GroupCounters after = skipped ? g.counters : plan.after();
+            java.util.Map<String, Double> after = (skipped ? g.scalars : plan.after()).asMap();
             result.addGroups(GroupStep.newBuilder()
                     .setGroup(g.name)
                     .setLr(lr)
                     .setEffectiveLr(plan.effectiveLr())
                     .setAveragingWeight(plan.averagingWeight())
-                    .setK(after.k())
-                    .setWeightSum(after.weightSum())
-                    .setLrMax(after.lrMax()));
+                    .setK((long) after.getOrDefault("k", 0.0).doubleValue())
+                    .setWeightSum(after.getOrDefault("weight_sum", 0.0))
+                    .setLrMax(after.getOrDefault("lr_max", -1.0)));
         }
         if (!skipped) {
             Double updateNorm = apply(skip, plans);
@@ -657,7 +657,7 @@ public final class Model {
                 tensor.steps++;
             }
         }
-        plans.forEach((g, plan) -> g.counters = plan.after());
+        plans.forEach((g, plan) -> g.scalars = plan.after());
         emaDue.forEach(i -> emaUpdates[i]++);
         if (training.lookahead() != null) {
             lookaheadStep = sync ? 0 : lookaheadStep + 1;

@@ -52,9 +52,9 @@ final class ModelDescription {
             state.addGroups(GroupCounters.newBuilder()
                     .setGroup(g.name)
                     .setLr(g.baseLr)
-                    .setK(g.counters.k())
-                    .setWeightSum(g.counters.weightSum())
-                    .setLrMax(g.counters.lrMax()));
+                    .setK((long) g.scalars.asMap().getOrDefault("k", 0.0).doubleValue())
+                    .setWeightSum(g.scalars.asMap().getOrDefault("weight_sum", 0.0))
+                    .setLrMax(g.scalars.asMap().getOrDefault("lr_max", -1.0)));
         }
         return b.setTotalElements(total).setState(state).build();
     }

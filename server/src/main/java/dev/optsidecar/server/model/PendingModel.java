@@ -5,7 +5,6 @@ import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.FusedStep;
 import dev.optsidecar.server.engine.TensorStep;
-import dev.optsidecar.server.optim.GroupCounters;
 import dev.optsidecar.server.optim.Lookahead;
 
 import java.nio.ByteBuffer;
@@ -139,7 +138,11 @@ public final class PendingModel {
                 throw OptError.invalid("spec.state.groups[%s].lr: must be finite and >= 0", g.name);
             }
             g.baseLr = saved.getLr();
-            g.counters = new GroupCounters(saved.getK(), saved.getWeightSum(), saved.getLrMax());
+            java.util.Map<String, Double> legacy = java.util.Map.of("k", (double) saved.getK(),
+                    "weight_sum", saved.getWeightSum(), "lr_max", saved.getLrMax());
+            for (String scalar : g.scalars.names()) {
+                g.scalars = g.scalars.with(scalar, legacy.get(scalar));
+            }
         }
         for (int i = 0; i < state.getTensorStepsCount(); i++) {
             tensors.get(i).steps = state.getTensorSteps(i);

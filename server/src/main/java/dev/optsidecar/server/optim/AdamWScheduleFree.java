@@ -48,15 +48,20 @@ public final class AdamWScheduleFree implements Algorithm {
     }
 
     @Override
+    public List<GroupScalar> groupScalars() {
+        return ScheduleFreeAveraging.GROUP_SCALARS;
+    }
+
+    @Override
     public List<String> stateSlots() {
         return innerMomentum != 0 ? List.of("z", "exp_avg_sq", "exp_avg") : List.of("z", "exp_avg_sq");
     }
 
     @Override
-    public StepPlan plan(GroupCounters counters, double lr, float gradScale) {
-        long k = counters.k();
+    public StepPlan plan(GroupScalars scalars, double lr, float gradScale) {
+        long k = ScheduleFreeAveraging.steps(scalars);
         double lrK = lr * (k < warmupSteps ? (double) (k + 1) / warmupSteps : 1.0);
-        ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(counters, lrK, r, weightLrPower);
+        ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(scalars, lrK, r, weightLrPower);
         double c = advance.c();
         float cF = (float) c;
         float yCoef = (float) (lrK * (beta1 * (1 - c) - 1));

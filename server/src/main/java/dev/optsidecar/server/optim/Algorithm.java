@@ -13,14 +13,19 @@ public interface Algorithm {
     /** State buffers per tensor, in the order the kernel receives them (e.g. exp_avg, exp_avg_sq). */
     List<String> stateSlots();
 
+    /** Scalars the group keeps between steps (Schedule-Free's k, weight_sum, lr_max); none by default. */
+    default List<GroupScalar> groupScalars() {
+        return List.of();
+    }
+
     /**
-     * Plans one step of the group. Pure: the counters after the step are returned, not stored.
+     * Plans one step of the group. Pure: the group scalars after the step are returned, not stored.
      *
-     * @param counters  the group's counters before the step
+     * @param scalars   the group's declared scalars before the step
      * @param lr        the group's learning rate for this step (base lr under the schedule)
      * @param gradScale factor on every gradient element (gradient clipping); 1 when none
      */
-    StepPlan plan(GroupCounters counters, double lr, float gradScale);
+    StepPlan plan(GroupScalars scalars, double lr, float gradScale);
 
     /** The algorithm's own eval point, computed from θ and state, or null if it has none. */
     default ViewKernel evalView() {

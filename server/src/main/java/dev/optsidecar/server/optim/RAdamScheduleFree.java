@@ -43,18 +43,23 @@ public final class RAdamScheduleFree implements Algorithm {
     }
 
     @Override
+    public List<GroupScalar> groupScalars() {
+        return ScheduleFreeAveraging.GROUP_SCALARS;
+    }
+
+    @Override
     public List<String> stateSlots() {
         return List.of("z", "exp_avg_sq");
     }
 
     @Override
-    public StepPlan plan(GroupCounters counters, double lr, float gradScale) {
-        long k = counters.k();
+    public StepPlan plan(GroupScalars scalars, double lr, float gradScale) {
+        long k = ScheduleFreeAveraging.steps(scalars);
         double rhoT = RAdam.rho(beta2, k + 1);
         boolean rectified = rhoT > 4;
         double rect = rectified ? RAdam.rectification(beta2, rhoT) : silentSgdPhase ? 0 : 1;
         double lrK = lr * rect;
-        ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(counters, lrK, r, weightLrPower);
+        ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(scalars, lrK, r, weightLrPower);
         double c = advance.c();
         float cF = (float) c;
         float yCoef = (float) (lrK * (beta1 * (1 - c) - 1));

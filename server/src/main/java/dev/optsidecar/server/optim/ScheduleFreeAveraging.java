@@ -11,19 +11,35 @@ import dev.optsidecar.server.engine.ViewKernel;
 final class ScheduleFreeAveraging {
     private ScheduleFreeAveraging() {}
 
-    /** The group counters after a step at lr_k, and that step's averaging weight c. */
-    record Advance(GroupCounters after, double c) {}
+    /** Steps the group has taken. */
+    static final String K = "k";
+    /** The running sum of averaging weights. */
+    static final String WEIGHT_SUM = "weight_sum";
+    /** The largest lr_k so far; −1 before the first step. */
+    static final String LR_MAX = "lr_max";
+    /** The group scalars every Schedule-Free optimizer declares. */
+    static final java.util.List<GroupScalar> GROUP_SCALARS = java.util.List.of(
+            new GroupScalar(K, 0.0), new GroupScalar(WEIGHT_SUM, 0.0), new GroupScalar(LR_MAX, -1.0));
+
+    /** The group scalars after a step at lr_k, and that step's averaging weight c. */
+    record Advance(GroupScalars after, double c) {}
+
+    /** k, the steps taken before this one. */
+    static long steps(GroupScalars scalars) {
+        return (long) scalars.get(K);
+    }
 
     /**
      * lr_max ← max(lr_max, lr_k); w = (k+1)^r · lr_max^power; weight_sum ← weight_sum + w;
      * c = w / weight_sum, or 0 while weight_sum is 0 (RAdam's silent phase); k ← k+1.
      */
-    static Advance advance(GroupCounters before, double lrK, double r, double weightLrPower) {
-        double lrMax = Math.max(before.lrMax(), lrK);
-        double weight = Math.pow(before.k() + 1, r) * Math.pow(lrMax, weightLrPower);
-        double weightSum = before.weightSum() + weight;
+    static Advance advance(GroupScalars before, double lrK, double r, double weightLrPower) {
+        long k = steps(before);
+        double lrMax = Math.max(before.get(LR_MAX), lrK);
+        double weight = Math.pow(k + 1, r) * Math.pow(lrMax, weightLrPower);
+        double weightSum = before.get(WEIGHT_SUM) + weight;
         double c = weightSum == 0 ? 0 : weight / weightSum;
-        return new Advance(new GroupCounters(before.k() + 1, weightSum, lrMax), c);
+        return new Advance(before.with(K, k + 1).with(WEIGHT_SUM, weightSum).with(LR_MAX, lrMax), c);
     }
 
     /** x = lerp(y, z, 1 − 1/β), as the reference's eval(); z is state slot 0. */

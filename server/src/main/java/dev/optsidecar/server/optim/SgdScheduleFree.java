@@ -39,15 +39,20 @@ public final class SgdScheduleFree implements Algorithm {
     }
 
     @Override
+    public List<GroupScalar> groupScalars() {
+        return ScheduleFreeAveraging.GROUP_SCALARS;
+    }
+
+    @Override
     public List<String> stateSlots() {
         return List.of("z");
     }
 
     @Override
-    public StepPlan plan(GroupCounters counters, double lr, float gradScale) {
-        long k = counters.k();
+    public StepPlan plan(GroupScalars scalars, double lr, float gradScale) {
+        long k = ScheduleFreeAveraging.steps(scalars);
         double lrK = lr * (k < warmupSteps ? (double) (k + 1) / warmupSteps : 1.0);
-        ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(counters, lrK, r, weightLrPower);
+        ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(scalars, lrK, r, weightLrPower);
         double c = advance.c();
         float cF = (float) c;
         float yCoef = (float) (lrK * (beta * (1 - c) - 1));

@@ -3,7 +3,7 @@ package dev.optsidecar.server.optim;
 import dev.optsidecar.server.engine.FusedStep;
 
 /**
- * An algorithm with torch's per-parameter step count and no group counters (SGD, Adam, RAdam):
+ * An algorithm with torch's per-parameter step count and no group scalars (SGD, Adam, RAdam):
  * each tensor's kernel depends only on its own t and the group's lr.
  */
 abstract class TensorwiseAlgorithm implements Algorithm {
@@ -11,7 +11,7 @@ abstract class TensorwiseAlgorithm implements Algorithm {
     abstract FusedStep step(long t, double lr, float gradScale);
 
     @Override
-    public final StepPlan plan(GroupCounters counters, double lr, float gradScale) {
-        return new StepPlan(t -> step(t, lr, gradScale), counters, lr, Double.NaN);
+    public final StepPlan plan(GroupScalars scalars, double lr, float gradScale) {
+        return new StepPlan(t -> step(t, lr, gradScale), scalars, lr, Double.NaN);
     }
 }
