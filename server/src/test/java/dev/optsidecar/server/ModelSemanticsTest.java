@@ -13,7 +13,6 @@ import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.engine.EngineTensor;
-import dev.optsidecar.server.engine.TensorStep;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;

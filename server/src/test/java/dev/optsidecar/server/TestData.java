@@ -7,7 +7,7 @@ import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.server.engine.EngineTensor;
-import dev.optsidecar.server.engine.TensorStep;
+import dev.optsidecar.server.engine.TensorProgram;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
@@ -75,7 +75,7 @@ public final class TestData {
             for (int i = 0; i < grads.size(); i++) {
                 t.writeGradient(0, le(grads.get(i)));
                 StepPlan plan = alg.plan(counters, lrs[i], 1f);
-                engine.apply(List.of(new TensorStep(t, plan.forTensor().apply(i + 1))));
+                engine.run(List.of(new TensorProgram(t, List.of(plan.forTensor().apply(i + 1)))));
                 counters = plan.after();
             }
             return params(t);
@@ -88,9 +88,9 @@ public final class TestData {
         return b;
     }
 
-    /** A tensorwise algorithm's kernel for step t (torch-style algorithms keep no group counters). */
-    public static dev.optsidecar.server.engine.FusedStep step(Algorithm alg, long t, double lr) {
-        return alg.plan(GroupScalars.initial(alg.groupScalars()), lr, 1f).forTensor().apply(t);
+    /** A tensorwise algorithm's program for step t (torch-style algorithms keep no group counters). */
+    public static TensorProgram step(dev.optsidecar.server.engine.EngineTensor tensor, Algorithm alg, long t, double lr) {
+        return new TensorProgram(tensor, List.of(alg.plan(GroupScalars.initial(alg.groupScalars()), lr, 1f).forTensor().apply(t)));
     }
 
     /** Reads a tensor's parameters back as floats. */

@@ -2,10 +2,10 @@ package dev.optsidecar.server.bench;
 
 import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
-import dev.optsidecar.server.engine.Chain;
-import dev.optsidecar.server.engine.Engine;
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.UpdateNorm;
+import dev.optsidecar.server.engine.TensorProgram;
+import dev.optsidecar.server.engine.cpu.BlockLoop;
+import dev.optsidecar.server.engine.cpu.CpuEngine;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
@@ -16,7 +16,6 @@ import dev.optsidecar.server.optim.StepPlan;
 
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.atomic.DoubleAdder;
 import java.util.function.LongFunction;
 
 /**
@@ -32,11 +31,12 @@ import java.util.function.LongFunction;
  * @param reads     arrays read per element
  * @param writes    arrays written per element
  * @param firstStep the tensor's step count t at the first benchmark step
- * @param kernel    the kernel for a tensor at its step t
+ * @param program   the kernel calls for a tensor at its step t
+ * @param measured  whether the step also measures the update norm
  * @param ceiling   the memory pass over the same arrays
  */
 record BenchKernel(String name, String about, String arrays, int slots, int reads, int writes, long firstStep,
-                   LongFunction<FusedStep> kernel, FusedStep ceiling) {
+                   LongFunction<List<KernelCall>> program, boolean measured, BlockLoop ceiling) {
     /**
      * Group steps taken before a Schedule-Free kernel is planned: k ≥ 5 puts Schedule-Free RAdam
      * past its silent phase, and lr_max, weight_sum and c are those of a group already training.
@@ -45,7 +45,7 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
     private static final double SCHEDULE_FREE_LR = 0.0025;
 
     /** The ceiling of an Adam-family step: reads p, g and two slots, writes p and both slots. */
-    private static final FusedStep ADAM_PASS = (p, g, s, from, to) -> {
+    private static final BlockLoop ADAM_PASS = (p, g, s, from, to) -> {
         float[] m = s[0];
         float[] v = s[1];
         for (int i = from; i < to; i++) {
@@ -57,7 +57,7 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
     };
 
     /** The ceiling of a Schedule-Free step with an EMA: reads y, g, z, v, e and writes all but g. */
-    private static final FusedStep SCHEDULE_FREE_EMA_PASS = (p, g, s, from, to) -> {
+    private static final BlockLoop SCHEDULE_FREE_EMA_PASS = (p, g, s, from, to) -> {
         float[] z = s[0];
         float[] v = s[1];
         float[] e = s[2];
@@ -82,14 +82,15 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
     static BenchKernel radam() {
         Algorithm radam = create("RAdam", Map.of());
         return new BenchKernel("RAdam", "defaults, rectified (t >= 6)", "read p,g,m,v; write p,m,v", 2, 4, 3, 6,
-                t -> radam.plan(GroupScalars.NONE, 1e-3, 1f).forTensor().apply(t), ADAM_PASS);
+                t -> List.of(radam.plan(GroupScalars.NONE, 1e-3, 1f).forTensor().apply(t)), false, ADAM_PASS);
     }
 
     /** Schedule-Free RAdam with its defaults, rectified (sqrt and divide) with z already set. */
     static BenchKernel radamScheduleFree() {
         StepPlan plan = planAtK(create("RAdamScheduleFree", Map.of()));
         return new BenchKernel("RAdamSF", "defaults, k = " + SCHEDULE_FREE_K + " (rectified)",
-                "read y,g,z,v; write y,z,v", 2, 4, 3, SCHEDULE_FREE_K + 1, plan.forTensor(), ADAM_PASS);
+                "read y,g,z,v; write y,z,v", 2, 4, 3, SCHEDULE_FREE_K + 1, t -> List.of(plan.forTensor().apply(t)),
+                false, ADAM_PASS);
     }
 
     /**
@@ -102,18 +103,14 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
         EmaShadow shadow = new EmaShadow(0.999, 1);
         return new BenchKernel("AdamWSF+EMA", "weight_decay 0.01, k = " + SCHEDULE_FREE_K + ", then EMA 0.999",
                 "read y,g,z,v,e; write y,z,v,e", 3, 5, 4, SCHEDULE_FREE_K + 1,
-                t -> {
-                    FusedStep fused = plan.withEma().forTensor(t, 2, shadow.keep(), shadow.take());
-                    return fused != null ? fused : Chain.of(List.of(plan.forTensor().apply(t), shadow.update(1, 2)));
-                }, SCHEDULE_FREE_EMA_PASS);
+                t -> List.of(plan.forTensor().apply(t), shadow.update(1, 2)), false, SCHEDULE_FREE_EMA_PASS);
     }
 
     /** RAdam with the update norm measured (OptimizerConfig.report_update_norm): what asking costs. */
     static BenchKernel radamWithUpdateNorm() {
         Algorithm radam = create("RAdam", Map.of());
-        DoubleAdder sink = new DoubleAdder();
         return new BenchKernel("RAdam+norm", "as RAdam, with report_update_norm", "read p,g,m,v; write p,m,v", 2, 4, 3, 6,
-                t -> new UpdateNorm(radam.plan(GroupScalars.NONE, 1e-3, 1f).forTensor().apply(t), sink), ADAM_PASS);
+                t -> List.of(radam.plan(GroupScalars.NONE, 1e-3, 1f).forTensor().apply(t)), true, ADAM_PASS);
     }
 
     /** Bytes a step moves per element, for the GB/s columns. */
@@ -126,12 +123,19 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
         return (2 + slots) * Float.BYTES;
     }
 
-    BenchTensor kernelTensor(Engine engine, long numel) {
-        return new BenchTensor(engine, numel, slots, firstStep, kernel, 1);
+    BenchTensor kernelTensor(CpuEngine engine, long numel) {
+        return new BenchTensor(engine, numel, slots, firstStep, (e, tensor, t) -> {
+            List<TensorProgram> programs = List.of(new TensorProgram(tensor, program.apply(t)));
+            if (measured) {
+                e.runMeasuringUpdate(programs);
+            } else {
+                e.run(programs);
+            }
+        }, 1);
     }
 
-    BenchTensor ceilingTensor(Engine engine, long numel) {
-        return new BenchTensor(engine, numel, slots, 1, t -> ceiling, 2);
+    BenchTensor ceilingTensor(CpuEngine engine, long numel) {
+        return new BenchTensor(engine, numel, slots, 1, (e, tensor, t) -> e.runLoop(List.of(tensor), ceiling), 2);
     }
 
     /**
@@ -139,7 +143,7 @@ record BenchKernel(String name, String about, String arrays, int slots, int read
      * measured sizes alone call a kernel too few times for that, so the first of them would time
      * partly compiled code, with the compiler threads competing with the engine for the CPUs.
      */
-    void warmUpJit(Engine engine) {
+    void warmUpJit(CpuEngine engine) {
         try (BenchTensor k = kernelTensor(engine, 1 << 16); BenchTensor c = ceilingTensor(engine, 1 << 16)) {
             for (int i = 0; i < 2000; i++) {
                 k.timeStep();

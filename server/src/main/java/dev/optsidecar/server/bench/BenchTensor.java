@@ -1,31 +1,33 @@
 package dev.optsidecar.server.bench;
 
-import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.EngineTensor;
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.TensorStep;
+import dev.optsidecar.server.engine.cpu.CpuEngine;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.util.List;
 import java.util.SplittableRandom;
-import java.util.function.LongFunction;
 
 /**
  * One engine tensor (parameters, gradient and state slots) with random parameters and gradient,
  * and the step that a benchmark applies to it over and over.
  */
 final class BenchTensor implements AutoCloseable {
-    private final Engine engine;
+    private final CpuEngine engine;
     private final EngineTensor tensor;
-    private final LongFunction<FusedStep> steps;
+    private final Step steps;
     private long t;
+
+    /** What a benchmark step runs on the tensor at its step t. */
+    @FunctionalInterface
+    interface Step {
+        void run(CpuEngine engine, EngineTensor tensor, long t);
+    }
 
     /**
      * @param firstStep the tensor's step count t at the first {@link #timeStep}
      * @param steps     the step for a tensor at its step t
      */
-    BenchTensor(Engine engine, long numel, int slots, long firstStep, LongFunction<FusedStep> steps, long seed) {
+    BenchTensor(CpuEngine engine, long numel, int slots, long firstStep, Step steps, long seed) {
         this.engine = engine;
         this.tensor = engine.allocate(numel, slots);
         this.steps = steps;
@@ -35,9 +37,9 @@ final class BenchTensor implements AutoCloseable {
 
     /** Applies the next step and returns how long it took, in milliseconds. */
     double timeStep() {
-        List<TensorStep> step = List.of(new TensorStep(tensor, steps.apply(++t)));
+        long at = ++t;
         long start = System.nanoTime();
-        engine.apply(step);
+        steps.run(engine, tensor, at);
         return (System.nanoTime() - start) / 1e6;
     }
 

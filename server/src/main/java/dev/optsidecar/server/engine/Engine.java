@@ -3,9 +3,10 @@ package dev.optsidecar.server.engine;
 import java.util.List;
 
 /**
- * Owns the memory of every tensor and applies fused optimizer steps to it. The interface is
- * deliberately narrow (allocate, move bytes in and out, apply a step) so that an engine keeping
- * its buffers on a GPU fits behind it unchanged.
+ * Owns the memory of every tensor and runs the kernel catalogue ({@code engine/kernel}) on it.
+ * The interface is deliberately narrow (allocate, move bytes in and out, run kernel calls): an
+ * engine that keeps its buffers elsewhere, such as on a GPU, implements it and the catalogue's
+ * kernels, nothing else.
  */
 public interface Engine extends AutoCloseable {
     /**
@@ -18,8 +19,14 @@ public interface Engine extends AutoCloseable {
     /** Bytes that {@link #allocate} would take for such a tensor. */
     long bytesFor(long numel, int slots);
 
-    /** Applies every step, each over its whole tensor, and returns when all are done. */
-    void apply(List<TensorStep> steps);
+    /** Runs every tensor's program over the whole tensor and returns when all are done. */
+    void run(List<TensorProgram> programs);
+
+    /**
+     * As {@link #run}, and returns the update's sum of squares Σ(θ_after − θ_before)² over every
+     * element of every program (the {@code update_squares} reduction of the catalogue).
+     */
+    double runMeasuringUpdate(List<TensorProgram> programs);
 
     /** Number of threads the engine computes on. */
     int threads();

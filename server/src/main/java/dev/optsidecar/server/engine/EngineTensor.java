@@ -1,5 +1,7 @@
 package dev.optsidecar.server.engine;
 
+import dev.optsidecar.server.engine.kernel.KernelCall;
+
 import java.nio.ByteBuffer;
 
 /**
@@ -62,8 +64,8 @@ public interface EngineTensor {
     /** Writes {@code count} elements of state slot {@code slot} starting at {@code offset} into {@code dst}. */
     void readSlot(int slot, long offset, int count, ByteBuffer dst);
 
-    /** Computes {@code count} elements of a derived view starting at {@code offset} into {@code dst}. */
-    void readView(ViewKernel view, long offset, int count, ByteBuffer dst);
+    /** Computes {@code count} elements of view kernel {@code view} starting at {@code offset} into {@code dst}. */
+    void readView(KernelCall view, long offset, int count, ByteBuffer dst);
 
     /** Releases the memory; the tensor must not be used afterwards. */
     void free();

@@ -11,7 +11,7 @@ import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
-import dev.optsidecar.server.engine.TensorStep;
+import dev.optsidecar.server.engine.TensorProgram;
 import dev.optsidecar.server.optim.Lookahead;
 import dev.optsidecar.server.optim.StepPlan;
 
@@ -21,7 +21,6 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.atomic.DoubleAdder;
 import java.util.concurrent.locks.StampedLock;
 
 /**
@@ -649,9 +648,13 @@ public final class Model {
                 emaDue.add(i);
             }
         }
-        DoubleAdder updateSquares = training.reportUpdateNorm() ? new DoubleAdder() : null;
-        List<TensorStep> steps = StepComposition.compose(this, skip, plans, sync, emaDue, updateSquares);
-        engine.apply(steps);
+        List<TensorProgram> programs = StepComposition.compose(this, skip, plans, sync, emaDue);
+        Double updateNorm = null;
+        if (training.reportUpdateNorm()) {
+            updateNorm = Math.sqrt(engine.runMeasuringUpdate(programs));
+        } else {
+            engine.run(programs);
+        }
         for (TensorEntry tensor : tensors) {
             if (!skip[tensor.index]) {
                 tensor.steps++;
@@ -664,7 +667,7 @@ public final class Model {
         }
         scheduleStep++;
         version = t;
-        return updateSquares == null ? null : Math.sqrt(updateSquares.sum());
+        return updateNorm;
     }
 
     /** The learning rate a group uses for the next step: its base lr under the schedule. */

@@ -3,8 +3,8 @@ package dev.optsidecar.server.model;
 import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.TensorStep;
+import dev.optsidecar.server.engine.TensorProgram;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 import dev.optsidecar.server.optim.Lookahead;
 
 import java.nio.ByteBuffer;
@@ -156,18 +156,18 @@ public final class PendingModel {
         model.setVersion(state.getVersion());
         ViewKind saved = state.getWeightsView();
         if (saved == ViewKind.VIEW_EVAL) {
-            FusedStep toTrain = model.groups().get(0).algorithm.trainFromEval();
+            KernelCall toTrain = model.groups().get(0).algorithm.trainFromEval();
             if (toTrain == null) {
                 throw OptError.invalid("spec.state.weights_view: %s has no eval point to convert from",
                         model.config().getAlgorithm());
             }
-            List<TensorStep> steps = new ArrayList<>();
+            List<TensorProgram> programs = new ArrayList<>();
             for (TensorEntry t : tensors) {
                 if (t.steps > 0) { // a tensor without z holds y = x
-                    steps.add(new TensorStep(t.storage, t.group.algorithm.trainFromEval()));
+                    programs.add(new TensorProgram(t.storage, List.of(t.group.algorithm.trainFromEval())));
                 }
             }
-            model.engine().apply(steps);
+            model.engine().run(programs);
         } else if (saved != ViewKind.VIEW_TRAIN && saved != ViewKind.VIEW_KIND_UNSPECIFIED) {
             throw OptError.invalid("spec.state.weights_view: must be VIEW_TRAIN or VIEW_EVAL (got %s)", saved);
         }
@@ -179,14 +179,14 @@ public final class PendingModel {
         if (lookahead == null) {
             return;
         }
-        List<TensorStep> steps = new ArrayList<>();
+        List<TensorProgram> programs = new ArrayList<>();
         for (TensorEntry t : model.tensors()) {
             int slow = t.slot(Lookahead.SLOW_SLOT);
             if (!slots.get(t.index).containsKey(slow)) {
-                steps.add(new TensorStep(t.storage, lookahead.initialise(slow)));
+                programs.add(new TensorProgram(t.storage, List.of(lookahead.initialise(slow))));
             }
         }
-        model.engine().apply(steps);
+        model.engine().run(programs);
     }
 
     /** Frees the memory of a model that will not be published. */

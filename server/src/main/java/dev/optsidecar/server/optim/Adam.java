@@ -1,6 +1,7 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.util.List;
 
@@ -55,54 +56,25 @@ public final class Adam extends TensorwiseAlgorithm {
     }
 
     @Override
-    FusedStep step(long t, double lr, float gradScale) {
-        float scale = maximize ? -gradScale : gradScale; // maximize and clipping, on g
-        // As torch: a zero weight_decay touches neither θ nor g.
-        boolean decays = weightDecay != 0 && decoupled;
-        boolean l2 = weightDecay != 0 && !decoupled;
-        float decay = (float) (1 - lr * weightDecay);
-        float lambda = (float) weightDecay;
-        float b1 = (float) beta1;
-        float oneMinusB1 = (float) (1 - beta1);
-        float b2 = (float) beta2;
-        float oneMinusB2 = (float) (1 - beta2);
+    KernelCall step(long t, double lr, float gradScale) {
         double bc1 = 1 - Math.pow(beta1, t);
         double bc2 = 1 - Math.pow(beta2, t);
-        float stepSize = (float) (lr / bc1);
-        // sqrt(v)/sqrt(bc2) as a multiply: one divide per element is left, in m / denom. Fused
-        // multiply-adds as in RAdam, an ulp from torch's scalar rounding.
-        float invSqrtBc2 = (float) (1 / Math.sqrt(bc2));
-        float epsF = (float) eps;
-        if (amsgrad) {
-            return (p, g, s, from, to) -> {
-                float[] m = s[0];
-                float[] v = s[1];
-                float[] vmax = s[2];
-                for (int i = from; i < to; i++) {
-                    float pi = decays ? p[i] * decay : p[i];
-                    float gi = l2 ? scale * g[i] + lambda * pi : scale * g[i];
-                    float mi = Math.fma(oneMinusB1, gi, m[i] * b1);
-                    float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
-                    float vm = Math.max(vmax[i], vi);
-                    m[i] = mi;
-                    v[i] = vi;
-                    vmax[i] = vm;
-                    p[i] = Math.fma(-stepSize, mi / Math.fma((float) Math.sqrt(vm), invSqrtBc2, epsF), pi);
-                }
-            };
-        }
-        return (p, g, s, from, to) -> {
-            float[] m = s[0];
-            float[] v = s[1];
-            for (int i = from; i < to; i++) {
-                float pi = decays ? p[i] * decay : p[i];
-                float gi = l2 ? scale * g[i] + lambda * pi : scale * g[i];
-                float mi = Math.fma(oneMinusB1, gi, m[i] * b1);
-                float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
-                m[i] = mi;
-                v[i] = vi;
-                p[i] = Math.fma(-stepSize, mi / Math.fma((float) Math.sqrt(vi), invSqrtBc2, epsF), pi);
-            }
-        };
+        // As torch: a zero weight_decay touches neither θ nor g. sqrt(v)/sqrt(bc2) becomes a
+        // multiply by 1/sqrt(bc2), an ulp from torch, to leave one divide per element.
+        return (amsgrad ? Kernel.ADAM_AMSGRAD : Kernel.ADAM).call()
+                .scalar("grad_scale", maximize ? -gradScale : gradScale) // maximize and clipping, on g
+                .scalar("decay_factor", (float) (1 - lr * weightDecay))
+                .scalar("weight_decay", (float) weightDecay)
+                .scalar("beta1", (float) beta1)
+                .scalar("one_minus_beta1", (float) (1 - beta1))
+                .scalar("beta2", (float) beta2)
+                .scalar("one_minus_beta2", (float) (1 - beta2))
+                .scalar("step_size", (float) (lr / bc1))
+                .scalar("inv_sqrt_bias_correction2", (float) (1 / Math.sqrt(bc2)))
+                .scalar("eps", (float) eps)
+                .flag("decoupled_weight_decay", weightDecay != 0 && decoupled)
+                .flag("coupled_weight_decay", weightDecay != 0 && !decoupled)
+                .slots(amsgrad ? new int[] {0, 1, 2} : new int[] {0, 1})
+                .build();
     }
 }

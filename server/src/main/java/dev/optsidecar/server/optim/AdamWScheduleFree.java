@@ -1,7 +1,7 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.ViewKernel;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.util.List;
 
@@ -63,105 +63,36 @@ public final class AdamWScheduleFree implements Algorithm {
         double lrK = lr * (k < warmupSteps ? (double) (k + 1) / warmupSteps : 1.0);
         ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(scalars, lrK, r, weightLrPower);
         double c = advance.c();
-        float cF = (float) c;
-        float yCoef = (float) (lrK * (beta1 * (1 - c) - 1));
-        float lrKF = (float) lrK;
-        float b2 = (float) beta2;
-        float oneMinusB2 = (float) (1 - beta2);
-        float invBc2 = (float) (1 / (1 - Math.pow(beta2, k + 1)));
-        float epsF = (float) eps;
-        boolean decays = weightDecay != 0;
-        float lambda = (float) weightDecay;
         boolean momentum = innerMomentum != 0;
-        float mu = (float) innerMomentum;
-        float oneMinusMu = (float) (1 - innerMomentum);
-        float momentumCorrection = (float) (1 - Math.pow(innerMomentum, k + 1));
-        // The common configuration (z set, no clipping, no inner momentum) has loops of its own,
-        // without the gradScale multiply: beside the sqrt and divide, every vector operation costs
-        // time once the arrays sit in cache. One of them also blends an EMA shadow.
-        boolean common = gradScale == 1f && !momentum;
-        StepPlan.WithEma withEma = !common ? null : (t, emaSlot, keep, take) -> t == 1 ? null
-                : (p, g, s, from, to) -> {
-                    float[] z = s[0];
-                    float[] v = s[1];
-                    float[] e = s[emaSlot];
-                    for (int i = from; i < to; i++) {
-                        float y = p[i];
-                        float zi = z[i];
-                        float gi = g[i];
-                        float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
-                        v[i] = vi;
-                        float u = gi / ((float) Math.sqrt(vi * invBc2) + epsF);
-                        if (decays) {
-                            u = Math.fma(lambda, y, u);
-                        }
-                        float yNew = Math.fma(yCoef, u, Lerp.lerp(y, zi, cF));
-                        p[i] = yNew;
-                        z[i] = Math.fma(-lrKF, u, zi);
-                        e[i] = Math.fma(take, yNew, keep * e[i]);
-                    }
-                };
-        return new StepPlan(t -> {
-            boolean first = t == 1;
-            if (!first && common) {
-                FusedStep fast = (p, g, s, from, to) -> {
-                    float[] z = s[0];
-                    float[] v = s[1];
-                    for (int i = from; i < to; i++) {
-                        float y = p[i];
-                        float zi = z[i];
-                        float gi = g[i];
-                        float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
-                        v[i] = vi;
-                        float u = gi / ((float) Math.sqrt(vi * invBc2) + epsF);
-                        if (decays) {
-                            u = Math.fma(lambda, y, u);
-                        }
-                        float yNew = Lerp.lerp(y, zi, cF);
-                        p[i] = Math.fma(yCoef, u, yNew);
-                        z[i] = Math.fma(-lrKF, u, zi);
-                    }
-                };
-                return fast;
-            }
-            FusedStep step = (p, g, s, from, to) -> {
-                float[] z = s[0];
-                float[] v = s[1];
-                float[] m = momentum ? s[2] : null;
-                for (int i = from; i < to; i++) {
-                    float y = p[i];
-                    float zi = first ? y : z[i];
-                    float gi = gradScale * g[i];
-                    float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
-                    v[i] = vi;
-                    float denom = (float) Math.sqrt(vi * invBc2) + epsF;
-                    float u;
-                    if (momentum) {
-                        float mi = Math.fma(oneMinusMu, gi, m[i] * mu);
-                        m[i] = mi;
-                        u = (mi / momentumCorrection) / denom;
-                    } else {
-                        u = gi / denom;
-                    }
-                    if (decays) {
-                        u = Math.fma(lambda, y, u);
-                    }
-                    float yNew = Lerp.lerp(y, zi, cF);
-                    p[i] = Math.fma(yCoef, u, yNew);
-                    z[i] = Math.fma(-lrKF, u, zi);
-                }
-            };
-            return step;
-        }, advance.after(), lrK, c, withEma);
+        KernelCall.Builder call = (momentum ? Kernel.ADAMW_SCHEDULE_FREE_MOMENTUM : Kernel.ADAMW_SCHEDULE_FREE).call()
+                .scalar("grad_scale", gradScale)
+                .scalar("beta2", (float) beta2)
+                .scalar("one_minus_beta2", (float) (1 - beta2))
+                .scalar("inv_bias_correction2", (float) (1 / (1 - Math.pow(beta2, k + 1))))
+                .scalar("eps", (float) eps)
+                .scalar("weight_decay", (float) weightDecay)
+                .scalar("c", (float) c)
+                .scalar("y_coefficient", (float) (lrK * (beta1 * (1 - c) - 1)))
+                .scalar("z_coefficient", (float) -lrK)
+                .flag("weight_decay", weightDecay != 0);
+        if (momentum) {
+            call.scalar("momentum", (float) innerMomentum)
+                    .scalar("one_minus_momentum", (float) (1 - innerMomentum))
+                    .scalar("momentum_correction", (float) (1 - Math.pow(innerMomentum, k + 1)))
+                    .slots(0, 1, 2);
+        } else {
+            call.slots(0, 1);
+        }
+        return new StepPlan(ScheduleFreeAveraging.byFirstStep(call), advance.after(), lrK, c);
     }
 
     @Override
-    public ViewKernel evalView() {
+    public KernelCall evalView() {
         return ScheduleFreeAveraging.evalView(beta1);
     }
 
     @Override
-    public FusedStep trainFromEval() {
+    public KernelCall trainFromEval() {
         return ScheduleFreeAveraging.trainFromEval(beta1);
     }
 }

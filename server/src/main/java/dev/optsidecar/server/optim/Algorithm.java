@@ -1,13 +1,13 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.ViewKernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.util.List;
 
 /**
  * An optimizer for one parameter group: validated hyperparameters, the named state slots each
- * tensor carries, and a fused kernel whose scalars are computed once per step.
+ * tensor carries, the named scalars the group keeps, and per step a call of a catalogue kernel
+ * whose scalars are computed once. Pure: it holds no tensor data and touches none.
  */
 public interface Algorithm {
     /** State buffers per tensor, in the order the kernel receives them (e.g. exp_avg, exp_avg_sq). */
@@ -27,13 +27,13 @@ public interface Algorithm {
      */
     StepPlan plan(GroupScalars scalars, double lr, float gradScale);
 
-    /** The algorithm's own eval point, computed from θ and state, or null if it has none. */
-    default ViewKernel evalView() {
+    /** The view kernel call of the algorithm's own eval point, computed from θ and state, or null if it has none. */
+    default KernelCall evalView() {
         return null;
     }
 
-    /** Turns eval-point weights back into train weights (Schedule-Free's train()), or null. */
-    default FusedStep trainFromEval() {
+    /** The kernel call that turns eval-point weights back into train weights (Schedule-Free's train()), or null. */
+    default KernelCall trainFromEval() {
         return null;
     }
 

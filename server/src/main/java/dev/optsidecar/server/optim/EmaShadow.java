@@ -1,6 +1,7 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 /**
  * An EMA shadow of the train weights (torch AveragedModel with get_ema_avg_fn; algorithms.md §6):
@@ -21,28 +22,15 @@ public record EmaShadow(double decay, long every) {
         return t % every == 0;
     }
 
-    /** decay as the float the blend multiplies by. */
-    public float keep() {
-        return (float) decay;
-    }
-
-    /** 1 − decay as the float the blend multiplies by. */
-    public float take() {
-        return (float) (1 - decay);
-    }
-
-    /** The update of the shadow in state slot {@code s}, given how many updates it has had. */
-    public FusedStep update(long updatesBefore, int s) {
+    /** The update of the shadow in state slot {@code slot}, given how many updates it has had. */
+    public KernelCall update(long updatesBefore, int slot) {
         if (updatesBefore == 0) {
-            return (p, g, state, from, to) -> System.arraycopy(p, from, state[s], from, to - from);
+            return Kernel.COPY_PARAMS.call().slots(slot).build();
         }
-        float keep = keep();
-        float take = take();
-        return (p, g, state, from, to) -> {
-            float[] e = state[s];
-            for (int i = from; i < to; i++) {
-                e[i] = Math.fma(take, p[i], keep * e[i]);
-            }
-        };
+        return Kernel.EMA_BLEND.call()
+                .scalar("keep", (float) decay)
+                .scalar("take", (float) (1 - decay))
+                .slots(slot)
+                .build();
     }
 }

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 /**
  * Lookahead (Zhang et al. 2019; algorithms.md §7) around any algorithm: slow weights φ start as θ;
@@ -22,40 +23,24 @@ public record Lookahead(long k, double alpha, Pullback pullback) {
         return stepsSinceSync >= k;
     }
 
-    /** φ ← θ: the slow weights at construction, in state slot {@code s}. */
-    public FusedStep initialise(int s) {
-        return (p, g, state, from, to) -> System.arraycopy(p, from, state[s], from, to - from);
+    /** φ ← θ: the slow weights at construction, in state slot {@code slot}. */
+    public KernelCall initialise(int slot) {
+        return Kernel.COPY_PARAMS.call().slots(slot).build();
     }
 
     /**
      * The synchronisation, evaluated as θ·α followed by adding φ·(1 − α), as the reference does.
      *
-     * @param s     φ's slot
+     * @param slow  φ's slot
      * @param mom   the inner momentum buffer's slot (for reset and pullback)
      * @param cache pullback's cached momentum slot
      */
-    public FusedStep sync(int s, int mom, int cache) {
-        float a = (float) alpha;
-        float b = (float) (1 - alpha);
-        Pullback mode = pullback;
-        return (p, g, state, from, to) -> {
-            float[] slow = state[s];
-            for (int i = from; i < to; i++) {
-                float theta = p[i] * a + slow[i] * b;
-                p[i] = theta;
-                slow[i] = theta;
-            }
-            if (mode == Pullback.RESET) {
-                java.util.Arrays.fill(state[mom], from, to, 0f);
-            } else if (mode == Pullback.PULLBACK) {
-                float[] m = state[mom];
-                float[] cached = state[cache];
-                for (int i = from; i < to; i++) {
-                    float blended = m[i] * a + cached[i] * b;
-                    m[i] = blended;
-                    cached[i] = blended;
-                }
-            }
+    public KernelCall sync(int slow, int mom, int cache) {
+        KernelCall.Builder call = switch (pullback) {
+            case NONE -> Kernel.LOOKAHEAD_SYNC.call().slots(slow);
+            case RESET -> Kernel.LOOKAHEAD_SYNC_RESET.call().slots(slow, mom);
+            case PULLBACK -> Kernel.LOOKAHEAD_SYNC_PULLBACK.call().slots(slow, mom, cache);
         };
+        return call.scalar("alpha", (float) alpha).scalar("one_minus_alpha", (float) (1 - alpha)).build();
     }
 }

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.util.List;
 
@@ -71,67 +72,30 @@ public final class RAdam extends TensorwiseAlgorithm {
     }
 
     @Override
-    FusedStep step(long t, double lr, float gradScale) {
-        float scale = maximize ? -gradScale : gradScale; // maximize and clipping, on g
-        // As torch: with weight_decay = 0 neither decay form touches θ or g at all.
-        boolean decays = weightDecay != 0 && decoupled;
-        boolean l2 = weightDecay != 0 && !decoupled;
-        float decay = (float) (1 - lr * weightDecay);
-        float lambda = (float) weightDecay;
-        float b2 = (float) beta2;
-        float oneMinusB2 = (float) (1 - beta2);
+    KernelCall step(long t, double lr, float gradScale) {
         double bc1 = 1 - Math.pow(beta1, t);
         double bc2 = 1 - Math.pow(beta2, t);
-        FirstMoment moment = FirstMoment.of(beta1, lerpFirstMoment);
         double rhoT = rho(beta2, t);
-        if (!(rhoT > 5)) {
-            float bc1F = (float) bc1;
-            float lrF = (float) lr;
-            return (p, g, s, from, to) -> {
-                float[] m = s[0];
-                float[] v = s[1];
-                for (int i = from; i < to; i++) {
-                    float pi = decays ? p[i] * decay : p[i];
-                    float gi = l2 ? scale * g[i] + lambda * pi : scale * g[i];
-                    float mi = moment.update(m[i], gi);
-                    m[i] = mi;
-                    v[i] = v[i] * b2 + oneMinusB2 * gi * gi;
-                    p[i] = pi - (mi / bc1F) * lrF;
-                }
-            };
+        boolean rectified = rhoT > 5;
+        KernelCall.Builder call = (rectified ? Kernel.RADAM_RECTIFIED : Kernel.RADAM_SGD_PHASE).call()
+                .scalar("grad_scale", maximize ? -gradScale : gradScale) // maximize and clipping, on g
+                .scalar("decay_factor", (float) (1 - lr * weightDecay))
+                .scalar("weight_decay", (float) weightDecay)
+                .scalar("beta1", (float) beta1)
+                .scalar("one_minus_beta1", (float) (1 - beta1))
+                .scalar("beta2", (float) beta2)
+                .scalar("one_minus_beta2", (float) (1 - beta2))
+                // As torch: with weight_decay = 0 neither decay form touches θ or g at all.
+                .flag("decoupled_weight_decay", weightDecay != 0 && decoupled)
+                .flag("coupled_weight_decay", weightDecay != 0 && !decoupled)
+                .flag("lerp_first_moment", lerpFirstMoment)
+                .slots(0, 1);
+        if (!rectified) {
+            return call.scalar("bias_correction1", (float) bc1).scalar("lr", (float) lr).build();
         }
         // lr · r · sqrt(bc2) / bc1 in double, once: the loop keeps one sqrt and one divide per element.
-        float stepSize = (float) (lr * rectification(beta2, rhoT) * Math.sqrt(bc2) / bc1);
-        float epsF = (float) eps;
-        if (scale == 1f && !decays && !l2 && !lerpFirstMoment) {
-            // The common configuration, kept free of every operation it does not need. Fused
-            // multiply-adds (one rounding where torch's scalar tail rounds twice; its vector loops
-            // use FMA too) trim the arithmetic that otherwise shows at cache-resident sizes.
-            return (p, g, s, from, to) -> {
-                float[] m = s[0];
-                float[] v = s[1];
-                for (int i = from; i < to; i++) {
-                    float gi = g[i];
-                    float mi = moment.update(m[i], gi);
-                    float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
-                    m[i] = mi;
-                    v[i] = vi;
-                    p[i] = Math.fma(-stepSize, mi / ((float) Math.sqrt(vi) + epsF), p[i]);
-                }
-            };
-        }
-        return (p, g, s, from, to) -> {
-            float[] m = s[0];
-            float[] v = s[1];
-            for (int i = from; i < to; i++) {
-                float pi = decays ? p[i] * decay : p[i];
-                float gi = l2 ? scale * g[i] + lambda * pi : scale * g[i];
-                float mi = moment.update(m[i], gi);
-                float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
-                m[i] = mi;
-                v[i] = vi;
-                p[i] = Math.fma(-stepSize, mi / ((float) Math.sqrt(vi) + epsF), pi);
-            }
-        };
+        return call.scalar("step_size", (float) (lr * rectification(beta2, rhoT) * Math.sqrt(bc2) / bc1))
+                .scalar("eps", (float) eps)
+                .build();
     }
 }

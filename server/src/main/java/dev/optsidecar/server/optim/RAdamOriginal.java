@@ -1,6 +1,7 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.util.List;
 
@@ -43,49 +44,23 @@ public final class RAdamOriginal extends TensorwiseAlgorithm {
     }
 
     @Override
-    FusedStep step(long t, double lr, float gradScale) {
-        FirstMoment moment = FirstMoment.of(beta1, false);
-        float b2 = (float) beta2;
-        float oneMinusB2 = (float) (1 - beta2);
+    KernelCall step(long t, double lr, float gradScale) {
         double bc1 = 1 - Math.pow(beta1, t);
         double bc2 = 1 - Math.pow(beta2, t);
         double rhoT = RAdam.rho(beta2, t);
-        float negDecay = (float) (-weightDecay * lr);
-        if (rhoT >= 5) {
-            double stepSize = Math.sqrt(bc2) * RAdam.rectification(beta2, rhoT) / bc1;
-            float negStep = (float) (-stepSize * lr);
-            float epsF = (float) eps;
-            return (p, g, s, from, to) -> {
-                float[] m = s[0];
-                float[] v = s[1];
-                for (int i = from; i < to; i++) {
-                    float gi = gradScale * g[i];
-                    float vi = v[i] * b2 + oneMinusB2 * gi * gi;
-                    float mi = moment.update(m[i], gi);
-                    v[i] = vi;
-                    m[i] = mi;
-                    float pi = p[i];
-                    pi = pi + negDecay * pi;
-                    p[i] = pi + negStep * (mi / ((float) Math.sqrt(vi) + epsF));
-                }
-            };
+        boolean rectified = rhoT >= 5;
+        KernelCall.Builder call = (rectified ? Kernel.RADAM_ORIGINAL_RECTIFIED : Kernel.RADAM_ORIGINAL_SGD_PHASE).call()
+                .scalar("grad_scale", gradScale)
+                .scalar("beta1", (float) beta1)
+                .scalar("one_minus_beta1", (float) (1 - beta1))
+                .scalar("beta2", (float) beta2)
+                .scalar("one_minus_beta2", (float) (1 - beta2))
+                .scalar("neg_decay", (float) (-weightDecay * lr))
+                .slots(0, 1);
+        if (!rectified) {
+            return call.scalar("neg_step", (float) (-lr / bc1)).flag("degenerated_to_sgd", degeneratedToSgd).build();
         }
-        boolean moveParams = degeneratedToSgd;
-        float negStep = (float) (-lr / bc1);
-        return (p, g, s, from, to) -> {
-            float[] m = s[0];
-            float[] v = s[1];
-            for (int i = from; i < to; i++) {
-                float gi = gradScale * g[i];
-                v[i] = v[i] * b2 + oneMinusB2 * gi * gi;
-                float mi = moment.update(m[i], gi);
-                m[i] = mi;
-                if (moveParams) {
-                    float pi = p[i];
-                    pi = pi + negDecay * pi;
-                    p[i] = pi + negStep * mi;
-                }
-            }
-        };
+        double stepSize = Math.sqrt(bc2) * RAdam.rectification(beta2, rhoT) / bc1;
+        return call.scalar("neg_step", (float) (-stepSize * lr)).scalar("eps", (float) eps).build();
     }
 }

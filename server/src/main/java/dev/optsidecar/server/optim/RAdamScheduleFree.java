@@ -1,7 +1,7 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.ViewKernel;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.util.List;
 
@@ -61,72 +61,52 @@ public final class RAdamScheduleFree implements Algorithm {
         double lrK = lr * rect;
         ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(scalars, lrK, r, weightLrPower);
         double c = advance.c();
-        float cF = (float) c;
-        float yCoef = (float) (lrK * (beta1 * (1 - c) - 1));
-        float lrKF = (float) lrK;
-        float b2 = (float) beta2;
-        float oneMinusB2 = (float) (1 - beta2);
-        float invBc2 = (float) (1 / (1 - Math.pow(beta2, k + 1)));
-        float epsF = (float) eps;
-        boolean decays = weightDecay != 0;
-        float lambda = (float) weightDecay;
-        return new StepPlan(t -> {
-            boolean first = t == 1;
-            if (rectified && !first && gradScale == 1f && !decays) {
-                // The common configuration (rectified, z set, no clipping, no decay) in a loop of
-                // its own: beside the sqrt and divide every vector operation costs time once the
-                // arrays sit in cache, so sqrt(bc2) moves out of the loop:
-                // g / (sqrt(v / bc2) + eps) = sqrt(bc2) · g / (sqrt(v) + eps·sqrt(bc2)).
-                double sqrtBc2 = Math.sqrt(1 - Math.pow(beta2, k + 1));
-                float epsScaled = (float) (eps * sqrtBc2);
-                float yCoefScaled = (float) (lrK * (beta1 * (1 - c) - 1) * sqrtBc2);
-                float zCoefScaled = (float) (-lrK * sqrtBc2);
-                FusedStep fast = (p, g, s, from, to) -> {
-                    float[] z = s[0];
-                    float[] v = s[1];
-                    for (int i = from; i < to; i++) {
-                        float y = p[i];
-                        float zi = z[i];
-                        float gi = g[i];
-                        float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
-                        v[i] = vi;
-                        float uScaled = gi / ((float) Math.sqrt(vi) + epsScaled);
-                        float yNew = Lerp.lerp(y, zi, cF);
-                        p[i] = Math.fma(yCoefScaled, uScaled, yNew);
-                        z[i] = Math.fma(zCoefScaled, uScaled, zi);
-                    }
-                };
-                return fast;
-            }
-            FusedStep step = (p, g, s, from, to) -> {
-                float[] z = s[0];
-                float[] v = s[1];
-                for (int i = from; i < to; i++) {
-                    float y = p[i];
-                    float zi = first ? y : z[i];
-                    float gi = gradScale * g[i];
-                    float vi = Math.fma(oneMinusB2 * gi, gi, v[i] * b2);
-                    v[i] = vi;
-                    float u = rectified ? gi / ((float) Math.sqrt(vi * invBc2) + epsF) : gi;
-                    if (decays) {
-                        u = Math.fma(lambda, y, u);
-                    }
-                    float yNew = Lerp.lerp(y, zi, cF);
-                    p[i] = Math.fma(yCoef, u, yNew);
-                    z[i] = Math.fma(-lrKF, u, zi);
-                }
-            };
-            return step;
-        }, advance.after(), lrK, c);
+        double yCoefficient = lrK * (beta1 * (1 - c) - 1);
+        if (rectified && gradScale == 1f && weightDecay == 0) {
+            // The common configuration (rectified, no clipping, no decay) has a kernel of its own
+            // once z is set: sqrt(bc2) moves out of the loop,
+            // g / (sqrt(v / bc2) + eps) = sqrt(bc2) · g / (sqrt(v) + eps·sqrt(bc2)).
+            double sqrtBc2 = Math.sqrt(1 - Math.pow(beta2, k + 1));
+            KernelCall prescaled = Kernel.RADAM_SCHEDULE_FREE_PRESCALED.call()
+                    .scalar("beta2", (float) beta2)
+                    .scalar("one_minus_beta2", (float) (1 - beta2))
+                    .scalar("scaled_eps", (float) (eps * sqrtBc2))
+                    .scalar("c", (float) c)
+                    .scalar("scaled_y_coefficient", (float) (yCoefficient * sqrtBc2))
+                    .scalar("scaled_z_coefficient", (float) (-lrK * sqrtBc2))
+                    .slots(0, 1)
+                    .build();
+            KernelCall first = generalCall(k, lrK, c, yCoefficient, gradScale, true).flag("first_step", true).build();
+            return new StepPlan(t -> t == 1 ? first : prescaled, advance.after(), lrK, c);
+        }
+        KernelCall.Builder call = generalCall(k, lrK, c, yCoefficient, gradScale, rectified);
+        return new StepPlan(ScheduleFreeAveraging.byFirstStep(call), advance.after(), lrK, c);
+    }
+
+    private KernelCall.Builder generalCall(long k, double lrK, double c, double yCoefficient, float gradScale,
+                                           boolean rectified) {
+        return Kernel.RADAM_SCHEDULE_FREE.call()
+                .scalar("grad_scale", gradScale)
+                .scalar("beta2", (float) beta2)
+                .scalar("one_minus_beta2", (float) (1 - beta2))
+                .scalar("inv_bias_correction2", (float) (1 / (1 - Math.pow(beta2, k + 1))))
+                .scalar("eps", (float) eps)
+                .scalar("weight_decay", (float) weightDecay)
+                .scalar("c", (float) c)
+                .scalar("y_coefficient", (float) yCoefficient)
+                .scalar("z_coefficient", (float) -lrK)
+                .flag("rectified", rectified)
+                .flag("weight_decay", weightDecay != 0)
+                .slots(0, 1);
     }
 
     @Override
-    public ViewKernel evalView() {
+    public KernelCall evalView() {
         return ScheduleFreeAveraging.evalView(beta1);
     }
 
     @Override
-    public FusedStep trainFromEval() {
+    public KernelCall trainFromEval() {
         return ScheduleFreeAveraging.trainFromEval(beta1);
     }
 }

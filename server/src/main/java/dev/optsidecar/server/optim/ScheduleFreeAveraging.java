@@ -1,7 +1,9 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.ViewKernel;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
+
+import java.util.function.LongFunction;
 
 /**
  * What the three Schedule-Free optimizers share (algorithms.md §5.1–5.2): the averaging weight
@@ -42,26 +44,24 @@ final class ScheduleFreeAveraging {
         return new Advance(before.with(K, k + 1).with(WEIGHT_SUM, weightSum).with(LR_MAX, lrMax), c);
     }
 
+    /**
+     * The call for a tensor at its step t, from a builder with everything but the first_step flag:
+     * at a tensor's first step z starts as a copy of y.
+     */
+    static LongFunction<KernelCall> byFirstStep(KernelCall.Builder call) {
+        KernelCall first = call.flag("first_step", true).build();
+        KernelCall later = call.flag("first_step", false).build();
+        return t -> t == 1 ? first : later;
+    }
+
     /** x = lerp(y, z, 1 − 1/β), as the reference's eval(); z is state slot 0. */
-    static ViewKernel evalView(double beta) {
-        float w = (float) (1 - 1 / beta);
-        return (p, state, from, to, out, at) -> {
-            float[] z = state[0];
-            for (int i = from; i < to; i++) {
-                out[at + i - from] = Lerp.lerp(p[i], z[i], w);
-            }
-        };
+    static KernelCall evalView(double beta) {
+        return Kernel.SCHEDULE_FREE_EVAL.call().scalar("weight", (float) (1 - 1 / beta)).slots(0).build();
     }
 
     /** y = lerp(x, z, 1 − β), as the reference's train(): for weights saved in eval mode. */
-    static FusedStep trainFromEval(double beta) {
-        float w = (float) (1 - beta);
-        return (p, g, state, from, to) -> {
-            float[] z = state[0];
-            for (int i = from; i < to; i++) {
-                p[i] = Lerp.lerp(p[i], z[i], w);
-            }
-        };
+    static KernelCall trainFromEval(double beta) {
+        return Kernel.SCHEDULE_FREE_TRAIN_FROM_EVAL.call().scalar("weight", (float) (1 - beta)).slots(0).build();
     }
 
     /** Checks Schedule-Free's common hyperparameters. */

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.util.List;
 
@@ -51,34 +52,27 @@ public final class Sgd extends TensorwiseAlgorithm {
     }
 
     @Override
-    FusedStep step(long t, double lr, float gradScale) {
+    KernelCall step(long t, double lr, float gradScale) {
         float scale = maximize ? -gradScale : gradScale; // maximize and clipping, on g
         boolean l2 = weightDecay != 0; // as torch: a zero weight_decay leaves g alone
-        float wd = (float) weightDecay;
-        float negLr = (float) -lr;
         if (momentum == 0) {
-            return (p, g, s, from, to) -> {
-                for (int i = from; i < to; i++) {
-                    float pi = p[i];
-                    float d = l2 ? scale * g[i] + wd * pi : scale * g[i];
-                    p[i] = pi + negLr * d;
-                }
-            };
+            return Kernel.SGD.call()
+                    .scalar("grad_scale", scale)
+                    .scalar("weight_decay", (float) weightDecay)
+                    .scalar("neg_lr", (float) -lr)
+                    .flag("coupled_weight_decay", l2)
+                    .build();
         }
-        float mu = (float) momentum;
-        float keep = (float) (1 - dampening);
-        boolean first = t == 1;
-        boolean nest = nesterov;
-        return (p, g, s, from, to) -> {
-            float[] buf = s[0];
-            for (int i = from; i < to; i++) {
-                float pi = p[i];
-                float d = l2 ? scale * g[i] + wd * pi : scale * g[i];
-                float b = first ? d : buf[i] * mu + keep * d;
-                buf[i] = b;
-                float dir = nest ? d + mu * b : b;
-                p[i] = pi + negLr * dir;
-            }
-        };
+        return Kernel.SGD_MOMENTUM.call()
+                .scalar("grad_scale", scale)
+                .scalar("weight_decay", (float) weightDecay)
+                .scalar("neg_lr", (float) -lr)
+                .scalar("momentum", (float) momentum)
+                .scalar("one_minus_dampening", (float) (1 - dampening))
+                .flag("coupled_weight_decay", l2)
+                .flag("first_step", t == 1) // the buffer starts as a copy of d, without dampening
+                .flag("nesterov", nesterov)
+                .slots(0)
+                .build();
     }
 }

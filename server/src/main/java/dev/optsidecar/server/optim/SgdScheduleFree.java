@@ -1,7 +1,7 @@
 package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.ViewKernel;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.util.List;
 
@@ -54,35 +54,24 @@ public final class SgdScheduleFree implements Algorithm {
         double lrK = lr * (k < warmupSteps ? (double) (k + 1) / warmupSteps : 1.0);
         ScheduleFreeAveraging.Advance advance = ScheduleFreeAveraging.advance(scalars, lrK, r, weightLrPower);
         double c = advance.c();
-        float cF = (float) c;
-        float yCoef = (float) (lrK * (beta * (1 - c) - 1));
-        float lrKF = (float) lrK;
-        boolean decays = weightDecay != 0;
-        float lambda = (float) weightDecay;
-        return new StepPlan(t -> {
-            boolean first = t == 1; // z is created as a copy of y at a tensor's first step
-            FusedStep step = (p, g, s, from, to) -> {
-                float[] z = s[0];
-                for (int i = from; i < to; i++) {
-                    float y = p[i];
-                    float zi = first ? y : z[i];
-                    float u = decays ? Math.fma(lambda, y, gradScale * g[i]) : gradScale * g[i];
-                    float yNew = Lerp.lerp(y, zi, cF);
-                    p[i] = Math.fma(yCoef, u, yNew);
-                    z[i] = Math.fma(-lrKF, u, zi);
-                }
-            };
-            return step;
-        }, advance.after(), lrK, c);
+        KernelCall.Builder call = Kernel.SGD_SCHEDULE_FREE.call()
+                .scalar("grad_scale", gradScale)
+                .scalar("weight_decay", (float) weightDecay)
+                .scalar("c", (float) c)
+                .scalar("y_coefficient", (float) (lrK * (beta * (1 - c) - 1)))
+                .scalar("z_coefficient", (float) -lrK)
+                .flag("weight_decay", weightDecay != 0)
+                .slots(0);
+        return new StepPlan(ScheduleFreeAveraging.byFirstStep(call), advance.after(), lrK, c);
     }
 
     @Override
-    public ViewKernel evalView() {
+    public KernelCall evalView() {
         return ScheduleFreeAveraging.evalView(beta);
     }
 
     @Override
-    public FusedStep trainFromEval() {
+    public KernelCall trainFromEval() {
         return ScheduleFreeAveraging.trainFromEval(beta);
     }
 }

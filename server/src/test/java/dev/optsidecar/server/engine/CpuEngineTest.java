@@ -51,8 +51,8 @@ class CpuEngineTest {
                     System.arraycopy(g, off, part, 0, len);
                     b.writeGradient(off, TestData.le(part));
                 }
-                reference.apply(List.of(new TensorStep(a, TestData.step(radam, t, 0.01))));
-                blocked.apply(List.of(new TensorStep(b, TestData.step(radam, t, 0.01))));
+                reference.run(List.of(TestData.step(a, radam, t, 0.01)));
+                blocked.run(List.of(TestData.step(b, radam, t, 0.01)));
             }
             assertArrayEquals(TestData.params(a), TestData.params(b));
             ByteBuffer slotA = ByteBuffer.allocate(n * 4);
@@ -69,16 +69,16 @@ class CpuEngineTest {
         Algorithm sgd = algorithm("SGD", Map.of("lr", 1.0));
         try (CpuEngine engine = new CpuEngine(2, 1 << 10)) {
             List<EngineTensor> tensors = new ArrayList<>();
-            List<TensorStep> steps = new ArrayList<>();
+            List<TensorProgram> steps = new ArrayList<>();
             for (int i = 0; i < 200; i++) {
                 EngineTensor t = engine.allocate(1 + i * 37L, 0);
                 float[] ones = new float[(int) t.numel()];
                 java.util.Arrays.fill(ones, 1f);
                 t.writeGradient(0, TestData.le(ones));
                 tensors.add(t);
-                steps.add(new TensorStep(t, TestData.step(sgd, 1, 1.0)));
+                steps.add(TestData.step(t, sgd, 1, 1.0));
             }
-            engine.apply(steps);
+            engine.run(steps);
             for (EngineTensor t : tensors) {
                 for (float v : TestData.params(t)) {
                     assertEquals(-1f, v); // 0 - lr * 1, once

@@ -2,8 +2,7 @@ package dev.optsidecar.server.engine.cpu;
 
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.EngineTensor;
-import dev.optsidecar.server.engine.FusedStep;
-import dev.optsidecar.server.engine.TensorStep;
+import dev.optsidecar.server.engine.TensorProgram;
 
 import java.util.ArrayList;
 import java.util.List;
@@ -11,10 +10,11 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.DoubleAdder;
 
 /**
- * The CPU engine: tensors are float[] blocks, and a step is the algorithm's fused single-pass loop
- * run over block ranges. Large tensors are cut into ranges spread over a small fixed pool (the
+ * The CPU engine: tensors are float[] blocks, and each tensor's program of kernel calls is bound
+ * to Java loops ({@link CpuKernels}) and run as one pass over block ranges. Large tensors are cut into ranges spread over a small fixed pool (the
  * calling thread works too); a tensor below {@link #MIN_TASK} elements is one range on one thread,
  * and a step whose whole work is that small runs on the caller alone.
  */
@@ -68,16 +68,46 @@ public final class CpuEngine implements Engine {
     }
 
     @Override
-    public void apply(List<TensorStep> steps) {
+    public void run(List<TensorProgram> programs) {
+        runLoops(programs, null);
+    }
+
+    @Override
+    public double runMeasuringUpdate(List<TensorProgram> programs) {
+        DoubleAdder squares = new DoubleAdder();
+        runLoops(programs, squares);
+        return squares.sum();
+    }
+
+    private void runLoops(List<TensorProgram> programs, DoubleAdder updateSquares) {
+        List<CpuTensor> tensors = new ArrayList<>(programs.size());
+        List<BlockLoop> loops = new ArrayList<>(programs.size());
+        for (TensorProgram program : programs) {
+            BlockLoop loop = CpuKernels.program(program.calls());
+            tensors.add((CpuTensor) program.tensor());
+            loops.add(updateSquares == null ? loop : new UpdateNorm(loop, updateSquares));
+        }
+        apply(tensors, loops);
+    }
+
+    /**
+     * Runs a raw loop over tensors, split into ranges as programs are; for benchmarks that compare
+     * a kernel with a memory pass over the same arrays.
+     */
+    public void runLoop(List<EngineTensor> tensors, BlockLoop loop) {
+        apply(tensors.stream().map(CpuTensor.class::cast).toList(), java.util.Collections.nCopies(tensors.size(), loop));
+    }
+
+    private void apply(List<CpuTensor> tensors, List<BlockLoop> loops) {
         long total = 0;
-        for (TensorStep s : steps) {
-            total += s.tensor().numel();
+        for (CpuTensor t : tensors) {
+            total += t.numel();
         }
         long rangeLength = Math.max(MIN_TASK, (total + (long) threads * RANGES_PER_THREAD - 1)
                 / ((long) threads * RANGES_PER_THREAD));
         List<Range> ranges = new ArrayList<>();
-        for (TensorStep s : steps) {
-            split((CpuTensor) s.tensor(), s.step(), (int) Math.min(rangeLength, blockSize), ranges);
+        for (int i = 0; i < tensors.size(); i++) {
+            split(tensors.get(i), loops.get(i), (int) Math.min(rangeLength, blockSize), ranges);
         }
         if (pool == null || total < 2L * MIN_TASK || ranges.size() == 1) {
             for (Range r : ranges) {
@@ -89,7 +119,7 @@ public final class CpuEngine implements Engine {
     }
 
     /** Cuts one tensor into ranges of at most {@code length} elements that never cross a block. */
-    private static void split(CpuTensor t, FusedStep step, int length, List<Range> out) {
+    private static void split(CpuTensor t, BlockLoop step, int length, List<Range> out) {
         for (int b = 0; b < t.blockCount(); b++) {
             int n = t.blockLength(b);
             for (int from = 0; from < n; from += length) {
@@ -141,7 +171,7 @@ public final class CpuEngine implements Engine {
         }
     }
 
-    private record Range(CpuTensor tensor, int block, int from, int to, FusedStep step) {
+    private record Range(CpuTensor tensor, int block, int from, int to, BlockLoop step) {
         void run() {
             step.apply(tensor.paramBlock(block), tensor.gradBlock(block), tensor.stateBlock(block), from, to);
         }

@@ -2,7 +2,7 @@ package dev.optsidecar.server.engine.cpu;
 
 import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.engine.Ingest;
-import dev.optsidecar.server.engine.ViewKernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -203,7 +203,8 @@ final class CpuTensor implements EngineTensor {
     private static final ThreadLocal<float[]> VIEW_SCRATCH = ThreadLocal.withInitial(() -> new float[0]);
 
     @Override
-    public void readView(ViewKernel view, long offset, int count, ByteBuffer dst) {
+    public void readView(KernelCall call, long offset, int count, ByteBuffer dst) {
+        ViewLoop view = CpuKernels.view(call);
         float[] scratch = VIEW_SCRATCH.get();
         if (scratch.length < count) {
             scratch = new float[count];

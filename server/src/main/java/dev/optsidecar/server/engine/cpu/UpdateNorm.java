@@ -1,4 +1,4 @@
-package dev.optsidecar.server.engine;
+package dev.optsidecar.server.engine.cpu;
 
 import java.util.concurrent.atomic.DoubleAdder;
 
@@ -8,15 +8,15 @@ import java.util.concurrent.atomic.DoubleAdder;
  * sum inside the fused loops would stop them from vectorising, so the measurement is kept apart
  * and used only when asked for.
  */
-public final class UpdateNorm implements FusedStep {
+final class UpdateNorm implements BlockLoop {
     /** 2048 floats: θ's tile and its copy take 16 KiB of L1. */
     private static final int TILE = 2048;
     private static final ThreadLocal<float[]> BEFORE = ThreadLocal.withInitial(() -> new float[TILE]);
 
-    private final FusedStep step;
+    private final BlockLoop step;
     private final DoubleAdder sumOfSquares;
 
-    public UpdateNorm(FusedStep step, DoubleAdder sumOfSquares) {
+    UpdateNorm(BlockLoop step, DoubleAdder sumOfSquares) {
         this.step = step;
         this.sumOfSquares = sumOfSquares;
     }

@@ -1,4 +1,4 @@
-package dev.optsidecar.server.engine;
+package dev.optsidecar.server.engine.cpu;
 
 import java.util.List;
 
@@ -8,7 +8,7 @@ import java.util.List;
  * touched. This is how wrappers compose with an algorithm (an EMA shadow reads the θ the optimizer
  * just wrote, Lookahead pulls θ toward its slow weights) without a second trip to memory.
  */
-public final class Chain implements FusedStep {
+final class Chain implements BlockLoop {
     /**
      * 128K floats, 512 KiB per array: the longest tile whose first step, a Schedule-Free AdamW over
      * four arrays, fits a 2 MiB L2, so the θ it wrote is still there when an EMA reads it. L1-sized
@@ -17,14 +17,14 @@ public final class Chain implements FusedStep {
      */
     static final int TILE = 1 << 17;
 
-    private final FusedStep[] steps;
+    private final BlockLoop[] steps;
 
-    private Chain(List<FusedStep> steps) {
-        this.steps = steps.toArray(FusedStep[]::new);
+    private Chain(List<BlockLoop> steps) {
+        this.steps = steps.toArray(BlockLoop[]::new);
     }
 
     /** The steps in order; a single step is returned as it is. */
-    public static FusedStep of(List<FusedStep> steps) {
+    static BlockLoop of(List<BlockLoop> steps) {
         if (steps.isEmpty()) {
             throw new IllegalArgumentException("empty chain");
         }
@@ -35,7 +35,7 @@ public final class Chain implements FusedStep {
     public void apply(float[] p, float[] g, float[][] state, int from, int to) {
         for (int tile = from; tile < to; tile += TILE) {
             int end = Math.min(to, tile + TILE);
-            for (FusedStep s : steps) {
+            for (BlockLoop s : steps) {
                 s.apply(p, g, state, tile, end);
             }
         }
