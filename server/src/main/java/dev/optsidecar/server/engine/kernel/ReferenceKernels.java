@@ -1,5 +1,7 @@
 package dev.optsidecar.server.engine.kernel;
 
+import java.util.List;
+
 /**
  * The reference implementation of every kernel in the catalogue: one plain loop per kernel, one
  * element at a time, in exactly the float arithmetic {@code KERNELS.md} specifies (each product
@@ -302,5 +304,50 @@ public final class ReferenceKernels {
         for (int i = 0; i < theta.length; i++) {
             theta[i] = Lerp.lerp(theta[i], z[i], c.scalar("weight"));
         }
+    }
+
+    /** The gradient's sum of squares, each square and sum in double (the ingest and combine reductions). */
+    public static double sumOfSquares(float[] g) {
+        double sum = 0;
+        for (float v : g) {
+            sum += (double) v * v;
+        }
+        return sum;
+    }
+
+    /** The index of the first NaN or ±Inf, or −1 (the ingest check). */
+    public static long firstNonFinite(float[] g) {
+        for (int i = 0; i < g.length; i++) {
+            if (!Float.isFinite(g[i])) {
+                return i;
+            }
+        }
+        return -1;
+    }
+
+    /** Sync-mode combination: the buffers summed in the order given, in float, then divided by {@code divisor}. */
+    public static float[] combine(List<float[]> buffers, float divisor) {
+        float[] out = buffers.get(0).clone();
+        for (float[] add : buffers.subList(1, buffers.size())) {
+            for (int i = 0; i < out.length; i++) {
+                out[i] = out[i] + add[i];
+            }
+        }
+        if (divisor != 1f) {
+            for (int i = 0; i < out.length; i++) {
+                out[i] = out[i] / divisor;
+            }
+        }
+        return out;
+    }
+
+    /** The update-squares reduction: Σ(θ_after − θ_before)², each difference and square in double. */
+    public static double updateSquares(float[] before, float[] after) {
+        double sum = 0;
+        for (int i = 0; i < before.length; i++) {
+            double d = (double) after[i] - before[i];
+            sum += d * d;
+        }
+        return sum;
     }
 }
