@@ -4,9 +4,9 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.fileutil.Fsync;
 import dev.optsidecar.server.model.StepLog;
 import dev.optsidecar.server.model.StepRecord;
-import dev.optsidecar.server.snapshot.SnapshotStore;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -65,7 +65,7 @@ public final class StepJournal implements StepLog, AutoCloseable {
         try {
             j.writeRecord(FILE_MAGIC, JSON.writeValueAsBytes(h), null);
             ch.force(true);
-            SnapshotStore.forceDir(file.getParent());
+            Fsync.dir(file.getParent()); // fsync after create: the new name survives a crash
         } catch (IOException | RuntimeException e) {
             ch.close();
             throw e;
