@@ -10,8 +10,8 @@
  *   <li>{@code JournalSwitch}: a model's step log, moved to a new journal at each snapshot;</li>
  *   <li>{@code JournalRetention}: deleting the journals no kept snapshot needs.</li>
  * </ul>
- * Snapshots themselves are stored by {@link dev.optsidecar.server.snapshot}; fsync helpers come
- * from {@link dev.optsidecar.server.fileutil}.
+ * Snapshots themselves are stored by {@link dev.optsidecar.server.snapshot}; fsync and other file
+ * utilities come from {@link dev.optsidecar.server.fileutil}.
  *
  * <h2>Journal format</h2>
  *

@@ -15,7 +15,7 @@
  *   <li>{@code Tombstones} and {@code Exports}: the deleted-model marker and the exported weights;</li>
  *   <li>{@code SafetensorsWriter}, {@code SafetensorsFile} and {@code Manifest}: the file formats.</li>
  * </ul>
- * Fsync and file-tree helpers come from {@link dev.optsidecar.server.fileutil}.
+ * Fsync and file-tree utilities come from {@link dev.optsidecar.server.fileutil}.
  *
  * <h2>Snapshot format</h2>
  *
