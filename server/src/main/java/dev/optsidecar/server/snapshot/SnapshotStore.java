@@ -64,7 +64,10 @@ public final class SnapshotStore {
         return writer.stage(model, trigger, version, modelMeta, files);
     }
 
-    /** Phase 2: makes a staged snapshot durable and visible, then applies retention; see {@link SnapshotWriter#commit}. */
+    /**
+     * Phase 2: makes a staged snapshot durable and visible, then applies retention; see
+     * {@link SnapshotWriter#commit}.
+     */
     public SnapshotInfo commit(Pending p) throws IOException {
         return writer.commit(p);
     }
