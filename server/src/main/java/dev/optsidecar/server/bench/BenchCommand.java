@@ -1,6 +1,6 @@
 package dev.optsidecar.server.bench;
 
-import dev.optsidecar.server.snapshot.SnapshotBench;
+import dev.optsidecar.server.fileutil.FileTrees;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Model.CommandSpec;
@@ -135,7 +135,7 @@ public final class BenchCommand implements Callable<Integer> {
             try {
                 new JournalBench(threads, warmup, iterations).run(dir, journalMegabytes);
             } finally {
-                deleteTree(dir);
+                FileTrees.delete(dir);
             }
         }
         if (!skipTrainers) {
@@ -165,14 +165,6 @@ public final class BenchCommand implements Callable<Integer> {
         Path parent = snapshotDir != null ? snapshotDir : Path.of(System.getProperty("java.io.tmpdir"));
         Files.createDirectories(parent);
         return Files.createTempDirectory(parent, prefix);
-    }
-
-    private static void deleteTree(Path dir) throws java.io.IOException {
-        try (java.util.stream.Stream<Path> files = Files.walk(dir)) {
-            for (Path p : files.sorted(java.util.Comparator.reverseOrder()).toList()) {
-                Files.deleteIfExists(p);
-            }
-        }
     }
 
     /** Parses a coordination mode name: async or sync. */

@@ -15,7 +15,7 @@ import dev.optsidecar.server.snapshot.Snapshot;
 import dev.optsidecar.server.snapshot.SnapshotStore;
 
 import java.io.IOException;
-import java.nio.file.Files;
+import java.io.UncheckedIOException;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -27,9 +27,6 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.logging.Level;
 import java.util.logging.Logger;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
-import java.util.stream.Stream;
 
 /**
  * Keeps models durable in a state directory: snapshots (on request, on registration, every N
@@ -38,7 +35,6 @@ import java.util.stream.Stream;
  */
 public final class Persistence implements AutoCloseable {
     private static final Logger LOG = Logger.getLogger(Persistence.class.getName());
-    private static final Pattern JOURNAL = Pattern.compile("journal-(\\d+)\\.log");
 
     /**
      * @param journal     how far each step's journal record is pushed before it is applied; null: no journal
@@ -62,7 +58,7 @@ public final class Persistence implements AutoCloseable {
     public Persistence(ModelRegistry registry, Options options) throws IOException {
         this.registry = registry;
         this.options = options;
-        this.store = new SnapshotStore(options.dir(), options.keep());
+        this.store = new SnapshotStore(options.dir(), options.keep(), JournalFiles::snapshotId);
         if (options.interval() != null) {
             long ms = options.interval().toMillis();
             background.scheduleWithFixedDelay(() -> snapshotChanged("interval"), ms, ms, TimeUnit.MILLISECONDS);
@@ -100,8 +96,8 @@ public final class Persistence implements AutoCloseable {
                 Pending p = store.stage(m.name(), trigger, version, meta, files);
                 if (options.journal() != null) {
                     try {
-                        log.rotate(StepJournal.create(journalPath(m.name(), p.id()), m.name(), m.run(), p.id(),
-                                version, options.journal()));
+                        Path journal = JournalFiles.path(store.modelDir(m.name()), p.id());
+                        log.rotate(StepJournal.create(journal, m.name(), m.run(), p.id(), version, options.journal()));
                     } catch (IOException | RuntimeException e) {
                         store.abort(p);
                         throw e;
@@ -111,6 +107,7 @@ public final class Persistence implements AutoCloseable {
             });
             try {
                 SnapshotInfo info = store.commit(staged);
+                deleteUnneededJournals(m.name(), info.getId());
                 t.snapshotVersion = info.getVersion();
                 t.snapshotBytes = info.getBytes();
                 LOG.info(() -> String.format("model '%s': snapshot %s at version %d (%s, %d bytes)", m.name(),
@@ -175,14 +172,8 @@ public final class Persistence implements AutoCloseable {
     /** Replays the steps journaled after {@code snapshot}, through every later journal of the same run. */
     private int replayJournals(String model, Snapshot snapshot, Model m) throws IOException {
         long from = Long.parseLong(snapshot.id());
-        List<Path> journals = new ArrayList<>();
-        Path dir = store.modelDir(model);
-        try (Stream<Path> files = Files.list(dir)) {
-            files.filter(p -> {
-                Matcher j = JOURNAL.matcher(p.getFileName().toString());
-                return j.matches() && Long.parseLong(j.group(1)) >= from;
-            }).sorted().forEach(journals::add);
-        }
+        List<Path> journals = JournalFiles.list(store.modelDir(model)).stream()
+                .filter(j -> j.snapshotId() >= from).map(JournalFiles.Journal::file).toList();
         int replayed = 0;
         for (Path file : journals) {
             try (JournalReader r = JournalReader.open(file)) {
@@ -295,8 +286,14 @@ public final class Persistence implements AutoCloseable {
         }
     }
 
-    private Path journalPath(String model, String snapshotId) {
-        return store.modelDir(model).resolve("journal-" + snapshotId + ".log");
+    /** Runs after each commit, as the store's own retention did: a failure is logged, the snapshot stands. */
+    private void deleteUnneededJournals(String model, String snapshotId) {
+        try {
+            JournalRetention.apply(store, model);
+        } catch (IOException | UncheckedIOException e) {
+            LOG.log(Level.WARNING, "deleting the journals of model '" + model + "' that no kept snapshot needs failed"
+                    + " after committing snapshot " + snapshotId, e);
+        }
     }
 
     private void forget(Model m) {

@@ -4,9 +4,9 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.fileutil.Fsync;
 import dev.optsidecar.server.model.StepLog;
 import dev.optsidecar.server.model.StepRecord;
-import dev.optsidecar.server.snapshot.SnapshotStore;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -23,10 +23,9 @@ import java.util.zip.CRC32C;
  * step acknowledged to a client survives a crash: restoring replays them on the snapshot.
  *
  * <p>File: a header record naming the model, its run and the snapshot it follows, then one record
- * per step. A record is {@code magic, header length, JSON header, gradients, CRC32C}, all
- * little-endian; the JSON header holds the contributions (client, sequence number), the version,
- * skipped tensors, learning rates, learning-rate scale, staleness and gradient norm, and the gradients follow in tensor order. A record cut short
- * by a crash fails its checksum and ends the journal: its step was never acknowledged.
+ * per step, each ending in its CRC32C; the format is in
+ * {@link dev.optsidecar.server.durability the package documentation}. A record cut short by a
+ * crash fails its checksum and ends the journal: its step was never acknowledged.
  */
 public final class StepJournal implements StepLog, AutoCloseable {
     static final int FILE_MAGIC = 0x4E4A534F; // "OSJN"
@@ -65,7 +64,7 @@ public final class StepJournal implements StepLog, AutoCloseable {
         try {
             j.writeRecord(FILE_MAGIC, JSON.writeValueAsBytes(h), null);
             ch.force(true);
-            SnapshotStore.forceDir(file.getParent());
+            Fsync.dir(file.getParent()); // fsync after create: the new name survives a crash
         } catch (IOException | RuntimeException e) {
             ch.close();
             throw e;

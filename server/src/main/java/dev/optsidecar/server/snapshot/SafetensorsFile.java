@@ -2,6 +2,7 @@ package dev.optsidecar.server.snapshot;
 
 import com.fasterxml.jackson.core.JacksonException;
 import com.fasterxml.jackson.databind.JsonNode;
+import dev.optsidecar.server.fileutil.Channels;
 
 import java.io.EOFException;
 import java.io.IOException;
@@ -61,13 +62,13 @@ public final class SafetensorsFile implements AutoCloseable {
                 throw bad(p, "only " + size + " bytes, shorter than the 8-byte header length");
             }
             ByteBuffer len = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN);
-            readFully(ch, len, 0);
+            Channels.readFully(ch, len, 0);
             long n = len.flip().getLong();
             if (n < 2 || n > MAX_HEADER_BYTES || n > size - 8) {
                 throw bad(p, "header length " + n + " is out of bounds for a file of " + size + " bytes");
             }
             ByteBuffer header = ByteBuffer.allocate((int) n);
-            readFully(ch, header, 8);
+            Channels.readFully(ch, header, 8);
             header.flip();
             return parse(p, size, header);
         }
@@ -177,17 +178,6 @@ public final class SafetensorsFile implements AutoCloseable {
         return new SafetensorsFormatException(p.getFileName() + ": " + what);
     }
 
-    static void readFully(FileChannel ch, ByteBuffer dst, long position) throws IOException {
-        long at = position;
-        while (dst.hasRemaining()) {
-            int n = ch.read(dst, at);
-            if (n < 0) {
-                throw new EOFException("unexpected end of file at byte " + at);
-            }
-            at += n;
-        }
-    }
-
     public Path path() {
         return path;
     }
@@ -233,7 +223,7 @@ public final class SafetensorsFile implements AutoCloseable {
                 int count = (int) Math.min(chunkElements, numel - offset);
                 buf.clear().limit(count * Float.BYTES);
                 try {
-                    readFully(ch, buf, position + offset * Float.BYTES);
+                    Channels.readFully(ch, buf, position + offset * Float.BYTES);
                 } catch (EOFException e) {
                     throw new EOFException(path.getFileName() + ": tensor '" + key + "' is cut short (" + e.getMessage()
                             + ")");

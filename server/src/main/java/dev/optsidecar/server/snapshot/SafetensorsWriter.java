@@ -2,6 +2,7 @@ package dev.optsidecar.server.snapshot;
 
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.optsidecar.server.fileutil.Channels;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -74,7 +75,7 @@ final class SafetensorsWriter {
         CRC32C crc = new CRC32C();
         crc.update(head);
         head.rewind();
-        long bytes = writeFully(ch, head);
+        long bytes = Channels.writeFully(ch, head);
 
         int chunkElements = Math.min(buf.capacity(), IoBuffers.SIZE) / Float.BYTES;
         for (TensorOut t : tensors) {
@@ -93,18 +94,10 @@ final class SafetensorsWriter {
                 buf.flip();
                 crc.update(buf);
                 buf.rewind();
-                bytes += writeFully(ch, buf);
+                bytes += Channels.writeFully(ch, buf);
                 offset += count;
             }
         }
         return new Written(bytes, (int) crc.getValue(), tensors.size());
-    }
-
-    static long writeFully(FileChannel ch, ByteBuffer b) throws IOException {
-        long n = b.remaining();
-        while (b.hasRemaining()) {
-            ch.write(b);
-        }
-        return n;
     }
 }

@@ -3,6 +3,20 @@
  * tensors, which metadata) is decided by the code that captures and restores models; this package
  * writes it durably and atomically, verifies it on the way back, and keeps the last few.
  *
+ * <h2>Classes</h2>
+ * {@link dev.optsidecar.server.snapshot.SnapshotStore} is the one entry point; each job behind it
+ * has its own class:
+ * <ul>
+ *   <li>{@code SnapshotFiles}: the names below the root (model directories, ids, dot-names), in one place;</li>
+ *   <li>{@code Reservations}: the ids issued and the snapshots being written, per model directory;</li>
+ *   <li>{@code SnapshotWriter}: stage and commit (temporary directory, files, manifest, rename, fsync);</li>
+ *   <li>{@code Retention}: keeping the newest snapshots, removing leftovers;</li>
+ *   <li>{@code SnapshotVerifier} and {@code SnapshotReader}: checking, listing and opening snapshots;</li>
+ *   <li>{@code Tombstones} and {@code Exports}: the deleted-model marker and the exported weights;</li>
+ *   <li>{@code SafetensorsWriter}, {@code SafetensorsFile} and {@code Manifest}: the file formats.</li>
+ * </ul>
+ * Fsync and file-tree utilities come from {@link dev.optsidecar.server.fileutil}.
+ *
  * <h2>Snapshot format</h2>
  *
  * <h3>Layout</h3>
@@ -17,7 +31,8 @@
  *     000007/
  *     .tmp-000008/               being written (or left by a crash): never read
  *     .del-000005/               being deleted: never read
- *     journal-000006.log         owned by other code; removed with the snapshots it follows
+ *     journal-000006.log         the step journal after snapshot 000006: written and deleted by
+ *                                {@link dev.optsidecar.server.durability}, never touched here
  *     DELETED                    tombstone: the model was deleted, its snapshots are kept
  *   exports/
  *     &lt;model-dir&gt;/
@@ -37,8 +52,10 @@
  * is in its manifests.
  *
  * <p><b>Ids</b> are zero-padded to 6 digits ({@code 000001}) and increase per model: the next id is
- * one more than the largest id in use, committed, staged, being deleted or named by a journal
- * file. Within a process an id is never issued twice, even if its snapshot failed or was deleted.
+ * one more than the largest id in use, committed, staged, being deleted or claimed by another
+ * file in the model directory (a journal file, as the store's
+ * {@link dev.optsidecar.server.snapshot.IdClaims} tell it). Within a process an id is never issued
+ * twice, even if its snapshot failed or was deleted.
  *
  * <h3>Data files</h3>
  * Each data file is a standard <a href="https://github.com/huggingface/safetensors">safetensors</a>
@@ -87,9 +104,9 @@
  *       one.</li>
  *   <li>Retention: keep the newest {@code keep} committed snapshots of the model; each older one
  *       is renamed to {@code .del-<id>} and then deleted, so a half-deleted directory never looks
- *       like a snapshot. Journal files {@code journal-<id>.log} with an id below the oldest kept
- *       snapshot's are deleted, and leftover {@code .tmp-} and {@code .del-} directories (not
- *       being written right now) are removed.</li>
+ *       like a snapshot. Leftover {@code .tmp-} and {@code .del-} directories (not being written
+ *       right now) are removed, and the model directory is fsynced. Other files (the journals)
+ *       are left to the code that owns them.</li>
  * </ol>
  * New directories are created as needed and their parent fsynced.
  *

@@ -58,7 +58,7 @@ class StepJournalTest {
     }
 
     private Path write(int steps) throws IOException {
-        Path file = dir.resolve("journal-000001.log");
+        Path file = JournalFiles.path(dir, "000001");
         try (StepJournal j = StepJournal.create(file, "m", "run-1", "000001", 0, StepJournal.Sync.FSYNC)) {
             for (int i = 1; i <= steps; i++) {
                 j.append(step(i));

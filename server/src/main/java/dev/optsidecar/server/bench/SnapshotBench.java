@@ -1,6 +1,15 @@
-package dev.optsidecar.server.snapshot;
+package dev.optsidecar.server.bench;
 
+import com.fasterxml.jackson.databind.node.JsonNodeFactory;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.optsidecar.server.fileutil.Channels;
+import dev.optsidecar.server.fileutil.FileTrees;
+import dev.optsidecar.server.snapshot.FileOut;
+import dev.optsidecar.server.snapshot.Pending;
+import dev.optsidecar.server.snapshot.SafetensorsFile;
+import dev.optsidecar.server.snapshot.Snapshot;
+import dev.optsidecar.server.snapshot.SnapshotStore;
+import dev.optsidecar.server.snapshot.TensorOut;
 
 import java.io.IOException;
 import java.io.PrintStream;
@@ -13,7 +22,6 @@ import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.Deque;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -26,9 +34,11 @@ import java.util.Map;
  * and read back, each against a plain FileChannel copy of the same bytes in the same directory.
  * Ours and plain alternate which goes first; medians are reported.
  */
-public final class SnapshotBench {
+final class SnapshotBench {
     private static final int TENSORS_PER_SLOT = 4;
     private static final String MODEL = "bench";
+    /** The size of the store's own streaming buffer, so that both sides copy in the same chunks. */
+    private static final int BUFFER_BYTES = 1 << 20;
 
     private final Path dir;
     private final int warmup;
@@ -40,7 +50,7 @@ public final class SnapshotBench {
      * @param warmup     unmeasured rounds first
      * @param iterations measured rounds
      */
-    public SnapshotBench(Path dir, int warmup, int iterations, PrintStream out) {
+    SnapshotBench(Path dir, int warmup, int iterations, PrintStream out) {
         this.dir = dir;
         this.warmup = warmup;
         this.iterations = iterations;
@@ -48,11 +58,11 @@ public final class SnapshotBench {
     }
 
     /** Bytes of heap the arrays for {@code params} parameters take. */
-    public static long heapBytes(long params) {
+    static long heapBytes(long params) {
         return 3L * Float.BYTES * params;
     }
 
-    public void run(long params) throws IOException {
+    void run(long params) throws IOException {
         // Weights, exp_avg, exp_avg_sq: each split over a few tensors.
         Map<String, float[]> weights = new LinkedHashMap<>();
         Map<String, float[]> state = new LinkedHashMap<>();
@@ -73,7 +83,7 @@ public final class SnapshotBench {
         List<FileOut> files = List.of(fileOut("weights.safetensors", weights), fileOut("state.safetensors", state));
         Map<String, float[]> byKey = new LinkedHashMap<>(weights);
         byKey.putAll(state);
-        ObjectNode meta = Json.MAPPER.createObjectNode().put("algorithm", "Adam").put("bench", true);
+        ObjectNode meta = JsonNodeFactory.instance.objectNode().put("algorithm", "Adam").put("bench", true);
 
         out.printf(Locale.ROOT, "%nSnapshots: %s params as weights + exp_avg + exp_avg_sq (%.2f GB of float32 in %d tensors,"
                         + " 2 files), medians of %d rounds after %d warmup, ours and plain alternating%n",
@@ -91,7 +101,7 @@ public final class SnapshotBench {
 
         SnapshotStore store = new SnapshotStore(dir.resolve("store"), 2);
         Deque<Path> plainFiles = new ArrayDeque<>();
-        ByteBuffer buf = ByteBuffer.allocateDirect(IoBuffers.SIZE).order(ByteOrder.LITTLE_ENDIAN);
+        ByteBuffer buf = ByteBuffer.allocateDirect(BUFFER_BYTES).order(ByteOrder.LITTLE_ENDIAN);
         int rounds = warmup + iterations;
         double[][] t = new double[10][iterations];
         try {
@@ -133,11 +143,11 @@ public final class SnapshotBench {
                         try (FileChannel ch = FileChannel.open(p, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE)) {
                             for (float[] a : all) {
                                 for (int off = 0; off < a.length; ) {
-                                    int n = Math.min(IoBuffers.SIZE / Float.BYTES, a.length - off);
+                                    int n = Math.min(BUFFER_BYTES / Float.BYTES, a.length - off);
                                     buf.clear();
                                     buf.asFloatBuffer().put(a, off, n);
                                     buf.limit(n * Float.BYTES);
-                                    SafetensorsWriter.writeFully(ch, buf);
+                                    Channels.writeFully(ch, buf);
                                     off += n;
                                 }
                             }
@@ -159,9 +169,9 @@ public final class SnapshotBench {
                             long position = 0;
                             for (float[] a : all) {
                                 for (int off = 0; off < a.length; ) {
-                                    int n = Math.min(IoBuffers.SIZE / Float.BYTES, a.length - off);
+                                    int n = Math.min(BUFFER_BYTES / Float.BYTES, a.length - off);
                                     buf.clear().limit(n * Float.BYTES);
-                                    SafetensorsFile.readFully(ch, buf, position);
+                                    Channels.readFully(ch, buf, position);
                                     buf.flip();
                                     buf.asFloatBuffer().get(a, off, n);
                                     position += (long) n * Float.BYTES;
@@ -203,7 +213,7 @@ public final class SnapshotBench {
         } catch (UncheckedIOException e) {
             throw e.getCause();
         } finally {
-            SnapshotStore.deleteRecursively(dir);
+            FileTrees.delete(dir);
         }
 
         String format = "%-34s  %8s  %9s  %9s  %9s  %10s  %10s%n";
@@ -217,8 +227,8 @@ public final class SnapshotBench {
             "open + readAll | read + read+copy",
         };
         for (int row = 0; row < rows.length; row++) {
-            double o = median(t[2 * row]);
-            double p = median(t[2 * row + 1]);
+            double o = Measure.median(t[2 * row]);
+            double p = Measure.median(t[2 * row + 1]);
             out.printf(Locale.ROOT, "%-34s  %8s  %9.1f  %9.1f  %9.2f  %10.2f  %10.3f%n", rows[row],
                     String.format(Locale.ROOT, "%.2fG", bytes / 1e9), o, p, bytes / 1e9 / (o / 1e3),
                     bytes / 1e9 / (p / 1e3), p / o);
@@ -245,13 +255,6 @@ public final class SnapshotBench {
 
     private static double ms(long from, long to) {
         return (to - from) / 1e6;
-    }
-
-    private static double median(double[] values) {
-        double[] s = values.clone();
-        Arrays.sort(s);
-        int mid = s.length / 2;
-        return s.length % 2 == 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
     }
 
     private static String count(long n) {
