@@ -19,12 +19,11 @@ import io.grpc.ManagedChannel;
 import io.grpc.Status;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.MethodOrderer;
 import org.junit.jupiter.api.Order;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestMethodOrder;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.EnumSource;
 
@@ -70,20 +69,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 @TestMethodOrder(MethodOrderer.OrderAnnotation.class)
 class AbortedStepTest {
     private static final long STEP = 3;
-    private static SidecarFixture f;
+    @RegisterExtension
+    static final SidecarFixture f = SidecarFixture.onSocket();
     private static final AtomicInteger SEQ = new AtomicInteger();
-
-    @BeforeAll
-    static void startServer() throws Exception {
-        f = SidecarFixture.onSocket().start();
-    }
-
-    @AfterAll
-    static void stopServer() {
-        if (f != null) {
-            f.close();
-        }
-    }
 
     /** Adam with amsgrad: three state buffers per tensor that a leaked half-step would disturb. */
     private static Twins twins() {

@@ -19,13 +19,12 @@ import dev.optsidecar.server.SidecarFixture;
 import dev.optsidecar.server.StandardModel;
 import io.grpc.Status;
 import io.grpc.stub.StreamObserver;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.MethodOrderer;
 import org.junit.jupiter.api.Named;
 import org.junit.jupiter.api.Order;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestMethodOrder;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -56,20 +55,9 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
  */
 @TestMethodOrder(MethodOrderer.OrderAnnotation.class)
 class BadInputTest {
-    private static SidecarFixture f;
+    @RegisterExtension
+    static final SidecarFixture f = SidecarFixture.inProcess();
     private static final AtomicInteger SEQ = new AtomicInteger();
-
-    @BeforeAll
-    static void startServer() throws Exception {
-        f = SidecarFixture.inProcess().start();
-    }
-
-    @AfterAll
-    static void stopServer() {
-        if (f != null) {
-            f.close();
-        }
-    }
 
     private static String unique(String prefix) {
         return prefix + "-" + SEQ.incrementAndGet();

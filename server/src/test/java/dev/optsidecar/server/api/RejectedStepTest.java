@@ -11,13 +11,12 @@ import dev.optsidecar.server.SidecarFixture;
 import dev.optsidecar.server.StandardModel;
 import dev.optsidecar.server.Twins;
 import io.grpc.Status;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.MethodOrderer;
 import org.junit.jupiter.api.Named;
 import org.junit.jupiter.api.Order;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestMethodOrder;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -45,20 +44,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class RejectedStepTest {
     private static final long STEP = 100;
     private static final float[] FOUR = {0.5f, -0.25f, 1f, 2f};
-    private static SidecarFixture f;
+    @RegisterExtension
+    static final SidecarFixture f = SidecarFixture.inProcess();
     private static final AtomicInteger SEQ = new AtomicInteger();
-
-    @BeforeAll
-    static void startServer() throws Exception {
-        f = SidecarFixture.inProcess().start();
-    }
-
-    @AfterAll
-    static void stopServer() {
-        if (f != null) {
-            f.close();
-        }
-    }
 
     /** What a bad step sends (given its gradients), and the status it must end with. */
     record BadStep(BiConsumer<RawStep, float[][]> send, Status.Code code, String... fragments) {}

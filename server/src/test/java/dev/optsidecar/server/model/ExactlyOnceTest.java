@@ -8,9 +8,8 @@ import dev.optsidecar.server.SidecarFixture;
 import dev.optsidecar.server.StandardModel;
 import dev.optsidecar.server.Twins;
 import io.grpc.Status;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 
 import java.util.List;
 
@@ -26,17 +25,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * never changes on a rejected step.
  */
 class ExactlyOnceTest {
-    private static SidecarFixture f;
-
-    @BeforeAll
-    static void start() throws Exception {
-        f = SidecarFixture.inProcess().start();
-    }
-
-    @AfterAll
-    static void stop() {
-        f.close();
-    }
+    @RegisterExtension
+    static final SidecarFixture f = SidecarFixture.inProcess();
 
     private static StepResult result(RawStep s) {
         assertEquals(Status.Code.OK, s.awaitClose().getCode());

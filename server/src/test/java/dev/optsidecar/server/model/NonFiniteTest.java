@@ -10,12 +10,11 @@ import dev.optsidecar.server.RawStep;
 import dev.optsidecar.server.SidecarFixture;
 import dev.optsidecar.server.Twins;
 import io.grpc.Status;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.MethodOrderer;
 import org.junit.jupiter.api.Order;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestMethodOrder;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -43,20 +42,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  */
 @TestMethodOrder(MethodOrderer.OrderAnnotation.class)
 class NonFiniteTest {
-    private static SidecarFixture f;
+    @RegisterExtension
+    static final SidecarFixture f = SidecarFixture.inProcess();
     private static final AtomicInteger SEQ = new AtomicInteger();
-
-    @BeforeAll
-    static void startServer() throws Exception {
-        f = SidecarFixture.inProcess().start();
-    }
-
-    @AfterAll
-    static void stopServer() {
-        if (f != null) {
-            f.close();
-        }
-    }
 
     private static Twins twins(NonFinitePolicy policy) {
         String name = "nonfinite-" + SEQ.incrementAndGet();
