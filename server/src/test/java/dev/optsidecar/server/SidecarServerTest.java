@@ -35,7 +35,7 @@ class SidecarServerTest {
         Set<Thread> left = serverThreads();
         left.removeAll(before);
         for (Thread t : left) {
-            t.join(1_000); // one that has just handed in its last task may still be returning
+            t.join(1_000); // a thread whose executor has just terminated may still be returning
         }
         assertEquals(Set.of(), left.stream().filter(Thread::isAlive).map(Thread::getName).collect(Collectors.toSet()));
     }
