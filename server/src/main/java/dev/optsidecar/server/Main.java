@@ -73,11 +73,11 @@ public final class Main implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
-        SidecarServer server = SidecarServer.start(bind, port,
+        SocketServer server = SocketServer.start(bind, port,
                 threads == null ? defaultThreads() : threads,
                 memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore);
         Runtime.getRuntime().addShutdownHook(new Thread(server::close, "optsidecar-shutdown"));
-        server.awaitTermination();
+        server.server().awaitTermination();
         return 0;
     }
 

@@ -76,7 +76,7 @@ class CrashRecoveryIT {
     }
 
     static List<float[]> uninterrupted() throws Exception {
-        try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 28);
+        try (SocketServer server = SocketServer.start("127.0.0.1", 0, 2, 1L << 28);
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port())) {
             client.register(spec("m"), SnapshotResumeTest.data(initial()));
             try (Trainer t = client.trainer("m", "crash-test-trainer")) {

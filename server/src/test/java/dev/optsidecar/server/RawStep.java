@@ -24,8 +24,8 @@ import static org.junit.jupiter.api.Assertions.fail;
  * A Step stream driven message by message through the generated stub, for sequences the client
  * never sends: bad chunks, commits with chunks missing, streams cancelled midway.
  */
-final class RawStep implements ClientResponseObserver<StepRequest, StepResponse> {
-    final List<StepResponse> responses = new CopyOnWriteArrayList<>();
+public final class RawStep implements ClientResponseObserver<StepRequest, StepResponse> {
+    public final List<StepResponse> responses = new CopyOnWriteArrayList<>();
     private final CompletableFuture<Status> closed = new CompletableFuture<>();
     private ClientCallStreamObserver<StepRequest> requests;
 
@@ -36,7 +36,7 @@ final class RawStep implements ClientResponseObserver<StepRequest, StepResponse>
     }
 
     /** A Step stream with nothing sent yet. */
-    static RawStep start(OptimizerGrpc.OptimizerStub stub) {
+    public static RawStep start(OptimizerGrpc.OptimizerStub stub) {
         RawStep s = new RawStep(-1);
         stub.step(s);
         return s;
@@ -46,7 +46,7 @@ final class RawStep implements ClientResponseObserver<StepRequest, StepResponse>
      * A Step stream that has sent its StepOpen and takes only {@code responses} responses until
      * more are requested, so the server's sending backs up behind flow control.
      */
-    static RawStep openWithManualFlow(OptimizerGrpc.OptimizerStub stub, String model, int responses) {
+    public static RawStep openWithManualFlow(OptimizerGrpc.OptimizerStub stub, String model, int responses) {
         RawStep s = new RawStep(responses);
         stub.step(s);
         return s.send(StepRequest.newBuilder()
@@ -61,13 +61,13 @@ final class RawStep implements ClientResponseObserver<StepRequest, StepResponse>
     }
 
     /** A Step stream that has sent its StepOpen for {@code model} as client {@code clientId}. */
-    static RawStep openAs(OptimizerGrpc.OptimizerStub stub, String model, String clientId) {
+    public static RawStep openAs(OptimizerGrpc.OptimizerStub stub, String model, String clientId) {
         return start(stub).send(StepRequest.newBuilder()
                 .setOpen(StepOpen.newBuilder().setModel(model).setClientId(clientId)).build());
     }
 
     /** A Step stream that has sent its StepOpen for {@code model}. */
-    static RawStep open(OptimizerGrpc.OptimizerStub stub, String model) {
+    public static RawStep open(OptimizerGrpc.OptimizerStub stub, String model) {
         return start(stub).send(StepRequest.newBuilder()
                 .setOpen(StepOpen.newBuilder().setModel(model).setClientId(uniqueClientId())).build());
     }
@@ -80,64 +80,64 @@ final class RawStep implements ClientResponseObserver<StepRequest, StepResponse>
         }
     }
 
-    RawStep send(StepRequest r) {
+    public RawStep send(StepRequest r) {
         requests.onNext(r);
         return this;
     }
 
-    RawStep chunk(long stepId, int tensor, long offset, ByteString data) {
+    public RawStep chunk(long stepId, int tensor, long offset, ByteString data) {
         return send(StepRequest.newBuilder().setChunk(GradientChunk.newBuilder()
                 .setStepId(stepId).setTensor(tensor).setOffset(offset).setData(data)).build());
     }
 
     /** Sends tensor {@code t} of {@code grads} as the client would: 1 MiB chunks in order. */
-    RawStep tensor(long stepId, float[][] grads, int t) {
+    public RawStep tensor(long stepId, float[][] grads, int t) {
         float[] g = grads[t];
-        for (int off = 0; off < g.length; off += SidecarFixture.CHUNK_FLOATS) {
-            int n = Math.min(SidecarFixture.CHUNK_FLOATS, g.length - off);
-            chunk(stepId, t, off, SidecarFixture.le(g, off, n));
+        for (int off = 0; off < g.length; off += StandardModel.CHUNK_FLOATS) {
+            int n = Math.min(StandardModel.CHUNK_FLOATS, g.length - off);
+            chunk(stepId, t, off, StandardModel.le(g, off, n));
         }
         return this;
     }
 
     /** Sends every tensor of {@code grads}. */
-    RawStep all(long stepId, float[][] grads) {
+    public RawStep all(long stepId, float[][] grads) {
         for (int t = 0; t < grads.length; t++) {
             tensor(stepId, grads, t);
         }
         return this;
     }
 
-    RawStep commit(StepCommit commit) {
+    public RawStep commit(StepCommit commit) {
         return send(StepRequest.newBuilder().setCommit(commit).build());
     }
 
-    RawStep commit(long stepId, ViewKind view) {
+    public RawStep commit(long stepId, ViewKind view) {
         return commit(StepCommit.newBuilder().setStepId(stepId)
                 .setView(View.newBuilder().setKind(view)).build());
     }
 
-    RawStep halfClose() {
+    public RawStep halfClose() {
         requests.onCompleted();
         return this;
     }
 
     /** The client cancels the call (RST_STREAM CANCEL). */
-    void cancel() {
+    public void cancel() {
         requests.cancel("test cancels the step midway", null);
     }
 
     /** The client fails the call through the observer, as application code on error would. */
-    void clientError(Throwable cause) {
+    public void clientError(Throwable cause) {
         requests.onError(cause);
     }
 
-    boolean isClosed() {
+    public boolean isClosed() {
         return closed.isDone();
     }
 
     /** Waits for the server to end the call; Status.OK when it completed normally. */
-    Status awaitClose() {
+    public Status awaitClose() {
         try {
             return closed.get(SidecarFixture.WAIT_MS, TimeUnit.MILLISECONDS);
         } catch (Exception e) {

@@ -18,12 +18,12 @@ import java.util.List;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 
-/** The README's client example, verbatim but for the address, against a real server. */
+/** The README's client example, verbatim but for the address, against a real server on a loopback port. */
 class ReadmeExampleTest {
     @Test
     void readmeExampleRuns() throws Exception {
-        try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 28)) {
-            String address = "127.0.0.1:" + server.port();
+        try (SidecarFixture server = SidecarFixture.onSocket(2, 1L << 28).start()) {
+            String address = server.target();
             float[] w0;
             StepResult r;
             float[] w;

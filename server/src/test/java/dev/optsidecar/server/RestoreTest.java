@@ -37,7 +37,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  */
 class RestoreTest {
     @RegisterExtension
-    static final LiveServer LIVE = new LiveServer(2, 1L << 30);
+    static final SidecarFixture LIVE = SidecarFixture.inProcess(2, 1L << 30);
     private static final long[] SIZES = TrainingConfigs.SIZES;
 
 

@@ -104,11 +104,16 @@ final class ServerJar implements AutoCloseable {
 
     /** SIGTERM: a graceful shutdown; returns the exit code. */
     int terminate() throws InterruptedException {
-        process.destroy();
-        if (!process.waitFor(30, TimeUnit.SECONDS)) {
+        if (!stopsOnSigterm(30)) {
             process.destroyForcibly();
         }
         return process.waitFor();
+    }
+
+    /** Sends SIGTERM; true when the process stopped within {@code seconds}. */
+    boolean stopsOnSigterm(long seconds) throws InterruptedException {
+        process.destroy();
+        return process.waitFor(seconds, TimeUnit.SECONDS);
     }
 
     @Override

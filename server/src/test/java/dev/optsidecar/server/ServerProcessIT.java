@@ -16,67 +16,28 @@ import io.grpc.stub.StreamObserver;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 
-import java.io.BufferedReader;
-import java.io.IOException;
-import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** The shaded jar, started as its own process the way the README says, served over a real socket. */
 class ServerProcessIT {
-    private static final Pattern SERVING = Pattern.compile("serving on 127\\.0\\.0\\.1:(\\d+)");
-    private Process process;
-
-    private static Path jar() {
-        Path jar = Path.of(System.getProperty("optsidecar.server.jar", "target/optsidecar-server.jar"));
-        assertTrue(Files.isRegularFile(jar), "missing " + jar);
-        return jar;
-    }
-
-    private static String java() {
-        return Path.of(System.getProperty("java.home"), "bin", "java").toString();
-    }
-
-    /** Starts the jar with the given flags and returns the port it reports serving on. */
-    private int start(String... flags) throws IOException {
-        List<String> command = new java.util.ArrayList<>(List.of(java(), "-jar", jar().toString()));
-        command.addAll(List.of(flags));
-        process = new ProcessBuilder(command).redirectErrorStream(true).start();
-        BufferedReader log = new BufferedReader(new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8));
-        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
-        String line;
-        while (System.nanoTime() < deadline && (line = log.readLine()) != null) {
-            Matcher m = SERVING.matcher(line);
-            if (m.find()) {
-                Thread drain = new Thread(() -> log.lines().forEach(l -> { }), "server-log");
-                drain.setDaemon(true);
-                drain.start();
-                return Integer.parseInt(m.group(1));
-            }
-        }
-        throw new IllegalStateException("server did not report its port");
-    }
+    private ServerJar server;
 
     @AfterEach
     void stop() throws InterruptedException {
-        if (process != null && process.isAlive()) {
-            process.destroy();
-            process.waitFor(20, TimeUnit.SECONDS);
+        if (server != null) {
+            server.close();
         }
     }
 
     @Test
     void helpListsTheFlags() throws Exception {
-        Process help = new ProcessBuilder(java(), "-jar", jar().toString(), "--help").redirectErrorStream(true).start();
+        Process help = new ProcessBuilder(ServerJar.java(), "-jar", ServerJar.jar().toString(), "--help").redirectErrorStream(true).start();
         String text = new String(help.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(help.waitFor(30, TimeUnit.SECONDS));
         assertEquals(0, help.exitValue());
@@ -88,8 +49,8 @@ class ServerProcessIT {
 
     @Test
     void servesHealthReflectionAndSteps() throws Exception {
-        int port = start("--port", "0", "--threads", "2", "--memory-limit", "256m");
-        ManagedChannel channel = NettyChannelBuilder.forAddress("127.0.0.1", port).usePlaintext().build();
+        server = ServerJar.start("--port", "0", "--threads", "2", "--memory-limit", "256m");
+        ManagedChannel channel = NettyChannelBuilder.forAddress("127.0.0.1", server.port()).usePlaintext().build();
         try {
             HealthCheckResponse health = HealthGrpc.newBlockingStub(channel)
                     .check(HealthCheckRequest.newBuilder().setService(OptimizerGrpc.SERVICE_NAME).build());
@@ -111,17 +72,17 @@ class ServerProcessIT {
         } finally {
             channel.shutdownNow();
         }
-        process.destroy(); // SIGTERM: the shutdown hook stops the server cleanly
-        assertTrue(process.waitFor(20, TimeUnit.SECONDS), "server did not stop on SIGTERM");
+        // SIGTERM: the shutdown hook stops the server cleanly
+        assertTrue(server.stopsOnSigterm(20), "server did not stop on SIGTERM");
     }
 
     /** The conformance command, run as a process against the served jar with --target. */
     @Test
     void conformanceCommandAgainstARunningServer() throws Exception {
-        int port = start("--port", "0");
+        server = ServerJar.start("--port", "0");
         String reference = System.getProperty("optsidecar.reference.dir", "../../shared/reference");
-        Process run = new ProcessBuilder(java(), "-jar", jar().toString(), "conformance", reference,
-                "--target", "127.0.0.1:" + port).redirectErrorStream(true).start();
+        Process run = new ProcessBuilder(ServerJar.java(), "-jar", ServerJar.jar().toString(), "conformance", reference,
+                "--target", server.target()).redirectErrorStream(true).start();
         String text = new String(run.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(run.waitFor(120, TimeUnit.SECONDS));
         assertEquals(0, run.exitValue(), text);

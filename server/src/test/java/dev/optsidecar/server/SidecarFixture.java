@@ -1,33 +1,28 @@
 package dev.optsidecar.server;
 
-import com.google.protobuf.ByteString;
-import com.google.protobuf.ListValue;
-import com.google.protobuf.Struct;
-import com.google.protobuf.Value;
 import dev.optsidecar.client.OptSidecarClient;
-import dev.optsidecar.client.TensorData;
 import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.DescribeRequest;
 import dev.optsidecar.proto.v1.ModelInfo;
-import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.NonFinitePolicy;
-import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.OptimizerGrpc;
-import dev.optsidecar.proto.v1.ParamGroup;
 import dev.optsidecar.proto.v1.StepResult;
-import dev.optsidecar.proto.v1.TensorSpec;
+import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.model.Model;
 import io.grpc.ManagedChannel;
 import io.grpc.Status;
-import io.grpc.StatusRuntimeException;
+import io.grpc.inprocess.InProcessChannelBuilder;
+import io.grpc.inprocess.InProcessServerBuilder;
 import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
-import org.junit.jupiter.api.function.Executable;
+import org.junit.jupiter.api.extension.AfterAllCallback;
+import org.junit.jupiter.api.extension.BeforeAllCallback;
+import org.junit.jupiter.api.extension.ExtensionContext;
 
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
+import java.io.IOException;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.SplittableRandom;
+import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
 import java.util.function.BooleanSupplier;
 import java.util.logging.Handler;
@@ -35,82 +30,195 @@ import java.util.logging.Level;
 import java.util.logging.LogRecord;
 import java.util.logging.Logger;
 
+import static dev.optsidecar.server.StandardModel.assertBitsEqual;
+import static dev.optsidecar.server.StandardModel.grads;
+import static dev.optsidecar.server.StandardModel.initialWeights;
+import static dev.optsidecar.server.StandardModel.spec;
+import static dev.optsidecar.server.StandardModel.tensors;
+import static dev.optsidecar.server.StandardModel.zeros;
+import static dev.optsidecar.server.StatusAssertions.assertStatus;
+import static dev.optsidecar.server.TestData.struct;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
-import static org.junit.jupiter.api.Assertions.assertNotNull;
-import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
 /**
- * A real server on a loopback port, the Java client connected to it, raw generated stubs on a
- * separate channel for messages the client will not produce, and the shared model shape and
- * data the error tests use.
+ * A server for tests, with the Java client connected and raw generated stubs on a separate
+ * channel for messages the client will not produce. In-process by default: the services without
+ * a socket. On a loopback socket ({@link #onSocket}) where the transport is the point: connections
+ * dropped under the server, flow control, the transport's message limit.
  *
- * <p>The standard test model has three tensors: {@code w} [600, 500] (300 000 floats, so two
- * 1 MiB chunks: [0, 262144) and [262144, 300000)), {@code b} [500] and the scalar {@code scale}
- * []. {@code b} and {@code scale} form the group {@code no_decay}; {@code w} is in {@code default}.
+ * <p>Start one in a test, {@code try (SidecarFixture f = SidecarFixture.inProcess().start())}, or
+ * for a whole test class: {@code @RegisterExtension static final SidecarFixture SERVER = SidecarFixture.inProcess();}
  */
-final class SidecarFixture implements AutoCloseable {
-    static final long DEFAULT_MEMORY_LIMIT = 1L << 30;
-    /** Floats per 1 MiB chunk, the protocol's chunk size. */
-    static final int CHUNK_FLOATS = (1 << 20) / Float.BYTES;
-    static final long[][] SHAPES = {{600, 500}, {500}, {}};
-    static final String[] NAMES = {"w", "b", "scale"};
-    static final int[] SIZES = {300_000, 500, 1};
+public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, AfterAllCallback {
+    public static final long DEFAULT_MEMORY_LIMIT = 1L << 30;
     /** How long a test waits for the server to notice something asynchronous (a cancellation). */
-    static final long WAIT_MS = 10_000;
+    public static final long WAIT_MS = 10_000;
+    private static final int DEFAULT_THREADS = 2;
+    /** What a client accepts in one message: a chunk with room to spare. */
+    private static final int CLIENT_MAX_MESSAGE_BYTES = 4 << 20;
 
-    final SidecarServer server;
-    final OptSidecarClient client;
-    final ManagedChannel rawChannel;
-    final OptimizerGrpc.OptimizerStub async;
-    final OptimizerGrpc.OptimizerBlockingStub blocking;
-    private final SevereLogs severe = new SevereLogs();
+    private final boolean onSocket;
+    private final int threads;
+    private final long memoryLimit;
+    private final Persistence.Options durability;
+    private final List<String> restore;
+    private final String inProcessName = InProcessServerBuilder.generateName();
+    private final List<ManagedChannel> channels = new CopyOnWriteArrayList<>();
+    private final List<AutoCloseable> closeInReverse = new ArrayList<>();
+    private SidecarServer server;
+    private int port = -1;
+    private OptSidecarClient client;
+    private OptimizerGrpc.OptimizerStub async;
+    private OptimizerGrpc.OptimizerBlockingStub blocking;
+    private SevereLogs severe;
 
-    private SidecarFixture(long memoryLimit) throws Exception {
-        server = SidecarServer.start("127.0.0.1", 0, 2, memoryLimit);
-        client = OptSidecarClient.connect("127.0.0.1:" + server.port());
-        rawChannel = channel();
-        async = OptimizerGrpc.newStub(rawChannel);
-        blocking = OptimizerGrpc.newBlockingStub(rawChannel).withMaxInboundMessageSize(4 << 20);
+    private SidecarFixture(boolean onSocket, int threads, long memoryLimit, Persistence.Options durability,
+                           List<String> restore) {
+        this.onSocket = onSocket;
+        this.threads = threads;
+        this.memoryLimit = memoryLimit;
+        this.durability = durability;
+        this.restore = restore;
     }
 
-    static SidecarFixture start() throws Exception {
-        return start(DEFAULT_MEMORY_LIMIT);
+    /** An in-process server with two engine threads and a 1 GiB memory limit; not started yet. */
+    public static SidecarFixture inProcess() {
+        return inProcess(DEFAULT_THREADS, DEFAULT_MEMORY_LIMIT);
     }
 
-    static SidecarFixture start(long memoryLimit) throws Exception {
-        return new SidecarFixture(memoryLimit);
+    public static SidecarFixture inProcess(long memoryLimit) {
+        return inProcess(DEFAULT_THREADS, memoryLimit);
     }
 
-    /** A new, independent connection to the server; the caller shuts it down. */
-    ManagedChannel channel() {
-        return channelTo(server.port());
+    public static SidecarFixture inProcess(int threads, long memoryLimit) {
+        return new SidecarFixture(false, threads, memoryLimit, null, List.of());
     }
 
-    static ManagedChannel channelTo(int port) {
+    /** An in-process server keeping its models durable, after restoring what {@code restore} names. */
+    public static SidecarFixture inProcess(Persistence.Options durability, List<String> restore) {
+        return new SidecarFixture(false, DEFAULT_THREADS, DEFAULT_MEMORY_LIMIT, durability, restore);
+    }
+
+    /** A server on a loopback port, as Main runs it, with two engine threads and a 1 GiB memory limit. */
+    public static SidecarFixture onSocket() {
+        return onSocket(DEFAULT_THREADS, DEFAULT_MEMORY_LIMIT);
+    }
+
+    public static SidecarFixture onSocket(int threads, long memoryLimit) {
+        return new SidecarFixture(true, threads, memoryLimit, null, List.of());
+    }
+
+    /** Starts the server and connects the clients; returns this fixture. */
+    public SidecarFixture start() throws IOException {
+        severe = new SevereLogs();
+        closeInReverse.add(severe::close);
+        if (onSocket) {
+            SocketServer s = SocketServer.start("127.0.0.1", 0, threads, memoryLimit, durability, restore);
+            closeInReverse.add(s);
+            server = s.server();
+            port = s.port();
+            client = OptSidecarClient.connect(target());
+        } else {
+            CpuEngine engine = new CpuEngine(threads);
+            closeInReverse.add(engine);
+            server = SidecarServer.start(InProcessServerBuilder.forName(inProcessName)
+                    .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES), engine, memoryLimit, durability, restore);
+            closeInReverse.add(server);
+            client = new OptSidecarClient(channel());
+        }
+        closeInReverse.add(client);
+        ManagedChannel raw = channel();
+        async = OptimizerGrpc.newStub(raw);
+        blocking = OptimizerGrpc.newBlockingStub(raw).withMaxInboundMessageSize(CLIENT_MAX_MESSAGE_BYTES);
+        return this;
+    }
+
+    @Override
+    public void beforeAll(ExtensionContext context) throws IOException {
+        start();
+    }
+
+    @Override
+    public void afterAll(ExtensionContext context) {
+        close();
+    }
+
+    public SidecarServer server() {
+        return server;
+    }
+
+    /** The Java client, on a connection of its own. */
+    public OptSidecarClient client() {
+        return client;
+    }
+
+    /** Raw generated stubs, sharing one connection. */
+    public OptimizerGrpc.OptimizerStub async() {
+        return async;
+    }
+
+    public OptimizerGrpc.OptimizerBlockingStub blocking() {
+        return blocking;
+    }
+
+    /** The loopback port of a server on a socket. */
+    public int port() {
+        if (!onSocket) {
+            throw new IllegalStateException("an in-process server has no port");
+        }
+        return port;
+    }
+
+    public String target() {
+        return "127.0.0.1:" + port();
+    }
+
+    /** A new, independent connection to the server; shut down by the caller, or else when the fixture closes. */
+    public ManagedChannel channel() {
+        ManagedChannel c = onSocket ? channelTo(port)
+                : InProcessChannelBuilder.forName(inProcessName).maxInboundMessageSize(CLIENT_MAX_MESSAGE_BYTES).build();
+        channels.add(c);
+        return c;
+    }
+
+    /** A channel to a loopback port (the server's, or a relay's in front of it); the caller shuts it down. */
+    public static ManagedChannel channelTo(int port) {
         return NettyChannelBuilder.forAddress("127.0.0.1", port)
                 .usePlaintext()
-                .maxInboundMessageSize(4 << 20)
+                .maxInboundMessageSize(CLIENT_MAX_MESSAGE_BYTES)
                 .build();
     }
 
-    Model model(String name) {
+    /** Another Java client, on a connection of its own. */
+    public OptSidecarClient connect() {
+        return onSocket ? OptSidecarClient.connect(target()) : new OptSidecarClient(channel());
+    }
+
+    public Model model(String name) {
         return server.registry().get(name, "test");
     }
 
     @Override
     public void close() {
-        client.close();
-        rawChannel.shutdownNow();
+        for (ManagedChannel c : channels) {
+            c.shutdownNow();
+        }
         try {
-            rawChannel.awaitTermination(5, TimeUnit.SECONDS);
+            for (ManagedChannel c : channels) {
+                c.awaitTermination(5, TimeUnit.SECONDS);
+            }
+            for (int i = closeInReverse.size() - 1; i >= 0; i--) {
+                closeInReverse.get(i).close();
+            }
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
+        } catch (Exception e) {
+            throw new IllegalStateException("closing the test server failed", e);
         }
-        server.close();
-        severe.close();
+        closeInReverse.clear();
     }
 
     // ------------------------------------------------------------------------------------------
@@ -120,7 +228,7 @@ final class SidecarFixture implements AutoCloseable {
      * The server still serves: a fresh model registers, steps and pulls, and nothing was logged
      * as SEVERE (an unexpected exception inside the server) while the tests ran.
      */
-    void assertServerHealthy(String name) {
+    public void assertServerHealthy(String name) {
         float[][] init = initialWeights(99);
         client.register(spec(name, "Adam", struct("lr", 0.01), NonFinitePolicy.NON_FINITE_POLICY_UNSPECIFIED),
                 tensors(init));
@@ -137,56 +245,33 @@ final class SidecarFixture implements AutoCloseable {
         severe.assertNone();
     }
 
-    // ------------------------------------------------------------------------------------------
-    // Status assertions
-
-    /**
-     * Runs {@code call}, which must fail with {@code code}, and checks that the description
-     * contains every fragment (the field, tensor or model at fault).
-     */
-    static Status assertStatus(Status.Code code, Executable call, String... fragments) {
-        StatusRuntimeException e = assertThrows(StatusRuntimeException.class, call);
-        assertStatus(code, e.getStatus(), fragments);
-        return e.getStatus();
-    }
-
-    static void assertStatus(Status.Code code, Status status, String... fragments) {
-        assertEquals(code, status.getCode(), () -> "status " + status);
-        String description = status.getDescription();
-        assertNotNull(description, () -> "status " + status + " has no description");
-        for (String f : fragments) {
-            assertTrue(description.contains(f),
-                    () -> "description does not name '" + f + "': " + status.getCode() + ": " + description);
-        }
-    }
-
-    void assertNotFound(String model) {
+    public void assertNotFound(String model) {
         assertStatus(Status.Code.NOT_FOUND, () -> client.describe(model), model);
         assertFalse(client.list().contains(model), () -> model + " is listed");
     }
 
     // ------------------------------------------------------------------------------------------
-    // Reading a model
+    // Reading and stepping a model
 
-    float[][] pull(String model) {
+    public float[][] pull(String model) {
         float[][] out = zeros();
         client.pull(model, tensors(out));
         return out;
     }
 
-    ModelInfo describe(String model) {
+    public ModelInfo describe(String model) {
         return blocking.describe(DescribeRequest.newBuilder().setModel(model).build());
     }
 
     /** One valid step with {@code grads} on a fresh stream; returns the weights it sent back. */
-    StepResult step(String model, float[][] grads, float[][] weightsOut) {
+    public StepResult step(String model, float[][] grads, float[][] weightsOut) {
         try (Trainer t = client.trainer(model, "test")) {
             return t.step(grads, weightsOut);
         }
     }
 
     /** Polls {@code condition} until it holds, for at most {@link #WAIT_MS}. */
-    static void awaitTrue(String what, BooleanSupplier condition) {
+    public static void awaitTrue(String what, BooleanSupplier condition) {
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(WAIT_MS);
         while (!condition.getAsBoolean()) {
             if (System.nanoTime() > deadline) {
@@ -197,129 +282,6 @@ final class SidecarFixture implements AutoCloseable {
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 throw new AssertionError("interrupted waiting for " + what, e);
-            }
-        }
-    }
-
-    // ------------------------------------------------------------------------------------------
-    // Specs and data
-
-    /** The standard three-tensor model. */
-    static ModelSpec spec(String name, String algorithm, Struct hyperparameters, NonFinitePolicy policy) {
-        ModelSpec.Builder b = ModelSpec.newBuilder().setName(name);
-        for (int i = 0; i < NAMES.length; i++) {
-            b.addTensors(tensor(NAMES[i], SHAPES[i]));
-        }
-        return b.addGroups(ParamGroup.newBuilder().setName("no_decay").addTensors("b").addTensors("scale")
-                        .setHyperparameters(struct("weight_decay", 0.0)))
-                .setOptimizer(OptimizerConfig.newBuilder()
-                        .setAlgorithm(algorithm)
-                        .setHyperparameters(hyperparameters)
-                        .setNonFinite(policy))
-                .build();
-    }
-
-    /** Adam with non-trivial betas, coupled weight decay on {@code w}, default non-finite policy. */
-    static ModelSpec adamSpec(String name) {
-        return spec(name, "Adam", struct("lr", 0.01, "betas", List.of(0.8, 0.95), "weight_decay", 0.01),
-                NonFinitePolicy.NON_FINITE_POLICY_UNSPECIFIED);
-    }
-
-    static TensorSpec tensor(String name, long... shape) {
-        TensorSpec.Builder t = TensorSpec.newBuilder().setName(name);
-        for (long d : shape) {
-            t.addShape(d);
-        }
-        return t.build();
-    }
-
-    /** A Struct from alternating names and values (numbers, booleans, strings, lists). */
-    static Struct struct(Object... nameValuePairs) {
-        Struct.Builder b = Struct.newBuilder();
-        for (int i = 0; i < nameValuePairs.length; i += 2) {
-            b.putFields((String) nameValuePairs[i], value(nameValuePairs[i + 1]));
-        }
-        return b.build();
-    }
-
-    static Value value(Object o) {
-        if (o instanceof Number n) {
-            return Value.newBuilder().setNumberValue(n.doubleValue()).build();
-        }
-        if (o instanceof Boolean bool) {
-            return Value.newBuilder().setBoolValue(bool).build();
-        }
-        if (o instanceof String s) {
-            return Value.newBuilder().setStringValue(s).build();
-        }
-        if (o instanceof List<?> list) {
-            ListValue.Builder l = ListValue.newBuilder();
-            list.forEach(x -> l.addValues(value(x)));
-            return Value.newBuilder().setListValue(l).build();
-        }
-        throw new IllegalArgumentException("no Value for " + o);
-    }
-
-    /** Deterministic values in [-1, 1) for one tensor. */
-    static float[] values(long seed, int n) {
-        SplittableRandom r = new SplittableRandom(seed);
-        float[] v = new float[n];
-        for (int i = 0; i < n; i++) {
-            v[i] = (float) (r.nextDouble() * 2 - 1);
-        }
-        return v;
-    }
-
-    static float[][] initialWeights(long seed) {
-        float[][] w = new float[SIZES.length][];
-        for (int i = 0; i < SIZES.length; i++) {
-            w[i] = values(seed * 31 + i, SIZES[i]);
-        }
-        return w;
-    }
-
-    /** The gradients of valid step {@code k}; the same for a model and its twin. */
-    static float[][] grads(int k) {
-        return initialWeights(1_000 + k);
-    }
-
-    static float[][] zeros() {
-        float[][] z = new float[SIZES.length][];
-        for (int i = 0; i < SIZES.length; i++) {
-            z[i] = new float[SIZES[i]];
-        }
-        return z;
-    }
-
-    static List<TensorData> tensors(float[][] arrays) {
-        List<TensorData> out = new ArrayList<>();
-        for (float[] a : arrays) {
-            out.add(TensorData.of(a));
-        }
-        return out;
-    }
-
-    /** {@code count} values of {@code v} from {@code from} as little-endian bytes. */
-    static ByteString le(float[] v, int from, int count) {
-        ByteBuffer b = ByteBuffer.allocate(count * Float.BYTES).order(ByteOrder.LITTLE_ENDIAN);
-        for (int i = from; i < from + count; i++) {
-            b.putFloat(v[i]);
-        }
-        return ByteString.copyFrom(b.array());
-    }
-
-    /** Bit-for-bit equality of every value (NaN payloads and signed zeros included). */
-    static void assertBitsEqual(float[][] expected, float[][] actual, String what) {
-        assertEquals(expected.length, actual.length, what + ": tensor count");
-        for (int t = 0; t < expected.length; t++) {
-            assertEquals(expected[t].length, actual[t].length, what + ": length of tensor #" + t);
-            for (int i = 0; i < expected[t].length; i++) {
-                int e = Float.floatToRawIntBits(expected[t][i]);
-                int a = Float.floatToRawIntBits(actual[t][i]);
-                if (e != a) {
-                    fail(what + ": tensor " + NAMES[t] + " element " + i + " differs: expected "
-                            + expected[t][i] + " but was " + actual[t][i]);
-                }
             }
         }
     }

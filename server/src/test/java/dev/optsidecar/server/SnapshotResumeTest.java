@@ -42,8 +42,8 @@ class SnapshotResumeTest {
     @TempDir
     Path tmp;
 
-    static SidecarServer start(Path dir, List<String> restore) throws IOException {
-        return SidecarServer.start("127.0.0.1", 0, 2, 1L << 30,
+    static SocketServer start(Path dir, List<String> restore) throws IOException {
+        return SocketServer.start("127.0.0.1", 0, 2, 1L << 30,
                 new Persistence.Options(dir, 3, StepJournal.Sync.WRITE, 0, null, false), restore);
     }
 
@@ -56,7 +56,7 @@ class SnapshotResumeTest {
         ModelSpec spec = TrainingConfigs.spec(c, name);
         State uninterrupted;
         SnapshotInfo snap;
-        try (SidecarServer a = start(live, List.of());
+        try (SocketServer a = start(live, List.of());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + a.port())) {
             client.register(spec, data(initial()));
             try (Trainer t = client.trainer(name, "trainer")) {
@@ -64,14 +64,14 @@ class SnapshotResumeTest {
                 snap = client.snapshot(name);
                 steps(t, SNAPSHOT_AFTER + 1, STEPS);
             }
-            a.persistence().awaitBackgroundSnapshots();
+            a.server().persistence().awaitBackgroundSnapshots();
             copyTree(live, crashImage); // what the disk holds if the server dies now
             uninterrupted = State.of(client, name);
         }
         assertEquals(SNAPSHOT_AFTER, snap.getVersion());
 
         // The snapshot by id, in a fresh server: exactly version 6, then the same steps.
-        try (SidecarServer b = start(live, List.of(name + "@" + snap.getId()));
+        try (SocketServer b = start(live, List.of(name + "@" + snap.getId()));
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + b.port())) {
             assertEquals(SNAPSHOT_AFTER, client.describe(name).getVersion());
             try (Trainer t = client.trainer(name, "another-trainer")) {
@@ -83,7 +83,7 @@ class SnapshotResumeTest {
         // The crash image: the latest snapshot (after step 6) plus the journaled steps 7..11, replayed.
         List<SnapshotInfo> saved = new SnapshotStore(crashImage, 3).list(name);
         assertEquals(SNAPSHOT_AFTER, saved.get(saved.size() - 1).getVersion());
-        try (SidecarServer r = start(crashImage, List.of("latest"));
+        try (SocketServer r = start(crashImage, List.of("latest"));
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + r.port())) {
             State replayed = State.of(client, name);
             uninterrupted.assertSame(replayed, "restored from the crash image");

@@ -43,8 +43,8 @@ class SnapshotServiceTest {
     @TempDir
     Path tmp;
 
-    private static SidecarServer start(Path dir, List<String> restore) throws IOException {
-        return SidecarServer.start("127.0.0.1", 0, 2, 1L << 30,
+    private static SocketServer start(Path dir, List<String> restore) throws IOException {
+        return SocketServer.start("127.0.0.1", 0, 2, 1L << 30,
                 new Persistence.Options(dir, 5, StepJournal.Sync.WRITE, 0, null, false), restore);
     }
 
@@ -66,7 +66,7 @@ class SnapshotServiceTest {
         SnapshotInfo second;
         SnapshotInfo third;
         SnapshotResumeTest.State expected;
-        try (SidecarServer s = start(live, List.of());
+        try (SocketServer s = start(live, List.of());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             client.register(spec("m"), data(initial()));
             steps(client, "m", 1, 3);
@@ -94,7 +94,7 @@ class SnapshotServiceTest {
             public void close() {}
         };
         Logger.getLogger("dev.optsidecar.server").addHandler(capture);
-        try (SidecarServer s = start(image, List.of("latest"));
+        try (SocketServer s = start(image, List.of("latest"));
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             expected.assertSame(SnapshotResumeTest.State.of(client, "m"), "snapshot 2 + journals 2 and 3");
             assertTrue(warnings.stream().anyMatch(w -> w.contains(third.getId()) && w.contains("corrupt")
@@ -117,7 +117,7 @@ class SnapshotServiceTest {
 
     @Test
     void restoreByRpcGivesExactlyThatSnapshotUnderAnotherNameOrInPlace() throws Exception {
-        try (SidecarServer s = start(tmp, List.of());
+        try (SocketServer s = start(tmp, List.of());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             client.register(spec("m"), data(initial()));
             steps(client, "m", 1, 4);
@@ -141,14 +141,14 @@ class SnapshotServiceTest {
 
     @Test
     void aForkContinuesLikeItsSourceAndTakesItsOwnSchedule() throws Exception {
-        try (SidecarServer s = start(tmp, List.of());
+        try (SocketServer s = start(tmp, List.of());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             ModelSpec main = TestData.spec("main", "RAdam", TestData.hp("lr", 0.01), TrainingConfigs.SIZES).build();
             client.register(main, data(initial()));
             steps(client, "main", 1, 5);
             client.fork("main", "twin", null);
             // A WSD cooldown branch: 2 warmup + 3 stable steps are behind it, the decay starts now.
-            client.fork("main", "cooldown", Schedule.newBuilder().setType("wsd").setParameters(SidecarFixture.struct(
+            client.fork("main", "cooldown", Schedule.newBuilder().setType("wsd").setParameters(TestData.struct(
                     "warmup_steps", 2, "stable_steps", 3, "decay_steps", 4, "decay_type", "linear")).build());
             assertEquals(5, client.describe("cooldown").getVersion());
             List<float[]> a = blanks();
@@ -174,7 +174,7 @@ class SnapshotServiceTest {
 
     @Test
     void exportWritesTheEvalViewAsSafetensorsAndSnapshotsCarryItToo() throws Exception {
-        try (SidecarServer s = start(tmp, List.of());
+        try (SocketServer s = start(tmp, List.of());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             client.register(spec("sf"), data(initial()));
             steps(client, "sf", 1, 4);
@@ -194,7 +194,7 @@ class SnapshotServiceTest {
             client.delete("sf"); // its snapshots stay, but "latest" no longer brings it back
             assertEquals(2, client.listSnapshots("sf").size());
         }
-        try (SidecarServer s = start(tmp, List.of("latest"));
+        try (SocketServer s = start(tmp, List.of("latest"));
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             assertEquals(List.of(), client.list());
         }
@@ -202,17 +202,17 @@ class SnapshotServiceTest {
 
     @Test
     void snapshotsEveryNStepsKeepingTheLastK() throws Exception {
-        try (SidecarServer s = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30,
+        try (SocketServer s = SocketServer.start("127.0.0.1", 0, 2, 1L << 30,
                 new Persistence.Options(tmp, 2, StepJournal.Sync.WRITE, 3, null, false), List.of());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             client.register(spec("m"), data(initial()));
             // Each snapshot is written in the background after its step; wait for it before going on.
             steps(client, "m", 1, 3);
-            s.persistence().awaitBackgroundSnapshots();
+            s.server().persistence().awaitBackgroundSnapshots();
             steps(client, "m", 4, 6);
-            s.persistence().awaitBackgroundSnapshots();
+            s.server().persistence().awaitBackgroundSnapshots();
             steps(client, "m", 7, 7);
-            s.persistence().awaitBackgroundSnapshots();
+            s.server().persistence().awaitBackgroundSnapshots();
             assertEquals(List.of("steps@3", "steps@6"), client.listSnapshots("m").stream() // register@0: beyond keep 2
                     .map(i -> i.getTrigger() + "@" + i.getVersion()).toList());
         }
@@ -220,7 +220,7 @@ class SnapshotServiceTest {
 
     @Test
     void snapshotsEveryTSecondsOnlyWhatChanged() throws Exception {
-        try (SidecarServer s = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30,
+        try (SocketServer s = SocketServer.start("127.0.0.1", 0, 2, 1L << 30,
                 new Persistence.Options(tmp, 3, StepJournal.Sync.WRITE, 0, java.time.Duration.ofMillis(200), false),
                 List.of());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
@@ -242,9 +242,9 @@ class SnapshotServiceTest {
     void syncStepsAreJournaledWithTheirContributorsAndReplayExactly() throws Exception {
         Path live = tmp.resolve("live");
         Path image = tmp.resolve("image");
-        ModelSpec spec = spec("sync").toBuilder().setCoordination(ParameterServerTest.sync(3, 0, 0)).build();
+        ModelSpec spec = spec("sync").toBuilder().setCoordination(TestData.sync(3, 0, 0)).build();
         SnapshotResumeTest.State expected;
-        try (SidecarServer s = start(live, List.of());
+        try (SocketServer s = start(live, List.of());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             client.register(spec, data(initial()));
             List<Trainer> trainers = List.of(client.trainer("sync", "a"), client.trainer("sync", "b"),
@@ -265,7 +265,7 @@ class SnapshotServiceTest {
             SnapshotResumeTest.copyTree(live, image);
             expected = SnapshotResumeTest.State.of(client, "sync");
         }
-        try (SidecarServer s = start(image, List.of("latest"));
+        try (SocketServer s = start(image, List.of("latest"));
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             SnapshotResumeTest.State restored = SnapshotResumeTest.State.of(client, "sync");
             expected.assertSame(restored, "4 sync steps replayed from the journal");
@@ -278,7 +278,7 @@ class SnapshotServiceTest {
 
     @Test
     void withoutAStateDirectorySnapshotsAreAFailedPrecondition() throws Exception {
-        try (SidecarServer s = SidecarServer.start("127.0.0.1", 0, 2, 1L << 28);
+        try (SocketServer s = SocketServer.start("127.0.0.1", 0, 2, 1L << 28);
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
             client.register(spec("m"), data(initial()));
             StatusRuntimeException e = assertThrows(StatusRuntimeException.class, () -> client.snapshot("m"));

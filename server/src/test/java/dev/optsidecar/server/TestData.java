@@ -1,10 +1,15 @@
 package dev.optsidecar.server;
 
+import com.google.protobuf.ListValue;
 import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
 import dev.optsidecar.client.TensorData;
+import dev.optsidecar.proto.v1.Combine;
+import dev.optsidecar.proto.v1.Coordination;
+import dev.optsidecar.proto.v1.CoordinationMode;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerConfig;
+import dev.optsidecar.proto.v1.SyncOptions;
 import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.engine.TensorProgram;
@@ -27,15 +32,43 @@ import java.util.Random;
 public final class TestData {
     private TestData() {}
 
+    /** Hyperparameters from alternating names and values. */
     public static Struct hp(Object... nameValue) {
+        return struct(nameValue);
+    }
+
+    /** A Struct from alternating names and values (numbers, booleans, strings, lists). */
+    public static Struct struct(Object... nameValue) {
         Struct.Builder s = Struct.newBuilder();
         for (int i = 0; i < nameValue.length; i += 2) {
-            Object v = nameValue[i + 1];
-            Value value = v instanceof Boolean b ? Value.newBuilder().setBoolValue(b).build()
-                    : Value.newBuilder().setNumberValue(((Number) v).doubleValue()).build();
-            s.putFields((String) nameValue[i], value);
+            s.putFields((String) nameValue[i], value(nameValue[i + 1]));
         }
         return s.build();
+    }
+
+    private static Value value(Object o) {
+        if (o instanceof Number n) {
+            return Value.newBuilder().setNumberValue(n.doubleValue()).build();
+        }
+        if (o instanceof Boolean bool) {
+            return Value.newBuilder().setBoolValue(bool).build();
+        }
+        if (o instanceof String s) {
+            return Value.newBuilder().setStringValue(s).build();
+        }
+        if (o instanceof List<?> list) {
+            ListValue.Builder l = ListValue.newBuilder();
+            list.forEach(x -> l.addValues(value(x)));
+            return Value.newBuilder().setListValue(l).build();
+        }
+        throw new IllegalArgumentException("no Value for " + o);
+    }
+
+    /** Sync coordination: a step of k contributions, their mean, after timeoutMs at least minK (0: no timeout). */
+    public static Coordination sync(int k, int timeoutMs, int minK) {
+        return Coordination.newBuilder().setMode(CoordinationMode.COORDINATION_SYNC)
+                .setSync(SyncOptions.newBuilder().setK(k).setCombine(Combine.COMBINE_MEAN).setTimeoutMs(timeoutMs).setMinK(minK))
+                .build();
     }
 
     public static ModelSpec.Builder spec(String name, String algorithm, Struct hp, long... sizes) {

@@ -8,7 +8,7 @@ import io.grpc.StatusRuntimeException;
 
 import java.util.concurrent.TimeUnit;
 
-import static dev.optsidecar.server.SidecarFixture.assertBitsEqual;
+import static dev.optsidecar.server.StandardModel.assertBitsEqual;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -20,10 +20,10 @@ import static org.junit.jupiter.api.Assertions.fail;
  * directly; optimizer state (Adam's moments, the per-tensor step counts) is invisible, so it is
  * checked by one more valid step on both, which must give bit-for-bit the same weights.
  */
-final class Twins {
-    final SidecarFixture f;
-    final String model;
-    final String twin;
+public final class Twins {
+    public final SidecarFixture f;
+    public final String model;
+    public final String twin;
     private int validSteps;
 
     private Twins(SidecarFixture f, String model, String twin) {
@@ -33,20 +33,20 @@ final class Twins {
     }
 
     /** Registers {@code spec} under its name and under name + "-twin", with the same weights. */
-    static Twins register(SidecarFixture f, ModelSpec spec, long seed) {
+    public static Twins register(SidecarFixture f, ModelSpec spec, long seed) {
         Twins t = new Twins(f, spec.getName(), spec.getName() + "-twin");
-        float[][] init = SidecarFixture.initialWeights(seed);
-        f.client.register(spec, SidecarFixture.tensors(init));
-        f.client.register(spec.toBuilder().setName(t.twin).build(), SidecarFixture.tensors(init));
+        float[][] init = StandardModel.initialWeights(seed);
+        f.client().register(spec, StandardModel.tensors(init));
+        f.client().register(spec.toBuilder().setName(t.twin).build(), StandardModel.tensors(init));
         return t;
     }
 
     /** {@code n} valid steps on both, checking that they stay identical. */
-    Twins validSteps(int n) {
+    public Twins validSteps(int n) {
         for (int i = 0; i < n; i++) {
-            float[][] grads = SidecarFixture.grads(validSteps + 1);
-            float[][] a = SidecarFixture.zeros();
-            float[][] b = SidecarFixture.zeros();
+            float[][] grads = StandardModel.grads(validSteps + 1);
+            float[][] a = StandardModel.zeros();
+            float[][] b = StandardModel.zeros();
             StepResult ra = f.step(model, grads, a);
             StepResult rb = f.step(twin, grads, b);
             validSteps++;
@@ -58,19 +58,19 @@ final class Twins {
     }
 
     /** Records {@code n} valid steps that the test applied to both models itself. */
-    void validStepsDoneOutsideHelper(int n) {
+    public void validStepsDoneOutsideHelper(int n) {
         validSteps += n;
     }
 
     /** The model's weights and description, to compare after the bad input. */
-    record Snapshot(float[][] weights, ModelInfo info) {}
+    public record Snapshot(float[][] weights, ModelInfo info) {}
 
-    Snapshot snapshot() {
+    public Snapshot snapshot() {
         return new Snapshot(f.pull(model), f.describe(model));
     }
 
     /** Weights, version, per-tensor step counts and learning rates are exactly as in {@code before}. */
-    void assertUnchanged(Snapshot before) {
+    public void assertUnchanged(Snapshot before) {
         ModelInfo now = f.describe(model);
         assertEquals(before.info().getVersion(), now.getVersion(), "version changed");
         // Clients' sequence numbers are bookkeeping, not model state: a skipped step is acknowledged
@@ -82,7 +82,7 @@ final class Twins {
     }
 
     /** The model releases its assembly and its state matches the twin's (see the class comment). */
-    void assertStateMatchesTwin() {
+    public void assertStateMatchesTwin() {
         assertStateMatchesTwin(false);
     }
 
@@ -92,10 +92,10 @@ final class Twins {
      * server has not yet noticed that an abandoned stream is gone are retried for a bounded time
      * (such an attempt changes nothing).
      */
-    void assertStateMatchesTwin(boolean retryWhileAssembling) {
-        float[][] grads = SidecarFixture.grads(validSteps + 1);
-        float[][] a = SidecarFixture.zeros();
-        float[][] b = SidecarFixture.zeros();
+    public void assertStateMatchesTwin(boolean retryWhileAssembling) {
+        float[][] grads = StandardModel.grads(validSteps + 1);
+        float[][] a = StandardModel.zeros();
+        float[][] b = StandardModel.zeros();
         StepResult ra = retryWhileAssembling ? stepRetryingAborted(grads, a) : f.step(model, grads, a);
         StepResult rb = f.step(twin, grads, b);
         validSteps++;
@@ -115,7 +115,7 @@ final class Twins {
      * trainers attached and their counts, and the memory their gradient buffers hold (twins are
      * stepped by different clients).
      */
-    static ModelInfo withoutClients(ModelInfo info) {
+    public static ModelInfo withoutClients(ModelInfo info) {
         return info.toBuilder().setState(info.getState().toBuilder().clearClients()).clearCoordination()
                 .clearMemoryBytes().build();
     }
@@ -129,7 +129,7 @@ final class Twins {
                 if (e.getStatus().getCode() != Status.Code.ABORTED || System.nanoTime() > deadline) {
                     return fail("the model did not accept a step from another stream: " + e.getStatus(), e);
                 }
-                SidecarFixture.assertStatus(Status.Code.ABORTED, e.getStatus(), model, "assembling");
+                StatusAssertions.assertStatus(Status.Code.ABORTED, e.getStatus(), model, "assembling");
             }
             try {
                 Thread.sleep(5);
@@ -140,8 +140,8 @@ final class Twins {
         }
     }
 
-    void delete() {
-        f.client.delete(model);
-        f.client.delete(twin);
+    public void delete() {
+        f.client().delete(model);
+        f.client().delete(twin);
     }
 }

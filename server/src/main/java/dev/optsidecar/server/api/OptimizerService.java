@@ -32,6 +32,7 @@ import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 
 import java.io.IOException;
+import java.util.concurrent.Executor;
 
 /** The Optimizer service: validates requests and delegates to the model registry and persistence. */
 public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
@@ -39,10 +40,13 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     /** Null when the server has no state directory. */
     private final Persistence persistence;
     private final java.util.Set<StepCall> openSteps = java.util.concurrent.ConcurrentHashMap.newKeySet();
+    /** The server's threads for what follows a sync step's completion, and for detaching trainers. */
+    private final Executor completions;
 
-    public OptimizerService(ModelRegistry registry, Persistence persistence) {
+    public OptimizerService(ModelRegistry registry, Persistence persistence, Executor completions) {
         this.registry = registry;
         this.persistence = persistence;
+        this.completions = completions;
     }
 
     @Override
@@ -52,7 +56,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     @Override
     public StreamObserver<StepRequest> step(StreamObserver<StepResponse> out) {
-        StepCall call = new StepCall(registry, (ServerCallStreamObserver<StepResponse>) out, openSteps::remove);
+        StepCall call = new StepCall(registry, (ServerCallStreamObserver<StepResponse>) out, openSteps::remove,
+                completions);
         openSteps.add(call);
         return call;
     }

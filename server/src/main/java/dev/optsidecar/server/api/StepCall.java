@@ -40,20 +40,16 @@ final class StepCall implements StreamObserver<StepRequest> {
     private StepCommit deferredCommit;
     private final java.util.function.Consumer<StepCall> onClose;
     /** Runs what follows a sync step's completion, and detaches, away from threads holding a model's lock. */
-    private static final java.util.concurrent.ExecutorService COMPLETIONS =
-            java.util.concurrent.Executors.newCachedThreadPool(r -> {
-                Thread t = new Thread(r, "optsidecar-step-completions");
-                t.setDaemon(true);
-                return t;
-            });
+    private final java.util.concurrent.Executor completions;
     private boolean closed;
     private boolean halfClosed;
 
     StepCall(ModelRegistry registry, ServerCallStreamObserver<StepResponse> out,
-             java.util.function.Consumer<StepCall> onClose) {
+             java.util.function.Consumer<StepCall> onClose, java.util.concurrent.Executor completions) {
         this.registry = registry;
         this.out = out;
         this.onClose = onClose;
+        this.completions = completions;
         out.disableAutoRequest();
         out.setOnReadyThreshold(4 * ChunkSender.CHUNK_BYTES);
         out.setOnReadyHandler(this::onReady);
@@ -188,7 +184,7 @@ final class StepCall implements StreamObserver<StepRequest> {
                     fail(e);
                 }
             }
-        }, COMPLETIONS);
+        }, completions);
     }
 
     /** A step the client had sent before: its stored result, with the current weights. */
@@ -296,7 +292,7 @@ final class StepCall implements StreamObserver<StepRequest> {
             ClientSession s = session;
             session = null;
             // Off this call's lock: detaching takes the model's lock, which a step being applied holds.
-            COMPLETIONS.execute(() -> m.detach(s));
+            completions.execute(() -> m.detach(s));
         }
         if (sending != null) {
             sending.cancel();

@@ -6,7 +6,7 @@ import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.TensorSpec;
-import dev.optsidecar.server.SidecarServer;
+import dev.optsidecar.server.SocketServer;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 
 import java.util.List;
@@ -32,7 +32,7 @@ final class EndToEndBench {
     private static final int TRANSPORT_WARMUP_PARAMS = 1_000_000;
     private static final int TRANSPORT_WARMUP_STEPS = 60;
     /** Held so that the level set on it lasts: the logging framework keeps loggers only weakly. */
-    private static final Logger SERVER_LOG = Logger.getLogger(SidecarServer.class.getName());
+    private static final Logger SERVER_LOG = Logger.getLogger(SocketServer.class.getName());
 
     private final int threads;
     private final int warmup;
@@ -47,7 +47,7 @@ final class EndToEndBench {
 
     void run(List<Integer> megabytes) throws Exception {
         SERVER_LOG.setLevel(Level.WARNING); // its "serving on" line would land in the middle of the tables
-        try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, threads, Runtime.getRuntime().maxMemory());
+        try (SocketServer server = SocketServer.start("127.0.0.1", 0, threads, Runtime.getRuntime().maxMemory());
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port());
              CpuEngine engine = new CpuEngine(threads)) {
             RADAM.warmUpJit(engine);

@@ -6,7 +6,7 @@ import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.TensorSpec;
-import dev.optsidecar.server.SidecarServer;
+import dev.optsidecar.server.SocketServer;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.durability.StepJournal;
 
@@ -42,13 +42,13 @@ final class JournalBench {
                 + " model, timed alternately; journal files in %s%n", megabytes, dir);
         String format = "%-16s  %12s  %12s  %10s  %17s%n";
         System.out.printf(Locale.ROOT, format, "journal", "step ms", "memory ms", "ratio", "journal MB/s");
-        try (SidecarServer memory = SidecarServer.start("127.0.0.1", 0, threads, Runtime.getRuntime().maxMemory() / 3);
+        try (SocketServer memory = SocketServer.start("127.0.0.1", 0, threads, Runtime.getRuntime().maxMemory() / 3);
              OptSidecarClient memoryClient = OptSidecarClient.connect("127.0.0.1:" + memory.port())) {
             DoubleSupplier inMemory = stepper(memoryClient, n);
             for (StepJournal.Sync sync : StepJournal.Sync.values()) {
                 Persistence.Options options = new Persistence.Options(dir.resolve(sync.name().toLowerCase(Locale.ROOT)),
                         1, sync, 0, null, false);
-                try (SidecarServer durable = SidecarServer.start("127.0.0.1", 0, threads,
+                try (SocketServer durable = SocketServer.start("127.0.0.1", 0, threads,
                         Runtime.getRuntime().maxMemory() / 3, options, List.of());
                      OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + durable.port())) {
                     double[] ms = Measure.interleaved(warmup, iterations, stepper(client, n), inMemory);

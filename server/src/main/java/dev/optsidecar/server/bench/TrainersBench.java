@@ -13,7 +13,7 @@ import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.SyncOptions;
 import dev.optsidecar.proto.v1.TensorSpec;
-import dev.optsidecar.server.SidecarServer;
+import dev.optsidecar.server.SocketServer;
 import dev.optsidecar.server.model.Model;
 
 import java.io.PrintStream;
@@ -38,7 +38,7 @@ import java.util.logging.Logger;
  */
 final class TrainersBench {
     /** Held so that the level set on it lasts: the logging framework keeps loggers only weakly. */
-    private static final Logger SERVER_LOG = Logger.getLogger(SidecarServer.class.getName());
+    private static final Logger SERVER_LOG = Logger.getLogger(SocketServer.class.getName());
     /** Server heap per parameter for an RAdam model: weights, step gradient and two state slots. */
     private static final long MODEL_HEAP_PER_ELEMENT = 4L * Float.BYTES;
     /**
@@ -141,7 +141,7 @@ final class TrainersBench {
         SERVER_LOG.setLevel(Level.WARNING); // its "serving on" line would land in the middle of the tables
         int base = clients.stream().mapToInt(Integer::intValue).min().orElseThrow();
         List<Row> rows = new ArrayList<>();
-        try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, threads, Runtime.getRuntime().maxMemory());
+        try (SocketServer server = SocketServer.start("127.0.0.1", 0, threads, Runtime.getRuntime().maxMemory());
              OptSidecarClient control = OptSidecarClient.connect("127.0.0.1:" + server.port())) {
             // Unmeasured: both modes with two trainers, so that the first rows do not time the JIT.
             int warmParams = (int) Math.min(TRANSPORT_WARMUP_PARAMS, sizes.stream().mapToLong(Long::longValue).min()
@@ -204,7 +204,7 @@ final class TrainersBench {
     }
 
     /** Registers a fresh model, runs {@code clients} trainers on it through warm-up and the window, and deletes it. */
-    private Row measure(SidecarServer server, OptSidecarClient control, Mode mode, int params, int clients,
+    private Row measure(SocketServer server, OptSidecarClient control, Mode mode, int params, int clients,
                         double warmupSeconds, double seconds) throws Exception {
         String name = "trainers-bench-" + mode.label() + "-" + clients + "-" + System.nanoTime();
         float[] initial = new float[params];
@@ -216,7 +216,7 @@ final class TrainersBench {
                 .setCoordination(mode.coordination())
                 .build(), List.of(TensorData.of(initial)));
         initial = null;
-        Model model = server.registry().get(name, "model");
+        Model model = server.server().registry().get(name, "model");
         String target = "127.0.0.1:" + server.port();
         Run run = new Run(clients);
         List<Thread> trainerThreads = new ArrayList<>();

@@ -1,7 +1,7 @@
 package dev.optsidecar.server.conformance;
 
 import dev.optsidecar.client.OptSidecarClient;
-import dev.optsidecar.server.SidecarServer;
+import dev.optsidecar.server.SocketServer;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
@@ -31,10 +31,10 @@ public final class ConformanceCommand implements Callable<Integer> {
             System.err.println("conformance: not a directory: " + dir);
             return 2;
         }
-        SidecarServer server = null;
+        SocketServer server = null;
         String address = target;
         if (address == null) {
-            server = SidecarServer.start("127.0.0.1", 0, threads, Runtime.getRuntime().maxMemory() / 2);
+            server = SocketServer.start("127.0.0.1", 0, threads, Runtime.getRuntime().maxMemory() / 2);
             address = "127.0.0.1:" + server.port();
         }
         try (OptSidecarClient client = OptSidecarClient.connect(address)) {

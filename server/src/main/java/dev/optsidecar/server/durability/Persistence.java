@@ -22,7 +22,6 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.logging.Level;
@@ -49,15 +48,14 @@ public final class Persistence implements AutoCloseable {
     private final ModelRegistry registry;
     private final Options options;
     private final Map<Model, Tracked> tracked = new ConcurrentHashMap<>();
-    private final ScheduledExecutorService background = Executors.newSingleThreadScheduledExecutor(r -> {
-        Thread t = new Thread(r, "optsidecar-snapshots");
-        t.setDaemon(true);
-        return t;
-    });
+    /** The server's thread for snapshots taken in the background; {@link #shutdown} stops it. */
+    private final ScheduledExecutorService background;
 
-    public Persistence(ModelRegistry registry, Options options) throws IOException {
+    public Persistence(ModelRegistry registry, Options options, ScheduledExecutorService background)
+            throws IOException {
         this.registry = registry;
         this.options = options;
+        this.background = background;
         this.store = new SnapshotStore(options.dir(), options.keep(), JournalFiles::snapshotId);
         if (options.interval() != null) {
             long ms = options.interval().toMillis();
@@ -304,9 +302,9 @@ public final class Persistence implements AutoCloseable {
         }
     }
 
+    /** Closes every model's journal; the server stops the background thread. */
     @Override
     public void close() {
-        background.shutdownNow();
         tracked.values().forEach(t -> t.log.close());
     }
 

@@ -1,5 +1,7 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.proto.v1.Contribution;
+
 /**
  * One trainer of a model: its own gradient buffers (so several trainers' steps arrive at once),
  * the step arriving now, and, in sync mode, its contribution waiting for the step it is part of.
@@ -24,5 +26,10 @@ public final class ClientSession {
 
     public String clientId() {
         return clientId;
+    }
+
+    /** Step {@code stepId} of this trainer, as results and the history name it. */
+    Contribution contribution(long stepId) {
+        return Contribution.newBuilder().setClientId(clientId).setStepId(stepId).build();
     }
 }

@@ -1,7 +1,6 @@
 package dev.optsidecar.server.model;
 
 import dev.optsidecar.proto.v1.Contribution;
-import dev.optsidecar.proto.v1.GroupStep;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.NonFinitePolicy;
@@ -17,20 +16,21 @@ import dev.optsidecar.server.optim.StepPlan;
 
 import java.util.ArrayList;
 import java.util.Collections;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.locks.StampedLock;
 
 /**
- * A registered model: ordered named tensors, parameter groups, one optimizer configuration and
- * the version (steps applied). Steps take the write lock; views are read under the read lock, so
- * a reader always sees whole steps. One step is assembled at a time, into the tensors' gradient
- * buffers.
+ * A registered model: ordered named tensors, parameter groups, one optimizer configuration, the
+ * version (steps applied) and the counters a step advances. Steps take the write lock; views are
+ * read under the read lock, so a reader always sees whole steps. A commit is applied at once
+ * (async mode: {@link AsyncAdmission}) or joins the open sync step ({@link SyncRounds}); either way
+ * it changes the model through {@link StepApplier}, as a journal replay does.
  */
 public final class Model {
-    private static final View NO_VIEW = View.newBuilder().setKind(ViewKind.VIEW_NONE).build();
+    static final View NO_VIEW = View.newBuilder().setKind(ViewKind.VIEW_NONE).build();
     private final String name;
     private final OptimizerConfig config;
     private final List<TensorEntry> tensors;
@@ -43,25 +43,17 @@ public final class Model {
     private final ModelRegistry memory;
     private final dev.optsidecar.proto.v1.Coordination coordination;
     private final boolean sync;
-    /** Sync mode: the step gathering contributions now; guarded by the write lock. */
-    private SyncRound round;
     private final CoordinationStatusBuilder status = new CoordinationStatusBuilder();
     private final History history = new History();
-    /** Straggler timeouts of every model. */
-    private static final java.util.concurrent.ScheduledExecutorService TIMERS =
-            java.util.concurrent.Executors.newSingleThreadScheduledExecutor(r -> {
-                Thread t = new Thread(r, "optsidecar-sync-timeouts");
-                t.setDaemon(true);
-                return t;
-            });
     private final Training training;
     private final ModelSpec spec;
     private final ClientLedger ledger = new ClientLedger();
-    private final StepRecord.Gradients gradients;
+    private final StepApplier steps;
+    private final SyncRounds rounds;
+    private final AsyncAdmission admission;
     private volatile long version;
     private volatile boolean deleted;
     private volatile boolean acceptingSteps = true;
-    private StepLog log;
     /** Identifies this model's run across snapshots and journals (a new one per registration). */
     private String run = java.util.UUID.randomUUID().toString();
     /** Scheduler steps taken (LambdaLR's last_epoch): the schedule's position. */
@@ -71,8 +63,9 @@ public final class Model {
     /** Lookahead's inner steps since its last synchronisation. */
     long lookaheadStep;
 
-    Model(ModelSpec spec, List<TensorEntry> tensors, List<GroupState> groups,
-          Training training, Engine engine, long memoryBytes, ModelRegistry memory) {
+    /** @param timers runs sync steps' straggler timeouts */
+    Model(ModelSpec spec, List<TensorEntry> tensors, List<GroupState> groups, Training training, Engine engine,
+          long memoryBytes, ModelRegistry memory, ScheduledExecutorService timers) {
         this.spec = spec.toBuilder().clearState().build();
         this.memory = memory;
         this.coordination = spec.getCoordination();
@@ -86,17 +79,9 @@ public final class Model {
         this.engine = engine;
         this.memoryBytes = memoryBytes;
         this.emaUpdates = new long[training.ema().size()];
-        this.gradients = new StepRecord.Gradients() {
-            @Override
-            public long numel(int tensor) {
-                return Model.this.tensors.get(tensor).numel;
-            }
-
-            @Override
-            public void read(int tensor, long offset, int count, java.nio.ByteBuffer dst) {
-                Model.this.tensors.get(tensor).storage.readGradient(offset, count, dst);
-            }
-        };
+        this.steps = new StepApplier(this, this::apply);
+        this.rounds = new SyncRounds(this, trainers, steps, status, coordination.getSync(), timers);
+        this.admission = new AsyncAdmission(coordination.getAsync(), status);
     }
 
     /** The spec this model was created from, without restore state. */
@@ -115,10 +100,6 @@ public final class Model {
     /** Starts a new timeline (a restore of an older snapshot), so journals of the old one are never chained onto it. */
     public void startNewRun() {
         this.run = java.util.UUID.randomUUID().toString();
-    }
-
-    ClientLedger ledger() {
-        return ledger;
     }
 
     public String name() {
@@ -195,6 +176,18 @@ public final class Model {
         this.version = version;
     }
 
+    ClientLedger ledger() {
+        return ledger;
+    }
+
+    History history() {
+        return history;
+    }
+
+    CoordinationStatusBuilder status() {
+        return status;
+    }
+
     /** The views this model serves, labelled as responses label them. */
     public List<View> views() {
         return Views.available(this);
@@ -228,7 +221,7 @@ public final class Model {
         try {
             trainers.leave(s);
             if (sync && !deleted) {
-                applyRoundIfDue();
+                rounds.applyIfDue();
             }
         } finally {
             lock.unlockWrite(stamp);
@@ -264,7 +257,7 @@ public final class Model {
         lock.unlockWrite(stamp);
     }
 
-    private void checkAcceptingSteps() {
+    void checkAcceptingSteps() {
         if (!acceptingSteps) {
             throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", name);
         }
@@ -273,7 +266,7 @@ public final class Model {
     /** Sets where steps are journaled before they are applied; null for nowhere. */
     public void setStepLog(StepLog log) {
         long stamp = lock.writeLock();
-        this.log = log;
+        steps.setLog(log);
         lock.unlockWrite(stamp);
     }
 
@@ -340,7 +333,7 @@ public final class Model {
         checkCurrent(a);
         boolean[] skip = noGradMask(noGrad);
         a.checkComplete(skip);
-        Map<GroupState, Double> newLr = resolveGroupLr(groupLr);
+        steps.resolveGroupLr(groupLr); // refuses a bad learning rate before anything changes
         View label = view == null ? NO_VIEW : view.label();
         boolean skipped = a.nonFinite() != null && policy == NonFinitePolicy.NON_FINITE_SKIP;
         long stamp = lock.writeLock();
@@ -357,30 +350,10 @@ public final class Model {
                     throw OptError.invalid("commit.base_version: %d is ahead of the model's version %d", baseVersion, version);
                 }
                 if (sync && !skipped && (baseVersion == null || baseVersion == version)) {
-                    return contribute(a, skip, groupLr, view, baseVersion);
+                    return rounds.contribute(a, skip, groupLr, view);
                 }
-                if (sync && !skipped) { // its step was applied without it
-                    status.late++;
-                    result = StepResult.newBuilder().setStepId(a.stepId()).setVersion(version).setLate(true)
-                            .setView(label).setLrScale(1.0).build();
-                    ledger.record(a.clientId(), a.stepId(), result.toBuilder().clearView().build());
-                    abandon(a);
-                    long readStamp = lock.tryConvertToReadLock(stamp);
-                    stamp = 0;
-                    return CompletableFuture.completedFuture(new StepOutcome(result, readerAfterStep(view, readStamp)));
-                }
-                long staleness = baseVersion == null ? 0 : version - baseVersion;
-                double lrScale = skipped ? 1.0 : admit(a, staleness);
-                if (!skipped) {
-                    for (TensorEntry t : tensors) {
-                        if (!skip[t.index]) {
-                            t.storage.useGradient(a.session().handles[t.index]);
-                        }
-                    }
-                }
-                result = applyLocked(List.of(contribution(a.clientId(), a.stepId())), skip, groupLr, newLr,
-                        a.sumOfSquares(), lrScale, staleness, skipped, label);
-                ledger.record(a.clientId(), a.stepId(), result.toBuilder().clearView().build()); // a retry names its own
+                result = sync && !skipped ? rounds.late(a, label) // its step was applied without it
+                        : applyAtOnce(a, skip, groupLr, skipped, baseVersion, label);
             }
             abandon(a);
             long readStamp = lock.tryConvertToReadLock(stamp);
@@ -393,20 +366,24 @@ public final class Model {
         }
     }
 
-    /** Async mode: the learning-rate factor for a gradient this stale, or FAILED_PRECONDITION past the bound. */
-    private double admit(StepAssembly a, long staleness) {
-        dev.optsidecar.proto.v1.AsyncOptions options = coordination.getAsync();
-        if (options.getMaxStaleness() == 0 || staleness <= Integer.toUnsignedLong(options.getMaxStaleness())) {
-            return 1.0;
+    /**
+     * Applies a step at once, from its trainer's gradient buffers (async mode), or answers it as
+     * skipped (a non-finite gradient under NON_FINITE_SKIP). Under the write lock.
+     */
+    private StepResult applyAtOnce(StepAssembly a, boolean[] skip, Map<String, Double> groupLr, boolean skipped,
+                                   Long baseVersion, View label) {
+        long staleness = baseVersion == null ? 0 : version - baseVersion;
+        Contribution who = a.session().contribution(a.stepId());
+        if (skipped) {
+            return steps.skip(who, skip, a.sumOfSquares(), staleness, label);
         }
-        if (options.getStale() == dev.optsidecar.proto.v1.StalePolicy.STALE_DOWNWEIGHT) {
-            return 1.0 / (1 + staleness);
+        double lrScale = admission.lrScale(a, staleness, version);
+        for (TensorEntry t : tensors) {
+            if (!skip[t.index]) {
+                t.storage.useGradient(a.session().handles[t.index]);
+            }
         }
-        status.rejected++;
-        throw OptError.precondition("step %s of client '%s': its gradient was computed at version %d, %d versions"
-                        + " behind the current version %d (the bound is %d); pull the weights and send a fresh one",
-                Long.toUnsignedString(a.stepId()), a.clientId(), version - staleness, staleness, version,
-                Integer.toUnsignedLong(options.getMaxStaleness()));
+        return steps.apply(steps.live(List.of(who), skip, groupLr, a.sumOfSquares(), lrScale, staleness), label);
     }
 
     /** Opens the requested view after a step, releasing the read lock when there is none to read. */
@@ -419,215 +396,14 @@ public final class Model {
                 version, readStamp);
     }
 
-    private static Contribution contribution(String clientId, long stepId) {
-        return Contribution.newBuilder().setClientId(clientId).setStepId(stepId).build();
-    }
-
-    /** Sync mode: adds the step to the open round and applies the round if it is now due. Under the write lock. */
-    private CompletableFuture<StepOutcome> contribute(StepAssembly a, boolean[] skip, Map<String, Double> groupLr,
-                                                      ResolvedView view, Long baseVersion) {
-        ClientSession s = a.session();
-        CompletableFuture<StepOutcome> result = new CompletableFuture<>();
-        SyncRound.Contribution c = new SyncRound.Contribution(s, a.stepId(), skip, Map.copyOf(groupLr), view, result);
-        trainers.contributing(c);
-        if (round == null) {
-            round = new SyncRound(version + 1);
-            int timeout = coordination.getSync().getTimeoutMs();
-            if (timeout > 0) {
-                SyncRound r = round;
-                r.timer = TIMERS.schedule(() -> straggled(r), timeout, java.util.concurrent.TimeUnit.MILLISECONDS);
-            }
-        }
-        round.contributions.add(c);
-        applyRoundIfDue();
-        return result;
-    }
-
-    /** The straggler timeout of round {@code r}: from now on it applies with min_k contributions. */
-    private void straggled(SyncRound r) {
-        long stamp = lock.writeLock();
-        try {
-            if (round == r && !deleted) {
-                r.timedOut = true;
-                applyRoundIfDue();
-            }
-        } catch (RuntimeException e) {
-            java.util.logging.Logger.getLogger(Model.class.getName()).log(java.util.logging.Level.WARNING,
-                    "model '" + name + "': applying a sync step after its straggler timeout failed", e);
-        } finally {
-            lock.unlockWrite(stamp);
-        }
-    }
-
-    /** Applies the open sync round if it has its contributions; under the write lock. */
-    private void applyRoundIfDue() {
-        SyncRound r = round;
-        if (r == null || r.contributions.isEmpty()) {
-            return;
-        }
-        int k = coordination.getSync().getK();
-        int target = k > 0 ? k : Math.max(1, trainers.attached().size());
-        int minK = Math.max(1, coordination.getSync().getMinK());
-        int have = r.contributions.size();
-        if (have < target && !(r.timedOut && have >= minK)) {
-            return;
-        }
-        round = null;
-        if (r.timer != null) {
-            r.timer.cancel(false);
-        }
-        if (have < target) {
-            status.timedOut++;
-        }
-        List<SyncRound.Contribution> parts = new ArrayList<>(r.contributions);
-        parts.sort(java.util.Comparator.comparing(c -> c.session().key));
-        try {
-            checkAcceptingSteps();
-            applyRound(parts);
-        } catch (RuntimeException e) {
-            trainers.contributed(parts);
-            parts.forEach(c -> c.result().completeExceptionally(e));
-        }
-    }
-
-    /** Combines a round's contributions into the step gradient and applies it; every contributor gets the same weights. */
-    private void applyRound(List<SyncRound.Contribution> parts) {
-        boolean mean = coordination.getSync().getCombine() == dev.optsidecar.proto.v1.Combine.COMBINE_MEAN;
-        boolean[] skip = new boolean[tensors.size()];
-        double squares = 0;
-        for (TensorEntry t : tensors) {
-            int[] handles = parts.stream().filter(c -> !c.noGrad()[t.index])
-                    .mapToInt(c -> c.session().handles[t.index]).toArray();
-            if (handles.length == 0) {
-                skip[t.index] = true;
-                continue;
-            }
-            // A trainer without this tensor's gradient contributes zeros, as in data-parallel training.
-            squares += t.storage.combineGradients(handles, mean ? parts.size() : 1f);
-        }
-        Map<String, Double> groupLr = parts.get(0).groupLr();
-        List<Contribution> who = parts.stream().map(c -> contribution(c.session().clientId, c.stepId())).toList();
-        StepResult common = applyLocked(who, skip, groupLr, resolveGroupLr(groupLr), squares, 1.0, 0, false, NO_VIEW);
-        java.util.Map<View, ViewReader.Published> copies = new java.util.HashMap<>();
-        for (SyncRound.Contribution c : parts) {
-            StepResult mine = common.toBuilder().setStepId(c.stepId()).build();
-            ledger.record(c.session().clientId, c.stepId(), mine.toBuilder().clearView().build());
-        }
-        trainers.contributed(parts);
-        // The round holds each copy until every contributor has its reader: a contributor whose
-        // weights go out before the next reader is made would otherwise give the copy's memory
-        // back once for each time the count of readers fell to zero.
-        try {
-            for (SyncRound.Contribution c : parts) {
-                StepResult mine = common.toBuilder().setStepId(c.stepId())
-                        .setView(c.view() == null ? NO_VIEW : c.view().label()).build();
-                ViewReader weights = null;
-                if (c.view() != null) {
-                    ViewReader.Published shared = copies.get(c.view().label());
-                    if (shared == null) {
-                        shared = ViewReader.copyOut(this, c.view().label(), c.view().source(),
-                                Views.select(this, c.view(), List.of(), "commit.view"), version);
-                        if (shared == null) {
-                            throw OptError.exhausted("model '%s': no memory left under the limit to copy out the new"
-                                    + " weights for the sync step's %d contributors", name, parts.size());
-                        }
-                        shared.retain();
-                        copies.put(c.view().label(), shared);
-                    }
-                    weights = new ViewReader(this, c.view().label(), version, shared);
-                }
-                c.result().complete(new StepOutcome(mine, weights));
-            }
-        } finally {
-            copies.values().forEach(shared -> shared.release(this));
-        }
-    }
-
     /**
-     * Journals and applies a step whose gradient is in the tensors' step buffers, under the write
-     * lock, and returns its result (with the new version).
-     */
-    private StepResult applyLocked(List<Contribution> contributions, boolean[] skip, Map<String, Double> groupLr,
-                                   Map<GroupState, Double> newLr, double sumOfSquares, double lrScale,
-                                   long staleness, boolean skipped, View label) {
-        if (!skipped && log != null) {
-            log.append(new StepRecord(contributions, version, skip, Map.copyOf(groupLr), sumOfSquares, lrScale,
-                    staleness, gradients));
-        }
-        if (!skipped) {
-            newLr.forEach((g, lr) -> g.baseLr = lr);
-        }
-        double gradNorm = Math.sqrt(sumOfSquares);
-        double clip = training.clipGradNorm() > 0
-                ? Math.min(1.0, training.clipGradNorm() / (gradNorm + 1e-6)) : 1.0;
-        Map<GroupState, StepPlan> plans = new LinkedHashMap<>();
-        StepResult.Builder result = StepResult.newBuilder()
-                .setStepId(contributions.get(0).getStepId())
-                .setSkipped(skipped)
-                .setView(label)
-                .setGradNorm(gradNorm)
-                .setClipCoefficient(skipped ? 1.0 : clip)
-                .setStaleness(staleness)
-                .setLrScale(lrScale);
-        for (GroupState g : groups) {
-            double lr = lrFor(g) * lrScale;
-            StepPlan plan = g.algorithm.plan(g.scalars, lr, (float) clip);
-            plans.put(g, plan);
-            java.util.Map<String, Double> after = (skipped ? g.scalars : plan.after()).asMap();
-            result.addGroups(GroupStep.newBuilder()
-                    .setGroup(g.name)
-                    .setLr(lr)
-                    .setEffectiveLr(plan.effectiveLr())
-                    .setAveragingWeight(plan.averagingWeight())
-                    .setK((long) after.getOrDefault("k", 0.0).doubleValue())
-                    .setWeightSum(after.getOrDefault("weight_sum", 0.0))
-                    .setLrMax(after.getOrDefault("lr_max", -1.0)));
-        }
-        if (!skipped) {
-            Double updateNorm = apply(skip, plans);
-            if (updateNorm != null) {
-                result.setUpdateNorm(updateNorm);
-            }
-            result.addAllContributions(contributions);
-            history.record(version, contributions);
-            status.applied(contributions.size(), staleness);
-        }
-        return result.setVersion(version).build();
-    }
-
-    /**
-     * Applies a step read back from the journal, exactly as it was applied the first time: the
-     * same gradient, learning rates, skipped tensors, gradient norm and contributors, on the same
-     * version.
+     * Applies a step read back from the journal, exactly as it was applied the first time (see
+     * {@link StepApplier#replay}).
      */
     public void replay(StepRecord step) {
-        if (step.versionBefore() != version) {
-            throw OptError.dataLoss("journal of model '%s': a step was applied to version %d, but the model is at"
-                    + " version %d", name, step.versionBefore(), version);
-        }
-        java.nio.ByteBuffer chunk = java.nio.ByteBuffer.allocate(StepAssembly.MAX_CHUNK_BYTES)
-                .order(java.nio.ByteOrder.LITTLE_ENDIAN);
         long stamp = lock.writeLock();
         try {
-            for (TensorEntry t : tensors) {
-                if (step.noGrad()[t.index]) {
-                    continue;
-                }
-                for (long offset = 0; offset < t.numel; ) {
-                    int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / Float.BYTES, t.numel - offset);
-                    chunk.clear();
-                    step.gradients().read(t.index, offset, count, chunk);
-                    chunk.flip();
-                    t.storage.writeGradient(offset, chunk);
-                    offset += count;
-                }
-            }
-            StepResult result = applyLocked(step.contributions(), step.noGrad(), step.groupLr(),
-                    resolveGroupLr(step.groupLr()), step.sumOfSquares(), step.lrScale(), step.staleness(), false,
-                    NO_VIEW);
-            for (Contribution c : step.contributions()) {
-                ledger.record(c.getClientId(), c.getStepId(), result.toBuilder().setStepId(c.getStepId()).clearView().build());
-            }
+            steps.replay(step);
         } finally {
             lock.unlockWrite(stamp);
         }
@@ -687,21 +463,6 @@ public final class Model {
         return mask;
     }
 
-    private Map<GroupState, Double> resolveGroupLr(Map<String, Double> groupLr) {
-        Map<GroupState, Double> out = new LinkedHashMap<>();
-        for (Map.Entry<String, Double> e : groupLr.entrySet()) {
-            GroupState g = groups.stream().filter(x -> x.name.equals(e.getKey())).findFirst().orElseThrow(() ->
-                    OptError.invalid("commit.group_lr: model '%s' has no group '%s'", name, e.getKey()));
-            double lr = e.getValue();
-            if (!(lr >= 0) || Double.isInfinite(lr)) {
-                throw OptError.invalid("commit.group_lr[%s]: learning rate must be finite and >= 0 (got %s)",
-                        e.getKey(), lr);
-            }
-            out.put(g, lr);
-        }
-        return out;
-    }
-
     /**
      * Opens a view for reading under the read lock; the caller must close the reader.
      *
@@ -735,6 +496,14 @@ public final class Model {
         lock.unlockRead(stamp);
     }
 
+    long writeLock() {
+        return lock.writeLock();
+    }
+
+    void unlockWrite(long stamp) {
+        lock.unlockWrite(stamp);
+    }
+
     /** Runs {@code reader} under the read lock and returns its result. */
     <T> T underReadLock(java.util.function.Supplier<T> reader) {
         long stamp = lock.readLock();
@@ -750,15 +519,7 @@ public final class Model {
         long stamp = lock.writeLock();
         try {
             deleted = true;
-            SyncRound r = round;
-            round = null;
-            if (r != null) {
-                if (r.timer != null) {
-                    r.timer.cancel(false);
-                }
-                OptError gone = OptError.notFound("model '%s' was deleted while its sync step waited for contributions", name);
-                r.contributions.forEach(c -> c.result().completeExceptionally(gone));
-            }
+            rounds.cancel();
             trainers.close();
             for (TensorEntry t : tensors) {
                 t.storage.free();
@@ -772,6 +533,10 @@ public final class Model {
         if (deleted) {
             throw OptError.notFound("model '%s' was deleted", name);
         }
+    }
+
+    boolean isDeleted() {
+        return deleted;
     }
 
     /** What a commit did; {@code weights} is null when no view was requested, else the caller closes it. */

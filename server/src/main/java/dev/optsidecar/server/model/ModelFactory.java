@@ -24,6 +24,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.ScheduledExecutorService;
 
 /** Validates a ModelSpec, field by field, and allocates the model it describes. */
 final class ModelFactory {
@@ -31,7 +32,7 @@ final class ModelFactory {
 
     private ModelFactory() {}
 
-    static PendingModel build(ModelSpec spec, Engine engine, ModelRegistry registry) {
+    static PendingModel build(ModelSpec spec, Engine engine, ModelRegistry registry, ScheduledExecutorService timers) {
         String name = spec.getName();
         if (name.isEmpty()) {
             throw OptError.invalid("spec.name: a model name is required");
@@ -149,7 +150,8 @@ final class ModelFactory {
             throw OptError.exhausted("model '%s': out of memory allocating %d bytes; raise the JVM heap (-Xmx)"
                     + " or lower --memory-limit", name, bytes);
         }
-        Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes, registry);
+        Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes, registry,
+                timers);
         return new PendingModel(model, registry, spec.hasState() ? spec.getState() : null);
     }
 

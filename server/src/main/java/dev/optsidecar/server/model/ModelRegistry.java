@@ -9,18 +9,22 @@ import java.util.Collections;
 import java.util.List;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ConcurrentMap;
+import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.atomic.AtomicLong;
 
 /** The models this server holds, by name, and the memory they may use together. */
 public final class ModelRegistry {
     private final Engine engine;
     private final long memoryLimit;
+    /** The server's timer thread, for sync steps' straggler timeouts. */
+    private final ScheduledExecutorService timers;
     private final AtomicLong reserved = new AtomicLong();
     private final ConcurrentMap<String, Model> models = new ConcurrentHashMap<>();
 
-    public ModelRegistry(Engine engine, long memoryLimitBytes) {
+    public ModelRegistry(Engine engine, long memoryLimitBytes, ScheduledExecutorService timers) {
         this.engine = engine;
         this.memoryLimit = memoryLimitBytes;
+        this.timers = timers;
     }
 
     public Engine engine() {
@@ -37,7 +41,7 @@ public final class ModelRegistry {
         if (!replacing && models.containsKey(spec.getName())) {
             throw OptError.alreadyExists("spec.name: model '%s' already exists", spec.getName());
         }
-        return ModelFactory.build(spec, engine, this);
+        return ModelFactory.build(spec, engine, this, timers);
     }
 
     /** Reserves bytes against the memory limit, or fails with RESOURCE_EXHAUSTED. */

@@ -1,7 +1,6 @@
 package dev.optsidecar.server.conformance;
 
-import dev.optsidecar.client.OptSidecarClient;
-import dev.optsidecar.server.SidecarServer;
+import dev.optsidecar.server.SidecarFixture;
 import org.junit.jupiter.api.Test;
 
 import java.io.ByteArrayOutputStream;
@@ -14,7 +13,7 @@ import java.util.List;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-/** Replays the shared reference vectors through a real server on a loopback port. */
+/** Replays the shared reference vectors through a real server, in-process. */
 class ReferenceConformanceTest {
     static Path referenceDir() {
         String configured = System.getProperty("optsidecar.reference.dir");
@@ -28,10 +27,9 @@ class ReferenceConformanceTest {
     void everyReferenceCasePasses() throws Exception {
         ByteArrayOutputStream printed = new ByteArrayOutputStream();
         ConformanceRunner.Summary summary;
-        try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30);
-             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port());
+        try (SidecarFixture server = SidecarFixture.inProcess(2, 1L << 30).start();
              PrintStream out = new PrintStream(printed, true, StandardCharsets.UTF_8)) {
-            summary = new ConformanceRunner(client, out).runAll(referenceDir());
+            summary = new ConformanceRunner(server.client(), out).runAll(referenceDir());
         }
         String report = printed.toString(StandardCharsets.UTF_8);
         System.out.print(report);
@@ -63,10 +61,9 @@ class ReferenceConformanceTest {
         json.writeValue(tmp.resolve("adam_tampered.json").toFile(), root);
 
         ByteArrayOutputStream printed = new ByteArrayOutputStream();
-        try (SidecarServer server = SidecarServer.start("127.0.0.1", 0, 1, 1L << 28);
-             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port());
+        try (SidecarFixture server = SidecarFixture.inProcess(1, 1L << 28).start();
              PrintStream out = new PrintStream(printed, true, StandardCharsets.UTF_8)) {
-            ConformanceRunner.Summary summary = new ConformanceRunner(client, out).runAll(tmp);
+            ConformanceRunner.Summary summary = new ConformanceRunner(server.client(), out).runAll(tmp);
             assertEquals(List.of("adam"), summary.names("FAIL"), printed.toString(StandardCharsets.UTF_8));
         }
         assertTrue(printed.toString(StandardCharsets.UTF_8).contains("step 4 train p0[1]"),

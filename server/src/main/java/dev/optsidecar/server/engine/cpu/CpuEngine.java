@@ -164,10 +164,16 @@ public final class CpuEngine implements Engine {
         }
     }
 
+    /** Stops the pool and waits for its threads to end, so none outlives the engine. */
     @Override
     public void close() {
         if (pool != null) {
             pool.shutdownNow();
+            try {
+                pool.awaitTermination(5, java.util.concurrent.TimeUnit.SECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
         }
     }
 

@@ -1,4 +1,4 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.model;
 
 import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
@@ -12,6 +12,8 @@ import dev.optsidecar.proto.v1.ParamGroup;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.TestData;
 import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.optim.Algorithm;
@@ -35,11 +37,11 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 
 /**
  * Parameter groups, tensors without gradients, client-set learning rates and multi-chunk transfer,
- * each checked over a real socket against an independent way of computing the same thing.
+ * each checked through the service against an independent way of computing the same thing.
  */
 class ModelSemanticsTest {
     @RegisterExtension
-    static final LiveServer LIVE = new LiveServer(2, 1L << 30);
+    static final SidecarFixture LIVE = SidecarFixture.inProcess(2, 1L << 30);
     // Helpers shared with other tests live in TestData.
 
 

@@ -1,10 +1,12 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.model;
 
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;
 import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.StepResult;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.TestData;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
 
@@ -18,7 +20,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /** What each StepResult reports, checked against the same figures computed by the test. */
 class StepFiguresTest {
     @RegisterExtension
-    static final LiveServer LIVE = new LiveServer(2, 1L << 28);
+    static final SidecarFixture LIVE = SidecarFixture.inProcess(2, 1L << 28);
 
 
     private static double norm(float[]... arrays) {

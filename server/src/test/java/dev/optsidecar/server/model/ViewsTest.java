@@ -1,4 +1,4 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.model;
 
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;
@@ -8,6 +8,8 @@ import dev.optsidecar.proto.v1.Lookahead;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.TestData;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import org.junit.jupiter.api.Test;
@@ -21,12 +23,12 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * Views over a real socket: each is labelled with its kind (and EMA decay) and the version, a view
+ * Views through the service: each is labelled with its kind (and EMA decay) and the version, a view
  * the model lacks is INVALID_ARGUMENT, and reading the eval view never moves the train trajectory.
  */
 class ViewsTest {
     @RegisterExtension
-    static final LiveServer LIVE = new LiveServer(2, 1L << 28);
+    static final SidecarFixture LIVE = SidecarFixture.inProcess(2, 1L << 28);
     private static final int N = 50;
 
 

@@ -1,4 +1,4 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.api;
 
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;
@@ -11,16 +11,19 @@ import dev.optsidecar.proto.v1.RegisterRequest;
 import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.RawStep;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.StandardModel;
+import dev.optsidecar.server.Twins;
 import io.grpc.ManagedChannel;
 import io.grpc.Status;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.MethodOrderer;
 import org.junit.jupiter.api.Order;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestMethodOrder;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.EnumSource;
 
@@ -40,16 +43,16 @@ import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 
-import static dev.optsidecar.server.SidecarFixture.CHUNK_FLOATS;
-import static dev.optsidecar.server.SidecarFixture.assertBitsEqual;
-import static dev.optsidecar.server.SidecarFixture.assertStatus;
 import static dev.optsidecar.server.SidecarFixture.awaitTrue;
-import static dev.optsidecar.server.SidecarFixture.grads;
-import static dev.optsidecar.server.SidecarFixture.initialWeights;
-import static dev.optsidecar.server.SidecarFixture.le;
-import static dev.optsidecar.server.SidecarFixture.spec;
-import static dev.optsidecar.server.SidecarFixture.struct;
-import static dev.optsidecar.server.SidecarFixture.zeros;
+import static dev.optsidecar.server.StandardModel.CHUNK_FLOATS;
+import static dev.optsidecar.server.StandardModel.assertBitsEqual;
+import static dev.optsidecar.server.StandardModel.grads;
+import static dev.optsidecar.server.StandardModel.initialWeights;
+import static dev.optsidecar.server.StandardModel.le;
+import static dev.optsidecar.server.StandardModel.spec;
+import static dev.optsidecar.server.StandardModel.zeros;
+import static dev.optsidecar.server.StatusAssertions.assertStatus;
+import static dev.optsidecar.server.TestData.struct;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -60,25 +63,15 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * Steps (and registrations) that never finish: the client cancels midway, fails its side of the
  * call, ends the stream without a commit, or its connection drops. Nothing changes (weights,
  * version, optimizer state: checked against a twin model), and the server lets go of the
- * half-assembled step, so the model takes the next step from another stream.
+ * half-assembled step, so the model takes the next step from another stream. On a real socket:
+ * connections are reset under the server through a TCP relay.
  */
 @TestMethodOrder(MethodOrderer.OrderAnnotation.class)
 class AbortedStepTest {
     private static final long STEP = 3;
-    private static SidecarFixture f;
+    @RegisterExtension
+    static final SidecarFixture f = SidecarFixture.onSocket();
     private static final AtomicInteger SEQ = new AtomicInteger();
-
-    @BeforeAll
-    static void startServer() throws Exception {
-        f = SidecarFixture.start();
-    }
-
-    @AfterAll
-    static void stopServer() {
-        if (f != null) {
-            f.close();
-        }
-    }
 
     /** Adam with amsgrad: three state buffers per tensor that a leaked half-step would disturb. */
     private static Twins twins() {
@@ -121,12 +114,12 @@ class AbortedStepTest {
 
         ManagedChannel channel = null;
         DroppableProxy proxy = null;
-        OptimizerGrpc.OptimizerStub stub = f.async;
+        OptimizerGrpc.OptimizerStub stub = f.async();
         if (how == Abort.CHANNEL_SHUTDOWN_NOW) {
             channel = f.channel();
             stub = OptimizerGrpc.newStub(channel);
         } else if (how == Abort.TCP_RESET) {
-            proxy = new DroppableProxy(f.server.port());
+            proxy = new DroppableProxy(f.port());
             channel = SidecarFixture.channelTo(proxy.port());
             stub = OptimizerGrpc.newStub(channel);
         }
@@ -186,9 +179,9 @@ class AbortedStepTest {
             }
         };
         List<TensorData> grads = List.of(TensorData.of(g[0]), failingB, TensorData.of(g[2]));
-        try (Trainer trainer = f.client.trainer(t.model, "abandoner")) {
+        try (Trainer trainer = f.client().trainer(t.model, "abandoner")) {
             IllegalStateException thrown = assertThrows(IllegalStateException.class,
-                    () -> trainer.step(grads, SidecarFixture.tensors(zeros())));
+                    () -> trainer.step(grads, StandardModel.tensors(zeros())));
             assertEquals(boom, thrown);
         }
 
@@ -202,7 +195,7 @@ class AbortedStepTest {
         Twins t = twins().validSteps(2);
         Twins.Snapshot before = t.snapshot();
 
-        RawStep s = sendHalf(f.async, t.model);
+        RawStep s = sendHalf(f.async(), t.model);
         awaitAssembling(t.model, STEP);
         s.halfClose();
         assertEquals(Status.Code.OK, s.awaitClose().getCode(), "a stream ended between steps closes normally");
@@ -221,7 +214,7 @@ class AbortedStepTest {
 
         // Stream A is midway through step 3.
         float[][] gA = grads(3);
-        RawStep a = RawStep.open(f.async, t.model).chunk(STEP, 0, 0, le(gA[0], 0, CHUNK_FLOATS));
+        RawStep a = RawStep.open(f.async(), t.model).chunk(STEP, 0, 0, le(gA[0], 0, CHUNK_FLOATS));
         awaitAssembling(t.model, STEP);
 
         // Another trainer's step arrives in its own buffers and is applied at once.
@@ -255,20 +248,20 @@ class AbortedStepTest {
     @EnumSource(names = {"CHUNK", "COMMIT"})
     void modelDeletedMidStepEndsTheStepWithNotFound(NextMessage next) {
         String name = "aborted-deleted-" + SEQ.incrementAndGet();
-        f.client.register(SidecarFixture.adamSpec(name), SidecarFixture.tensors(initialWeights(6)));
-        long reserved = f.server.registry().reservedBytes();
-        long size = f.client.describe(name).getMemoryBytes();
+        f.client().register(StandardModel.adamSpec(name), StandardModel.tensors(initialWeights(6)));
+        long reserved = f.server().registry().reservedBytes();
+        long size = f.client().describe(name).getMemoryBytes();
         float[][] g = grads(1);
-        RawStep s = RawStep.open(f.async, name).chunk(1, 0, 0, le(g[0], 0, CHUNK_FLOATS));
+        RawStep s = RawStep.open(f.async(), name).chunk(1, 0, 0, le(g[0], 0, CHUNK_FLOATS));
         if (next == NextMessage.COMMIT) {
             s.chunk(1, 0, CHUNK_FLOATS, le(g[0], CHUNK_FLOATS, g[0].length - CHUNK_FLOATS))
                     .tensor(1, g, 1).tensor(1, g, 2);
         }
         awaitAssembling(name, 1);
 
-        f.client.delete(name);
+        f.client().delete(name);
         f.assertNotFound(name);
-        assertEquals(reserved - size, f.server.registry().reservedBytes());
+        assertEquals(reserved - size, f.server().registry().reservedBytes());
 
         if (next == NextMessage.CHUNK) {
             s.chunk(1, 0, CHUNK_FLOATS, le(g[0], CHUNK_FLOATS, g[0].length - CHUNK_FLOATS))
@@ -296,24 +289,24 @@ class AbortedStepTest {
         String name = "aborted-big-" + SEQ.incrementAndGet();
         String twin = name + "-twin";
         ModelSpec spec = ModelSpec.newBuilder().setName(name)
-                .addTensors(SidecarFixture.tensor("big", n))
+                .addTensors(StandardModel.tensor("big", n))
                 .setOptimizer(dev.optsidecar.proto.v1.OptimizerConfig.newBuilder().setAlgorithm("Adam")
                         .setHyperparameters(struct("lr", 0.01, "betas", List.of(0.8, 0.9))))
                 .build();
-        float[] init = SidecarFixture.values(41, n);
-        f.client.register(spec, List.of(TensorData.of(init)));
-        f.client.register(spec.toBuilder().setName(twin).build(), List.of(TensorData.of(init)));
+        float[] init = StandardModel.values(41, n);
+        f.client().register(spec, List.of(TensorData.of(init)));
+        f.client().register(spec.toBuilder().setName(twin).build(), List.of(TensorData.of(init)));
         float[][] mine = {new float[n]};
         float[][] theirs = {new float[n]};
         for (int k = 1; k <= 2; k++) {
-            float[][] g = {SidecarFixture.values(500 + k, n)};
-            try (Trainer a = f.client.trainer(name, "a"); Trainer b = f.client.trainer(twin, "b")) {
+            float[][] g = {StandardModel.values(500 + k, n)};
+            try (Trainer a = f.client().trainer(name, "a"); Trainer b = f.client().trainer(twin, "b")) {
                 a.step(g, mine);
                 b.step(g, theirs);
             }
         }
-        float[][] g3 = {SidecarFixture.values(503, n)};
-        RawStep s = RawStep.openWithManualFlow(f.async, name, 1).all(STEP, g3).commit(STEP, ViewKind.VIEW_TRAIN);
+        float[][] g3 = {StandardModel.values(503, n)};
+        RawStep s = RawStep.openWithManualFlow(f.async(), name, 1).all(STEP, g3).commit(STEP, ViewKind.VIEW_TRAIN);
         awaitTrue("the first weights chunk", () -> !s.responses.isEmpty() || s.isClosed());
         StepResponse first = s.responses.get(0);
         assertTrue(first.hasWeights());
@@ -321,24 +314,24 @@ class AbortedStepTest {
         s.cancel();
         assertEquals(Status.Code.CANCELLED, s.awaitClose().getCode());
 
-        try (Trainer b = f.client.trainer(twin, "b")) {
+        try (Trainer b = f.client().trainer(twin, "b")) {
             b.step(g3, theirs);
         }
         assertTimeoutPreemptively(Duration.ofMillis(SidecarFixture.WAIT_MS), () -> {
-            assertEquals(3, f.client.describe(name).getVersion());
+            assertEquals(3, f.client().describe(name).getVersion());
             float[][] pulled = {new float[n]};
-            f.client.pull(name, List.of(TensorData.of(pulled[0])));
+            f.client().pull(name, List.of(TensorData.of(pulled[0])));
             assertBitsEqual1(theirs[0], pulled[0], "model after the committed step vs twin");
             // The next step from another stream needs the write lock the cancelled view held.
-            float[][] g4 = {SidecarFixture.values(504, n)};
-            try (Trainer a = f.client.trainer(name, "a"); Trainer b = f.client.trainer(twin, "b")) {
+            float[][] g4 = {StandardModel.values(504, n)};
+            try (Trainer a = f.client().trainer(name, "a"); Trainer b = f.client().trainer(twin, "b")) {
                 assertEquals(4, a.step(g4, mine).getVersion());
                 b.step(g4, theirs);
             }
             assertBitsEqual1(theirs[0], mine[0], "next step after the cancelled transfer, model vs twin");
         }, "the model is still held by the cancelled weights transfer");
-        f.client.delete(name);
-        f.client.delete(twin);
+        f.client().delete(name);
+        f.client().delete(twin);
     }
 
     private static void assertBitsEqual1(float[] expected, float[] actual, String what) {
@@ -354,10 +347,10 @@ class AbortedStepTest {
     @EnumSource(RegisterAbort.class)
     void abortedRegistrationLeavesNoModelAndFreesItsMemory(RegisterAbort how) throws Exception {
         String name = "aborted-register-" + SEQ.incrementAndGet();
-        ModelSpec spec = SidecarFixture.adamSpec(name);
-        long baseline = f.server.registry().reservedBytes();
+        ModelSpec spec = StandardModel.adamSpec(name);
+        long baseline = f.server().registry().reservedBytes();
         ManagedChannel channel = how == RegisterAbort.CHANNEL_SHUTDOWN_NOW ? f.channel() : null;
-        OptimizerGrpc.OptimizerStub stub = channel == null ? f.async : OptimizerGrpc.newStub(channel);
+        OptimizerGrpc.OptimizerStub stub = channel == null ? f.async() : OptimizerGrpc.newStub(channel);
         try {
             CompletableFuture<Status> done = new CompletableFuture<>();
             List<ClientCallStreamObserver<RegisterRequest>> call = new ArrayList<>();
@@ -387,7 +380,7 @@ class AbortedStepTest {
                     .setTensor(0).setOffset(0).setData(le(w, 0, CHUNK_FLOATS))).build());
             // The server has taken the spec: the model's memory is reserved.
             awaitTrue("the server to reserve the model's memory",
-                    () -> f.server.registry().reservedBytes() > baseline);
+                    () -> f.server().registry().reservedBytes() > baseline);
             if (how == RegisterAbort.CLIENT_CANCELS) {
                 req.cancel("test cancels the registration", null);
             } else {
@@ -396,7 +389,7 @@ class AbortedStepTest {
             assertTrue(done.get(SidecarFixture.WAIT_MS, TimeUnit.MILLISECONDS).getCode() != Status.Code.OK);
 
             awaitTrue("the server to free the aborted model's memory",
-                    () -> f.server.registry().reservedBytes() == baseline);
+                    () -> f.server().registry().reservedBytes() == baseline);
             f.assertNotFound(name);
         } finally {
             if (channel != null) {
@@ -405,9 +398,9 @@ class AbortedStepTest {
             }
         }
         // The name is free again.
-        f.client.register(spec, SidecarFixture.tensors(initialWeights(4)));
+        f.client().register(spec, StandardModel.tensors(initialWeights(4)));
         assertBitsEqual(initialWeights(4), f.pull(name), "weights of the model registered after the abort");
-        f.client.delete(name);
+        f.client().delete(name);
     }
 
     @Test
@@ -415,8 +408,8 @@ class AbortedStepTest {
     void serverSurvivesAllOfTheAbove() {
         f.assertServerHealthy("aborted-health");
         // A brand-new client connection is served too.
-        try (OptSidecarClient other = OptSidecarClient.connect("127.0.0.1:" + f.server.port())) {
-            assertEquals(f.client.list(), other.list());
+        try (OptSidecarClient other = f.connect()) {
+            assertEquals(f.client().list(), other.list());
         }
     }
 

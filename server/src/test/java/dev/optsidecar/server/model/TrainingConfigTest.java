@@ -1,4 +1,4 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.model;
 
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.proto.v1.EmaShadow;
@@ -6,6 +6,8 @@ import dev.optsidecar.proto.v1.Lookahead;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.Schedule;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.TestData;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import org.junit.jupiter.api.extension.RegisterExtension;
@@ -22,7 +24,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /** Bad schedule, EMA, Lookahead and clipping settings: INVALID_ARGUMENT naming the field, no model. */
 class TrainingConfigTest {
     @RegisterExtension
-    static final LiveServer LIVE = new LiveServer(1, 1L << 26);
+    static final SidecarFixture LIVE = SidecarFixture.inProcess(1, 1L << 26);
 
 
     record Bad(String what, String algorithm, UnaryOperator<OptimizerConfig.Builder> edit, String field) {

@@ -1,13 +1,11 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.model;
 
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;
 import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.AsyncOptions;
-import dev.optsidecar.proto.v1.Combine;
 import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.Coordination;
-import dev.optsidecar.proto.v1.CoordinationMode;
 import dev.optsidecar.proto.v1.CoordinationStatus;
 import dev.optsidecar.proto.v1.HistoryRequest;
 import dev.optsidecar.proto.v1.ModelSpec;
@@ -15,9 +13,13 @@ import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.proto.v1.PullRequest;
 import dev.optsidecar.proto.v1.StalePolicy;
 import dev.optsidecar.proto.v1.StepResult;
-import dev.optsidecar.proto.v1.SyncOptions;
 import dev.optsidecar.proto.v1.VersionContributions;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.RawStep;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.SidecarServer;
+import dev.optsidecar.server.StandardModel;
+import dev.optsidecar.server.TestData;
 import io.grpc.ManagedChannel;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
@@ -38,6 +40,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 
+import static dev.optsidecar.server.TestData.sync;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -46,37 +49,32 @@ import static org.junit.jupiter.api.Assertions.assertTimeoutPreemptively;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * Several trainers on one model, over real sockets, with deterministic checks: sync steps equal one
- * trainer feeding the mean gradient; async steps equal one trainer replaying the recorded order;
- * every (client, step) is applied exactly once; stragglers, late and stale gradients, departures.
+ * Several trainers on one model, with deterministic checks: sync steps equal one trainer feeding
+ * the mean gradient; async steps equal one trainer replaying the recorded order; every (client,
+ * step) is applied exactly once; stragglers, late and stale gradients, departures.
  */
 class ParameterServerTest {
     static final long[] SIZES = {2_000, 7};
     static final int CLIENTS = 8;
     static final int STEPS = 200;
+    private static SidecarFixture f;
     private static SidecarServer server;
     private static OptSidecarClient client;
 
     @BeforeAll
     static void start() throws Exception {
-        server = SidecarServer.start("127.0.0.1", 0, 2, 1L << 30);
-        client = OptSidecarClient.connect("127.0.0.1:" + server.port());
+        f = SidecarFixture.inProcess().start();
+        server = f.server();
+        client = f.client();
     }
 
     @AfterAll
     static void stop() {
-        client.close();
-        server.close();
+        f.close();
     }
 
     static ModelSpec spec(String name, Coordination coordination) {
         return TestData.spec(name, "Adam", TestData.hp("lr", 0.01), SIZES).setCoordination(coordination).build();
-    }
-
-    static Coordination sync(int k, int timeoutMs, int minK) {
-        return Coordination.newBuilder().setMode(CoordinationMode.COORDINATION_SYNC)
-                .setSync(SyncOptions.newBuilder().setK(k).setCombine(Combine.COMBINE_MEAN).setTimeoutMs(timeoutMs).setMinK(minK))
-                .build();
     }
 
     static float[][] grad(int clientIndex, int step) {
@@ -112,7 +110,7 @@ class ParameterServerTest {
 
     static synchronized ManagedChannel channel() {
         if (channel == null) {
-            channel = SidecarFixture.channelTo(server.port());
+            channel = f.channel();
         }
         return channel;
     }
@@ -154,7 +152,7 @@ class ParameterServerTest {
         register(spec("sync8", sync(CLIENTS, 0, 0)));
         List<float[][]> finals = assertTimeoutPreemptively(Duration.ofSeconds(120), () -> train("sync8", STEPS));
         for (float[][] w : finals) { // every contributor received the same weights
-            SidecarFixture.assertBitsEqual(finals.get(0), w, "final weights of two trainers");
+            StandardModel.assertBitsEqual(finals.get(0), w, "final weights of two trainers");
         }
 
         register(spec("sync8-reference", Coordination.getDefaultInstance()));
@@ -178,7 +176,7 @@ class ParameterServerTest {
                 one.step(mean, expected);
             }
         }
-        SidecarFixture.assertBitsEqual(expected, pull("sync8"), "sync model vs one trainer with the mean gradient");
+        StandardModel.assertBitsEqual(expected, pull("sync8"), "sync model vs one trainer with the mean gradient");
 
         List<VersionContributions> history = history("sync8");
         assertEquals(STEPS, history.size());
@@ -223,7 +221,7 @@ class ParameterServerTest {
                 one.step(grad(Integer.parseInt(c.getClientId().substring(1)), (int) c.getStepId()), replayed);
             }
         }
-        SidecarFixture.assertBitsEqual(replayed, pull("async8"), "async model vs its history replayed by one trainer");
+        StandardModel.assertBitsEqual(replayed, pull("async8"), "async model vs its history replayed by one trainer");
         CoordinationStatus status = client.describe("async8").getCoordination();
         assertEquals((long) CLIENTS * STEPS, status.getStalenessHistogramList().stream().mapToLong(Long::longValue).sum());
     }
@@ -277,7 +275,7 @@ class ParameterServerTest {
             StepResult late = c.step(grad(2, 1), w);
             assertTrue(late.getLate());
             assertEquals(1, late.getVersion());
-            SidecarFixture.assertBitsEqual(pull("straggler"), w, "a late contributor receives the current weights");
+            StandardModel.assertBitsEqual(pull("straggler"), w, "a late contributor receives the current weights");
         }
         CoordinationStatus status = client.describe("straggler").getCoordination();
         assertEquals(1, status.getStepsTimedOut());

@@ -1,4 +1,4 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.model;
 
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;
@@ -12,6 +12,7 @@ import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.SyncOptions;
 import dev.optsidecar.proto.v1.TensorSpec;
+import dev.optsidecar.server.SidecarFixture;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 
@@ -39,16 +40,16 @@ class SyncMemoryTest {
     @Test
     @Timeout(60)
     void sharedWeightCopiesAreReleasedOnce() throws Exception {
-        try (SidecarFixture f = SidecarFixture.start()) {
-            long empty = f.server.registry().reservedBytes();
-            f.client.register(ModelSpec.newBuilder()
+        try (SidecarFixture f = SidecarFixture.inProcess().start()) {
+            long empty = f.server().registry().reservedBytes();
+            f.client().register(ModelSpec.newBuilder()
                     .setName("sync-memory")
                     .addTensors(TensorSpec.newBuilder().setName("w").addShape(PARAMS))
                     .setOptimizer(OptimizerConfig.newBuilder().setAlgorithm("RAdam"))
                     .setCoordination(Coordination.newBuilder().setMode(CoordinationMode.COORDINATION_SYNC)
                             .setSync(SyncOptions.newBuilder().setK(TRAINERS).setCombine(Combine.COMBINE_MEAN)))
                     .build(), List.of(TensorData.of(new float[PARAMS])));
-            long modelOnly = f.server.registry().reservedBytes();
+            long modelOnly = f.server().registry().reservedBytes();
 
             ExecutorService pool = Executors.newFixedThreadPool(TRAINERS);
             CountDownLatch start = new CountDownLatch(TRAINERS);
@@ -62,7 +63,7 @@ class SyncMemoryTest {
                         float[][] weights = {new float[PARAMS]};
                         java.util.Arrays.fill(grads[0], value);
                         long count = 0;
-                        try (OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + f.server.port());
+                        try (OptSidecarClient client = f.connect();
                              Trainer trainer = client.trainer("sync-memory", id)) {
                             start.countDown();
                             start.await();
@@ -83,19 +84,19 @@ class SyncMemoryTest {
                 pool.shutdownNow();
             }
 
-            ModelInfo info = f.client.describe("sync-memory");
+            ModelInfo info = f.client().describe("sync-memory");
             assertEquals(STEPS, info.getVersion());
             assertEquals((long) TRAINERS * STEPS, info.getCoordination().getContributionsApplied());
             // The trainers' streams end asynchronously; then their gradient buffers are freed too.
-            awaitTrue("the trainers to detach", () -> f.client.describe("sync-memory").getCoordination()
+            awaitTrue("the trainers to detach", () -> f.client().describe("sync-memory").getCoordination()
                     .getTrainersCount() == 0);
             long deadline = System.nanoTime() + java.util.concurrent.TimeUnit.SECONDS.toNanos(10);
-            while (f.server.registry().reservedBytes() != modelOnly && System.nanoTime() < deadline) {
+            while (f.server().registry().reservedBytes() != modelOnly && System.nanoTime() < deadline) {
                 Thread.sleep(2);
             }
-            assertEquals(modelOnly, f.server.registry().reservedBytes(), "bytes held once the trainers left");
-            f.client.delete("sync-memory");
-            assertEquals(empty, f.server.registry().reservedBytes());
+            assertEquals(modelOnly, f.server().registry().reservedBytes(), "bytes held once the trainers left");
+            f.client().delete("sync-memory");
+            assertEquals(empty, f.server().registry().reservedBytes());
         }
     }
 }

@@ -1,4 +1,4 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.api;
 
 import com.google.protobuf.ByteString;
 import dev.optsidecar.proto.v1.StepCommit;
@@ -6,14 +6,17 @@ import dev.optsidecar.proto.v1.StepRequest;
 import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.RawStep;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.StandardModel;
+import dev.optsidecar.server.Twins;
 import io.grpc.Status;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.MethodOrderer;
 import org.junit.jupiter.api.Named;
 import org.junit.jupiter.api.Order;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestMethodOrder;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -22,10 +25,10 @@ import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.BiConsumer;
 import java.util.stream.Stream;
 
-import static dev.optsidecar.server.SidecarFixture.CHUNK_FLOATS;
-import static dev.optsidecar.server.SidecarFixture.assertBitsEqual;
-import static dev.optsidecar.server.SidecarFixture.assertStatus;
-import static dev.optsidecar.server.SidecarFixture.le;
+import static dev.optsidecar.server.StandardModel.CHUNK_FLOATS;
+import static dev.optsidecar.server.StandardModel.assertBitsEqual;
+import static dev.optsidecar.server.StandardModel.le;
+import static dev.optsidecar.server.StatusAssertions.assertStatus;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -34,27 +37,16 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * or tensor, and leaves the model exactly as it was: the same weights, version and description,
  * and the same optimizer state, shown by the next valid step matching a twin model's bit for bit.
  *
- * <p>Tensors (see {@link SidecarFixture}): 0 = {@code w} (300 000 floats, chunks [0, 262144) and
+ * <p>Tensors (see {@link StandardModel}): 0 = {@code w} (300 000 floats, chunks [0, 262144) and
  * [262144, 300000)), 1 = {@code b} (500), 2 = {@code scale} (1).
  */
 @TestMethodOrder(MethodOrderer.OrderAnnotation.class)
 class RejectedStepTest {
     private static final long STEP = 100;
     private static final float[] FOUR = {0.5f, -0.25f, 1f, 2f};
-    private static SidecarFixture f;
+    @RegisterExtension
+    static final SidecarFixture f = SidecarFixture.inProcess();
     private static final AtomicInteger SEQ = new AtomicInteger();
-
-    @BeforeAll
-    static void startServer() throws Exception {
-        f = SidecarFixture.start();
-    }
-
-    @AfterAll
-    static void stopServer() {
-        if (f != null) {
-            f.close();
-        }
-    }
 
     /** What a bad step sends (given its gradients), and the status it must end with. */
     record BadStep(BiConsumer<RawStep, float[][]> send, Status.Code code, String... fragments) {}
@@ -168,11 +160,11 @@ class RejectedStepTest {
     @ParameterizedTest(name = "{0}")
     @MethodSource("badSteps")
     void rejectedStepChangesNothing(BadStep bad) {
-        Twins t = Twins.register(f, SidecarFixture.adamSpec("rejected-" + SEQ.incrementAndGet()), 11).validSteps(2);
+        Twins t = Twins.register(f, StandardModel.adamSpec("rejected-" + SEQ.incrementAndGet()), 11).validSteps(2);
         Twins.Snapshot before = t.snapshot();
 
-        RawStep s = RawStep.open(f.async, t.model);
-        bad.send().accept(s, SidecarFixture.grads(77));
+        RawStep s = RawStep.open(f.async(), t.model);
+        bad.send().accept(s, StandardModel.grads(77));
         assertStatus(bad.code(), s.awaitClose(), bad.fragments());
         assertTrue(s.responses.isEmpty(), () -> "a rejected step sent back " + s.responses);
 
@@ -187,20 +179,20 @@ class RejectedStepTest {
      */
     @Test
     void badStepAfterAValidStepOnTheSameStream() {
-        Twins t = Twins.register(f, SidecarFixture.adamSpec("rejected-after-valid"), 12).validSteps(2);
-        float[][] g3 = SidecarFixture.grads(3);
+        Twins t = Twins.register(f, StandardModel.adamSpec("rejected-after-valid"), 12).validSteps(2);
+        float[][] g3 = StandardModel.grads(3);
 
-        RawStep s = RawStep.open(f.async, t.model).all(1, g3).commit(1, ViewKind.VIEW_TRAIN);
+        RawStep s = RawStep.open(f.async(), t.model).all(1, g3).commit(1, ViewKind.VIEW_TRAIN);
         SidecarFixture.awaitTrue("the valid step's result", () -> s.responses.stream().anyMatch(StepResponse::hasResult)
                 || s.isClosed());
         assertEquals(3, s.responses.stream().filter(StepResponse::hasResult).findFirst().orElseThrow()
                 .getResult().getVersion());
-        float[][] twin3 = SidecarFixture.zeros();
+        float[][] twin3 = StandardModel.zeros();
         f.step(t.twin, g3, twin3);
         Twins.Snapshot before = t.snapshot();
         assertBitsEqual(twin3, before.weights(), "model after the valid raw step vs twin");
 
-        s.tensor(2, SidecarFixture.grads(77), 0).chunk(2, 1, 0, ByteString.copyFrom(new byte[7]));
+        s.tensor(2, StandardModel.grads(77), 0).chunk(2, 1, 0, ByteString.copyFrom(new byte[7]));
         assertStatus(Status.Code.INVALID_ARGUMENT, s.awaitClose(), "chunk.data", "'b'", "7 bytes");
         t.assertUnchanged(before);
         // Both have had three valid steps; the twin helper counts two, so align it.
@@ -212,20 +204,24 @@ class RejectedStepTest {
     /**
      * A chunk message over the server's 4 MiB message limit never reaches the service: gRPC
      * itself ends the call with RESOURCE_EXHAUSTED. The half-assembled step is dropped all the same.
+     * The limit is the socket transport's (in-process calls pass messages without a size), so this
+     * one runs on a socket.
      */
     @Test
-    void messageOverTheTransportLimitChangesNothing() {
-        Twins t = Twins.register(f, SidecarFixture.adamSpec("rejected-oversized"), 13).validSteps(2);
-        Twins.Snapshot before = t.snapshot();
-        float[][] g = SidecarFixture.grads(78);
-        RawStep s = RawStep.open(f.async, t.model).tensor(STEP, g, 1)
-                .chunk(STEP, 0, 0, ByteString.copyFrom(new byte[5 << 20]));
-        Status status = s.awaitClose();
-        assertEquals(Status.Code.RESOURCE_EXHAUSTED, status.getCode(), () -> "status " + status);
-        assertTrue(String.valueOf(status.getDescription()).contains("4194304"), () -> "status " + status);
-        t.assertUnchanged(before);
-        t.assertStateMatchesTwin(true);
-        t.delete();
+    void messageOverTheTransportLimitChangesNothing() throws Exception {
+        try (SidecarFixture socket = SidecarFixture.onSocket().start()) {
+            Twins t = Twins.register(socket, StandardModel.adamSpec("rejected-oversized"), 13).validSteps(2);
+            Twins.Snapshot before = t.snapshot();
+            float[][] g = StandardModel.grads(78);
+            RawStep s = RawStep.open(socket.async(), t.model).tensor(STEP, g, 1)
+                    .chunk(STEP, 0, 0, ByteString.copyFrom(new byte[5 << 20]));
+            Status status = s.awaitClose();
+            assertEquals(Status.Code.RESOURCE_EXHAUSTED, status.getCode(), () -> "status " + status);
+            assertTrue(String.valueOf(status.getDescription()).contains("4194304"), () -> "status " + status);
+            t.assertUnchanged(before);
+            t.assertStateMatchesTwin(true);
+            t.delete();
+        }
     }
 
     @Test

@@ -1,4 +1,4 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.api;
 
 import dev.optsidecar.client.TensorData;
 import dev.optsidecar.proto.v1.DeleteRequest;
@@ -14,15 +14,17 @@ import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.RawStep;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.StandardModel;
 import io.grpc.Status;
 import io.grpc.stub.StreamObserver;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.MethodOrderer;
 import org.junit.jupiter.api.Named;
 import org.junit.jupiter.api.Order;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestMethodOrder;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -36,37 +38,26 @@ import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.UnaryOperator;
 import java.util.stream.Stream;
 
-import static dev.optsidecar.server.SidecarFixture.assertBitsEqual;
-import static dev.optsidecar.server.SidecarFixture.assertStatus;
-import static dev.optsidecar.server.SidecarFixture.initialWeights;
-import static dev.optsidecar.server.SidecarFixture.le;
-import static dev.optsidecar.server.SidecarFixture.spec;
-import static dev.optsidecar.server.SidecarFixture.struct;
-import static dev.optsidecar.server.SidecarFixture.tensors;
+import static dev.optsidecar.server.StandardModel.assertBitsEqual;
+import static dev.optsidecar.server.StandardModel.initialWeights;
+import static dev.optsidecar.server.StandardModel.le;
+import static dev.optsidecar.server.StandardModel.spec;
+import static dev.optsidecar.server.StandardModel.tensors;
+import static dev.optsidecar.server.StatusAssertions.assertStatus;
+import static dev.optsidecar.server.TestData.struct;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 
 /**
- * Bad Register input and unknown models, end to end over a real socket: each case gets the
+ * Bad Register input and unknown models, end to end through the service: each case gets the
  * documented status with a description naming the field, tensor or model, and a refused
  * registration leaves nothing behind (no model, no reserved memory).
  */
 @TestMethodOrder(MethodOrderer.OrderAnnotation.class)
 class BadInputTest {
-    private static SidecarFixture f;
+    @RegisterExtension
+    static final SidecarFixture f = SidecarFixture.inProcess();
     private static final AtomicInteger SEQ = new AtomicInteger();
-
-    @BeforeAll
-    static void startServer() throws Exception {
-        f = SidecarFixture.start();
-    }
-
-    @AfterAll
-    static void stopServer() {
-        if (f != null) {
-            f.close();
-        }
-    }
 
     private static String unique(String prefix) {
         return prefix + "-" + SEQ.incrementAndGet();
@@ -136,23 +127,23 @@ class BadInputTest {
                     return b;
                 }, invalid, "spec.optimizer.non_finite"),
                 badSpec("dimension 0", b -> {
-                    b.setTensors(1, SidecarFixture.tensor("b", 0));
+                    b.setTensors(1, StandardModel.tensor("b", 0));
                     return b;
                 }, invalid, "spec.tensors[1].shape[0]", "'b'"),
                 badSpec("dimension 0 after a good one", b -> {
-                    b.setTensors(0, SidecarFixture.tensor("w", 600, 0));
+                    b.setTensors(0, StandardModel.tensor("w", 600, 0));
                     return b;
                 }, invalid, "spec.tensors[0].shape[1]", "'w'"),
                 badSpec("dimension beyond 2^63 (uint64)", b -> {
-                    b.setTensors(1, SidecarFixture.tensor("b", -1L));
+                    b.setTensors(1, StandardModel.tensor("b", -1L));
                     return b;
                 }, invalid, "spec.tensors[1].shape[0]", "'b'", "18446744073709551615"),
                 badSpec("element count overflows", b -> {
-                    b.setTensors(1, SidecarFixture.tensor("b", 1L << 40, 1L << 40));
+                    b.setTensors(1, StandardModel.tensor("b", 1L << 40, 1L << 40));
                     return b;
                 }, invalid, "spec.tensors[1].shape", "'b'"),
                 badSpec("duplicate tensor name", b -> {
-                    b.setTensors(2, SidecarFixture.tensor("b", 3));
+                    b.setTensors(2, StandardModel.tensor("b", 3));
                     return b;
                 }, invalid, "spec.tensors[2].name", "duplicate", "'b'"),
                 badSpec("empty tensor name", b -> {
@@ -185,9 +176,9 @@ class BadInputTest {
     @MethodSource("badSpecs")
     void badSpecIsRejectedAndLeavesNothing(BadSpec bad) {
         String name = unique("badspec");
-        ModelSpec.Builder b = SidecarFixture.adamSpec(name).toBuilder();
+        ModelSpec.Builder b = StandardModel.adamSpec(name).toBuilder();
         ModelSpec spec = bad.edit().apply(b).build();
-        long reserved = f.server.registry().reservedBytes();
+        long reserved = f.server().registry().reservedBytes();
         // The client uploads weights for the spec's tensors; give it one zero tensor per entry.
         List<TensorData> weights = new ArrayList<>();
         for (TensorSpec t : spec.getTensorsList()) {
@@ -197,11 +188,11 @@ class BadInputTest {
             }
             weights.add(TensorData.of(new float[(int) Math.max(0, Math.min(numel, 1_000_000))]));
         }
-        assertStatus(bad.code(), () -> f.client.register(spec, weights), bad.fragments());
+        assertStatus(bad.code(), () -> f.client().register(spec, weights), bad.fragments());
         if (!spec.getName().isEmpty()) {
             f.assertNotFound(spec.getName());
         }
-        assertEquals(reserved, f.server.registry().reservedBytes(), "memory still reserved after a refused Register");
+        assertEquals(reserved, f.server().registry().reservedBytes(), "memory still reserved after a refused Register");
     }
 
     // ------------------------------------------------------------------------------------------
@@ -210,7 +201,7 @@ class BadInputTest {
     /** Sends {@code messages} on a raw Register stream, half-closes it and returns how it ended. */
     private static Status rawRegister(List<RegisterRequest> messages) {
         CompletableFuture<Status> done = new CompletableFuture<>();
-        StreamObserver<RegisterRequest> req = f.async.register(new StreamObserver<>() {
+        StreamObserver<RegisterRequest> req = f.async().register(new StreamObserver<>() {
             @Override
             public void onNext(ModelInfo value) {}
 
@@ -246,8 +237,8 @@ class BadInputTest {
     private static List<RegisterRequest> allWeights(float[][] w) {
         List<RegisterRequest> out = new ArrayList<>();
         for (int t = 0; t < w.length; t++) {
-            for (int off = 0; off < w[t].length; off += SidecarFixture.CHUNK_FLOATS) {
-                int n = Math.min(SidecarFixture.CHUNK_FLOATS, w[t].length - off);
+            for (int off = 0; off < w[t].length; off += StandardModel.CHUNK_FLOATS) {
+                int n = Math.min(StandardModel.CHUNK_FLOATS, w[t].length - off);
                 out.add(weights(t, off, le(w[t], off, n)));
             }
         }
@@ -319,20 +310,20 @@ class BadInputTest {
     void badInitialWeightsAreRejectedAndTheModelDoesNotExist(BadWeights bad) {
         String name = unique("badweights");
         List<RegisterRequest> messages = new ArrayList<>();
-        messages.add(specMessage(SidecarFixture.adamSpec(name)));
+        messages.add(specMessage(StandardModel.adamSpec(name)));
         messages.addAll(allWeights(initialWeights(3)));
-        long reserved = f.server.registry().reservedBytes();
+        long reserved = f.server().registry().reservedBytes();
         Status status = rawRegister(bad.edit().apply(messages));
         assertStatus(bad.code(), status, bad.fragments());
         f.assertNotFound(name);
-        assertEquals(reserved, f.server.registry().reservedBytes(), "memory still reserved after a refused Register");
+        assertEquals(reserved, f.server().registry().reservedBytes(), "memory still reserved after a refused Register");
         // The same name is free: the full, valid upload now succeeds.
         List<RegisterRequest> good = new ArrayList<>();
-        good.add(specMessage(SidecarFixture.adamSpec(name)));
+        good.add(specMessage(StandardModel.adamSpec(name)));
         good.addAll(allWeights(initialWeights(3)));
         assertEquals(Status.Code.OK, rawRegister(good).getCode());
         assertBitsEqual(initialWeights(3), f.pull(name), "weights registered after the refused attempt");
-        f.client.delete(name);
+        f.client().delete(name);
     }
 
     // ------------------------------------------------------------------------------------------
@@ -342,23 +333,23 @@ class BadInputTest {
     void duplicateModelNameIsAlreadyExistsAndTheFirstModelIsUntouched() {
         String name = unique("dup");
         float[][] first = initialWeights(5);
-        f.client.register(SidecarFixture.adamSpec(name), tensors(first));
-        ModelInfo before = f.client.describe(name);
-        long reserved = f.server.registry().reservedBytes();
+        f.client().register(StandardModel.adamSpec(name), tensors(first));
+        ModelInfo before = f.client().describe(name);
+        long reserved = f.server().registry().reservedBytes();
 
         assertStatus(Status.Code.ALREADY_EXISTS,
-                () -> f.client.register(SidecarFixture.adamSpec(name), tensors(initialWeights(6))),
+                () -> f.client().register(StandardModel.adamSpec(name), tensors(initialWeights(6))),
                 "spec.name", "'" + name + "'");
         // A different spec under the same name is refused the same way.
         assertStatus(Status.Code.ALREADY_EXISTS,
-                () -> f.client.register(spec(name, "SGD", struct("lr", 0.1), NonFinitePolicy.NON_FINITE_SKIP),
+                () -> f.client().register(spec(name, "SGD", struct("lr", 0.1), NonFinitePolicy.NON_FINITE_SKIP),
                         tensors(initialWeights(7))),
                 "spec.name", "'" + name + "'");
 
-        assertEquals(before, f.client.describe(name));
+        assertEquals(before, f.client().describe(name));
         assertBitsEqual(first, f.pull(name), "weights of the first model");
-        assertEquals(reserved, f.server.registry().reservedBytes());
-        f.client.delete(name);
+        assertEquals(reserved, f.server().registry().reservedBytes());
+        f.client().delete(name);
     }
 
     /**
@@ -368,9 +359,9 @@ class BadInputTest {
     @Test
     void nameTakenWhileRegisteringIsAlreadyExistsAtPublish() throws Exception {
         String name = unique("race");
-        long reserved = f.server.registry().reservedBytes();
+        long reserved = f.server().registry().reservedBytes();
         CompletableFuture<Status> done = new CompletableFuture<>();
-        StreamObserver<RegisterRequest> slow = f.async.register(new StreamObserver<>() {
+        StreamObserver<RegisterRequest> slow = f.async().register(new StreamObserver<>() {
             @Override
             public void onNext(ModelInfo value) {}
 
@@ -386,20 +377,20 @@ class BadInputTest {
         });
         float[][] slowWeights = initialWeights(12);
         List<RegisterRequest> messages = allWeights(slowWeights);
-        slow.onNext(specMessage(SidecarFixture.adamSpec(name)));
+        slow.onNext(specMessage(StandardModel.adamSpec(name)));
         messages.forEach(slow::onNext);
         SidecarFixture.awaitTrue("the first registration to reserve its memory",
-                () -> f.server.registry().reservedBytes() > reserved);
+                () -> f.server().registry().reservedBytes() > reserved);
         f.assertNotFound(name);
 
         float[][] fastWeights = initialWeights(13);
-        f.client.register(SidecarFixture.adamSpec(name), tensors(fastWeights));
+        f.client().register(StandardModel.adamSpec(name), tensors(fastWeights));
         slow.onCompleted();
         assertStatus(Status.Code.ALREADY_EXISTS, done.get(SidecarFixture.WAIT_MS, TimeUnit.MILLISECONDS),
                 "spec.name", "'" + name + "'");
         assertBitsEqual(fastWeights, f.pull(name), "weights of the registration that completed first");
-        assertEquals(reserved + f.client.describe(name).getMemoryBytes(), f.server.registry().reservedBytes());
-        f.client.delete(name);
+        assertEquals(reserved + f.client().describe(name).getMemoryBytes(), f.server().registry().reservedBytes());
+        f.client().delete(name);
     }
 
     @Test
@@ -407,34 +398,34 @@ class BadInputTest {
         // The standard Adam model takes 300 501 floats x (weights, gradient, 2 moments) = 4 808 016 bytes,
         // and each trainer stepping it its own gradient buffer of 1 202 004 bytes.
         long limit = 6_100_000;
-        try (SidecarFixture small = SidecarFixture.start(limit)) {
+        try (SidecarFixture small = SidecarFixture.inProcess(limit).start()) {
             String big = "too-big";
             ModelSpec bigSpec = ModelSpec.newBuilder().setName(big)
-                    .addTensors(SidecarFixture.tensor("huge", 1L << 40))
+                    .addTensors(StandardModel.tensor("huge", 1L << 40))
                     .setOptimizer(OptimizerConfig.newBuilder().setAlgorithm("Adam"))
                     .build();
             assertStatus(Status.Code.RESOURCE_EXHAUSTED,
-                    () -> small.client.register(bigSpec, List.of(TensorData.of(new float[1]))),
+                    () -> small.client().register(bigSpec, List.of(TensorData.of(new float[1]))),
                     "'" + big + "'", "memory limit");
             small.assertNotFound(big);
-            assertEquals(0, small.server.registry().reservedBytes());
+            assertEquals(0, small.server().registry().reservedBytes());
 
             // One standard model fits; a second does not, and is refused without leaking.
-            small.client.register(SidecarFixture.adamSpec("fits"), tensors(initialWeights(1)));
-            long used = small.server.registry().reservedBytes();
-            assertEquals(small.client.describe("fits").getMemoryBytes(), used);
+            small.client().register(StandardModel.adamSpec("fits"), tensors(initialWeights(1)));
+            long used = small.server().registry().reservedBytes();
+            assertEquals(small.client().describe("fits").getMemoryBytes(), used);
             assertStatus(Status.Code.RESOURCE_EXHAUSTED,
-                    () -> small.client.register(SidecarFixture.adamSpec("second"), tensors(initialWeights(2))),
+                    () -> small.client().register(StandardModel.adamSpec("second"), tensors(initialWeights(2))),
                     "'second'", "memory limit");
             small.assertNotFound("second");
-            assertEquals(used, small.server.registry().reservedBytes());
+            assertEquals(used, small.server().registry().reservedBytes());
 
             // Deleting the first frees its memory: now the second fits.
-            small.client.delete("fits");
-            assertEquals(0, small.server.registry().reservedBytes());
-            small.client.register(SidecarFixture.adamSpec("second"), tensors(initialWeights(2)));
+            small.client().delete("fits");
+            assertEquals(0, small.server().registry().reservedBytes());
+            small.client().register(StandardModel.adamSpec("second"), tensors(initialWeights(2)));
             assertBitsEqual(initialWeights(2), small.pull("second"), "weights of the model registered after the delete");
-            small.client.delete("second");
+            small.client().delete("second");
             small.assertServerHealthy("small-health");
         }
     }
@@ -446,60 +437,60 @@ class BadInputTest {
     void unknownModelIsNotFoundEverywhere() {
         String ghost = "ghost-model";
         f.assertNotFound(ghost);
-        assertStatus(Status.Code.NOT_FOUND, () -> f.client.pull(ghost, tensors(SidecarFixture.zeros())), "'" + ghost + "'");
+        assertStatus(Status.Code.NOT_FOUND, () -> f.client().pull(ghost, tensors(StandardModel.zeros())), "'" + ghost + "'");
         assertStatus(Status.Code.NOT_FOUND,
-                () -> drain(f.blocking.pull(PullRequest.newBuilder().setModel(ghost).build())), "model", "'" + ghost + "'");
+                () -> drain(f.blocking().pull(PullRequest.newBuilder().setModel(ghost).build())), "model", "'" + ghost + "'");
         assertStatus(Status.Code.NOT_FOUND,
-                () -> f.blocking.describe(DescribeRequest.newBuilder().setModel(ghost).build()), "model", "'" + ghost + "'");
-        assertStatus(Status.Code.NOT_FOUND, () -> f.client.delete(ghost), "model", "'" + ghost + "'");
+                () -> f.blocking().describe(DescribeRequest.newBuilder().setModel(ghost).build()), "model", "'" + ghost + "'");
+        assertStatus(Status.Code.NOT_FOUND, () -> f.client().delete(ghost), "model", "'" + ghost + "'");
         assertStatus(Status.Code.NOT_FOUND,
-                () -> f.blocking.delete(DeleteRequest.newBuilder().setModel(ghost).build()), "'" + ghost + "'");
+                () -> f.blocking().delete(DeleteRequest.newBuilder().setModel(ghost).build()), "'" + ghost + "'");
         // The client's trainer describes the model first.
-        assertStatus(Status.Code.NOT_FOUND, () -> f.client.trainer(ghost, "t"), "'" + ghost + "'");
+        assertStatus(Status.Code.NOT_FOUND, () -> f.client().trainer(ghost, "t"), "'" + ghost + "'");
         // A raw Step stream: StepOpen names the model.
-        RawStep s = RawStep.open(f.async, ghost);
+        RawStep s = RawStep.open(f.async(), ghost);
         assertStatus(Status.Code.NOT_FOUND, s.awaitClose(), "open.model", "'" + ghost + "'");
     }
 
     @Test
     void deletedModelIsNotFoundEverywhere() {
         String name = unique("deleted");
-        f.client.register(SidecarFixture.adamSpec(name), tensors(initialWeights(8)));
-        long reserved = f.server.registry().reservedBytes();
-        long size = f.client.describe(name).getMemoryBytes();
-        f.client.delete(name);
-        assertEquals(reserved - size, f.server.registry().reservedBytes());
+        f.client().register(StandardModel.adamSpec(name), tensors(initialWeights(8)));
+        long reserved = f.server().registry().reservedBytes();
+        long size = f.client().describe(name).getMemoryBytes();
+        f.client().delete(name);
+        assertEquals(reserved - size, f.server().registry().reservedBytes());
         f.assertNotFound(name);
-        assertStatus(Status.Code.NOT_FOUND, () -> f.client.pull(name, tensors(SidecarFixture.zeros())), "'" + name + "'");
-        assertStatus(Status.Code.NOT_FOUND, () -> f.client.delete(name), "'" + name + "'");
-        assertStatus(Status.Code.NOT_FOUND, RawStep.open(f.async, name).awaitClose(), "open.model", "'" + name + "'");
+        assertStatus(Status.Code.NOT_FOUND, () -> f.client().pull(name, tensors(StandardModel.zeros())), "'" + name + "'");
+        assertStatus(Status.Code.NOT_FOUND, () -> f.client().delete(name), "'" + name + "'");
+        assertStatus(Status.Code.NOT_FOUND, RawStep.open(f.async(), name).awaitClose(), "open.model", "'" + name + "'");
     }
 
     @Test
     void missingModelNameAndStreamsWithoutOpenAreInvalid() {
-        assertStatus(Status.Code.INVALID_ARGUMENT, () -> f.client.describe(""), "model");
-        assertStatus(Status.Code.INVALID_ARGUMENT, RawStep.open(f.async, "").awaitClose(), "open.model");
+        assertStatus(Status.Code.INVALID_ARGUMENT, () -> f.client().describe(""), "model");
+        assertStatus(Status.Code.INVALID_ARGUMENT, RawStep.open(f.async(), "").awaitClose(), "open.model");
         // A chunk or commit before StepOpen.
-        RawStep chunkFirst = RawStep.start(f.async).chunk(1, 0, 0, le(new float[4], 0, 4));
+        RawStep chunkFirst = RawStep.start(f.async()).chunk(1, 0, 0, le(new float[4], 0, 4));
         assertStatus(Status.Code.INVALID_ARGUMENT, chunkFirst.awaitClose(), "open", "StepOpen");
-        RawStep commitFirst = RawStep.start(f.async).commit(1, ViewKind.VIEW_TRAIN);
+        RawStep commitFirst = RawStep.start(f.async()).commit(1, ViewKind.VIEW_TRAIN);
         assertStatus(Status.Code.INVALID_ARGUMENT, commitFirst.awaitClose(), "open", "StepOpen");
     }
 
     @Test
     void pullOfAViewTheAlgorithmLacksIsInvalid() {
         String name = unique("views");
-        f.client.register(SidecarFixture.adamSpec(name), tensors(initialWeights(9)));
+        f.client().register(StandardModel.adamSpec(name), tensors(initialWeights(9)));
         for (ViewKind kind : List.of(ViewKind.VIEW_EVAL, ViewKind.VIEW_EMA, ViewKind.VIEW_SLOW, ViewKind.VIEW_NONE)) {
             View view = View.newBuilder().setKind(kind).build();
-            assertStatus(Status.Code.INVALID_ARGUMENT, () -> f.client.pull(name, view, tensors(SidecarFixture.zeros())),
+            assertStatus(Status.Code.INVALID_ARGUMENT, () -> f.client().pull(name, view, tensors(StandardModel.zeros())),
                     "view", kind.name(), "'" + name + "'");
         }
         assertStatus(Status.Code.INVALID_ARGUMENT,
-                () -> drain(f.blocking.pull(PullRequest.newBuilder().setModel(name)
+                () -> drain(f.blocking().pull(PullRequest.newBuilder().setModel(name)
                         .setView(View.newBuilder().setKindValue(42)).build())), "view", "'" + name + "'");
         assertBitsEqual(initialWeights(9), f.pull(name), "weights");
-        f.client.delete(name);
+        f.client().delete(name);
     }
 
     private static void drain(Iterator<?> it) {
@@ -511,7 +502,7 @@ class BadInputTest {
     @Test
     @Order(Integer.MAX_VALUE)
     void serverSurvivesAllOfTheAbove() {
-        assertFalse(f.client.list().stream().anyMatch(n -> n.startsWith("badspec") || n.startsWith("badweights")));
+        assertFalse(f.client().list().stream().anyMatch(n -> n.startsWith("badspec") || n.startsWith("badweights")));
         f.assertServerHealthy("bad-input-health");
     }
 }

@@ -1,4 +1,4 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.model;
 
 import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.GroupStep;
@@ -6,13 +6,15 @@ import dev.optsidecar.proto.v1.NonFinitePolicy;
 import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.RawStep;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.Twins;
 import io.grpc.Status;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.MethodOrderer;
 import org.junit.jupiter.api.Order;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestMethodOrder;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -21,14 +23,14 @@ import java.util.List;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.stream.Stream;
 
-import static dev.optsidecar.server.SidecarFixture.NAMES;
-import static dev.optsidecar.server.SidecarFixture.assertBitsEqual;
-import static dev.optsidecar.server.SidecarFixture.assertStatus;
-import static dev.optsidecar.server.SidecarFixture.grads;
-import static dev.optsidecar.server.SidecarFixture.spec;
-import static dev.optsidecar.server.SidecarFixture.struct;
-import static dev.optsidecar.server.SidecarFixture.tensors;
-import static dev.optsidecar.server.SidecarFixture.zeros;
+import static dev.optsidecar.server.StandardModel.NAMES;
+import static dev.optsidecar.server.StandardModel.assertBitsEqual;
+import static dev.optsidecar.server.StandardModel.grads;
+import static dev.optsidecar.server.StandardModel.spec;
+import static dev.optsidecar.server.StandardModel.tensors;
+import static dev.optsidecar.server.StandardModel.zeros;
+import static dev.optsidecar.server.StatusAssertions.assertStatus;
+import static dev.optsidecar.server.TestData.struct;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -40,20 +42,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  */
 @TestMethodOrder(MethodOrderer.OrderAnnotation.class)
 class NonFiniteTest {
-    private static SidecarFixture f;
+    @RegisterExtension
+    static final SidecarFixture f = SidecarFixture.inProcess();
     private static final AtomicInteger SEQ = new AtomicInteger();
-
-    @BeforeAll
-    static void startServer() throws Exception {
-        f = SidecarFixture.start();
-    }
-
-    @AfterAll
-    static void stopServer() {
-        if (f != null) {
-            f.close();
-        }
-    }
 
     private static Twins twins(NonFinitePolicy policy) {
         String name = "nonfinite-" + SEQ.incrementAndGet();
@@ -95,7 +86,7 @@ class NonFiniteTest {
         float[][] g = grads(51);
         g[0][262_144 + 10] = Float.NaN;
         g[0][262_144 + 20] = Float.POSITIVE_INFINITY;
-        RawStep s = RawStep.open(f.async, t.model).all(1, g).commit(1, ViewKind.VIEW_TRAIN);
+        RawStep s = RawStep.open(f.async(), t.model).all(1, g).commit(1, ViewKind.VIEW_TRAIN);
         assertStatus(Status.Code.INVALID_ARGUMENT, s.awaitClose(), "'w'", "element 262154", "step 1");
         assertTrue(s.responses.isEmpty());
 
@@ -111,7 +102,7 @@ class NonFiniteTest {
         double defaultLr = before.info().getGroupsList().stream()
                 .filter(gi -> gi.getName().equals("default")).findFirst().orElseThrow().getLr();
 
-        try (Trainer trainer = f.client.trainer(t.model, "skipper")) {
+        try (Trainer trainer = f.client().trainer(t.model, "skipper")) {
             // NaN in the first chunk of w; the step also asks for a new lr, which must not stick.
             float[][] g1 = grads(60);
             g1[0][5] = Float.NaN;
@@ -165,7 +156,7 @@ class NonFiniteTest {
         Twins.Snapshot before = t.snapshot();
         float[][] g = grads(63);
         g[0][100_000] = Float.NaN;
-        RawStep s = RawStep.open(f.async, t.model).all(9, g).commit(9, ViewKind.VIEW_TRAIN).halfClose();
+        RawStep s = RawStep.open(f.async(), t.model).all(9, g).commit(9, ViewKind.VIEW_TRAIN).halfClose();
         assertEquals(Status.Code.OK, s.awaitClose().getCode());
         StepResult result = s.responses.stream().filter(StepResponse::hasResult).findFirst().orElseThrow().getResult();
         assertTrue(result.getSkipped());

@@ -1,0 +1,98 @@
+package dev.optsidecar.server;
+
+import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.engine.cpu.CpuEngine;
+import dev.optsidecar.server.model.StepAssembly;
+import io.grpc.netty.shaded.io.grpc.netty.NettyServerBuilder;
+import io.grpc.netty.shaded.io.netty.channel.EventLoopGroup;
+import io.grpc.netty.shaded.io.netty.channel.epoll.Epoll;
+import io.grpc.netty.shaded.io.netty.channel.epoll.EpollEventLoopGroup;
+import io.grpc.netty.shaded.io.netty.channel.epoll.EpollServerSocketChannel;
+import io.grpc.netty.shaded.io.netty.channel.nio.NioEventLoopGroup;
+import io.grpc.netty.shaded.io.netty.channel.socket.nio.NioServerSocketChannel;
+
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import java.util.logging.Logger;
+
+/**
+ * The server as Main runs it: Netty on a TCP socket (epoll on Linux), the CPU engine, and the
+ * {@link SidecarServer} they are handed to. Closing it closes all three.
+ */
+public final class SocketServer implements AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(SocketServer.class.getName());
+    /** HTTP/2 window per stream: several chunks in flight, so a sender seldom waits a round trip. */
+    static final int FLOW_CONTROL_WINDOW = 8 * StepAssembly.MAX_CHUNK_BYTES;
+
+    private final EventLoopGroup boss;
+    private final EventLoopGroup workers;
+    private final CpuEngine engine;
+    private SidecarServer server;
+
+    private SocketServer(int threads) {
+        if (Epoll.isAvailable()) {
+            boss = new EpollEventLoopGroup(1);
+            workers = new EpollEventLoopGroup();
+        } else {
+            boss = new NioEventLoopGroup(1);
+            workers = new NioEventLoopGroup();
+        }
+        engine = new CpuEngine(threads);
+    }
+
+    /** Starts a server without a state directory; port 0 picks a free one (see {@link #port()}). */
+    public static SocketServer start(String bind, int port, int threads, long memoryLimit) throws IOException {
+        return start(bind, port, threads, memoryLimit, null, List.of());
+    }
+
+    /** Starts a server on {@code bind:port}; see {@link SidecarServer#start} for durability and restore. */
+    public static SocketServer start(String bind, int port, int threads, long memoryLimit,
+                                     Persistence.Options durability, List<String> restore) throws IOException {
+        SocketServer s = new SocketServer(threads);
+        try {
+            s.server = SidecarServer.start(s.transport(bind, port), s.engine, memoryLimit, durability, restore);
+        } catch (IOException | RuntimeException e) {
+            s.close();
+            throw e;
+        }
+        LOG.info(() -> "optsidecar serving on " + bind + ":" + s.port() + " (" + threads + " engine threads, "
+                + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
+        return s;
+    }
+
+    private NettyServerBuilder transport(String bind, int port) {
+        return NettyServerBuilder.forAddress(new InetSocketAddress(bind, port))
+                .channelType(Epoll.isAvailable() ? EpollServerSocketChannel.class : NioServerSocketChannel.class)
+                .bossEventLoopGroup(boss)
+                .workerEventLoopGroup(workers)
+                .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES)
+                .flowControlWindow(FLOW_CONTROL_WINDOW)
+                // Notice peers that vanish without a reset, so a half-sent step does not hold its
+                // model's gradient buffers forever; let clients ping as often as every 10 s.
+                .keepAliveTime(30, TimeUnit.SECONDS)
+                .keepAliveTimeout(10, TimeUnit.SECONDS)
+                .permitKeepAliveTime(10, TimeUnit.SECONDS);
+    }
+
+    public SidecarServer server() {
+        return server;
+    }
+
+    public int port() {
+        return server.port();
+    }
+
+    /** Gracefully stops the server (see {@link SidecarServer#close}), then its engine and event loops. */
+    @Override
+    public void close() {
+        if (server != null) {
+            server.close();
+        }
+        engine.close();
+        // Event loops end once their last channel is closed; waiting keeps them from outliving the server.
+        boss.shutdownGracefully(0, 1, TimeUnit.SECONDS).awaitUninterruptibly();
+        workers.shutdownGracefully(0, 1, TimeUnit.SECONDS).awaitUninterruptibly();
+    }
+}

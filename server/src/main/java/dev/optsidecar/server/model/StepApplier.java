@@ -1,0 +1,191 @@
+package dev.optsidecar.server.model;
+
+import dev.optsidecar.proto.v1.Contribution;
+import dev.optsidecar.proto.v1.GroupStep;
+import dev.optsidecar.proto.v1.StepResult;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.optim.StepPlan;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The one path by which a step changes a model, whether it arrives live or is replayed from the
+ * journal: the step, as a {@link StepRecord}, is journaled, its learning rates are set, each
+ * group's step is planned and run, and each contributor's result is kept in the ledger. A live step
+ * builds the record it journals ({@link #live}) and applies exactly that record; a replay applies
+ * the record read back, so the two cannot drift apart. Runs under the model's write lock.
+ */
+final class StepApplier {
+    /** Runs a planned step on the engine and advances the model's counters; null or the update norm. */
+    @FunctionalInterface
+    interface EngineStep {
+        Double run(boolean[] skip, Map<GroupState, StepPlan> plans);
+    }
+
+    private final Model model;
+    private final List<TensorEntry> tensors;
+    private final List<GroupState> groups;
+    private final Training training;
+    private final EngineStep engineStep;
+    /** A step's gradient where it lies when it is applied: the tensors' step buffers. */
+    private final StepRecord.Gradients stepBuffers;
+    /** Where steps are journaled before they are applied; null for nowhere. */
+    private StepLog log;
+
+    StepApplier(Model model, EngineStep engineStep) {
+        this.model = model;
+        this.tensors = model.tensors();
+        this.groups = model.groups();
+        this.training = model.training();
+        this.engineStep = engineStep;
+        this.stepBuffers = new StepRecord.Gradients() {
+            @Override
+            public long numel(int tensor) {
+                return tensors.get(tensor).numel;
+            }
+
+            @Override
+            public void read(int tensor, long offset, int count, ByteBuffer dst) {
+                tensors.get(tensor).storage.readGradient(offset, count, dst);
+            }
+        };
+    }
+
+    void setLog(StepLog log) {
+        this.log = log;
+    }
+
+    /** The record of a step whose gradient is in the step buffers, to be applied to the current version. */
+    StepRecord live(List<Contribution> contributions, boolean[] noGrad, Map<String, Double> groupLr,
+                    double sumOfSquares, double lrScale, long staleness) {
+        return new StepRecord(contributions, model.version(), noGrad, Map.copyOf(groupLr), sumOfSquares, lrScale,
+                staleness, stepBuffers);
+    }
+
+    /**
+     * Journals and applies a step whose gradient is in the step buffers, records each contributor's
+     * result in the ledger, and returns the result (with the new version) labelled {@code label}.
+     */
+    StepResult apply(StepRecord step, View label) {
+        Map<GroupState, Double> newLr = resolveGroupLr(step.groupLr());
+        if (log != null) {
+            log.append(step);
+        }
+        newLr.forEach((g, lr) -> g.baseLr = lr);
+        StepResult result = run(step.contributions(), step.noGrad(), step.sumOfSquares(), step.lrScale(),
+                step.staleness(), false, label);
+        remember(step.contributions(), result);
+        return result;
+    }
+
+    /**
+     * A step the non-finite policy skips: answered with the figures it would have had, recorded in
+     * the ledger, but neither journaled nor applied.
+     */
+    StepResult skip(Contribution who, boolean[] noGrad, double sumOfSquares, long staleness, View label) {
+        StepResult result = run(List.of(who), noGrad, sumOfSquares, 1.0, staleness, true, label);
+        remember(List.of(who), result);
+        return result;
+    }
+
+    /**
+     * Applies a step read back from the journal exactly as it was applied the first time: the
+     * same gradient, learning rates, skipped tensors, gradient norm and contributors, on the same
+     * version.
+     */
+    void replay(StepRecord step) {
+        if (step.versionBefore() != model.version()) {
+            throw OptError.dataLoss("journal of model '%s': a step was applied to version %d, but the model is at"
+                    + " version %d", model.name(), step.versionBefore(), model.version());
+        }
+        ByteBuffer chunk = ByteBuffer.allocate(StepAssembly.MAX_CHUNK_BYTES).order(ByteOrder.LITTLE_ENDIAN);
+        for (TensorEntry t : tensors) {
+            if (step.noGrad()[t.index]) {
+                continue;
+            }
+            for (long offset = 0; offset < t.numel; ) {
+                int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / Float.BYTES, t.numel - offset);
+                chunk.clear();
+                step.gradients().read(t.index, offset, count, chunk);
+                chunk.flip();
+                t.storage.writeGradient(offset, chunk);
+                offset += count;
+            }
+        }
+        apply(step, Model.NO_VIEW);
+    }
+
+    /** Plans each group's step and, unless it is skipped, runs it; returns its result with the model's version. */
+    private StepResult run(List<Contribution> contributions, boolean[] skip, double sumOfSquares, double lrScale,
+                           long staleness, boolean skipped, View label) {
+        double gradNorm = Math.sqrt(sumOfSquares);
+        double clip = training.clipGradNorm() > 0
+                ? Math.min(1.0, training.clipGradNorm() / (gradNorm + 1e-6)) : 1.0;
+        Map<GroupState, StepPlan> plans = new LinkedHashMap<>();
+        StepResult.Builder result = StepResult.newBuilder()
+                .setStepId(contributions.get(0).getStepId())
+                .setSkipped(skipped)
+                .setView(label)
+                .setGradNorm(gradNorm)
+                .setClipCoefficient(skipped ? 1.0 : clip)
+                .setStaleness(staleness)
+                .setLrScale(lrScale);
+        for (GroupState g : groups) {
+            double lr = lrFor(g) * lrScale;
+            StepPlan plan = g.algorithm.plan(g.scalars, lr, (float) clip);
+            plans.put(g, plan);
+            java.util.Map<String, Double> after = (skipped ? g.scalars : plan.after()).asMap();
+            result.addGroups(GroupStep.newBuilder()
+                    .setGroup(g.name)
+                    .setLr(lr)
+                    .setEffectiveLr(plan.effectiveLr())
+                    .setAveragingWeight(plan.averagingWeight())
+                    .setK((long) after.getOrDefault("k", 0.0).doubleValue())
+                    .setWeightSum(after.getOrDefault("weight_sum", 0.0))
+                    .setLrMax(after.getOrDefault("lr_max", -1.0)));
+        }
+        if (!skipped) {
+            Double updateNorm = engineStep.run(skip, plans);
+            if (updateNorm != null) {
+                result.setUpdateNorm(updateNorm);
+            }
+            result.addAllContributions(contributions);
+            model.history().record(model.version(), contributions);
+            model.status().applied(contributions.size(), staleness);
+        }
+        return result.setVersion(model.version()).build();
+    }
+
+    private double lrFor(GroupState g) {
+        return model.lrFor(g);
+    }
+
+    /** Each contributor's own result, kept so that a retry of its step is answered, not applied again. */
+    private void remember(List<Contribution> contributions, StepResult result) {
+        for (Contribution c : contributions) {
+            model.ledger().record(c.getClientId(), c.getStepId(),
+                    result.toBuilder().setStepId(c.getStepId()).clearView().build());
+        }
+    }
+
+    /** The groups named in a step's new learning rates, each checked to be finite and >= 0. */
+    Map<GroupState, Double> resolveGroupLr(Map<String, Double> groupLr) {
+        Map<GroupState, Double> out = new LinkedHashMap<>();
+        for (Map.Entry<String, Double> e : groupLr.entrySet()) {
+            GroupState g = groups.stream().filter(x -> x.name.equals(e.getKey())).findFirst().orElseThrow(() ->
+                    OptError.invalid("commit.group_lr: model '%s' has no group '%s'", model.name(), e.getKey()));
+            double lr = e.getValue();
+            if (!(lr >= 0) || Double.isInfinite(lr)) {
+                throw OptError.invalid("commit.group_lr[%s]: learning rate must be finite and >= 0 (got %s)",
+                        e.getKey(), lr);
+            }
+            out.put(g, lr);
+        }
+        return out;
+    }
+}
