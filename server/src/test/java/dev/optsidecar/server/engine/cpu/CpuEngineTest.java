@@ -1,13 +1,13 @@
-package dev.optsidecar.server.engine;
+package dev.optsidecar.server.engine.cpu;
 
 import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
-import dev.optsidecar.server.engine.cpu.CpuEngine;
+import dev.optsidecar.server.TestData;
+import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
 import dev.optsidecar.server.optim.Hyperparameters;
-import dev.optsidecar.server.TestData;
 import org.junit.jupiter.api.Test;
 
 import java.nio.ByteBuffer;
