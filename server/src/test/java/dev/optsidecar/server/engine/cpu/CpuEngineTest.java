@@ -4,6 +4,7 @@ import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
 import dev.optsidecar.server.TestData;
 import dev.optsidecar.server.engine.EngineTensor;
+import dev.optsidecar.server.engine.TensorProgram;
 import dev.optsidecar.server.optim.Algorithm;
 import dev.optsidecar.server.optim.AlgorithmDefinition;
 import dev.optsidecar.server.optim.Algorithms;
