@@ -147,7 +147,7 @@ class SnapshotStoreTest {
         assertTrue(text.contains("\n  \"format\""), "pretty-printed: " + text);
         JsonNode m = JSON.readTree(json);
         assertEquals("optsidecar-snapshot", m.get("format").asText());
-        assertEquals(1, m.get("format_version").asInt());
+        assertEquals(2, m.get("format_version").asInt());
         assertEquals("m", m.get("model").asText());
         assertEquals("000001", m.get("id").asText());
         assertEquals(42, m.get("version").asLong());
@@ -170,11 +170,34 @@ class SnapshotStoreTest {
         assertEquals(3, m.get("files").get("state.safetensors").get("tensors").asInt());
     }
 
+    /** A manifest of an older format version still opens, and says which version it is. */
+    @Test
+    void olderFormatVersionsOpenAndSayWhichTheyAre() throws IOException {
+        SnapshotStore store = new SnapshotStore(root, 3);
+        snapshot(store, "m", 1);
+        SnapshotInfo older = snapshot(store, "m", 2);
+        rewriteFormatVersion(root.resolve(older.getPath()), 1);
+        assertEquals(2, store.open("m", "000001").formatVersion());
+        assertEquals(1, store.open("m", "000002").formatVersion());
+        assertEquals(meta("m"), store.open("m", "000002").modelMeta());
+    }
+
+    /** Sets a committed snapshot's manifest format_version, with a matching checksum. */
+    private static void rewriteFormatVersion(Path dir, int version) throws IOException {
+        ObjectNode m = (ObjectNode) JSON.readTree(dir.resolve("manifest.json").toFile());
+        m.put("format_version", version);
+        byte[] json = JSON.writeValueAsBytes(m);
+        Files.write(dir.resolve("manifest.json"), json);
+        CRC32C crc = new CRC32C();
+        crc.update(json);
+        Files.writeString(dir.resolve("manifest.crc32c"), String.format("%08x%n", crc.getValue()));
+    }
+
     /** Each way a snapshot can be damaged, and the problem it must report. */
     @ParameterizedTest
     @ValueSource(strings = {"flip-weights-data", "flip-weights-header", "flip-state-data", "flip-manifest",
             "truncate-state", "extend-weights", "missing-weights", "missing-manifest", "missing-manifest-crc",
-            "bad-manifest-json"})
+            "bad-manifest-json", "newer-format-version"})
     void corruptionIsDetected(String damage) throws IOException {
         SnapshotStore store = new SnapshotStore(root, 3);
         SnapshotInfo good = snapshot(store, "m", 1);
@@ -228,6 +251,10 @@ class SnapshotStoreTest {
                 crc.update(bad);
                 Files.writeString(dir.resolve("manifest.crc32c"), String.format("%08x%n", crc.getValue()));
                 yield "manifest.json: not valid JSON";
+            }
+            case "newer-format-version" -> {
+                rewriteFormatVersion(dir, 3);
+                yield "manifest.json: unsupported format_version 3";
             }
             default -> throw new AssertionError(damage);
         };
