@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 
 import java.util.List;
 import java.util.Map;
+import java.util.TreeSet;
 
 /**
  * Element-wise check {@code |a − ref| ≤ atol + rtol·|ref|} and relative checks of double scalars,
@@ -59,7 +60,7 @@ final class Comparison {
             Double value = actual.get(name);
             if (value == null) {
                 fail(String.format("%s %s: the reference records this group scalar; the server's group has %s",
-                        what, name, actual.isEmpty() ? "none" : String.join(", ", actual.keySet())));
+                        what, name, actual.isEmpty() ? "none" : String.join(", ", new TreeSet<>(actual.keySet()))));
             } else {
                 scalar(what + " " + name, value, expected.path(name).asDouble());
             }

@@ -102,7 +102,7 @@ class ReferenceConformanceTest {
         }
         String report = printed.toString(StandardCharsets.UTF_8);
         assertTrue(report.contains("step 1 momentum_sum: the reference records this group scalar; the server's group"
-                + " has k, weight_sum, lr_max"), report);
+                + " has k, lr_max, weight_sum"), report);
         assertTrue(report.contains("step 3 weight_sum"), report);
     }
 }
