@@ -6,9 +6,9 @@ For every case file in DIR (``index.json`` is a listing, not a case) it register
 model (a resume case restores its checkpoint through the API: ``ModelSpec.state`` and
 ``StateChunk``s), feeds the recorded gradients step by step, and compares within the tolerance the
 case carries: the train weights, the eval view (x, the EMA shadow or the slow weights, pulled
-between steps), the lr and Schedule-Free's k, scheduled lr, lr_max and weight_sum at every step,
-and at the end every state buffer (through ``VIEW_SLOT``), the step counts and the EMA and
-Lookahead counters. These are the checks of the server's own Java runner
+between steps), the lr, the scheduled lr and the recorded group scalars (Schedule-Free's k, lr_max
+and weight_sum) by name at every step, and at the end every state buffer (through ``VIEW_SLOT``),
+the step counts, the group scalars and the EMA and Lookahead counters. These are the checks of the server's own Java runner
 (``server/.../conformance``), so the two runners can vouch for each other's clients.
 
 Prints one line per case, ``PASS|FAIL|SKIP  name  worst X of tolerance``, then
@@ -24,7 +24,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO
 
 import grpc
 import numpy as np
@@ -89,6 +89,19 @@ class Comparison:
         self._record(fraction, f"{what}: got {actual!r}, expected {expected!r}")
         if fraction > 1 and self.first_failure is None:
             self.first_failure = f"{what}: got {actual!r}, expected {expected!r}"
+
+    def group_scalars(self, what: str, actual: Mapping[str, float], expected: Mapping[str, Any],
+                      recorded: Sequence[str]) -> None:
+        """The group scalars the reference records (of ``recorded``, those ``expected`` holds)
+        against the server's, by name; one the server's group lacks is a failure."""
+        for name in recorded:
+            if name not in expected:
+                continue
+            if name not in actual:
+                has = ", ".join(sorted(actual)) or "none"
+                self.fail(f"{what} {name}: the reference records this group scalar; the server's group has {has}")
+            else:
+                self.scalar(f"{what} {name}", actual[name], float(expected[name]))
 
     def exact(self, what: str, actual: int, expected: int) -> None:
         if actual != expected:
@@ -202,9 +215,21 @@ class ReferenceCase:
             config.ema.append(pb.EmaShadow(decay=float(ema["decay"]), every=int(ema.get("every", 1))))
         return spec
 
+    #: The entry of a step's ``group`` record that is the step's effective lr, not a group scalar.
+    SCHEDULED_LR = "scheduled_lr"
+
+    def recorded_scalars(self) -> List[str]:
+        """The group scalars the case records, by name: what its steps' ``group`` records hold
+        besides the scheduled lr (Schedule-Free: k, lr_max, weight_sum); none without such records."""
+        for step in self.root["steps"]:
+            group = step.get("group")
+            if isinstance(group, dict):
+                return [name for name in group if name != self.SCHEDULED_LR]
+        return []
+
     def checkpoint_state(self, group_name: str = "default") -> pb.ModelState:
         """A resume case's counters in the protocol's terms: torch's per-parameter step, the
-        Schedule-Free group scalars, the scheduler's last_epoch, which point the weights are."""
+        recorded group scalars by name, the scheduler's last_epoch, which point the weights are."""
         cp = self.root["checkpoint"]
         after = int(cp["after_step"])
         scheduler = cp.get("scheduler")
@@ -219,12 +244,10 @@ class ReferenceCase:
             # Torch counts steps per parameter; Schedule-Free counts k per group.
             state.tensor_steps.append(int(s["step"]) if "step" in s else int(group["k"]))
         counters = pb.GroupCounters(group=group_name, lr=float(group["lr"]))
-        if "k" in group:
-            counters.k = int(group["k"])
-            counters.weight_sum = float(group["weight_sum"])
-            counters.lr_max = float(group["lr_max"])
-        else:
-            counters.lr_max = -1.0
+        for name in self.recorded_scalars():
+            if not isinstance(group.get(name), (int, float)):
+                raise ValueError(f"{self.name}: checkpoint.groups[0] lacks the group scalar {name}")
+            counters.scalars[name] = float(group[name])
         state.groups.append(counters)
         return state
 
@@ -270,10 +293,8 @@ def run_case(client: Client, case: ReferenceCase, model: str) -> CaseResult:
             cmp.scalar(f"{at} lr", group.lr, float(step["lr"]))
             expected_group = step.get("group")
             if isinstance(expected_group, dict):
-                cmp.exact(f"{at} k", group.k, int(expected_group["k"]))
-                cmp.scalar(f"{at} scheduled_lr", group.effective_lr, float(expected_group["scheduled_lr"]))
-                cmp.scalar(f"{at} lr_max", group.lr_max, float(expected_group["lr_max"]))
-                cmp.scalar(f"{at} weight_sum", group.weight_sum, float(expected_group["weight_sum"]))
+                cmp.scalar(f"{at} scheduled_lr", group.effective_lr, float(expected_group[case.SCHEDULED_LR]))
+                cmp.group_scalars(at, group.scalars, expected_group, case.recorded_scalars())
             if "train" in step:
                 cmp.tensors(f"{at} train", names, train, decode_all(step["train"]))
             if "eval" in step:
@@ -292,7 +313,7 @@ def run_case(client: Client, case: ReferenceCase, model: str) -> CaseResult:
 
 
 def _check_final_state(client: Client, model: str, case: ReferenceCase, cmp: Comparison) -> None:
-    """Every state tensor (through VIEW_SLOT), step counts, Schedule-Free group scalars, the EMA
+    """Every state tensor (through VIEW_SLOT), step counts, the recorded group scalars, the EMA
     shadow and its update count, Lookahead's slow weights and counter."""
     final = case.root.get("final_state")
     if not isinstance(final, dict):
@@ -315,11 +336,8 @@ def _check_final_state(client: Client, model: str, case: ReferenceCase, cmp: Com
             elif isinstance(value, str):
                 cmp.tensors(f"final {key}", [names[index]], [pull(key)[index]], [decode(value)])
     groups = final.get("groups") or []
-    if groups and "k" in groups[0]:
-        counters = info.state.groups[0]
-        cmp.exact("final k", counters.k, int(groups[0]["k"]))
-        cmp.scalar("final weight_sum", counters.weight_sum, float(groups[0]["weight_sum"]))
-        cmp.scalar("final lr_max", counters.lr_max, float(groups[0]["lr_max"]))
+    if groups:
+        cmp.group_scalars("final", info.state.groups[0].scalars, groups[0], case.recorded_scalars())
     ema = final.get("ema")
     if isinstance(ema, dict):
         cmp.exact("final ema n_averaged", info.state.ema_updates[0], int(ema["n_averaged"]))

@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from google.protobuf import json_format
@@ -23,8 +23,11 @@ from .v1 import optimizer_pb2 as pb
 
 __all__ = ["RemoteOptimizer"]
 
-#: The ``"optsidecar"`` entry of a state dict: its format version.
-STATE_DICT_FORMAT = 1
+#: The ``"optsidecar"`` entry of a state dict: its format version. 2: each group's counters in
+#: ``spec["state"]`` are a ``scalars`` dict; 1, still loaded: they were ``k``, ``weight_sum`` and
+#: ``lr_max`` entries of every group, whatever the algorithm.
+STATE_DICT_FORMAT = 2
+_FORMAT1_SCALARS = ("k", "weight_sum", "lr_max")
 
 
 class RemoteOptimizer(torch.optim.Optimizer):
@@ -389,10 +392,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
         weights, and ``param_groups`` the saved values (lr, and keys such as a scheduler's
         ``initial_lr``). The parameters must have the saved shapes and group layout.
         """
-        if state_dict.get("optsidecar") != STATE_DICT_FORMAT:
+        saved_format = state_dict.get("optsidecar")
+        if saved_format not in (1, STATE_DICT_FORMAT):
             raise ValueError("not a RemoteOptimizer state dict (its 'optsidecar' format entry is "
-                             f"{state_dict.get('optsidecar')!r}, expected {STATE_DICT_FORMAT})")
-        spec = json_format.ParseDict(state_dict["spec"], pb.ModelSpec())
+                             f"{saved_format!r}, expected 1 or {STATE_DICT_FORMAT})")
+        spec_dict = state_dict["spec"]
+        if saved_format == 1:
+            declared = [s.name for s in self.client.describe(self.model).groups[0].scalars]
+            spec_dict = _format1_upgraded(spec_dict, declared)
+        spec = json_format.ParseDict(spec_dict, pb.ModelSpec())
         saved_groups = state_dict["param_groups"]
         self._check_layout(spec, saved_groups)
 
@@ -548,6 +556,21 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _format1_upgraded(spec: Dict[str, Any], declared: Sequence[str]) -> Dict[str, Any]:
+    """A format-1 state dict's spec in the current format: the ``k``, ``weight_sum`` and ``lr_max``
+    of its groups (also in the trainers' stored step results; zeros left out, k a string) become
+    the group scalars the algorithm declares, as this optimizer's model on the server lists them."""
+    spec = copy.deepcopy(spec)
+    state = spec.get("state", {})
+    groups = list(state.get("groups", []))
+    for progress in state.get("clients", []):
+        groups.extend(progress.get("last_result", {}).get("groups", []))
+    for group in groups:
+        saved = {name: float(group.pop(name, 0.0)) for name in _FORMAT1_SCALARS}
+        group["scalars"] = {name: saved[name] for name in declared if name in saved}
+    return spec
 
 
 def _server_layout(groups: List[ParsedGroup], info: pb.ModelInfo) -> List[ParsedGroup]:

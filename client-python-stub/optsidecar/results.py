@@ -3,8 +3,8 @@ several trainers share a model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 from .v1 import optimizer_pb2 as pb
 from .views import view_name
@@ -40,16 +40,31 @@ class GroupFigures:
         effective_lr: the lr the update used (Schedule-Free: lr times its warmup or
             rectification factor; otherwise equal to ``lr``).
         averaging_weight: Schedule-Free's c_t (NaN for other algorithms, as the server reports it).
-        k, weight_sum, lr_max: Schedule-Free's counters after the step.
+        scalars: the scalars the group's algorithm keeps between steps, after the step, by name
+            (sorted; Schedule-Free: ``k``, ``lr_max``, ``weight_sum``; empty for an algorithm
+            without any).
     """
 
     name: str
     lr: float
     effective_lr: float
     averaging_weight: float
-    k: int
-    weight_sum: float
-    lr_max: float
+    scalars: Mapping[str, float] = field(default_factory=dict, hash=False)
+
+    @property
+    def k(self) -> Optional[int]:
+        """Schedule-Free's step count ``scalars["k"]``; None if the group has no such scalar."""
+        return int(self.scalars["k"]) if "k" in self.scalars else None
+
+    @property
+    def weight_sum(self) -> Optional[float]:
+        """Schedule-Free's ``scalars["weight_sum"]``; None if the group has no such scalar."""
+        return self.scalars.get("weight_sum")
+
+    @property
+    def lr_max(self) -> Optional[float]:
+        """Schedule-Free's ``scalars["lr_max"]``; None if the group has no such scalar."""
+        return self.scalars.get("lr_max")
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,7 @@ class StepFigures:
             view=view_name(result.view),
             skipped=result.skipped,
             groups=tuple(
-                GroupFigures(g.group, g.lr, g.effective_lr, g.averaging_weight, g.k, g.weight_sum, g.lr_max)
+                GroupFigures(g.group, g.lr, g.effective_lr, g.averaging_weight, dict(sorted(g.scalars.items())))
                 for g in result.groups
             ),
             grad_norm=result.grad_norm,

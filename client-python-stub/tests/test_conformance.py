@@ -38,3 +38,26 @@ def test_a_failing_case_fails_the_run(target, reference, tmp_path):
     assert run.stdout.startswith("FAIL  adam ")
     assert "step 10 train p0[0]" in run.stdout
     assert run.stdout.splitlines()[-1] == "conformance: 0 passed, 1 failed"
+
+
+def test_group_scalars_are_compared_by_name(target, reference, tmp_path):
+    """A case recording a group scalar the server's group lacks fails, and so does a recorded
+    weight_sum off by far more than the scalar tolerance."""
+    import json
+
+    case = json.loads((reference / "sgd_schedulefree.json").read_text())
+    unknown = json.loads(json.dumps(case))
+    unknown["case"] = "unknown_scalar"
+    unknown["steps"][0]["group"]["momentum_sum"] = 1.0
+    (tmp_path / "unknown_scalar.json").write_text(json.dumps(unknown))
+    shifted = json.loads(json.dumps(case))
+    shifted["case"] = "shifted_scalar"
+    shifted["steps"][2]["group"]["weight_sum"] *= 1 + 1e-9
+    (tmp_path / "shifted_scalar.json").write_text(json.dumps(shifted))
+    run = subprocess.run([sys.executable, "-m", "optsidecar.conformance", str(tmp_path), "--target", target],
+                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert ("step 1 momentum_sum: the reference records this group scalar; the server's group has "
+            "k, lr_max, weight_sum") in run.stdout
+    assert "FAIL  shifted_scalar" in run.stdout and "step 3 weight_sum" in run.stdout
+    assert run.stdout.splitlines()[-1] == "conformance: 0 passed, 2 failed"

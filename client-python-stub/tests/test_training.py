@@ -26,6 +26,8 @@ def test_matches_local_torch(target, algorithm, local, hyperparameters):
             train_step(remote_model, opt, t)
             train_step(local_model, reference, t)
         assert opt.version == STEPS and opt.last_result.version == STEPS
+        figures = opt.last_result.groups[0]  # these algorithms keep no group scalars
+        assert figures.scalars == {} and figures.k is figures.weight_sum is figures.lr_max is None
         assert_moved(initial, list(remote_model.parameters()))
         assert_within_tolerance(list(remote_model.parameters()), list(local_model.parameters()),
                                 f"{algorithm} after {STEPS} steps")

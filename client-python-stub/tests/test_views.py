@@ -53,6 +53,8 @@ def test_schedule_free_eval_and_train_switch_views(client, target, algorithm):
         assert all(torch.equal(a, b) for a, b in zip(model.parameters(), never_evaluated.parameters()))
         figures = opt.last_result.groups[0]
         assert figures.k == 30 and 0 < figures.averaging_weight < 1 and figures.weight_sum > 0
+        assert figures.scalars == {"k": 30.0, "lr_max": figures.lr_max, "weight_sum": figures.weight_sum}
+        assert dict(client.describe(opt.model).state.groups[0].scalars) == figures.scalars
     finally:
         opt.delete()
         twin_opt.delete()

@@ -5,9 +5,11 @@ import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;
 import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.EmaShadow;
+import dev.optsidecar.proto.v1.GroupCounters;
 import dev.optsidecar.proto.v1.Lookahead;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.ParamGroup;
 import dev.optsidecar.proto.v1.Schedule;
@@ -159,6 +161,36 @@ class RestoreTest {
         assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(withState.toBuilder()
                 .setState(withState.getState().toBuilder().setGroups(0,
                         withState.getState().getGroups(0).toBuilder().setGroup("nope"))).build(), List.of(), "'nope'"));
+    }
+
+    /** A saved group holds exactly the scalars its algorithm declares, as finite numbers. */
+    @Test
+    void savedGroupScalarsMustBeTheDeclaredOnes() {
+        TrainingConfigs.Config sf = new TrainingConfigs.Config("sf", "AdamWScheduleFree", TestData.hp("lr", 0.01), c -> c);
+        String stepped = registerFresh(sf);
+        try (Trainer t = LIVE.client().trainer(stepped, "c")) {
+            t.step(data(grads(1)), data(blanks()));
+        }
+        ModelState saved = LIVE.client().describe(stepped).getState();
+        String field = "spec.state.groups[" + saved.getGroups(0).getGroup() + "].scalars.";
+        ModelSpec spec = TrainingConfigs.spec(sf, "bad-scalars");
+        assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(withScalars(spec, saved, g -> g.removeScalars("lr_max")),
+                List.of(), field + "lr_max: missing"));
+        assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(withScalars(spec, saved, g -> g.putScalars("foo", 1)),
+                List.of(), field + "foo: AdamWScheduleFree declares no such group scalar"));
+        assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(withScalars(spec, saved, g -> g.putScalars("k", Double.NaN)),
+                List.of(), field + "k: must be finite"));
+
+        TrainingConfigs.Config adam = new TrainingConfigs.Config("adam-scalars", "Adam", TestData.hp("lr", 0.01), c -> c);
+        assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(withScalars(TrainingConfigs.spec(adam, "bad-scalars"),
+                LIVE.client().describe(registerFresh(adam)).getState(), g -> g.putScalars("k", 1)),
+                List.of(), field + "k: Adam declares no such group scalar (it declares none)"));
+    }
+
+    /** {@code spec} restoring {@code saved}, its first group's counters edited. */
+    private static ModelSpec withScalars(ModelSpec spec, ModelState saved, UnaryOperator<GroupCounters.Builder> edit) {
+        return spec.toBuilder().setState(saved.toBuilder()
+                .setGroups(0, edit.apply(saved.getGroups(0).toBuilder()))).build();
     }
 
     private static String registerFresh(TrainingConfigs.Config c) {

@@ -1,6 +1,10 @@
 package dev.optsidecar.server.conformance;
 
+import com.fasterxml.jackson.databind.JsonNode;
+
 import java.util.List;
+import java.util.Map;
+import java.util.TreeSet;
 
 /**
  * Element-wise check {@code |a − ref| ≤ atol + rtol·|ref|} and relative checks of double scalars,
@@ -42,6 +46,25 @@ final class Comparison {
         double err = Math.abs(actual - expected);
         double fraction = err == 0 ? 0 : Double.isNaN(err) ? Double.POSITIVE_INFINITY : err / limit;
         record(fraction, String.format("%s: got %s, expected %s", what, actual, expected));
+    }
+
+    /**
+     * The group scalars the reference records (of {@code recorded}, those {@code expected} holds)
+     * against the server's, by name; one the server's group lacks is a failure.
+     */
+    void groupScalars(String what, Map<String, Double> actual, JsonNode expected, List<String> recorded) {
+        for (String name : recorded) {
+            if (!expected.has(name)) {
+                continue;
+            }
+            Double value = actual.get(name);
+            if (value == null) {
+                fail(String.format("%s %s: the reference records this group scalar; the server's group has %s",
+                        what, name, actual.isEmpty() ? "none" : String.join(", ", new TreeSet<>(actual.keySet()))));
+            } else {
+                scalar(what + " " + name, value, expected.path(name).asDouble());
+            }
+        }
     }
 
     void exact(String what, long actual, long expected) {

@@ -91,11 +91,31 @@ final class ReferenceCase {
         return decodeAll(root.path("checkpoint").path("params"));
     }
 
+    /** The entry of a step's {@code group} record that is the step's effective lr, not a group scalar. */
+    static final String SCHEDULED_LR = "scheduled_lr";
+
+    /**
+     * The group scalars the case records, by name: what its steps' {@code group} records hold
+     * besides the scheduled lr (Schedule-Free: k, lr_max, weight_sum); none if it has no such record.
+     */
+    List<String> recordedScalars() {
+        for (JsonNode step : steps()) {
+            JsonNode group = step.path("group");
+            if (group.isObject()) {
+                List<String> names = new ArrayList<>();
+                group.fieldNames().forEachRemaining(names::add);
+                names.remove(SCHEDULED_LR);
+                return names;
+            }
+        }
+        return List.of();
+    }
+
     /**
      * The saved counters of a resume case, in the protocol's terms: torch's per-parameter 'step',
-     * the Schedule-Free group scalars, the scheduler's last_epoch, and which point the weights are.
+     * the recorded group scalars by name, the scheduler's last_epoch, and which point the weights are.
      */
-    ModelState checkpointState(int groupCount, String groupName) {
+    ModelState checkpointState(String groupName) throws IOException {
         JsonNode cp = root.path("checkpoint");
         int after = cp.path("after_step").asInt();
         ModelState.Builder state = ModelState.newBuilder()
@@ -108,11 +128,11 @@ final class ReferenceCase {
             state.addTensorSteps(s.has("step") ? s.path("step").asLong() : group.path("k").asLong());
         }
         GroupCounters.Builder g = GroupCounters.newBuilder().setGroup(groupName).setLr(group.path("lr").asDouble());
-        if (group.has("k")) {
-            g.setK(group.path("k").asLong()).setWeightSum(group.path("weight_sum").asDouble())
-                    .setLrMax(group.path("lr_max").asDouble());
-        } else {
-            g.setLrMax(-1.0);
+        for (String scalar : recordedScalars()) {
+            if (!group.path(scalar).isNumber()) {
+                throw new IOException(name + ": checkpoint.groups[0] lacks the group scalar " + scalar);
+            }
+            g.putScalars(scalar, group.path(scalar).asDouble());
         }
         return state.addGroups(g).build();
     }

@@ -8,6 +8,8 @@ import com.google.protobuf.util.JsonFormat;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.optim.Algorithms;
+import dev.optsidecar.server.optim.GroupScalar;
 import dev.optsidecar.server.snapshot.FileOut;
 import dev.optsidecar.server.snapshot.TensorOut;
 
@@ -139,6 +141,44 @@ public final class ModelCapture {
         md.put("model", m.name());
         md.put("version", Long.toString(m.version()));
         return md;
+    }
+
+    /** Manifest format 1's JSON field for each group scalar it held (they were fixed fields then). */
+    private static final Map<String, String> FORMAT1_FIELDS = Map.of("k", "k", "weight_sum", "weightSum", "lr_max", "lrMax");
+
+    /**
+     * A snapshot's model state in the current format. Format 1 kept Schedule-Free's counters as
+     * the fields k, weightSum and lrMax of every group, in the state's groups and in the clients'
+     * stored step results, whatever the algorithm: they become the group's scalars of those names
+     * where the algorithm declares them, and are dropped where it does not (they were unused).
+     */
+    static JsonNode upgradeState(JsonNode state, int formatVersion, String algorithm) {
+        if (formatVersion >= 2 || !state.isObject()) {
+            return state;
+        }
+        List<String> declared = Algorithms.byName(algorithm, "snapshot spec.optimizer.algorithm").groupScalars()
+                .stream().map(GroupScalar::name).toList();
+        JsonNode upgraded = state.deepCopy();
+        upgraded.path("groups").forEach(group -> moveFormat1Counters(group, declared));
+        for (JsonNode client : upgraded.path("clients")) {
+            client.path("lastResult").path("groups").forEach(group -> moveFormat1Counters(group, declared));
+        }
+        return upgraded;
+    }
+
+    private static void moveFormat1Counters(JsonNode group, List<String> declared) {
+        if (!(group instanceof ObjectNode g)) {
+            return; // not a message: parsing reports it
+        }
+        ObjectNode scalars = g.objectNode();
+        FORMAT1_FIELDS.forEach((scalar, field) -> {
+            JsonNode value = g.remove(field);
+            if (declared.contains(scalar)) {
+                // JsonFormat left out zeros, and printed k, a uint64, as a string.
+                scalars.put(scalar, value == null ? 0.0 : value.asDouble());
+            }
+        });
+        g.set("scalars", scalars);
     }
 
     /** Parses a message printed by {@link JsonFormat} back. */

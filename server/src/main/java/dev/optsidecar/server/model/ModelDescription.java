@@ -3,10 +3,12 @@ package dev.optsidecar.server.model;
 import com.google.protobuf.Value;
 import dev.optsidecar.proto.v1.GroupCounters;
 import dev.optsidecar.proto.v1.GroupInfo;
+import dev.optsidecar.proto.v1.GroupScalarInfo;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.Schedule;
 import dev.optsidecar.proto.v1.TensorInfo;
+import dev.optsidecar.server.optim.GroupScalar;
 
 /** Builds Describe's answer from a model; the caller holds the model's read lock. */
 final class ModelDescription {
@@ -44,17 +46,19 @@ final class ModelDescription {
             total += t.numel;
         }
         for (GroupState g : m.groups()) {
-            b.addGroups(GroupInfo.newBuilder()
+            GroupInfo.Builder gi = GroupInfo.newBuilder()
                     .setName(g.name)
                     .setHyperparameters(g.hyperparameters.toStruct().toBuilder()
                             .putFields("lr", Value.newBuilder().setNumberValue(g.baseLr).build()))
-                    .setLr(m.lrFor(g)));
+                    .setLr(m.lrFor(g));
+            for (GroupScalar declared : g.algorithm.groupScalars()) {
+                gi.addScalars(GroupScalarInfo.newBuilder().setName(declared.name()).setInitial(declared.initial()));
+            }
+            b.addGroups(gi);
             state.addGroups(GroupCounters.newBuilder()
                     .setGroup(g.name)
                     .setLr(g.baseLr)
-                    .setK((long) g.scalars.asMap().getOrDefault("k", 0.0).doubleValue())
-                    .setWeightSum(g.scalars.asMap().getOrDefault("weight_sum", 0.0))
-                    .setLrMax(g.scalars.asMap().getOrDefault("lr_max", -1.0)));
+                    .putAllScalars(g.scalars.asMap()));
         }
         return b.setTotalElements(total).setState(state).build();
     }

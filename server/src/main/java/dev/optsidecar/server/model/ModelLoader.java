@@ -24,8 +24,11 @@ public final class ModelLoader {
     public static PendingModel fromSnapshot(ModelRegistry registry, Snapshot snapshot, String name, boolean replacing)
             throws IOException {
         JsonNode meta = snapshot.modelMeta();
-        ModelSpec spec = ModelCapture.parse(meta.path("spec"), ModelSpec.newBuilder(), "spec").setName(name)
-                .setState(ModelCapture.parse(meta.path("state"), ModelState.newBuilder(), "state")).build();
+        ModelSpec.Builder savedSpec = ModelCapture.parse(meta.path("spec"), ModelSpec.newBuilder(), "spec");
+        JsonNode savedState = ModelCapture.upgradeState(meta.path("state"), snapshot.formatVersion(),
+                savedSpec.getOptimizer().getAlgorithm());
+        ModelSpec spec = savedSpec.setName(name)
+                .setState(ModelCapture.parse(savedState, ModelState.newBuilder(), "state")).build();
         SafetensorsFile weights = snapshot.file(ModelCapture.WEIGHTS_FILE);
         SafetensorsFile state = snapshot.file(ModelCapture.STATE_FILE);
         if (weights == null || state == null) {

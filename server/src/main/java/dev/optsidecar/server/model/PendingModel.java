@@ -1,10 +1,12 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.proto.v1.GroupCounters;
 import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.TensorProgram;
 import dev.optsidecar.server.engine.kernel.KernelCall;
+import dev.optsidecar.server.optim.GroupScalars;
 import dev.optsidecar.server.optim.Lookahead;
 
 import java.nio.ByteBuffer;
@@ -130,7 +132,7 @@ public final class PendingModel {
             throw OptError.invalid("spec.state.ema_updates: %d entries for %d EMA shadows",
                     state.getEmaUpdatesCount(), model.emaUpdates.length);
         }
-        for (dev.optsidecar.proto.v1.GroupCounters saved : state.getGroupsList()) {
+        for (GroupCounters saved : state.getGroupsList()) {
             GroupState g = model.groups().stream().filter(x -> x.name.equals(saved.getGroup())).findFirst()
                     .orElseThrow(() -> OptError.invalid("spec.state.groups: model '%s' has no group '%s'",
                             model.name(), saved.getGroup()));
@@ -138,11 +140,7 @@ public final class PendingModel {
                 throw OptError.invalid("spec.state.groups[%s].lr: must be finite and >= 0", g.name);
             }
             g.baseLr = saved.getLr();
-            java.util.Map<String, Double> legacy = java.util.Map.of("k", (double) saved.getK(),
-                    "weight_sum", saved.getWeightSum(), "lr_max", saved.getLrMax());
-            for (String scalar : g.scalars.names()) {
-                g.scalars = g.scalars.with(scalar, legacy.get(scalar));
-            }
+            g.scalars = restoredScalars(g, saved.getScalarsMap());
         }
         for (int i = 0; i < state.getTensorStepsCount(); i++) {
             tensors.get(i).steps = state.getTensorSteps(i);
@@ -171,6 +169,31 @@ public final class PendingModel {
         } else if (saved != ViewKind.VIEW_TRAIN && saved != ViewKind.VIEW_KIND_UNSPECIFIED) {
             throw OptError.invalid("spec.state.weights_view: must be VIEW_TRAIN or VIEW_EVAL (got %s)", saved);
         }
+    }
+
+    /** A saved group's scalars: exactly the ones its algorithm declares, each a finite number. */
+    private GroupScalars restoredScalars(GroupState g, Map<String, Double> saved) {
+        String field = "spec.state.groups[" + g.name + "].scalars";
+        List<String> declared = g.scalars.names();
+        for (String name : saved.keySet()) {
+            if (!declared.contains(name)) {
+                throw OptError.invalid("%s.%s: %s declares no such group scalar (it declares %s)", field, name,
+                        model.config().getAlgorithm(), declared.isEmpty() ? "none" : String.join(", ", declared));
+            }
+        }
+        GroupScalars restored = g.scalars;
+        for (String name : declared) {
+            Double value = saved.get(name);
+            if (value == null) {
+                throw OptError.invalid("%s.%s: missing; %s declares %s and a saved group needs each", field, name,
+                        model.config().getAlgorithm(), String.join(", ", declared));
+            }
+            if (!Double.isFinite(value)) {
+                throw OptError.invalid("%s.%s: must be finite (got %s)", field, name, value);
+            }
+            restored = restored.with(name, value);
+        }
+        return restored;
     }
 
     /** Lookahead's slow weights start as θ unless a saved run sent them. */

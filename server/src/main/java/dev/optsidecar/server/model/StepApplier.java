@@ -139,15 +139,12 @@ final class StepApplier {
             double lr = lrFor(g) * lrScale;
             StepPlan plan = g.algorithm.plan(g.scalars, lr, (float) clip);
             plans.put(g, plan);
-            java.util.Map<String, Double> after = (skipped ? g.scalars : plan.after()).asMap();
             result.addGroups(GroupStep.newBuilder()
                     .setGroup(g.name)
                     .setLr(lr)
                     .setEffectiveLr(plan.effectiveLr())
                     .setAveragingWeight(plan.averagingWeight())
-                    .setK((long) after.getOrDefault("k", 0.0).doubleValue())
-                    .setWeightSum(after.getOrDefault("weight_sum", 0.0))
-                    .setLrMax(after.getOrDefault("lr_max", -1.0)));
+                    .putAllScalars((skipped ? g.scalars : plan.after()).asMap()));
         }
         if (!skipped) {
             Double updateNorm = engineStep.run(skip, plans);

@@ -11,11 +11,16 @@ import java.util.List;
 import java.util.Map;
 import java.util.regex.Pattern;
 
-/** A snapshot's manifest.json: what it holds and every file's size and CRC32C. */
-record Manifest(String model, String id, long version, String trigger, long createdUnixMillis, JsonNode modelMeta,
-                List<FileEntry> files) {
+/**
+ * A snapshot's manifest.json: what it holds and every file's size and CRC32C, and the format
+ * version it was written in (so that the model code can read older model metadata).
+ */
+record Manifest(int formatVersion, String model, String id, long version, String trigger, long createdUnixMillis,
+                JsonNode modelMeta, List<FileEntry> files) {
     static final String FORMAT = "optsidecar-snapshot";
-    static final int FORMAT_VERSION = 1;
+    /** Written now; see package-info for what changed from one version to the next. */
+    static final int FORMAT_VERSION = 2;
+    static final int OLDEST_FORMAT_VERSION = 1;
     static final String FILE_NAME = "manifest.json";
     static final String CRC_FILE_NAME = "manifest.crc32c";
 
@@ -53,7 +58,7 @@ record Manifest(String model, String id, long version, String trigger, long crea
     byte[] toJson() throws IOException {
         ObjectNode root = Json.MAPPER.createObjectNode();
         root.put("format", FORMAT);
-        root.put("format_version", FORMAT_VERSION);
+        root.put("format_version", formatVersion);
         root.put("model", model);
         root.put("id", id);
         root.put("version", version);
@@ -97,7 +102,7 @@ record Manifest(String model, String id, long version, String trigger, long crea
             throw new Invalid("format is not " + FORMAT);
         }
         long formatVersion = number(root, "format_version");
-        if (formatVersion != FORMAT_VERSION) {
+        if (formatVersion < OLDEST_FORMAT_VERSION || formatVersion > FORMAT_VERSION) {
             throw new Invalid("unsupported format_version " + formatVersion);
         }
         String model = text(root, "model");
@@ -140,7 +145,7 @@ record Manifest(String model, String id, long version, String trigger, long crea
             }
             files.add(new FileEntry(name, bytes, crc, (int) tensors));
         }
-        return new Manifest(model, id, version, trigger, created, meta, files);
+        return new Manifest((int) formatVersion, model, id, version, trigger, created, meta, files);
     }
 
     private static String text(JsonNode node, String field) throws Invalid {

@@ -72,7 +72,7 @@ public final class Pending {
     }
 
     Manifest manifest() {
-        return new Manifest(model, id, version, trigger, createdUnixMillis, modelMeta, files);
+        return new Manifest(Manifest.FORMAT_VERSION, model, id, version, trigger, createdUnixMillis, modelMeta, files);
     }
 
     synchronized void transition(State from, State to) {

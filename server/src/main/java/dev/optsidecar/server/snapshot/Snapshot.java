@@ -39,6 +39,11 @@ public final class Snapshot {
         return manifest.version();
     }
 
+    /** The manifest format version the snapshot was written in (package-info: what each one changed). */
+    public int formatVersion() {
+        return manifest.formatVersion();
+    }
+
     /** The model metadata given to {@link SnapshotStore#stage}, as stored. */
     public JsonNode modelMeta() {
         return manifest.modelMeta();

@@ -71,7 +71,7 @@
  * <pre>
  * {
  *   "format" : "optsidecar-snapshot",
- *   "format_version" : 1,
+ *   "format_version" : 2,
  *   "model" : "org/team model.v2",
  *   "id" : "000007",
  *   "version" : 1200,                        model version: steps applied
@@ -83,6 +83,18 @@
  *   }
  * }
  * </pre>
+ *
+ * <p><b>Format versions.</b> A manifest of any version from 1 to the current one is read; newer
+ * ones are refused (an older server cannot know what they changed). The storage layout is the
+ * same in all of them; what changed is what the model code keeps in {@code model_meta}, and the
+ * model code upgrades an older snapshot's metadata when it loads it:
+ * <ul>
+ *   <li>2: each group's counters in {@code model_meta.state} (and in the clients' stored step
+ *       results) are a {@code scalars} map holding the scalars its algorithm declares, e.g.
+ *       {@code {"k": 12.0, "weight_sum": 1.2e-6, "lr_max": 5.0e-4}}.</li>
+ *   <li>1: they were the fields {@code k}, {@code weightSum} and {@code lrMax}, present for every
+ *       algorithm (left at 0, 0 and −1 by those without Schedule-Free's counters).</li>
+ * </ul>
  *
  * <h3>Validity</h3>
  * A snapshot is valid only if {@code manifest.crc32c} matches {@code manifest.json}, the manifest

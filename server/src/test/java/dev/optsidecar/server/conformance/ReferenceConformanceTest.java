@@ -69,4 +69,36 @@ class ReferenceConformanceTest {
         assertTrue(printed.toString(StandardCharsets.UTF_8).contains("step 4 train p0[1]"),
                 printed.toString(StandardCharsets.UTF_8));
     }
+
+    @Test
+    void groupScalarsAreComparedByName(@org.junit.jupiter.api.io.TempDir Path tmp) throws Exception {
+        // Two copies of a Schedule-Free case: one records a group scalar the server's group does not
+        // declare, the other a weight_sum off by far more than the scalar tolerance.
+        com.fasterxml.jackson.databind.ObjectMapper json = new com.fasterxml.jackson.databind.ObjectMapper();
+        Path original = referenceDir().resolve("sgd_schedulefree.json");
+        com.fasterxml.jackson.databind.node.ObjectNode unknown =
+                (com.fasterxml.jackson.databind.node.ObjectNode) json.readTree(original.toFile());
+        unknown.put("case", "unknown_scalar");
+        ((com.fasterxml.jackson.databind.node.ObjectNode) unknown.path("steps").get(0).path("group")).put("momentum_sum", 1.0);
+        json.writeValue(tmp.resolve("unknown_scalar.json").toFile(), unknown);
+        com.fasterxml.jackson.databind.node.ObjectNode shifted =
+                (com.fasterxml.jackson.databind.node.ObjectNode) json.readTree(original.toFile());
+        shifted.put("case", "shifted_scalar");
+        com.fasterxml.jackson.databind.node.ObjectNode group =
+                (com.fasterxml.jackson.databind.node.ObjectNode) shifted.path("steps").get(2).path("group");
+        group.put("weight_sum", group.path("weight_sum").asDouble() * (1 + 1e-9));
+        json.writeValue(tmp.resolve("shifted_scalar.json").toFile(), shifted);
+
+        ByteArrayOutputStream printed = new ByteArrayOutputStream();
+        try (SidecarFixture server = SidecarFixture.inProcess(1, 1L << 28).start();
+             PrintStream out = new PrintStream(printed, true, StandardCharsets.UTF_8)) {
+            ConformanceRunner.Summary summary = new ConformanceRunner(server.client(), out).runAll(tmp);
+            assertEquals(List.of("shifted_scalar", "unknown_scalar"), summary.names("FAIL").stream().sorted().toList(),
+                    printed.toString(StandardCharsets.UTF_8));
+        }
+        String report = printed.toString(StandardCharsets.UTF_8);
+        assertTrue(report.contains("step 1 momentum_sum: the reference records this group scalar; the server's group"
+                + " has k, lr_max, weight_sum"), report);
+        assertTrue(report.contains("step 3 weight_sum"), report);
+    }
 }

@@ -3,6 +3,8 @@ package dev.optsidecar.server.model;
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;
 import dev.optsidecar.client.Trainer;
+import dev.optsidecar.proto.v1.GroupScalarInfo;
+import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.server.SidecarFixture;
@@ -11,6 +13,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
 
 import java.util.List;
+import java.util.Map;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -121,13 +124,35 @@ class StepFiguresTest {
             assertEquals(0.5, first.getGroups(0).getLr());
             assertEquals(0.5 * 1 / 4, first.getGroups(0).getEffectiveLr());
             assertEquals(1.0, first.getGroups(0).getAveragingWeight());
-            assertEquals(1, first.getGroups(0).getK());
-            StepResult second = tr.step(TestData.data(TestData.random(5, 2)), List.of(TensorData.of(new float[5])));
             double w1 = Math.pow(0.125, 2);
+            assertEquals(Map.of("k", 1.0, "weight_sum", w1, "lr_max", 0.125), first.getGroups(0).getScalarsMap());
+            StepResult second = tr.step(TestData.data(TestData.random(5, 2)), List.of(TensorData.of(new float[5])));
             double w2 = Math.pow(0.25, 2); // weights use the running max lr, here the warming lr itself
             assertEquals(w2 / (w1 + w2), second.getGroups(0).getAveragingWeight(), 1e-15);
-            assertEquals(w1 + w2, second.getGroups(0).getWeightSum(), 1e-15);
-            assertEquals(0.25, second.getGroups(0).getLrMax());
+            assertEquals(Map.of("k", 2.0, "weight_sum", w1 + w2, "lr_max", 0.25), second.getGroups(0).getScalarsMap());
         }
+        ModelInfo info = LIVE.client().describe("sf-figures");
+        assertEquals(List.of(scalar("k", 0), scalar("weight_sum", 0), scalar("lr_max", -1)),
+                info.getGroups(0).getScalarsList(), "declared, with their values before the first step");
+        assertEquals(Map.of("k", 2.0, "weight_sum", 0.078125, "lr_max", 0.25), info.getState().getGroups(0).getScalarsMap());
+    }
+
+    /** An algorithm that keeps no group scalars declares none, reports none and saves none. */
+    @Test
+    void adamHasNoGroupScalars() {
+        LIVE.client().register(TestData.spec("adam-figures", "Adam", TestData.hp("lr", 0.1), 3).build(),
+                TestData.data(new float[3]));
+        try (Trainer tr = LIVE.client().trainer("adam-figures", "c")) {
+            StepResult r = tr.step(TestData.data(TestData.random(3, 1)), List.of(TensorData.of(new float[3])));
+            assertEquals(Map.of(), r.getGroups(0).getScalarsMap());
+            assertTrue(Double.isNaN(r.getGroups(0).getAveragingWeight()));
+        }
+        ModelInfo info = LIVE.client().describe("adam-figures");
+        assertEquals(List.of(), info.getGroups(0).getScalarsList());
+        assertEquals(Map.of(), info.getState().getGroups(0).getScalarsMap());
+    }
+
+    private static GroupScalarInfo scalar(String name, double initial) {
+        return GroupScalarInfo.newBuilder().setName(name).setInitial(initial).build();
     }
 }

@@ -1,5 +1,6 @@
 package dev.optsidecar.server.snapshot;
 
+import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.optsidecar.proto.v1.SnapshotInfo;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -24,6 +25,7 @@ import java.util.logging.Logger;
 import java.util.stream.Collectors;
 import java.util.zip.CRC32C;
 
+import static dev.optsidecar.server.snapshot.SnapshotFixtures.JSON;
 import static dev.optsidecar.server.snapshot.SnapshotFixtures.ids;
 import static dev.optsidecar.server.snapshot.SnapshotFixtures.snapshot;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -42,7 +44,7 @@ class SnapshotReaderTest {
     @ParameterizedTest
     @ValueSource(strings = {"flip-weights-data", "flip-weights-header", "flip-state-data", "flip-manifest",
             "truncate-state", "extend-weights", "missing-weights", "missing-manifest", "missing-manifest-crc",
-            "bad-manifest-json"})
+            "bad-manifest-json", "newer-format-version"})
     void corruptionIsDetected(String damage) throws IOException {
         SnapshotStore store = new SnapshotStore(root, 3);
         SnapshotInfo good = snapshot(store, "m", 1);
@@ -97,6 +99,10 @@ class SnapshotReaderTest {
                 Files.writeString(dir.resolve("manifest.crc32c"), String.format("%08x%n", crc.getValue()));
                 yield "manifest.json: not valid JSON";
             }
+            case "newer-format-version" -> {
+                rewriteFormatVersion(dir, 3);
+                yield "manifest.json: unsupported format_version 3";
+            }
             default -> throw new AssertionError(damage);
         };
         List<SnapshotInfo> listed = store.list("m");
@@ -121,6 +127,29 @@ class SnapshotReaderTest {
         assertFalse(store.list("m", true).get(0).getValid());
         Tensors.flipByte(root.resolve(info.getPath()).resolve("manifest.json"), 10);
         assertFalse(store.list("m", false).get(0).getValid());
+    }
+
+    /** A manifest of an older format version still opens, and says which version it is. */
+    @Test
+    void olderFormatVersionsOpenAndSayWhichTheyAre() throws IOException {
+        SnapshotStore store = new SnapshotStore(root, 3);
+        snapshot(store, "m", 1);
+        SnapshotInfo older = snapshot(store, "m", 2);
+        rewriteFormatVersion(root.resolve(older.getPath()), 1);
+        assertEquals(2, store.open("m", "000001").formatVersion());
+        assertEquals(1, store.open("m", "000002").formatVersion());
+        assertEquals(SnapshotFixtures.meta("m"), store.open("m", "000002").modelMeta());
+    }
+
+    /** Sets a committed snapshot's manifest format_version, with a matching checksum. */
+    private static void rewriteFormatVersion(Path dir, int version) throws IOException {
+        ObjectNode m = (ObjectNode) JSON.readTree(dir.resolve("manifest.json").toFile());
+        m.put("format_version", version);
+        byte[] json = JSON.writeValueAsBytes(m);
+        Files.write(dir.resolve("manifest.json"), json);
+        CRC32C crc = new CRC32C();
+        crc.update(json);
+        Files.writeString(dir.resolve("manifest.crc32c"), String.format("%08x%n", crc.getValue()));
     }
 
     private static final class Captured extends Handler implements AutoCloseable {

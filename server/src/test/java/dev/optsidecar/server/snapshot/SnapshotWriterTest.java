@@ -101,7 +101,7 @@ class SnapshotWriterTest {
         assertTrue(text.contains("\n  \"format\""), "pretty-printed: " + text);
         JsonNode m = JSON.readTree(json);
         assertEquals("optsidecar-snapshot", m.get("format").asText());
-        assertEquals(1, m.get("format_version").asInt());
+        assertEquals(2, m.get("format_version").asInt());
         assertEquals("m", m.get("model").asText());
         assertEquals("000001", m.get("id").asText());
         assertEquals(42, m.get("version").asLong());
