@@ -7,6 +7,7 @@ import dev.optsidecar.server.optim.Lookahead;
 import dev.optsidecar.server.optim.StepPlan;
 
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -28,17 +29,24 @@ final class StepComposition {
         Training training = m.training();
         long[] emaUpdates = m.emaUpdates;
         List<TensorProgram> programs = new ArrayList<>();
+        // Tensors whose wrapper slots sit at the same indexes share one call, so that engines bind it once.
+        Map<List<Integer>, KernelCall> wrapperCalls = new HashMap<>();
         for (TensorEntry tensor : m.tensors()) {
             List<KernelCall> calls = new ArrayList<>();
             if (!skip[tensor.index]) {
                 calls.add(plans.get(tensor.group).forTensor().apply(tensor.steps + 1));
             }
             if (sync) {
-                calls.add(training.lookahead().sync(tensor.slot(Lookahead.SLOW_SLOT),
-                        tensor.group.algorithm.momentumSlot(), tensor.slot(Lookahead.CACHE_SLOT)));
+                int slow = tensor.slot(Lookahead.SLOW_SLOT);
+                int momentum = tensor.group.algorithm.momentumSlot();
+                int cache = tensor.slot(Lookahead.CACHE_SLOT);
+                calls.add(wrapperCalls.computeIfAbsent(List.of(-1, slow, momentum, cache),
+                        key -> training.lookahead().sync(slow, momentum, cache)));
             }
             for (int i : emaDue) {
-                calls.add(training.ema().get(i).update(emaUpdates[i], tensor.slot(EmaShadow.slotName(i))));
+                int shadow = tensor.slot(EmaShadow.slotName(i));
+                calls.add(wrapperCalls.computeIfAbsent(List.of(i, shadow),
+                        key -> training.ema().get(i).update(emaUpdates[i], shadow)));
             }
             if (!calls.isEmpty()) {
                 programs.add(new TensorProgram(tensor.storage, calls));

@@ -82,8 +82,9 @@ public final class CpuEngine implements Engine {
     private void runLoops(List<TensorProgram> programs, DoubleAdder updateSquares) {
         List<CpuTensor> tensors = new ArrayList<>(programs.size());
         List<BlockLoop> loops = new ArrayList<>(programs.size());
+        CpuKernels.Binder binder = new CpuKernels.Binder();
         for (TensorProgram program : programs) {
-            BlockLoop loop = CpuKernels.program(program.calls());
+            BlockLoop loop = binder.program(program.calls());
             tensors.add((CpuTensor) program.tensor());
             loops.add(updateSquares == null ? loop : new UpdateNorm(loop, updateSquares));
         }

@@ -4,7 +4,9 @@ import dev.optsidecar.server.engine.kernel.Kernel;
 import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.util.ArrayList;
+import java.util.IdentityHashMap;
 import java.util.List;
+import java.util.Map;
 
 /**
  * Binds the catalogue's kernel calls to the CPU's loops. Every kernel id maps to its loop here;
@@ -46,23 +48,51 @@ final class CpuKernels {
     }
 
     /**
-     * One loop for a tensor's whole program, applied tile by tile (see {@link Chain}). A Schedule-Free
-     * AdamW step directly followed by an EMA blend runs as one fused loop, bit-identical to the two
-     * in sequence.
+     * Binds the programs of one run. The tensors of a group share their calls, so each distinct
+     * call (by identity) is bound once per run, not once per tensor: models have hundreds of tensors.
      */
-    static BlockLoop program(List<KernelCall> calls) {
-        List<BlockLoop> loops = new ArrayList<>(calls.size());
-        for (int i = 0; i < calls.size(); i++) {
-            KernelCall call = calls.get(i);
-            KernelCall next = i + 1 < calls.size() ? calls.get(i + 1) : null;
+    static final class Binder {
+        /** A call's loop; {@code fusedWith} is the next call when the loop runs both. */
+        private record Bound(BlockLoop loop, KernelCall fusedWith) {}
+
+        private final Map<KernelCall, Bound> bound = new IdentityHashMap<>();
+
+        /**
+         * One loop for a tensor's whole program, applied tile by tile (see {@link Chain}). A
+         * Schedule-Free AdamW step directly followed by an EMA blend runs as one fused loop,
+         * bit-identical to the two in sequence.
+         */
+        BlockLoop program(List<KernelCall> calls) {
+            Bound first = bind(calls.get(0), calls.size() > 1 ? calls.get(1) : null);
+            int used = first.fusedWith == null ? 1 : 2;
+            if (used == calls.size()) {
+                return first.loop;
+            }
+            List<BlockLoop> loops = new ArrayList<>(calls.size());
+            loops.add(first.loop);
+            for (int i = used; i < calls.size(); i++) {
+                Bound b = bind(calls.get(i), i + 1 < calls.size() ? calls.get(i + 1) : null);
+                loops.add(b.loop);
+                if (b.fusedWith != null) {
+                    i++;
+                }
+            }
+            return Chain.of(loops);
+        }
+
+        private Bound bind(KernelCall call, KernelCall next) {
+            Bound b = bound.get(call);
+            if (b != null && (b.fusedWith == null || b.fusedWith == next)) {
+                return b;
+            }
             if (call.kernel() == Kernel.ADAMW_SCHEDULE_FREE && ScheduleFreeLoops.adamWCommon(call)
                     && next != null && next.kernel() == Kernel.EMA_BLEND) {
-                loops.add(ScheduleFreeLoops.adamWWithEma(call, next));
-                i++;
+                b = new Bound(ScheduleFreeLoops.adamWWithEma(call, next), next);
             } else {
-                loops.add(step(call));
+                b = new Bound(step(call), null);
             }
+            bound.put(call, b);
+            return b;
         }
-        return Chain.of(loops);
     }
 }

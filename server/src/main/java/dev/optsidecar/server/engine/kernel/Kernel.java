@@ -1,7 +1,9 @@
 package dev.optsidecar.server.engine.kernel;
 
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 
 /**
  * The kernel catalogue: every operation an engine must implement to run any algorithm, wrapper
@@ -70,6 +72,10 @@ public enum Kernel {
     private final List<String> slots;
     private final List<String> scalars;
     private final List<String> flags;
+    /** Positions by name, so that calls are built and read without searching a list. */
+    private final Map<String, Integer> slotIndex;
+    private final Map<String, Integer> scalarIndex;
+    private final Map<String, Integer> flagIndex;
 
     Kernel(String id, Kind kind, String slots, String scalars, String flags) {
         this.id = id;
@@ -77,6 +83,32 @@ public enum Kernel {
         this.slots = words(slots);
         this.scalars = words(scalars);
         this.flags = words(flags);
+        this.slotIndex = positions(this.slots);
+        this.scalarIndex = positions(this.scalars);
+        this.flagIndex = positions(this.flags);
+    }
+
+    private static Map<String, Integer> positions(List<String> names) {
+        Map<String, Integer> m = new HashMap<>();
+        for (int i = 0; i < names.size(); i++) {
+            m.put(names.get(i), i);
+        }
+        return m;
+    }
+
+    /** Position of slot role {@code role} in a call, or −1 if the kernel has none. */
+    int slotIndex(String role) {
+        return slotIndex.getOrDefault(role, -1);
+    }
+
+    /** Position of scalar {@code name} in a call, or −1 if the kernel has none. */
+    int scalarIndex(String name) {
+        return scalarIndex.getOrDefault(name, -1);
+    }
+
+    /** Position of flag {@code name} in a call, or −1 if the kernel has none. */
+    int flagIndex(String name) {
+        return flagIndex.getOrDefault(name, -1);
     }
 
     private static List<String> words(String names) {

@@ -27,17 +27,17 @@ public final class KernelCall {
 
     /** The scalar named {@code name} in the catalogue. */
     public float scalar(String name) {
-        return scalars[index(kernel.scalars().indexOf(name), "scalar", name)];
+        return scalars[index(kernel.scalarIndex(name), "scalar", name)];
     }
 
     /** The flag named {@code name} in the catalogue. */
     public boolean flag(String name) {
-        return flags[index(kernel.flags().indexOf(name), "flag", name)];
+        return flags[index(kernel.flagIndex(name), "flag", name)];
     }
 
     /** The tensor's state-slot index that plays role {@code role}. */
     public int slot(String role) {
-        return slots[index(kernel.slots().indexOf(role), "slot", role)];
+        return slots[index(kernel.slotIndex(role), "slot", role)];
     }
 
     /** The same call with its slot roles bound to other slot indexes (a shadow or a slot moved). */
@@ -106,14 +106,14 @@ public final class KernelCall {
         }
 
         public Builder scalar(String name, float value) {
-            int i = position(kernel.scalars().indexOf(name), "scalar", name);
+            int i = position(kernel.scalarIndex(name), "scalar", name);
             scalars[i] = value;
             scalarSet[i] = true;
             return this;
         }
 
         public Builder flag(String name, boolean value) {
-            int i = position(kernel.flags().indexOf(name), "flag", name);
+            int i = position(kernel.flagIndex(name), "flag", name);
             flags[i] = value;
             flagSet[i] = true;
             return this;
