@@ -78,7 +78,7 @@ class CrashRecoveryIT {
     static List<float[]> uninterrupted() throws Exception {
         try (SocketServer server = SocketServer.start("127.0.0.1", 0, 2, 1L << 28);
              OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port())) {
-            client.register(spec("m"), SnapshotResumeTest.data(initial()));
+            client.register(spec("m"), dev.optsidecar.server.durability.SnapshotResumeTest.data(initial()));
             try (Trainer t = client.trainer("m", "crash-test-trainer")) {
                 return train(t, initial());
             }
@@ -97,7 +97,7 @@ class CrashRecoveryIT {
         AtomicReference<Throwable> killerFailure = new AtomicReference<>();
         Random random = new Random();
         try (OptSidecarClient client = OptSidecarClient.connect(server.get().target())) {
-            client.register(spec("m"), SnapshotResumeTest.data(initial()));
+            client.register(spec("m"), dev.optsidecar.server.durability.SnapshotResumeTest.data(initial()));
             Trainer trainer = client.trainer("m", "crash-test-trainer");
             Thread killer = new Thread(() -> {
                 try {
@@ -156,7 +156,7 @@ class CrashRecoveryIT {
         float[][] weights = initial().toArray(new float[0][]);
         float[][] zeros = {new float[(int) SIZES[0]], new float[(int) SIZES[1]]};
         try (OptSidecarClient client = OptSidecarClient.connect(first.target())) {
-            client.register(spec("m"), SnapshotResumeTest.data(List.of(weights)));
+            client.register(spec("m"), dev.optsidecar.server.durability.SnapshotResumeTest.data(List.of(weights)));
             Trainer idle = client.trainer("m", "idle").retryFor(java.time.Duration.ZERO);
             try (Trainer t = client.trainer("m", "t")) {
                 for (int step = 1; step <= 5; step++) {
@@ -176,7 +176,7 @@ class CrashRecoveryIT {
              OptSidecarClient client = OptSidecarClient.connect(second.target())) {
             assertEquals(6, client.describe("m").getVersion());
             float[][] restored = {new float[(int) SIZES[0]], new float[(int) SIZES[1]]};
-            client.pull("m", SnapshotResumeTest.data(List.of(restored)));
+            client.pull("m", dev.optsidecar.server.durability.SnapshotResumeTest.data(List.of(restored)));
             for (int i = 0; i < SIZES.length; i++) {
                 assertArrayEquals(weights[i], restored[i], "tensor " + i);
             }

@@ -12,19 +12,19 @@ import java.util.function.UnaryOperator;
 import java.util.stream.Stream;
 
 /** Every algorithm, with the wrappers, schedules and group layouts that give it extra state, on a small model. */
-final class TrainingConfigs {
-    static final long[] SIZES = {300_000, 33, 1};
+public final class TrainingConfigs {
+    public static final long[] SIZES = {300_000, 33, 1};
 
     private TrainingConfigs() {}
 
-    record Config(String name, String algorithm, Struct hp, UnaryOperator<OptimizerConfig.Builder> extra) {
+    public record Config(String name, String algorithm, Struct hp, UnaryOperator<OptimizerConfig.Builder> extra) {
         @Override
         public String toString() {
             return name;
         }
     }
 
-    static Stream<Config> all() {
+    public static Stream<Config> all() {
         return Stream.of(
                 new Config("sgd-nesterov", "SGD", TestData.hp("lr", 0.05, "momentum", 0.9, "nesterov", true), c -> c),
                 new Config("adamw-amsgrad-wsd", "AdamW", TestData.hp("lr", 0.01, "amsgrad", true), c -> c.setSchedule(
@@ -47,7 +47,7 @@ final class TrainingConfigs {
                         c -> c.setClipGradNorm(50)));
     }
 
-    static ModelSpec spec(Config c, String name) {
+    public static ModelSpec spec(Config c, String name) {
         ModelSpec.Builder b = TestData.spec(name, c.algorithm(), c.hp(), SIZES);
         // The small tensors' group differs in lr; in one config also in its state slots (amsgrad).
         b.addGroups(ParamGroup.newBuilder().setName("small").addTensors("t1").addTensors("t2")

@@ -1,5 +1,9 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.durability;
 
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.StandardModel;
+import dev.optsidecar.server.RawStep;
+import dev.optsidecar.server.SocketServer;
 import com.fasterxml.jackson.core.type.TypeReference;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;

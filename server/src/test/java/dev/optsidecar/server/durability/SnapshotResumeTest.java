@@ -1,5 +1,9 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.durability;
 
+import dev.optsidecar.server.TestData;
+import dev.optsidecar.server.TrainingConfigs;
+import dev.optsidecar.server.Twins;
+import dev.optsidecar.server.SocketServer;
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;
 import dev.optsidecar.client.Trainer;
@@ -8,8 +12,6 @@ import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.SnapshotInfo;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
-import dev.optsidecar.server.durability.Persistence;
-import dev.optsidecar.server.durability.StepJournal;
 import dev.optsidecar.server.snapshot.SnapshotStore;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -34,7 +36,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
  * crash image (the state directory as it was mid-run) replays its journal to the exact state of
  * its last acknowledged step.
  */
-class SnapshotResumeTest {
+public class SnapshotResumeTest {
     static final long[] SIZES = TrainingConfigs.SIZES;
     static final int SNAPSHOT_AFTER = 6;
     static final int STEPS = 11;
@@ -42,7 +44,7 @@ class SnapshotResumeTest {
     @TempDir
     Path tmp;
 
-    static SocketServer start(Path dir, List<String> restore) throws IOException {
+    public static SocketServer start(Path dir, List<String> restore) throws IOException {
         return SocketServer.start("127.0.0.1", 0, 2, 1L << 30,
                 new Persistence.Options(dir, 3, StepJournal.Sync.WRITE, 0, null, false), restore);
     }
@@ -93,8 +95,8 @@ class SnapshotResumeTest {
     }
 
     /** Weights in every view, every state slot and the counters. */
-    record State(ModelInfo info, Map<String, List<float[]>> views) {
-        static State of(OptSidecarClient client, String model) {
+    public record State(ModelInfo info, Map<String, List<float[]>> views) {
+        public static State of(OptSidecarClient client, String model) {
             ModelInfo info = client.describe(model);
             Map<String, List<float[]>> views = new LinkedHashMap<>();
             for (View v : info.getViewsList()) {
@@ -121,7 +123,7 @@ class SnapshotResumeTest {
             return out;
         }
 
-        void assertSame(State other, String what) {
+        public void assertSame(State other, String what) {
             assertEquals(Twins.withoutClients(info).getState(), Twins.withoutClients(other.info).getState(),
                     what + ": counters");
             assertEquals(views.keySet(), other.views.keySet(), what + ": views");
@@ -133,14 +135,14 @@ class SnapshotResumeTest {
         }
     }
 
-    static void steps(Trainer t, int from, int to) {
+    public static void steps(Trainer t, int from, int to) {
         List<float[]> out = blanks();
         for (int step = from; step <= to; step++) {
             t.step(data(grads(step)), data(out));
         }
     }
 
-    static List<float[]> initial() {
+    public static List<float[]> initial() {
         List<float[]> init = new ArrayList<>();
         for (int i = 0; i < SIZES.length; i++) {
             init.add(TestData.random((int) SIZES[i], 7 + i));
@@ -148,7 +150,7 @@ class SnapshotResumeTest {
         return init;
     }
 
-    static List<float[]> grads(int step) {
+    public static List<float[]> grads(int step) {
         List<float[]> g = new ArrayList<>();
         for (int i = 0; i < SIZES.length; i++) {
             g.add(TestData.random((int) SIZES[i], 1000L * step + i));
@@ -156,7 +158,7 @@ class SnapshotResumeTest {
         return g;
     }
 
-    static List<float[]> blanks() {
+    public static List<float[]> blanks() {
         List<float[]> out = new ArrayList<>();
         for (long n : SIZES) {
             out.add(new float[(int) n]);
@@ -164,11 +166,11 @@ class SnapshotResumeTest {
         return out;
     }
 
-    static List<TensorData> data(List<float[]> arrays) {
+    public static List<TensorData> data(List<float[]> arrays) {
         return arrays.stream().map(TensorData::of).toList();
     }
 
-    static void copyTree(Path from, Path to) throws IOException {
+    public static void copyTree(Path from, Path to) throws IOException {
         try (Stream<Path> files = Files.walk(from)) {
             for (Path p : (Iterable<Path>) files::iterator) {
                 Path target = to.resolve(from.relativize(p).toString());

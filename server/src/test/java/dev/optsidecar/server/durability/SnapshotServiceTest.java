@@ -1,5 +1,8 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.durability;
 
+import dev.optsidecar.server.TestData;
+import dev.optsidecar.server.TrainingConfigs;
+import dev.optsidecar.server.SocketServer;
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.ExportInfo;
@@ -11,8 +14,6 @@ import dev.optsidecar.proto.v1.SnapshotInfo;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
-import dev.optsidecar.server.durability.Persistence;
-import dev.optsidecar.server.durability.StepJournal;
 import dev.optsidecar.server.snapshot.SafetensorsFile;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
@@ -28,10 +29,10 @@ import java.util.logging.Handler;
 import java.util.logging.LogRecord;
 import java.util.logging.Logger;
 
-import static dev.optsidecar.server.SnapshotResumeTest.blanks;
-import static dev.optsidecar.server.SnapshotResumeTest.data;
-import static dev.optsidecar.server.SnapshotResumeTest.grads;
-import static dev.optsidecar.server.SnapshotResumeTest.initial;
+import static dev.optsidecar.server.durability.SnapshotResumeTest.blanks;
+import static dev.optsidecar.server.durability.SnapshotResumeTest.data;
+import static dev.optsidecar.server.durability.SnapshotResumeTest.grads;
+import static dev.optsidecar.server.durability.SnapshotResumeTest.initial;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;

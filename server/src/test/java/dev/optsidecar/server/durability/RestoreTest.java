@@ -1,5 +1,8 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.durability;
 
+import dev.optsidecar.server.TestData;
+import dev.optsidecar.server.TrainingConfigs;
+import dev.optsidecar.server.SidecarFixture;
 import com.google.protobuf.Struct;
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.client.TensorData;

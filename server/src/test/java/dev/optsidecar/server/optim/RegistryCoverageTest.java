@@ -1,6 +1,7 @@
-package dev.optsidecar.server;
+package dev.optsidecar.server.optim;
 
-import dev.optsidecar.server.optim.Algorithms;
+import dev.optsidecar.server.TrainingConfigs;
+
 import org.junit.jupiter.api.Test;
 
 import java.util.Set;
