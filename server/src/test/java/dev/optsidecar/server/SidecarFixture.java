@@ -10,7 +10,12 @@ import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.model.Model;
+import io.grpc.ForwardingServerCall;
 import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
+import io.grpc.ServerCall;
+import io.grpc.ServerCallHandler;
+import io.grpc.ServerInterceptor;
 import io.grpc.Status;
 import io.grpc.inprocess.InProcessChannelBuilder;
 import io.grpc.inprocess.InProcessServerBuilder;
@@ -74,6 +79,10 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
     private OptimizerGrpc.OptimizerStub async;
     private OptimizerGrpc.OptimizerBlockingStub blocking;
     private SevereLogs severe;
+    private final List<SentError> errorsSent = new CopyOnWriteArrayList<>();
+
+    /** A call the server ended with an error: its status and the trailers that went with it. */
+    public record SentError(String method, Status status, Metadata trailers) {}
 
     private SidecarFixture(boolean onSocket, int threads, long memoryLimit, Persistence.Options durability,
                            List<String> restore) {
@@ -125,7 +134,8 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
             CpuEngine engine = new CpuEngine(threads);
             closeInReverse.add(engine);
             server = SidecarServer.start(InProcessServerBuilder.forName(inProcessName)
-                    .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES), engine, memoryLimit, durability, restore);
+                    .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES)
+                    .intercept(new ErrorRecorder()), engine, memoryLimit, durability, restore);
             closeInReverse.add(server);
             client = new OptSidecarClient(channel());
         }
@@ -153,6 +163,14 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
     /** The Java client, on a connection of its own. */
     public OptSidecarClient client() {
         return client;
+    }
+
+    /**
+     * Every call an in-process server has ended with an error so far, as it went on the wire
+     * (status and trailers, where the error details travel).
+     */
+    public List<SentError> errorsSent() {
+        return List.copyOf(errorsSent);
     }
 
     /** Raw generated stubs, sharing one connection. */
@@ -287,6 +305,23 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
     }
 
     // ------------------------------------------------------------------------------------------
+
+    /** Records the error statuses the server's calls end with, for {@link #errorsSent()}. */
+    private final class ErrorRecorder implements ServerInterceptor {
+        @Override
+        public <Q, R> ServerCall.Listener<Q> interceptCall(ServerCall<Q, R> call, Metadata headers,
+                                                           ServerCallHandler<Q, R> next) {
+            return next.startCall(new ForwardingServerCall.SimpleForwardingServerCall<>(call) {
+                @Override
+                public void close(Status status, Metadata trailers) {
+                    if (!status.isOk()) {
+                        errorsSent.add(new SentError(call.getMethodDescriptor().getFullMethodName(), status, trailers));
+                    }
+                    super.close(status, trailers);
+                }
+            }, headers);
+        }
+    }
 
     /** Records SEVERE log records from the server and gRPC: an unexpected exception somewhere. */
     private static final class SevereLogs extends Handler {

@@ -163,7 +163,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     private Persistence persistence() {
         if (persistence == null) {
-            throw OptError.precondition("the server was started without --state-dir, so it keeps no snapshots");
+            throw OptError.precondition("the server was started without --state-dir, so it keeps no snapshots")
+                    .withReason(OptError.Reason.NO_STATE_DIR);
         }
         return persistence;
     }

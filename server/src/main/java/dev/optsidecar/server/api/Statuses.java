@@ -1,18 +1,29 @@
 package dev.optsidecar.server.api;
 
+import com.google.protobuf.Any;
+import com.google.rpc.BadRequest;
+import com.google.rpc.ErrorInfo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.snapshot.CorruptSnapshotException;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.grpc.protobuf.StatusProto;
 
 import java.io.IOException;
 import java.nio.file.NoSuchFileException;
+import java.util.Map;
 import java.util.logging.Level;
 import java.util.logging.Logger;
 
-/** The one place where domain errors become gRPC statuses. */
+/**
+ * The one place where domain errors become gRPC statuses. Each carries the rich error model's
+ * details (google.rpc.Status in the grpc-status-details-bin trailer): an ErrorInfo with the
+ * {@link OptError.Reason}, and for INVALID_ARGUMENT a BadRequest naming the field.
+ */
 final class Statuses {
     private static final Logger LOG = Logger.getLogger(Statuses.class.getName());
+    /** ErrorInfo.domain of every error this server makes. */
+    static final String DOMAIN = "optsidecar.dev";
 
     private Statuses() {}
 
@@ -36,25 +47,54 @@ final class Statuses {
             if (e.getCause() != null) {
                 LOG.log(Level.WARNING, e.getMessage(), e.getCause());
             }
-            return Status.fromCode(code).withDescription(e.getMessage()).asRuntimeException();
+            return withDetails(code, e.getMessage(), e.reason(), e.field(), e.metadata(), null);
         }
         if (t instanceof CorruptSnapshotException e) {
-            return Status.DATA_LOSS.withDescription(e.getMessage()).asRuntimeException();
+            return withDetails(Status.Code.DATA_LOSS, e.getMessage(), OptError.Reason.CORRUPT_DATA, "", Map.of(), null);
         }
         if (t instanceof NoSuchFileException e) {
-            return Status.NOT_FOUND.withDescription(e.getReason() != null ? e.getReason() : e.getMessage())
-                    .asRuntimeException();
+            return withDetails(Status.Code.NOT_FOUND, e.getReason() != null ? e.getReason() : e.getMessage(),
+                    OptError.Reason.SNAPSHOT_NOT_FOUND, "", Map.of(), null);
         }
         if (t instanceof IOException e) {
             LOG.log(Level.WARNING, "I/O error while serving a request", e);
-            return Status.INTERNAL.withDescription("I/O error: " + e.getMessage()).asRuntimeException();
+            return withDetails(Status.Code.INTERNAL, "I/O error: " + e.getMessage(), OptError.Reason.IO_ERROR, "",
+                    Map.of(), null);
         }
         if (t instanceof OutOfMemoryError) {
             LOG.log(Level.WARNING, "out of memory while serving a request", t);
-            return Status.RESOURCE_EXHAUSTED.withDescription("server out of memory: " + t.getMessage())
-                    .asRuntimeException();
+            return withDetails(Status.Code.RESOURCE_EXHAUSTED, "server out of memory: " + t.getMessage(),
+                    OptError.Reason.OUT_OF_MEMORY, "", Map.of(), null);
         }
         LOG.log(Level.SEVERE, "unexpected error while serving a request", t);
-        return Status.INTERNAL.withDescription("internal error: " + t).withCause(t).asRuntimeException();
+        return withDetails(Status.Code.INTERNAL, "internal error: " + t, OptError.Reason.INTERNAL_ERROR, "", Map.of(),
+                t);
+    }
+
+    /**
+     * A status with {@code message} as its description and the details clients read: ErrorInfo
+     * (reason, domain, metadata, and the field when there is one) and, for INVALID_ARGUMENT with a
+     * field, a BadRequest field violation.
+     */
+    static StatusRuntimeException withDetails(Status.Code code, String message, OptError.Reason reason, String field,
+                                              Map<String, String> metadata, Throwable cause) {
+        ErrorInfo.Builder info = ErrorInfo.newBuilder().setReason(reason.name()).setDomain(DOMAIN)
+                .putAllMetadata(metadata);
+        if (!field.isEmpty()) {
+            info.putMetadata("field", field);
+        }
+        com.google.rpc.Status.Builder details = com.google.rpc.Status.newBuilder()
+                .setCode(code.value())
+                .setMessage(message == null ? "" : message)
+                .addDetails(Any.pack(info.build()));
+        if (code == Status.Code.INVALID_ARGUMENT && !field.isEmpty()) {
+            details.addDetails(Any.pack(BadRequest.newBuilder()
+                    .addFieldViolations(BadRequest.FieldViolation.newBuilder()
+                            .setField(field)
+                            .setDescription(message == null ? "" : message))
+                    .build()));
+        }
+        StatusRuntimeException e = StatusProto.toStatusRuntimeException(details.build());
+        return cause == null ? e : e.getStatus().withCause(cause).asRuntimeException(e.getTrailers());
     }
 }

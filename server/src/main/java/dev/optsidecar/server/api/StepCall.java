@@ -112,12 +112,15 @@ final class StepCall implements StreamObserver<StepRequest> {
             assembly = m.openStep(session, c.getStepId());
         } else if (assembly.stepId() != c.getStepId()) {
             throw OptError.precondition("chunk.step_id: chunk for step %s arrived before step %s was committed",
-                    Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()));
+                    Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()))
+                    .withReason(OptError.Reason.STEP_OUT_OF_ORDER);
         }
         String nonFinite = m.addChunk(assembly, c.getTensor(), c.getOffset(), c.getData().asReadOnlyByteBuffer());
         if (nonFinite != null && policy != NonFinitePolicy.NON_FINITE_SKIP) {
             throw OptError.invalid("step %s: %s (the model's non_finite policy rejects such steps)",
-                    Long.toUnsignedString(assembly.stepId()), nonFinite);
+                    Long.toUnsignedString(assembly.stepId()), nonFinite)
+                    .withReason(OptError.Reason.NON_FINITE_GRADIENT).withField("chunk.data").with("model", m.name())
+                    .with("step_id", Long.toUnsignedString(assembly.stepId()));
         }
     }
 
@@ -141,7 +144,8 @@ final class StepCall implements StreamObserver<StepRequest> {
             assembly = m.openStep(session, c.getStepId()); // legal only when every tensor is listed in no_grad
         } else if (assembly.stepId() != c.getStepId()) {
             throw OptError.precondition("commit.step_id: commit for step %s, but the chunks sent were for step %s",
-                    Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()));
+                    Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()))
+                    .withReason(OptError.Reason.STEP_OUT_OF_ORDER);
         }
         StepAssembly a = assembly;
         assembly = null;
@@ -276,7 +280,8 @@ final class StepCall implements StreamObserver<StepRequest> {
 
     /** Server shutdown: ends the stream with UNAVAILABLE; a step not yet acknowledged is retried by the client. */
     synchronized void shutdown() {
-        fail(dev.optsidecar.server.OptError.unavailable("the server is shutting down; retry when it is back"));
+        fail(dev.optsidecar.server.OptError.unavailable("the server is shutting down; retry when it is back")
+                .withReason(dev.optsidecar.server.OptError.Reason.SHUTTING_DOWN));
     }
 
     /** Releases the model: drops an uncommitted step and stops a weights transfer. Idempotent. */

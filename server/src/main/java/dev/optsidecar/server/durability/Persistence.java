@@ -86,7 +86,8 @@ public final class Persistence implements AutoCloseable {
     public SnapshotInfo snapshot(Model m, String trigger) throws IOException {
         Tracked t = tracked.get(m);
         if (t == null) {
-            throw OptError.notFound("model '%s' was deleted", m.name());
+            throw OptError.notFound("model '%s' was deleted", m.name()).withReason(OptError.Reason.MODEL_NOT_FOUND)
+                    .with("model", m.name());
         }
         JournalSwitch log = t.log;
         synchronized (log) {

@@ -38,7 +38,8 @@ final class ClientLedger {
         if (order < 0) {
             throw OptError.precondition("step_id: step %s of client '%s' is older than its last applied step %s"
                             + " of model '%s'; sequence numbers must grow", Long.toUnsignedString(stepId), clientId,
-                    Long.toUnsignedString(p.getLastStepId()), model);
+                    Long.toUnsignedString(p.getLastStepId()), model)
+                    .withReason(OptError.Reason.STEP_OUT_OF_ORDER).with("model", model).with("client_id", clientId);
         }
         return null;
     }

@@ -259,7 +259,8 @@ public final class Model {
 
     void checkAcceptingSteps() {
         if (!acceptingSteps) {
-            throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", name);
+            throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", name)
+                    .with("model", name);
         }
     }
 
@@ -286,7 +287,9 @@ public final class Model {
     private void checkCurrent(StepAssembly a) {
         if (a.session().assembly != a) {
             throw OptError.aborted("step %s of model '%s' is no longer being assembled (a retry replaced it)",
-                    Long.toUnsignedString(a.stepId()), name);
+                    Long.toUnsignedString(a.stepId()), name)
+                    .withReason(OptError.Reason.STEP_REPLACED).with("model", name)
+                    .with("step_id", Long.toUnsignedString(a.stepId()));
         }
     }
 
@@ -347,7 +350,9 @@ public final class Model {
             } else {
                 checkAcceptingSteps();
                 if (baseVersion != null && baseVersion > version) {
-                    throw OptError.invalid("commit.base_version: %d is ahead of the model's version %d", baseVersion, version);
+                    throw OptError.invalid("commit.base_version: %d is ahead of the model's version %d", baseVersion, version)
+                            .withReason(OptError.Reason.BASE_VERSION_AHEAD).with("model", name)
+                            .with("base_version", baseVersion).with("current_version", version);
                 }
                 if (sync && !skipped && (baseVersion == null || baseVersion == version)) {
                     return rounds.contribute(a, skip, groupLr, view);
@@ -531,7 +536,8 @@ public final class Model {
 
     void checkLive() {
         if (deleted) {
-            throw OptError.notFound("model '%s' was deleted", name);
+            throw OptError.notFound("model '%s' was deleted", name).withReason(OptError.Reason.MODEL_NOT_FOUND)
+                    .with("model", name);
         }
     }
 

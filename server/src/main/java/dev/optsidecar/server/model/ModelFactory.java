@@ -148,7 +148,7 @@ final class ModelFactory {
             tensors.forEach(t -> t.storage.free());
             registry.release(bytes);
             throw OptError.exhausted("model '%s': out of memory allocating %d bytes; raise the JVM heap (-Xmx)"
-                    + " or lower --memory-limit", name, bytes);
+                    + " or lower --memory-limit", name, bytes).withReason(OptError.Reason.OUT_OF_MEMORY).with("model", name);
         }
         Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes, registry,
                 timers);

@@ -39,7 +39,8 @@ public final class ModelRegistry {
     /** As {@link #prepare(ModelSpec)}; with {@code replacing}, a model of that name may exist (see {@link PendingModel#publishReplacing}). */
     public PendingModel prepare(ModelSpec spec, boolean replacing) {
         if (!replacing && models.containsKey(spec.getName())) {
-            throw OptError.alreadyExists("spec.name: model '%s' already exists", spec.getName());
+            throw OptError.alreadyExists("spec.name: model '%s' already exists", spec.getName())
+                    .withReason(OptError.Reason.MODEL_EXISTS).with("model", spec.getName());
         }
         return ModelFactory.build(spec, engine, this, timers);
     }
@@ -50,7 +51,9 @@ public final class ModelRegistry {
         if (after > memoryLimit) {
             reserved.addAndGet(-bytes);
             throw OptError.exhausted("model '%s' needs %d bytes, but only %d of the server's %d-byte memory limit"
-                    + " are free (see --memory-limit)", model, bytes, Math.max(0, memoryLimit - after + bytes), memoryLimit);
+                    + " are free (see --memory-limit)", model, bytes, Math.max(0, memoryLimit - after + bytes), memoryLimit)
+                    .withReason(OptError.Reason.MEMORY_LIMIT).with("model", model).with("needed", bytes)
+                    .with("free", Math.max(0, memoryLimit - after + bytes)).with("limit", memoryLimit);
         }
     }
 
@@ -61,7 +64,8 @@ public final class ModelRegistry {
     /** Makes a fully initialised model visible under its name. */
     Model publish(Model model) {
         if (models.putIfAbsent(model.name(), model) != null) {
-            throw OptError.alreadyExists("spec.name: model '%s' already exists", model.name());
+            throw OptError.alreadyExists("spec.name: model '%s' already exists", model.name())
+                    .withReason(OptError.Reason.MODEL_EXISTS).with("model", model.name());
         }
         return model;
     }
@@ -86,7 +90,8 @@ public final class ModelRegistry {
         }
         Model m = models.get(name);
         if (m == null) {
-            throw OptError.notFound("%s: no model named '%s'", field, name);
+            throw OptError.notFound("%s: no model named '%s'", field, name).withReason(OptError.Reason.MODEL_NOT_FOUND)
+                    .with("model", name);
         }
         return m;
     }

@@ -47,7 +47,7 @@ public final class PendingModel {
         long count = data.remaining() / Float.BYTES;
         if (weights[tensor].overlaps(offset, offset + count)) {
             throw OptError.invalid("weights chunk for %s: elements [%d, %d) were already sent",
-                    t.describe(), offset, offset + count);
+                    t.describe(), offset, offset + count).withField("weights.offset");
         }
         t.storage.writeParams(offset, data);
         weights[tensor].add(offset, offset + count);
@@ -68,7 +68,7 @@ public final class PendingModel {
         Coverage c = slots.get(tensor).computeIfAbsent(index, i -> new Coverage(t.numel));
         if (c.overlaps(offset, offset + count)) {
             throw OptError.invalid("state chunk for %s slot '%s': elements [%d, %d) were already sent",
-                    t.describe(), slot, offset, offset + count);
+                    t.describe(), slot, offset, offset + count).withField("state.offset");
         }
         t.storage.writeSlot(index, offset, data);
         c.add(offset, offset + count);
@@ -117,7 +117,7 @@ public final class PendingModel {
     private static void requireComplete(Coverage c, String what) {
         if (!c.isComplete()) {
             throw OptError.precondition("%s incomplete: %d of %d elements missing, first missing element %d",
-                    what, c.missing(), c.numel(), c.firstMissing());
+                    what, c.missing(), c.numel(), c.firstMissing()).withReason(OptError.Reason.INCOMPLETE_DATA);
         }
     }
 

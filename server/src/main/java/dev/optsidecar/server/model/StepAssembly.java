@@ -57,7 +57,7 @@ public final class StepAssembly {
         Coverage c = coverage[tensor];
         if (c.overlaps(offset, offset + count)) {
             throw OptError.invalid("chunk for %s: elements [%d, %d) overlap elements already sent in step %d",
-                    t.describe(), offset, offset + count, stepId);
+                    t.describe(), offset, offset + count, stepId).withField("chunk.offset");
         }
         Ingest ingest = t.storage.writeGradient(session.handles[tensor], offset, data);
         c.add(offset, offset + count);
@@ -128,7 +128,8 @@ public final class StepAssembly {
             if (!c.isComplete()) {
                 throw OptError.precondition(
                         "step %d: gradient of %s is incomplete: %d of %d elements missing, first missing element %d",
-                        stepId, tensors.get(i).describe(), c.missing(), tensors.get(i).numel, c.firstMissing());
+                        stepId, tensors.get(i).describe(), c.missing(), tensors.get(i).numel, c.firstMissing())
+                        .withReason(OptError.Reason.INCOMPLETE_DATA);
             }
         }
     }

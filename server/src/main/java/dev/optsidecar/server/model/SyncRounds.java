@@ -84,7 +84,7 @@ final class SyncRounds {
                 r.timer.cancel(false);
             }
             OptError gone = OptError.notFound("model '%s' was deleted while its sync step waited for contributions",
-                    model.name());
+                    model.name()).withReason(OptError.Reason.MODEL_NOT_FOUND).with("model", model.name());
             r.contributions.forEach(c -> c.result().completeExceptionally(gone));
         }
     }
@@ -177,7 +177,8 @@ final class SyncRounds {
                                 Views.select(model, c.view(), List.of(), "commit.view"), version);
                         if (shared == null) {
                             throw OptError.exhausted("model '%s': no memory left under the limit to copy out the new"
-                                    + " weights for the sync step's %d contributors", model.name(), parts.size());
+                                    + " weights for the sync step's %d contributors", model.name(), parts.size())
+                                    .withReason(OptError.Reason.MEMORY_LIMIT).with("model", model.name());
                         }
                         shared.retain();
                         copies.put(c.view().label(), shared);

@@ -67,7 +67,8 @@ final class Trainers {
         if (s.pending != null) {
             throw OptError.precondition("step_id: client '%s' sent step %s while its step %s waits for the other"
                             + " trainers' contributions", s.clientId, Long.toUnsignedString(stepId),
-                    Long.toUnsignedString(s.pending.stepId()));
+                    Long.toUnsignedString(s.pending.stepId()))
+                    .withReason(OptError.Reason.STEP_OUT_OF_ORDER);
         }
         if (s.handles == null) {
             memory.reserve(model, gradientBytes);

@@ -114,7 +114,8 @@ final class Views {
         EmaShadow shadow = m.training().ema().get(index);
         if (m.emaUpdates[index] == 0) {
             throw OptError.precondition("%s: the EMA shadow with decay %s of model '%s' has had no update yet"
-                    + " (the first comes at step %d)", field, shadow.decay(), m.name(), shadow.every());
+                    + " (the first comes at step %d)", field, shadow.decay(), m.name(), shadow.every())
+                    .withReason(OptError.Reason.EMA_NOT_READY).with("model", m.name());
         }
         return new Model.ResolvedView(emaLabel(shadow), ViewSource.slot(EmaShadow.slotName(index)));
     }

@@ -1,5 +1,6 @@
 package dev.optsidecar.server.api;
 
+import com.google.rpc.ErrorInfo;
 import dev.optsidecar.client.TensorData;
 import dev.optsidecar.proto.v1.DeleteRequest;
 import dev.optsidecar.proto.v1.DescribeRequest;
@@ -44,6 +45,9 @@ import static dev.optsidecar.server.StandardModel.le;
 import static dev.optsidecar.server.StandardModel.spec;
 import static dev.optsidecar.server.StandardModel.tensors;
 import static dev.optsidecar.server.StatusAssertions.assertStatus;
+import static dev.optsidecar.server.StatusAssertions.badRequest;
+import static dev.optsidecar.server.StatusAssertions.details;
+import static dev.optsidecar.server.StatusAssertions.errorInfo;
 import static dev.optsidecar.server.TestData.struct;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -491,6 +495,29 @@ class BadInputTest {
                         .setView(View.newBuilder().setKindValue(42)).build())), "view", "'" + name + "'");
         assertBitsEqual(initialWeights(9), f.pull(name), "weights");
         f.client().delete(name);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Every error above went out with details a program can read
+
+    /**
+     * Runs last: each error the server sent in this class carries an ErrorInfo with a reason, and
+     * a BadRequest, where there is one, names the same field as the ErrorInfo.
+     */
+    @Test
+    @Order(Integer.MAX_VALUE)
+    void everyErrorCarriesAReason() {
+        List<SidecarFixture.SentError> sent = f.errorsSent();
+        assertFalse(sent.isEmpty(), "no errors were recorded");
+        for (SidecarFixture.SentError e : sent) {
+            com.google.rpc.Status details = details(e.status(), e.trailers());
+            ErrorInfo info = errorInfo(details);
+            badRequest(details).ifPresent(bad -> {
+                assertEquals(Status.Code.INVALID_ARGUMENT, e.status().getCode(), () -> "BadRequest with " + e);
+                assertEquals(info.getMetadataOrDefault("field", ""), bad.getFieldViolations(0).getField(),
+                        () -> "fields of " + e);
+            });
+        }
     }
 
     private static void drain(Iterator<?> it) {
