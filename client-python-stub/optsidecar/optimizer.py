@@ -164,8 +164,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 try:
                     info = self.client.register(spec, [p for g in groups for p in g.params])
                 except AlreadyExists as e:
-                    raise AlreadyExists(f"{e} (pass attach=True to continue that model, or load a state dict "
-                                        f"into an optimizer with another name)", e.code, e.details) from None
+                    raise e.with_message(f"{e} (pass attach=True to continue that model, or load a state dict "
+                                         f"into an optimizer with another name)") from None
         except BaseException:
             if self._owns_client:
                 self.client.close()
@@ -261,9 +261,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             figures = self._stream.step(grads, self._destinations(), view="train", group_lr=self._group_lr(),
                                         base_version=self.version)
         except StaleGradient as e:
-            raise StaleGradient(f"{e} [call optimizer.pull(), compute the gradient again and step]", e.code,
-                                e.details, current_version=e.current_version, base_version=e.base_version,
-                                staleness=e.staleness, max_staleness=e.max_staleness) from None
+            raise e.with_message(f"{e} [call optimizer.pull(), compute the gradient again and step]") from None
         self.last_result = figures
         # The weights now in the parameters: the current ones after a replayed or late step.
         self.version = figures.weights_version if figures.weights_version is not None else figures.version
@@ -303,8 +301,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         try:
             self._pull_into_params("eval")
         except InvalidArgument as e:
-            raise InvalidArgument(f"eval(): {self._algorithm} has no eval view (Schedule-Free algorithms, Lookahead "
-                                  f"and EMA have one); the server says: {e.details}", e.code, e.details) from None
+            raise e.with_message(f"eval(): {self._algorithm} has no eval view (Schedule-Free algorithms, Lookahead "
+                                 f"and EMA have one); the server says: {e.details}") from None
         self._mode = "eval"
         return self
 

@@ -174,6 +174,9 @@ def test_async_stale_gradient_is_rejected_with_the_current_version_and_pull_reco
         error = caught.value
         assert isinstance(error, FailedPrecondition) and isinstance(error, RuntimeError)
         assert (error.current_version, error.base_version, error.staleness, error.max_staleness) == (2, 0, 2, 1)
+        assert error.reason == "STALE_GRADIENT"
+        assert {k: error.metadata[k] for k in ("current_version", "base_version", "client_id")} == {
+            "current_version": "2", "base_version": "0", "client_id": "b"}
         assert b.version == 0
         for got, want in zip(b_model.parameters(), before):
             assert torch.equal(got, want)
@@ -290,8 +293,8 @@ def test_coordination_settings_are_checked():
 
 
 class _Failed(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str):
-        self._code, self._details = code, details
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: tuple = ()):
+        self._code, self._details, self._trailers = code, details, trailers
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -299,13 +302,34 @@ class _Failed(grpc.RpcError):
     def details(self) -> str:
         return self._details
 
+    def trailing_metadata(self) -> tuple:
+        return self._trailers
+
+
+def _status_details(reason: str, **metadata: str) -> tuple:
+    """The trailer a server error carries: a google.rpc.Status holding an ErrorInfo."""
+    from optsidecar.errors import _RICH
+    info = _RICH["ErrorInfo"](reason=reason, domain="optsidecar.dev")
+    for key, value in metadata.items():
+        info.metadata.add(key=key, value=value)
+    status = _RICH["Status"](code=grpc.StatusCode.FAILED_PRECONDITION.value[0], message="stale")
+    status.details.add(type_url="type.googleapis.com/google.rpc.ErrorInfo", value=info.SerializeToString())
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
 
 def test_stale_rejection_maps_to_stale_gradient_with_the_versions():
     details = ("step 7 of client 'w1': its gradient was computed at version 3, 5 versions behind the current "
                "version 8 (the bound is 4); pull the weights and send a fresh one")
-    error = from_rpc_error(_Failed(grpc.StatusCode.FAILED_PRECONDITION, details), "step 7 of model 'm'", "x:1")
+    trailers = _status_details("STALE_GRADIENT", current_version="8", base_version="3", staleness="5",
+                               max_staleness="4", client_id="w1")
+    error = from_rpc_error(_Failed(grpc.StatusCode.FAILED_PRECONDITION, details, trailers), "step 7 of model 'm'",
+                           "x:1")
     assert isinstance(error, StaleGradient)
     assert (error.current_version, error.base_version, error.staleness, error.max_staleness) == (8, 3, 5, 4)
+    assert (error.reason, error.metadata["client_id"]) == ("STALE_GRADIENT", "w1")
+    # The versions come from the details, never from the message.
+    bare = from_rpc_error(_Failed(grpc.StatusCode.FAILED_PRECONDITION, details), "step", "x:1")
+    assert type(bare) is FailedPrecondition and bare.reason is None
     other = from_rpc_error(_Failed(grpc.StatusCode.FAILED_PRECONDITION, "commit: 3 chunks missing"), "step", "x:1")
     assert type(other) is FailedPrecondition
 

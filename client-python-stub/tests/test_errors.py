@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,12 @@ from optsidecar import (
     NotFound,
     OptSidecarError,
     RemoteOptimizer,
+    ResourceExhausted,
     ServerUnavailable,
 )
+from optsidecar.errors import from_rpc_error
+from optsidecar.v1 import optimizer_pb2 as pb
+from optsidecar.v1 import optimizer_pb2_grpc
 
 
 def test_wrong_gradient_shape_names_the_parameter(target):
@@ -189,3 +194,49 @@ def test_low_level_errors_keep_the_server_message(client):
     assert caught.value.details == "model: no model named 'no-such-model'"
     with pytest.raises(ValueError, match="unknown view"):
         client.pull("no-such-model", "best", [])
+
+
+def test_server_errors_carry_reason_field_and_metadata(client, target):
+    with pytest.raises(InvalidArgument) as caught:
+        RemoteOptimizer(make_mlp().parameters(), target, "Adam", lr=-1.0)
+    assert caught.value.reason == "INVALID_FIELD"
+    assert caught.value.field == "spec.optimizer.hyperparameters.lr"
+    assert caught.value.metadata == {"field": "spec.optimizer.hyperparameters.lr"}
+
+    with pytest.raises(NotFound) as caught:
+        client.describe("no-such-model")
+    assert (caught.value.reason, caught.value.field) == ("MODEL_NOT_FOUND", "model")
+    assert caught.value.metadata["model"] == "no-such-model"
+
+    opt = RemoteOptimizer(make_mlp().parameters(), target, "SGD", lr=0.1)
+    try:
+        # The optimizer adds advice to the message and keeps what the server attached.
+        with pytest.raises(AlreadyExists, match="attach=True") as caught:
+            RemoteOptimizer(make_mlp().parameters(), target, "SGD", model=opt.model, lr=0.1)
+        assert (caught.value.reason, caught.value.field) == ("MODEL_EXISTS", "spec.name")
+        assert caught.value.metadata["model"] == opt.model
+    finally:
+        opt.delete()
+
+
+def test_memory_limit_error_carries_the_limit(target):
+    # Only the spec is sent: the server refuses the model before any weights arrive.
+    spec = pb.ModelSpec(name="too-big", tensors=[pb.TensorSpec(name="huge", shape=[1 << 40])],
+                        optimizer=pb.OptimizerConfig(algorithm="Adam"))
+    with grpc.insecure_channel(target) as channel:
+        with pytest.raises(grpc.RpcError) as raw:
+            optimizer_pb2_grpc.OptimizerStub(channel).Register(iter([pb.RegisterRequest(spec=spec)]))
+    error = from_rpc_error(raw.value, "register model 'too-big'", target)
+    assert isinstance(error, ResourceExhausted) and isinstance(error, MemoryError)
+    assert error.reason == "MEMORY_LIMIT" and error.field is None
+    assert error.metadata["model"] == "too-big"
+    assert int(error.metadata["limit"]) == 1 << 30  # the test servers run with --memory-limit 1g
+    assert int(error.metadata["needed"]) > int(error.metadata["free"])
+
+
+def test_errors_not_from_the_server_have_no_reason():
+    down = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ServerUnavailable) as caught:
+        RemoteOptimizer(make_mlp().parameters(), down, "SGD", lr=0.1)
+    assert (caught.value.reason, caught.value.field, caught.value.metadata) == (None, None, {})
+    assert (InvalidArgument("client-side").reason, InvalidArgument("client-side").metadata) == (None, {})
