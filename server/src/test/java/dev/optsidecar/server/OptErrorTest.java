@@ -1,12 +1,16 @@
 package dev.optsidecar.server;
 
+import dev.optsidecar.client.ServerError;
 import org.junit.jupiter.api.Test;
 
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.Map;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** The field and reason an OptError reports when its call site names neither, and the explicit ones. */
 class OptErrorTest {
@@ -45,5 +49,15 @@ class OptErrorTest {
         assertEquals(Map.of("current_version", "8", "model", "m"), e.metadata());
         assertEquals("step 3 of client 'a': stale", e.getMessage());
         assertThrows(UnsupportedOperationException.class, () -> e.metadata().put("x", "y"));
+    }
+
+    /** Clients and readers see the same list of reasons as the server: the Java client's constants and README's table. */
+    @Test
+    void everyReasonIsKnownToTheJavaClientAndListedInTheReadme() throws Exception {
+        String readme = Files.readString(Path.of("..", "README.md"));
+        for (OptError.Reason reason : OptError.Reason.values()) {
+            assertEquals(reason.name(), ServerError.class.getField(reason.name()).get(null), reason::name);
+            assertTrue(readme.contains("| `" + reason.name() + "` |"), () -> reason + " is not in README's Errors table");
+        }
     }
 }
