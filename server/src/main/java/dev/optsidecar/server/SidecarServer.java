@@ -112,7 +112,8 @@ public final class SidecarServer implements AutoCloseable {
                 }
                 try {
                     persistence.restoreAtStartup(what);
-                } catch (IOException e) {
+                } catch (IOException | RuntimeException e) {
+                    // Named after the flag, so that the one line an operator sees says which restore failed.
                     throw new IOException("--restore " + what + ": " + e.getMessage(), e);
                 }
             }
