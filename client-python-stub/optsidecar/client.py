@@ -34,7 +34,9 @@ is for (synchronous mode).
 
 from __future__ import annotations
 
+import logging
 import queue
+import random
 import threading
 import time
 import uuid
@@ -57,6 +59,17 @@ __all__ = ["Client", "StepStream", "StateBuffer", "MAX_MESSAGE_BYTES", "DEFAULT_
 
 #: Largest message either side sends: a few chunks, whatever the model's size.
 MAX_MESSAGE_BYTES = 4 << 20
+
+log = logging.getLogger("optsidecar")
+
+
+def backoff_ceilings(first: float, most: float) -> Iterator[float]:
+    """The longest pause before each retry: ``first``, doubling up to ``most``, then ``most`` on.
+    Each actual pause is drawn uniformly below its ceiling (full jitter)."""
+    ceiling = first
+    while True:
+        yield ceiling
+        ceiling = min(2 * ceiling, most)
 
 #: How long a step is retried while the server is unavailable, by default.
 DEFAULT_RETRY_SECONDS = 60.0
@@ -521,8 +534,10 @@ class StepStream:
     number (:attr:`next_step_id`, growing by one per step). When a step fails because the server
     is unavailable (it is restarting, the connection dropped, or a shutdown ended the stream), the
     same step, with the same sequence number and gradients, is sent again on a fresh stream, with
-    a growing pause in between, until it is answered or ``retry_for`` seconds have passed; then
-    it raises ``ServerUnavailable``. A server that applied the step before the failure answers
+    a growing random pause in between (exponential backoff with full jitter: up to 50 ms, doubling
+    to at most 2 s), until it is answered or ``retry_for`` seconds have passed; then it raises
+    ``ServerUnavailable``. The ``optsidecar`` logger notes, once each, when a step starts being
+    retried (WARNING) and when the server answers again (INFO). A server that applied the step before the failure answers
     the retry from its ledger (``replayed=True``) and sends the current weights, so the step
     counts once either way. Other errors are raised at once and never retried.
 
@@ -548,9 +563,11 @@ class StepStream:
         base_version: the version of the weights the first gradient is computed at (None: send none).
     """
 
-    #: First pause between two attempts at a step, doubled after each failure up to ``MAX_PAUSE``.
+    #: Longest pause before the first retry of a step, doubled after each failure up to
+    #: ``MAX_PAUSE``; each pause is drawn uniformly below it (full jitter), so that trainers cut
+    #: off by the same restart do not all come back at the same instant.
     FIRST_PAUSE = 0.05
-    MAX_PAUSE = 1.0
+    MAX_PAUSE = 2.0
 
     def __init__(self, client: Client, model: str, client_id: str, numels: Sequence[int], *,
                  next_step_id: int = 1, retry_for: float = DEFAULT_RETRY_SECONDS,
@@ -639,23 +656,31 @@ class StepStream:
             # The last step failed, perhaps because the server went away: give the connection a
             # moment to come back; if it does not, the attempt below fails with UNAVAILABLE.
             self.client.wait_for_connection(self.client.connect_timeout)
-        deadline = time.monotonic() + self.retry_for
-        pause = self.FIRST_PAUSE
+        started = time.monotonic()
+        deadline = started + self.retry_for
+        ceilings = backoff_ceilings(self.FIRST_PAUSE, self.MAX_PAUSE)
+        retried = 0
         while True:
             try:
                 figures = self._attempt(step_id, grads, commit, destinations, action)
                 if figures.weights_version is not None and requested.kind in (pb.VIEW_KIND_UNSPECIFIED, pb.VIEW_TRAIN):
                     self.base_version = figures.weights_version
+                if retried:
+                    log.info("%s: the server at %s answered again after %d retries (%.1f s)", action,
+                             self.client.target, retried, time.monotonic() - started)
                 return figures
-            except ServerUnavailable:
-                if time.monotonic() + pause >= deadline:
+            except ServerUnavailable as e:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise
+                if not retried:
+                    log.warning("%s; retrying for up to %g s", e, self.retry_for)
             # The server is restarting or the connection broke: send the same step again, on a
             # fresh stream (the failed one was cancelled), once the server answers.
-            time.sleep(pause)
-            pause = min(2 * pause, self.MAX_PAUSE)
+            time.sleep(min(random.uniform(0, next(ceilings)), remaining))
             self.client.wait_for_connection(max(0.0, deadline - time.monotonic()))
             self.retries += 1
+            retried += 1
 
     def _attempt(self, step_id: int, grads: Sequence[Any], commit: pb.StepCommit,
                  destinations: Optional[List[Destination]], action: str) -> StepFigures:

@@ -309,3 +309,40 @@ def test_training_rides_through_server_restarts_bit_for_bit(target, start_server
         quit.set()
         restarter.join()
         opt.close()
+
+
+def test_backoff_doubles_from_50_ms_to_a_2_s_cap():
+    from optsidecar.client import StepStream, backoff_ceilings
+
+    ceilings = backoff_ceilings(StepStream.FIRST_PAUSE, StepStream.MAX_PAUSE)
+    assert [next(ceilings) for _ in range(9)] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
+
+
+def test_retrying_through_a_restart_is_logged_once_when_it_starts_and_once_when_it_recovers(
+        start_server, tmp_path, caplog):
+    """The server is shut down between two steps and comes back a second later: the step sent
+    meanwhile is retried, with one WARNING when the retrying starts and one INFO when it is over."""
+    import logging
+
+    durable = start_server("--state-dir", tmp_path / "state", "--restore", "latest")
+    model = crash_model()
+    opt = crash_optimizer(model, durable.target)
+    try:
+        crash_train(model, opt, 1)
+        durable.stop()
+        back = threading.Timer(1.0, durable.start)
+        back.start()
+        try:
+            with caplog.at_level(logging.INFO, logger="optsidecar"):
+                crash_train(model, opt, 2)
+        finally:
+            back.join()
+        records = [r for r in caplog.records if r.name == "optsidecar"]
+        assert [r.levelno for r in records] == [logging.WARNING, logging.INFO], [r.getMessage() for r in records]
+        started, recovered = (r.getMessage() for r in records)
+        assert started.startswith(f"step 2 of model {opt.model!r}: ") and "unavailable" in started
+        assert started.endswith("retrying for up to 60 s"), started
+        assert f"step 2 of model {opt.model!r}: the server at {durable.target} answered again after " in recovered
+        assert opt.client.describe(opt.model).version == 2
+    finally:
+        opt.close()

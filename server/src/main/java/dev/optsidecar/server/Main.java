@@ -4,7 +4,9 @@ import dev.optsidecar.server.bench.BenchCommand;
 import dev.optsidecar.server.conformance.ConformanceCommand;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
 
 import java.util.concurrent.Callable;
 
@@ -14,6 +16,17 @@ import java.util.concurrent.Callable;
                 + " gradients streamed by trainers over gRPC. With no subcommand it serves.",
         subcommands = {ConformanceCommand.class, BenchCommand.class})
 public final class Main implements Callable<Integer> {
+    /** Exit code of a mistake on the command line (picocli's usage error code). */
+    static final int EXIT_USAGE = CommandLine.ExitCode.USAGE;
+    /** Exit code when the flags are fine but the server cannot start: port taken, state dir unusable, a failed restore. */
+    static final int EXIT_CANNOT_START = CommandLine.ExitCode.SOFTWARE;
+    /** The flags that only mean something with --state-dir. */
+    private static final java.util.List<String> STATE_DIR_FLAGS =
+            java.util.List.of("--journal", "--snapshot-every-steps", "--snapshot-interval", "--snapshot-keep");
+
+    @Spec
+    CommandSpec spec;
+
     @Option(names = "--port", defaultValue = "50051", description = "TCP port to listen on (default: ${DEFAULT-VALUE}).")
     int port;
 
@@ -59,7 +72,48 @@ public final class Main implements Callable<Integer> {
 
     public static void main(String[] args) {
         System.setProperty("optsidecar.cpus", String.valueOf(Runtime.getRuntime().availableProcessors()));
-        System.exit(new CommandLine(new Main()).execute(args));
+        System.exit(commandLine().execute(args));
+    }
+
+    /** The command line with handlers that report a mistake or a failed start as one line on stderr. */
+    static CommandLine commandLine() {
+        return new CommandLine(new Main())
+                .setParameterExceptionHandler(Main::usageError)
+                .setExecutionExceptionHandler(Main::cannotStart);
+    }
+
+    /** A mistake on the command line: the problem, and a hint to --help instead of the whole help text. */
+    private static int usageError(CommandLine.ParameterException e, String[] args) {
+        CommandLine cmd = e.getCommandLine();
+        java.io.PrintWriter err = cmd.getErr();
+        err.println(cmd.getCommandSpec().qualifiedName() + ": " + e.getMessage());
+        err.println("Try '" + cmd.getCommandSpec().qualifiedName() + " --help' for the flags.");
+        err.flush();
+        return EXIT_USAGE;
+    }
+
+    /** The server (or a command) failed: one line naming the cause, no stack trace. */
+    private static int cannotStart(Exception e, CommandLine cmd, CommandLine.ParseResult parsed) {
+        java.io.PrintWriter err = cmd.getErr();
+        String what = cmd.getCommand() instanceof Main ? "cannot start: " : "";
+        err.println(cmd.getCommandSpec().qualifiedName() + ": " + what + describe(e));
+        err.flush();
+        return EXIT_CANNOT_START;
+    }
+
+    /** The exception's message and, when it differs, its root cause's (a failed bind says why only there). */
+    static String describe(Throwable e) {
+        String top = message(e);
+        Throwable root = e;
+        while (root.getCause() != null && root.getCause() != root) {
+            root = root.getCause();
+        }
+        String cause = message(root);
+        return root == e || top.contains(cause) ? top : top + ": " + cause;
+    }
+
+    private static String message(Throwable e) {
+        return e.getMessage() == null || e.getMessage().isBlank() ? e.getClass().getSimpleName() : e.getMessage();
     }
 
     static int defaultThreads() {
@@ -73,12 +127,62 @@ public final class Main implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
+        validate();
         SocketServer server = SocketServer.start(bind, port,
                 threads == null ? defaultThreads() : threads,
                 memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore);
         Runtime.getRuntime().addShutdownHook(new Thread(server::close, "optsidecar-shutdown"));
         server.server().awaitTermination();
         return 0;
+    }
+
+    /** Checks what picocli's parsing cannot: ranges, flags that need each other, the bind address. */
+    private void validate() {
+        if (port < 0 || port > 65535) {
+            throw usage("--port must be 0 to 65535 (0: any free port), not " + port);
+        }
+        if (threads != null && threads < 1) {
+            throw usage("--threads must be at least 1, not " + threads);
+        }
+        long heap = Runtime.getRuntime().maxMemory();
+        if (memoryLimit != null && heap != Long.MAX_VALUE && memoryLimit > heap) {
+            throw usage("--memory-limit " + memoryLimit + " bytes is above the JVM's maximum heap of " + heap
+                    + " bytes; start java with a larger -Xmx");
+        }
+        if (stateDir == null) {
+            for (String flag : STATE_DIR_FLAGS) {
+                if (spec.commandLine().getParseResult().hasMatchedOption(flag)) {
+                    throw usage(flag + " needs --state-dir");
+                }
+            }
+        } else if (java.nio.file.Files.exists(stateDir) && !java.nio.file.Files.isDirectory(stateDir)) {
+            throw usage("--state-dir " + stateDir + " is a file, not a directory");
+        }
+        checkBindAddress();
+    }
+
+    /** An address that is not this machine's fails at bind with a vague error; name the flag instead. */
+    private void checkBindAddress() {
+        java.net.InetAddress address;
+        try {
+            address = java.net.InetAddress.getByName(bind);
+        } catch (java.net.UnknownHostException e) {
+            throw usage("--bind " + bind + ": not a known host or IP address");
+        }
+        boolean local;
+        try {
+            local = address.isAnyLocalAddress() || address.isLoopbackAddress()
+                    || java.net.NetworkInterface.getByInetAddress(address) != null;
+        } catch (java.net.SocketException e) {
+            local = true; // cannot tell: let the bind itself decide
+        }
+        if (!local) {
+            throw usage("--bind " + bind + ": not an address of this machine");
+        }
+    }
+
+    private CommandLine.ParameterException usage(String message) {
+        return new CommandLine.ParameterException(spec.commandLine(), message);
     }
 
     /** The durability options, or null when the server keeps no state directory. */

@@ -6,15 +6,23 @@ import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.StepAssembly;
+import io.grpc.Metadata;
 import io.grpc.Server;
 import io.grpc.ServerBuilder;
+import io.grpc.ServerCall;
+import io.grpc.ServerCallHandler;
+import io.grpc.ServerInterceptor;
+import io.grpc.ServerInterceptors;
+import io.grpc.Status;
 import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
 import io.grpc.protobuf.services.HealthStatusManager;
+import io.grpc.protobuf.services.ProtoReflectionService;
 import io.grpc.protobuf.services.ProtoReflectionServiceV1;
 
 import java.io.IOException;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
+import java.util.logging.Logger;
 
 /**
  * The gRPC server: the Optimizer service, health and reflection, on the transport it is handed
@@ -23,6 +31,7 @@ import java.util.concurrent.TimeUnit;
  * own background threads ({@link ServerThreads}) stop when it closes.
  */
 public final class SidecarServer implements AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(SidecarServer.class.getName());
     /** Room for one chunk and its header, with margin; no message needs more. */
     static final int MAX_MESSAGE_BYTES = 4 * StepAssembly.MAX_CHUNK_BYTES;
 
@@ -32,6 +41,8 @@ public final class SidecarServer implements AutoCloseable {
     private final ModelRegistry registry;
     private final Persistence persistence;
     private final OptimizerService service;
+    /** False until startup's restores are done: until then Optimizer calls are refused with UNAVAILABLE. */
+    private volatile boolean serving;
 
     private SidecarServer(ServerBuilder<?> transport, Engine engine, long memoryLimit, Persistence.Options durability)
             throws IOException {
@@ -44,10 +55,20 @@ public final class SidecarServer implements AutoCloseable {
         }
         service = new OptimizerService(registry, persistence, threads.completions);
         server = transport
-                .addService(service)
+                .addService(ServerInterceptors.intercept(service, new RefuseUntilServing()))
                 .addService(health.getHealthService())
                 .addService(ProtoReflectionServiceV1.newInstance())
+                .addService(reflectionV1alpha())
                 .build();
+        // The health service starts out SERVING for "": a load balancer must not send traffic yet.
+        health.setStatus("", ServingStatus.NOT_SERVING);
+        health.setStatus(OptimizerGrpc.SERVICE_NAME, ServingStatus.NOT_SERVING);
+    }
+
+    /** Reflection v1alpha beside v1: older grpcurl, Postman and Python's grpcio-reflection only speak v1alpha. */
+    @SuppressWarnings("deprecation")
+    private static io.grpc.BindableService reflectionV1alpha() {
+        return ProtoReflectionService.newInstance();
     }
 
     /** Starts a server without a state directory. */
@@ -61,22 +82,63 @@ public final class SidecarServer implements AutoCloseable {
      */
     public static SidecarServer start(ServerBuilder<?> transport, Engine engine, long memoryLimit,
                                       Persistence.Options durability, List<String> restore) throws IOException {
+        SidecarServer s = listen(transport, engine, memoryLimit, durability);
+        s.restoreThenServe(restore);
+        return s;
+    }
+
+    /**
+     * Starts the transport with health NOT_SERVING and Optimizer calls refused (UNAVAILABLE), so
+     * probes can watch a long restore; {@link #restoreThenServe} finishes the startup.
+     */
+    static SidecarServer listen(ServerBuilder<?> transport, Engine engine, long memoryLimit,
+                                Persistence.Options durability) throws IOException {
         SidecarServer s = new SidecarServer(transport, engine, memoryLimit, durability);
         try {
-            for (String what : restore) {
-                if (s.persistence == null) {
-                    throw new IllegalArgumentException("--restore needs --state-dir");
-                }
-                s.persistence.restoreAtStartup(what);
-            }
             s.server.start();
         } catch (IOException | RuntimeException e) {
             s.releaseResources();
             throw e;
         }
-        s.health.setStatus("", ServingStatus.SERVING);
-        s.health.setStatus(OptimizerGrpc.SERVICE_NAME, ServingStatus.SERVING);
         return s;
+    }
+
+    /** Restores what {@code restore} names, then reports SERVING and takes Optimizer calls; on failure stops. */
+    void restoreThenServe(List<String> restore) throws IOException {
+        try {
+            for (String what : restore) {
+                if (persistence == null) {
+                    throw new IllegalArgumentException("--restore needs --state-dir");
+                }
+                try {
+                    persistence.restoreAtStartup(what);
+                } catch (IOException | RuntimeException e) {
+                    // Named after the flag, so that the one line an operator sees says which restore failed.
+                    throw new IOException("--restore " + what + ": " + e.getMessage(), e);
+                }
+            }
+        } catch (IOException | RuntimeException e) {
+            server.shutdownNow();
+            releaseResources();
+            throw e;
+        }
+        serving = true;
+        health.setStatus("", ServingStatus.SERVING);
+        health.setStatus(OptimizerGrpc.SERVICE_NAME, ServingStatus.SERVING);
+    }
+
+    /** Refuses Optimizer calls until the server serves: clients retry UNAVAILABLE, so they wait out a restore. */
+    private final class RefuseUntilServing implements ServerInterceptor {
+        @Override
+        public <Q, R> ServerCall.Listener<Q> interceptCall(ServerCall<Q, R> call, Metadata headers,
+                                                           ServerCallHandler<Q, R> next) {
+            if (!serving) {
+                call.close(Status.UNAVAILABLE.withDescription("the server is restoring its models; not serving yet"),
+                        new Metadata());
+                return new ServerCall.Listener<>() {};
+            }
+            return next.startCall(call, headers);
+        }
     }
 
     /** The port it listens on: a socket's, or -1 in-process. */
@@ -103,6 +165,8 @@ public final class SidecarServer implements AutoCloseable {
      */
     @Override
     public void close() {
+        LOG.info(() -> "shutting down: " + registry.names().size() + " models loaded"
+                + (persistence == null ? "" : ", snapshotting those that changed"));
         health.enterTerminalState();
         if (persistence != null) {
             persistence.shutdown();

@@ -53,13 +53,34 @@ public final class SocketServer implements AutoCloseable {
         SocketServer s = new SocketServer(threads);
         try {
             s.server = SidecarServer.start(s.transport(bind, port), s.engine, memoryLimit, durability, restore);
-        } catch (IOException | RuntimeException e) {
+        } catch (IOException e) {
+            s.close();
+            throw bindFailure(e, bind, port);
+        } catch (RuntimeException e) {
             s.close();
             throw e;
         }
         LOG.info(() -> "optsidecar serving on " + bind + ":" + s.port() + " (" + threads + " engine threads, "
                 + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
         return s;
+    }
+
+    /** A failed bind, said plainly: the address, and the operating system's reason (port in use...). */
+    private static IOException bindFailure(IOException e, String bind, int port) {
+        if (e.getMessage() == null || !e.getMessage().startsWith("Failed to bind") || e.getCause() == null) {
+            return e;
+        }
+        Throwable root = e;
+        while (root.getCause() != null) {
+            root = root.getCause();
+        }
+        String reason = String.valueOf(root.getMessage());
+        // Netty's native transport prefixes the errno: "bind(..) failed with error(-98): Address already in use"
+        int errno = reason.indexOf("): ");
+        if (reason.startsWith("bind(") && errno >= 0) {
+            reason = reason.substring(errno + 3);
+        }
+        return new IOException(bind + ":" + port + ": " + reason, e);
     }
 
     private NettyServerBuilder transport(String bind, int port) {

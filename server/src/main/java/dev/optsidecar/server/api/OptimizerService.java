@@ -33,9 +33,11 @@ import io.grpc.stub.StreamObserver;
 
 import java.io.IOException;
 import java.util.concurrent.Executor;
+import java.util.logging.Logger;
 
 /** The Optimizer service: validates requests and delegates to the model registry and persistence. */
 public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
+    private static final Logger LOG = Logger.getLogger(OptimizerService.class.getName());
     private final ModelRegistry registry;
     /** Null when the server has no state directory. */
     private final Persistence persistence;
@@ -111,6 +113,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
             if (persistence != null) {
                 persistence.deleted(m);
             }
+            LOG.info(() -> String.format("model '%s': deleted at version %d (%d bytes freed)", m.name(), m.version(),
+                    m.memoryBytes()));
             return DeleteResponse.getDefaultInstance();
         });
     }

@@ -11,8 +11,11 @@ import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.PendingModel;
 import io.grpc.stub.StreamObserver;
 
+import java.util.logging.Logger;
+
 /** One Register stream: the spec, then the initial weights; the model appears only when complete. */
 final class RegisterCall implements StreamObserver<RegisterRequest> {
+    private static final Logger LOG = Logger.getLogger(RegisterCall.class.getName());
     private final ModelRegistry registry;
     private final Persistence persistence;
     private final StreamObserver<ModelInfo> out;
@@ -85,6 +88,9 @@ final class RegisterCall implements StreamObserver<RegisterRequest> {
                 }
             }
             ModelInfo info = model.describe();
+            LOG.info(() -> String.format("model '%s': registered (%s, %d tensors, %d bytes) at version %d",
+                    model.name(), model.spec().getOptimizer().getAlgorithm(), model.tensorCount(),
+                    model.memoryBytes(), model.version()));
             out.onNext(info);
             out.onCompleted();
         } catch (RuntimeException e) {

@@ -56,6 +56,7 @@ public final class Persistence implements AutoCloseable {
         this.registry = registry;
         this.options = options;
         this.background = background;
+        StateDir.checkUsable(options.dir());
         this.store = new SnapshotStore(options.dir(), options.keep(), JournalFiles::snapshotId);
         if (options.interval() != null) {
             long ms = options.interval().toMillis();
