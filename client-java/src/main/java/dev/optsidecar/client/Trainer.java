@@ -159,7 +159,7 @@ public final class Trainer implements AutoCloseable {
             } catch (io.grpc.StatusRuntimeException e) {
                 // The connection dropped or the server is restarting: send the same step again. The
                 // server applies it if it never got it, or answers from its ledger if it did.
-                if (e.getStatus().getCode() != Status.Code.UNAVAILABLE || System.nanoTime() > deadline) {
+                if (!connectionLost(e) || System.nanoTime() > deadline) {
                     throw e;
                 }
             }
@@ -167,6 +167,27 @@ public final class Trainer implements AutoCloseable {
             backoffMs = Math.min(2 * backoffMs, 1000);
             client.reconnectNow();
         }
+    }
+
+    /**
+     * Whether a failed attempt means the connection was lost rather than the step refused:
+     * UNAVAILABLE, or the UNKNOWN "channel closed" grpc-java reports when a connection dies while a
+     * call is starting (the server itself never sends UNKNOWN).
+     */
+    static boolean connectionLost(io.grpc.StatusRuntimeException e) {
+        Status status = e.getStatus();
+        if (status.getCode() == Status.Code.UNAVAILABLE) {
+            return true;
+        }
+        if (status.getCode() != Status.Code.UNKNOWN) {
+            return false;
+        }
+        for (Throwable t = e; t != null; t = t.getCause()) {
+            if (t instanceof java.nio.channels.ClosedChannelException) {
+                return true;
+            }
+        }
+        return "channel closed".equals(status.getDescription());
     }
 
     /** How long a step keeps being retried while the server is unreachable (default 60 s; zero: never). */
