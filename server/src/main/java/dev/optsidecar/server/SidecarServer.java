@@ -4,6 +4,7 @@ import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.server.api.OptimizerService;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.Engine;
+import dev.optsidecar.server.model.Limits;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.StepAssembly;
 import io.grpc.Server;
@@ -33,9 +34,9 @@ public final class SidecarServer implements AutoCloseable {
     private final Persistence persistence;
     private final OptimizerService service;
 
-    private SidecarServer(ServerBuilder<?> transport, Engine engine, long memoryLimit, Persistence.Options durability)
-            throws IOException {
-        registry = new ModelRegistry(engine, memoryLimit, threads.timers);
+    private SidecarServer(ServerBuilder<?> transport, Engine engine, long memoryLimit, Persistence.Options durability,
+                          Limits limits) throws IOException {
+        registry = new ModelRegistry(engine, memoryLimit, threads.timers, limits);
         try {
             persistence = durability == null ? null : new Persistence(registry, durability, threads.snapshots);
         } catch (IOException | RuntimeException e) {
@@ -61,7 +62,14 @@ public final class SidecarServer implements AutoCloseable {
      */
     public static SidecarServer start(ServerBuilder<?> transport, Engine engine, long memoryLimit,
                                       Persistence.Options durability, List<String> restore) throws IOException {
-        SidecarServer s = new SidecarServer(transport, engine, memoryLimit, durability);
+        return start(transport, engine, memoryLimit, durability, restore, Limits.DEFAULTS);
+    }
+
+    /** As {@link #start(ServerBuilder, Engine, long, Persistence.Options, List)}, bounding what clients may make it hold. */
+    public static SidecarServer start(ServerBuilder<?> transport, Engine engine, long memoryLimit,
+                                      Persistence.Options durability, List<String> restore, Limits limits)
+            throws IOException {
+        SidecarServer s = new SidecarServer(transport, engine, memoryLimit, durability, limits);
         try {
             for (String what : restore) {
                 if (s.persistence == null) {

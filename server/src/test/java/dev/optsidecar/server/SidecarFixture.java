@@ -9,6 +9,7 @@ import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
+import dev.optsidecar.server.model.Limits;
 import dev.optsidecar.server.model.Model;
 import io.grpc.ManagedChannel;
 import io.grpc.Status;
@@ -74,6 +75,7 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
     private OptimizerGrpc.OptimizerStub async;
     private OptimizerGrpc.OptimizerBlockingStub blocking;
     private SevereLogs severe;
+    private Limits limits = Limits.DEFAULTS;
 
     private SidecarFixture(boolean onSocket, int threads, long memoryLimit, Persistence.Options durability,
                            List<String> restore) {
@@ -111,12 +113,18 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
         return new SidecarFixture(true, threads, memoryLimit, null, List.of());
     }
 
+    /** Bounds what clients may make the server hold (before {@link #start}); returns this fixture. */
+    public SidecarFixture limits(Limits limits) {
+        this.limits = limits;
+        return this;
+    }
+
     /** Starts the server and connects the clients; returns this fixture. */
     public SidecarFixture start() throws IOException {
         severe = new SevereLogs();
         closeInReverse.add(severe::close);
         if (onSocket) {
-            SocketServer s = SocketServer.start("127.0.0.1", 0, threads, memoryLimit, durability, restore);
+            SocketServer s = SocketServer.start("127.0.0.1", 0, threads, memoryLimit, durability, restore, limits);
             closeInReverse.add(s);
             server = s.server();
             port = s.port();
@@ -125,7 +133,7 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
             CpuEngine engine = new CpuEngine(threads);
             closeInReverse.add(engine);
             server = SidecarServer.start(InProcessServerBuilder.forName(inProcessName)
-                    .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES), engine, memoryLimit, durability, restore);
+                    .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES), engine, memoryLimit, durability, restore, limits);
             closeInReverse.add(server);
             client = new OptSidecarClient(channel());
         }

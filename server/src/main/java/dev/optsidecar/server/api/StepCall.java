@@ -43,6 +43,9 @@ final class StepCall implements StreamObserver<StepRequest> {
     private final java.util.concurrent.Executor completions;
     private boolean closed;
     private boolean halfClosed;
+    /** When the client last showed it is there: a message received, or room to send weights again. */
+    private long lastActivityNanos = System.nanoTime();
+    private java.util.concurrent.ScheduledFuture<?> idleCheck;
 
     StepCall(ModelRegistry registry, ServerCallStreamObserver<StepResponse> out,
              java.util.function.Consumer<StepCall> onClose, java.util.concurrent.Executor completions) {
@@ -55,6 +58,44 @@ final class StepCall implements StreamObserver<StepRequest> {
         out.setOnReadyHandler(this::onReady);
         out.setOnCancelHandler(this::cleanup);
         out.request(1);
+        synchronized (this) {
+            scheduleIdleCheck(registry.limits().idleStreamTimeout().toNanos());
+        }
+    }
+
+    /**
+     * A stream that sends nothing (and reads no weights) for {@code --idle-stream-timeout} is closed,
+     * so a client that vanished without a reset, or never finishes a step, does not hold its
+     * gradient buffers forever. Waiting for a sync step is the server's turn, not idleness.
+     */
+    private void scheduleIdleCheck(long delayNanos) {
+        if (closed || registry.limits().idleStreamTimeout().isZero()) {
+            return;
+        }
+        try {
+            idleCheck = registry.timers().schedule(this::checkIdle, delayNanos,
+                    java.util.concurrent.TimeUnit.NANOSECONDS);
+        } catch (java.util.concurrent.RejectedExecutionException e) {
+            // the server is closing; shutdown ends the stream
+        }
+    }
+
+    private synchronized void checkIdle() {
+        if (closed) {
+            return;
+        }
+        long timeout = registry.limits().idleStreamTimeout().toNanos();
+        long idle = System.nanoTime() - lastActivityNanos;
+        if (awaiting != null) {
+            scheduleIdleCheck(timeout);
+        } else if (idle < timeout) {
+            scheduleIdleCheck(timeout - idle);
+        } else {
+            fail(io.grpc.Status.DEADLINE_EXCEEDED.withDescription(String.format(
+                    "idle Step stream: nothing received from the client for %d s (--idle-stream-timeout); its step"
+                            + " in progress is dropped and its gradient buffers freed; open a new stream to go on",
+                    registry.limits().idleStreamTimeout().toSeconds())).asRuntimeException());
+        }
     }
 
     @Override
@@ -62,6 +103,7 @@ final class StepCall implements StreamObserver<StepRequest> {
         if (closed) {
             return;
         }
+        lastActivityNanos = System.nanoTime();
         try {
             switch (request.getKindCase()) {
                 case OPEN -> open(request);
@@ -214,6 +256,7 @@ final class StepCall implements StreamObserver<StepRequest> {
         if (closed || sending == null) {
             return;
         }
+        lastActivityNanos = System.nanoTime();
         try {
             sending.drain();
             if (sending == null) {
@@ -282,6 +325,10 @@ final class StepCall implements StreamObserver<StepRequest> {
     /** Releases the model: drops an uncommitted step and stops a weights transfer. Idempotent. */
     private synchronized void cleanup() {
         closed = true;
+        if (idleCheck != null) {
+            idleCheck.cancel(false);
+            idleCheck = null;
+        }
         onClose.accept(this);
         if (assembly != null) {
             model.abandon(assembly);
