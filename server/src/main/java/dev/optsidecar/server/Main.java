@@ -116,7 +116,7 @@ public final class Main implements Callable<Integer> {
     }
 
     /** The bounds on what clients may make the server hold. */
-    private dev.optsidecar.server.model.Limits limits() {
+    dev.optsidecar.server.model.Limits limits() {
         if (maxClientIdBytes < 1 || maxTensorsPerModel < 1 || maxTrainersPerModel < 1 || maxPendingRegistrations < 1
                 || maxLedgerEntries < 1 || historyVersions < 1 || idleStreamTimeout < 0) {
             throw new CommandLine.ParameterException(new CommandLine(this),

@@ -8,7 +8,9 @@ import dev.optsidecar.proto.v1.VersionContributions;
  * The one place where the heap a model's metadata takes is estimated, so that it is counted against
  * {@code --memory-limit} along with its float buffers. The constants are deliberately generous
  * upper bounds for a 64-bit JVM (object headers, references, boxed map entries); strings count two
- * bytes per character, as Java may store them in UTF-16.
+ * bytes per character, as Java may store them in UTF-16. Measured on 100 000 one-element Adam
+ * tensors: a registration under way took 580 bytes of heap per tensor (counted: about 1 240), a
+ * trainer's first step 153 per tensor (counted: 260).
  *
  * <ul>
  *   <li>a model: its spec as sent (serialized size, kept in memory as a message) plus, per tensor,
@@ -30,7 +32,7 @@ final class MemoryEstimates {
     /** One trainer's session object and handle array. */
     static final long TRAINER_BYTES = 512;
     /** One trainer's gradient buffer of one tensor, beyond its floats. */
-    static final long GRADIENT_BUFFER_BYTES = 64;
+    static final long GRADIENT_BUFFER_BYTES = 256;
     /** A map or deque entry holding a message, with the message's own fields. */
     static final long ENTRY_BYTES = 128;
 
