@@ -87,14 +87,16 @@ final class StepCall implements StreamObserver<StepRequest> {
         long timeout = registry.limits().idleStreamTimeout().toNanos();
         long idle = System.nanoTime() - lastActivityNanos;
         if (awaiting != null) {
+            lastActivityNanos = System.nanoTime(); // the server's turn: the client's idle time starts after it
             scheduleIdleCheck(timeout);
         } else if (idle < timeout) {
             scheduleIdleCheck(timeout - idle);
         } else {
+            long ms = registry.limits().idleStreamTimeout().toMillis();
             fail(io.grpc.Status.DEADLINE_EXCEEDED.withDescription(String.format(
-                    "idle Step stream: nothing received from the client for %d s (--idle-stream-timeout); its step"
+                    "idle Step stream: nothing received from the client for %s (--idle-stream-timeout); its step"
                             + " in progress is dropped and its gradient buffers freed; open a new stream to go on",
-                    registry.limits().idleStreamTimeout().toSeconds())).asRuntimeException());
+                    ms % 1000 == 0 ? ms / 1000 + " s" : ms + " ms")).asRuntimeException());
         }
     }
 
@@ -238,6 +240,7 @@ final class StepCall implements StreamObserver<StepRequest> {
 
     /** Streams a step's weights (if any), then its result. */
     private void send(StepResult result, ViewReader weights) {
+        lastActivityNanos = System.nanoTime(); // the time the step took is not the client's idleness
         StepResponse done = StepResponse.newBuilder().setResult(result).build();
         if (weights == null) {
             out.onNext(done);

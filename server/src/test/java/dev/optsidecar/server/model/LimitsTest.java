@@ -11,6 +11,7 @@ import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.RawStep;
 import dev.optsidecar.server.SidecarFixture;
 import dev.optsidecar.server.StandardModel;
+import dev.optsidecar.server.TestData;
 import io.grpc.Status;
 import io.grpc.stub.StreamObserver;
 import org.junit.jupiter.api.Test;
@@ -242,6 +243,17 @@ class LimitsTest {
             busy.halfClose();
             assertEquals(Status.Code.OK, busy.awaitClose().getCode());
             assertEquals(4, f.describe("idle").getVersion());
+
+            // Waiting for a sync step's other contributions is the server's turn, not idleness.
+            f.client().register(StandardModel.adamSpec("idle-sync").toBuilder()
+                    .setCoordination(TestData.sync(2, 0, 0)).build(), tensors(initialWeights(1)));
+            RawStep first = RawStep.openAs(f.async(), "idle-sync", "first").all(1, grads(1))
+                    .commit(1, ViewKind.VIEW_NONE);
+            Thread.sleep(700);
+            assertFalse(first.isClosed(), "a trainer waiting for a sync step was closed as idle");
+            assertEquals(1, step(f, "idle-sync", "second", 1, 2).getResult().getVersion());
+            first.halfClose();
+            assertEquals(Status.Code.OK, first.awaitClose().getCode());
         }
     }
 }
