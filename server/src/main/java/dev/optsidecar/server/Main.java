@@ -70,6 +70,40 @@ public final class Main implements Callable<Integer> {
                     + " exactly; latest and MODEL also replay the journaled steps after it. Repeatable.")
     java.util.List<String> restore = new java.util.ArrayList<>();
 
+    @Option(names = "--max-client-id-bytes", defaultValue = "256", paramLabel = "N",
+            description = "Longest client id a trainer may name itself by, in UTF-8 bytes (default: ${DEFAULT-VALUE}).")
+    int maxClientIdBytes;
+
+    @Option(names = "--max-tensors-per-model", defaultValue = "100000", paramLabel = "N",
+            description = "Most tensors one model may have (default: ${DEFAULT-VALUE}).")
+    int maxTensorsPerModel;
+
+    @Option(names = "--max-trainers-per-model", defaultValue = "1024", paramLabel = "N",
+            description = "Most trainers attached to one model at once (default: ${DEFAULT-VALUE}).")
+    int maxTrainersPerModel;
+
+    @Option(names = "--max-pending-registrations", defaultValue = "64", paramLabel = "N",
+            description = "Most models being registered, restored or forked at once (default: ${DEFAULT-VALUE}).")
+    int maxPendingRegistrations;
+
+    @Option(names = "--max-ledger-entries", defaultValue = "4096", paramLabel = "N",
+            description = "Most clients whose last step a model remembers for exactly-once retries; the longest"
+                    + " inactive is forgotten first (default: ${DEFAULT-VALUE}).")
+    int maxLedgerEntries;
+
+    @Option(names = "--history-versions", defaultValue = "100000", paramLabel = "N",
+            description = "Versions whose contributions a model keeps for the History RPC (default: ${DEFAULT-VALUE}).")
+    int historyVersions;
+
+    @Option(names = "--history-bytes", defaultValue = "64m", converter = ByteSize.class, paramLabel = "SIZE",
+            description = "Most bytes of History a model keeps, oldest dropped first (default: 64m).")
+    long historyBytes;
+
+    @Option(names = "--idle-stream-timeout", defaultValue = "300", paramLabel = "SECONDS",
+            description = "Close a Step stream that sends nothing for this long, freeing its gradient buffers"
+                    + " (default: ${DEFAULT-VALUE}; 0: never).")
+    long idleStreamTimeout;
+
     public static void main(String[] args) {
         System.setProperty("optsidecar.cpus", String.valueOf(Runtime.getRuntime().availableProcessors()));
         System.exit(commandLine().execute(args));
@@ -130,7 +164,7 @@ public final class Main implements Callable<Integer> {
         validate();
         SocketServer server = SocketServer.start(bind, port,
                 threads == null ? defaultThreads() : threads,
-                memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore);
+                memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore, limits());
         Runtime.getRuntime().addShutdownHook(new Thread(server::close, "optsidecar-shutdown"));
         server.server().awaitTermination();
         return 0;
@@ -183,6 +217,17 @@ public final class Main implements Callable<Integer> {
 
     private CommandLine.ParameterException usage(String message) {
         return new CommandLine.ParameterException(spec.commandLine(), message);
+    }
+
+    /** The bounds on what clients may make the server hold. */
+    dev.optsidecar.server.model.Limits limits() {
+        if (maxClientIdBytes < 1 || maxTensorsPerModel < 1 || maxTrainersPerModel < 1 || maxPendingRegistrations < 1
+                || maxLedgerEntries < 1 || historyVersions < 1 || idleStreamTimeout < 0) {
+            throw usage("--max-* and --history-versions must be >= 1; --idle-stream-timeout >= 0");
+        }
+        return new dev.optsidecar.server.model.Limits(maxClientIdBytes, maxTensorsPerModel, maxTrainersPerModel,
+                maxPendingRegistrations, maxLedgerEntries, historyVersions, historyBytes,
+                java.time.Duration.ofSeconds(idleStreamTimeout));
     }
 
     /** The durability options, or null when the server keeps no state directory. */

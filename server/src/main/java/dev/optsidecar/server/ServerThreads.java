@@ -4,6 +4,7 @@ import java.util.List;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.TimeUnit;
 
@@ -15,12 +16,19 @@ final class ServerThreads implements AutoCloseable {
     /** How long closing waits for a thread to finish what it is doing. */
     private static final long STOP_SECONDS = 5;
 
-    /** Sync steps' straggler timeouts. */
-    final ScheduledExecutorService timers = Executors.newSingleThreadScheduledExecutor(named("optsidecar-sync-timeouts"));
+    /** Sync steps' straggler timeouts and idle Step streams' checks. */
+    final ScheduledExecutorService timers = timers();
     /** What follows a sync step's completion, and detaching trainers: away from threads that hold a model's lock. */
     final ExecutorService completions = Executors.newCachedThreadPool(named("optsidecar-step-completions"));
     /** Snapshots taken in the background: every N steps, every T seconds, when a journal outgrows its snapshot. */
     final ScheduledExecutorService snapshots = Executors.newSingleThreadScheduledExecutor(named("optsidecar-snapshots"));
+
+    /** Cancelled checks leave the queue at once: each closed stream cancels one, and must not stay referenced. */
+    private static ScheduledExecutorService timers() {
+        ScheduledThreadPoolExecutor timers = new ScheduledThreadPoolExecutor(1, named("optsidecar-sync-timeouts"));
+        timers.setRemoveOnCancelPolicy(true);
+        return timers;
+    }
 
     private static ThreadFactory named(String name) {
         return r -> {

@@ -4,6 +4,7 @@ import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.server.api.OptimizerService;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.Engine;
+import dev.optsidecar.server.model.Limits;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.StepAssembly;
 import io.grpc.Metadata;
@@ -44,9 +45,9 @@ public final class SidecarServer implements AutoCloseable {
     /** False until startup's restores are done: until then Optimizer calls are refused with UNAVAILABLE. */
     private volatile boolean serving;
 
-    private SidecarServer(ServerBuilder<?> transport, Engine engine, long memoryLimit, Persistence.Options durability)
-            throws IOException {
-        registry = new ModelRegistry(engine, memoryLimit, threads.timers);
+    private SidecarServer(ServerBuilder<?> transport, Engine engine, long memoryLimit, Persistence.Options durability,
+                          Limits limits) throws IOException {
+        registry = new ModelRegistry(engine, memoryLimit, threads.timers, limits);
         try {
             persistence = durability == null ? null : new Persistence(registry, durability, threads.snapshots);
         } catch (IOException | RuntimeException e) {
@@ -82,7 +83,14 @@ public final class SidecarServer implements AutoCloseable {
      */
     public static SidecarServer start(ServerBuilder<?> transport, Engine engine, long memoryLimit,
                                       Persistence.Options durability, List<String> restore) throws IOException {
-        SidecarServer s = listen(transport, engine, memoryLimit, durability);
+        return start(transport, engine, memoryLimit, durability, restore, Limits.DEFAULTS);
+    }
+
+    /** As {@link #start(ServerBuilder, Engine, long, Persistence.Options, List)}, bounding what clients may make it hold. */
+    public static SidecarServer start(ServerBuilder<?> transport, Engine engine, long memoryLimit,
+                                      Persistence.Options durability, List<String> restore, Limits limits)
+            throws IOException {
+        SidecarServer s = listen(transport, engine, memoryLimit, durability, limits);
         s.restoreThenServe(restore);
         return s;
     }
@@ -92,8 +100,8 @@ public final class SidecarServer implements AutoCloseable {
      * probes can watch a long restore; {@link #restoreThenServe} finishes the startup.
      */
     static SidecarServer listen(ServerBuilder<?> transport, Engine engine, long memoryLimit,
-                                Persistence.Options durability) throws IOException {
-        SidecarServer s = new SidecarServer(transport, engine, memoryLimit, durability);
+                                Persistence.Options durability, Limits limits) throws IOException {
+        SidecarServer s = new SidecarServer(transport, engine, memoryLimit, durability, limits);
         try {
             s.server.start();
         } catch (IOException | RuntimeException e) {

@@ -2,6 +2,7 @@ package dev.optsidecar.server;
 
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
+import dev.optsidecar.server.model.Limits;
 import dev.optsidecar.server.model.StepAssembly;
 import io.grpc.netty.shaded.io.grpc.netty.NettyServerBuilder;
 import io.grpc.netty.shaded.io.netty.channel.EventLoopGroup;
@@ -50,9 +51,16 @@ public final class SocketServer implements AutoCloseable {
     /** Starts a server on {@code bind:port}; see {@link SidecarServer#start} for durability and restore. */
     public static SocketServer start(String bind, int port, int threads, long memoryLimit,
                                      Persistence.Options durability, List<String> restore) throws IOException {
+        return start(bind, port, threads, memoryLimit, durability, restore, Limits.DEFAULTS);
+    }
+
+    /** As {@link #start(String, int, int, long, Persistence.Options, List)}, bounding what clients may make it hold. */
+    public static SocketServer start(String bind, int port, int threads, long memoryLimit,
+                                     Persistence.Options durability, List<String> restore, Limits limits)
+            throws IOException {
         SocketServer s = new SocketServer(threads);
         try {
-            s.server = SidecarServer.start(s.transport(bind, port), s.engine, memoryLimit, durability, restore);
+            s.server = SidecarServer.start(s.transport(bind, port), s.engine, memoryLimit, durability, restore, limits);
         } catch (IOException e) {
             s.close();
             throw bindFailure(e, bind, port);

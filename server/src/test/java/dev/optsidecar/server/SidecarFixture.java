@@ -9,6 +9,7 @@ import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
+import dev.optsidecar.server.model.Limits;
 import dev.optsidecar.server.model.Model;
 import io.grpc.ForwardingServerCall;
 import io.grpc.ManagedChannel;
@@ -83,6 +84,7 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
 
     /** A call the server ended with an error: its status and the trailers that went with it. */
     public record SentError(String method, Status status, Metadata trailers) {}
+    private Limits limits = Limits.DEFAULTS;
 
     private SidecarFixture(boolean onSocket, int threads, long memoryLimit, Persistence.Options durability,
                            List<String> restore) {
@@ -120,12 +122,18 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
         return new SidecarFixture(true, threads, memoryLimit, null, List.of());
     }
 
+    /** Bounds what clients may make the server hold (before {@link #start}); returns this fixture. */
+    public SidecarFixture limits(Limits limits) {
+        this.limits = limits;
+        return this;
+    }
+
     /** Starts the server and connects the clients; returns this fixture. */
     public SidecarFixture start() throws IOException {
         severe = new SevereLogs();
         closeInReverse.add(severe::close);
         if (onSocket) {
-            SocketServer s = SocketServer.start("127.0.0.1", 0, threads, memoryLimit, durability, restore);
+            SocketServer s = SocketServer.start("127.0.0.1", 0, threads, memoryLimit, durability, restore, limits);
             closeInReverse.add(s);
             server = s.server();
             port = s.port();
@@ -135,7 +143,7 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
             closeInReverse.add(engine);
             server = SidecarServer.start(InProcessServerBuilder.forName(inProcessName)
                     .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES)
-                    .intercept(new ErrorRecorder()), engine, memoryLimit, durability, restore);
+                    .intercept(new ErrorRecorder()), engine, memoryLimit, durability, restore, limits);
             closeInReverse.add(server);
             client = new OptSidecarClient(channel());
         }

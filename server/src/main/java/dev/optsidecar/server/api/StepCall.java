@@ -43,6 +43,9 @@ final class StepCall implements StreamObserver<StepRequest> {
     private final java.util.concurrent.Executor completions;
     private boolean closed;
     private boolean halfClosed;
+    /** When the client last showed it is there: a message received, or room to send weights again. */
+    private long lastActivityNanos = System.nanoTime();
+    private java.util.concurrent.ScheduledFuture<?> idleCheck;
 
     StepCall(ModelRegistry registry, ServerCallStreamObserver<StepResponse> out,
              java.util.function.Consumer<StepCall> onClose, java.util.concurrent.Executor completions) {
@@ -55,6 +58,46 @@ final class StepCall implements StreamObserver<StepRequest> {
         out.setOnReadyHandler(this::onReady);
         out.setOnCancelHandler(this::cleanup);
         out.request(1);
+        synchronized (this) {
+            scheduleIdleCheck(registry.limits().idleStreamTimeout().toNanos());
+        }
+    }
+
+    /**
+     * A stream that sends nothing (and reads no weights) for {@code --idle-stream-timeout} is closed,
+     * so a client that vanished without a reset, or never finishes a step, does not hold its
+     * gradient buffers forever. Waiting for a sync step is the server's turn, not idleness.
+     */
+    private void scheduleIdleCheck(long delayNanos) {
+        if (closed || registry.limits().idleStreamTimeout().isZero()) {
+            return;
+        }
+        try {
+            idleCheck = registry.timers().schedule(this::checkIdle, delayNanos,
+                    java.util.concurrent.TimeUnit.NANOSECONDS);
+        } catch (java.util.concurrent.RejectedExecutionException e) {
+            // the server is closing; shutdown ends the stream
+        }
+    }
+
+    private synchronized void checkIdle() {
+        if (closed) {
+            return;
+        }
+        long timeout = registry.limits().idleStreamTimeout().toNanos();
+        long idle = System.nanoTime() - lastActivityNanos;
+        if (awaiting != null) {
+            lastActivityNanos = System.nanoTime(); // the server's turn: the client's idle time starts after it
+            scheduleIdleCheck(timeout);
+        } else if (idle < timeout) {
+            scheduleIdleCheck(timeout - idle);
+        } else {
+            long ms = registry.limits().idleStreamTimeout().toMillis();
+            fail(io.grpc.Status.DEADLINE_EXCEEDED.withDescription(String.format(
+                    "idle Step stream: nothing received from the client for %s (--idle-stream-timeout); its step"
+                            + " in progress is dropped and its gradient buffers freed; open a new stream to go on",
+                    ms % 1000 == 0 ? ms / 1000 + " s" : ms + " ms")).asRuntimeException());
+        }
     }
 
     @Override
@@ -62,6 +105,7 @@ final class StepCall implements StreamObserver<StepRequest> {
         if (closed) {
             return;
         }
+        lastActivityNanos = System.nanoTime();
         try {
             switch (request.getKindCase()) {
                 case OPEN -> open(request);
@@ -200,6 +244,7 @@ final class StepCall implements StreamObserver<StepRequest> {
 
     /** Streams a step's weights (if any), then its result. */
     private void send(StepResult result, ViewReader weights) {
+        lastActivityNanos = System.nanoTime(); // the time the step took is not the client's idleness
         StepResponse done = StepResponse.newBuilder().setResult(result).build();
         if (weights == null) {
             out.onNext(done);
@@ -218,6 +263,7 @@ final class StepCall implements StreamObserver<StepRequest> {
         if (closed || sending == null) {
             return;
         }
+        lastActivityNanos = System.nanoTime();
         try {
             sending.drain();
             if (sending == null) {
@@ -287,6 +333,10 @@ final class StepCall implements StreamObserver<StepRequest> {
     /** Releases the model: drops an uncommitted step and stops a weights transfer. Idempotent. */
     private synchronized void cleanup() {
         closed = true;
+        if (idleCheck != null) {
+            idleCheck.cancel(false);
+            idleCheck = null;
+        }
         onClose.accept(this);
         if (assembly != null) {
             model.abandon(assembly);

@@ -5,17 +5,36 @@ import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.server.OptError;
 
 import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.TreeMap;
+import java.util.function.LongConsumer;
+import java.util.function.Predicate;
 
 /**
  * Each client's last applied step and its result: what makes a retried step exactly-once. A step
  * whose sequence number equals the client's last is a retry and is answered from here; an older
  * one is refused. Guarded by the model's lock (written under the write lock).
+ *
+ * <p>It remembers at most {@code maxEntries} clients, counted against the memory limit; when full,
+ * the client whose last step is oldest and that has no Step stream open is forgotten. A step from a
+ * forgotten client is taken for a new client's: a retry of its last step would be applied again.
  */
 final class ClientLedger {
-    private final Map<String, ClientProgress> clients = new TreeMap<>();
+    private final int maxEntries;
+    private final Predicate<String> attached;
+    /** Counts bytes against the memory limit (negative: gives them back). */
+    private final LongConsumer memory;
+    /** In the order of each client's last step, oldest first. */
+    private final Map<String, ClientProgress> clients = new LinkedHashMap<>();
+    private long bytes;
+
+    ClientLedger(int maxEntries, Predicate<String> attached, LongConsumer memory) {
+        this.maxEntries = maxEntries;
+        this.attached = attached;
+        this.memory = memory;
+    }
 
     /**
      * The stored result if step {@code stepId} of {@code clientId} was the client's last applied
@@ -46,22 +65,73 @@ final class ClientLedger {
 
     void record(String clientId, long stepId, StepResult result) {
         if (!clientId.isEmpty()) {
-            clients.put(clientId, ClientProgress.newBuilder()
-                    .setClientId(clientId).setLastStepId(stepId).setLastResult(result).build());
+            put(ClientProgress.newBuilder().setClientId(clientId).setLastStepId(stepId).setLastResult(result).build());
+            evictOverLimit();
         }
     }
 
+    /** Every client's progress, by client id. */
     List<ClientProgress> toProto() {
-        return new ArrayList<>(clients.values());
+        List<ClientProgress> out = new ArrayList<>(clients.values());
+        out.sort(Comparator.comparing(ClientProgress::getClientId));
+        return out;
     }
 
     void restore(List<ClientProgress> saved) {
-        clients.clear();
+        clear();
         for (ClientProgress p : saved) {
             if (p.getClientId().isEmpty()) {
                 throw OptError.invalid("spec.state.clients: a client id is required");
             }
-            clients.put(p.getClientId(), p);
+            put(p);
+        }
+        evictOverLimit();
+    }
+
+    int size() {
+        return clients.size();
+    }
+
+    /** Bytes counted for the clients remembered. */
+    long bytes() {
+        return bytes;
+    }
+
+    /** The model is deleted: gives its bytes back. */
+    void clear() {
+        clients.clear();
+        memory.accept(-bytes);
+        bytes = 0;
+    }
+
+    /** Stores a client's progress as its most recent. */
+    private void put(ClientProgress p) {
+        ClientProgress old = clients.remove(p.getClientId());
+        if (old != null) {
+            bytes -= MemoryEstimates.ledgerEntry(old);
+            memory.accept(-MemoryEstimates.ledgerEntry(old));
+        }
+        clients.put(p.getClientId(), p);
+        bytes += MemoryEstimates.ledgerEntry(p);
+        memory.accept(MemoryEstimates.ledgerEntry(p));
+    }
+
+    /** Forgets the longest inactive clients (the oldest attached ones only if every client is attached). */
+    private void evictOverLimit() {
+        while (clients.size() > maxEntries) {
+            String victim = null;
+            for (String id : clients.keySet()) {
+                if (!attached.test(id)) {
+                    victim = id;
+                    break;
+                }
+            }
+            if (victim == null) {
+                victim = clients.keySet().iterator().next();
+            }
+            ClientProgress p = clients.remove(victim);
+            bytes -= MemoryEstimates.ledgerEntry(p);
+            memory.accept(-MemoryEstimates.ledgerEntry(p));
         }
     }
 }

@@ -44,10 +44,10 @@ public final class Model {
     private final dev.optsidecar.proto.v1.Coordination coordination;
     private final boolean sync;
     private final CoordinationStatusBuilder status = new CoordinationStatusBuilder();
-    private final History history = new History();
+    private final History history;
     private final Training training;
     private final ModelSpec spec;
-    private final ClientLedger ledger = new ClientLedger();
+    private final ClientLedger ledger;
     private final StepApplier steps;
     private final SyncRounds rounds;
     private final AsyncAdmission admission;
@@ -71,6 +71,8 @@ public final class Model {
         this.coordination = spec.getCoordination();
         this.sync = coordination.getMode() == dev.optsidecar.proto.v1.CoordinationMode.COORDINATION_SYNC;
         this.trainers = new Trainers(spec.getName(), tensors, memory);
+        this.history = new History(memory.limits().historyVersions(), memory.limits().historyBytes(), memory::account);
+        this.ledger = new ClientLedger(memory.limits().maxLedgerEntries(), trainers::isAttached, memory::account);
         this.name = spec.getName();
         this.config = spec.getOptimizer();
         this.tensors = Collections.unmodifiableList(tensors);
@@ -118,6 +120,11 @@ public final class Model {
     /** Bytes held for trainers' gradient buffers now. */
     long sessionBytes() {
         return trainers.bytes();
+    }
+
+    /** Bytes counted for the ledger and History: what the steps applied left behind. Under the model's lock. */
+    long recordBytes() {
+        return ledger.bytes() + history.bytes();
     }
 
     /** Reserves room for a transient copy of weights being sent; false when the limit has none. */
@@ -526,6 +533,8 @@ public final class Model {
             deleted = true;
             rounds.cancel();
             trainers.close();
+            ledger.clear();
+            history.clear();
             for (TensorEntry t : tensors) {
                 t.storage.free();
             }

@@ -20,7 +20,7 @@ final class ModelDescription {
                 .setOptimizer(m.config())
                 .setVersion(m.version())
                 .addAllViews(m.views())
-                .setMemoryBytes(m.memoryBytes() + m.sessionBytes())
+                .setMemoryBytes(m.memoryBytes() + m.sessionBytes() + m.recordBytes())
                 .setCoordination(m.coordinationStatus())
                 .setSchedule(Schedule.newBuilder()
                         .setType(m.training().schedule().type())

@@ -40,6 +40,25 @@ final class ModelFactory {
         if (spec.getTensorsCount() == 0) {
             throw OptError.invalid("spec.tensors: model '%s' has no tensors", name);
         }
+        int maxTensors = registry.limits().maxTensorsPerModel();
+        if (spec.getTensorsCount() > maxTensors) {
+            throw OptError.exhausted("spec.tensors: model '%s' has %d tensors, more than the server's limit of %d per"
+                    + " model (raise it with --max-tensors-per-model)", name, spec.getTensorsCount(), maxTensors);
+        }
+        // The spec and each tensor's bookkeeping are counted before any of it is built.
+        long metadata = MemoryEstimates.model(spec);
+        registry.reserve(name, metadata);
+        try {
+            return build(spec, engine, registry, timers, metadata);
+        } catch (RuntimeException | Error e) {
+            registry.release(metadata);
+            throw e;
+        }
+    }
+
+    private static PendingModel build(ModelSpec spec, Engine engine, ModelRegistry registry,
+                                      ScheduledExecutorService timers, long metadata) {
+        String name = spec.getName();
         OptimizerConfig config = spec.getOptimizer();
         AlgorithmDefinition definition = Algorithms.byName(config.getAlgorithm(), "spec.optimizer.algorithm");
         Training training = training(config);
@@ -130,8 +149,8 @@ final class ModelFactory {
 
         long bytes = 0;
         for (int i = 0; i < sizes.size(); i++) {
-            bytes += engine.bytesFor(sizes.get(i),
-                    groups.get(groupOf[i]).algorithm.stateSlots().size() + wrapperSlots.size());
+            int slotCount = groups.get(groupOf[i]).algorithm.stateSlots().size() + wrapperSlots.size();
+            bytes += engine.bytesFor(sizes.get(i), slotCount) + MemoryEstimates.SLOT_BYTES * slotCount;
         }
         registry.reserve(name, bytes);
         List<TensorEntry> tensors = new ArrayList<>();
@@ -150,8 +169,8 @@ final class ModelFactory {
             throw OptError.exhausted("model '%s': out of memory allocating %d bytes; raise the JVM heap (-Xmx)"
                     + " or lower --memory-limit", name, bytes).withReason(OptError.Reason.OUT_OF_MEMORY).with("model", name);
         }
-        Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes, registry,
-                timers);
+        Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes + metadata,
+                registry, timers);
         return new PendingModel(model, registry, spec.hasState() ? spec.getState() : null);
     }
 

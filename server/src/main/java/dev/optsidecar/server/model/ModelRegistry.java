@@ -10,6 +10,7 @@ import java.util.List;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ConcurrentMap;
 import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 
 /** The models this server holds, by name, and the memory they may use together. */
@@ -18,13 +19,30 @@ public final class ModelRegistry {
     private final long memoryLimit;
     /** The server's timer thread, for sync steps' straggler timeouts. */
     private final ScheduledExecutorService timers;
+    private final Limits limits;
     private final AtomicLong reserved = new AtomicLong();
+    /** Models being registered, restored or forked: each holds memory before it is visible. */
+    private final AtomicInteger pendingRegistrations = new AtomicInteger();
     private final ConcurrentMap<String, Model> models = new ConcurrentHashMap<>();
 
     public ModelRegistry(Engine engine, long memoryLimitBytes, ScheduledExecutorService timers) {
+        this(engine, memoryLimitBytes, timers, Limits.DEFAULTS);
+    }
+
+    public ModelRegistry(Engine engine, long memoryLimitBytes, ScheduledExecutorService timers, Limits limits) {
         this.engine = engine;
         this.memoryLimit = memoryLimitBytes;
         this.timers = timers;
+        this.limits = limits;
+    }
+
+    public Limits limits() {
+        return limits;
+    }
+
+    /** The server's timer thread: sync steps' straggler timeouts and idle Step streams. */
+    public ScheduledExecutorService timers() {
+        return timers;
     }
 
     public Engine engine() {
@@ -42,7 +60,27 @@ public final class ModelRegistry {
             throw OptError.alreadyExists("spec.name: model '%s' already exists", spec.getName())
                     .withReason(OptError.Reason.MODEL_EXISTS).with("model", spec.getName());
         }
-        return ModelFactory.build(spec, engine, this, timers);
+        if (pendingRegistrations.incrementAndGet() > limits.maxPendingRegistrations()) {
+            pendingRegistrations.decrementAndGet();
+            throw OptError.exhausted("spec.name: %d registrations are under way, the server's limit (raise it with"
+                    + " --max-pending-registrations); retry when one has finished", limits.maxPendingRegistrations());
+        }
+        try {
+            return ModelFactory.build(spec, engine, this, timers);
+        } catch (RuntimeException | Error e) {
+            pendingRegistrations.decrementAndGet();
+            throw e;
+        }
+    }
+
+    /** A registration from {@link #prepare} was published or discarded. */
+    void registrationEnded() {
+        pendingRegistrations.decrementAndGet();
+    }
+
+    /** Registrations under way now. */
+    public int pendingRegistrations() {
+        return pendingRegistrations.get();
     }
 
     /** Reserves bytes against the memory limit, or fails with RESOURCE_EXHAUSTED. */
@@ -55,6 +93,14 @@ public final class ModelRegistry {
                     .withReason(OptError.Reason.MEMORY_LIMIT).with("model", model).with("needed", bytes)
                     .with("free", Math.max(0, memoryLimit - after + bytes)).with("limit", memoryLimit);
         }
+    }
+
+    /**
+     * Counts bytes (or gives them back, when negative) that must be kept whatever the limit: the
+     * records of a step already applied. Their count is bounded by {@link Limits}, so the overshoot is too.
+     */
+    void account(long bytes) {
+        reserved.addAndGet(bytes);
     }
 
     void release(long bytes) {

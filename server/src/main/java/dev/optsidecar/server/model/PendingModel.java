@@ -103,6 +103,7 @@ public final class PendingModel {
         complete();
         registry.publish(model);
         done = true;
+        registry.registrationEnded();
         return model;
     }
 
@@ -111,6 +112,7 @@ public final class PendingModel {
         complete();
         registry.replace(model);
         done = true;
+        registry.registrationEnded();
         return model;
     }
 
@@ -216,6 +218,7 @@ public final class PendingModel {
     public void discard() {
         if (!done) {
             done = true;
+            registry.registrationEnded();
             model.delete();
             registry.release(model.memoryBytes());
         }

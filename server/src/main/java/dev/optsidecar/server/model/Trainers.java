@@ -32,15 +32,37 @@ final class Trainers {
         this.model = model;
         this.tensors = tensors;
         this.memory = memory;
-        this.gradientBytes = tensors.stream().mapToLong(t -> t.numel * (long) Float.BYTES).sum();
+        this.gradientBytes = MemoryEstimates.TRAINER_BYTES + tensors.stream()
+                .mapToLong(t -> t.numel * (long) Float.BYTES + MemoryEstimates.GRADIENT_BUFFER_BYTES).sum();
     }
 
     /** A trainer opened a Step stream: its session, created on first use, counts as attached. */
     synchronized ClientSession attach(String clientId) {
+        int maxIdBytes = memory.limits().maxClientIdBytes();
+        int idBytes = clientId.getBytes(java.nio.charset.StandardCharsets.UTF_8).length;
+        if (idBytes > maxIdBytes) {
+            throw OptError.invalid("open.client_id: %d bytes, longer than the server's limit of %d (raise it with"
+                    + " --max-client-id-bytes)", idBytes, maxIdBytes);
+        }
         String key = clientId.isEmpty() ? "\u0000anonymous-" + anonymousStreams.incrementAndGet() : clientId;
-        ClientSession s = sessions.computeIfAbsent(key, k -> new ClientSession(k, clientId));
+        ClientSession s = sessions.get(key);
+        if (s == null) {
+            int maxTrainers = memory.limits().maxTrainersPerModel();
+            if (sessions.size() >= maxTrainers) {
+                throw OptError.exhausted("open.model: model '%s' has %d trainers, the server's limit per model (raise"
+                        + " it with --max-trainers-per-model)", model, sessions.size());
+            }
+            s = new ClientSession(key, clientId);
+            sessions.put(key, s);
+        }
         s.streams++;
         return s;
+    }
+
+    /** Whether a trainer of that client id has a Step stream open. */
+    synchronized boolean isAttached(String clientId) {
+        ClientSession s = sessions.get(clientId);
+        return s != null && s.streams > 0;
     }
 
     /** A trainer's stream ended: with none left, its half-sent step is dropped and, if nothing waits, its buffers freed. */
