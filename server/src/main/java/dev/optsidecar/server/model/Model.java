@@ -346,8 +346,10 @@ public final class Model {
                 result = stored.toBuilder().setView(label).setReplayed(true).build();
             } else {
                 checkAcceptingSteps();
-                if (baseVersion != null && baseVersion > version) {
-                    throw OptError.invalid("commit.base_version: %d is ahead of the model's version %d", baseVersion, version);
+                // base_version is a wire uint64: compared unsigned, 2^63 and above are ahead, not behind
+                if (baseVersion != null && Long.compareUnsigned(baseVersion, version) > 0) {
+                    throw OptError.invalid("commit.base_version: %s is ahead of the model's version %d",
+                            Long.toUnsignedString(baseVersion), version);
                 }
                 if (sync && !skipped && (baseVersion == null || baseVersion == version)) {
                     return rounds.contribute(a, skip, groupLr, view);

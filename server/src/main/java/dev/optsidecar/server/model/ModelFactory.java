@@ -2,10 +2,12 @@ package dev.optsidecar.server.model;
 
 import com.google.protobuf.Struct;
 import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.ParamGroup;
 import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.WireNumbers;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.optim.Algorithm;
@@ -45,6 +47,9 @@ final class ModelFactory {
         Training training = training(config);
         if (config.getNonFiniteValue() > 2) {
             throw OptError.invalid("spec.optimizer.non_finite: unknown policy %d", config.getNonFiniteValue());
+        }
+        if (spec.hasState()) {
+            checkCounters(spec.getState());
         }
 
         Map<String, Integer> tensorIndex = new HashMap<>();
@@ -153,6 +158,22 @@ final class ModelFactory {
         Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes, registry,
                 timers);
         return new PendingModel(model, registry, spec.hasState() ? spec.getState() : null);
+    }
+
+    /** A saved run's counters: each below 2^62, so that stepping on from them cannot wrap. */
+    private static void checkCounters(ModelState state) {
+        WireNumbers.count(state.getVersion(), "spec.state.version");
+        WireNumbers.count(state.getScheduleStep(), "spec.state.schedule_step");
+        WireNumbers.count(state.getLookaheadStep(), "spec.state.lookahead_step");
+        for (int i = 0; i < state.getTensorStepsCount(); i++) {
+            WireNumbers.count(state.getTensorSteps(i), "spec.state.tensor_steps[" + i + "]");
+        }
+        for (int i = 0; i < state.getEmaUpdatesCount(); i++) {
+            WireNumbers.count(state.getEmaUpdates(i), "spec.state.ema_updates[" + i + "]");
+        }
+        for (int i = 0; i < state.getClientsCount(); i++) {
+            WireNumbers.count(state.getClients(i).getLastStepId(), "spec.state.clients[" + i + "].last_step_id");
+        }
     }
 
     /** The schedule, wrappers, clipping and reporting around the algorithm, validated. */
