@@ -6,6 +6,7 @@ import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.ParamGroup;
 import dev.optsidecar.proto.v1.TensorSpec;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.WireNumbers;
 import dev.optsidecar.server.engine.Engine;
@@ -135,8 +136,13 @@ final class ModelFactory {
 
         long bytes = 0;
         for (int i = 0; i < sizes.size(); i++) {
-            bytes += engine.bytesFor(sizes.get(i),
-                    groups.get(groupOf[i]).algorithm.stateSlots().size() + wrapperSlots.size());
+            try {
+                bytes = Math.addExact(bytes, engine.bytesFor(sizes.get(i),
+                        groups.get(groupOf[i]).algorithm.stateSlots().size() + wrapperSlots.size()));
+            } catch (ArithmeticException e) { // a wrapped sum would pass the memory check
+                throw OptError.exhausted("spec.tensors[%d].shape: model '%s' would need more than 2^63 bytes", i,
+                        Echo.of(name));
+            }
         }
         registry.reserve(name, bytes);
         List<TensorEntry> tensors = new ArrayList<>();

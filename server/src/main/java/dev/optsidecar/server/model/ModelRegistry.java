@@ -1,6 +1,7 @@
 package dev.optsidecar.server.model;
 
 import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
 
@@ -46,6 +47,10 @@ public final class ModelRegistry {
 
     /** Reserves bytes against the memory limit, or fails with RESOURCE_EXHAUSTED. */
     void reserve(String model, long bytes) {
+        if (bytes > memoryLimit) { // refused before the sum, which could wrap past Long.MAX_VALUE
+            throw OptError.exhausted("model '%s' needs %d bytes, more than the server's %d-byte memory limit"
+                    + " (see --memory-limit)", Echo.of(model), bytes, memoryLimit);
+        }
         long after = reserved.addAndGet(bytes);
         if (after > memoryLimit) {
             reserved.addAndGet(-bytes);

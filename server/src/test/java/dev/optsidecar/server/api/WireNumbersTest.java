@@ -2,6 +2,7 @@ package dev.optsidecar.server.api;
 
 import dev.optsidecar.client.TensorData;
 import dev.optsidecar.proto.v1.ClientProgress;
+import dev.optsidecar.proto.v1.HistoryRequest;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.OptimizerConfig;
@@ -132,6 +133,38 @@ class WireNumbersTest {
                 .setState(ModelState.newBuilder().setVersion((1L << 62) - 1).addTensorSteps(5)).build();
         assertEquals((1L << 62) - 1, f.client().register(ok, List.of(TensorData.of(new float[4]))).getVersion());
         f.client().delete(ok.getName());
+    }
+
+    private static void assertTooBig(String field, long[]... shapes) {
+        ModelSpec.Builder spec = tiny("too-big").toBuilder().clearTensors();
+        List<TensorData> weights = new java.util.ArrayList<>();
+        for (int i = 0; i < shapes.length; i++) {
+            spec.addTensors(StandardModel.tensor("t" + i, shapes[i]));
+            weights.add(TensorData.of(new float[1]));
+        }
+        ModelSpec s = spec.build();
+        assertStatus(Status.Code.RESOURCE_EXHAUSTED, () -> f.client().register(s, weights), field, s.getName());
+        f.assertNotFound(s.getName());
+        assertEquals(0, f.server().registry().reservedBytes());
+    }
+
+    @Test
+    void sizesThatOverflowALongAreRefusedNotWrapped() {
+        // 2^61 elements x 4 bytes x (weights, gradient) = 2^64 bytes: wrapped, 0
+        assertTooBig("spec.tensors[0].shape", new long[]{1L << 61});
+        assertTooBig("spec.tensors[0].shape", new long[]{1L << 31, 1L << 30});
+        // 2^62 bytes each: the model's total of 2^63 wrapped negative
+        assertTooBig("spec.tensors[1].shape", new long[]{1L << 59}, new long[]{1L << 59});
+    }
+
+    @Test
+    void historyFromAVersionOf2To63IsEmpty() {
+        String model = register(tiny("history"));
+        steps(model, 2);
+        assertEquals(2, f.blocking().history(HistoryRequest.newBuilder().setModel(model).build()).getVersionsCount());
+        assertEquals(0, f.blocking().history(HistoryRequest.newBuilder().setModel(model).setFromVersion(TWO_TO_63)
+                .build()).getVersionsCount());
+        f.client().delete(model);
     }
 
     private static float[][] pull(String model) {
