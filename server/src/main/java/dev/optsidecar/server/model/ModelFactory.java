@@ -1,11 +1,14 @@
 package dev.optsidecar.server.model;
 
+import com.google.protobuf.ProtocolMessageEnum;
 import com.google.protobuf.Struct;
+import dev.optsidecar.proto.v1.Coordination;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.ParamGroup;
 import dev.optsidecar.proto.v1.TensorSpec;
+import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.WireNumbers;
@@ -46,9 +49,8 @@ final class ModelFactory {
         OptimizerConfig config = spec.getOptimizer();
         AlgorithmDefinition definition = Algorithms.byName(config.getAlgorithm(), "spec.optimizer.algorithm");
         Training training = training(config);
-        if (config.getNonFiniteValue() > 2) {
-            throw OptError.invalid("spec.optimizer.non_finite: unknown policy %d", config.getNonFiniteValue());
-        }
+        known(config.getNonFinite(), config.getNonFiniteValue(), "spec.optimizer.non_finite");
+        checkCoordination(spec.getCoordination());
         if (spec.hasState()) {
             checkCounters(spec.getState());
         }
@@ -166,8 +168,48 @@ final class ModelFactory {
         return new PendingModel(model, registry, spec.hasState() ? spec.getState() : null);
     }
 
+    /**
+     * An enum field's value if it is one this server knows: protobuf keeps any other number, as
+     * UNRECOGNIZED, and code comparing against the known values would silently take a default.
+     */
+    private static <E extends Enum<E> & ProtocolMessageEnum> E known(E value, int number, String field) {
+        List<String> accepted = new ArrayList<>();
+        for (E e : value.getDeclaringClass().getEnumConstants()) {
+            if (!e.name().equals("UNRECOGNIZED")) {
+                if (e.getNumber() == number) {
+                    return value;
+                }
+                accepted.add(e.name() + " (" + e.getNumber() + ")");
+            }
+        }
+        throw OptError.invalid("%s: unknown value %d; accepted: %s", field, number, String.join(", ", accepted));
+    }
+
+    /** The coordination's enums and counts: uint32 counts above 2^31 - 1 would read as negative ints. */
+    private static void checkCoordination(Coordination c) {
+        known(c.getMode(), c.getModeValue(), "spec.coordination.mode");
+        known(c.getSync().getCombine(), c.getSync().getCombineValue(), "spec.coordination.sync.combine");
+        known(c.getAsync().getStale(), c.getAsync().getStaleValue(), "spec.coordination.async.stale");
+        nonNegativeInt(c.getSync().getK(), "spec.coordination.sync.k");
+        nonNegativeInt(c.getSync().getMinK(), "spec.coordination.sync.min_k");
+        nonNegativeInt(c.getSync().getTimeoutMs(), "spec.coordination.sync.timeout_ms");
+    }
+
+    private static void nonNegativeInt(int uint32, String field) {
+        if (uint32 < 0) {
+            throw OptError.invalid("%s: %d is out of range (must be at most %d)", field, Integer.toUnsignedLong(uint32),
+                    Integer.MAX_VALUE);
+        }
+    }
+
     /** A saved run's counters: each below 2^62, so that stepping on from them cannot wrap. */
     private static void checkCounters(ModelState state) {
+        int view = state.getWeightsViewValue();
+        if (view != ViewKind.VIEW_KIND_UNSPECIFIED_VALUE && view != ViewKind.VIEW_TRAIN_VALUE
+                && view != ViewKind.VIEW_EVAL_VALUE) {
+            throw OptError.invalid("spec.state.weights_view: must be VIEW_TRAIN or VIEW_EVAL (got %s)",
+                    state.getWeightsView() == ViewKind.UNRECOGNIZED ? view : state.getWeightsView());
+        }
         WireNumbers.count(state.getVersion(), "spec.state.version");
         WireNumbers.count(state.getScheduleStep(), "spec.state.schedule_step");
         WireNumbers.count(state.getLookaheadStep(), "spec.state.lookahead_step");
