@@ -4,6 +4,7 @@ import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.GroupStep;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.optim.StepPlan;
 
@@ -103,6 +104,7 @@ final class StepApplier {
             throw OptError.dataLoss("journal of model '%s': a step was applied to version %d, but the model is at"
                     + " version %d", model.name(), step.versionBefore(), model.version());
         }
+        checkReplayable(step);
         ByteBuffer chunk = ByteBuffer.allocate(StepAssembly.MAX_CHUNK_BYTES).order(ByteOrder.LITTLE_ENDIAN);
         for (TensorEntry t : tensors) {
             if (step.noGrad()[t.index]) {
@@ -118,6 +120,40 @@ final class StepApplier {
             }
         }
         apply(step, Model.NO_VIEW);
+    }
+
+    /**
+     * Refuses a record that does not fit this model, with DATA_LOSS, before anything is touched: a
+     * step that failed halfway would leave weights and state that no version had.
+     */
+    private void checkReplayable(StepRecord step) {
+        String what = "journal of model '" + Echo.of(model.name()) + "', the step to version " + (model.version() + 1);
+        if (step.contributions().isEmpty()) {
+            throw OptError.dataLoss("%s: it names no contributor", what);
+        }
+        if (step.noGrad().length != tensors.size()) {
+            throw OptError.dataLoss("%s: it has %d tensors, the model %d", what, step.noGrad().length, tensors.size());
+        }
+        for (TensorEntry t : tensors) {
+            if (!step.noGrad()[t.index] && step.gradients().numel(t.index) != t.numel) {
+                throw OptError.dataLoss("%s: its gradient of %s has %d elements", what, t.describe(),
+                        step.gradients().numel(t.index));
+            }
+        }
+        if (!(step.sumOfSquares() >= 0) || Double.isInfinite(step.sumOfSquares())) {
+            throw OptError.dataLoss("%s: its squared gradient norm is %s", what, step.sumOfSquares());
+        }
+        if (!(step.lrScale() > 0 && step.lrScale() <= 1)) {
+            throw OptError.dataLoss("%s: its learning-rate scale is %s", what, step.lrScale());
+        }
+        if (step.staleness() < 0 || step.staleness() > step.versionBefore()) {
+            throw OptError.dataLoss("%s: its staleness is %d", what, step.staleness());
+        }
+        try {
+            resolveGroupLr(step.groupLr());
+        } catch (OptError e) {
+            throw OptError.dataLoss("%s: %s", what, e.getMessage());
+        }
     }
 
     /** Plans each group's step and, unless it is skipped, runs it; returns its result with the model's version. */
