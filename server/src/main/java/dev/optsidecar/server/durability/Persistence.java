@@ -79,7 +79,8 @@ public final class Persistence implements AutoCloseable {
         } catch (IOException | RuntimeException e) {
             forget(m);
             throw e instanceof OptError oe ? oe
-                    : OptError.internal(e, "model '%s': cannot write its first snapshot: %s", m.name(), e.getMessage());
+                    : OptError.internal(e, "model '%s': cannot write its first snapshot: %s", Echo.of(m.name()),
+                    e.getMessage());
         }
     }
 
@@ -87,7 +88,7 @@ public final class Persistence implements AutoCloseable {
     public SnapshotInfo snapshot(Model m, String trigger) throws IOException {
         Tracked t = tracked.get(m);
         if (t == null) {
-            throw OptError.notFound("model '%s' was deleted", m.name());
+            throw OptError.notFound("model '%s' was deleted", Echo.of(m.name()));
         }
         JournalSwitch log = t.log;
         synchronized (log) {

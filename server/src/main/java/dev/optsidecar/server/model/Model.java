@@ -8,6 +8,7 @@ import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.TensorProgram;
@@ -259,7 +260,7 @@ public final class Model {
 
     void checkAcceptingSteps() {
         if (!acceptingSteps) {
-            throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", name);
+            throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", Echo.of(name));
         }
     }
 
@@ -286,7 +287,7 @@ public final class Model {
     private void checkCurrent(StepAssembly a) {
         if (a.session().assembly != a) {
             throw OptError.aborted("step %s of model '%s' is no longer being assembled (a retry replaced it)",
-                    Long.toUnsignedString(a.stepId()), name);
+                    Long.toUnsignedString(a.stepId()), Echo.of(name));
         }
     }
 
@@ -533,7 +534,7 @@ public final class Model {
 
     void checkLive() {
         if (deleted) {
-            throw OptError.notFound("model '%s' was deleted", name);
+            throw OptError.notFound("model '%s' was deleted", Echo.of(name));
         }
     }
 

@@ -44,7 +44,7 @@ final class ModelFactory {
             throw OptError.invalid("spec.name: a model name is required");
         }
         if (spec.getTensorsCount() == 0) {
-            throw OptError.invalid("spec.tensors: model '%s' has no tensors", name);
+            throw OptError.invalid("spec.tensors: model '%s' has no tensors", Echo.of(name));
         }
         OptimizerConfig config = spec.getOptimizer();
         AlgorithmDefinition definition = Algorithms.byName(config.getAlgorithm(), "spec.optimizer.algorithm");
@@ -65,7 +65,7 @@ final class ModelFactory {
                 throw OptError.invalid("%s.name: a tensor name is required", field);
             }
             if (tensorIndex.putIfAbsent(t.getName(), i) != null) {
-                throw OptError.invalid("%s.name: duplicate tensor name '%s'", field, t.getName());
+                throw OptError.invalid("%s.name: duplicate tensor name '%s'", field, Echo.of(t.getName()));
             }
             long[] shape = new long[t.getShapeCount()];
             long numel = 1;
@@ -73,12 +73,13 @@ final class ModelFactory {
                 shape[d] = t.getShape(d);
                 if (shape[d] <= 0) {
                     throw OptError.invalid("%s.shape[%d]: tensor '%s' has dimension %s; dimensions must be > 0",
-                            field, d, t.getName(), Long.toUnsignedString(shape[d]));
+                            field, d, Echo.of(t.getName()), Long.toUnsignedString(shape[d]));
                 }
                 try {
                     numel = Math.multiplyExact(numel, shape[d]);
                 } catch (ArithmeticException e) {
-                    throw OptError.invalid("%s.shape: tensor '%s' has too many elements", field, t.getName());
+                    throw OptError.invalid("%s.shape: tensor '%s' has too many elements", field,
+                            Echo.of(t.getName()));
                 }
             }
             shapes.add(shape);
@@ -94,16 +95,16 @@ final class ModelFactory {
             String field = "spec.groups[" + gi + "]";
             String groupName = g.getName().isEmpty() ? "group" + gi : g.getName();
             if (!groupNames.add(groupName)) {
-                throw OptError.invalid("%s.name: duplicate group name '%s'", field, groupName);
+                throw OptError.invalid("%s.name: duplicate group name '%s'", field, Echo.of(groupName));
             }
             for (String tensorName : g.getTensorsList()) {
                 Integer idx = tensorIndex.get(tensorName);
                 if (idx == null) {
-                    throw OptError.invalid("%s.tensors: no tensor named '%s'", field, tensorName);
+                    throw OptError.invalid("%s.tensors: no tensor named '%s'", field, Echo.of(tensorName));
                 }
                 if (groupOf[idx] != null) {
                     throw OptError.invalid("%s.tensors: tensor '%s' is already in group '%s'",
-                            field, tensorName, groupOf[idx]);
+                            field, Echo.of(tensorName), Echo.of(groupOf[idx]));
                 }
                 groupOf[idx] = groupName;
             }
@@ -130,7 +131,7 @@ final class ModelFactory {
                     && algorithm.momentumSlot() < 0) {
                 throw OptError.invalid("spec.optimizer.lookahead.pullback_momentum: '%s' acts on SGD's momentum"
                         + " buffer, which group '%s' (%s) does not have", config.getLookahead().getPullbackMomentum(),
-                        e.getKey(), definition.name());
+                        Echo.of(e.getKey()), definition.name());
             }
             groups.put(e.getKey(), new GroupState(e.getKey(), e.getValue(), algorithm));
         }
@@ -161,7 +162,7 @@ final class ModelFactory {
             tensors.forEach(t -> t.storage.free());
             registry.release(bytes);
             throw OptError.exhausted("model '%s': out of memory allocating %d bytes; raise the JVM heap (-Xmx)"
-                    + " or lower --memory-limit", name, bytes);
+                    + " or lower --memory-limit", Echo.of(name), bytes);
         }
         Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes, registry,
                 timers);
@@ -252,7 +253,7 @@ final class ModelFactory {
                 case "reset" -> Lookahead.Pullback.RESET;
                 case "pullback" -> Lookahead.Pullback.PULLBACK;
                 default -> throw OptError.invalid("%s.lookahead.pullback_momentum: '%s' is not none, reset or pullback",
-                        field, la.getPullbackMomentum());
+                        field, Echo.of(la.getPullbackMomentum()));
             };
             lookahead = new Lookahead(Integer.toUnsignedLong(la.getK()), la.getAlpha(), pullback);
         }

@@ -40,7 +40,7 @@ public final class ModelRegistry {
     /** As {@link #prepare(ModelSpec)}; with {@code replacing}, a model of that name may exist (see {@link PendingModel#publishReplacing}). */
     public PendingModel prepare(ModelSpec spec, boolean replacing) {
         if (!replacing && models.containsKey(spec.getName())) {
-            throw OptError.alreadyExists("spec.name: model '%s' already exists", spec.getName());
+            throw OptError.alreadyExists("spec.name: model '%s' already exists", Echo.of(spec.getName()));
         }
         return ModelFactory.build(spec, engine, this, timers);
     }
@@ -55,7 +55,7 @@ public final class ModelRegistry {
         if (after > memoryLimit) {
             reserved.addAndGet(-bytes);
             throw OptError.exhausted("model '%s' needs %d bytes, but only %d of the server's %d-byte memory limit"
-                    + " are free (see --memory-limit)", model, bytes, Math.max(0, memoryLimit - after + bytes), memoryLimit);
+                    + " are free (see --memory-limit)", Echo.of(model), bytes, Math.max(0, memoryLimit - after + bytes), memoryLimit);
         }
     }
 
@@ -66,7 +66,7 @@ public final class ModelRegistry {
     /** Makes a fully initialised model visible under its name. */
     Model publish(Model model) {
         if (models.putIfAbsent(model.name(), model) != null) {
-            throw OptError.alreadyExists("spec.name: model '%s' already exists", model.name());
+            throw OptError.alreadyExists("spec.name: model '%s' already exists", Echo.of(model.name()));
         }
         return model;
     }
@@ -91,7 +91,7 @@ public final class ModelRegistry {
         }
         Model m = models.get(name);
         if (m == null) {
-            throw OptError.notFound("%s: no model named '%s'", field, name);
+            throw OptError.notFound("%s: no model named '%s'", field, Echo.of(name));
         }
         return m;
     }

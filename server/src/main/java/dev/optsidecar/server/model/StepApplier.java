@@ -102,7 +102,7 @@ final class StepApplier {
     void replay(StepRecord step) {
         if (step.versionBefore() != model.version()) {
             throw OptError.dataLoss("journal of model '%s': a step was applied to version %d, but the model is at"
-                    + " version %d", model.name(), step.versionBefore(), model.version());
+                    + " version %d", Echo.of(model.name()), step.versionBefore(), model.version());
         }
         checkReplayable(step);
         ByteBuffer chunk = ByteBuffer.allocate(StepAssembly.MAX_CHUNK_BYTES).order(ByteOrder.LITTLE_ENDIAN);
@@ -211,11 +211,12 @@ final class StepApplier {
         Map<GroupState, Double> out = new LinkedHashMap<>();
         for (Map.Entry<String, Double> e : groupLr.entrySet()) {
             GroupState g = groups.stream().filter(x -> x.name.equals(e.getKey())).findFirst().orElseThrow(() ->
-                    OptError.invalid("commit.group_lr: model '%s' has no group '%s'", model.name(), e.getKey()));
+                    OptError.invalid("commit.group_lr: model '%s' has no group '%s'", Echo.of(model.name()),
+                            Echo.of(e.getKey())));
             double lr = e.getValue();
             if (!(lr >= 0) || Double.isInfinite(lr)) {
                 throw OptError.invalid("commit.group_lr[%s]: learning rate must be finite and >= 0 (got %s)",
-                        e.getKey(), lr);
+                        Echo.of(e.getKey()), lr);
             }
             out.put(g, lr);
         }

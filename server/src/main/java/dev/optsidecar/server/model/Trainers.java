@@ -1,5 +1,6 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
 import java.util.ArrayList;
@@ -66,7 +67,7 @@ final class Trainers {
     synchronized StepAssembly open(ClientSession s, long stepId) {
         if (s.pending != null) {
             throw OptError.precondition("step_id: client '%s' sent step %s while its step %s waits for the other"
-                            + " trainers' contributions", s.clientId, Long.toUnsignedString(stepId),
+                            + " trainers' contributions", Echo.of(s.clientId), Long.toUnsignedString(stepId),
                     Long.toUnsignedString(s.pending.stepId()));
         }
         if (s.handles == null) {
