@@ -203,7 +203,7 @@ final class ModelFactory {
         }
     }
 
-    /** A saved run's counters: each below 2^62, so that stepping on from them cannot wrap. */
+    /** A saved run's weights view and counters: each count below 2^62, so that stepping on cannot wrap. */
     private static void checkCounters(ModelState state) {
         int view = state.getWeightsViewValue();
         if (view != ViewKind.VIEW_KIND_UNSPECIFIED_VALUE && view != ViewKind.VIEW_TRAIN_VALUE
