@@ -2,6 +2,7 @@ package dev.optsidecar.server;
 
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.server.api.OptimizerService;
+import dev.optsidecar.server.api.UnparsableRequests;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.model.Limits;
@@ -56,7 +57,8 @@ public final class SidecarServer implements AutoCloseable {
         }
         service = new OptimizerService(registry, persistence, threads.completions);
         server = transport
-                .addService(ServerInterceptors.intercept(service, new RefuseUntilServing()))
+                .addService(ServerInterceptors.intercept(UnparsableRequests.invalidArgument(service.bindService()),
+                        new RefuseUntilServing()))
                 .addService(health.getHealthService())
                 .addService(ProtoReflectionServiceV1.newInstance())
                 .addService(reflectionV1alpha())

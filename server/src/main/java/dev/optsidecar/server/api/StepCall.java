@@ -9,6 +9,7 @@ import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.WireNumbers;
 import dev.optsidecar.server.model.ClientSession;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelRegistry;
@@ -145,6 +146,7 @@ final class StepCall implements StreamObserver<StepRequest> {
 
     private void chunk(GradientChunk c) {
         Model m = requireOpen();
+        WireNumbers.count(c.getStepId(), "chunk.step_id"); // kept in the ledger, restored as a bounded count
         if (replayedStepId != null && replayedStepId == c.getStepId()) {
             return; // already applied; the commit is answered from the client's ledger
         }
@@ -170,6 +172,7 @@ final class StepCall implements StreamObserver<StepRequest> {
 
     private void commit(StepCommit c) {
         Model m = requireOpen();
+        WireNumbers.count(c.getStepId(), "commit.step_id");
         Model.ResolvedView view = m.resolveView(c.getView(), "commit.view", true);
         if (assembly == null) {
             replayedStepId = null;

@@ -3,6 +3,7 @@ package dev.optsidecar.server.durability;
 import dev.optsidecar.proto.v1.ExportInfo;
 import dev.optsidecar.proto.v1.SnapshotInfo;
 import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelCapture;
@@ -79,7 +80,8 @@ public final class Persistence implements AutoCloseable {
         } catch (IOException | RuntimeException e) {
             forget(m);
             throw e instanceof OptError oe ? oe
-                    : OptError.internal(e, "model '%s': cannot write its first snapshot: %s", m.name(), e.getMessage());
+                    : OptError.internal(e, "model '%s': cannot write its first snapshot: %s", Echo.of(m.name()),
+                    e.getMessage());
         }
     }
 
@@ -87,8 +89,8 @@ public final class Persistence implements AutoCloseable {
     public SnapshotInfo snapshot(Model m, String trigger) throws IOException {
         Tracked t = tracked.get(m);
         if (t == null) {
-            throw OptError.notFound("model '%s' was deleted", m.name()).withReason(OptError.Reason.MODEL_NOT_FOUND)
-                    .with("model", m.name());
+            throw OptError.notFound("model '%s' was deleted", Echo.of(m.name())).withReason(OptError.Reason.MODEL_NOT_FOUND)
+                    .with("model", Echo.of(m.name()));
         }
         JournalSwitch log = t.log;
         synchronized (log) {
@@ -126,6 +128,10 @@ public final class Persistence implements AutoCloseable {
      * that snapshot, as a new timeline. The restored model gets a fresh snapshot as its base.
      */
     public Model restore(String model, String id, String asName, boolean replace) throws IOException {
+        if (!id.isEmpty() && !SnapshotStore.isId(id)) {
+            throw OptError.invalid("id: '%s' is not a snapshot id (six or more digits, as ListSnapshots lists them)",
+                    Echo.of(id));
+        }
         String name = asName.isEmpty() ? model : asName;
         Snapshot snapshot = id.isEmpty() ? store.openLatestValid(model) : store.open(model, id);
         PendingModel pending = ModelLoader.fromSnapshot(registry, snapshot, name, replace);
@@ -180,8 +186,17 @@ public final class Persistence implements AutoCloseable {
                 if (!r.run().equals(m.run())) {
                     continue;
                 }
-                StepRecord step;
-                while ((step = r.next()) != null) {
+                while (true) {
+                    StepRecord step;
+                    try {
+                        step = r.next();
+                    } catch (RuntimeException e) { // a record that passed its checksum but does not parse
+                        replayStopped(model, file, m, "cannot be read", e);
+                        return replayed;
+                    }
+                    if (step == null) {
+                        break;
+                    }
                     if (step.versionBefore() < m.version()) {
                         continue; // already in the snapshot
                     }
@@ -190,7 +205,12 @@ public final class Persistence implements AutoCloseable {
                                 + " it are not replayed", model, file.getFileName(), m.version(), step.versionBefore()));
                         return replayed;
                     }
-                    m.replay(step);
+                    try {
+                        m.replay(step);
+                    } catch (RuntimeException e) { // checked before it touched the model: it stays as it was
+                        replayStopped(model, file, m, "cannot be replayed", e);
+                        return replayed;
+                    }
                     replayed++;
                 }
                 if (r.problem() != null) {
@@ -203,6 +223,13 @@ public final class Persistence implements AutoCloseable {
             }
         }
         return replayed;
+    }
+
+    /** A record the replay cannot use: the model stays at its last good version and still starts. */
+    private static void replayStopped(String model, Path file, Model m, String why, RuntimeException e) {
+        LOG.log(Level.WARNING, String.format("model '%s': journal %s: the record of the step to version %d %s (%s);"
+                + " the model stays at version %d and the steps after it are not replayed", Echo.of(model),
+                file.getFileName(), m.version() + 1, why, e.getMessage() != null ? e.getMessage() : e, m.version()), e);
     }
 
     /** Writes a view of a model's weights for deployment (not a snapshot). */

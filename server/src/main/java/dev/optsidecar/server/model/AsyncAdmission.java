@@ -2,6 +2,7 @@ package dev.optsidecar.server.model;
 
 import dev.optsidecar.proto.v1.AsyncOptions;
 import dev.optsidecar.proto.v1.StalePolicy;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
 /**
@@ -32,10 +33,10 @@ final class AsyncAdmission {
         status.rejected++;
         throw OptError.precondition("step %s of client '%s': its gradient was computed at version %d, %d versions"
                         + " behind the current version %d (the bound is %d); pull the weights and send a fresh one",
-                Long.toUnsignedString(a.stepId()), a.clientId(), version - staleness, staleness, version,
+                Long.toUnsignedString(a.stepId()), Echo.of(a.clientId()), version - staleness, staleness, version,
                 Integer.toUnsignedLong(options.getMaxStaleness()))
                 .withReason(OptError.Reason.STALE_GRADIENT)
-                .with("client_id", a.clientId()).with("step_id", Long.toUnsignedString(a.stepId()))
+                .with("client_id", Echo.of(a.clientId())).with("step_id", Long.toUnsignedString(a.stepId()))
                 .with("current_version", version).with("base_version", version - staleness)
                 .with("staleness", staleness).with("max_staleness", Integer.toUnsignedLong(options.getMaxStaleness()));
     }

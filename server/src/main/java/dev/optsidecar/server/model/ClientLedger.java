@@ -2,6 +2,7 @@ package dev.optsidecar.server.model;
 
 import dev.optsidecar.proto.v1.ClientProgress;
 import dev.optsidecar.proto.v1.StepResult;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
 import java.util.ArrayList;
@@ -56,9 +57,9 @@ final class ClientLedger {
         }
         if (order < 0) {
             throw OptError.precondition("step_id: step %s of client '%s' is older than its last applied step %s"
-                            + " of model '%s'; sequence numbers must grow", Long.toUnsignedString(stepId), clientId,
-                    Long.toUnsignedString(p.getLastStepId()), model)
-                    .withReason(OptError.Reason.STEP_OUT_OF_ORDER).with("model", model).with("client_id", clientId);
+                            + " of model '%s'; sequence numbers must grow", Long.toUnsignedString(stepId),
+                    Echo.of(clientId), Long.toUnsignedString(p.getLastStepId()), Echo.of(model))
+                    .withReason(OptError.Reason.STEP_OUT_OF_ORDER).with("model", Echo.of(model)).with("client_id", Echo.of(clientId));
         }
         return null;
     }

@@ -17,7 +17,8 @@ final class CoordinationStatusBuilder {
 
     void applied(int contributions, long stalenessOfStep) {
         applied += contributions;
-        staleness[(int) Math.min(LAST, stalenessOfStep)] += contributions;
+        // unsigned: a value that is negative as a long (never admitted, but never an index either) is the last bucket
+        staleness[Long.compareUnsigned(stalenessOfStep, LAST) < 0 ? (int) stalenessOfStep : LAST] += contributions;
     }
 
     synchronized CoordinationStatus build(Coordination config, List<String> trainers) {

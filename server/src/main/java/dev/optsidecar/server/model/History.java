@@ -44,7 +44,7 @@ final class History {
     List<VersionContributions> from(long version) {
         List<VersionContributions> out = new ArrayList<>();
         for (VersionContributions v : versions) {
-            if (v.getVersion() >= version) {
+            if (Long.compareUnsigned(v.getVersion(), version) >= 0) { // from_version is a wire uint64
                 out.add(v);
             }
         }

@@ -8,6 +8,7 @@ import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.TensorProgram;
@@ -266,8 +267,8 @@ public final class Model {
 
     void checkAcceptingSteps() {
         if (!acceptingSteps) {
-            throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", name)
-                    .with("model", name);
+            throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", Echo.of(name))
+                    .with("model", Echo.of(name));
         }
     }
 
@@ -294,8 +295,8 @@ public final class Model {
     private void checkCurrent(StepAssembly a) {
         if (a.session().assembly != a) {
             throw OptError.aborted("step %s of model '%s' is no longer being assembled (a retry replaced it)",
-                    Long.toUnsignedString(a.stepId()), name)
-                    .withReason(OptError.Reason.STEP_REPLACED).with("model", name)
+                    Long.toUnsignedString(a.stepId()), Echo.of(name))
+                    .withReason(OptError.Reason.STEP_REPLACED).with("model", Echo.of(name))
                     .with("step_id", Long.toUnsignedString(a.stepId()));
         }
     }
@@ -356,10 +357,12 @@ public final class Model {
                 result = stored.toBuilder().setView(label).setReplayed(true).build();
             } else {
                 checkAcceptingSteps();
-                if (baseVersion != null && baseVersion > version) {
-                    throw OptError.invalid("commit.base_version: %d is ahead of the model's version %d", baseVersion, version)
-                            .withReason(OptError.Reason.BASE_VERSION_AHEAD).with("model", name)
-                            .with("base_version", baseVersion).with("current_version", version);
+                // base_version is a wire uint64: compared unsigned, 2^63 and above are ahead, not behind
+                if (baseVersion != null && Long.compareUnsigned(baseVersion, version) > 0) {
+                    throw OptError.invalid("commit.base_version: %s is ahead of the model's version %d",
+                            Long.toUnsignedString(baseVersion), version)
+                            .withReason(OptError.Reason.BASE_VERSION_AHEAD).with("model", Echo.of(name))
+                            .with("base_version", Long.toUnsignedString(baseVersion)).with("current_version", version);
                 }
                 if (sync && !skipped && (baseVersion == null || baseVersion == version)) {
                     return rounds.contribute(a, skip, groupLr, view);
@@ -545,8 +548,8 @@ public final class Model {
 
     void checkLive() {
         if (deleted) {
-            throw OptError.notFound("model '%s' was deleted", name).withReason(OptError.Reason.MODEL_NOT_FOUND)
-                    .with("model", name);
+            throw OptError.notFound("model '%s' was deleted", Echo.of(name)).withReason(OptError.Reason.MODEL_NOT_FOUND)
+                    .with("model", Echo.of(name));
         }
     }
 

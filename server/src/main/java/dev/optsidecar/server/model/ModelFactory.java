@@ -1,11 +1,17 @@
 package dev.optsidecar.server.model;
 
+import com.google.protobuf.ProtocolMessageEnum;
 import com.google.protobuf.Struct;
+import dev.optsidecar.proto.v1.Coordination;
 import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.ParamGroup;
 import dev.optsidecar.proto.v1.TensorSpec;
+import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.WireNumbers;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.optim.Algorithm;
@@ -38,7 +44,7 @@ final class ModelFactory {
             throw OptError.invalid("spec.name: a model name is required");
         }
         if (spec.getTensorsCount() == 0) {
-            throw OptError.invalid("spec.tensors: model '%s' has no tensors", name);
+            throw OptError.invalid("spec.tensors: model '%s' has no tensors", Echo.of(name));
         }
         int maxTensors = registry.limits().maxTensorsPerModel();
         if (spec.getTensorsCount() > maxTensors) {
@@ -62,8 +68,10 @@ final class ModelFactory {
         OptimizerConfig config = spec.getOptimizer();
         AlgorithmDefinition definition = Algorithms.byName(config.getAlgorithm(), "spec.optimizer.algorithm");
         Training training = training(config);
-        if (config.getNonFiniteValue() > 2) {
-            throw OptError.invalid("spec.optimizer.non_finite: unknown policy %d", config.getNonFiniteValue());
+        known(config.getNonFinite(), config.getNonFiniteValue(), "spec.optimizer.non_finite");
+        checkCoordination(spec.getCoordination());
+        if (spec.hasState()) {
+            checkCounters(spec.getState());
         }
 
         Map<String, Integer> tensorIndex = new HashMap<>();
@@ -76,7 +84,7 @@ final class ModelFactory {
                 throw OptError.invalid("%s.name: a tensor name is required", field);
             }
             if (tensorIndex.putIfAbsent(t.getName(), i) != null) {
-                throw OptError.invalid("%s.name: duplicate tensor name '%s'", field, t.getName());
+                throw OptError.invalid("%s.name: duplicate tensor name '%s'", field, Echo.of(t.getName()));
             }
             long[] shape = new long[t.getShapeCount()];
             long numel = 1;
@@ -84,12 +92,13 @@ final class ModelFactory {
                 shape[d] = t.getShape(d);
                 if (shape[d] <= 0) {
                     throw OptError.invalid("%s.shape[%d]: tensor '%s' has dimension %s; dimensions must be > 0",
-                            field, d, t.getName(), Long.toUnsignedString(shape[d]));
+                            field, d, Echo.of(t.getName()), Long.toUnsignedString(shape[d]));
                 }
                 try {
                     numel = Math.multiplyExact(numel, shape[d]);
                 } catch (ArithmeticException e) {
-                    throw OptError.invalid("%s.shape: tensor '%s' has too many elements", field, t.getName());
+                    throw OptError.invalid("%s.shape: tensor '%s' has too many elements", field,
+                            Echo.of(t.getName()));
                 }
             }
             shapes.add(shape);
@@ -105,16 +114,16 @@ final class ModelFactory {
             String field = "spec.groups[" + gi + "]";
             String groupName = g.getName().isEmpty() ? "group" + gi : g.getName();
             if (!groupNames.add(groupName)) {
-                throw OptError.invalid("%s.name: duplicate group name '%s'", field, groupName);
+                throw OptError.invalid("%s.name: duplicate group name '%s'", field, Echo.of(groupName));
             }
             for (String tensorName : g.getTensorsList()) {
                 Integer idx = tensorIndex.get(tensorName);
                 if (idx == null) {
-                    throw OptError.invalid("%s.tensors: no tensor named '%s'", field, tensorName);
+                    throw OptError.invalid("%s.tensors: no tensor named '%s'", field, Echo.of(tensorName));
                 }
                 if (groupOf[idx] != null) {
                     throw OptError.invalid("%s.tensors: tensor '%s' is already in group '%s'",
-                            field, tensorName, groupOf[idx]);
+                            field, Echo.of(tensorName), Echo.of(groupOf[idx]));
                 }
                 groupOf[idx] = groupName;
             }
@@ -141,7 +150,7 @@ final class ModelFactory {
                     && algorithm.momentumSlot() < 0) {
                 throw OptError.invalid("spec.optimizer.lookahead.pullback_momentum: '%s' acts on SGD's momentum"
                         + " buffer, which group '%s' (%s) does not have", config.getLookahead().getPullbackMomentum(),
-                        e.getKey(), definition.name());
+                        Echo.of(e.getKey()), definition.name());
             }
             groups.put(e.getKey(), new GroupState(e.getKey(), e.getValue(), algorithm));
         }
@@ -150,7 +159,13 @@ final class ModelFactory {
         long bytes = 0;
         for (int i = 0; i < sizes.size(); i++) {
             int slotCount = groups.get(groupOf[i]).algorithm.stateSlots().size() + wrapperSlots.size();
-            bytes += engine.bytesFor(sizes.get(i), slotCount) + MemoryEstimates.SLOT_BYTES * slotCount;
+            try {
+                bytes = Math.addExact(bytes, Math.addExact(engine.bytesFor(sizes.get(i), slotCount),
+                        MemoryEstimates.SLOT_BYTES * slotCount));
+            } catch (ArithmeticException e) { // a wrapped sum would pass the memory check
+                throw OptError.exhausted("spec.tensors[%d].shape: model '%s' would need more than 2^63 bytes", i,
+                        Echo.of(name));
+            }
         }
         registry.reserve(name, bytes);
         List<TensorEntry> tensors = new ArrayList<>();
@@ -167,11 +182,67 @@ final class ModelFactory {
             tensors.forEach(t -> t.storage.free());
             registry.release(bytes);
             throw OptError.exhausted("model '%s': out of memory allocating %d bytes; raise the JVM heap (-Xmx)"
-                    + " or lower --memory-limit", name, bytes).withReason(OptError.Reason.OUT_OF_MEMORY).with("model", name);
+                    + " or lower --memory-limit", Echo.of(name), bytes).withReason(OptError.Reason.OUT_OF_MEMORY).with("model", Echo.of(name));
         }
         Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes + metadata,
                 registry, timers);
         return new PendingModel(model, registry, spec.hasState() ? spec.getState() : null);
+    }
+
+    /**
+     * An enum field's value if it is one this server knows: protobuf keeps any other number, as
+     * UNRECOGNIZED, and code comparing against the known values would silently take a default.
+     */
+    private static <E extends Enum<E> & ProtocolMessageEnum> E known(E value, int number, String field) {
+        List<String> accepted = new ArrayList<>();
+        for (E e : value.getDeclaringClass().getEnumConstants()) {
+            if (!e.name().equals("UNRECOGNIZED")) {
+                if (e.getNumber() == number) {
+                    return value;
+                }
+                accepted.add(e.name() + " (" + e.getNumber() + ")");
+            }
+        }
+        throw OptError.invalid("%s: unknown value %d; accepted: %s", field, number, String.join(", ", accepted));
+    }
+
+    /** The coordination's enums and counts: uint32 counts above 2^31 - 1 would read as negative ints. */
+    private static void checkCoordination(Coordination c) {
+        known(c.getMode(), c.getModeValue(), "spec.coordination.mode");
+        known(c.getSync().getCombine(), c.getSync().getCombineValue(), "spec.coordination.sync.combine");
+        known(c.getAsync().getStale(), c.getAsync().getStaleValue(), "spec.coordination.async.stale");
+        nonNegativeInt(c.getSync().getK(), "spec.coordination.sync.k");
+        nonNegativeInt(c.getSync().getMinK(), "spec.coordination.sync.min_k");
+        nonNegativeInt(c.getSync().getTimeoutMs(), "spec.coordination.sync.timeout_ms");
+    }
+
+    private static void nonNegativeInt(int uint32, String field) {
+        if (uint32 < 0) {
+            throw OptError.invalid("%s: %d is out of range (must be at most %d)", field, Integer.toUnsignedLong(uint32),
+                    Integer.MAX_VALUE);
+        }
+    }
+
+    /** A saved run's weights view and counters: each count below 2^62, so that stepping on cannot wrap. */
+    private static void checkCounters(ModelState state) {
+        int view = state.getWeightsViewValue();
+        if (view != ViewKind.VIEW_KIND_UNSPECIFIED_VALUE && view != ViewKind.VIEW_TRAIN_VALUE
+                && view != ViewKind.VIEW_EVAL_VALUE) {
+            throw OptError.invalid("spec.state.weights_view: must be VIEW_TRAIN or VIEW_EVAL (got %s)",
+                    state.getWeightsView() == ViewKind.UNRECOGNIZED ? view : state.getWeightsView());
+        }
+        WireNumbers.count(state.getVersion(), "spec.state.version");
+        WireNumbers.count(state.getScheduleStep(), "spec.state.schedule_step");
+        WireNumbers.count(state.getLookaheadStep(), "spec.state.lookahead_step");
+        for (int i = 0; i < state.getTensorStepsCount(); i++) {
+            WireNumbers.count(state.getTensorSteps(i), "spec.state.tensor_steps[" + i + "]");
+        }
+        for (int i = 0; i < state.getEmaUpdatesCount(); i++) {
+            WireNumbers.count(state.getEmaUpdates(i), "spec.state.ema_updates[" + i + "]");
+        }
+        for (int i = 0; i < state.getClientsCount(); i++) {
+            WireNumbers.count(state.getClients(i).getLastStepId(), "spec.state.clients[" + i + "].last_step_id");
+        }
     }
 
     /** The schedule, wrappers, clipping and reporting around the algorithm, validated. */
@@ -202,7 +273,7 @@ final class ModelFactory {
                 case "reset" -> Lookahead.Pullback.RESET;
                 case "pullback" -> Lookahead.Pullback.PULLBACK;
                 default -> throw OptError.invalid("%s.lookahead.pullback_momentum: '%s' is not none, reset or pullback",
-                        field, la.getPullbackMomentum());
+                        field, Echo.of(la.getPullbackMomentum()));
             };
             lookahead = new Lookahead(Integer.toUnsignedLong(la.getK()), la.getAlpha(), pullback);
         }

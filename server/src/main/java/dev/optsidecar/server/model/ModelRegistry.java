@@ -1,6 +1,7 @@
 package dev.optsidecar.server.model;
 
 import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
 
@@ -57,8 +58,8 @@ public final class ModelRegistry {
     /** As {@link #prepare(ModelSpec)}; with {@code replacing}, a model of that name may exist (see {@link PendingModel#publishReplacing}). */
     public PendingModel prepare(ModelSpec spec, boolean replacing) {
         if (!replacing && models.containsKey(spec.getName())) {
-            throw OptError.alreadyExists("spec.name: model '%s' already exists", spec.getName())
-                    .withReason(OptError.Reason.MODEL_EXISTS).with("model", spec.getName());
+            throw OptError.alreadyExists("spec.name: model '%s' already exists", Echo.of(spec.getName()))
+                    .withReason(OptError.Reason.MODEL_EXISTS).with("model", Echo.of(spec.getName()));
         }
         if (pendingRegistrations.incrementAndGet() > limits.maxPendingRegistrations()) {
             pendingRegistrations.decrementAndGet();
@@ -85,12 +86,18 @@ public final class ModelRegistry {
 
     /** Reserves bytes against the memory limit, or fails with RESOURCE_EXHAUSTED. */
     void reserve(String model, long bytes) {
+        if (bytes > memoryLimit) { // refused before the sum, which could wrap past Long.MAX_VALUE
+            throw OptError.exhausted("model '%s' needs %d bytes, more than the server's %d-byte memory limit"
+                    + " (see --memory-limit)", Echo.of(model), bytes, memoryLimit)
+                    .withReason(OptError.Reason.MEMORY_LIMIT).with("model", Echo.of(model)).with("needed", bytes)
+                    .with("free", Math.max(0, memoryLimit - reserved.get())).with("limit", memoryLimit);
+        }
         long after = reserved.addAndGet(bytes);
         if (after > memoryLimit) {
             reserved.addAndGet(-bytes);
             throw OptError.exhausted("model '%s' needs %d bytes, but only %d of the server's %d-byte memory limit"
-                    + " are free (see --memory-limit)", model, bytes, Math.max(0, memoryLimit - after + bytes), memoryLimit)
-                    .withReason(OptError.Reason.MEMORY_LIMIT).with("model", model).with("needed", bytes)
+                    + " are free (see --memory-limit)", Echo.of(model), bytes, Math.max(0, memoryLimit - after + bytes), memoryLimit)
+                    .withReason(OptError.Reason.MEMORY_LIMIT).with("model", Echo.of(model)).with("needed", bytes)
                     .with("free", Math.max(0, memoryLimit - after + bytes)).with("limit", memoryLimit);
         }
     }
@@ -110,8 +117,8 @@ public final class ModelRegistry {
     /** Makes a fully initialised model visible under its name. */
     Model publish(Model model) {
         if (models.putIfAbsent(model.name(), model) != null) {
-            throw OptError.alreadyExists("spec.name: model '%s' already exists", model.name())
-                    .withReason(OptError.Reason.MODEL_EXISTS).with("model", model.name());
+            throw OptError.alreadyExists("spec.name: model '%s' already exists", Echo.of(model.name()))
+                    .withReason(OptError.Reason.MODEL_EXISTS).with("model", Echo.of(model.name()));
         }
         return model;
     }
@@ -136,8 +143,8 @@ public final class ModelRegistry {
         }
         Model m = models.get(name);
         if (m == null) {
-            throw OptError.notFound("%s: no model named '%s'", field, name).withReason(OptError.Reason.MODEL_NOT_FOUND)
-                    .with("model", name);
+            throw OptError.notFound("%s: no model named '%s'", field, Echo.of(name)).withReason(OptError.Reason.MODEL_NOT_FOUND)
+                    .with("model", Echo.of(name));
         }
         return m;
     }

@@ -3,6 +3,7 @@ package dev.optsidecar.server.model;
 import dev.optsidecar.proto.v1.GroupCounters;
 import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.TensorProgram;
 import dev.optsidecar.server.engine.kernel.KernelCall;
@@ -61,7 +62,7 @@ public final class PendingModel {
         TensorEntry t = StepAssembly.checkChunk(model.tensors(), tensor, offset, data, "state of");
         int index = t.slot(slot);
         if (index < 0) {
-            throw OptError.invalid("state.slot: %s has no state slot '%s'; its slots: %s", t.describe(), slot,
+            throw OptError.invalid("state.slot: %s has no state slot '%s'; its slots: %s", t.describe(), Echo.of(slot),
                     String.join(", ", t.slots));
         }
         long count = data.remaining() / Float.BYTES;
@@ -137,9 +138,9 @@ public final class PendingModel {
         for (GroupCounters saved : state.getGroupsList()) {
             GroupState g = model.groups().stream().filter(x -> x.name.equals(saved.getGroup())).findFirst()
                     .orElseThrow(() -> OptError.invalid("spec.state.groups: model '%s' has no group '%s'",
-                            model.name(), saved.getGroup()));
+                            Echo.of(model.name()), Echo.of(saved.getGroup())));
             if (!(saved.getLr() >= 0) || Double.isInfinite(saved.getLr())) {
-                throw OptError.invalid("spec.state.groups[%s].lr: must be finite and >= 0", g.name);
+                throw OptError.invalid("spec.state.groups[%s].lr: must be finite and >= 0", Echo.of(g.name));
             }
             g.baseLr = saved.getLr();
             g.scalars = restoredScalars(g, saved.getScalarsMap());
@@ -175,11 +176,11 @@ public final class PendingModel {
 
     /** A saved group's scalars: exactly the ones its algorithm declares, each a finite number. */
     private GroupScalars restoredScalars(GroupState g, Map<String, Double> saved) {
-        String field = "spec.state.groups[" + g.name + "].scalars";
+        String field = "spec.state.groups[" + Echo.of(g.name) + "].scalars";
         List<String> declared = g.scalars.names();
         for (String name : saved.keySet()) {
             if (!declared.contains(name)) {
-                throw OptError.invalid("%s.%s: %s declares no such group scalar (it declares %s)", field, name,
+                throw OptError.invalid("%s.%s: %s declares no such group scalar (it declares %s)", field, Echo.of(name),
                         model.config().getAlgorithm(), declared.isEmpty() ? "none" : String.join(", ", declared));
             }
         }

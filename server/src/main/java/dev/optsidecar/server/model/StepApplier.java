@@ -4,6 +4,7 @@ import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.GroupStep;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.optim.StepPlan;
 
@@ -101,8 +102,9 @@ final class StepApplier {
     void replay(StepRecord step) {
         if (step.versionBefore() != model.version()) {
             throw OptError.dataLoss("journal of model '%s': a step was applied to version %d, but the model is at"
-                    + " version %d", model.name(), step.versionBefore(), model.version());
+                    + " version %d", Echo.of(model.name()), step.versionBefore(), model.version());
         }
+        checkReplayable(step);
         ByteBuffer chunk = ByteBuffer.allocate(StepAssembly.MAX_CHUNK_BYTES).order(ByteOrder.LITTLE_ENDIAN);
         for (TensorEntry t : tensors) {
             if (step.noGrad()[t.index]) {
@@ -118,6 +120,40 @@ final class StepApplier {
             }
         }
         apply(step, Model.NO_VIEW);
+    }
+
+    /**
+     * Refuses a record that does not fit this model, with DATA_LOSS, before anything is touched: a
+     * step that failed halfway would leave weights and state that no version had.
+     */
+    private void checkReplayable(StepRecord step) {
+        String what = "journal of model '" + Echo.of(model.name()) + "', the step to version " + (model.version() + 1);
+        if (step.contributions().isEmpty()) {
+            throw OptError.dataLoss("%s: it names no contributor", what);
+        }
+        if (step.noGrad().length != tensors.size()) {
+            throw OptError.dataLoss("%s: it has %d tensors, the model %d", what, step.noGrad().length, tensors.size());
+        }
+        for (TensorEntry t : tensors) {
+            if (!step.noGrad()[t.index] && step.gradients().numel(t.index) != t.numel) {
+                throw OptError.dataLoss("%s: its gradient of %s has %d elements", what, t.describe(),
+                        step.gradients().numel(t.index));
+            }
+        }
+        if (!(step.sumOfSquares() >= 0) || Double.isInfinite(step.sumOfSquares())) {
+            throw OptError.dataLoss("%s: its squared gradient norm is %s", what, step.sumOfSquares());
+        }
+        if (!(step.lrScale() > 0 && step.lrScale() <= 1)) {
+            throw OptError.dataLoss("%s: its learning-rate scale is %s", what, step.lrScale());
+        }
+        if (step.staleness() < 0 || step.staleness() > step.versionBefore()) {
+            throw OptError.dataLoss("%s: its staleness is %d", what, step.staleness());
+        }
+        try {
+            resolveGroupLr(step.groupLr());
+        } catch (OptError e) {
+            throw OptError.dataLoss("%s: %s", what, e.getMessage());
+        }
     }
 
     /** Plans each group's step and, unless it is skipped, runs it; returns its result with the model's version. */
@@ -175,11 +211,12 @@ final class StepApplier {
         Map<GroupState, Double> out = new LinkedHashMap<>();
         for (Map.Entry<String, Double> e : groupLr.entrySet()) {
             GroupState g = groups.stream().filter(x -> x.name.equals(e.getKey())).findFirst().orElseThrow(() ->
-                    OptError.invalid("commit.group_lr: model '%s' has no group '%s'", model.name(), e.getKey()));
+                    OptError.invalid("commit.group_lr: model '%s' has no group '%s'", Echo.of(model.name()),
+                            Echo.of(e.getKey())));
             double lr = e.getValue();
             if (!(lr >= 0) || Double.isInfinite(lr)) {
                 throw OptError.invalid("commit.group_lr[%s]: learning rate must be finite and >= 0 (got %s)",
-                        e.getKey(), lr);
+                        Echo.of(e.getKey()), lr);
             }
             out.put(g, lr);
         }

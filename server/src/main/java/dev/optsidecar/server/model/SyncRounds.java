@@ -5,6 +5,7 @@ import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.SyncOptions;
 import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
 import java.util.ArrayList;
@@ -84,7 +85,7 @@ final class SyncRounds {
                 r.timer.cancel(false);
             }
             OptError gone = OptError.notFound("model '%s' was deleted while its sync step waited for contributions",
-                    model.name()).withReason(OptError.Reason.MODEL_NOT_FOUND).with("model", model.name());
+                    Echo.of(model.name())).withReason(OptError.Reason.MODEL_NOT_FOUND).with("model", Echo.of(model.name()));
             r.contributions.forEach(c -> c.result().completeExceptionally(gone));
         }
     }
@@ -177,8 +178,8 @@ final class SyncRounds {
                                 Views.select(model, c.view(), List.of(), "commit.view"), version);
                         if (shared == null) {
                             throw OptError.exhausted("model '%s': no memory left under the limit to copy out the new"
-                                    + " weights for the sync step's %d contributors", model.name(), parts.size())
-                                    .withReason(OptError.Reason.MEMORY_LIMIT).with("model", model.name());
+                                    + " weights for the sync step's %d contributors", Echo.of(model.name()), parts.size())
+                                    .withReason(OptError.Reason.MEMORY_LIMIT).with("model", Echo.of(model.name()));
                         }
                         shared.retain();
                         copies.put(c.view().label(), shared);

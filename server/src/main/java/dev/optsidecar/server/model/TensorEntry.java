@@ -1,5 +1,6 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.engine.EngineTensor;
 
 import java.util.List;
@@ -34,6 +35,6 @@ final class TensorEntry {
     }
 
     String describe() {
-        return "tensor '" + name + "' (index " + index + ")";
+        return "tensor '" + Echo.of(name) + "' (index " + index + ")";
     }
 }

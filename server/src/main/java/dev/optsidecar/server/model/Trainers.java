@@ -1,5 +1,6 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
 import java.util.ArrayList;
@@ -88,7 +89,7 @@ final class Trainers {
     synchronized StepAssembly open(ClientSession s, long stepId) {
         if (s.pending != null) {
             throw OptError.precondition("step_id: client '%s' sent step %s while its step %s waits for the other"
-                            + " trainers' contributions", s.clientId, Long.toUnsignedString(stepId),
+                            + " trainers' contributions", Echo.of(s.clientId), Long.toUnsignedString(stepId),
                     Long.toUnsignedString(s.pending.stepId()))
                     .withReason(OptError.Reason.STEP_OUT_OF_ORDER);
         }

@@ -2,6 +2,7 @@ package dev.optsidecar.server.model;
 
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.optim.EmaShadow;
 import dev.optsidecar.server.optim.Lookahead;
@@ -86,7 +87,7 @@ final class Views {
         for (View v : available(m)) {
             names.add(v.getKind() == ViewKind.VIEW_EMA ? "VIEW_EMA(" + v.getEmaDecay() + ")" : v.getKind().name());
         }
-        throw OptError.invalid("%s: model '%s' (%s) has no %s view; available: %s", field, m.name(),
+        throw OptError.invalid("%s: model '%s' (%s) has no %s view; available: %s", field, Echo.of(m.name()),
                 m.config().getAlgorithm(), kind == ViewKind.UNRECOGNIZED ? "such" : kind.name(),
                 String.join(", ", names));
     }
@@ -107,23 +108,23 @@ final class Views {
         }
         List<String> decays = ema.stream().map(e -> Double.toString(e.decay())).toList();
         throw OptError.invalid("%s.ema_decay: model '%s' has no EMA shadow with decay %s; its shadows: %s",
-                field, m.name(), decay, String.join(", ", decays));
+                field, Echo.of(m.name()), decay, String.join(", ", decays));
     }
 
     private static Model.ResolvedView ema(Model m, int index, String field) {
         EmaShadow shadow = m.training().ema().get(index);
         if (m.emaUpdates[index] == 0) {
             throw OptError.precondition("%s: the EMA shadow with decay %s of model '%s' has had no update yet"
-                    + " (the first comes at step %d)", field, shadow.decay(), m.name(), shadow.every())
-                    .withReason(OptError.Reason.EMA_NOT_READY).with("model", m.name());
+                    + " (the first comes at step %d)", field, shadow.decay(), Echo.of(m.name()), shadow.every())
+                    .withReason(OptError.Reason.EMA_NOT_READY).with("model", Echo.of(m.name()));
         }
         return new Model.ResolvedView(emaLabel(shadow), ViewSource.slot(EmaShadow.slotName(index)));
     }
 
     private static Model.ResolvedView slot(Model m, String name, String field) {
         if (m.tensors().stream().noneMatch(t -> t.slots.contains(name))) {
-            throw OptError.invalid("%s.slot: model '%s' has no state slot '%s'; its slots: %s", field, m.name(),
-                    name, String.join(", ", m.tensors().get(0).slots));
+            throw OptError.invalid("%s.slot: model '%s' has no state slot '%s'; its slots: %s", field, Echo.of(m.name()),
+                    Echo.of(name), String.join(", ", m.tensors().get(0).slots));
         }
         View label = View.newBuilder().setKind(ViewKind.VIEW_SLOT).setSlot(name).build();
         return new Model.ResolvedView(label, ViewSource.slot(name), name);
@@ -159,7 +160,7 @@ final class Views {
             for (TensorEntry t : chosen) {
                 if (!t.slots.contains(view.slot())) {
                     throw OptError.invalid("%s: %s has no state slot '%s' (its slots: %s); select the tensors"
-                            + " that have it", field, t.describe(), view.slot(), String.join(", ", t.slots));
+                            + " that have it", field, t.describe(), Echo.of(view.slot()), String.join(", ", t.slots));
                 }
             }
         }

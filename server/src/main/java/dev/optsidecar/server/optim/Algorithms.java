@@ -1,5 +1,6 @@
 package dev.optsidecar.server.optim;
 
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
 import java.util.LinkedHashMap;
@@ -32,7 +33,7 @@ public final class Algorithms {
             throw OptError.invalid("%s: %s wraps an algorithm: name the inner algorithm here and configure"
                     + " spec.optimizer.lookahead", field, name);
         }
-        throw OptError.invalid("%s: unknown algorithm '%s' (known: %s)", field, name,
+        throw OptError.invalid("%s: unknown algorithm '%s' (known: %s)", field, Echo.of(name),
                 String.join(", ", BY_NAME.keySet()));
     }
 

@@ -3,6 +3,7 @@ package dev.optsidecar.server.optim;
 import com.google.protobuf.ListValue;
 import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
 import java.util.Arrays;
@@ -40,7 +41,7 @@ public final class Hyperparameters {
                 Object defaultValue = def.defaults().get(name);
                 if (defaultValue == null) {
                     throw OptError.invalid("%s: unknown hyperparameter for %s (known: %s)",
-                            field, def.name(), String.join(", ", def.defaults().keySet()));
+                            Echo.of(field), def.name(), String.join(", ", def.defaults().keySet()));
                 }
                 values.put(name, convert(field, e.getValue(), defaultValue));
                 sources.put(name, field);

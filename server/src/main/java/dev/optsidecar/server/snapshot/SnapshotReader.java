@@ -72,9 +72,12 @@ final class SnapshotReader {
      */
     Snapshot open(String model, String id) throws IOException {
         String dirName = ModelNames.encode(model);
+        if (!SnapshotFiles.isId(id)) { // before it is resolved: a NUL would fail as InvalidPathException
+            throw new NoSuchFileException(dirName + "/" + id, null, "model '" + model + "' has no snapshot " + id);
+        }
         Path dir = files.modelDir(dirName).resolve(id);
         SnapshotVerifier.Verified v = null;
-        if (SnapshotFiles.isId(id) && Files.isDirectory(dir)) {
+        if (Files.isDirectory(dir)) {
             v = verifier.verify(model, dirName, id, true, true);
         }
         if (v == null) {

@@ -112,6 +112,11 @@ public final class SnapshotStore {
      * @throws NoSuchFileException      if the model has no snapshots
      * @throws CorruptSnapshotException if none is valid
      */
+    /** Whether {@code id} is a snapshot id as the store spells it, e.g. {@code 000007}. */
+    public static boolean isId(String id) {
+        return SnapshotFiles.isId(id);
+    }
+
     public Snapshot openLatestValid(String model) throws IOException {
         return reader.openLatestValid(model);
     }

@@ -130,6 +130,38 @@ class BadInputTest {
                     b.getOptimizerBuilder().setNonFiniteValue(7);
                     return b;
                 }, invalid, "spec.optimizer.non_finite"),
+                badSpec("negative non_finite policy", b -> {
+                    b.getOptimizerBuilder().setNonFiniteValue(-1);
+                    return b;
+                }, invalid, "spec.optimizer.non_finite", "NON_FINITE_SKIP (2)"),
+                badSpec("unknown coordination mode", b -> {
+                    b.getCoordinationBuilder().setModeValue(2);
+                    return b;
+                }, invalid, "spec.coordination.mode", "unknown value 2", "COORDINATION_ASYNC (0), COORDINATION_SYNC (1)"),
+                badSpec("unknown combine", b -> {
+                    b.getCoordinationBuilder().getSyncBuilder().setCombineValue(-5);
+                    return b;
+                }, invalid, "spec.coordination.sync.combine", "COMBINE_MEAN (0)"),
+                badSpec("unknown stale policy", b -> {
+                    b.getCoordinationBuilder().getAsyncBuilder().setStaleValue(9);
+                    return b;
+                }, invalid, "spec.coordination.async.stale", "STALE_DOWNWEIGHT (1)"),
+                badSpec("sync k beyond 2^31 - 1 (uint32)", b -> {
+                    b.getCoordinationBuilder().getSyncBuilder().setK(-1);
+                    return b;
+                }, invalid, "spec.coordination.sync.k", "4294967295"),
+                badSpec("sync timeout beyond 2^31 - 1 ms (uint32)", b -> {
+                    b.getCoordinationBuilder().getSyncBuilder().setTimeoutMs(Integer.MIN_VALUE);
+                    return b;
+                }, invalid, "spec.coordination.sync.timeout_ms", "2147483648"),
+                badSpec("sync min_k beyond 2^31 - 1 (uint32)", b -> {
+                    b.getCoordinationBuilder().getSyncBuilder().setMinK(-2);
+                    return b;
+                }, invalid, "spec.coordination.sync.min_k"),
+                badSpec("unknown saved weights view", b -> {
+                    b.setState(dev.optsidecar.proto.v1.ModelState.newBuilder().setWeightsViewValue(42));
+                    return b;
+                }, invalid, "spec.state.weights_view", "42"),
                 badSpec("dimension 0", b -> {
                     b.setTensors(1, StandardModel.tensor("b", 0));
                     return b;

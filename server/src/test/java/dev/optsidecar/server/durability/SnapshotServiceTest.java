@@ -137,6 +137,14 @@ class SnapshotServiceTest {
             StatusRuntimeException missing = assertThrows(StatusRuntimeException.class, () -> client.restore(
                     RestoreRequest.newBuilder().setModel("m").setId("999999").build()));
             assertEquals(Status.Code.NOT_FOUND, missing.getStatus().getCode());
+            // An id that is no snapshot id never becomes a path: a NUL in it made an InvalidPathException.
+            for (String bad : List.of("000001\0", "../000001", "x".repeat(10_000))) {
+                StatusRuntimeException invalid = assertThrows(StatusRuntimeException.class, () -> client.restore(
+                        RestoreRequest.newBuilder().setModel("m").setId(bad).build()));
+                assertEquals(Status.Code.INVALID_ARGUMENT, invalid.getStatus().getCode(), invalid::toString);
+                assertTrue(invalid.getStatus().getDescription().startsWith("id: "), invalid::toString);
+                assertTrue(invalid.getStatus().getDescription().length() < 400, "the id is echoed cut short");
+            }
         }
     }
 

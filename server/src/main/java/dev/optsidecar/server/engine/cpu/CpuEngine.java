@@ -48,8 +48,9 @@ public final class CpuEngine implements Engine {
         });
     }
 
+    /** @throws ArithmeticException when the bytes do not fit a long */
     static long bytes(long numel, int slots) {
-        return numel * Float.BYTES * (2L + slots);
+        return Math.multiplyExact(Math.multiplyExact(numel, (long) Float.BYTES), 2L + slots);
     }
 
     @Override

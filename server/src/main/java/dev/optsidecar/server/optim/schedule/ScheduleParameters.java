@@ -3,6 +3,7 @@ package dev.optsidecar.server.optim.schedule;
 import com.google.protobuf.ListValue;
 import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
 import java.util.ArrayList;
@@ -31,7 +32,7 @@ final class ScheduleParameters {
         for (String name : new TreeSet<>(values.keySet())) {
             if (!known.contains(name)) {
                 throw OptError.invalid("%s.parameters.%s: unknown parameter for schedule %s (known: %s)",
-                        field, name, type, known.isEmpty() ? "none" : String.join(", ", known));
+                        field, Echo.of(name), type, known.isEmpty() ? "none" : String.join(", ", known));
             }
         }
     }

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.optim.schedule;
 
 import com.google.protobuf.Struct;
+import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
 import java.util.Collections;
@@ -48,7 +49,7 @@ public final class Schedules {
         Kind kind = KINDS.get(name);
         if (kind == null) {
             throw OptError.invalid("%s.type: unknown schedule type \"%s\" (known: %s)",
-                    field, type, String.join(", ", KINDS.keySet()));
+                    field, Echo.of(type), String.join(", ", KINDS.keySet()));
         }
         Struct given = parameters == null ? Struct.getDefaultInstance() : parameters;
         return kind.build().apply(new ScheduleParameters(field, name, given, kind.parameters()));
