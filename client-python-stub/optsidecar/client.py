@@ -721,6 +721,10 @@ class StepStream:
             raise
 
     def _open(self) -> _LiveStream:
+        if self._live is not None and not self._live.broken and self._live.call.done():
+            # The server ended the stream between steps (an idle stream past its timeout, a
+            # shutdown): nothing is pending on it, so a new one takes over.
+            self._forget().abandon()
         if self._live is None or self._live.broken:
             request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
             self._live = _LiveStream(self.client._step, request)

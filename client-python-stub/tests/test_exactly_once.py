@@ -346,3 +346,29 @@ def test_retrying_through_a_restart_is_logged_once_when_it_starts_and_once_when_
         assert opt.client.describe(opt.model).version == 2
     finally:
         opt.close()
+
+
+def test_a_pause_longer_than_the_idle_timeout_does_not_break_training(target, start_server):
+    """The server closes a Step stream idle past --idle-stream-timeout (an evaluation pass, a
+    checkpoint between steps); the next step opens a new stream, and the run is the same as one
+    without the pause."""
+    reference = crash_model()
+    opt = crash_optimizer(reference, target)
+    try:
+        for t in range(1, 5):
+            crash_train(reference, opt, t)
+    finally:
+        opt.delete()
+
+    strict = start_server("--idle-stream-timeout", "1")
+    model = crash_model()
+    opt = crash_optimizer(model, strict.target)
+    try:
+        for t in range(1, 5):
+            crash_train(model, opt, t)
+            if t == 2:
+                time.sleep(2.5)  # the server closes the idle stream meanwhile
+        for a, b in zip(model.parameters(), reference.parameters()):
+            assert torch.equal(a, b)
+    finally:
+        opt.delete()
