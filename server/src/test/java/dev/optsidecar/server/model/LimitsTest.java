@@ -222,6 +222,22 @@ class LimitsTest {
         }
     }
 
+    /** A Trainer paused past the idle timeout between steps (an evaluation pass) goes on with a new stream. */
+    @Test
+    void aTrainerPausedPastTheIdleTimeoutGoesOn() throws Exception {
+        try (SidecarFixture f = SidecarFixture.inProcess()
+                .limits(Limits.DEFAULTS.withIdleStreamTimeout(Duration.ofMillis(300))).start()) {
+            f.client().register(StandardModel.adamSpec("paused"), tensors(initialWeights(1)));
+            try (dev.optsidecar.client.Trainer t = f.client().trainer("paused", "pausing")) {
+                dev.optsidecar.client.Trainer.StepOptions noWeights =
+                        new dev.optsidecar.client.Trainer.StepOptions().view(ViewKind.VIEW_NONE);
+                t.step(tensors(grads(1)), null, noWeights);
+                Thread.sleep(900); // the server closes the idle stream meanwhile
+                assertEquals(2, t.step(tensors(grads(2)), null, noWeights).getVersion());
+            }
+        }
+    }
+
     @Test
     void anIdleStepStreamIsClosedAndItsBuffersFreed() throws Exception {
         try (SidecarFixture f = SidecarFixture.inProcess()
