@@ -1,8 +1,13 @@
 package dev.optsidecar.server;
 
 import dev.optsidecar.proto.v1.ModelSpec;
+import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.durability.StepJournal;
 import io.grpc.Status;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.nio.file.Path;
 
 import java.util.List;
 import java.util.concurrent.CopyOnWriteArrayList;
@@ -103,6 +108,25 @@ class EphemeralModelTest {
             SidecarFixture.awaitTrue("the source's lease to expire", () -> !f.client().list().contains("source"));
             assertEquals(List.of("branch"), f.client().list());
             assertEquals(0, f.client().renewLease("branch"));
+        }
+    }
+
+    @Test
+    void restoredEphemeralModelStartsANewLeaseAndOnceExpiredIsNotRestoredAgain(@TempDir Path dir) throws Exception {
+        Persistence.Options durable = new Persistence.Options(dir, 3, StepJournal.Sync.WRITE, 0, null, true);
+        try (SidecarFixture f = SidecarFixture.inProcess(durable, List.of()).start()) {
+            // Long enough not to expire before the restart: the snapshot taken at registration keeps it.
+            f.client().registerEphemeral(spec("durable-scratch"), TestData.data(TestData.random(1000, 1)), 2);
+            f.client().register(spec("durable-named"), TestData.data(TestData.random(1000, 2)));
+        }
+        try (SidecarFixture f = SidecarFixture.inProcess(durable, List.of("latest")).start()) {
+            assertEquals(List.of("durable-named", "durable-scratch"), f.client().list());
+            assertEquals(2, f.client().renewLease("durable-scratch"));
+            SidecarFixture.awaitTrue("the restored model's lease to expire",
+                    () -> !f.client().list().contains("durable-scratch"));
+        }
+        try (SidecarFixture f = SidecarFixture.inProcess(durable, List.of("latest")).start()) {
+            assertEquals(List.of("durable-named"), f.client().list());
         }
     }
 }
