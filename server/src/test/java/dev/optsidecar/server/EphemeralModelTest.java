@@ -1,5 +1,6 @@
 package dev.optsidecar.server;
 
+import dev.optsidecar.client.Trainer;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.durability.StepJournal;
@@ -82,9 +83,15 @@ class EphemeralModelTest {
                 Thread.sleep(250);
             }
             assertTrue(f.client().list().contains("renewed"), "renewed model was deleted");
-            f.step("renewed", new float[][] {TestData.random(1000, 3)}, new float[][] {new float[1000]});
-            SidecarFixture.awaitTrue("the lease to expire once renewals stop",
-                    () -> !f.client().list().contains("renewed"));
+            try (Trainer trainer = f.client().trainer("renewed", "t")) {
+                trainer.step(new float[][] {TestData.random(1000, 3)}, new float[][] {new float[1000]});
+                SidecarFixture.awaitTrue("the lease to expire once renewals stop",
+                        () -> !f.client().list().contains("renewed"));
+                // An open stream does not renew the lease; its next step is told why the model is gone.
+                assertStatus(Status.Code.NOT_FOUND,
+                        () -> trainer.step(new float[][] {TestData.random(1000, 4)}, new float[][] {new float[1000]}),
+                        "lease expired");
+            }
         }
     }
 

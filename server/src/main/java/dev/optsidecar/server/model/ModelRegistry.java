@@ -213,7 +213,7 @@ public final class ModelRegistry {
             return;
         }
         long bytes = m.memoryBytes();
-        m.delete();
+        m.expireLease();
         release(bytes);
         LOG.info(() -> String.format("model '%s': lease of %d s expired without renewal; deleted at version %d"
                 + " (%d bytes freed)", m.name(), Integer.toUnsignedLong(m.spec().getLeaseSeconds()), m.version(), bytes));
