@@ -146,9 +146,16 @@ class Client:
         """Names of the registered models."""
         return list(self._unary(self._stub.List, pb.ListRequest(), "list models").models)
 
-    def delete(self, model: str) -> None:
+    def delete(self, model: str, timeout: Optional[float] = None) -> None:
         """Removes a model and frees its memory on the server."""
-        self._unary(self._stub.Delete, pb.DeleteRequest(model=model), f"delete model {model!r}")
+        self._unary(self._stub.Delete, pb.DeleteRequest(model=model), f"delete model {model!r}",
+                    timeout=self.timeout if timeout is None else timeout)
+
+    def renew_lease(self, model: str, timeout: Optional[float] = None) -> int:
+        """Keeps an ephemeral model alive for another grace period; returns that period in seconds
+        (0: the model has no lease and persists anyway)."""
+        return self._unary(self._stub.RenewLease, pb.RenewLeaseRequest(model=model), f"renew the lease of {model!r}",
+                           timeout=self.timeout if timeout is None else timeout).lease_seconds
 
     # -- several trainers ----------------------------------------------------------------------
 

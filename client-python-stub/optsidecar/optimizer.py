@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
+import logging
 import os
 import socket
+import threading
 import uuid
 import warnings
+import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -15,7 +19,7 @@ from google.protobuf import json_format
 from .buffers import Destination
 from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
-from .errors import AlreadyExists, InvalidArgument, NotFound, StaleGradient
+from .errors import AlreadyExists, InvalidArgument, NotFound, OptSidecarError, StaleGradient
 from .params import ParsedGroup, parse_params
 from .results import CoordinationStatus, StepFigures, VersionContributions
 from .spec import from_struct, model_spec, optimizer_config, tensor_groups
@@ -23,11 +27,57 @@ from .v1 import optimizer_pb2 as pb
 
 __all__ = ["RemoteOptimizer"]
 
+_LOG = logging.getLogger("optsidecar")
+
 #: The ``"optsidecar"`` entry of a state dict: its format version. 2: each group's counters in
 #: ``spec["state"]`` are a ``scalars`` dict; 1, still loaded: they were ``k``, ``weight_sum`` and
 #: ``lr_max`` entries of every group, whatever the algorithm.
 STATE_DICT_FORMAT = 2
 _FORMAT1_SCALARS = ("k", "weight_sum", "lr_max")
+
+#: Grace period of an ephemeral model's lease: the server deletes the model when its optimizer has
+#: not renewed the lease for this long (its process died). Renewed every third of it.
+DEFAULT_LEASE_SECONDS = 60
+
+
+class _LeaseKeeper:
+    """Renews an ephemeral model's lease from a daemon thread every third of its grace period.
+
+    It holds the client and the model's name, not the optimizer, so that the optimizer can still be
+    garbage-collected (and its ``__del__`` delete the model) while the thread runs."""
+
+    def __init__(self, client: Client, model: str, lease_seconds: int):
+        self._client = client
+        self._model = model
+        self._interval = lease_seconds / 3.0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"optsidecar-lease-{model}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._client.renew_lease(self._model, timeout=self._interval)
+            except Exception:  # noqa: BLE001 - a missed renewal is retried at the next interval
+                pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._interval + 1.0)
+
+
+#: Live optimizers that own an ephemeral model: deleted at interpreter exit if not closed before.
+_EPHEMERAL_OPTIMIZERS: "weakref.WeakSet[RemoteOptimizer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_ephemeral_optimizers() -> None:
+    for opt in list(_EPHEMERAL_OPTIMIZERS):
+        try:
+            opt.close()
+        except Exception:  # noqa: BLE001 - exiting: the lease expires on the server anyway
+            pass
 
 
 class RemoteOptimizer(torch.optim.Optimizer):
@@ -50,6 +100,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             ``RAdam(torch2.x)``, ``RAdam(original)``, ``SGDScheduleFree``, ``AdamWScheduleFree`` or
             ``RAdamScheduleFree``.
         model (str, optional): the model's name on the server; a unique one is generated if None.
+            A generated name makes the model *ephemeral* (see ``ephemeral``); a given name keeps
+            it on the server until it is deleted.
         client_id (str, optional): names this trainer to the server (a unique id is made up if
             None). Steps are exactly-once per client id: attaching under the id of an earlier
             trainer of the model continues its sequence numbers.
@@ -75,6 +127,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
             connecting to ``target``.
         retry_for (float): seconds a step is retried while the server is unavailable (restarting,
             connection dropped), default 60; 0 raises ``ServerUnavailable`` at once. See below.
+        ephemeral (bool, optional): register the model with a lease: a daemon thread renews it
+            every ``lease_seconds / 3`` while the optimizer lives, :meth:`close` (also on garbage
+            collection and at interpreter exit) deletes the model, and if the process dies the
+            server deletes it once ``lease_seconds`` pass without a renewal. Default: True for an
+            auto-named model, False for a named one. With ``attach=True`` the optimizer renews the
+            lease of an ephemeral model it attaches to but never deletes it.
+        lease_seconds (int): the lease's grace period (default 60).
         **hyperparameters: the algorithm's arguments under torch's and schedule_free's names
             (``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``warmup_steps``, ...);
             missing ones take the reference defaults.
@@ -132,9 +191,20 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  lookahead: Optional[Dict[str, Any]] = None, clip_grad_norm: float = 0.0,
                  report_update_norm: bool = False, non_finite: Optional[str] = None,
                  client: Optional[Client] = None, retry_for: float = DEFAULT_RETRY_SECONDS,
-                 coordination: Any = None, **hyperparameters: Any):
+                 coordination: Any = None, ephemeral: Optional[bool] = None,
+                 lease_seconds: int = DEFAULT_LEASE_SECONDS, **hyperparameters: Any):
         groups = parse_params(params)
         self._frozen = False
+        self._closed = False
+        self._lease: Optional[_LeaseKeeper] = None
+        if ephemeral is None:
+            ephemeral = model is None and not attach
+        if ephemeral and attach:
+            raise ValueError("ephemeral=True registers a model; an attached model keeps the lease it was registered with")
+        if ephemeral and int(lease_seconds) < 1:
+            raise ValueError(f"lease_seconds must be a whole number of seconds, at least 1: {lease_seconds!r}")
+        #: The grace period of the model's lease, when this optimizer registered it ephemeral; else 0.
+        self.lease_seconds = int(lease_seconds) if ephemeral else 0
         self._owns_client = client is None
         self.client = client if client is not None else Client(target)
         self.model = model if model is not None else f"torch-{uuid.uuid4().hex[:12]}"
@@ -161,6 +231,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 tensors = [(n, tuple(p.shape)) for g in groups for n, p in zip(g.names, g.params)]
                 spec = model_spec(self.model, tensors, [(g.name, g.names, g.overrides) for g in groups], config,
                                   coordination)
+                spec.lease_seconds = self.lease_seconds
                 try:
                     info = self.client.register(spec, [p for g in groups for p in g.params])
                 except AlreadyExists as e:
@@ -188,6 +259,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                   next_step_id=next_step_id(info, self.client_id), retry_for=retry_for)
         if attach:
             self._pull_into_params("train")
+            attached_lease = self.client.renew_lease(self.model)
+            if attached_lease:
+                self._lease = _LeaseKeeper(self.client, self.model, attached_lease)
+        elif self.lease_seconds:
+            self._lease = _LeaseKeeper(self.client, self.model, self.lease_seconds)
+            _EPHEMERAL_OPTIMIZERS.add(self)
 
     # -- groups and hyperparameters ------------------------------------------------------------
 
@@ -399,6 +476,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             declared = [s.name for s in self.client.describe(self.model).groups[0].scalars]
             spec_dict = _format1_upgraded(spec_dict, declared)
         spec = json_format.ParseDict(spec_dict, pb.ModelSpec())
+        # The model stays as ephemeral as this optimizer made it, whatever the saved one was.
+        spec.lease_seconds = self.lease_seconds
         saved_groups = state_dict["param_groups"]
         self._check_layout(spec, saved_groups)
 
@@ -543,11 +622,36 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self.close()
 
     def close(self) -> None:
-        """Ends the Step stream and, if this optimizer opened it, the connection. The model stays
-        on the server."""
+        """Ends the Step stream and, if this optimizer opened it, the connection. A named model
+        stays on the server; an ephemeral one (see ``ephemeral``) is deleted."""
+        if self._closed:
+            return
+        self._closed = True
+        _EPHEMERAL_OPTIMIZERS.discard(self)
+        if self._lease is not None:
+            self._lease.stop()
         self._stream.close()
-        if self._owns_client:
-            self.client.close()
+        try:
+            if self.lease_seconds:
+                try:
+                    # Not waiting longer than the lease: if the server cannot be reached, it expires anyway.
+                    self.client.delete(self.model, timeout=min(self.lease_seconds, self.client.timeout or self.lease_seconds))
+                except NotFound:
+                    pass  # deleted already, or its lease expired
+                except OptSidecarError as e:
+                    _LOG.info("could not delete ephemeral model %r (%s); the server deletes it when its %d s "
+                              "lease expires", self.model, e, self.lease_seconds)
+        finally:
+            if self._owns_client:
+                self.client.close()
+
+    def __del__(self) -> None:
+        # Only an optimizer that finished its constructor has anything to close.
+        if getattr(self, "_stream", None) is not None and not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - the lease expires on the server anyway
+                pass
 
     def __enter__(self) -> "RemoteOptimizer":
         return self

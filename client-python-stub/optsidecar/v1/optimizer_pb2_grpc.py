@@ -74,6 +74,11 @@ class OptimizerStub(object):
                 request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.HistoryResponse.FromString,
                 )
+        self.RenewLease = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/RenewLease',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseResponse.FromString,
+                )
 
 
 class OptimizerServicer(object):
@@ -178,6 +183,16 @@ class OptimizerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewLease(self, request, context):
+        """Keeps an ephemeral model (ModelSpec.lease_seconds) alive for another grace period. Only this
+        call renews a lease: steps, pulls and describes do not, so a trainer that is alive but idle
+        still keeps its model, and one that is gone loses it. On a model without a lease it does
+        nothing (and answers lease_seconds 0).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +255,11 @@ def add_OptimizerServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.HistoryRequest.FromString,
                     response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.HistoryResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -452,5 +472,22 @@ class Optimizer(object):
         return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/History',
             optsidecar_dot_v1_dot_optimizer__pb2.HistoryRequest.SerializeToString,
             optsidecar_dot_v1_dot_optimizer__pb2.HistoryResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/RenewLease',
+            optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -8,6 +8,7 @@ import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.proto.v1.PullRequest;
 import dev.optsidecar.proto.v1.RegisterRequest;
+import dev.optsidecar.proto.v1.RenewLeaseRequest;
 import dev.optsidecar.proto.v1.StateChunk;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
@@ -87,6 +88,22 @@ public final class OptSidecarClient implements AutoCloseable {
      */
     public ModelInfo register(ModelSpec spec, List<? extends TensorData> initialWeights) {
         return register(spec, initialWeights, List.of());
+    }
+
+    /**
+     * Registers an ephemeral model: the server deletes it unless {@link #renewLease} is called at
+     * least every {@code leaseSeconds} (renew well within it, e.g. every third of it).
+     */
+    public ModelInfo registerEphemeral(ModelSpec spec, List<? extends TensorData> initialWeights, int leaseSeconds) {
+        if (leaseSeconds <= 0) {
+            throw new IllegalArgumentException("leaseSeconds must be positive, got " + leaseSeconds);
+        }
+        return register(spec.toBuilder().setLeaseSeconds(leaseSeconds).build(), initialWeights, List.of());
+    }
+
+    /** Keeps an ephemeral model alive for another grace period; returns that period in seconds (0: no lease). */
+    public int renewLease(String model) {
+        return blocking.renewLease(RenewLeaseRequest.newBuilder().setModel(model).build()).getLeaseSeconds();
     }
 
     /** One saved optimizer state buffer: tensor index, slot name (as Describe lists it) and values. */

@@ -51,6 +51,10 @@ public final class SidecarServer implements AutoCloseable {
         registry = new ModelRegistry(engine, memoryLimit, threads.timers, limits);
         try {
             persistence = durability == null ? null : new Persistence(registry, durability, threads.snapshots);
+            if (persistence != null) {
+                // An expired model is deleted like a Delete: `--restore latest` must not bring it back.
+                registry.onLeaseExpired(persistence::deleted);
+            }
         } catch (IOException | RuntimeException e) {
             threads.close();
             throw e;

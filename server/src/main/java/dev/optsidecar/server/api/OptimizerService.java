@@ -9,6 +9,8 @@ import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.proto.v1.PullRequest;
 import dev.optsidecar.proto.v1.RegisterRequest;
+import dev.optsidecar.proto.v1.RenewLeaseRequest;
+import dev.optsidecar.proto.v1.RenewLeaseResponse;
 import dev.optsidecar.proto.v1.StepRequest;
 import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.WeightsChunk;
@@ -117,6 +119,12 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
                     m.memoryBytes()));
             return DeleteResponse.getDefaultInstance();
         });
+    }
+
+    @Override
+    public void renewLease(RenewLeaseRequest request, StreamObserver<RenewLeaseResponse> out) {
+        unary(out, () -> RenewLeaseResponse.newBuilder()
+                .setLeaseSeconds(registry.renewLease(request.getModel(), "model")).build());
     }
 
     @Override

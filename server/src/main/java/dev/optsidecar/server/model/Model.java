@@ -54,6 +54,8 @@ public final class Model {
     private final AsyncAdmission admission;
     private volatile long version;
     private volatile boolean deleted;
+    /** Deleted because its lease expired (see {@link ModelLeases}): what calls on it are told. */
+    private volatile boolean leaseExpired;
     private volatile boolean acceptingSteps = true;
     /** Identifies this model's run across snapshots and journals (a new one per registration). */
     private String run = java.util.UUID.randomUUID().toString();
@@ -546,7 +548,17 @@ public final class Model {
         }
     }
 
+    /** Deletes it because its lease expired, so that streams still open on it are told why. */
+    void expireLease() {
+        leaseExpired = true;
+        delete();
+    }
+
     void checkLive() {
+        if (deleted && leaseExpired) {
+            throw OptError.notFound("model '%s' was deleted because its lease expired", Echo.of(name))
+                    .withReason(OptError.Reason.MODEL_NOT_FOUND).with("model", Echo.of(name));
+        }
         if (deleted) {
             throw OptError.notFound("model '%s' was deleted", Echo.of(name)).withReason(OptError.Reason.MODEL_NOT_FOUND)
                     .with("model", Echo.of(name));

@@ -72,7 +72,8 @@ public final class ModelLoader {
         PendingModel pending = null;
         try {
             source.checkLive();
-            ModelSpec.Builder spec = source.spec().toBuilder().setName(name)
+            // A branch is named by its maker and kept: it does not inherit an ephemeral source's lease.
+            ModelSpec.Builder spec = source.spec().toBuilder().setName(name).clearLeaseSeconds()
                     .setState(ModelDescription.of(source).getState().toBuilder().clearClients());
             if (schedule != null) {
                 spec.getOptimizerBuilder().setSchedule(schedule);

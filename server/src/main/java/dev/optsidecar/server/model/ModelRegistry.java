@@ -13,9 +13,12 @@ import java.util.concurrent.ConcurrentMap;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.Consumer;
+import java.util.logging.Logger;
 
 /** The models this server holds, by name, and the memory they may use together. */
 public final class ModelRegistry {
+    private static final Logger LOG = Logger.getLogger(ModelRegistry.class.getName());
     private final Engine engine;
     private final long memoryLimit;
     /** The server's timer thread, for sync steps' straggler timeouts. */
@@ -25,6 +28,9 @@ public final class ModelRegistry {
     /** Models being registered, restored or forked: each holds memory before it is visible. */
     private final AtomicInteger pendingRegistrations = new AtomicInteger();
     private final ConcurrentMap<String, Model> models = new ConcurrentHashMap<>();
+    private final ModelLeases leases;
+    /** Told of each model deleted because its lease expired, after it is freed (persistence marks it deleted). */
+    private volatile Consumer<Model> onLeaseExpired = m -> {};
 
     public ModelRegistry(Engine engine, long memoryLimitBytes, ScheduledExecutorService timers) {
         this(engine, memoryLimitBytes, timers, Limits.DEFAULTS);
@@ -35,6 +41,12 @@ public final class ModelRegistry {
         this.memoryLimit = memoryLimitBytes;
         this.timers = timers;
         this.limits = limits;
+        this.leases = new ModelLeases(timers);
+    }
+
+    /** Sets what is told of each model whose lease expired, once it is deleted and freed. */
+    public void onLeaseExpired(Consumer<Model> listener) {
+        this.onLeaseExpired = listener;
     }
 
     public Limits limits() {
@@ -120,12 +132,17 @@ public final class ModelRegistry {
             throw OptError.alreadyExists("spec.name: model '%s' already exists", Echo.of(model.name()))
                     .withReason(OptError.Reason.MODEL_EXISTS).with("model", Echo.of(model.name()));
         }
+        leases.started(model, this::expire);
         return model;
     }
 
     /** Makes a complete model visible, replacing a model of the same name, which is freed. */
     void replace(Model model) {
         Model old = models.put(model.name(), model);
+        if (old != null) {
+            leases.ended(old);
+        }
+        leases.started(model, this::expire);
         if (old != null) {
             old.delete();
             release(old.memoryBytes());
@@ -143,6 +160,12 @@ public final class ModelRegistry {
         }
         Model m = models.get(name);
         if (m == null) {
+            Long grace = leases.expiredGrace(name);
+            if (grace != null) {
+                throw OptError.notFound("%s: model '%s' was deleted because its lease expired (no RenewLease within"
+                        + " its %d s grace period)", field, Echo.of(name), grace)
+                        .withReason(OptError.Reason.MODEL_NOT_FOUND).with("model", Echo.of(name));
+            }
             throw OptError.notFound("%s: no model named '%s'", field, Echo.of(name)).withReason(OptError.Reason.MODEL_NOT_FOUND)
                     .with("model", Echo.of(name));
         }
@@ -170,9 +193,31 @@ public final class ModelRegistry {
     public void delete(String name, String field) {
         Model m = get(name, field);
         if (models.remove(name, m)) {
+            leases.ended(m);
             m.delete();
             release(m.memoryBytes());
         }
+    }
+
+    /**
+     * Renews the lease of an ephemeral model (see {@code ModelSpec.lease_seconds}); returns its
+     * grace period in seconds, 0 for a model without a lease.
+     */
+    public int renewLease(String name, String field) {
+        return leases.renew(get(name, field));
+    }
+
+    /** A lease expired: the model is deleted and freed like a Delete, and logged. */
+    private void expire(Model m) {
+        if (!models.remove(m.name(), m)) {
+            return;
+        }
+        long bytes = m.memoryBytes();
+        m.expireLease();
+        release(bytes);
+        LOG.info(() -> String.format("model '%s': lease of %d s expired without renewal; deleted at version %d"
+                + " (%d bytes freed)", m.name(), Integer.toUnsignedLong(m.spec().getLeaseSeconds()), m.version(), bytes));
+        onLeaseExpired.accept(m);
     }
 
     public long reservedBytes() {
