@@ -97,6 +97,15 @@ final class SnapshotReader {
      * @throws CorruptSnapshotException if none is valid
      */
     Snapshot openLatestValid(String model) throws IOException {
+        return loadLatestValid(model, snapshot -> snapshot);
+    }
+
+    /**
+     * Like {@link #openLatestValid}, then hands the snapshot to {@code loader}: a snapshot the
+     * loader refuses with a {@link CorruptSnapshotException} (valid checksums, contents that
+     * cannot be loaded) is skipped for an older one, just as one that fails verification.
+     */
+    <T> T loadLatestValid(String model, SnapshotStore.Loader<T> loader) throws IOException {
         String dirName = ModelNames.encode(model);
         Path modelDir = files.modelDir(dirName);
         List<Long> ids = Files.isDirectory(modelDir) ? SnapshotFiles.committedIds(modelDir) : List.of();
@@ -104,7 +113,7 @@ final class SnapshotReader {
         for (int i = ids.size() - 1; i >= 0; i--) {
             String id = SnapshotFiles.formatId(ids.get(i));
             try {
-                return open(model, id);
+                return loader.load(open(model, id));
             } catch (CorruptSnapshotException e) {
                 String next = i > 0 ? "falling back to " + SnapshotFiles.formatId(ids.get(i - 1))
                         : "no older snapshot to fall back to";
