@@ -1,6 +1,7 @@
 package dev.optsidecar.server.snapshot;
 
 import dev.optsidecar.proto.v1.SnapshotInfo;
+import dev.optsidecar.server.Echo;
 
 import java.io.IOException;
 import java.io.UncheckedIOException;
@@ -73,7 +74,7 @@ final class SnapshotReader {
     Snapshot open(String model, String id) throws IOException {
         String dirName = ModelNames.encode(model);
         if (!SnapshotFiles.isId(id)) { // before it is resolved: a NUL would fail as InvalidPathException
-            throw new NoSuchFileException(dirName + "/" + id, null, "model '" + model + "' has no snapshot " + id);
+            throw new NoSuchFileException(dirName + "/" + id, null, "model '" + Echo.of(model) + "' has no snapshot " + Echo.of(id));
         }
         Path dir = files.modelDir(dirName).resolve(id);
         SnapshotVerifier.Verified v = null;
@@ -81,7 +82,7 @@ final class SnapshotReader {
             v = verifier.verify(model, dirName, id, true, true);
         }
         if (v == null) {
-            throw new NoSuchFileException(dirName + "/" + id, null, "model '" + model + "' has no snapshot " + id);
+            throw new NoSuchFileException(dirName + "/" + id, null, "model '" + Echo.of(model) + "' has no snapshot " + id);
         }
         if (v.problem() != null) {
             throw new CorruptSnapshotException(model, id, v.problem());
@@ -125,7 +126,7 @@ final class SnapshotReader {
             }
         }
         if (problems.isEmpty()) {
-            throw new NoSuchFileException(dirName, null, "model '" + model + "' has no snapshots");
+            throw new NoSuchFileException(dirName, null, "model '" + Echo.of(model) + "' has no snapshots");
         }
         throw CorruptSnapshotException.noneValid(model, String.join(", ", problems));
     }
