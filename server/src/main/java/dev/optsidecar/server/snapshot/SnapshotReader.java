@@ -111,15 +111,20 @@ final class SnapshotReader {
         Path modelDir = files.modelDir(dirName);
         List<Long> ids = Files.isDirectory(modelDir) ? SnapshotFiles.committedIds(modelDir) : List.of();
         List<String> problems = new ArrayList<>();
+        // Logged once a snapshot loads; when none does, the exception lists them all and the caller
+        // reports it once (one line for a failed start, one warning for a model left out).
+        List<String> fallbacks = new ArrayList<>();
         for (int i = ids.size() - 1; i >= 0; i--) {
             String id = SnapshotFiles.formatId(ids.get(i));
             try {
-                return loader.load(open(model, id));
+                T loaded = loader.load(open(model, id));
+                fallbacks.forEach(LOG::warning);
+                return loaded;
             } catch (CorruptSnapshotException e) {
-                String next = i > 0 ? "falling back to " + SnapshotFiles.formatId(ids.get(i - 1))
-                        : "no older snapshot to fall back to";
-                LOG.warning(String.format(Locale.ROOT, "snapshot %s of model '%s' is corrupt (%s); %s", id, model,
-                        e.problem(), next));
+                if (i > 0) {
+                    fallbacks.add(String.format(Locale.ROOT, "snapshot %s of model '%s' is corrupt (%s); falling back to %s",
+                            id, model, e.problem(), SnapshotFiles.formatId(ids.get(i - 1))));
+                }
                 problems.add(id + " (" + e.problem() + ")");
             } catch (NoSuchFileException e) {
                 // Removed by retention meanwhile; older ones follow.

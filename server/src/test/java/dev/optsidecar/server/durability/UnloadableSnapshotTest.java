@@ -42,7 +42,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * startup restore of every model leaves out the one it cannot load and serves the others, and
  * the Restore RPC answers DATA_LOSS naming the file.
  */
-class UnloadableSnapshotTest {
+public class UnloadableSnapshotTest {
     private static final ObjectMapper JSON = new ObjectMapper();
 
     @TempDir
@@ -77,13 +77,16 @@ class UnloadableSnapshotTest {
     }
 
     /** Each way a checksum-valid manifest can be unloadable; the fragment its error names. */
-    static void damage(Path snapshotDir, String how) throws IOException {
+    public static void damage(Path snapshotDir, String how) throws IOException {
         rewriteManifest(snapshotDir, meta -> {
             ObjectNode spec = (ObjectNode) meta.get("spec");
             ObjectNode state = (ObjectNode) meta.get("state");
             switch (how) {
                 case "unknown-algorithm" -> ((ObjectNode) spec.get("optimizer")).put("algorithm", "NoSuchAlgorithm");
-                case "undeclared-counter" -> ((ObjectNode) state.withArray("groups").get(0).get("scalars")).put("foo", 1.0);
+                case "undeclared-counter" -> {
+                    ObjectNode group = (ObjectNode) state.withArray("groups").get(0);
+                    (group.has("scalars") ? (ObjectNode) group.get("scalars") : group.putObject("scalars")).put("foo", 1.0);
+                }
                 case "negative-lr" -> ((ObjectNode) spec.get("optimizer")).putObject("hyperparameters").put("lr", -1.0);
                 case "spec-not-a-message" -> spec.put("optimizer", 42);
                 case "state-not-a-message" -> meta.put("state", "x");
