@@ -176,6 +176,9 @@ public final class Persistence implements AutoCloseable {
         try {
             return ModelLoader.fromSnapshot(registry, snapshot, name, replace);
         } catch (OptError e) {
+            if (e.field().startsWith("spec.name")) {
+                throw e; // about the name restored under, not the snapshot
+            }
             switch (e.kind()) {
                 case INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED, DATA_LOSS, INTERNAL -> throw unloadable(model, snapshot, e);
                 default -> throw e;
