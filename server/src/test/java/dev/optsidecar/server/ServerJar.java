@@ -96,6 +96,10 @@ final class ServerJar implements AutoCloseable {
         return log;
     }
 
+    Process process() {
+        return process;
+    }
+
     /** SIGKILL: the process dies at once, with no shutdown hook. */
     void kill() throws InterruptedException {
         process.destroyForcibly();

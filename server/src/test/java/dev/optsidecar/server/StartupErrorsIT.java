@@ -67,6 +67,31 @@ class StartupErrorsIT {
                 .assertOneLine(CANNOT_START, "cannot start: --restore nosuch: ", "model 'nosuch' has no snapshots");
     }
 
+    /** A model whose only snapshot cannot be loaded: named, it stops the start; with latest, the others serve. */
+    @Test
+    void restoringAModelWhoseSnapshotCannotBeLoaded(@TempDir Path dir) throws Exception {
+        try (SocketServer s = SocketServer.start("127.0.0.1", 0, 2, 1L << 28,
+                new dev.optsidecar.server.durability.Persistence.Options(dir, 3,
+                        dev.optsidecar.server.durability.StepJournal.Sync.WRITE, 0, null, false), List.of());
+             dev.optsidecar.client.OptSidecarClient client = dev.optsidecar.client.OptSidecarClient.connect(
+                     "127.0.0.1:" + s.port())) {
+            for (String name : List.of("good", "bad")) {
+                client.register(TestData.spec(name, "Adam", TestData.hp("lr", 0.01), 10).build(),
+                        List.of(dev.optsidecar.client.TensorData.of(new float[10])));
+            }
+        }
+        dev.optsidecar.server.durability.UnloadableSnapshotTest.damage(dir.resolve("bad").resolve("000001"),
+                "undeclared-counter");
+        run("--port", "0", "--state-dir", dir.toString(), "--restore", "bad")
+                .assertOneLine(CANNOT_START, "cannot start: --restore bad: ", "000001", "manifest.json");
+        try (ServerJar server = ServerJar.start("--port", "0", "--state-dir", dir.toString(), "--restore", "latest");
+             dev.optsidecar.client.OptSidecarClient client = dev.optsidecar.client.OptSidecarClient.connect(
+                     server.target())) {
+            assertEquals(List.of("good"), client.list());
+            assertTrue(server.log().stream().anyMatch(l -> l.contains("model 'bad' is not restored")), server.log()::toString);
+        }
+    }
+
     @Test
     void snapshotFlagsWithoutAStateDir() throws Exception {
         for (List<String> flag : List.of(List.of("--snapshot-every-steps", "10"), List.of("--snapshot-interval", "60"),

@@ -11,6 +11,7 @@ import dev.optsidecar.server.model.ModelLoader;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.PendingModel;
 import dev.optsidecar.server.model.StepRecord;
+import dev.optsidecar.server.snapshot.CorruptSnapshotException;
 import dev.optsidecar.server.snapshot.Pending;
 import dev.optsidecar.server.snapshot.Snapshot;
 import dev.optsidecar.server.snapshot.SnapshotStore;
@@ -133,8 +134,13 @@ public final class Persistence implements AutoCloseable {
                     Echo.of(id));
         }
         String name = asName.isEmpty() ? model : asName;
-        Snapshot snapshot = id.isEmpty() ? store.openLatestValid(model) : store.open(model, id);
-        PendingModel pending = ModelLoader.fromSnapshot(registry, snapshot, name, replace);
+        record Loaded(Snapshot snapshot, PendingModel pending) {
+        }
+        Loaded loaded = id.isEmpty()
+                ? store.loadLatestValid(model, s -> new Loaded(s, load(s, model, name, replace)))
+                : new Loaded(store.open(model, id), null);
+        Snapshot snapshot = loaded.snapshot();
+        PendingModel pending = loaded.pending() != null ? loaded.pending() : load(snapshot, model, name, replace);
         int replayed;
         try {
             if (id.isEmpty()) {
@@ -159,12 +165,54 @@ public final class Persistence implements AutoCloseable {
         return m;
     }
 
-    /** Restores at startup: "latest" (every model), "MODEL" (its latest) or "MODEL@ID". */
+    /**
+     * Loads a verified snapshot. Contents that pass their checksums but cannot be loaded (a spec,
+     * counters or tensors the server refuses, a manifest that does not parse) are reported as a
+     * corrupt snapshot naming the file, so that a restore falls back to an older snapshot and the
+     * Restore RPC answers DATA_LOSS rather than INTERNAL. Refusals that are not about the
+     * snapshot (memory limit, name taken) pass through unchanged.
+     */
+    private PendingModel load(Snapshot snapshot, String model, String name, boolean replace) throws IOException {
+        try {
+            return ModelLoader.fromSnapshot(registry, snapshot, name, replace);
+        } catch (OptError e) {
+            if (e.field().startsWith("spec.name")) {
+                throw e; // about the name restored under, not the snapshot
+            }
+            switch (e.kind()) {
+                case INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED, DATA_LOSS, INTERNAL -> throw unloadable(model, snapshot, e);
+                default -> throw e;
+            }
+        } catch (CorruptSnapshotException e) {
+            throw e;
+        } catch (dev.optsidecar.server.snapshot.SafetensorsFormatException | RuntimeException e) {
+            throw unloadable(model, snapshot, e);
+        }
+    }
+
+    private static CorruptSnapshotException unloadable(String model, Snapshot snapshot, Exception e) {
+        String reason = e.getMessage() == null || e.getMessage().isBlank() ? e.getClass().getSimpleName() : e.getMessage();
+        // Tensor problems name their .safetensors file already; everything else was read from the manifest.
+        String file = reason.contains(".safetensors") ? "" : "manifest.json: ";
+        LOG.log(Level.FINE, "snapshot " + snapshot.id() + " of model '" + model + "' cannot be loaded", e);
+        return new CorruptSnapshotException(model, snapshot.id(), file + "cannot be loaded: " + reason);
+    }
+
+    /**
+     * Restores at startup: "latest" (every model), "MODEL" (its latest) or "MODEL@ID". With
+     * "latest", a model none of whose snapshots can be loaded is left out with a warning, so that
+     * one bad model never keeps the server, and every other model, from starting.
+     */
     public List<Model> restoreAtStartup(String what) throws IOException {
         List<Model> out = new ArrayList<>();
         if (what.equals("latest")) {
             for (String model : store.models()) {
-                out.add(restore(model, "", "", false));
+                try {
+                    out.add(restore(model, "", "", false));
+                } catch (CorruptSnapshotException e) {
+                    LOG.warning(String.format("--restore latest: model '%s' is not restored and stays unloaded: %s",
+                            model, e.getMessage()));
+                }
             }
             return out;
         }

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.snapshot;
 
 import dev.optsidecar.proto.v1.SnapshotInfo;
+import dev.optsidecar.server.Echo;
 
 import java.io.IOException;
 import java.io.UncheckedIOException;
@@ -73,7 +74,7 @@ final class SnapshotReader {
     Snapshot open(String model, String id) throws IOException {
         String dirName = ModelNames.encode(model);
         if (!SnapshotFiles.isId(id)) { // before it is resolved: a NUL would fail as InvalidPathException
-            throw new NoSuchFileException(dirName + "/" + id, null, "model '" + model + "' has no snapshot " + id);
+            throw new NoSuchFileException(dirName + "/" + id, null, "model '" + Echo.of(model) + "' has no snapshot " + Echo.of(id));
         }
         Path dir = files.modelDir(dirName).resolve(id);
         SnapshotVerifier.Verified v = null;
@@ -81,7 +82,7 @@ final class SnapshotReader {
             v = verifier.verify(model, dirName, id, true, true);
         }
         if (v == null) {
-            throw new NoSuchFileException(dirName + "/" + id, null, "model '" + model + "' has no snapshot " + id);
+            throw new NoSuchFileException(dirName + "/" + id, null, "model '" + Echo.of(model) + "' has no snapshot " + id);
         }
         if (v.problem() != null) {
             throw new CorruptSnapshotException(model, id, v.problem());
@@ -97,26 +98,40 @@ final class SnapshotReader {
      * @throws CorruptSnapshotException if none is valid
      */
     Snapshot openLatestValid(String model) throws IOException {
+        return loadLatestValid(model, snapshot -> snapshot);
+    }
+
+    /**
+     * Like {@link #openLatestValid}, then hands the snapshot to {@code loader}: a snapshot the
+     * loader refuses with a {@link CorruptSnapshotException} (valid checksums, contents that
+     * cannot be loaded) is skipped for an older one, just as one that fails verification.
+     */
+    <T> T loadLatestValid(String model, SnapshotStore.Loader<T> loader) throws IOException {
         String dirName = ModelNames.encode(model);
         Path modelDir = files.modelDir(dirName);
         List<Long> ids = Files.isDirectory(modelDir) ? SnapshotFiles.committedIds(modelDir) : List.of();
         List<String> problems = new ArrayList<>();
+        // Logged once a snapshot loads; when none does, the exception lists them all and the caller
+        // reports it once (one line for a failed start, one warning for a model left out).
+        List<String> fallbacks = new ArrayList<>();
         for (int i = ids.size() - 1; i >= 0; i--) {
             String id = SnapshotFiles.formatId(ids.get(i));
             try {
-                return open(model, id);
+                T loaded = loader.load(open(model, id));
+                fallbacks.forEach(LOG::warning);
+                return loaded;
             } catch (CorruptSnapshotException e) {
-                String next = i > 0 ? "falling back to " + SnapshotFiles.formatId(ids.get(i - 1))
-                        : "no older snapshot to fall back to";
-                LOG.warning(String.format(Locale.ROOT, "snapshot %s of model '%s' is corrupt (%s); %s", id, model,
-                        e.problem(), next));
+                if (i > 0) {
+                    fallbacks.add(String.format(Locale.ROOT, "snapshot %s of model '%s' is corrupt (%s); falling back to %s",
+                            id, model, e.problem(), SnapshotFiles.formatId(ids.get(i - 1))));
+                }
                 problems.add(id + " (" + e.problem() + ")");
             } catch (NoSuchFileException e) {
                 // Removed by retention meanwhile; older ones follow.
             }
         }
         if (problems.isEmpty()) {
-            throw new NoSuchFileException(dirName, null, "model '" + model + "' has no snapshots");
+            throw new NoSuchFileException(dirName, null, "model '" + Echo.of(model) + "' has no snapshots");
         }
         throw CorruptSnapshotException.noneValid(model, String.join(", ", problems));
     }

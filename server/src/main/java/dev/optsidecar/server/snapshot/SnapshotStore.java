@@ -121,6 +121,17 @@ public final class SnapshotStore {
         return reader.openLatestValid(model);
     }
 
+    /** Loads a model from one opened snapshot; throws {@link CorruptSnapshotException} for one it cannot load. */
+    @FunctionalInterface
+    public interface Loader<T> {
+        T load(Snapshot snapshot) throws IOException;
+    }
+
+    /** The newest snapshot that passes verification and that {@code loader} can load; see {@link #openLatestValid}. */
+    public <T> T loadLatestValid(String model, Loader<T> loader) throws IOException {
+        return reader.loadLatestValid(model, loader);
+    }
+
     /** The id of the model's oldest committed snapshot (unverified), if it has any. */
     public OptionalLong oldestId(String model) throws IOException {
         List<Long> ids = SnapshotFiles.committedIds(modelDir(model));

@@ -285,6 +285,21 @@ class SnapshotServiceTest {
         }
     }
 
+    /** A long model name is echoed cut short: whole, it made trailers too large for the client (INTERNAL). */
+    @Test
+    void restoreOfAnUnknownLongModelNameIsNotFound() throws Exception {
+        try (SocketServer s = start(tmp, List.of());
+             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
+            String name = "x".repeat(10_000);
+            for (String id : List.of("", "000001")) {
+                StatusRuntimeException e = assertThrows(StatusRuntimeException.class, () -> client.restore(
+                        RestoreRequest.newBuilder().setModel(name).setId(id).build()));
+                assertEquals(Status.Code.NOT_FOUND, e.getStatus().getCode(), e::toString);
+                assertTrue(e.getStatus().getDescription().length() < 400, "the name is echoed cut short");
+            }
+        }
+    }
+
     @Test
     void withoutAStateDirectorySnapshotsAreAFailedPrecondition() throws Exception {
         try (SocketServer s = SocketServer.start("127.0.0.1", 0, 2, 1L << 28);

@@ -203,8 +203,9 @@ class SnapshotReaderTest {
             CorruptSnapshotException e = assertThrows(CorruptSnapshotException.class, () -> store.openLatestValid("m"));
             assertTrue(e.getMessage().contains("no valid snapshot"), e.getMessage());
             assertTrue(e.getMessage().contains("000001 (manifest.json: CRC32C mismatch)"), e.getMessage());
-            assertEquals(3, log.warnings().size());
-            assertTrue(log.warnings().get(2).endsWith("no older snapshot to fall back to"), log.warnings().get(2));
+            assertTrue(e.getMessage().contains("000003 (weights.safetensors: CRC32C mismatch)"), e.getMessage());
+            // Nothing logged: the caller reports the exception once (a failed start's one line, or one warning).
+            assertEquals(List.of(), log.warnings());
         }
         assertThrows(NoSuchFileException.class, () -> store.openLatestValid("never-saved"));
         assertThrows(NoSuchFileException.class, () -> store.open("never-saved", "000001"));
