@@ -88,8 +88,8 @@ import static org.junit.jupiter.api.Assertions.fail;
  */
 class ProtocolFuzzTest {
     private static final long SEED = Long.getLong("fuzz.seed", System.nanoTime());
-    /** Operations in all, over all clients; the default keeps a CI run near half a minute. */
-    private static final int ITERATIONS = Integer.getInteger("fuzz.iterations", 3_000);
+    /** Operations in all, over all clients; the default run takes about 15 s. */
+    private static final int ITERATIONS = Integer.getInteger("fuzz.iterations", 5_000);
     private static final int CLIENTS = 3;
     private static final int OPS_PER_CLIENT_PER_BATCH = 20;
     private static final long CALL_DEADLINE_S = 10;
@@ -111,12 +111,15 @@ class ProtocolFuzzTest {
     @Test
     void protocolSurvivesGeneratedInput() throws Exception {
         System.out.println("ProtocolFuzzTest: -Dfuzz.seed=" + SEED + " -Dfuzz.iterations=" + ITERATIONS);
+        long started = System.nanoTime();
         try {
             run();
         } catch (Throwable t) {
             throw new AssertionError("fuzz run failed; reproduce with -Dfuzz.seed=" + SEED
                     + " -Dfuzz.iterations=" + ITERATIONS + ": " + t.getMessage(), t);
         }
+        System.out.println("ProtocolFuzzTest: " + ITERATIONS + " operations in "
+                + TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
         System.out.println("ProtocolFuzzTest: statuses " + new TreeMap<>(Map.copyOf(statusCounts)));
     }
 
@@ -160,6 +163,10 @@ class ProtocolFuzzTest {
                     assertEquals(victimBefore, victimAfter, where + ": rejected requests changed the victim");
                     assertEquals(digest(TWIN), victimAfter, where + ": the victim differs from its twin");
                     deleteFuzzModels();
+                    for (Client c : clients) {
+                        c.mine.clear();
+                        c.sizes.clear();
+                    }
                     awaitReserved(reservedBefore, where);
                 }
             }
@@ -195,6 +202,18 @@ class ProtocolFuzzTest {
                         .addEma(EmaShadow.newBuilder().setDecay(0.9))
                         .setLookahead(Lookahead.newBuilder().setK(3).setAlpha(0.5).setPullbackMomentum("none")))
                 .build();
+    }
+
+    private static int[] numels(ModelSpec spec) {
+        int[] n = new int[spec.getTensorsCount()];
+        for (int t = 0; t < n.length; t++) {
+            long e = 1;
+            for (long d : spec.getTensors(t).getShapeList()) {
+                e *= d;
+            }
+            n[t] = (int) e;
+        }
+        return n;
     }
 
     private static float[] finite(FuzzValues v, int n) {
@@ -340,6 +359,8 @@ class ProtocolFuzzTest {
         final OptimizerGrpc.OptimizerBlockingStub blocking;
         /** Names of the models this client registered, forked or restored that may still exist. */
         final List<String> mine = new ArrayList<>();
+        /** Element counts of the tensors of this client's models that registered. */
+        final Map<String, int[]> sizes = new java.util.LinkedHashMap<>();
 
         Client(int id, SplittableRandom random) {
             this.id = id;
@@ -396,7 +417,8 @@ class ProtocolFuzzTest {
 
         /** A name for a request that may change or remove a model: never the victim or its twin. */
         String deletable() {
-            String n = mine.isEmpty() || v.chance(0.3) ? v.name("fz-" + id) : v.pick(mine);
+            String n = !sizes.isEmpty() && v.chance(0.5) ? v.pick(List.copyOf(sizes.keySet()))
+                    : mine.isEmpty() || v.chance(0.3) ? v.name("fz-" + id) : v.pick(mine);
             return n.equals(VICTIM) || n.equals(TWIN) ? "fz-" + id : n;
         }
 
@@ -445,7 +467,7 @@ class ProtocolFuzzTest {
                             .build());
                     case 2 -> chunks.set(c, chunk.toBuilder().setOffset(v.chance(0.5) ? -1 : Long.MIN_VALUE + chunk.getOffset()).build());
                     case 3 -> chunks.set(c, chunk.toBuilder().setData(chunk.getData()
-                            .substring(0, chunk.getData().size() - 1 - v.below(3))).build());
+                            .substring(0, Math.max(0, chunk.getData().size() - 1 - v.below(3)))).build());
                     case 4 -> chunks.set(c, chunk.toBuilder().setData(chunk.getData()
                             .concat(v.floats(1 + v.below(4), 0))).build());
                     case 5 -> chunks.remove(c);
@@ -496,9 +518,12 @@ class ProtocolFuzzTest {
         // ---- Register: specs of any shape, then weights and state chunks right or wrong
 
         void register() {
-            ModelSpec spec = spec();
+            boolean plausible = v.chance(0.5);
+            ModelSpec spec = plausible ? plausibleSpec() : spec();
+            // Most plausible registrations send their weights right, so that there are models to step.
+            boolean clean = plausible && v.chance(0.7);
             List<RegisterRequest> msgs = new ArrayList<>();
-            if (v.chance(0.95)) {
+            if (clean || v.chance(0.95)) {
                 msgs.add(RegisterRequest.newBuilder().setSpec(spec).build());
             }
             long total = 0;
@@ -514,7 +539,7 @@ class ProtocolFuzzTest {
                 }
                 total += Math.min(n, 100_000);
             }
-            if (countable && total < 20_000 && v.chance(0.7)) {
+            if (countable && total < 20_000 && (clean || v.chance(0.7))) {
                 // The right weights, maybe with a defect, maybe out of order
                 for (int t = 0; t < spec.getTensorsCount(); t++) {
                     long n = 1;
@@ -524,21 +549,21 @@ class ProtocolFuzzTest {
                     msgs.add(RegisterRequest.newBuilder().setWeights(WeightsChunk.newBuilder().setTensor(t)
                             .setData(v.floats((int) n, 0.05))).build());
                 }
-                if (v.chance(0.3) && msgs.size() > 1) {
+                if (!clean && v.chance(0.3) && msgs.size() > 1) {
                     msgs.remove(1 + v.below(msgs.size() - 1));
                 }
-                if (v.chance(0.3) && msgs.size() > 1) {
+                if (!clean && v.chance(0.3) && msgs.size() > 1) {
                     msgs.add(1 + v.below(msgs.size() - 1), msgs.get(msgs.size() - 1));
                 }
             }
-            for (int i = v.below(3); i > 0; i--) {
+            for (int i = clean ? 0 : v.below(3); i > 0; i--) {
                 msgs.add(v.chance(0.5)
                         ? RegisterRequest.newBuilder().setWeights(WeightsChunk.newBuilder().setTensor(v.anyInt())
                         .setOffset(v.anyLong()).setVersion(v.anyLong()).setData(v.anyBytes())).build()
                         : RegisterRequest.newBuilder().setState(StateChunk.newBuilder().setTensor(v.anyInt())
                         .setSlot(v.pick(FuzzValues.SLOTS)).setOffset(v.anyLong()).setData(v.anyBytes())).build());
             }
-            if (v.chance(0.1)) {
+            if (!clean && v.chance(0.1)) {
                 msgs.add(RegisterRequest.newBuilder().setSpec(spec).build());
             }
             CompletableFuture<Status> closed = new CompletableFuture<>();
@@ -563,7 +588,7 @@ class ProtocolFuzzTest {
                     closed.complete(Status.OK);
                 }
             });
-            boolean truncate = v.chance(0.15);
+            boolean truncate = !clean && v.chance(0.15);
             int cut = truncate ? v.below(msgs.size() + 1) : msgs.size();
             for (int i = 0; i < cut; i++) {
                 call[0].onNext(msgs.get(i));
@@ -575,11 +600,48 @@ class ProtocolFuzzTest {
             }
             call[0].onCompleted();
             try {
-                record("Register", closed.get(CALL_DEADLINE_S, TimeUnit.SECONDS));
+                Status st = closed.get(CALL_DEADLINE_S, TimeUnit.SECONDS);
+                record("Register", st);
+                if (st.isOk()) {
+                    sizes.put(spec.getName(), numels(spec));
+                }
             } catch (Exception e) {
                 call[0].cancel("no answer", e);
                 problems.add("Register did not end within " + CALL_DEADLINE_S + " s");
             }
+        }
+
+        /** A spec the server should accept: small shapes, a real algorithm, known hyperparameters. */
+        ModelSpec plausibleSpec() {
+            ModelSpec.Builder s = ModelSpec.newBuilder().setName(freshName());
+            int tensors = 1 + v.below(3);
+            for (int i = 0; i < tensors; i++) {
+                TensorSpec.Builder t = TensorSpec.newBuilder().setName("t" + i);
+                for (int d = v.below(3); d > 0; d--) {
+                    t.addShape(1 + v.below(20));
+                }
+                s.addTensors(t);
+            }
+            if (tensors > 1 && v.chance(0.5)) {
+                s.addGroups(ParamGroup.newBuilder().setName("g").addTensors("t1")
+                        .setHyperparameters(dev.optsidecar.server.TestData.struct("lr", 0.1)));
+            }
+            OptimizerConfig.Builder o = OptimizerConfig.newBuilder().setAlgorithm(v.pick(FuzzValues.ALGORITHMS))
+                    .setNonFiniteValue(v.below(3));
+            if (v.chance(0.3)) {
+                o.addEma(EmaShadow.newBuilder().setDecay(0.9).setEvery(v.below(3)));
+            }
+            if (v.chance(0.2)) {
+                o.setLookahead(Lookahead.newBuilder().setK(1 + v.below(4)).setAlpha(0.5).setPullbackMomentum("none"));
+            }
+            if (v.chance(0.3)) {
+                o.setClipGradNorm(0.5);
+            }
+            if (v.chance(0.3)) {
+                o.setSchedule(Schedule.newBuilder().setType("linear_warmup")
+                        .setParameters(dev.optsidecar.server.TestData.struct("warmup_steps", 3)));
+            }
+            return s.setOptimizer(o).build();
         }
 
         ModelSpec spec() {
@@ -646,8 +708,80 @@ class ProtocolFuzzTest {
 
         // ---- Step against this client's own models or no model: anything in any order
 
+        /** Steps on one of this client's models: whole gradients, sometimes with a defect. */
+        void plausibleSteps(String model, int[] numel) {
+            RawStep s = RawStep.start(async);
+            s.send(StepRequest.newBuilder().setOpen(StepOpen.newBuilder().setModel(model)
+                    .setClientId(v.chance(0.3) ? "" : "trainer-" + id)).build());
+            long stepId = 1 + v.below(3);
+            for (int k = 1 + v.below(3); k > 0; k--, stepId += v.chance(0.9) ? 1 : -1) {
+                List<GradientChunk> chunks = new ArrayList<>();
+                StepCommit.Builder c = StepCommit.newBuilder().setStepId(stepId)
+                        .setView(v.chance(0.5) ? View.newBuilder().setKind(ViewKind.VIEW_TRAIN).build() : v.view());
+                for (int t = 0; t < numel.length; t++) {
+                    if (v.chance(0.15)) {
+                        c.addNoGrad(t);
+                        continue;
+                    }
+                    for (int off = 0; off < numel[t]; ) {
+                        int len = Math.min(numel[t] - off, 1 + v.below(numel[t]));
+                        chunks.add(GradientChunk.newBuilder().setStepId(stepId).setTensor(t).setOffset(off)
+                                .setData(v.floats(len, 0.03)).build());
+                        off += len;
+                    }
+                }
+                Collections.shuffle(chunks, new java.util.Random(v.random.nextLong()));
+                if (v.chance(0.15) && !chunks.isEmpty()) {
+                    chunks.remove(v.below(chunks.size()));
+                }
+                if (v.chance(0.1) && !chunks.isEmpty()) {
+                    chunks.add(chunks.get(v.below(chunks.size())));
+                }
+                if (v.chance(0.1)) {
+                    c.putGroupLr(v.chance(0.7) ? "default" : "g", v.chance(0.7) ? 0.05 : v.anyDouble());
+                }
+                if (v.chance(0.1)) {
+                    c.setBaseVersion(v.chance(0.7) ? 0 : v.anyLong());
+                }
+                chunks.forEach(g -> s.send(StepRequest.newBuilder().setChunk(g).build()));
+                s.send(StepRequest.newBuilder().setCommit(c).build());
+            }
+            finish("Step(plausible)", s, model);
+        }
+
+        /** Half-closes (or now and then cancels) a step stream and records how it ended. */
+        void finish(String op, RawStep s, String model) {
+            if (v.chance(0.15)) {
+                s.cancel();
+                record(op, Status.CANCELLED);
+                return;
+            }
+            s.halfClose();
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(CALL_DEADLINE_S);
+            while (!s.isClosed() && System.nanoTime() < deadline) {
+                Thread.onSpinWait();
+                try {
+                    Thread.sleep(1);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    return;
+                }
+            }
+            if (!s.isClosed()) {
+                s.cancel();
+                problems.add(op + " on '" + model + "' did not end within " + CALL_DEADLINE_S + " s of its half-close");
+                return;
+            }
+            record(op, s.awaitClose());
+        }
+
         void randomStep() {
             String model = deletable();
+            int[] numel = sizes.get(model);
+            if (numel != null && v.chance(0.6)) {
+                plausibleSteps(model, numel);
+                return;
+            }
             RawStep s = RawStep.start(async);
             int n = 1 + v.below(12);
             long stepId = 1;
@@ -677,13 +811,7 @@ class ProtocolFuzzTest {
                     }
                 }
             }
-            if (v.chance(0.2)) {
-                s.cancel();
-                record("Step", Status.CANCELLED);
-            } else {
-                s.halfClose();
-                record("Step", s.awaitClose());
-            }
+            finish("Step", s, model);
         }
 
         // ---- Reads, snapshots, restores, forks and exports
