@@ -447,8 +447,15 @@ class ProtocolFuzzTest {
             String clientId = "attacker-" + id + "-" + names.incrementAndGet();
             StepOpen.Builder open = StepOpen.newBuilder().setModel(VICTIM).setClientId(clientId);
             List<String> done = new ArrayList<>();
+            // Chunks added by a mutation, kept apart so that no later mutation undoes another's defect
+            // (removing the very duplicate an earlier one added would make the step valid again).
+            List<GradientChunk> extra = new ArrayList<>();
+            boolean removed = false;
             for (int m = 1 + (v.chance(0.3) ? v.below(3) : 0); m > 0; m--) {
                 int which = chunks.isEmpty() ? 8 : v.below(16);
+                if ((which == 5 && !extra.isEmpty()) || (which == 6 && removed)) {
+                    which = 10;
+                }
                 done.add(Integer.toString(which));
                 if (chunks.isEmpty()) {
                     commit.addNoGrad(3);
@@ -459,20 +466,34 @@ class ProtocolFuzzTest {
                 int numel = chunk.getTensor() >= 0 && chunk.getTensor() < SIZES.length ? SIZES[chunk.getTensor()] : 1;
                 switch (which) {
                     case 0 -> { // NaN or Inf under the default reject policy
+                        if (chunk.getData().size() % 4 != 0) {
+                            break; // already truncated: invalid as it is
+                        }
                         ByteBuffer data = ByteBuffer.wrap(chunk.getData().toByteArray()).order(ByteOrder.LITTLE_ENDIAN);
                         data.putFloat(v.below(data.capacity() / 4) * 4, v.anyFloat(1));
                         chunks.set(c, chunk.toBuilder().setData(ByteString.copyFrom(data.array())).build());
                     }
                     case 1 -> chunks.set(c, chunk.toBuilder().setOffset(numel + Math.abs(v.anyLong() % 1000))
                             .build());
-                    case 2 -> chunks.set(c, chunk.toBuilder().setOffset(v.chance(0.5) ? -1 : Long.MIN_VALUE + chunk.getOffset()).build());
-                    case 3 -> chunks.set(c, chunk.toBuilder().setData(chunk.getData()
-                            .substring(0, Math.max(0, chunk.getData().size() - 1 - v.below(3)))).build());
-                    case 4 -> chunks.set(c, chunk.toBuilder().setData(chunk.getData()
-                            .concat(v.floats(1 + v.below(4), 0))).build());
-                    case 5 -> chunks.remove(c);
-                    case 6 -> chunks.add(v.below(chunks.size() + 1), chunk);
-                    case 7 -> chunks.add(v.below(chunks.size() + 1), chunk.toBuilder()
+                    case 2 -> chunks.set(c, chunk.toBuilder().setOffset(v.chance(0.5) ? -1 : Long.MIN_VALUE | chunk.getOffset()).build());
+                    case 3 -> { // a length that is not whole floats
+                        if (chunk.getData().size() % 4 == 0) {
+                            chunks.set(c, chunk.toBuilder().setData(chunk.getData()
+                                    .substring(0, chunk.getData().size() - 1 - v.below(3))).build());
+                        }
+                    }
+                    case 4 -> { // past the tensor's end, or over the next chunk
+                        if (chunk.getData().size() % 4 == 0) {
+                            chunks.set(c, chunk.toBuilder().setData(chunk.getData()
+                                    .concat(v.floats(1 + v.below(4), 0))).build());
+                        }
+                    }
+                    case 5 -> {
+                        chunks.remove(c);
+                        removed = true;
+                    }
+                    case 6 -> extra.add(chunk);
+                    case 7 -> extra.add(chunk.toBuilder()
                             .setTensor(v.pick(List.of(3, 4, -1, Integer.MAX_VALUE, Integer.MIN_VALUE))).build());
                     case 8 -> commit.addNoGrad(v.pick(List.of(3, -1, Integer.MIN_VALUE)));
                     case 9 -> commit.putGroupLr(v.chance(0.5) ? v.name("nope") + "?" : "no_decay",
@@ -486,6 +507,9 @@ class ProtocolFuzzTest {
                         commit.setView(View.newBuilder().setKindValue(v.pick(List.of(99, -1, 7))));
                     }
                 }
+            }
+            for (GradientChunk e : extra) {
+                chunks.add(v.below(chunks.size() + 1), e);
             }
             msgs.add(StepRequest.newBuilder().setOpen(open).build());
             for (GradientChunk c : chunks) {
