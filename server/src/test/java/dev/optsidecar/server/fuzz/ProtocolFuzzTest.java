@@ -36,6 +36,7 @@ import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.server.RawStep;
 import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.StandardModel;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.durability.StepJournal;
 import io.grpc.ManagedChannel;
@@ -57,20 +58,21 @@ import java.util.ArrayList;
 import java.util.Collections;
 import java.util.HexFormat;
 import java.util.Iterator;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Random;
 import java.util.SplittableRandom;
 import java.util.TreeMap;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
-import java.util.concurrent.atomic.AtomicLong;
 
+import static dev.optsidecar.server.TestData.struct;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.fail;
 
@@ -106,7 +108,6 @@ class ProtocolFuzzTest {
     private SidecarFixture f;
     private final List<String> problems = Collections.synchronizedList(new ArrayList<>());
     private final Map<String, AtomicInteger> statusCounts = new ConcurrentHashMap<>();
-    private final AtomicLong names = new AtomicLong();
 
     @Test
     void protocolSurvivesGeneratedInput() throws Exception {
@@ -134,8 +135,8 @@ class ProtocolFuzzTest {
             for (int t = 0; t < SIZES.length; t++) {
                 init[t] = finite(v, SIZES[t]);
             }
-            f.client().register(victimSpec(VICTIM), dev.optsidecar.server.StandardModel.tensors(init));
-            f.client().register(victimSpec(TWIN), dev.optsidecar.server.StandardModel.tensors(init));
+            f.client().register(victimSpec(VICTIM), StandardModel.tensors(init));
+            f.client().register(victimSpec(TWIN), StandardModel.tensors(init));
             List<Client> clients = new ArrayList<>();
             for (int i = 0; i < CLIENTS; i++) {
                 clients.add(new Client(i, root.split()));
@@ -194,9 +195,9 @@ class ProtocolFuzzTest {
                 .addTensors(TensorSpec.newBuilder().setName("b").addShape(8))
                 .addTensors(TensorSpec.newBuilder().setName("s"))
                 .addGroups(ParamGroup.newBuilder().setName("no_decay").addTensors("b").addTensors("s")
-                        .setHyperparameters(dev.optsidecar.server.TestData.struct("weight_decay", 0.0)))
+                        .setHyperparameters(struct("weight_decay", 0.0)))
                 .setOptimizer(OptimizerConfig.newBuilder().setAlgorithm("AdamW")
-                        .setHyperparameters(dev.optsidecar.server.TestData.struct("lr", 0.01))
+                        .setHyperparameters(struct("lr", 0.01))
                         .setClipGradNorm(1.0)
                         .setReportUpdateNorm(true)
                         .addEma(EmaShadow.newBuilder().setDecay(0.9))
@@ -360,7 +361,9 @@ class ProtocolFuzzTest {
         /** Names of the models this client registered, forked or restored that may still exist. */
         final List<String> mine = new ArrayList<>();
         /** Element counts of the tensors of this client's models that registered. */
-        final Map<String, int[]> sizes = new java.util.LinkedHashMap<>();
+        final Map<String, int[]> sizes = new LinkedHashMap<>();
+        /** Per client, so that a seed gives the same names whatever the interleaving. */
+        long names;
 
         Client(int id, SplittableRandom random) {
             this.id = id;
@@ -401,7 +404,7 @@ class ProtocolFuzzTest {
         }
 
         String freshName() {
-            String n = "fz-" + id + "-" + names.incrementAndGet();
+            String n = "fz-" + id + "-" + ++names;
             mine.add(n);
             return n;
         }
@@ -439,21 +442,23 @@ class ProtocolFuzzTest {
                     off += len;
                 }
             }
-            Collections.shuffle(chunks, new java.util.Random(v.random.nextLong()));
+            Collections.shuffle(chunks, new Random(v.random.nextLong()));
             StepCommit.Builder commit = StepCommit.newBuilder().setStepId(1);
             if (v.chance(0.3)) {
                 commit.setView(View.newBuilder().setKind(ViewKind.VIEW_TRAIN));
             }
-            String clientId = "attacker-" + id + "-" + names.incrementAndGet();
+            String clientId = "attacker-" + id + "-" + ++names;
             StepOpen.Builder open = StepOpen.newBuilder().setModel(VICTIM).setClientId(clientId);
             List<String> done = new ArrayList<>();
-            // Chunks added by a mutation, kept apart so that no later mutation undoes another's defect
-            // (removing the very duplicate an earlier one added would make the step valid again).
+            // Chunks added by a mutation, kept apart so that no later mutation undoes another's defect.
+            // Removing a chunk never combines with adding or growing one: removing the duplicate,
+            // or the chunk that another grew over, would make the step valid again.
             List<GradientChunk> extra = new ArrayList<>();
             boolean removed = false;
+            boolean grown = false;
             for (int m = 1 + (v.chance(0.3) ? v.below(3) : 0); m > 0; m--) {
                 int which = chunks.isEmpty() ? 8 : v.below(16);
-                if ((which == 5 && !extra.isEmpty()) || (which == 6 && removed)) {
+                if ((which == 5 && (!extra.isEmpty() || grown)) || ((which == 4 || which == 6) && removed)) {
                     which = 10;
                 }
                 done.add(Integer.toString(which));
@@ -486,6 +491,7 @@ class ProtocolFuzzTest {
                         if (chunk.getData().size() % 4 == 0) {
                             chunks.set(c, chunk.toBuilder().setData(chunk.getData()
                                     .concat(v.floats(1 + v.below(4), 0))).build());
+                            grown = true;
                         }
                     }
                     case 5 -> {
@@ -648,7 +654,7 @@ class ProtocolFuzzTest {
             }
             if (tensors > 1 && v.chance(0.5)) {
                 s.addGroups(ParamGroup.newBuilder().setName("g").addTensors("t1")
-                        .setHyperparameters(dev.optsidecar.server.TestData.struct("lr", 0.1)));
+                        .setHyperparameters(struct("lr", 0.1)));
             }
             OptimizerConfig.Builder o = OptimizerConfig.newBuilder().setAlgorithm(v.pick(FuzzValues.ALGORITHMS))
                     .setNonFiniteValue(v.below(3));
@@ -663,7 +669,7 @@ class ProtocolFuzzTest {
             }
             if (v.chance(0.3)) {
                 o.setSchedule(Schedule.newBuilder().setType("linear_warmup")
-                        .setParameters(dev.optsidecar.server.TestData.struct("warmup_steps", 3)));
+                        .setParameters(struct("warmup_steps", 3)));
             }
             return s.setOptimizer(o).build();
         }
@@ -754,7 +760,7 @@ class ProtocolFuzzTest {
                         off += len;
                     }
                 }
-                Collections.shuffle(chunks, new java.util.Random(v.random.nextLong()));
+                Collections.shuffle(chunks, new Random(v.random.nextLong()));
                 if (v.chance(0.15) && !chunks.isEmpty()) {
                     chunks.remove(v.below(chunks.size()));
                 }
@@ -783,7 +789,6 @@ class ProtocolFuzzTest {
             s.halfClose();
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(CALL_DEADLINE_S);
             while (!s.isClosed() && System.nanoTime() < deadline) {
-                Thread.onSpinWait();
                 try {
                     Thread.sleep(1);
                 } catch (InterruptedException e) {
