@@ -113,6 +113,11 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
         return new SidecarFixture(false, DEFAULT_THREADS, DEFAULT_MEMORY_LIMIT, durability, restore);
     }
 
+    /** An in-process server keeping its models durable, under a memory limit of its own. */
+    public static SidecarFixture inProcess(long memoryLimit, Persistence.Options durability) {
+        return new SidecarFixture(false, DEFAULT_THREADS, memoryLimit, durability, List.of());
+    }
+
     /** A server on a loopback port, as Main runs it, with two engine threads and a 1 GiB memory limit. */
     public static SidecarFixture onSocket() {
         return onSocket(DEFAULT_THREADS, DEFAULT_MEMORY_LIMIT);
