@@ -151,6 +151,14 @@ public final class PendingModel {
         for (int i = 0; i < state.getEmaUpdatesCount(); i++) {
             model.emaUpdates[i] = state.getEmaUpdates(i);
         }
+        int maxIdBytes = registry.limits().maxClientIdBytes();
+        for (int i = 0; i < state.getClientsCount(); i++) {
+            int idBytes = state.getClients(i).getClientId().getBytes(java.nio.charset.StandardCharsets.UTF_8).length;
+            if (idBytes > maxIdBytes) {
+                throw OptError.invalid("spec.state.clients[%d].client_id: %d bytes, longer than the server's limit of"
+                        + " %d (raise it with --max-client-id-bytes)", i, idBytes, maxIdBytes);
+            }
+        }
         model.ledger().restore(state.getClientsList());
         model.scheduleStep = state.getScheduleStep();
         model.lookaheadStep = state.getLookaheadStep();

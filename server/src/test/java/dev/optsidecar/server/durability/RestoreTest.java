@@ -190,6 +190,21 @@ class RestoreTest {
                 List.of(), field + "k: Adam declares no such group scalar (it declares none)"));
     }
 
+    /** A saved client id is held to the same length limit as one a trainer opens a stream with. */
+    @Test
+    void savedClientIdsAreBounded() {
+        TrainingConfigs.Config adam = new TrainingConfigs.Config("adam-ids", "Adam", TestData.hp("lr", 0.01), c -> c);
+        String stepped = registerFresh(adam);
+        try (Trainer t = LIVE.client().trainer(stepped, "c")) {
+            t.step(data(grads(1)), data(blanks()));
+        }
+        ModelState saved = LIVE.client().describe(stepped).getState();
+        ModelState longId = saved.toBuilder()
+                .setClients(0, saved.getClients(0).toBuilder().setClientId("x".repeat(257))).build();
+        assertEquals(Status.Code.INVALID_ARGUMENT, registerFails(TrainingConfigs.spec(adam, "long-saved-id").toBuilder()
+                .setState(longId).build(), List.of(), "spec.state.clients[0].client_id: 257 bytes"));
+    }
+
     /** {@code spec} restoring {@code saved}, its first group's counters edited. */
     private static ModelSpec withScalars(ModelSpec spec, ModelState saved, UnaryOperator<GroupCounters.Builder> edit) {
         return spec.toBuilder().setState(saved.toBuilder()
