@@ -100,7 +100,7 @@ public final class Main implements Callable<Integer> {
     long historyBytes;
 
     @Option(names = "--idle-stream-timeout", defaultValue = "300", paramLabel = "SECONDS",
-            description = "Close a Step stream that sends nothing for this long, freeing its gradient buffers"
+            description = "Close a Step or Register stream that sends nothing for this long, freeing what it holds"
                     + " (default: ${DEFAULT-VALUE}; 0: never).")
     long idleStreamTimeout;
 

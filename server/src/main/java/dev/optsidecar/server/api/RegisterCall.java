@@ -20,17 +20,56 @@ final class RegisterCall implements StreamObserver<RegisterRequest> {
     private final Persistence persistence;
     private final StreamObserver<ModelInfo> out;
     private PendingModel pending;
-    private boolean failed;
+    private boolean ended;
+    /** When the client last sent something; a registration that goes silent gives its reservation back. */
+    private long lastActivityNanos = System.nanoTime();
 
     RegisterCall(ModelRegistry registry, Persistence persistence, StreamObserver<ModelInfo> out) {
         this.registry = registry;
         this.persistence = persistence;
         this.out = out;
+        synchronized (this) {
+            scheduleIdleCheck(registry.limits().idleStreamTimeout().toNanos());
+        }
+    }
+
+    /**
+     * A Register stream that sends nothing for {@code --idle-stream-timeout} is closed and its
+     * pending model discarded, so a client that vanished does not hold a registration's memory
+     * and one of the {@code --max-pending-registrations} places forever.
+     */
+    private void scheduleIdleCheck(long delayNanos) {
+        if (ended || registry.limits().idleStreamTimeout().isZero()) {
+            return;
+        }
+        try {
+            registry.timers().schedule(this::checkIdle, delayNanos, java.util.concurrent.TimeUnit.NANOSECONDS);
+        } catch (java.util.concurrent.RejectedExecutionException e) {
+            // the server is closing; shutdown ends the stream
+        }
+    }
+
+    private synchronized void checkIdle() {
+        if (ended) {
+            return;
+        }
+        long timeout = registry.limits().idleStreamTimeout().toNanos();
+        long idle = System.nanoTime() - lastActivityNanos;
+        if (idle < timeout) {
+            scheduleIdleCheck(timeout - idle);
+            return;
+        }
+        long ms = registry.limits().idleStreamTimeout().toMillis();
+        fail(io.grpc.Status.DEADLINE_EXCEEDED.withDescription(String.format(
+                "idle Register stream: nothing received from the client for %s (--idle-stream-timeout); the"
+                        + " registration is dropped", ms % 1000 == 0 ? ms / 1000 + " s" : ms + " ms"))
+                .asRuntimeException());
     }
 
     @Override
-    public void onNext(RegisterRequest request) {
-        if (failed) {
+    public synchronized void onNext(RegisterRequest request) {
+        lastActivityNanos = System.nanoTime();
+        if (ended) {
             return;
         }
         try {
@@ -63,16 +102,17 @@ final class RegisterCall implements StreamObserver<RegisterRequest> {
     }
 
     @Override
-    public void onError(Throwable t) {
-        failed = true;
+    public synchronized void onError(Throwable t) {
+        ended = true;
         discard();
     }
 
     @Override
-    public void onCompleted() {
-        if (failed) {
+    public synchronized void onCompleted() {
+        if (ended) {
             return;
         }
+        ended = true; // from here the stream ends either way: the idle check has nothing left to close
         try {
             if (pending == null) {
                 throw OptError.invalid("spec: Register stream ended without a model spec");
@@ -99,7 +139,7 @@ final class RegisterCall implements StreamObserver<RegisterRequest> {
     }
 
     private void fail(Throwable e) {
-        failed = true;
+        ended = true;
         discard();
         out.onError(Statuses.toStatus(e));
     }

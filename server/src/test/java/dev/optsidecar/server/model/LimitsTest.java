@@ -107,6 +107,25 @@ class LimitsTest {
         }
     }
 
+    /** A registration whose client goes silent is dropped after the idle timeout, and its bytes and place come back. */
+    @Test
+    void anIdleRegistrationIsDroppedAndItsBytesReleased() throws Exception {
+        try (SidecarFixture f = SidecarFixture.inProcess()
+                .limits(Limits.DEFAULTS.withIdleStreamTimeout(Duration.ofMillis(300))).start()) {
+            CompletableFuture<Status> done = new CompletableFuture<>();
+            openRegistration(f, manyTinyTensors("silent", 1000), done);
+            awaitTrue("the spec's bytes to be reserved", () -> held(f) >= 1000 * MemoryEstimates.TENSOR_BYTES);
+            Status closed = done.get(10, TimeUnit.SECONDS);
+            assertEquals(Status.Code.DEADLINE_EXCEEDED, closed.getCode(), closed::toString);
+            assertTrue(closed.getDescription().contains("--idle-stream-timeout"), closed::toString);
+            awaitTrue("the registration's bytes and place to come back",
+                    () -> held(f) == 0 && f.server().registry().pendingRegistrations() == 0);
+            // One that keeps sending is not idle.
+            f.client().register(StandardModel.adamSpec("prompt"), tensors(initialWeights(1)));
+            assertEquals(0, f.describe("prompt").getVersion());
+        }
+    }
+
     @Test
     void concurrentPendingRegistrationsAreBounded() throws Exception {
         try (SidecarFixture f = SidecarFixture.inProcess()
