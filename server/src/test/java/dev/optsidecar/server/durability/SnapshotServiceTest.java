@@ -29,6 +29,9 @@ import java.util.logging.Handler;
 import java.util.logging.LogRecord;
 import java.util.logging.Logger;
 
+import static dev.optsidecar.server.durability.DurableRun.spec;
+import static dev.optsidecar.server.durability.DurableRun.start;
+import static dev.optsidecar.server.durability.DurableRun.steps;
 import static dev.optsidecar.server.durability.SnapshotResumeTest.blanks;
 import static dev.optsidecar.server.durability.SnapshotResumeTest.data;
 import static dev.optsidecar.server.durability.SnapshotResumeTest.grads;
@@ -44,40 +47,14 @@ class SnapshotServiceTest {
     @TempDir
     Path tmp;
 
-    private static SocketServer start(Path dir, List<String> restore) throws IOException {
-        return SocketServer.start("127.0.0.1", 0, 2, 1L << 30,
-                new Persistence.Options(dir, 5, StepJournal.Sync.WRITE, 0, null, false), restore);
-    }
-
-    private static ModelSpec spec(String name) {
-        return TrainingConfigs.spec(TrainingConfigs.all().filter(c -> c.name().equals("radam-sf-ema")).findFirst()
-                .orElseThrow(), name);
-    }
-
-    private static void steps(OptSidecarClient client, String model, int from, int to) {
-        try (Trainer t = client.trainer(model, "t")) {
-            SnapshotResumeTest.steps(t, from, to);
-        }
-    }
-
     @Test
     void aCorruptSnapshotIsNeverLoadedAndTheOneBeforeItPlusTheJournalsRestoreExactly() throws Exception {
         Path live = tmp.resolve("live");
         Path image = tmp.resolve("image");
-        SnapshotInfo second;
-        SnapshotInfo third;
-        SnapshotResumeTest.State expected;
-        try (SocketServer s = start(live, List.of());
-             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
-            client.register(spec("m"), data(initial()));
-            steps(client, "m", 1, 3);
-            second = client.snapshot("m");
-            steps(client, "m", 4, 5);
-            third = client.snapshot("m");
-            steps(client, "m", 6, 7);
-            SnapshotResumeTest.copyTree(live, image);
-            expected = SnapshotResumeTest.State.of(client, "m");
-        }
+        DurableRun.SnapshotsAndJournals run = DurableRun.SnapshotsAndJournals.train(live, image);
+        SnapshotInfo second = run.second();
+        SnapshotInfo third = run.third();
+        SnapshotResumeTest.State expected = run.expected();
         assertEquals(List.of(3L, 5L), List.of(second.getVersion(), third.getVersion()));
         flipByte(image.resolve(third.getPath()).resolve("weights.safetensors"), 5000);
 

@@ -3,12 +3,9 @@ package dev.optsidecar.server.durability;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.optsidecar.client.OptSidecarClient;
-import dev.optsidecar.client.Trainer;
-import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.RestoreRequest;
 import dev.optsidecar.proto.v1.SnapshotInfo;
 import dev.optsidecar.server.SocketServer;
-import dev.optsidecar.server.TrainingConfigs;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import org.junit.jupiter.api.Test;
@@ -29,6 +26,9 @@ import java.util.logging.LogRecord;
 import java.util.logging.Logger;
 import java.util.zip.CRC32C;
 
+import static dev.optsidecar.server.durability.DurableRun.spec;
+import static dev.optsidecar.server.durability.DurableRun.start;
+import static dev.optsidecar.server.durability.DurableRun.steps;
 import static dev.optsidecar.server.durability.SnapshotResumeTest.data;
 import static dev.optsidecar.server.durability.SnapshotResumeTest.initial;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -47,22 +47,6 @@ public class UnloadableSnapshotTest {
 
     @TempDir
     Path tmp;
-
-    private static SocketServer start(Path dir, List<String> restore) throws IOException {
-        return SocketServer.start("127.0.0.1", 0, 2, 1L << 30,
-                new Persistence.Options(dir, 5, StepJournal.Sync.WRITE, 0, null, false), restore);
-    }
-
-    private static ModelSpec spec(String name) {
-        return TrainingConfigs.spec(TrainingConfigs.all().filter(c -> c.name().equals("radam-sf-ema")).findFirst()
-                .orElseThrow(), name);
-    }
-
-    private static void steps(OptSidecarClient client, String model, int from, int to) {
-        try (Trainer t = client.trainer(model, "t")) {
-            SnapshotResumeTest.steps(t, from, to);
-        }
-    }
 
     /** Edits a snapshot's manifest and writes its checksum anew, so that it passes verification. */
     static void rewriteManifest(Path snapshotDir, Consumer<ObjectNode> modelMeta) throws IOException {
@@ -171,20 +155,10 @@ public class UnloadableSnapshotTest {
     void anUnloadableLatestSnapshotFallsBackToTheOneBeforeAndItsJournals() throws Exception {
         Path live = tmp.resolve("live");
         Path image = tmp.resolve("image");
-        SnapshotInfo second;
-        SnapshotInfo third;
-        SnapshotResumeTest.State expected;
-        try (SocketServer s = start(live, List.of());
-             OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + s.port())) {
-            client.register(spec("m"), data(initial()));
-            steps(client, "m", 1, 3);
-            second = client.snapshot("m");
-            steps(client, "m", 4, 5);
-            third = client.snapshot("m");
-            steps(client, "m", 6, 7);
-            SnapshotResumeTest.copyTree(live, image);
-            expected = SnapshotResumeTest.State.of(client, "m");
-        }
+        DurableRun.SnapshotsAndJournals run = DurableRun.SnapshotsAndJournals.train(live, image);
+        SnapshotInfo second = run.second();
+        SnapshotInfo third = run.third();
+        SnapshotResumeTest.State expected = run.expected();
         damage(image.resolve(third.getPath()), "undeclared-counter");
         try (Warnings warnings = new Warnings();
              SocketServer s = start(image, List.of("latest"));
