@@ -79,6 +79,11 @@ class OptimizerStub(object):
                 request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseRequest.SerializeToString,
                 response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseResponse.FromString,
                 )
+        self.AddTensors = channel.stream_unary(
+                '/optsidecar.v1.Optimizer/AddTensors',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.AddTensorsRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.FromString,
+                )
 
 
 class OptimizerServicer(object):
@@ -193,6 +198,20 @@ class OptimizerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddTensors(self, request_iterator, context):
+        """Adds tensors to a registered model as a new parameter group, as torch's add_param_group does
+        (e.g. progressive unfreezing). The first message names the model, the new tensors and their
+        group; the following ones carry the new tensors' initial weights, covering each exactly once.
+        The new tensors come after the model's, with fresh optimizer state; the model's version,
+        weights, state and trainers' sequence numbers carry over. Open Step streams of the model end
+        with ABORTED (reason MODEL_CHANGED) and are reopened by the clients, since the model's tensors
+        changed. With --state-dir the model is snapshotted at once (trigger "add_tensors"), so that
+        its journal never holds steps of two shapes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +279,11 @@ def add_OptimizerServicer_to_server(servicer, server):
                     servicer.RenewLease,
                     request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseRequest.FromString,
                     response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'AddTensors': grpc.stream_unary_rpc_method_handler(
+                    servicer.AddTensors,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.AddTensorsRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -489,5 +513,22 @@ class Optimizer(object):
         return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/RenewLease',
             optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseRequest.SerializeToString,
             optsidecar_dot_v1_dot_optimizer__pb2.RenewLeaseResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def AddTensors(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(request_iterator, target, '/optsidecar.v1.Optimizer/AddTensors',
+            optsidecar_dot_v1_dot_optimizer__pb2.AddTensorsRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
