@@ -24,8 +24,8 @@ public final class CapturedCopy {
 
     /**
      * Registers {@code spec} (under its own name) with {@code weights} at {@code weightsView} and
-     * every state slot and counter of {@code source} as it is now; group hyperparameters come from
-     * {@code spec} alone.
+     * every state slot and counter of {@code source} as it is now; group hyperparameters (and the
+     * learning rate of a group whose spec names one) come from {@code spec} alone.
      */
     public static ModelInfo register(OptSidecarClient client, String source, ModelSpec spec, List<float[]> weights,
                                      ViewKind weightsView) {
@@ -33,6 +33,10 @@ public final class CapturedCopy {
         ModelState.Builder state = info.getState().toBuilder().clearClients().setWeightsView(weightsView);
         for (GroupCounters.Builder g : state.getGroupsBuilderList()) {
             g.clearHyperparameters();
+            // A learning rate the spec gives a group is its base lr, not the source's.
+            spec.getGroupsList().stream().filter(p -> p.getName().equals(g.getGroup()))
+                    .filter(p -> p.getHyperparameters().containsFields("lr")).findFirst()
+                    .ifPresent(p -> g.setLr(p.getHyperparameters().getFieldsOrThrow("lr").getNumberValue()));
         }
         List<OptSidecarClient.StateBuffer> slots = new ArrayList<>();
         for (int i = 0; i < info.getTensorsCount(); i++) {

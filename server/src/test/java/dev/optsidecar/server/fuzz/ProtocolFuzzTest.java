@@ -26,6 +26,7 @@ import dev.optsidecar.proto.v1.Schedule;
 import dev.optsidecar.proto.v1.SnapshotRequest;
 import dev.optsidecar.proto.v1.StateChunk;
 import dev.optsidecar.proto.v1.StepCommit;
+import dev.optsidecar.proto.v1.StepKind;
 import dev.optsidecar.proto.v1.StepOpen;
 import dev.optsidecar.proto.v1.StepRequest;
 import dev.optsidecar.proto.v1.SyncOptions;
@@ -457,7 +458,7 @@ class ProtocolFuzzTest {
             boolean removed = false;
             boolean grown = false;
             for (int m = 1 + (v.chance(0.3) ? v.below(3) : 0); m > 0; m--) {
-                int which = chunks.isEmpty() ? 8 : v.below(16);
+                int which = chunks.isEmpty() ? 8 : v.below(18);
                 if ((which == 5 && (!extra.isEmpty() || grown)) || ((which == 4 || which == 6) && removed)) {
                     which = 10;
                 }
@@ -509,6 +510,17 @@ class ProtocolFuzzTest {
                     case 12 -> halfCloseEarly = true;
                     case 13 -> chunks.set(c, chunk.toBuilder().setStepId(chunk.getStepId() + 1 + v.below(3)).build());
                     case 14 -> open.setClientId("c".repeat(257 + v.below(10_000)));
+                    case 15 -> commit.putGroupHyperparameters(v.pick(List.of("default", "no_decay", v.name("nope") + "?")),
+                            v.pick(List.of(struct("amsgrad", true), struct("momentum", 0.5),
+                                    struct("betas", List.of(1.5, 0.9)), struct("eps", -1.0), struct("lr", "fast"))));
+                    case 16 -> { // weights at an eval point AdamW cannot convert from, or no such kind
+                        if (v.chance(0.5)) {
+                            commit.setKind(StepKind.STEP_SET_WEIGHTS)
+                                    .setWeightsView(v.pick(List.of(ViewKind.VIEW_EVAL, ViewKind.VIEW_SLOT)));
+                        } else {
+                            commit.setKindValue(v.pick(List.of(2, -1, 99)));
+                        }
+                    }
                     default -> { // A view the model cannot serve, or a number the enum lacks
                         commit.setView(View.newBuilder().setKindValue(v.pick(List.of(99, -1, 7))));
                     }
@@ -771,6 +783,13 @@ class ProtocolFuzzTest {
                     c.putGroupLr(v.chance(0.7) ? "default" : "g", v.chance(0.7) ? 0.05 : v.anyDouble());
                 }
                 if (v.chance(0.1)) {
+                    c.putGroupHyperparameters(v.chance(0.7) ? "default" : "g", v.chance(0.7)
+                            ? struct("weight_decay", 0.01 * v.below(3)) : v.struct(List.of("eps", "betas", "lr"), 1));
+                }
+                if (v.chance(0.1)) { // the chunks are weights: set them
+                    c.setKind(StepKind.STEP_SET_WEIGHTS);
+                }
+                if (v.chance(0.1)) {
                     c.setBaseVersion(v.chance(0.7) ? 0 : v.anyLong());
                 }
                 chunks.forEach(g -> s.send(StepRequest.newBuilder().setChunk(g).build()));
@@ -835,6 +854,12 @@ class ProtocolFuzzTest {
                         }
                         if (v.chance(0.3)) {
                             c.setBaseVersion(v.anyLong());
+                        }
+                        if (v.chance(0.2)) {
+                            c.putGroupHyperparameters(v.name("default"), v.struct(List.of("eps", "betas", "amsgrad"), 2));
+                        }
+                        if (v.chance(0.2)) {
+                            c.setKindValue(v.chance(0.5) ? 1 : v.anyInt()).setWeightsViewValue(v.below(8));
                         }
                         s.send(StepRequest.newBuilder().setCommit(c).build());
                     }
