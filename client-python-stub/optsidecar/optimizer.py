@@ -144,7 +144,36 @@ class RemoteOptimizer(torch.optim.Optimizer):
     every step, so torch's lr schedulers work as usual. If the model also has a server-side
     ``schedule``, the server multiplies that base lr by the schedule's factor: the two compose.
     Use one or the other unless you mean both. :attr:`last_result` reports the lr actually used.
-    Other hyperparameters are fixed at registration; changing them in ``param_groups`` raises.
+
+    **Other hyperparameters** may change between steps too, as in torch (``betas``, ``momentum``,
+    ``weight_decay``, ``eps``, ``dampening``, Schedule-Free's ``warmup_steps``, ``r``,
+    ``weight_lr_power``, ...; e.g. ``OneCycleLR`` cycling momentum): before each step every
+    group's values are compared with the effective ones the server last reported, and those that
+    differ are sent with the step and apply from it on. They are journaled and snapshotted with
+    the model and shown by Describe; :attr:`last_result` reports each group's effective values
+    (``last_result.hyperparameters``). A change that would change the state the group keeps
+    (``amsgrad``, SGD's ``momentum`` to or from 0, ...) raises ``InvalidArgument`` naming the
+    group and key, and nothing is applied.
+
+    **Edited weights.** Weights the trainer writes into the parameters itself (pretrained weights
+    loaded after the optimizer was built, a projection such as ``p.clamp_(-c, c)`` after each
+    step, a pruning mask) are never lost: before a step, a switch of view (:meth:`eval`,
+    :meth:`train`, :meth:`pull`) and :meth:`snapshot`, :meth:`fork`, :meth:`export` and
+    :meth:`state_dict`, the parameters changed since the client last wrote them are sent as one
+    set-weights step of their own (the others are left out), which counts as a version and is
+    exactly-once like any step; :attr:`last_push` says what was sent. Detected: any in-place write
+    through the parameter (it bumps ``p._version``: ``copy_``, ``clamp_``, ``mul_`` under
+    ``no_grad``, ``nn.init``, ``model.load_state_dict``), a new tensor set as ``p.data``, and,
+    by comparing a CRC32 of the values, writes through ``p.data`` (``p.data.clamp_(...)``), which
+    torch does not count (``opt.edits.compare_contents = False`` turns that check off). The
+    optimizer state (moments, step counts, Schedule-Free's z, EMA shadows) is kept, as torch
+    keeps it. In eval mode on a Schedule-Free model edits are x, sent when switching back to
+    train; the server derives y from them as schedule_free's ``train()`` does. Other eval views
+    (slow weights, EMA shadows) do not map back to the train weights: edits made there are
+    discarded with a warning. :meth:`resync` and :meth:`restore` discard edits too. With several
+    trainers, an asynchronous model takes the edit as the last writer's (it replaces those
+    tensors whatever the others did); a synchronous one applies it at once as a version of its
+    own, and refuses it (``FailedPrecondition``) while a step's contributions are waiting.
 
     **Exactly-once steps.** A step that fails because the server is unavailable is sent again,
     the same step with the same gradients, until the server answers or ``retry_for`` runs out.
@@ -300,8 +329,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """Performs a single optimization step on the server.
 
-        Sends each parameter's ``.grad`` (a parameter whose ``.grad`` is None is skipped, as torch
-        skips it), then writes the updated train weights into the parameters in place.
+        Sends the parameters the trainer edited since the last step, if any (see **Edited
+        weights** above), then each parameter's ``.grad`` (a parameter whose ``.grad`` is None is
+        skipped, as torch skips it) with the hyperparameters changed in ``param_groups``, then
+        writes the updated train weights into the parameters in place.
 
         Args:
             closure (Callable, optional): a closure that reevaluates the model and returns the loss.
@@ -473,7 +504,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def resync(self) -> None:
         """Pulls the current mode's view into the parameters, e.g. after a step failed midway or
-        when another trainer steps the same model."""
+        when another trainer steps the same model. Edits not sent yet are discarded."""
         self._pull_into_params(self._mode)
         self._stream.partial_weights = False
 
