@@ -173,7 +173,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
     discarded with a warning. :meth:`resync` and :meth:`restore` discard edits too. With several
     trainers, an asynchronous model takes the edit as the last writer's (it replaces those
     tensors whatever the others did); a synchronous one applies it at once as a version of its
-    own, and refuses it (``FailedPrecondition``) while a step's contributions are waiting.
+    own (the others' gradients for the version it took arrive late), and refuses it
+    (``FailedPrecondition``) while a step's contributions are waiting.
 
     **Exactly-once steps.** A step that fails because the server is unavailable is sent again,
     the same step with the same gradients, until the server answers or ``retry_for`` runs out.

@@ -24,6 +24,46 @@ def project(model: torch.nn.Module) -> None:
             p.clamp_(-BOUND, BOUND)
 
 
+def edit_cases():
+    def in_place(f):
+        def run(model):
+            with torch.no_grad():
+                f(model)
+        return run
+
+    return {
+        "copy_": in_place(lambda m: m[0].weight.copy_(torch.ones_like(m[0].weight))),
+        "clamp_": in_place(lambda m: m[0].weight.clamp_(-0.1, 0.1)),
+        "mul_ by a mask": in_place(lambda m: m[0].weight.mul_((m[0].weight > 0).float())),
+        "an element set": in_place(lambda m: m[0].weight.__setitem__((0, 0), 5.0)),
+        "nn.init": lambda m: torch.nn.init.zeros_(m[0].weight),
+        "load_state_dict": lambda m: m.load_state_dict(make_mlp(seed=5).state_dict()),
+        "detach().add_": lambda m: m[0].weight.detach().add_(1.0),
+        "p.data = other": lambda m: setattr(m[0].weight, "data", torch.randn(m[0].weight.shape)),
+        "p.data.clamp_": lambda m: m[0].weight.data.clamp_(-0.1, 0.1),
+        "a numpy view": lambda m: m[0].weight.detach().numpy().__setitem__((0, 0), 5.0),
+    }
+
+
+@pytest.mark.parametrize("case", list(edit_cases()))
+def test_each_kind_of_edit_is_noticed(case):
+    """No server: what the client notices, on the torch it runs with."""
+    from optsidecar.edits import ParameterEdits
+
+    model = make_mlp()
+    edits = ParameterEdits(list(model.parameters()))
+    edits.record()
+    assert edits.changed() == []
+    counted = model[0].weight._version
+    edit_cases()[case](model)
+    assert 0 in edits.changed()
+    if case in ("p.data.clamp_", "a numpy view"):
+        # torch does not count these: only the content check sees them.
+        assert model[0].weight._version == counted
+        edits.compare_contents = False
+        assert edits.changed() == []
+
+
 def test_pretrained_weights_loaded_after_building_the_optimizer_are_trained_from(client, target):
     remote_model = make_mlp()
     pretrained = make_mlp(seed=7).state_dict()
