@@ -21,7 +21,7 @@ from .v1 import optimizer_pb2 as pb
 
 __all__ = ["LiveHyperparameters", "normalized"]
 
-_REFUSED_FIELD = re.compile(r"^commit\.group_hyperparameters\[([^\]]*)\]\.(.+)$")
+_REFUSED_FIELD = re.compile(r"^commit\.group_hyperparameters\[([^\]]*)\](?:\.(.+))?$")
 
 
 def normalized(value: Any) -> Any:
@@ -85,18 +85,23 @@ class LiveHyperparameters:
     def explain(self, error: OptSidecarError, group_names: Sequence[str], param_groups: List[Mapping[str, Any]],
                 sent: Mapping[str, Mapping[str, Any]]) -> Optional[OptSidecarError]:
         """For a step refused because of a hyperparameter change, the error saying which
-        ``param_groups`` entry it was and what to do; None for any other error."""
+        ``param_groups`` entries it was and what to do; None for any other error."""
         match = _REFUSED_FIELD.match(error.field or "")
         if not match:
             return None
         group, key = match.group(1), match.group(2)
+        # The server names the key when one value is wrong, only the group when the change as a
+        # whole would change the state the group keeps.
+        keys = [key] if key else sorted(sent.get(group, {}))
         where = f"param_groups[{group_names.index(group)}]" if group in group_names else f"group {group!r}"
-        before = self._server.get(group, {}).get(key, "(none)")
-        after = sent.get(group, {}).get(key, "(not sent)")
+        server = self._server.get(group, {})
+        changes = ", ".join(f"{where}[{k!r}] from {server.get(k, '(none)')!r} to {sent.get(group, {}).get(k)!r}"
+                            for k in keys)
+        restore = ", ".join(f"{k!r} to {server[k]!r}" for k in keys if k in server)
         return error.with_message(
-            f"{where}[{key!r}] (group {group!r} on the server) cannot change from {before!r} to {after!r}: "
-            f"{error.details}. Nothing was applied. Set it back to {before!r} to go on; a change of the optimizer "
-            f"state it keeps needs a new model (register one, or load a state dict saved with that setting).")
+            f"group {group!r} on the server refuses the change of {changes}: {error.details}. Nothing was applied. "
+            f"Set {restore or 'it'} back to go on; a change of the optimizer state the group keeps needs a new "
+            f"model, registered with that setting.")
 
     @staticmethod
     def _without_lr(values: Mapping[str, Any]) -> Dict[str, Any]:
