@@ -97,10 +97,10 @@ class LiveHyperparameters:
         server = self._server.get(group, {})
         changes = ", ".join(f"{where}[{k!r}] from {server.get(k, '(none)')!r} to {sent.get(group, {}).get(k)!r}"
                             for k in keys)
-        restore = ", ".join(f"{k!r} to {server[k]!r}" for k in keys if k in server)
+        restore = ", ".join(f"{k!r} back to {server[k]!r}" for k in keys if k in server)
         return error.with_message(
             f"group {group!r} on the server refuses the change of {changes}: {error.details}. Nothing was applied. "
-            f"Set {restore or 'it'} back to go on; a change of the optimizer state the group keeps needs a new "
+            f"{'Set ' + restore if restore else 'Undo the change'} to go on; a change of the optimizer state the group keeps needs a new "
             f"model, registered with that setting.")
 
     @staticmethod

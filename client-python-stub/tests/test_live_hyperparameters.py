@@ -154,7 +154,7 @@ def test_a_refused_change_names_the_group_and_key_and_changes_nothing(client, ta
             train_step(model, opt, 2)
         message = str(refused.value)
         assert "group 'biases' on the server refuses the change of param_groups[1]['amsgrad'] from False to True" in message
-        assert "Set 'amsgrad' to False back to go on" in message
+        assert "Set 'amsgrad' back to False to go on" in message
         assert refused.value.field.startswith("commit.group_hyperparameters[biases]")
         assert client.describe(opt.model).version == 1 and opt.version == 1
         assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
