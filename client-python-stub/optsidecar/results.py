@@ -150,7 +150,7 @@ class StepFigures:
             skipped=result.skipped,
             groups=tuple(
                 GroupFigures(g.group, g.lr, g.effective_lr, g.averaging_weight, dict(sorted(g.scalars.items())),
-                             from_struct(g.hyperparameters))
+                             dict(sorted(from_struct(g.hyperparameters).items())))
                 for g in result.groups
             ),
             grad_norm=result.grad_norm,
