@@ -12,8 +12,9 @@ After the client writes weights into the parameters it records, for each one, th
   weight clipping) or through a numpy view do not bump ``p._version``, because ``.data`` is a new
   tensor with a version counter of its own (torch 1.13 and 2.x alike). Comparing contents catches
   them too. It costs one pass over the weights after each write and one before each step (CRC32
-  runs at about 2 GB/s; a parameter that is not CPU float32 contiguous is copied to the host for
-  it); set :attr:`ParameterEdits.compare_contents` to False to rely on the first two alone.
+  runs at 1.5 to 2 GB/s: some 50 ms a step for 40 MB of parameters; a parameter that is not CPU
+  float32 contiguous is copied to the host for it); set :attr:`ParameterEdits.compare_contents`
+  to False to rely on the first two alone, which cost nothing.
 
 A parameter whose version, data pointer or CRC differs from the record was changed by the trainer.
 """
