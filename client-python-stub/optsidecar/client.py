@@ -49,7 +49,7 @@ from . import wire
 from .buffers import Destination, as_destination, chunks, numel_of, source_array
 from .errors import ProtocolError, ServerUnavailable, from_rpc_error
 from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, Weights
-from .spec import make_schedule
+from .spec import make_schedule, to_struct
 from .v1 import optimizer_pb2 as pb
 from .v1 import optimizer_pb2_grpc as pb_grpc
 from .views import ViewLike, make_view, view_name
@@ -73,6 +73,9 @@ def backoff_ceilings(first: float, most: float) -> Iterator[float]:
 
 #: How long a step is retried while the server is unavailable, by default.
 DEFAULT_RETRY_SECONDS = 60.0
+
+#: StepStream.step's kinds of step.
+_STEP_KINDS = {"gradient": pb.STEP_GRADIENT, "set_weights": pb.STEP_SET_WEIGHTS}
 
 _SERVICE = "/" + pb.DESCRIPTOR.services_by_name["Optimizer"].full_name + "/"
 
@@ -609,7 +612,9 @@ class StepStream:
 
     def step(self, grads: Sequence[Any], out: Optional[Sequence[Any]] = None, *,
              view: ViewLike = None, group_lr: Optional[Mapping[str, float]] = None,
-             base_version: Optional[int] = None) -> StepFigures:
+             base_version: Optional[int] = None,
+             group_hyperparameters: Optional[Mapping[str, Mapping[str, Any]]] = None,
+             kind: str = "gradient", weights_view: ViewLike = None) -> StepFigures:
         """Applies one step, exactly once.
 
         Args:
@@ -622,6 +627,14 @@ class StepStream:
             group_lr: new base learning rates by group name, from this step on.
             base_version: the version of the weights the gradients were computed at; None sends
                 :attr:`base_version`.
+            group_hyperparameters: hyperparameter changes by group name, from this step on, e.g.
+                ``{"group0": {"betas": [0.85, 0.999], "weight_decay": 0.05}}`` (names as the
+                group's ``hyperparameters`` list them; ``lr`` goes in ``group_lr`` or here, not both).
+            kind: ``"gradient"``, or ``"set_weights"``: ``grads`` then holds new weights for the
+                tensors it covers (None keeps a tensor's), which replace the model's while its
+                optimizer state is kept (see :meth:`set_weights`).
+            weights_view: with ``kind="set_weights"``: ``"train"`` (default) or ``"eval"``
+                (Schedule-Free: the weights are x, and the server computes y from them).
 
         Returns:
             the step's :class:`~optsidecar.results.StepFigures` (``replayed`` when the server had
@@ -633,6 +646,13 @@ class StepStream:
                 more than the model's ``max_staleness`` versions ago. Nothing was applied; pull
                 the current weights, set :attr:`base_version` and compute the gradient again.
         """
+        if kind not in _STEP_KINDS:
+            raise ValueError(f"kind must be one of {sorted(_STEP_KINDS)}, not {kind!r}")
+        if weights_view is not None and kind != "set_weights":
+            raise ValueError("weights_view applies to kind='set_weights' only")
+        both = sorted(set(group_lr or {}) & {g for g, values in (group_hyperparameters or {}).items() if "lr" in values})
+        if both:
+            raise ValueError(f"group_lr and group_hyperparameters both set the lr of {both}; give it in one of them")
         if len(grads) != len(self.numels):
             raise ValueError(f"model {self.model!r} has {len(self.numels)} tensors but {len(grads)} gradients "
                              f"were given")
@@ -654,7 +674,10 @@ class StepStream:
         self.next_step_id += 1
         commit = pb.StepCommit(step_id=step_id, view=requested,
                                no_grad=[i for i, g in enumerate(grads) if g is None],
-                               group_lr=dict(group_lr or {}))
+                               group_lr=dict(group_lr or {}), kind=_STEP_KINDS[kind],
+                               weights_view=make_view(weights_view).kind if weights_view is not None else 0)
+        for group, values in (group_hyperparameters or {}).items():
+            commit.group_hyperparameters[group].CopyFrom(to_struct(values, f"group_hyperparameters[{group!r}]"))
         computed_at = self.base_version if base_version is None else base_version
         if computed_at is not None:
             commit.base_version = int(computed_at)
@@ -688,6 +711,22 @@ class StepStream:
             self.client.wait_for_connection(max(0.0, deadline - time.monotonic()))
             self.retries += 1
             retried += 1
+
+    def set_weights(self, weights: Sequence[Any], out: Optional[Sequence[Any]] = None, *, view: ViewLike = "none",
+                    weights_view: ViewLike = None, base_version: Optional[int] = None,
+                    group_hyperparameters: Optional[Mapping[str, Mapping[str, Any]]] = None) -> StepFigures:
+        """Replaces the weights of the tensors ``weights`` covers (None keeps a tensor's), exactly
+        once, as a step of its own: the trainer changed them outside the optimizer (loaded
+        pretrained weights, projected or pruned them). The optimizer state is kept, as torch keeps
+        it. It counts as a version. By default no weights come back (``view="none"``): the
+        trainer has them already.
+
+        Args:
+            weights_view: ``"train"`` (default: the weights replace the train weights) or
+                ``"eval"`` (Schedule-Free: they are x, and the server computes y from them).
+        """
+        return self.step(weights, out, view=view, base_version=base_version, kind="set_weights",
+                         weights_view=weights_view, group_hyperparameters=group_hyperparameters)
 
     def _attempt(self, step_id: int, grads: Sequence[Any], commit: pb.StepCommit,
                  destinations: Optional[List[Destination]], action: str) -> StepFigures:

@@ -19,7 +19,9 @@ from google.protobuf import json_format
 from .buffers import Destination
 from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
+from .edits import ParameterEdits, WeightsPush
 from .errors import AlreadyExists, InvalidArgument, NotFound, OptSidecarError, StaleGradient
+from .live_hyperparameters import LiveHyperparameters
 from .params import ParsedGroup, parse_params
 from .results import CoordinationStatus, StepFigures, VersionContributions
 from .spec import from_struct, model_spec, optimizer_config, tensor_groups
@@ -142,7 +144,37 @@ class RemoteOptimizer(torch.optim.Optimizer):
     every step, so torch's lr schedulers work as usual. If the model also has a server-side
     ``schedule``, the server multiplies that base lr by the schedule's factor: the two compose.
     Use one or the other unless you mean both. :attr:`last_result` reports the lr actually used.
-    Other hyperparameters are fixed at registration; changing them in ``param_groups`` raises.
+
+    **Other hyperparameters** may change between steps too, as in torch (``betas``, ``momentum``,
+    ``weight_decay``, ``eps``, ``dampening``, Schedule-Free's ``warmup_steps``, ``r``,
+    ``weight_lr_power``, ...; e.g. ``OneCycleLR`` cycling momentum): before each step every
+    group's values are compared with the effective ones the server last reported, and those that
+    differ are sent with the step and apply from it on. They are journaled and snapshotted with
+    the model and shown by Describe; :attr:`last_result` reports each group's effective values
+    (``last_result.hyperparameters``). A change that would change the state the group keeps
+    (``amsgrad``, SGD's ``momentum`` to or from 0, ...) raises ``InvalidArgument`` naming the
+    group and key, and nothing is applied.
+
+    **Edited weights.** Weights the trainer writes into the parameters itself (pretrained weights
+    loaded after the optimizer was built, a projection such as ``p.clamp_(-c, c)`` after each
+    step, a pruning mask) are never lost: before a step, a switch of view (:meth:`eval`,
+    :meth:`train`, :meth:`pull`) and :meth:`snapshot`, :meth:`fork`, :meth:`export` and
+    :meth:`state_dict`, the parameters changed since the client last wrote them are sent as one
+    set-weights step of their own (the others are left out), which counts as a version and is
+    exactly-once like any step; :attr:`last_push` says what was sent. Detected: any in-place write
+    through the parameter (it bumps ``p._version``: ``copy_``, ``clamp_``, ``mul_`` under
+    ``no_grad``, ``nn.init``, ``model.load_state_dict``), a new tensor set as ``p.data``, and,
+    by comparing a CRC32 of the values, writes through ``p.data`` (``p.data.clamp_(...)``), which
+    torch does not count (``opt.edits.compare_contents = False`` turns that check off). The
+    optimizer state (moments, step counts, Schedule-Free's z, EMA shadows) is kept, as torch
+    keeps it. In eval mode on a Schedule-Free model edits are x, sent when switching back to
+    train; the server derives y from them as schedule_free's ``train()`` does. Other eval views
+    (slow weights, EMA shadows) do not map back to the train weights: edits made there are
+    discarded with a warning. :meth:`resync` and :meth:`restore` discard edits too. With several
+    trainers, an asynchronous model takes the edit as the last writer's (it replaces those
+    tensors whatever the others did); a synchronous one applies it at once as a version of its
+    own (the others' gradients for the version it took arrive late), and refuses it
+    (``FailedPrecondition``) while a step's contributions are waiting.
 
     **Exactly-once steps.** A step that fails because the server is unavailable is sent again,
     the same step with the same gradients, until the server answers or ``retry_for`` runs out.
@@ -254,9 +286,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self.last_result: Optional[StepFigures] = None
         #: The model version (steps applied) the parameters belong to.
         self.version: int = info.version
+        self._hyperparameters = LiveHyperparameters()
         self._adopt_server_groups(info)
         self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in info.tensors],
                                   next_step_id=next_step_id(info, self.client_id), retry_for=retry_for)
+        self._init_edits()
         if attach:
             self._pull_into_params("train")
             attached_lease = self.client.renew_lease(self.model)
@@ -276,26 +310,19 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _adopt_server_groups(self, info: pb.ModelInfo) -> None:
         """Fills param_groups with the server's effective hyperparameters (lr is the base lr) and
-        remembers the ones that are fixed, to catch edits that would have no effect."""
+        remembers them, to send only what changes between steps."""
         by_name = {g.name: g for g in info.groups}
         self._algorithm = info.optimizer.algorithm
-        self._fixed: List[Dict[str, Any]] = []
         for name, group in zip(self._group_names, self.param_groups):
-            values = from_struct(by_name[name].hyperparameters)
-            group.update(values)
-            self._fixed.append({k: _normalized(v) for k, v in values.items() if k != "lr"})
-
-    def _check_fixed(self) -> None:
-        for index, (group, fixed) in enumerate(zip(self.param_groups, self._fixed)):
-            for key, value in fixed.items():
-                if _normalized(group.get(key)) != value:
-                    raise ValueError(
-                        f"param_groups[{index}][{key!r}] changed from {value} to {group.get(key)}: the server fixes "
-                        f"every hyperparameter but lr when the model is registered (a momentum-cycling scheduler "
-                        f"needs cycle_momentum=False)")
+            group.update(from_struct(by_name[name].hyperparameters))
+        self._hyperparameters.adopt(info.groups)
 
     def _group_lr(self) -> Dict[str, float]:
+        # Every step sends each group's base lr here; the other hyperparameters go only when changed.
         return {name: float(group["lr"]) for name, group in zip(self._group_names, self.param_groups)}
+
+    def _hyperparameter_changes(self) -> Dict[str, Dict[str, Any]]:
+        return self._hyperparameters.changes(self._group_names, self.param_groups)
 
     # -- stepping ------------------------------------------------------------------------------
 
@@ -303,8 +330,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """Performs a single optimization step on the server.
 
-        Sends each parameter's ``.grad`` (a parameter whose ``.grad`` is None is skipped, as torch
-        skips it), then writes the updated train weights into the parameters in place.
+        Sends the parameters the trainer edited since the last step, if any (see **Edited
+        weights** above), then each parameter's ``.grad`` (a parameter whose ``.grad`` is None is
+        skipped, as torch skips it) with the hyperparameters changed in ``param_groups``, then
+        writes the updated train weights into the parameters in place.
 
         Args:
             closure (Callable, optional): a closure that reevaluates the model and returns the loss.
@@ -320,7 +349,6 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_fixed()
         grads = []
         for name, p in zip(self._names, self._params):
             g = p.grad
@@ -334,15 +362,68 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if self._stream.partial_weights:
             warnings.warn("the previous step failed while its weights were arriving, so the parameters may mix "
                           "two versions; call optimizer.resync() after such a failure", RuntimeWarning)
+        self._push_edits()
+        changes = self._hyperparameter_changes()
         try:
             figures = self._stream.step(grads, self._destinations(), view="train", group_lr=self._group_lr(),
-                                        base_version=self.version)
+                                        base_version=self.version, group_hyperparameters=changes)
         except StaleGradient as e:
             raise e.with_message(f"{e} [call optimizer.pull(), compute the gradient again and step]") from None
+        except InvalidArgument as e:
+            raise (self._hyperparameters.explain(e, self._group_names, self.param_groups, changes) or e) from None
+        finally:
+            if self._stream.partial_weights:
+                self._edits.record()  # what arrived is the server's, not the trainer's
+        self._edits.record()
+        self._hyperparameters.confirm(changes, figures)
         self.last_result = figures
         # The weights now in the parameters: the current ones after a replayed or late step.
         self.version = figures.weights_version if figures.weights_version is not None else figures.version
         return loss
+
+    # -- edited parameters ---------------------------------------------------------------------
+
+    def _init_edits(self) -> None:
+        self._edits = ParameterEdits(self._params)
+        self._edits.record()
+        #: The last edited weights sent to the server (:class:`~optsidecar.edits.WeightsPush`), None before.
+        self.last_push: Optional[WeightsPush] = None
+        self._warned_eval_edits = False
+
+    @property
+    def edits(self) -> ParameterEdits:
+        """How edited parameters are noticed; ``opt.edits.compare_contents = False`` skips the
+        content check that catches writes through ``p.data`` (see :mod:`optsidecar.edits`)."""
+        return self._edits
+
+    def _push_edits(self) -> None:
+        """Sends the parameters the trainer changed since the client last wrote them, as one
+        set-weights step (the others in ``no_grad``), before anything reads or overwrites them."""
+        changed = self._edits.changed()
+        if not changed:
+            return
+        weights_view = "train"
+        if self._mode == "eval":
+            if not self._algorithm.endswith("ScheduleFree"):
+                if not self._warned_eval_edits:
+                    self._warned_eval_edits = True
+                    warnings.warn(f"parameters edited in eval mode are discarded: {self._algorithm}'s eval view (its "
+                                  f"slow weights or EMA shadow) does not map back to its train weights; edit them "
+                                  f"in train mode", RuntimeWarning)
+                self._edits.record(changed)
+                return
+            weights_view = "eval"  # x: the server computes y from it, as schedulefree's train() does
+        chosen = set(changed)
+        weights = [p if i in chosen else None for i, p in enumerate(self._params)]
+        figures = self._stream.set_weights(weights, weights_view=weights_view, base_version=self.version)
+        self._edits.record(changed)
+        # The gradient that follows is computed at these weights: one version on from the last
+        # ones received (more when other trainers stepped meanwhile: it is that much stale).
+        self.version += 1
+        self.last_push = WeightsPush(tuple(self._names[i] for i in changed), weights_view, figures.step_id,
+                                     figures.version, figures.replayed)
+        _LOG.debug("model %r: pushed %d edited parameter(s) as %s weights, step %d, version %d: %s", self.model,
+                   len(changed), weights_view, figures.step_id, figures.version, ", ".join(self.last_push.tensors))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Resets the gradients of all parameters (to None by default, as torch 2.x does)."""
@@ -365,6 +446,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if not mode:
             return self.eval()
         if self._mode != "train":
+            self._push_edits()
             self._pull_into_params("train")
             self._mode = "train"
         return self
@@ -375,6 +457,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         AdamW) and ``FailedPrecondition`` for an EMA shadow before its first update."""
         if self._mode == "eval":
             return self
+        self._push_edits()
         try:
             self._pull_into_params("eval")
         except InvalidArgument as e:
@@ -396,6 +479,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         Returns:
             the version pulled (also :attr:`version`).
         """
+        self._push_edits()
         self._pull_into_params("train")
         self._mode = "train"
         self._stream.partial_weights = False
@@ -421,12 +505,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def resync(self) -> None:
         """Pulls the current mode's view into the parameters, e.g. after a step failed midway or
-        when another trainer steps the same model."""
+        when another trainer steps the same model. Edits not sent yet are discarded."""
         self._pull_into_params(self._mode)
         self._stream.partial_weights = False
 
     def _pull_into_params(self, view: str) -> None:
-        weights = self.client.pull(self.model, view, self._destinations())
+        try:
+            weights = self.client.pull(self.model, view, self._destinations())
+        finally:
+            self._edits.record()  # what arrived is the server's, even if the pull broke off
         self.version = weights.version
 
     # -- state dict ----------------------------------------------------------------------------
@@ -441,6 +528,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         keeps them (with parameter indices); and ``mode``. Loading it with :meth:`load_state_dict`
         continues training bit for bit.
         """
+        self._push_edits()
+
         def allocate(index: int, _info: pb.TensorInfo) -> torch.Tensor:
             return torch.empty(self._params[index].shape, dtype=torch.float32)
 
@@ -497,6 +586,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         with torch.no_grad():
             for p, w in zip(self._params, state.weights):
                 p.copy_(torch.as_tensor(w).reshape(p.shape))
+        self._edits.record()
         self.version = new_info.version
         self.last_result = None
         self._mode = "train"
@@ -553,6 +643,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             ``eval.safetensors`` for a model with an eval view), ``bytes`` and
             ``created_unix_millis``.
         """
+        self._push_edits()
         return self.client.snapshot(self.model)
 
     def list_snapshots(self) -> List[pb.SnapshotInfo]:
@@ -597,6 +688,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 branch = RemoteOptimizer(other_model.named_parameters(), target, model=new_model,
                                          attach=True)
         """
+        self._push_edits()
         return self.client.fork(self.model, new_model, schedule)
 
     def export(self, view: Optional[str] = None) -> pb.ExportInfo:
@@ -611,6 +703,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             its ``ExportInfo``: ``path`` relative to the state directory
             (``exports/<model>/v<version>-<view>.safetensors``), ``version``, ``view``, ``bytes``.
         """
+        self._push_edits()
         return self.client.export(self.model, view)
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -694,16 +787,3 @@ def _server_layout(groups: List[ParsedGroup], info: pb.ModelInfo) -> List[Parsed
                          f"to be consecutive")
     return out
 
-
-def _normalized(value: Any) -> Any:
-    """A hyperparameter value in a comparable form (tuples and lists alike, numbers as float)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_normalized(v) for v in value)
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, torch.Tensor):
-        value = value.item()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value

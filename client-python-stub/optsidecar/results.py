@@ -4,8 +4,9 @@ several trainers share a model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
+from .spec import from_struct
 from .v1 import optimizer_pb2 as pb
 from .views import view_name
 
@@ -43,6 +44,9 @@ class GroupFigures:
         scalars: the scalars the group's algorithm keeps between steps, after the step, by name
             (sorted; Schedule-Free: ``k``, ``lr_max``, ``weight_sum``; empty for an algorithm
             without any).
+        hyperparameters: the group's effective hyperparameters for the step, by name (``lr``
+            is the base lr), including changes made in ``param_groups`` between steps; empty when
+            the server reported none.
     """
 
     name: str
@@ -50,6 +54,7 @@ class GroupFigures:
     effective_lr: float
     averaging_weight: float
     scalars: Mapping[str, float] = field(default_factory=dict, hash=False)
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def k(self) -> Optional[int]:
@@ -65,6 +70,9 @@ class GroupFigures:
     def lr_max(self) -> Optional[float]:
         """Schedule-Free's ``scalars["lr_max"]``; None if the group has no such scalar."""
         return self.scalars.get("lr_max")
+
+
+_KINDS = {pb.STEP_GRADIENT: "gradient", pb.STEP_SET_WEIGHTS: "set_weights"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ class StepFigures:
         weights_version: the version of the weights that came back with the step (the current
             version for a replayed or late step, whose ``version`` is older or unchanged); None
             when the step returned no weights.
+        kind: ``"gradient"``, or ``"set_weights"`` for a step that replaced weights.
     """
 
     step_id: int
@@ -110,6 +119,7 @@ class StepFigures:
     lr_scale: float = 1.0
     contributions: Tuple[Contribution, ...] = ()
     weights_version: Optional[int] = None
+    kind: str = "gradient"
 
     @property
     def lr(self) -> Dict[str, float]:
@@ -126,6 +136,11 @@ class StepFigures:
         """Each group's Schedule-Free averaging weight c_t, by group name."""
         return {g.name: g.averaging_weight for g in self.groups}
 
+    @property
+    def hyperparameters(self) -> Dict[str, Mapping[str, Any]]:
+        """Each group's effective hyperparameters for this step, by group name."""
+        return {g.name: g.hyperparameters for g in self.groups}
+
     @classmethod
     def from_proto(cls, result: pb.StepResult, weights_version: Optional[int] = None) -> "StepFigures":
         return cls(
@@ -134,7 +149,8 @@ class StepFigures:
             view=view_name(result.view),
             skipped=result.skipped,
             groups=tuple(
-                GroupFigures(g.group, g.lr, g.effective_lr, g.averaging_weight, dict(sorted(g.scalars.items())))
+                GroupFigures(g.group, g.lr, g.effective_lr, g.averaging_weight, dict(sorted(g.scalars.items())),
+                             dict(sorted(from_struct(g.hyperparameters).items())))
                 for g in result.groups
             ),
             grad_norm=result.grad_norm,
@@ -147,6 +163,7 @@ class StepFigures:
             lr_scale=result.lr_scale or 1.0,
             contributions=tuple(Contribution.from_proto(c) for c in result.contributions),
             weights_version=weights_version,
+            kind=_KINDS.get(result.kind, str(result.kind)),
         )
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import assert_moved, assert_within_tolerance, batch, decay_groups, make_mlp, train_step, twin
-from optsidecar import RemoteOptimizer
+from optsidecar import InvalidArgument, RemoteOptimizer
 
 STEPS = 50
 
@@ -75,14 +75,19 @@ def test_param_groups_with_per_group_weight_decay(client, target):
         opt.delete()
 
 
-def test_changing_a_fixed_hyperparameter_raises(target):
+def test_changing_a_hyperparameter_that_changes_the_state_slots_raises(client, target):
+    """amsgrad adds a state slot: the server refuses the change, naming the group and the key,
+    and nothing is applied; set back, training goes on."""
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "AdamW")
+    opt = RemoteOptimizer(model.named_parameters(), target, "Adam")
     try:
-        opt.param_groups[0]["weight_decay"] = 0.5
-        with pytest.raises(ValueError, match="weight_decay"):
+        opt.param_groups[0]["amsgrad"] = True
+        with pytest.raises(InvalidArgument, match=r"group 'group0' .* param_groups\[0\]\['amsgrad'\] from False to True"):
             train_step(model, opt, 1)
-        assert opt.version == 0
+        assert opt.version == 0 and client.describe(opt.model).version == 0
+        opt.param_groups[0]["amsgrad"] = False
+        train_step(model, opt, 1)
+        assert opt.version == 1
     finally:
         opt.delete()
 
