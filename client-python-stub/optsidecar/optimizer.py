@@ -39,6 +39,11 @@ _FORMAT1_SCALARS = ("k", "weight_sum", "lr_max")
 #: not renewed the lease for this long (its process died). Renewed every third of it.
 DEFAULT_LEASE_SECONDS = 60
 
+#: Where the server is when ``target`` is not given and the environment does not say.
+DEFAULT_TARGET = "127.0.0.1:50051"
+#: The environment variable naming the server's ``host:port`` when ``target`` is not given.
+TARGET_ENVIRONMENT_VARIABLE = "OPTSIDECAR_TARGET"
+
 
 class _LeaseKeeper:
     """Renews an ephemeral model's lease from a daemon thread every third of its grace period.
@@ -95,7 +100,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
             parameter groups, whose other keys override hyperparameters for that group (e.g.
             ``{"params": biases, "weight_decay": 0.0}``); groups are named ``group0``, ``group1``, ...
             unless a dict has a ``"name"``.
-        target (str): ``host:port`` of the server (default ``127.0.0.1:50051``).
+        lr (float, optional): the learning rate, second positional argument as in ``torch.optim``
+            (default: the algorithm's, e.g. 1e-3 for AdamW, 0.0025 for AdamWScheduleFree).
+        target (str, keyword-only): ``host:port`` of the server (default: the ``OPTSIDECAR_TARGET``
+            environment variable, else ``127.0.0.1:50051``).
         algorithm (str, optional): ``SGD``, ``Adam``, ``AdamW`` (the default), ``RAdam``,
             ``RAdam(torch2.x)``, ``RAdam(original)``, ``SGDScheduleFree``, ``AdamWScheduleFree`` or
             ``RAdamScheduleFree``.
@@ -177,7 +185,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
     recompute them before evaluating (see the README).
 
     Example:
-        >>> opt = RemoteOptimizer(model.named_parameters(), algorithm="AdamW", lr=1e-3)
+        >>> opt = RemoteOptimizer(model.named_parameters(), 1e-3, algorithm="AdamW", target="127.0.0.1:50051")
         >>> opt.zero_grad()
         >>> loss_fn(model(input), target).backward()
         >>> opt.step()
@@ -185,14 +193,23 @@ class RemoteOptimizer(torch.optim.Optimizer):
         {'group0': 0.001}
     """
 
-    def __init__(self, params: Any, target: str = "127.0.0.1:50051", algorithm: Optional[str] = None,
-                 model: Optional[str] = None, client_id: Optional[str] = None, *, attach: bool = False,
-                 schedule: Optional[Dict[str, Any]] = None, ema: Any = None,
+    def __init__(self, params: Any, lr: Optional[float] = None, *positional: Any, target: Optional[str] = None,
+                 algorithm: Optional[str] = None, model: Optional[str] = None, client_id: Optional[str] = None,
+                 attach: bool = False, schedule: Optional[Dict[str, Any]] = None, ema: Any = None,
                  lookahead: Optional[Dict[str, Any]] = None, clip_grad_norm: float = 0.0,
                  report_update_norm: bool = False, non_finite: Optional[str] = None,
                  client: Optional[Client] = None, retry_for: float = DEFAULT_RETRY_SECONDS,
                  coordination: Any = None, ephemeral: Optional[bool] = None,
                  lease_seconds: int = DEFAULT_LEASE_SECONDS, **hyperparameters: Any):
+        if isinstance(lr, str) or positional:
+            given = f"{lr!r}" + "".join(f", {a!r}" for a in positional)
+            raise TypeError(f"RemoteOptimizer(params, lr, *, target=..., algorithm=..., model=..., client_id=..., "
+                            f"...) takes only params and lr positionally; target is keyword-only now: pass "
+                            f"target='host:port' (and algorithm=...) by keyword (got {given} after params)")
+        if lr is not None:
+            hyperparameters["lr"] = lr
+        if target is None:
+            target = os.environ.get(TARGET_ENVIRONMENT_VARIABLE) or DEFAULT_TARGET
         groups = parse_params(params)
         self._frozen = False
         self._closed = False
@@ -594,7 +611,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         Returns:
             the branch's description. Train it with another optimizer attached to it::
 
-                branch = RemoteOptimizer(other_model.named_parameters(), target, model=new_model,
+                branch = RemoteOptimizer(other_model.named_parameters(), target=target, model=new_model,
                                          attach=True)
         """
         return self.client.fork(self.model, new_model, schedule)

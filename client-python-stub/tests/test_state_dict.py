@@ -89,7 +89,7 @@ def test_resume_in_a_fresh_process_is_bit_identical(target, tmp_path, config):
 
 def test_state_dict_holds_every_slot_and_the_counters(client, target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, "Adam", lr=1e-2, ema=[0.5])
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="Adam", lr=1e-2, ema=[0.5])
     try:
         run_steps(model, opt, None, 1, 3)
         state = opt.state_dict()
@@ -106,9 +106,9 @@ def test_state_dict_holds_every_slot_and_the_counters(client, target):
 
 def test_load_rejects_another_layout(target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="SGD", lr=0.1)
     other_model = torch.nn.Linear(6, 3)
-    other = RemoteOptimizer(other_model.parameters(), target, "SGD", lr=0.1)
+    other = RemoteOptimizer(other_model.parameters(), target=target, algorithm="SGD", lr=0.1)
     try:
         with pytest.raises(ValueError, match="tensors"):
             other.load_state_dict(opt.state_dict())
@@ -139,7 +139,7 @@ def as_format1(spec: dict) -> dict:
 @pytest.mark.parametrize("algorithm", ["AdamWScheduleFree", "Adam"])
 def test_a_state_dict_of_the_previous_format_loads(client, target, algorithm):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, algorithm, lr=1e-2)
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm=algorithm, lr=1e-2)
     try:
         run_steps(model, opt, None, 1, 4)
         state = opt.state_dict()
