@@ -211,13 +211,15 @@ def from_reference_state_dict(state_dict: Mapping[str, Any], info: pb.ModelInfo,
     counters: List[pb.GroupCounters] = []
     for gi, (saved, group_info, group_spec) in enumerate(zip(saved_groups, info.groups, spec.groups)):
         ours = {name for name in group_info.hyperparameters.fields}
+        # Schedule-Free's counters first: they tell the two families apart most plainly.
+        counters_off = ([k for k in ("k", "weight_sum", "lr_max") if k not in saved] if ref.schedule_free else
+                        [k for k in ("k", "weight_sum", "lr_max") if k in saved])
         foreign = sorted(k for k in saved if k in _DISTINCTIVE and k not in ours)
-        other_kind = [k for k in SCHEDULE_FREE_GROUP_ENTRIES if k in saved] if not ref.schedule_free else \
-            [k for k in ("k", "weight_sum", "lr_max") if k not in saved]
-        if foreign or other_kind:
-            what = (f"holds {foreign}, which {algorithm} does not have" if foreign else
-                    f"holds Schedule-Free's counters {other_kind}" if not ref.schedule_free else
-                    f"lacks the counters {other_kind} that {ref.qualified_name} keeps in every param group")
+        if counters_off or foreign:
+            what = (f"lacks the counters {counters_off} that {ref.qualified_name} keeps in every param group"
+                    if counters_off and ref.schedule_free else
+                    f"holds Schedule-Free's counters {counters_off}" if counters_off else
+                    f"holds {foreign}, which {algorithm} does not have")
             raise ValueError(f"loaded state dict's param_groups[{gi}] {what}: it was saved by another algorithm "
                              f"than {ref.qualified_name}; load it into a RemoteOptimizer with that algorithm")
         changed = {k: v for k, v in saved.items() if k in ours}
@@ -259,18 +261,18 @@ def from_reference_state_dict(state_dict: Mapping[str, Any], info: pb.ModelInfo,
             steps = _steps_of(entries["step"], where) if "step" in entries else None
             if steps is None and present:
                 raise ValueError(f"{where} lacks 'step', which {ref.qualified_name} keeps for every parameter it "
-                                 f"stepped")
+                                 f"stepped: the state dict is incomplete; save it again from the optimizer that "
+                                 f"trained these parameters")
             steps = steps or 0
         elif ref.schedule_free:
             steps = int(counters[gi].scalars["k"]) if "z" in present else 0
         else:
             steps = 1 if present else 0
-        if steps and not present and required:
-            raise ValueError(f"{where} lacks {list(required)}: a parameter that stepped keeps them")
-        missing = [k for k in required if k not in present] if present else []
+        missing = [k for k in required if k not in present] if present or steps else []
         if missing:
             raise ValueError(f"{where} lacks {missing}, which {ref.qualified_name} keeps for a parameter that "
-                             f"stepped under these hyperparameters")
+                             f"stepped under these hyperparameters: the state dict is incomplete; save it again "
+                             f"from the optimizer that trained these parameters")
         tensor_steps[i] = steps
         shape = tuple(weights[i].shape)
         for name, value in present.items():
