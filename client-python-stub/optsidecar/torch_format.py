@@ -18,6 +18,8 @@ from .v1 import optimizer_pb2 as pb
 __all__ = [
     "Reference",
     "reference",
+    "has_reference",
+    "required_slots",
     "group_entries",
     "client_side_entries",
     "tensor_state",
@@ -83,27 +85,29 @@ _SGD_STORES_NO_BUFFER_AS_NONE = tuple(int(x) for x in torch.__version__.split(".
 
 
 def reference(algorithm: str) -> Reference:
-    """The reference of a server algorithm (``"AdamW"`` -> ``torch.optim.AdamW``)."""
-    try:
-        return _REFERENCES[algorithm]
-    except KeyError:
-        raise ValueError(f"algorithm {algorithm!r} has no reference state dict format (known: "
-                         f"{', '.join(_REFERENCES)}); save with state_dict() and load into RemoteOptimizer") from None
+    """The reference of a server algorithm (``"AdamW"`` -> ``torch.optim.AdamW``). An algorithm
+    without one (a server newer than this client) gets a stand-in that keeps no slot under a
+    reference name: its state dicts hold every slot among the server's extras."""
+    return _REFERENCES.get(algorithm) or Reference("optsidecar", algorithm, (), False)
+
+
+def has_reference(algorithm: str) -> bool:
+    return algorithm in _REFERENCES
 
 
 def required_slots(ref: Reference, hyperparameters: Mapping[str, Any]) -> Tuple[str, ...]:
     """The state entries (besides ``step``) a parameter that has stepped keeps, as the reference
     keeps them under these hyperparameters."""
-    def set_(name: str) -> bool:
+    def enabled(name: str) -> bool:
         value = hyperparameters.get(name, 0)
         return bool(value) if isinstance(value, bool) else float(value) != 0.0
 
     if ref.name == "SGD":
-        return ("momentum_buffer",) if set_("momentum") else ()
+        return ("momentum_buffer",) if enabled("momentum") else ()
     if ref.name in ("Adam", "AdamW"):
-        return _ADAM_SLOTS if set_("amsgrad") else _ADAM_SLOTS[:2]
+        return _ADAM_SLOTS if enabled("amsgrad") else _ADAM_SLOTS[:2]
     if ref.name == "AdamWScheduleFree":
-        return ref.slots if set_("inner_momentum") else ref.slots[:2]
+        return ref.slots if enabled("inner_momentum") else ref.slots[:2]
     return ref.slots
 
 
@@ -111,9 +115,11 @@ _IMPLEMENTATION_CACHE: Dict[str, Dict[str, Any]] = {}
 
 
 def _reference_class(ref: Reference) -> Optional[type]:
+    if ref.module == "optsidecar":  # a stand-in: nothing to import
+        return None
     try:
         return getattr(importlib.import_module(ref.module), ref.name)
-    except ImportError:
+    except (ImportError, AttributeError):
         return None
 
 
@@ -192,6 +198,9 @@ def from_reference_state_dict(state_dict: Mapping[str, Any], info: pb.ModelInfo,
     tensor took. EMA shadows and Lookahead's slow weights start afresh.
     """
     algorithm = info.optimizer.algorithm
+    if not has_reference(algorithm):
+        raise ValueError(f"{algorithm} has no torch.optim or schedulefree reference whose state dict could be "
+                         f"loaded: load a state dict saved by RemoteOptimizer.state_dict()")
     ref = reference(algorithm)
     saved_groups = list(state_dict["param_groups"])
     saved_state = state_dict.get("state", {})
