@@ -28,8 +28,7 @@ from .param_state import ParameterState
 from .params import ParsedGroup, parse_params
 from .results import CoordinationStatus, StepFigures, VersionContributions
 from .spec import from_struct, model_spec, optimizer_config, tensor_groups
-from .torch_format import (SCHEDULE_FREE_GROUP_ENTRIES, client_side_entries, from_reference_state_dict,
-                           group_entries, reference, tensor_state)
+from .torch_format import client_side_entries, from_reference_state_dict, group_entries, reference, tensor_state
 from .v1 import optimizer_pb2 as pb
 
 __all__ = ["RemoteOptimizer"]
@@ -273,7 +272,6 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._params: List[torch.Tensor] = [p for g in groups for p in g.params]
         self._names: List[str] = [n for g in groups for n in g.names]
         self._group_names: List[str] = [g.name for g in groups]
-        self._index_of: Dict[int, int] = {id(p): i for i, p in enumerate(self._params)}
         self._staging: Dict[int, Any] = {}
         self._given_hyperparameters = dict(hyperparameters)
         self._mode = "train"
@@ -333,6 +331,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
             return from_struct(info.defaults)
         first = from_struct(info.groups[0].hyperparameters) if info.groups else {}
         return {**first, **{k: _normalized(v) for k, v in self._given_hyperparameters.items()}}
+
+    def _parameter_indices(self) -> Dict[int, int]:
+        """Each parameter's index (its tensor's on the server), by ``id``."""
+        return {id(p): i for i, p in enumerate(self._params)}
 
     @property
     def _mode(self) -> str:
@@ -546,7 +548,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 slots = {name: values[i] for name, values in server.slots.items()
                          if name in ref.slots and values[i] is not None}
                 per_parameter[i] = tensor_state(ref, steps[i], slots)
-        index_of = self._index_of
+        index_of = self._parameter_indices()
         groups = []
         for group in self.param_groups:
             saved = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}

@@ -36,7 +36,7 @@ class ParameterState(Mapping):
     def _index(self, key: Any) -> Optional[int]:
         if not isinstance(key, torch.Tensor):
             return None
-        return self._optimizer._index_of.get(id(key))
+        return self._optimizer._parameter_indices().get(id(key))
 
     def __getitem__(self, key: Any) -> Dict[str, Any]:
         index = self._index(key)
