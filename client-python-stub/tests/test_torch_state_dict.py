@@ -12,8 +12,8 @@ import torch
 from helpers import assert_within_tolerance
 from optsidecar import RemoteOptimizer
 from reference_runs import (HYPERPARAMETERS, SCHEDULE_FREE, assert_group_counters_match, build, cases,
-                            loss_at, make_scheduler, needs_schedulefree, no_decay_groups, reference_optimizer,
-                            snapshot, train_step)
+                            make_scheduler, needs_schedulefree, no_decay_groups, reference_optimizer, snapshot,
+                            train_step)
 
 ARCHITECTURE = "mlp_layernorm"
 SAVE_AFTER = 6
