@@ -82,7 +82,8 @@ WORKER = textwrap.dedent("""
     from optsidecar import RemoteOptimizer
 
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), sys.argv[1], "SGD", lr=0.1, lease_seconds=int(sys.argv[2]))
+    opt = RemoteOptimizer(model.named_parameters(), 0.1, target=sys.argv[1], algorithm="SGD",
+                          lease_seconds=int(sys.argv[2]))
     train_step(model, opt, 1)
     print(opt.model, flush=True)
     time.sleep(600)
