@@ -586,7 +586,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         that is missing, or a state dict of another algorithm.
         """
         if not isinstance(state_dict, Mapping):
-            raise ValueError(f"load_state_dict() takes a dict, as state_dict() returns, not {type(state_dict).__name__}")
+            raise ValueError(f"load_state_dict() takes a dict, as state_dict() returns, not "
+                             f"{type(state_dict).__name__}")
         extras = state_dict.get("optsidecar")
         if isinstance(extras, int) and not isinstance(extras, bool):
             self._load_previous_format(state_dict)

@@ -86,10 +86,12 @@ def build_run(config: str, target: str, seed: int):
         # The biases' group has a state slot (max_exp_avg_sq) the weights' group lacks.
         weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
         biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-        opt = RemoteOptimizer([{"params": weights}, {"params": biases, "amsgrad": True}], target=target, algorithm="Adam", lr=1e-2)
+        opt = RemoteOptimizer([{"params": weights}, {"params": biases, "amsgrad": True}], target=target,
+                              algorithm="Adam", lr=1e-2)
         return model, opt, None
     if config == "radam_schedulefree_saved_in_eval_mode":
-        opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="RAdamScheduleFree", lr=2e-2, weight_decay=0.01)
+        opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="RAdamScheduleFree", lr=2e-2,
+                              weight_decay=0.01)
         return model, opt, None
     raise ValueError(f"unknown configuration {config!r}")
 

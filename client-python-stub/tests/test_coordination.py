@@ -56,8 +56,8 @@ def test_sync_mean_of_three_trainers_is_one_trainer_stepping_the_mean(target, cl
     initial = make_mlp(3)
     models = [copy.deepcopy(initial) for _ in ids]
     settings = dict(lr=1e-2, weight_decay=0.05)
-    opts = [RemoteOptimizer(models[0].named_parameters(), target=target, algorithm="AdamW", model=name, client_id=ids[0],
-                            coordination=dict(mode="sync", k=0, combine="mean"), **settings)]
+    opts = [RemoteOptimizer(models[0].named_parameters(), target=target, algorithm="AdamW", model=name,
+                            client_id=ids[0], coordination=dict(mode="sync", k=0, combine="mean"), **settings)]
     opts += [RemoteOptimizer(m.named_parameters(), target=target, model=name, client_id=i, attach=True)
              for m, i in zip(models[1:], ids[1:])]
     reference_model = copy.deepcopy(initial)

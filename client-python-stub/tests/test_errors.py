@@ -118,7 +118,8 @@ def test_name_taken_and_model_missing(client, target):
 
 def test_attach_continues_an_existing_model(client, target):
     model = make_mlp()
-    first = RemoteOptimizer(model.named_parameters(), target=target, algorithm="Adam", lr=1e-2, model=f"attach-{id(model)}")
+    first = RemoteOptimizer(model.named_parameters(), target=target, algorithm="Adam", lr=1e-2,
+                            model=f"attach-{id(model)}")
     try:
         for t in range(1, 4):
             train_step(model, first, t)
@@ -160,8 +161,8 @@ def test_steps_after_a_restart_of_a_server_without_state(private_server, crash):
     state dict then continues, with sequence numbers past those the state dict's ledger holds."""
     model = make_mlp()
     client = Client(private_server.target, connect_timeout=1.0)
-    opt = RemoteOptimizer(model.named_parameters(), target="unused", algorithm="Adam", lr=1e-2, model="restarted", client=client,
-                          retry_for=0.6)
+    opt = RemoteOptimizer(model.named_parameters(), target="unused", algorithm="Adam", lr=1e-2, model="restarted",
+                          client=client, retry_for=0.6)
     train_step(model, opt, 1)
     saved = opt.state_dict()
     private_server.stop(crash=crash)

@@ -155,7 +155,8 @@ def test_closure_loss_and_skipped_gradients(client, target):
 def test_server_side_clipping_matches_torch_clip_grad_norm(target):
     remote_model = make_mlp()
     local_model = twin(remote_model)
-    opt = RemoteOptimizer(remote_model.parameters(), target=target, algorithm="SGD", lr=0.1, momentum=0.9, clip_grad_norm=0.5,
+    opt = RemoteOptimizer(remote_model.parameters(), target=target, algorithm="SGD", lr=0.1, momentum=0.9,
+                          clip_grad_norm=0.5,
                           report_update_norm=True)
     reference = torch.optim.SGD(local_model.parameters(), lr=0.1, momentum=0.9, foreach=False)
     try:

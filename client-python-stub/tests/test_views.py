@@ -22,7 +22,8 @@ def test_schedule_free_eval_and_train_switch_views(client, target, algorithm):
     model = make_mlp()
     never_evaluated = twin(model)
     opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm=algorithm, lr=2e-2, weight_decay=0.01)
-    twin_opt = RemoteOptimizer(never_evaluated.named_parameters(), target=target, algorithm=algorithm, lr=2e-2, weight_decay=0.01)
+    twin_opt = RemoteOptimizer(never_evaluated.named_parameters(), target=target, algorithm=algorithm, lr=2e-2,
+                               weight_decay=0.01)
     params = list(model.parameters())
     try:
         for t in range(1, 31):
