@@ -39,6 +39,7 @@ public record ServerError(Status.Code code, String reason, String field, Map<Str
     public static final String STEP_OUT_OF_ORDER = "STEP_OUT_OF_ORDER";
     public static final String EMA_NOT_READY = "EMA_NOT_READY";
     public static final String NO_STATE_DIR = "NO_STATE_DIR";
+    public static final String SYNC_STEP_OPEN = "SYNC_STEP_OPEN";
     public static final String PRECONDITION_FAILED = "PRECONDITION_FAILED";
     public static final String MEMORY_LIMIT = "MEMORY_LIMIT";
     public static final String OUT_OF_MEMORY = "OUT_OF_MEMORY";

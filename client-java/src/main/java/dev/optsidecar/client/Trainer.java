@@ -1,8 +1,12 @@
 package dev.optsidecar.client;
 
+import com.google.protobuf.ListValue;
+import com.google.protobuf.Struct;
+import com.google.protobuf.Value;
 import dev.optsidecar.proto.v1.GradientChunk;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.StepCommit;
+import dev.optsidecar.proto.v1.StepKind;
 import dev.optsidecar.proto.v1.StepOpen;
 import dev.optsidecar.proto.v1.StepRequest;
 import dev.optsidecar.proto.v1.StepResponse;
@@ -75,10 +79,13 @@ public final class Trainer implements AutoCloseable {
         return baseVersion;
     }
 
-    /** Options of one step: the view to return and per-group learning rates to set. */
+    /** Options of one step: the view to return, and per-group learning rates and hyperparameters to set. */
     public static final class StepOptions {
         private View view = View.newBuilder().setKind(ViewKind.VIEW_TRAIN).build();
         private final Map<String, Double> groupLr = new LinkedHashMap<>();
+        private final Map<String, Struct.Builder> groupHyperparameters = new LinkedHashMap<>();
+        private StepKind kind = StepKind.STEP_GRADIENT;
+        private ViewKind weightsView = ViewKind.VIEW_TRAIN;
 
         public StepOptions view(ViewKind kind) {
             this.view = View.newBuilder().setKind(kind).build();
@@ -95,6 +102,59 @@ public final class Trainer implements AutoCloseable {
             groupLr.put(group, lr);
             return this;
         }
+
+        /**
+         * Sets one of a group's hyperparameters from this step on, under its reference name: a
+         * {@code Double}, a {@code Boolean} or a {@code double[]} (e.g. betas), as in
+         * {@code param_groups[i][name] = value}. The server refuses a change that would change the
+         * group's state slots (amsgrad, SGD momentum from or to 0).
+         */
+        public StepOptions hyperparameter(String group, String name, Object value) {
+            groupHyperparameters.computeIfAbsent(group, g -> Struct.newBuilder()).putFields(name, toValue(value));
+            return this;
+        }
+
+        /** For a set-weights step: the weights are Schedule-Free's x (VIEW_EVAL) rather than the train weights. */
+        public StepOptions weightsView(ViewKind kind) {
+            this.weightsView = kind;
+            return this;
+        }
+
+        private static Value toValue(Object v) {
+            if (v instanceof Number n) {
+                return Value.newBuilder().setNumberValue(n.doubleValue()).build();
+            }
+            if (v instanceof Boolean b) {
+                return Value.newBuilder().setBoolValue(b).build();
+            }
+            if (v instanceof double[] list) {
+                ListValue.Builder l = ListValue.newBuilder();
+                for (double d : list) {
+                    l.addValues(Value.newBuilder().setNumberValue(d));
+                }
+                return Value.newBuilder().setListValue(l).build();
+            }
+            throw new IllegalArgumentException("a hyperparameter is a number, a boolean or a double[], not " + v);
+        }
+    }
+
+    /**
+     * Sets the model's weights to {@code weights} (one per tensor; null keeps a tensor's), as a
+     * version of its own: for parameters the trainer changed outside the optimizer (loaded
+     * pretrained weights, projected or pruned them). The optimizer state is kept. Exactly-once and
+     * retried like a step; {@link #baseVersion()} becomes the new version.
+     */
+    public StepResult setWeights(List<? extends TensorData> weights) {
+        return setWeights(weights, new StepOptions());
+    }
+
+    /** Sets weights with options: hyperparameter changes, and {@link StepOptions#weightsView}. */
+    public StepResult setWeights(List<? extends TensorData> weights, StepOptions options) {
+        options.kind = StepKind.STEP_SET_WEIGHTS;
+        options.view(ViewKind.VIEW_NONE);
+        StepResult result = step(weights, null, options);
+        baseVersion = result.getVersion(); // the trainer holds exactly the weights it set
+        return result;
     }
 
     /** Steps with {@code grads} (one per tensor; null where a tensor has no gradient) and returns the train view into {@code weightsOut}. */
@@ -131,7 +191,10 @@ public final class Trainer implements AutoCloseable {
         long stepId = nextStepId++;
         StepCommit.Builder commit = StepCommit.newBuilder().setStepId(stepId).setView(options.view)
                 .setBaseVersion(baseVersion)
-                .putAllGroupLr(options.groupLr);
+                .putAllGroupLr(options.groupLr)
+                .setKind(options.kind)
+                .setWeightsView(options.weightsView);
+        options.groupHyperparameters.forEach((g, changes) -> commit.putGroupHyperparameters(g, changes.build()));
         List<TensorData> present = new ArrayList<>();
         List<Integer> presentIndex = new ArrayList<>();
         for (int i = 0; i < grads.size(); i++) {
@@ -140,7 +203,8 @@ public final class Trainer implements AutoCloseable {
                 commit.addNoGrad(i);
             } else {
                 if (g.numel() != sizes.get(i)) {
-                    throw new IllegalArgumentException("gradient " + i + " has " + g.numel() + " elements; the tensor has "
+                    throw new IllegalArgumentException((options.kind == StepKind.STEP_SET_WEIGHTS ? "weights " : "gradient ")
+                            + i + " has " + g.numel() + " elements; the tensor has "
                             + sizes.get(i));
                 }
                 present.add(g);

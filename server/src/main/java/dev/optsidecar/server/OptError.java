@@ -47,6 +47,8 @@ public final class OptError extends RuntimeException {
         EMA_NOT_READY,
         /** FAILED_PRECONDITION: snapshots asked of a server started without --state-dir. */
         NO_STATE_DIR,
+        /** FAILED_PRECONDITION: weights set while contributions to a sync step are waiting. */
+        SYNC_STEP_OPEN,
         /** FAILED_PRECONDITION: any other state that does not allow the request. */
         PRECONDITION_FAILED,
         /** RESOURCE_EXHAUSTED: the model would exceed --memory-limit (metadata limit, needed, free). */

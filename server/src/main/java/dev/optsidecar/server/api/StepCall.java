@@ -14,6 +14,7 @@ import dev.optsidecar.server.model.ClientSession;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.StepAssembly;
+import dev.optsidecar.server.model.StepOptions;
 import dev.optsidecar.server.model.ViewReader;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
@@ -173,6 +174,7 @@ final class StepCall implements StreamObserver<StepRequest> {
     private void commit(StepCommit c) {
         Model m = requireOpen();
         WireNumbers.count(c.getStepId(), "commit.step_id");
+        StepOptions options = StepOptions.of(c);
         Model.ResolvedView view = m.resolveView(c.getView(), "commit.view", true);
         if (assembly == null) {
             replayedStepId = null;
@@ -196,8 +198,7 @@ final class StepCall implements StreamObserver<StepRequest> {
         }
         StepAssembly a = assembly;
         assembly = null;
-        var outcome = m.commit(a, c.getNoGradList(), c.getGroupLrMap(), view, policy,
-                c.hasBaseVersion() ? c.getBaseVersion() : null);
+        var outcome = m.commit(a, options, view, policy);
         if (outcome.isDone()) {
             Model.StepOutcome o = outcome.join();
             send(o.result(), o.weights());

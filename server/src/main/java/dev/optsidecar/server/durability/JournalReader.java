@@ -1,7 +1,11 @@
 package dev.optsidecar.server.durability;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.google.protobuf.Struct;
+import com.google.protobuf.Value;
 import dev.optsidecar.proto.v1.Contribution;
+import dev.optsidecar.proto.v1.StepKind;
+import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.model.StepRecord;
 
 import java.io.IOException;
@@ -86,8 +90,19 @@ public final class JournalReader implements AutoCloseable {
                 at += numel[t] * Float.BYTES;
             }
         }
-        Map<String, Double> lr = new LinkedHashMap<>();
-        h.path("group_lr").fields().forEachRemaining(e -> lr.put(e.getKey(), e.getValue().asDouble()));
+        Map<String, Struct> changes = new LinkedHashMap<>();
+        // Journals written before hyperparameters could change hold only learning rates.
+        h.path("group_lr").fields().forEachRemaining(e -> changes.put(e.getKey(), Struct.newBuilder()
+                .putFields("lr", Value.newBuilder().setNumberValue(e.getValue().asDouble()).build()).build()));
+        var fields = h.path("group_hyperparameters").fields();
+        while (fields.hasNext()) {
+            var e = fields.next();
+            changes.put(e.getKey(), StepJournal.struct(e.getValue()));
+        }
+        StepKind kind = StepJournal.SET_WEIGHTS.equals(h.path("kind").asText()) ? StepKind.STEP_SET_WEIGHTS
+                : StepKind.STEP_GRADIENT;
+        ViewKind weightsView = StepJournal.EVAL.equals(h.path("weights_view").asText()) ? ViewKind.VIEW_EVAL
+                : ViewKind.VIEW_TRAIN;
         StepRecord.Gradients gradients = new StepRecord.Gradients() {
             @Override
             public long numel(int tensor) {
@@ -109,7 +124,7 @@ public final class JournalReader implements AutoCloseable {
         h.path("contributions").forEach(c -> contributions.add(Contribution.newBuilder()
                 .setClientId(c.path("client_id").asText())
                 .setStepId(Long.parseUnsignedLong(c.path("step_id").asText())).build()));
-        return new StepRecord(contributions, h.path("version_before").asLong(), noGrad, lr,
+        return new StepRecord(contributions, h.path("version_before").asLong(), kind, weightsView, noGrad, changes,
                 h.path("sum_of_squares").asDouble(), h.path("lr_scale").asDouble(1.0),
                 h.path("staleness").asLong(0), gradients);
     }

@@ -1,8 +1,13 @@
 package dev.optsidecar.server.durability;
 
+import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import com.google.protobuf.InvalidProtocolBufferException;
+import com.google.protobuf.Struct;
+import com.google.protobuf.util.JsonFormat;
+import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.fileutil.Fsync;
 import dev.optsidecar.server.model.StepLog;
@@ -31,6 +36,10 @@ public final class StepJournal implements StepLog, AutoCloseable {
     static final int FILE_MAGIC = 0x4E4A534F; // "OSJN"
     static final int RECORD_MAGIC = 0x5045_5453; // "STEP"
     private static final ObjectMapper JSON = new ObjectMapper();
+    /** A step header's "kind" for a set-weights step (absent: a gradient step). */
+    static final String SET_WEIGHTS = "set_weights";
+    /** A set-weights header's "weights_view" for weights at the eval point (absent: the train point). */
+    static final String EVAL = "eval";
     private static final int BUFFER_BYTES = 1 << 20;
 
     /** How far a record is pushed before the step is applied and acknowledged. */
@@ -99,9 +108,15 @@ public final class StepJournal implements StepLog, AutoCloseable {
                 noGrad.add(t);
             }
         }
-        ObjectNode lr = h.putObject("group_lr");
-        for (Map.Entry<String, Double> e : step.groupLr().entrySet()) {
-            lr.put(e.getKey(), e.getValue());
+        if (step.setsWeights()) {
+            h.put("kind", SET_WEIGHTS);
+            if (step.weightsView() == ViewKind.VIEW_EVAL) {
+                h.put("weights_view", EVAL);
+            }
+        }
+        ObjectNode changes = h.putObject("group_hyperparameters");
+        for (Map.Entry<String, Struct> e : step.groupChanges().entrySet()) {
+            changes.set(e.getKey(), structJson(e.getValue()));
         }
         long start = position;
         try {
@@ -119,6 +134,22 @@ public final class StepJournal implements StepLog, AutoCloseable {
             throw OptError.internal(e, "step journal %s: cannot record the step to version %d: %s; it was not applied",
                     file.getFileName(), step.versionBefore() + 1, e.getMessage());
         }
+    }
+
+    /** A Struct as the JSON object protobuf's JSON mapping gives it. */
+    static JsonNode structJson(Struct s) {
+        try {
+            return JSON.readTree(JsonFormat.printer().omittingInsignificantWhitespace().print(s));
+        } catch (IOException e) {
+            throw new IllegalStateException("a Struct prints as JSON", e);
+        }
+    }
+
+    /** The Struct a header's JSON object holds. */
+    static Struct struct(JsonNode json) throws InvalidProtocolBufferException {
+        Struct.Builder b = Struct.newBuilder();
+        JsonFormat.parser().merge(json.toString(), b);
+        return b.build();
     }
 
     /** magic, header length, header, the step's gradients (if any), CRC32C of all of it. */

@@ -41,7 +41,12 @@
  * header holds {@code version_before}, {@code sum_of_squares}, {@code lr_scale},
  * {@code staleness}, {@code contributions} ({@code [{"client_id", "step_id"}]}, step ids as
  * unsigned decimal strings), {@code no_grad} (indices of tensors without a gradient),
- * {@code numel} (every tensor's element count) and {@code group_lr} (learning rate per group).
+ * {@code numel} (every tensor's element count) and {@code group_hyperparameters} (each group's
+ * hyperparameter changes from that step on, learning rate included, as JSON objects; journals
+ * written before hyperparameters could change hold {@code group_lr}, learning rates by group,
+ * instead). A set-weights step adds {@code "kind": "set_weights"} (and {@code "weights_view":
+ * "eval"} for weights at Schedule-Free's x); its payload holds weights where a step's holds
+ * gradients.
  *
  * <h3>Durability</h3>
  * The header record is fsynced at creation, and the model directory after it (fsync after

@@ -1,5 +1,6 @@
 package dev.optsidecar.server.model;
 
+import com.google.protobuf.Struct;
 import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.ModelSpec;
@@ -12,6 +13,8 @@ import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.TensorProgram;
+import dev.optsidecar.server.engine.kernel.Kernel;
+import dev.optsidecar.server.engine.kernel.KernelCall;
 import dev.optsidecar.server.optim.Lookahead;
 import dev.optsidecar.server.optim.StepPlan;
 
@@ -331,24 +334,36 @@ public final class Model {
     // Steps
 
     /**
-     * Validates an assembled step and applies it: at once (async mode, or a lone trainer), or as
-     * part of the sync step it contributes to, when that step has its contributions. The future
-     * holds the result and the requested view of the new version. A step the client's ledger shows
-     * as already applied is answered with the stored result instead.
+     * Validates an assembled step and applies it: at once (async mode, a lone trainer, or a
+     * set-weights step), or as part of the sync step it contributes to, when that step has its
+     * contributions. The future holds the result and the requested view of the new version. A
+     * step the client's ledger shows as already applied is answered with the stored result instead.
      *
-     * @param noGrad      tensor indexes without a gradient this step
-     * @param groupLr     new base learning rates by group name
-     * @param view        resolved view to return, or null for none
-     * @param baseVersion the version the gradient was computed at, or null for the current one
+     * @param view resolved view to return, or null for none
      */
-    public CompletableFuture<StepOutcome> commit(StepAssembly a, List<Integer> noGrad, Map<String, Double> groupLr,
-                                                 ResolvedView view, NonFinitePolicy policy, Long baseVersion) {
+    public CompletableFuture<StepOutcome> commit(StepAssembly a, StepOptions options, ResolvedView view,
+                                                 NonFinitePolicy policy) {
         checkCurrent(a);
-        boolean[] skip = noGradMask(noGrad);
+        boolean[] skip = noGradMask(options.noGrad());
         a.checkComplete(skip);
-        steps.resolveGroupLr(groupLr); // refuses a bad learning rate before anything changes
+        Long baseVersion = options.baseVersion();
+        Map<String, Struct> changes = GroupChange.combine(groups, name, options.groupLr(),
+                options.groupHyperparameters());
+        if (options.setsWeights()) {
+            if (a.clientId().isEmpty()) {
+                throw OptError.invalid("open.client_id: a set-weights step is a trainer's: open the Step stream with"
+                        + " a client id");
+            }
+            if (a.nonFinite() != null) {
+                throw OptError.invalid("step %s: the weights to set hold %s", Long.toUnsignedString(a.stepId()),
+                        a.nonFinite()).withReason(OptError.Reason.NON_FINITE_GRADIENT).withField("chunk.data")
+                        .with("model", Echo.of(name));
+            }
+            steps.checkWeightsView(options.weightsView());
+        }
         View label = view == null ? NO_VIEW : view.label();
-        boolean skipped = a.nonFinite() != null && policy == NonFinitePolicy.NON_FINITE_SKIP;
+        boolean skipped = !options.setsWeights() && a.nonFinite() != null
+                && policy == NonFinitePolicy.NON_FINITE_SKIP;
         long stamp = lock.writeLock();
         try {
             checkLive();
@@ -359,6 +374,7 @@ public final class Model {
                 result = stored.toBuilder().setView(label).setReplayed(true).build();
             } else {
                 checkAcceptingSteps();
+                GroupChange.resolve(groups, name, changes); // refuses a bad change before anything changes
                 // base_version is a wire uint64: compared unsigned, 2^63 and above are ahead, not behind
                 if (baseVersion != null && Long.compareUnsigned(baseVersion, version) > 0) {
                     throw OptError.invalid("commit.base_version: %s is ahead of the model's version %d",
@@ -366,11 +382,14 @@ public final class Model {
                             .withReason(OptError.Reason.BASE_VERSION_AHEAD).with("model", Echo.of(name))
                             .with("base_version", Long.toUnsignedString(baseVersion)).with("current_version", version);
                 }
-                if (sync && !skipped && (baseVersion == null || baseVersion == version)) {
-                    return rounds.contribute(a, skip, groupLr, view);
+                if (options.setsWeights()) {
+                    result = setWeightsAtOnce(a, options.weightsView(), skip, changes, baseVersion, label);
+                } else if (sync && !skipped && (baseVersion == null || baseVersion == version)) {
+                    return rounds.contribute(a, skip, changes, view);
+                } else {
+                    result = sync && !skipped ? rounds.late(a, label) // its step was applied without it
+                            : applyAtOnce(a, skip, changes, skipped, baseVersion, label);
                 }
-                result = sync && !skipped ? rounds.late(a, label) // its step was applied without it
-                        : applyAtOnce(a, skip, groupLr, skipped, baseVersion, label);
             }
             abandon(a);
             long readStamp = lock.tryConvertToReadLock(stamp);
@@ -387,7 +406,7 @@ public final class Model {
      * Applies a step at once, from its trainer's gradient buffers (async mode), or answers it as
      * skipped (a non-finite gradient under NON_FINITE_SKIP). Under the write lock.
      */
-    private StepResult applyAtOnce(StepAssembly a, boolean[] skip, Map<String, Double> groupLr, boolean skipped,
+    private StepResult applyAtOnce(StepAssembly a, boolean[] skip, Map<String, Struct> changes, boolean skipped,
                                    Long baseVersion, View label) {
         long staleness = baseVersion == null ? 0 : version - baseVersion;
         Contribution who = a.session().contribution(a.stepId());
@@ -400,7 +419,52 @@ public final class Model {
                 t.storage.useGradient(a.session().handles[t.index]);
             }
         }
-        return steps.apply(steps.live(List.of(who), skip, groupLr, a.sumOfSquares(), lrScale, staleness), label);
+        return steps.apply(steps.live(List.of(who), skip, changes, a.sumOfSquares(), lrScale, staleness), label);
+    }
+
+    /**
+     * Applies a set-weights step at once, as a version of its own, from its trainer's buffers.
+     * In sync mode it cannot go between a step's contributions: they were computed at the weights
+     * it replaces. Under the write lock.
+     */
+    private StepResult setWeightsAtOnce(StepAssembly a, ViewKind weightsView, boolean[] keep,
+                                        Map<String, Struct> changes, Long baseVersion, View label) {
+        if (rounds.waiting() > 0) {
+            throw OptError.precondition("model '%s': %d contributions to the sync step to version %d are waiting;"
+                    + " set weights between sync steps", Echo.of(name), rounds.waiting(), version + 1)
+                    .withReason(OptError.Reason.SYNC_STEP_OPEN).with("model", Echo.of(name));
+        }
+        for (TensorEntry t : tensors) {
+            if (!keep[t.index]) {
+                t.storage.useGradient(a.session().handles[t.index]);
+            }
+        }
+        long staleness = baseVersion == null ? 0 : version - baseVersion;
+        return steps.apply(steps.liveWeights(a.session().contribution(a.stepId()), weightsView, keep, changes,
+                staleness), label);
+    }
+
+    /**
+     * Sets θ of every tensor not in {@code keep} to the step buffer's values, at the train point or,
+     * with {@code fromEval}, at Schedule-Free's x (y is recomputed from z, as its train() does; a
+     * tensor that has not stepped has no z and holds y = x). Optimizer state and step counts stay;
+     * the version advances. Under the write lock.
+     */
+    void setWeights(boolean[] keep, boolean fromEval) {
+        List<TensorProgram> programs = new ArrayList<>();
+        KernelCall set = Kernel.SET_PARAMS.call().build();
+        for (TensorEntry t : tensors) {
+            if (keep[t.index]) {
+                continue;
+            }
+            List<KernelCall> calls = new ArrayList<>(List.of(set));
+            if (fromEval && t.steps > 0) {
+                calls.add(t.group.algorithm.trainFromEval());
+            }
+            programs.add(new TensorProgram(t.storage, calls));
+        }
+        engine.run(programs);
+        version++;
     }
 
     /** Opens the requested view after a step, releasing the read lock when there is none to read. */
@@ -433,7 +497,8 @@ public final class Model {
      * @return the update norm, if the model reports it
      */
     private Double apply(boolean[] skip, Map<GroupState, StepPlan> plans) {
-        long t = version + 1;
+        // EMA cadence counts optimizer steps: set-weights steps are versions but not steps.
+        long t = scheduleStep + 1;
         boolean sync = training.lookahead() != null && training.lookahead().syncsAt(lookaheadStep + 1);
         List<Integer> emaDue = new ArrayList<>();
         for (int i = 0; i < emaUpdates.length; i++) {
@@ -459,8 +524,24 @@ public final class Model {
             lookaheadStep = sync ? 0 : lookaheadStep + 1;
         }
         scheduleStep++;
-        version = t;
+        version++;
         return updateNorm;
+    }
+
+    /** Contributions to the open sync step, waiting for it to be applied (0 in async mode). */
+    int syncContributionsWaiting() {
+        long stamp = lock.readLock();
+        try {
+            return rounds.waiting();
+        } finally {
+            lock.unlockRead(stamp);
+        }
+    }
+
+    /** Every hyperparameter with its model-wide value: the algorithm's defaults under the model's. */
+    com.google.protobuf.Struct defaults() {
+        return dev.optsidecar.server.optim.Hyperparameters.merge(groups.get(0).definition,
+                Map.of("spec.optimizer.hyperparameters", config.getHyperparameters())).toStruct();
     }
 
     /** The learning rate a group uses for the next step: its base lr under the schedule. */

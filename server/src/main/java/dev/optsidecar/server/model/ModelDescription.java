@@ -1,6 +1,5 @@
 package dev.optsidecar.server.model;
 
-import com.google.protobuf.Value;
 import dev.optsidecar.proto.v1.GroupCounters;
 import dev.optsidecar.proto.v1.GroupInfo;
 import dev.optsidecar.proto.v1.GroupScalarInfo;
@@ -22,6 +21,7 @@ final class ModelDescription {
                 .addAllViews(m.views())
                 .setMemoryBytes(m.memoryBytes() + m.sessionBytes() + m.recordBytes())
                 .setCoordination(m.coordinationStatus())
+                .setDefaults(m.defaults())
                 .setSchedule(Schedule.newBuilder()
                         .setType(m.training().schedule().type())
                         .setParameters(m.training().schedule().parameters()));
@@ -48,8 +48,7 @@ final class ModelDescription {
         for (GroupState g : m.groups()) {
             GroupInfo.Builder gi = GroupInfo.newBuilder()
                     .setName(g.name)
-                    .setHyperparameters(g.hyperparameters.toStruct().toBuilder()
-                            .putFields("lr", Value.newBuilder().setNumberValue(g.baseLr).build()))
+                    .setHyperparameters(g.effective())
                     .setLr(m.lrFor(g));
             for (GroupScalar declared : g.algorithm.groupScalars()) {
                 gi.addScalars(GroupScalarInfo.newBuilder().setName(declared.name()).setInitial(declared.initial()));
@@ -58,7 +57,8 @@ final class ModelDescription {
             state.addGroups(GroupCounters.newBuilder()
                     .setGroup(g.name)
                     .setLr(g.baseLr)
-                    .putAllScalars(g.scalars.asMap()));
+                    .putAllScalars(g.scalars.asMap())
+                    .setHyperparameters(g.effective()));
         }
         return b.setTotalElements(total).setState(state).build();
     }

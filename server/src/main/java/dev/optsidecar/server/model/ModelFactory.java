@@ -145,14 +145,15 @@ final class ModelFactory {
 
         Map<String, GroupState> groups = new LinkedHashMap<>();
         for (Map.Entry<String, Hyperparameters> e : groupHp.entrySet()) {
-            Algorithm algorithm = definition.create(e.getValue());
+            GroupState group = new GroupState(e.getKey(), definition, e.getValue());
+            Algorithm algorithm = group.algorithm;
             if (training.lookahead() != null && training.lookahead().pullback() != Lookahead.Pullback.NONE
                     && algorithm.momentumSlot() < 0) {
                 throw OptError.invalid("spec.optimizer.lookahead.pullback_momentum: '%s' acts on SGD's momentum"
                         + " buffer, which group '%s' (%s) does not have", config.getLookahead().getPullbackMomentum(),
                         Echo.of(e.getKey()), definition.name());
             }
-            groups.put(e.getKey(), new GroupState(e.getKey(), e.getValue(), algorithm));
+            groups.put(e.getKey(), group);
         }
         List<String> wrapperSlots = Views.wrapperSlots(training.ema().size(), training.lookahead());
 

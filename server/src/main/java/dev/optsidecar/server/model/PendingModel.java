@@ -142,6 +142,9 @@ public final class PendingModel {
             if (!(saved.getLr() >= 0) || Double.isInfinite(saved.getLr())) {
                 throw OptError.invalid("spec.state.groups[%s].lr: must be finite and >= 0", Echo.of(g.name));
             }
+            if (saved.hasHyperparameters()) {
+                restoreHyperparameters(g, saved.getHyperparameters());
+            }
             g.baseLr = saved.getLr();
             g.scalars = restoredScalars(g, saved.getScalarsMap());
         }
@@ -179,6 +182,15 @@ public final class PendingModel {
             model.engine().run(programs);
         } else if (saved != ViewKind.VIEW_TRAIN && saved != ViewKind.VIEW_KIND_UNSPECIFIED) {
             throw OptError.invalid("spec.state.weights_view: must be VIEW_TRAIN or VIEW_EVAL (got %s)", saved);
+        }
+    }
+
+    /** A saved group's hyperparameters, changed between steps of the saved run, over the spec's. */
+    private void restoreHyperparameters(GroupState g, com.google.protobuf.Struct saved) {
+        try {
+            GroupChange.resolve(model.groups(), model.name(), Map.of(g.name, saved)).forEach(GroupChange::apply);
+        } catch (OptError e) {
+            throw OptError.invalid("spec.state.groups[%s].hyperparameters: %s", Echo.of(g.name), e.getMessage());
         }
     }
 

@@ -1,9 +1,12 @@
 package dev.optsidecar.server.model;
 
+import com.google.protobuf.Struct;
 import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.GroupStep;
+import dev.optsidecar.proto.v1.StepKind;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.optim.StepPlan;
@@ -61,11 +64,18 @@ final class StepApplier {
         this.log = log;
     }
 
-    /** The record of a step whose gradient is in the step buffers, to be applied to the current version. */
-    StepRecord live(List<Contribution> contributions, boolean[] noGrad, Map<String, Double> groupLr,
+    /** The record of a gradient step whose gradient is in the step buffers, to be applied to the current version. */
+    StepRecord live(List<Contribution> contributions, boolean[] noGrad, Map<String, Struct> groupChanges,
                     double sumOfSquares, double lrScale, long staleness) {
-        return new StepRecord(contributions, model.version(), noGrad, Map.copyOf(groupLr), sumOfSquares, lrScale,
-                staleness, stepBuffers);
+        return new StepRecord(contributions, model.version(), StepKind.STEP_GRADIENT, ViewKind.VIEW_TRAIN, noGrad,
+                Map.copyOf(groupChanges), sumOfSquares, lrScale, staleness, stepBuffers);
+    }
+
+    /** The record of a set-weights step whose weights are in the step buffers. */
+    StepRecord liveWeights(Contribution who, ViewKind weightsView, boolean[] keep, Map<String, Struct> groupChanges,
+                           long staleness) {
+        return new StepRecord(List.of(who), model.version(), StepKind.STEP_SET_WEIGHTS, weightsView, keep,
+                Map.copyOf(groupChanges), 0, 1.0, staleness, stepBuffers);
     }
 
     /**
@@ -73,13 +83,17 @@ final class StepApplier {
      * result in the ledger, and returns the result (with the new version) labelled {@code label}.
      */
     StepResult apply(StepRecord step, View label) {
-        Map<GroupState, Double> newLr = resolveGroupLr(step.groupLr());
+        List<GroupChange> changes = resolveChanges(step.groupChanges());
+        if (step.setsWeights()) {
+            checkWeightsView(step.weightsView());
+        }
         if (log != null) {
             log.append(step);
         }
-        newLr.forEach((g, lr) -> g.baseLr = lr);
-        StepResult result = run(step.contributions(), step.noGrad(), step.sumOfSquares(), step.lrScale(),
-                step.staleness(), false, label);
+        changes.forEach(GroupChange::apply);
+        StepResult result = step.setsWeights() ? setWeights(step, label)
+                : run(step.contributions(), step.noGrad(), step.sumOfSquares(), step.lrScale(), step.staleness(),
+                false, label);
         remember(step.contributions(), result);
         return result;
     }
@@ -150,7 +164,10 @@ final class StepApplier {
             throw OptError.dataLoss("%s: its staleness is %d", what, step.staleness());
         }
         try {
-            resolveGroupLr(step.groupLr());
+            resolveChanges(step.groupChanges());
+            if (step.setsWeights()) {
+                checkWeightsView(step.weightsView());
+            }
         } catch (OptError e) {
             throw OptError.dataLoss("%s: %s", what, e.getMessage());
         }
@@ -180,7 +197,8 @@ final class StepApplier {
                     .setLr(lr)
                     .setEffectiveLr(plan.effectiveLr())
                     .setAveragingWeight(plan.averagingWeight())
-                    .putAllScalars((skipped ? g.scalars : plan.after()).asMap()));
+                    .putAllScalars((skipped ? g.scalars : plan.after()).asMap())
+                    .setHyperparameters(g.effective()));
         }
         if (!skipped) {
             Double updateNorm = engineStep.run(skip, plans);
@@ -192,6 +210,46 @@ final class StepApplier {
             model.status().applied(contributions.size(), staleness);
         }
         return result.setVersion(model.version()).build();
+    }
+
+    /**
+     * Sets the weights of the tensors not in {@code step.noGrad()} to the step's values (see
+     * {@link Model#setWeights}); the result reports each group as it stands, nothing optimized.
+     */
+    private StepResult setWeights(StepRecord step, View label) {
+        model.setWeights(step.noGrad(), step.weightsView() == ViewKind.VIEW_EVAL);
+        StepResult.Builder result = StepResult.newBuilder()
+                .setStepId(step.contributions().get(0).getStepId())
+                .setKind(StepKind.STEP_SET_WEIGHTS)
+                .setView(label)
+                .setClipCoefficient(1.0)
+                .setStaleness(step.staleness())
+                .setLrScale(1.0)
+                .addAllContributions(step.contributions());
+        for (GroupState g : groups) {
+            double lr = lrFor(g);
+            result.addGroups(GroupStep.newBuilder().setGroup(g.name).setLr(lr).setEffectiveLr(lr)
+                    .setAveragingWeight(Double.NaN).putAllScalars(g.scalars.asMap())
+                    .setHyperparameters(g.effective()));
+        }
+        model.history().record(model.version(), step.contributions());
+        return result.setVersion(model.version()).build();
+    }
+
+    /** Weights at the eval point can be set only where the algorithm can turn them back into train weights. */
+    void checkWeightsView(ViewKind weightsView) {
+        switch (weightsView) {
+            case VIEW_KIND_UNSPECIFIED, VIEW_TRAIN -> { }
+            case VIEW_EVAL -> {
+                if (groups.get(0).algorithm.trainFromEval() == null) {
+                    throw OptError.invalid("commit.weights_view: %s keeps no eval point that its train weights can be"
+                            + " recomputed from (only Schedule-Free's x); send the train weights",
+                            model.config().getAlgorithm());
+                }
+            }
+            default -> throw OptError.invalid("commit.weights_view: weights can be set at VIEW_TRAIN or VIEW_EVAL,"
+                    + " not %s", weightsView);
+        }
     }
 
     private double lrFor(GroupState g) {
@@ -206,20 +264,8 @@ final class StepApplier {
         }
     }
 
-    /** The groups named in a step's new learning rates, each checked to be finite and >= 0. */
-    Map<GroupState, Double> resolveGroupLr(Map<String, Double> groupLr) {
-        Map<GroupState, Double> out = new LinkedHashMap<>();
-        for (Map.Entry<String, Double> e : groupLr.entrySet()) {
-            GroupState g = groups.stream().filter(x -> x.name.equals(e.getKey())).findFirst().orElseThrow(() ->
-                    OptError.invalid("commit.group_lr: model '%s' has no group '%s'", Echo.of(model.name()),
-                            Echo.of(e.getKey())));
-            double lr = e.getValue();
-            if (!(lr >= 0) || Double.isInfinite(lr)) {
-                throw OptError.invalid("commit.group_lr[%s]: learning rate must be finite and >= 0 (got %s)",
-                        Echo.of(e.getKey()), lr);
-            }
-            out.put(g, lr);
-        }
-        return out;
+    /** A step's hyperparameter changes, validated against the groups' current values. */
+    List<GroupChange> resolveChanges(Map<String, Struct> groupChanges) {
+        return GroupChange.resolve(groups, model.name(), groupChanges);
     }
 }

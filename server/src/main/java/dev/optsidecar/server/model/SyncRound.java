@@ -1,5 +1,7 @@
 package dev.optsidecar.server.model;
 
+import com.google.protobuf.Struct;
+
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -12,7 +14,7 @@ import java.util.concurrent.ScheduledFuture;
  */
 final class SyncRound {
     /** One trainer's gradient for the round, held in its session's buffers until the round applies. */
-    record Contribution(ClientSession session, long stepId, boolean[] noGrad, Map<String, Double> groupLr,
+    record Contribution(ClientSession session, long stepId, boolean[] noGrad, Map<String, Struct> groupChanges,
                         Model.ResolvedView view, CompletableFuture<Model.StepOutcome> result) {}
 
     final long version;

@@ -1,5 +1,6 @@
 package dev.optsidecar.server.model;
 
+import com.google.protobuf.Struct;
 import dev.optsidecar.proto.v1.Combine;
 import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.StepResult;
@@ -48,10 +49,18 @@ final class SyncRounds {
     }
 
     /** Adds step {@code a} to the open round and applies the round if it is now due. */
-    CompletableFuture<Model.StepOutcome> contribute(StepAssembly a, boolean[] skip, Map<String, Double> groupLr,
+    CompletableFuture<Model.StepOutcome> contribute(StepAssembly a, boolean[] skip, Map<String, Struct> groupChanges,
                                                     Model.ResolvedView view) {
+        if (round != null && !groupChanges.isEmpty()) {
+            // The round applies its contributors' changes merged: refuse one that does not merge
+            // into a valid whole now rather than fail the whole round later.
+            List<Map<String, Struct>> all = new ArrayList<>(round.contributions.stream()
+                    .map(SyncRound.Contribution::groupChanges).toList());
+            all.add(groupChanges);
+            GroupChange.resolve(model.groups(), model.name(), GroupChange.merge(all));
+        }
         CompletableFuture<Model.StepOutcome> result = new CompletableFuture<>();
-        SyncRound.Contribution c = new SyncRound.Contribution(a.session(), a.stepId(), skip, Map.copyOf(groupLr),
+        SyncRound.Contribution c = new SyncRound.Contribution(a.session(), a.stepId(), skip, Map.copyOf(groupChanges),
                 view, result);
         trainers.contributing(c);
         if (round == null) {
@@ -74,6 +83,11 @@ final class SyncRounds {
                 .setView(label).setLrScale(1.0).build();
         model.ledger().record(a.clientId(), a.stepId(), result.toBuilder().clearView().build());
         return result;
+    }
+
+    /** Contributions to the open round, waiting for it to be applied. */
+    int waiting() {
+        return round == null ? 0 : round.contributions.size();
     }
 
     /** The model is deleted: the open round's contributors are told so. */
@@ -154,7 +168,8 @@ final class SyncRounds {
             squares += t.storage.combineGradients(handles, mean ? parts.size() : 1f);
         }
         List<Contribution> who = parts.stream().map(c -> c.session().contribution(c.stepId())).toList();
-        StepResult common = steps.apply(steps.live(who, skip, parts.get(0).groupLr(), squares, 1.0, 0), Model.NO_VIEW);
+        Map<String, Struct> changes = GroupChange.merge(parts.stream().map(SyncRound.Contribution::groupChanges).toList());
+        StepResult common = steps.apply(steps.live(who, skip, changes, squares, 1.0, 0), Model.NO_VIEW);
         trainers.contributed(parts);
         handOut(parts, common);
     }

@@ -8,6 +8,10 @@ import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.server.SocketServer;
 import dev.optsidecar.server.StandardModel;
+import com.google.protobuf.Struct;
+import com.google.protobuf.Value;
+import dev.optsidecar.proto.v1.StepKind;
+import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.model.StepRecord;
 import dev.optsidecar.server.snapshot.SnapshotStore;
 import org.junit.jupiter.api.io.TempDir;
@@ -54,10 +58,18 @@ class JournalReplayFailureTest {
         }
     }
 
+    private static Map<String, Struct> lrChanges(Map<String, Double> groupLr) {
+        Map<String, Struct> out = new java.util.LinkedHashMap<>();
+        groupLr.forEach((g, lr) -> out.put(g, Struct.newBuilder()
+                .putFields("lr", Value.newBuilder().setNumberValue(lr).build()).build()));
+        return out;
+    }
+
     /** A step record applied to {@code versionBefore}, with a gradient of {@code numel} elements. */
     private static StepRecord record(long versionBefore, long numel, Map<String, Double> groupLr) {
         return new StepRecord(List.of(Contribution.newBuilder().setClientId("t").setStepId(100 + versionBefore).build()),
-                versionBefore, new boolean[]{false}, groupLr, 1.0, 1.0, 0, new StepRecord.Gradients() {
+                versionBefore, StepKind.STEP_GRADIENT, ViewKind.VIEW_TRAIN, new boolean[]{false}, lrChanges(groupLr),
+                1.0, 1.0, 0, new StepRecord.Gradients() {
                     @Override
                     public long numel(int tensor) {
                         return numel;

@@ -1,6 +1,11 @@
 package dev.optsidecar.server.durability;
 
 import dev.optsidecar.proto.v1.Contribution;
+import com.google.protobuf.ListValue;
+import com.google.protobuf.Struct;
+import com.google.protobuf.Value;
+import dev.optsidecar.proto.v1.StepKind;
+import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.model.StepRecord;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -32,7 +37,19 @@ class StepJournalTest {
         boolean[] noGrad = {false, true, false};
         List<Contribution> who = List.of(Contribution.newBuilder().setClientId("client-" + id).setStepId(id).build(),
                 Contribution.newBuilder().setClientId("other").setStepId(7 * id).build());
-        return new StepRecord(who, id - 1, noGrad, Map.of("default", 0.5 / id), 1.25 * id, 1.0 / id, id - 1,
+        // Every other step sets weights (at the eval point every fourth) and changes more than lr;
+        // 0.1 + 0.2 and 1/3 check that doubles come back to the bit.
+        boolean setsWeights = id % 2 == 0;
+        Struct changes = Struct.newBuilder()
+                .putFields("lr", Value.newBuilder().setNumberValue(0.5 / id).build())
+                .putFields("betas", Value.newBuilder().setListValue(ListValue.newBuilder()
+                        .addValues(Value.newBuilder().setNumberValue(0.1 + 0.2))
+                        .addValues(Value.newBuilder().setNumberValue(1.0 / 3))).build())
+                .putFields("amsgrad", Value.newBuilder().setBoolValue(id == 3).build()).build();
+        return new StepRecord(who, id - 1, setsWeights ? StepKind.STEP_SET_WEIGHTS : StepKind.STEP_GRADIENT,
+                id % 4 == 0 ? ViewKind.VIEW_EVAL : ViewKind.VIEW_TRAIN, noGrad,
+                id == 1 ? Map.of("default", changes) : Map.of("default", changes, "head", Struct.getDefaultInstance()),
+                1.25 * id, 1.0 / id, id - 1,
                 new StepRecord.Gradients() {
                     @Override
                     public long numel(int tensor) {
@@ -93,7 +110,9 @@ class StepJournalTest {
                 assertEquals(sent.staleness(), got.staleness());
                 assertEquals(sent.versionBefore(), got.versionBefore());
                 assertArrayEquals(sent.noGrad(), got.noGrad());
-                assertEquals(sent.groupLr(), got.groupLr());
+                assertEquals(sent.groupChanges(), got.groupChanges());
+                assertEquals(sent.kind(), got.kind());
+                assertEquals(sent.weightsView(), got.weightsView());
                 assertEquals(sent.sumOfSquares(), got.sumOfSquares());
                 assertArrayEquals(values(sent, 0), values(got, 0));
                 assertArrayEquals(values(sent, 2), values(got, 2));

@@ -32,6 +32,7 @@ final class CpuKernels {
             case RADAM_SCHEDULE_FREE -> ScheduleFreeLoops.radam(call);
             case RADAM_SCHEDULE_FREE_PRESCALED -> ScheduleFreeLoops.radamPrescaled(call);
             case COPY_PARAMS -> WrapperLoops.copyParams(call);
+            case SET_PARAMS -> WrapperLoops.setParams();
             case EMA_BLEND -> WrapperLoops.emaBlend(call);
             case LOOKAHEAD_SYNC, LOOKAHEAD_SYNC_RESET, LOOKAHEAD_SYNC_PULLBACK -> WrapperLoops.lookaheadSync(call);
             case SCHEDULE_FREE_TRAIN_FROM_EVAL -> ScheduleFreeLoops.trainFromEval(call);

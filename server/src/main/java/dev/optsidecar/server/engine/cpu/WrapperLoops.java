@@ -12,6 +12,11 @@ final class WrapperLoops {
         return (p, g, state, from, to) -> System.arraycopy(p, from, state[target], from, to - from);
     }
 
+    /** θ = g: a trainer's new weights, sent in the step's gradient buffer. */
+    static BlockLoop setParams() {
+        return (p, g, state, from, to) -> System.arraycopy(g, from, p, from, to - from);
+    }
+
     static BlockLoop emaBlend(KernelCall call) {
         float keep = call.scalar("keep");
         float take = call.scalar("take");

@@ -50,6 +50,7 @@ public enum Kernel {
     RADAM_SCHEDULE_FREE_PRESCALED("radam_schedule_free_prescaled", Kind.STEP, "z exp_avg_sq",
             "beta2 one_minus_beta2 scaled_eps c scaled_y_coefficient scaled_z_coefficient", ""),
     COPY_PARAMS("copy_params", Kind.STEP, "target", "", ""),
+    SET_PARAMS("set_params", Kind.STEP, "", "", ""),
     EMA_BLEND("ema_blend", Kind.STEP, "shadow", "keep take", ""),
     LOOKAHEAD_SYNC("lookahead_sync", Kind.STEP, "slow", "alpha one_minus_alpha", ""),
     LOOKAHEAD_SYNC_RESET("lookahead_sync_reset", Kind.STEP, "slow momentum_buffer", "alpha one_minus_alpha", ""),

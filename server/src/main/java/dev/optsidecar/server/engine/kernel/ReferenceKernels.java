@@ -27,6 +27,7 @@ public final class ReferenceKernels {
             case RADAM_SCHEDULE_FREE -> radamScheduleFree(call, theta, grad, state);
             case RADAM_SCHEDULE_FREE_PRESCALED -> radamScheduleFreePrescaled(call, theta, grad, state);
             case COPY_PARAMS -> copyParams(call, theta, state);
+            case SET_PARAMS -> setParams(theta, grad);
             case EMA_BLEND -> emaBlend(call, theta, state);
             case LOOKAHEAD_SYNC, LOOKAHEAD_SYNC_RESET, LOOKAHEAD_SYNC_PULLBACK -> lookaheadSync(call, theta, state);
             case SCHEDULE_FREE_TRAIN_FROM_EVAL -> trainFromEval(call, theta, state);
@@ -262,6 +263,12 @@ public final class ReferenceKernels {
             float scaledU = g / ((float) Math.sqrt(v[i]) + scaledEps);
             scheduleFreeUpdate(y, z, i, scaledU, c.scalar("c"), c.scalar("scaled_y_coefficient"),
                     c.scalar("scaled_z_coefficient"), false);
+        }
+    }
+
+    private static void setParams(float[] theta, float[] grad) {
+        for (int i = 0; i < theta.length; i++) {
+            theta[i] = grad[i];
         }
     }
 

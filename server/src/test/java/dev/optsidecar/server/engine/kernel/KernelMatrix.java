@@ -36,7 +36,7 @@ public final class KernelMatrix {
      * @param lookahead null, or Lookahead with k = 3
      */
     public record Case(String name, String algorithm, Struct hp, float gradScale, double[][] ema,
-                       Lookahead.Pullback lookahead) {
+                       Lookahead.Pullback lookahead, boolean setsWeights) {
         @Override
         public String toString() {
             return name;
@@ -77,25 +77,38 @@ public final class KernelMatrix {
                     }
                 }
                 steps.add(calls);
+                if (setsWeights && t % 3 == 1) {
+                    // A trainer sets the weights between steps: θ = the sent values, at the train
+                    // point or, where the algorithm has one, at the eval point (y recomputed from z).
+                    List<KernelCall> set = new ArrayList<>(List.of(Kernel.SET_PARAMS.call().build()));
+                    if (alg.trainFromEval() != null && t % 2 == 0) {
+                        set.add(alg.trainFromEval());
+                    }
+                    steps.add(set);
+                }
             }
             return steps;
         }
     }
 
     private static Case of(String name, String algorithm, Struct hp) {
-        return new Case(name, algorithm, hp, 1f, new double[0][], null);
+        return new Case(name, algorithm, hp, 1f, new double[0][], null, false);
+    }
+
+    private static Case settingWeights(String name, String algorithm, Struct hp, double[]... ema) {
+        return new Case(name, algorithm, hp, 1f, ema, null, true);
     }
 
     private static Case clipped(String name, String algorithm, Struct hp) {
-        return new Case(name, algorithm, hp, 0.375f, new double[0][], null);
+        return new Case(name, algorithm, hp, 0.375f, new double[0][], null, false);
     }
 
     private static Case withEma(String name, String algorithm, Struct hp, float gradScale, double[]... ema) {
-        return new Case(name, algorithm, hp, gradScale, ema, null);
+        return new Case(name, algorithm, hp, gradScale, ema, null, false);
     }
 
     private static Case withLookahead(String name, String algorithm, Struct hp, Lookahead.Pullback mode) {
-        return new Case(name, algorithm, hp, 1f, new double[0][], mode);
+        return new Case(name, algorithm, hp, 1f, new double[0][], mode, false);
     }
 
     public static Stream<Case> cases() {
@@ -141,6 +154,8 @@ public final class KernelMatrix {
                         Lookahead.Pullback.RESET),
                 withLookahead("sgd-momentum-lookahead-pullback", "SGD", TestData.hp("momentum", 0.9),
                         Lookahead.Pullback.PULLBACK),
-                withLookahead("adam-lookahead", "Adam", TestData.hp(), Lookahead.Pullback.NONE));
+                withLookahead("adam-lookahead", "Adam", TestData.hp(), Lookahead.Pullback.NONE),
+                settingWeights("adam-setting-weights", "Adam", TestData.hp(), new double[] {0.9, 1}),
+                settingWeights("adamw-sf-setting-weights-at-train-and-eval", "AdamWScheduleFree", TestData.hp()));
     }
 }
