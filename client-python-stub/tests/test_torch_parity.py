@@ -103,6 +103,21 @@ def test_defaults_and_groups_hold_every_reference_entry(target, algorithm):
         opt.delete()
 
 
+def test_defaults_are_model_wide_whatever_the_first_group_overrides(target):
+    model = make_mlp()
+    groups = [{"params": [model[0].bias, model[2].bias], "weight_decay": 0.0},
+              {"params": [model[0].weight, model[2].weight]}]
+    opt = RemoteOptimizer([dict(g) for g in groups], 1e-2, target=target, algorithm="AdamW", weight_decay=0.05,
+                          betas=(0.8, 0.99))
+    reference = torch.optim.AdamW([dict(g) for g in groups], 1e-2, weight_decay=0.05, betas=(0.8, 0.99))
+    try:
+        assert opt.param_groups[0]["weight_decay"] == 0.0 and opt.defaults["weight_decay"] == 0.05
+        assert opt.defaults == {**opt.defaults, **{k: v for k, v in reference.defaults.items() if k in opt.defaults}}
+        assert {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"} <= set(opt.defaults)
+    finally:
+        opt.delete()
+
+
 # -- state -----------------------------------------------------------------------------------------
 
 
