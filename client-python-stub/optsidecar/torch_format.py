@@ -80,7 +80,8 @@ _IMPLEMENTATION_ENTRIES = ("foreach", "capturable", "differentiable", "fused")
 #: this optimizer's algorithm lacks was saved by another algorithm.
 _DISTINCTIVE = ("momentum", "dampening", "nesterov", "betas", "eps", "amsgrad", "warmup_steps", "r",
                 "weight_lr_power", "silent_sgd_phase")
-#: torch 2.1 stopped storing SGD's momentum_buffer when momentum is 0; before, it stored None.
+#: torch 1.13 stores SGD's momentum_buffer as None when momentum is 0; later torch (from about 2.1)
+#: stores nothing then.
 _SGD_STORES_NO_BUFFER_AS_NONE = tuple(int(x) for x in torch.__version__.split(".")[:2] if x.isdigit()) < (2, 1)
 
 
