@@ -169,8 +169,13 @@ def tensor_state(ref: Reference, steps: int, slots: Mapping[str, torch.Tensor]) 
     return state
 
 
+def _number(value: Any) -> float:
+    """A float from a number or a 0-d tensor (torch keeps ``step`` and may keep ``lr`` as tensors)."""
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
 def _steps_of(value: Any, where: str) -> int:
-    steps = float(value.item() if isinstance(value, torch.Tensor) else value)
+    steps = _number(value)
     if not (math.isfinite(steps) and steps >= 0 and steps == int(steps)):
         raise ValueError(f"{where}: 'step' must be a whole number of steps >= 0, not {value!r}")
     return int(steps)
@@ -217,37 +222,16 @@ def from_reference_state_dict(state_dict: Mapping[str, Any], info: pb.ModelInfo,
     spec = spec_from_info(info)
     spec.ClearField("state")
     group_hyperparameters: List[Dict[str, Any]] = []
-    param_group_entries: List[Dict[str, Any]] = []
     counters: List[pb.GroupCounters] = []
     for gi, (saved, group_info, group_spec) in enumerate(zip(saved_groups, info.groups, spec.groups)):
-        ours = {name for name in group_info.hyperparameters.fields}
-        # Schedule-Free's counters first: they tell the two families apart most plainly.
-        counters_off = ([k for k in ("k", "weight_sum", "lr_max") if k not in saved] if ref.schedule_free else
-                        [k for k in ("k", "weight_sum", "lr_max") if k in saved])
-        foreign = sorted(k for k in saved if k in _DISTINCTIVE and k not in ours)
-        if counters_off or foreign:
-            what = (f"lacks the counters {counters_off} that {ref.qualified_name} keeps in every param group"
-                    if counters_off and ref.schedule_free else
-                    f"holds Schedule-Free's counters {counters_off}" if counters_off else
-                    f"holds {foreign}, which {algorithm} does not have")
-            raise ValueError(f"loaded state dict's param_groups[{gi}] {what}: it was saved by another algorithm "
-                             f"than {ref.qualified_name}; load it into a RemoteOptimizer with that algorithm")
+        ours = set(group_info.hyperparameters.fields)
+        _refuse_another_family(ref, algorithm, gi, saved, ours)
         changed = {k: v for k, v in saved.items() if k in ours}
-        group_hyperparameters.append(changed)
+        group_hyperparameters.append({**from_struct(group_info.hyperparameters), **changed})
         for name, value in to_struct(changed, f"param_groups[{gi}]").fields.items():
             group_spec.hyperparameters.fields[name].CopyFrom(value)
-        param_group_entries.append({k: v for k, v in saved.items() if k != "params"})
-        scalars = {}
-        for scalar in group_info.scalars:
-            if scalar.name not in saved:
-                raise ValueError(f"loaded state dict's param_groups[{gi}] lacks {scalar.name!r}, which "
-                                 f"{ref.qualified_name} keeps in every param group")
-            value = float(saved[scalar.name])
-            if not math.isfinite(value):
-                raise ValueError(f"loaded state dict's param_groups[{gi}][{scalar.name!r}] must be finite, not {value}")
-            scalars[scalar.name] = value
-        lr = saved.get("lr", group_info.hyperparameters["lr"])
-        lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+        lr = _number(saved.get("lr", group_info.hyperparameters["lr"]))
+        scalars = _saved_scalars(ref, gi, saved, group_info)
         counters.append(pb.GroupCounters(group=group_info.name, lr=lr, scalars=scalars))
 
     tensor_steps = [0] * len(info.tensors)
@@ -256,40 +240,11 @@ def from_reference_state_dict(state_dict: Mapping[str, Any], info: pb.ModelInfo,
         if saved_index not in index_of:
             raise ValueError(f"loaded state dict has state for parameter {saved_index!r}, which no param group lists")
         i = index_of[saved_index]
-        gi = group_of[i]
         where = f"loaded state dict's state[{saved_index}] (parameter {info.tensors[i].name!r})"
-        hyperparameters = from_struct(info.groups[gi].hyperparameters)
-        hyperparameters.update(group_hyperparameters[gi])
-        required = required_slots(ref, hyperparameters)
-        present = {k: v for k, v in entries.items() if k != "step" and v is not None}
-        unknown = sorted(k for k in present if k not in required)
-        if unknown:
-            raise ValueError(f"{where} holds {unknown}, which {ref.qualified_name} with these hyperparameters does "
-                             f"not keep (it keeps {list(required)}): it was saved by another algorithm or with "
-                             f"other hyperparameters; load it into a RemoteOptimizer configured as the saving one")
-        if ref.tensor_step:
-            steps = _steps_of(entries["step"], where) if "step" in entries else None
-            if steps is None and present:
-                raise ValueError(f"{where} lacks 'step', which {ref.qualified_name} keeps for every parameter it "
-                                 f"stepped: the state dict is incomplete; save it again from the optimizer that "
-                                 f"trained these parameters")
-            steps = steps or 0
-        elif ref.schedule_free:
-            steps = int(counters[gi].scalars["k"]) if "z" in present else 0
-        else:
-            steps = 1 if present else 0
-        missing = [k for k in required if k not in present] if present or steps else []
-        if missing:
-            raise ValueError(f"{where} lacks {missing}, which {ref.qualified_name} keeps for a parameter that "
-                             f"stepped under these hyperparameters: the state dict is incomplete; save it again "
-                             f"from the optimizer that trained these parameters")
-        tensor_steps[i] = steps
-        shape = tuple(weights[i].shape)
+        group_k = counters[group_of[i]].scalars.get("k", 0.0)
+        tensor_steps[i], present = _saved_tensor(ref, where, entries, group_hyperparameters[group_of[i]], group_k,
+                                                 tuple(weights[i].shape))
         for name, value in present.items():
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(f"{where}[{name!r}] has shape {got}; the parameter has shape {shape}: load the "
-                                 f"state dict into an optimizer over the same parameters")
             slots.setdefault(name, [None] * len(info.tensors))[i] = value.detach().to("cpu", torch.float32)
 
     version = max([0] + [int(c.scalars["k"]) for c in counters if "k" in c.scalars] + tensor_steps)
@@ -298,5 +253,72 @@ def from_reference_state_dict(state_dict: Mapping[str, Any], info: pb.ModelInfo,
         version=version, schedule_step=version, tensor_steps=tensor_steps, groups=counters,
         weights_view=pb.VIEW_EVAL if eval_mode else pb.VIEW_TRAIN))
     cpu_weights = [w.detach().to("cpu", torch.float32) for w in weights]
+    param_group_entries = [{k: v for k, v in saved.items() if k != "params"} for saved in saved_groups]
     return ServerState(spec, cpu_weights, slots), param_group_entries, "eval" if eval_mode else "train"
+
+
+def _refuse_another_family(ref: Reference, algorithm: str, index: int, saved: Mapping[str, Any],
+                           ours: Iterable[str]) -> None:
+    """Raises when saved group ``index`` is plainly another algorithm's: Schedule-Free's counters
+    where they do not belong (or missing where they do), or a hyperparameter that tells
+    algorithms apart and this one lacks."""
+    counters = ("k", "weight_sum", "lr_max")
+    off = [k for k in counters if (k not in saved) == ref.schedule_free]
+    foreign = sorted(k for k in saved if k in _DISTINCTIVE and k not in set(ours))
+    if not off and not foreign:
+        return
+    what = (f"lacks the counters {off} that {ref.qualified_name} keeps in every param group" if off and
+            ref.schedule_free else f"holds Schedule-Free's counters {off}" if off else
+            f"holds {foreign}, which {algorithm} does not have")
+    raise ValueError(f"loaded state dict's param_groups[{index}] {what}: it was saved by another algorithm than "
+                     f"{ref.qualified_name}; load it into a RemoteOptimizer with that algorithm")
+
+
+def _saved_scalars(ref: Reference, index: int, saved: Mapping[str, Any], group: pb.GroupInfo) -> Dict[str, float]:
+    """The group scalars the server declares for the group, from saved group ``index``."""
+    scalars = {}
+    for scalar in group.scalars:
+        if scalar.name not in saved:
+            raise ValueError(f"loaded state dict's param_groups[{index}] lacks {scalar.name!r}, which "
+                             f"{ref.qualified_name} keeps in every param group")
+        value = _number(saved[scalar.name])
+        if not math.isfinite(value):
+            raise ValueError(f"loaded state dict's param_groups[{index}][{scalar.name!r}] must be finite, not {value}")
+        scalars[scalar.name] = value
+    return scalars
+
+
+def _saved_tensor(ref: Reference, where: str, entries: Mapping[str, Any], hyperparameters: Mapping[str, Any],
+                  group_k: float, shape: Tuple[int, ...]) -> Tuple[int, Dict[str, torch.Tensor]]:
+    """One parameter's saved state: its step count (from ``step``; SGD: 1 once it has a buffer;
+    Schedule-Free: its group's k once it has z) and its slots, checked against what the reference
+    keeps under ``hyperparameters``."""
+    required = required_slots(ref, hyperparameters)
+    present = {k: v for k, v in entries.items() if k != "step" and v is not None}
+    unknown = sorted(k for k in present if k not in required)
+    if unknown:
+        raise ValueError(f"{where} holds {unknown}, which {ref.qualified_name} with these hyperparameters does not "
+                         f"keep (it keeps {list(required)}): it was saved by another algorithm or with other "
+                         f"hyperparameters; load it into a RemoteOptimizer configured as the saving one")
+    if ref.tensor_step:
+        if "step" not in entries and present:
+            raise ValueError(f"{where} lacks 'step', which {ref.qualified_name} keeps for every parameter it "
+                             f"stepped: the state dict is incomplete; save it again from the optimizer that "
+                             f"trained these parameters")
+        steps = _steps_of(entries["step"], where) if "step" in entries else 0
+    elif ref.schedule_free:
+        steps = int(group_k) if "z" in present else 0
+    else:
+        steps = 1 if present else 0
+    missing = [k for k in required if k not in present] if present or steps else []
+    if missing:
+        raise ValueError(f"{where} lacks {missing}, which {ref.qualified_name} keeps for a parameter that stepped "
+                         f"under these hyperparameters: the state dict is incomplete; save it again from the "
+                         f"optimizer that trained these parameters")
+    for name, value in present.items():
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{where}[{name!r}] has shape {got}; the parameter has shape {shape}: load the state "
+                             f"dict into an optimizer over the same parameters")
+    return steps, present
 
