@@ -159,7 +159,7 @@ def train(args: argparse.Namespace, target: str) -> History:
     data = load_data(args.seed)
     sf_model = make_model(args.seed)
     adamw_model = copy.deepcopy(sf_model)
-    sf_opt = RemoteOptimizer(decay_groups(sf_model, args.sf_weight_decay), target, "RAdamScheduleFree",
+    sf_opt = RemoteOptimizer(decay_groups(sf_model, args.sf_weight_decay), target=target, algorithm="RAdamScheduleFree",
                              model=f"digits-{int(time.time() * 1000)}", lr=args.sf_lr)
     adamw_opt = torch.optim.AdamW(decay_groups(adamw_model, args.adamw_weight_decay, named=False), lr=args.adamw_lr)
     steps_per_epoch = len(data.y_train) // args.batch_size

@@ -135,7 +135,7 @@ def trainer(rank: int, target: str, x: np.ndarray, y: np.ndarray, settings: Dict
         batch_size = settings["batch_size"]
         for job in iter(jobs.get, None):
             model = make_model(settings["seed"])  # the weights come from the server on attach
-            opt = RemoteOptimizer(model.named_parameters(), target, model=job.model, client_id=f"trainer-{rank}",
+            opt = RemoteOptimizer(model.named_parameters(), target=target, model=job.model, client_id=f"trainer-{rank}",
                                   attach=True)
             counts = dict(steps=0, late=0, rejected=0)
             try:
@@ -249,7 +249,7 @@ def run_mode(mode: str, args: argparse.Namespace, target: str, data: Data, train
 
     name = f"ps-{mode}-{os.getpid()}-{int(time.time() * 1000)}"
     model = make_model(args.seed)
-    registrar = RemoteOptimizer(model.named_parameters(), target, args.algorithm, model=name,
+    registrar = RemoteOptimizer(model.named_parameters(), target=target, algorithm=args.algorithm, model=name,
                                 coordination=coordination(mode, args), lr=args.lr)
     registrar.close()  # it only registered the model; the trainers attach to it
     with Client(target) as client:

@@ -58,14 +58,18 @@ __all__ = [
 ]
 
 
+#: What needs torch, imported only when asked for, so that numpy-only users need no torch.
+_NEEDS_TORCH = {"RemoteOptimizer": "optimizer", "recalibrate_batchnorm": "batchnorm"}
+
+
 def __getattr__(name: str):
-    # These need torch; import them only when asked for, so numpy-only users need no torch.
-    if name == "RemoteOptimizer":
-        from .optimizer import RemoteOptimizer
+    if name not in _NEEDS_TORCH:
+        raise AttributeError(f"module 'optsidecar' has no attribute {name!r}")
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"optsidecar.{name} needs torch, which is not installed: pip install optsidecar[torch] "
+                          f"(the Client works without it)") from e
+    import importlib
 
-        return RemoteOptimizer
-    if name == "recalibrate_batchnorm":
-        from .batchnorm import recalibrate_batchnorm
-
-        return recalibrate_batchnorm
-    raise AttributeError(f"module 'optsidecar' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_NEEDS_TORCH[name]}", __name__), name)

@@ -85,7 +85,8 @@ def bench_size(n: int, target: str, repeats: int, warmup: int, lr: float = 1e-3,
     remote = torch.nn.Parameter(local.detach().clone())
     grads = [torch.randn(n, generator=generator) for _ in range(_GRADIENTS)]
     local_opt = torch.optim.RAdam([local], lr=lr)
-    remote_opt = RemoteOptimizer([remote], target, "RAdam", model=f"bench-{size_label(n)}-{os.getpid()}", lr=lr)
+    remote_opt = RemoteOptimizer([remote], target=target, algorithm="RAdam",
+                                 model=f"bench-{size_label(n)}-{os.getpid()}", lr=lr)
     local_times: List[float] = []
     remote_times: List[float] = []
     try:
@@ -113,7 +114,7 @@ def warm_up_server(target: str, steps: int, n: int = 10**6) -> None:
         return
     param = torch.nn.Parameter(torch.zeros(n))
     param.grad = torch.randn(n, generator=torch.Generator().manual_seed(1))
-    opt = RemoteOptimizer([param], target, "RAdam", model=f"bench-warmup-{os.getpid()}")
+    opt = RemoteOptimizer([param], target=target, algorithm="RAdam", model=f"bench-warmup-{os.getpid()}")
     try:
         for _ in range(steps):
             opt.step()

@@ -4,7 +4,7 @@
 Example::
 
     with LocalServer("server/target/optsidecar-server.jar", java_options=["-Xmx8g"]) as server:
-        opt = RemoteOptimizer(model.parameters(), server.target, "RAdam")
+        opt = RemoteOptimizer(model.parameters(), target=server.target, algorithm="RAdam")
 """
 
 from __future__ import annotations

@@ -13,7 +13,11 @@ import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-import torch
+try:
+    import torch
+except ImportError as e:  # the Client works without torch; RemoteOptimizer is a torch optimizer
+    raise ImportError("RemoteOptimizer needs torch, which is not installed: pip install optsidecar[torch] "
+                      "(the Client works without it)") from e
 from google.protobuf import json_format
 
 from .buffers import Destination
@@ -22,24 +26,32 @@ from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
 from .edits import ParameterEdits, WeightsPush
 from .errors import AlreadyExists, InvalidArgument, NotFound, OptSidecarError, StaleGradient
 from .live_hyperparameters import LiveHyperparameters
+from .param_state import ParameterState
 from .params import ParsedGroup, parse_params
 from .results import CoordinationStatus, StepFigures, VersionContributions
 from .spec import from_struct, model_spec, optimizer_config, tensor_groups
+from .torch_format import client_side_entries, from_reference_state_dict, group_entries, reference, tensor_state
 from .v1 import optimizer_pb2 as pb
 
 __all__ = ["RemoteOptimizer"]
 
 _LOG = logging.getLogger("optsidecar")
 
-#: The ``"optsidecar"`` entry of a state dict: its format version. 2: each group's counters in
-#: ``spec["state"]`` are a ``scalars`` dict; 1, still loaded: they were ``k``, ``weight_sum`` and
-#: ``lr_max`` entries of every group, whatever the algorithm.
-STATE_DICT_FORMAT = 2
+#: The format of a state dict's ``"optsidecar"`` entry. 3: torch's format with that entry holding
+#: the server's extras (a dict). Still loaded, with ``spec``, ``weights`` and ``slots`` at the top
+#: level and the format as the entry itself: 2 (each group's counters in ``spec["state"]`` are a
+#: ``scalars`` dict) and 1 (they were ``k``, ``weight_sum`` and ``lr_max`` entries of every group).
+STATE_DICT_FORMAT = 3
 _FORMAT1_SCALARS = ("k", "weight_sum", "lr_max")
 
 #: Grace period of an ephemeral model's lease: the server deletes the model when its optimizer has
 #: not renewed the lease for this long (its process died). Renewed every third of it.
 DEFAULT_LEASE_SECONDS = 60
+
+#: Where the server is when ``target`` is not given and the environment does not say.
+DEFAULT_TARGET = "127.0.0.1:50051"
+#: The environment variable naming the server's ``host:port`` when ``target`` is not given.
+TARGET_ENVIRONMENT_VARIABLE = "OPTSIDECAR_TARGET"
 
 
 class _LeaseKeeper:
@@ -97,7 +109,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
             parameter groups, whose other keys override hyperparameters for that group (e.g.
             ``{"params": biases, "weight_decay": 0.0}``); groups are named ``group0``, ``group1``, ...
             unless a dict has a ``"name"``.
-        target (str): ``host:port`` of the server (default ``127.0.0.1:50051``).
+        lr (float, optional): the learning rate, second positional argument as in ``torch.optim``
+            (default: the algorithm's, e.g. 1e-3 for AdamW, 0.0025 for AdamWScheduleFree).
+        target (str, keyword-only): ``host:port`` of the server (default: the ``OPTSIDECAR_TARGET``
+            environment variable, else ``127.0.0.1:50051``).
         algorithm (str, optional): ``SGD``, ``Adam``, ``AdamW`` (the default), ``RAdam``,
             ``RAdam(torch2.x)``, ``RAdam(original)``, ``SGDScheduleFree``, ``AdamWScheduleFree`` or
             ``RAdamScheduleFree``.
@@ -209,7 +224,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
     recompute them before evaluating (see the README).
 
     Example:
-        >>> opt = RemoteOptimizer(model.named_parameters(), algorithm="AdamW", lr=1e-3)
+        >>> opt = RemoteOptimizer(model.named_parameters(), 1e-3, algorithm="AdamW", target="127.0.0.1:50051")
         >>> opt.zero_grad()
         >>> loss_fn(model(input), target).backward()
         >>> opt.step()
@@ -217,14 +232,23 @@ class RemoteOptimizer(torch.optim.Optimizer):
         {'group0': 0.001}
     """
 
-    def __init__(self, params: Any, target: str = "127.0.0.1:50051", algorithm: Optional[str] = None,
-                 model: Optional[str] = None, client_id: Optional[str] = None, *, attach: bool = False,
-                 schedule: Optional[Dict[str, Any]] = None, ema: Any = None,
+    def __init__(self, params: Any, lr: Optional[float] = None, *positional: Any, target: Optional[str] = None,
+                 algorithm: Optional[str] = None, model: Optional[str] = None, client_id: Optional[str] = None,
+                 attach: bool = False, schedule: Optional[Dict[str, Any]] = None, ema: Any = None,
                  lookahead: Optional[Dict[str, Any]] = None, clip_grad_norm: float = 0.0,
                  report_update_norm: bool = False, non_finite: Optional[str] = None,
                  client: Optional[Client] = None, retry_for: float = DEFAULT_RETRY_SECONDS,
                  coordination: Any = None, ephemeral: Optional[bool] = None,
                  lease_seconds: int = DEFAULT_LEASE_SECONDS, **hyperparameters: Any):
+        if isinstance(lr, str) or positional:
+            given = f"{lr!r}" + "".join(f", {a!r}" for a in positional)
+            raise TypeError(f"RemoteOptimizer(params, lr, *, target=..., algorithm=..., model=..., client_id=..., "
+                            f"...) takes only params and lr positionally; target is keyword-only now: pass "
+                            f"target='host:port' (and algorithm=...) by keyword (got {given} after params)")
+        if lr is not None:
+            hyperparameters["lr"] = lr
+        if target is None:
+            target = os.environ.get(TARGET_ENVIRONMENT_VARIABLE) or DEFAULT_TARGET
         groups = parse_params(params)
         self._frozen = False
         self._closed = False
@@ -281,9 +305,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._names: List[str] = [n for g in groups for n in g.names]
         self._group_names: List[str] = [g.name for g in groups]
         self._staging: Dict[int, Any] = {}
+        self._given_hyperparameters = dict(hyperparameters)
         self._mode = "train"
-        #: Figures of the last step (:class:`~optsidecar.results.StepFigures`), None before the first.
-        self.last_result: Optional[StepFigures] = None
+        #: Each parameter's optimizer state as torch keeps it, read from the server on access (a
+        #: copy; see :class:`~optsidecar.param_state.ParameterState`).
+        self.state = ParameterState(self)
+        self.last_result = None
         #: The model version (steps applied) the parameters belong to.
         self.version: int = info.version
         self._hyperparameters = LiveHyperparameters()
@@ -310,12 +337,70 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _adopt_server_groups(self, info: pb.ModelInfo) -> None:
         """Fills param_groups with the server's effective hyperparameters (lr is the base lr) and
-        remembers them, to send only what changes between steps."""
+        remembers them, to send only what changes between steps. Each group also gets what its reference's groups hold besides hyperparameters (Schedule-Free's k,
+        weight_sum, lr_max, train_mode, scheduled_lr; torch's foreach, ...), and ``defaults`` every
+        hyperparameter's model-wide value."""
         by_name = {g.name: g for g in info.groups}
         self._algorithm = info.optimizer.algorithm
+        ref = reference(self._algorithm)
+        counters = {c.group: c for c in info.state.groups}
         for name, group in zip(self._group_names, self.param_groups):
-            group.update(from_struct(by_name[name].hyperparameters))
+            values = from_struct(by_name[name].hyperparameters)
+            group.update(values)
+            for key, value in client_side_entries(ref, values).items():
+                group.setdefault(key, value)
+            saved = counters.get(name)
+            group.update(group_entries(ref, dict(saved.scalars) if saved else {}, self._mode == "train",
+                                       group.get("scheduled_lr")))
         self._hyperparameters.adopt(info.groups)
+        self.defaults = self._model_defaults(info)
+
+    def _model_defaults(self, info: pb.ModelInfo) -> Dict[str, Any]:
+        """Every hyperparameter with its model-wide value: the server's ``ModelInfo.defaults``; from
+        a server that does not report them, the first group's values with the hyperparameters
+        given to the constructor over them (a value only the first group overrides shows there)."""
+        if info.defaults.fields:
+            return from_struct(info.defaults)
+        first = from_struct(info.groups[0].hyperparameters) if info.groups else {}
+        return {**first, **{k: _normalized(v) for k, v in self._given_hyperparameters.items()}}
+
+    def _parameter_indices(self) -> Dict[int, int]:
+        """Each parameter's index (its tensor's on the server), by ``id``."""
+        return {id(p): i for i, p in enumerate(self._params)}
+
+    @property
+    def _mode(self) -> str:
+        return self.__dict__.get("_mode_value", "train")
+
+    @_mode.setter
+    def _mode(self, mode: str) -> None:
+        # Schedule-Free groups say which point the parameters hold, as schedulefree's train_mode.
+        self.__dict__["_mode_value"] = mode
+        for group in getattr(self, "param_groups", ()):
+            if "train_mode" in group:
+                group["train_mode"] = mode == "train"
+
+    @property
+    def last_result(self) -> Optional[StepFigures]:
+        """Figures of the last step (:class:`~optsidecar.results.StepFigures`), None before the first."""
+        return self.__dict__.get("_last_result")
+
+    @last_result.setter
+    def last_result(self, figures: Optional[StepFigures]) -> None:
+        # Each step's group scalars and effective lr keep the groups' counters current, as the
+        # reference's step() updates its param groups.
+        self.__dict__["_last_result"] = figures
+        if figures is None:
+            return
+        by_name = {g.name: g for g in figures.groups}
+        for name, group in zip(self._group_names, self.param_groups):
+            figures_of_group = by_name.get(name)
+            if figures_of_group is None:
+                continue
+            for scalar, value in figures_of_group.scalars.items():
+                group[scalar] = int(value) if scalar == "k" else float(value)
+            if "scheduled_lr" in group and not figures.skipped:
+                group["scheduled_lr"] = float(figures_of_group.effective_lr)
 
     def _group_lr(self) -> Dict[str, float]:
         # Every step sends each group's base lr here; the other hyperparameters go only when changed.
@@ -519,63 +604,144 @@ class RemoteOptimizer(torch.optim.Optimizer):
     # -- state dict ----------------------------------------------------------------------------
 
     def state_dict(self) -> Dict[str, Any]:
-        """The whole optimizer as the server holds it, for ``torch.save``.
+        """The whole optimizer as the server holds it, in the format of its reference
+        (``torch.optim.X`` or ``schedulefree.X``), for ``torch.save``.
 
-        Holds: ``spec``, the ``ModelSpec`` that re-creates the model (tensors, groups with their
-        effective hyperparameters, configuration, and the counters of Describe's ``ModelState``
-        in ``spec["state"]``), as a dict; ``weights``, the train view, and ``slots``, every state
-        buffer of every tensor by slot name, as CPU float32 tensors; ``param_groups`` as torch
-        keeps them (with parameter indices); and ``mode``. Loading it with :meth:`load_state_dict`
-        continues training bit for bit.
+        ``state`` maps each parameter index that has stepped to its state as the reference keeps
+        it (``step`` as a float32 tensor for Adam, AdamW and RAdam; ``exp_avg``, ``exp_avg_sq``,
+        ``max_exp_avg_sq``, ``momentum_buffer``, ``z``, ...), and ``param_groups`` are the groups as
+        torch keeps them (``params`` as indices, every hyperparameter, Schedule-Free's ``k``,
+        ``weight_sum``, ``lr_max``, ``train_mode``, ``scheduled_lr``, keys a scheduler added), so
+        the reference's ``load_state_dict`` takes it and continues. The key ``"optsidecar"`` holds
+        what only the server has: ``format``, ``algorithm``, ``model``, ``client_id``, ``mode``,
+        ``spec`` (the ``ModelSpec`` that re-creates the model with its configuration and, in
+        ``spec["state"]``, every counter: tensor steps, group scalars, the server schedule's
+        position, EMA updates, Lookahead's step, the trainers' sequence numbers), ``weights`` (the
+        train view) and ``slots`` (state the reference lacks: EMA shadows, Lookahead's slow
+        weights). Loading it with :meth:`load_state_dict` continues training bit for bit.
+
+        ``param_groups[i]["lr"]`` is the base lr: a server-side ``schedule`` is not carried into
+        torch (give torch an lr scheduler of its own).
         """
         self._push_edits()
 
         def allocate(index: int, _info: pb.TensorInfo) -> torch.Tensor:
             return torch.empty(self._params[index].shape, dtype=torch.float32)
 
-        state = capture(self.client, self.model, allocate)
-        index_of = {id(p): i for i, p in enumerate(self._params)}
+        server = capture(self.client, self.model, allocate)
+        ref = reference(server.spec.optimizer.algorithm)
+        steps = list(server.spec.state.tensor_steps)
+        per_parameter = {}
+        for i in range(len(self._params)):
+            if steps[i] > 0:
+                slots = {name: values[i] for name, values in server.slots.items()
+                         if name in ref.slots and values[i] is not None}
+                per_parameter[i] = tensor_state(ref, steps[i], slots)
+        index_of = self._parameter_indices()
         groups = []
         for group in self.param_groups:
             saved = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
             saved["params"] = [index_of[id(p)] for p in group["params"]]
             groups.append(saved)
         return {
-            "optsidecar": STATE_DICT_FORMAT,
-            "model": self.model,
-            "mode": self._mode,
-            "spec": json_format.MessageToDict(state.spec, preserving_proto_field_name=True),
-            "weights": state.weights,
-            "slots": state.slots,
+            "state": per_parameter,
             "param_groups": groups,
+            "optsidecar": {
+                "format": STATE_DICT_FORMAT,
+                "algorithm": server.spec.optimizer.algorithm,
+                "reference": ref.qualified_name,
+                "model": self.model,
+                "client_id": self.client_id,
+                "mode": self._mode,
+                "spec": json_format.MessageToDict(server.spec, preserving_proto_field_name=True),
+                "weights": server.weights,
+                "slots": {name: values for name, values in server.slots.items() if name not in ref.slots},
+            },
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restores a :meth:`state_dict`: the server's model under this optimizer's name is replaced
-        by the saved one (weights, state buffers and counters), the parameters receive the saved
-        weights, and ``param_groups`` the saved values (lr, and keys such as a scheduler's
-        ``initial_lr``). The parameters must have the saved shapes and group layout.
+        """Restores a state dict: one of :meth:`state_dict` (the model on the server under this
+        optimizer's name is replaced by the saved one, weights, state buffers and counters, and
+        the parameters receive the saved weights: training continues bit for bit), or one saved
+        by the reference of this optimizer's algorithm (``torch.optim.SGD``, ``Adam``, ``AdamW``,
+        ``RAdam``; ``schedulefree.SGDScheduleFree``, ``AdamWScheduleFree``,
+        ``RAdamScheduleFree``): the model is re-registered with the parameters' current values
+        (load the model's own state dict first, as with torch) and the saved state, slots and
+        counters mapped to the server's (see :func:`optsidecar.torch_format.from_reference_state_dict`).
+        Either way ``param_groups`` take the saved values (lr, hyperparameters, keys such as a
+        scheduler's ``initial_lr``): load the scheduler's state dict after this one.
+
+        Raises ValueError naming what does not fit: the group layout, a shape, a slot or counter
+        that is missing, or a state dict of another algorithm.
         """
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"load_state_dict() takes a dict, as state_dict() returns, not "
+                             f"{type(state_dict).__name__}")
+        extras = state_dict.get("optsidecar")
+        if isinstance(extras, int) and not isinstance(extras, bool):
+            self._load_previous_format(state_dict)
+        elif isinstance(extras, Mapping):
+            self._load_own_format(state_dict, extras)
+        elif "state" in state_dict and "param_groups" in state_dict:
+            self._load_reference_format(state_dict)
+        else:
+            raise ValueError(f"not an optimizer state dict (keys {sorted(map(str, state_dict))}): expected one "
+                             f"from RemoteOptimizer.state_dict() or from the {self._algorithm} reference's "
+                             f"state_dict(), with 'state' and 'param_groups'")
+
+    def _load_own_format(self, state_dict: Mapping[str, Any], extras: Mapping[str, Any]) -> None:
+        if extras.get("format") != STATE_DICT_FORMAT:
+            raise ValueError(f"state dict format {extras.get('format')!r} is not one this client reads (it reads "
+                             f"{STATE_DICT_FORMAT} and the older 1 and 2): load it with the optsidecar that saved it")
+        spec = json_format.ParseDict(extras["spec"], pb.ModelSpec())
+        saved_groups = state_dict["param_groups"]
+        self._check_layout(spec, saved_groups)
+        count = len(self._params)
+        slots: Dict[str, List[Any]] = {name: list(values) for name, values in extras.get("slots", {}).items()}
+        for index, entries in state_dict.get("state", {}).items():
+            i = int(index)
+            if not 0 <= i < count:
+                raise ValueError(f"loaded state dict has state for parameter {index!r}; this optimizer has {count}")
+            for name, value in entries.items():
+                if name != "step" and value is not None:
+                    slots.setdefault(name, [None] * count)[i] = value
+        self._replace_model(ServerState(spec, list(extras["weights"]), slots), saved_groups,
+                            extras.get("mode", "train"), weights_into_params=True)
+
+    def _load_reference_format(self, state_dict: Mapping[str, Any]) -> None:
+        info = self.client.describe(self.model)
+        server, saved_groups, mode = from_reference_state_dict(
+            state_dict, info, self._params, [len(g["params"]) for g in self.param_groups])
+        self._replace_model(server, saved_groups, mode, weights_into_params=False)
+
+    def _load_previous_format(self, state_dict: Mapping[str, Any]) -> None:
+        """Formats 1 and 2: ``spec``, ``weights`` and ``slots`` at the top level."""
         saved_format = state_dict.get("optsidecar")
-        if saved_format not in (1, STATE_DICT_FORMAT):
+        if saved_format not in (1, 2):
             raise ValueError("not a RemoteOptimizer state dict (its 'optsidecar' format entry is "
-                             f"{saved_format!r}, expected 1 or {STATE_DICT_FORMAT})")
+                             f"{saved_format!r}, expected 1, 2 or a dict of format {STATE_DICT_FORMAT})")
         spec_dict = state_dict["spec"]
         if saved_format == 1:
             declared = [s.name for s in self.client.describe(self.model).groups[0].scalars]
             spec_dict = _format1_upgraded(spec_dict, declared)
         spec = json_format.ParseDict(spec_dict, pb.ModelSpec())
-        # The model stays as ephemeral as this optimizer made it, whatever the saved one was.
-        spec.lease_seconds = self.lease_seconds
         saved_groups = state_dict["param_groups"]
         self._check_layout(spec, saved_groups)
+        state = ServerState(spec, list(state_dict["weights"]), {k: list(v) for k, v in state_dict["slots"].items()})
+        self._replace_model(state, saved_groups, state_dict.get("mode", "train"), weights_into_params=True)
 
+    def _replace_model(self, state: ServerState, saved_groups: Sequence[Mapping[str, Any]], mode: str,
+                       weights_into_params: bool) -> None:
+        """Replaces the model under this optimizer's name by ``state``; ``param_groups`` take the
+        saved groups' entries, and the parameters the saved weights (or keep theirs, which the
+        state was made from) in ``mode``'s view."""
+        # The model stays as ephemeral as this optimizer made it, whatever the saved one was.
+        state.spec.lease_seconds = self.lease_seconds
         self._stream.close()
         try:
             self.client.delete(self.model)
         except NotFound:
             pass
-        state = ServerState(spec, list(state_dict["weights"]), {k: list(v) for k, v in state_dict["slots"].items()})
         new_info = restore(self.client, self.model, state, tensor_names=self._names)
 
         self._group_names = [g.name for g in new_info.groups]
@@ -583,15 +749,19 @@ class RemoteOptimizer(torch.optim.Optimizer):
         for group, saved in zip(self.param_groups, saved_groups):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
         self._new_stream(new_info)
-        with torch.no_grad():
-            for p, w in zip(self._params, state.weights):
-                p.copy_(torch.as_tensor(w).reshape(p.shape))
+        if weights_into_params:
+            with torch.no_grad():
+                for p, w in zip(self._params, state.weights):
+                    p.copy_(torch.as_tensor(w).reshape(p.shape))
         self._edits.record()
         self.version = new_info.version
         self.last_result = None
-        self._mode = "train"
-        if state_dict.get("mode") == "eval":
-            self.eval()
+        if weights_into_params:
+            self._mode = "train"
+            if mode == "eval":
+                self.eval()
+        else:
+            self._mode = mode
 
     def _new_stream(self, info: pb.ModelInfo) -> None:
         """A Step stream for the model as ``info`` describes it (after it was replaced), keeping
@@ -685,7 +855,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         Returns:
             the branch's description. Train it with another optimizer attached to it::
 
-                branch = RemoteOptimizer(other_model.named_parameters(), target, model=new_model,
+                branch = RemoteOptimizer(other_model.named_parameters(), target=target, model=new_model,
                                          attach=True)
         """
         self._push_edits()
@@ -787,3 +957,16 @@ def _server_layout(groups: List[ParsedGroup], info: pb.ModelInfo) -> List[Parsed
                          f"to be consecutive")
     return out
 
+
+def _normalized(value: Any) -> Any:
+    """A hyperparameter value in a comparable form (tuples and lists alike, numbers as float)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalized(v) for v in value)
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value

@@ -77,7 +77,7 @@ def build_run(config: str, target: str, seed: int):
 
     model = make_mlp(seed)
     if config == "adamw_groups_lambdalr_server_schedule_ema_lookahead":
-        opt = RemoteOptimizer(decay_groups(model), target, "AdamW", lr=2e-2, weight_decay=0.1,
+        opt = RemoteOptimizer(decay_groups(model), target=target, algorithm="AdamW", lr=2e-2, weight_decay=0.1,
                               schedule=dict(type="cosine", warmup_steps=3, total_steps=30),
                               ema=[0.9], lookahead=dict(k=3, alpha=0.5), clip_grad_norm=1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.97 ** epoch)
@@ -86,10 +86,12 @@ def build_run(config: str, target: str, seed: int):
         # The biases' group has a state slot (max_exp_avg_sq) the weights' group lacks.
         weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
         biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-        opt = RemoteOptimizer([{"params": weights}, {"params": biases, "amsgrad": True}], target, "Adam", lr=1e-2)
+        opt = RemoteOptimizer([{"params": weights}, {"params": biases, "amsgrad": True}], target=target,
+                              algorithm="Adam", lr=1e-2)
         return model, opt, None
     if config == "radam_schedulefree_saved_in_eval_mode":
-        opt = RemoteOptimizer(model.named_parameters(), target, "RAdamScheduleFree", lr=2e-2, weight_decay=0.01)
+        opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="RAdamScheduleFree", lr=2e-2,
+                              weight_decay=0.01)
         return model, opt, None
     raise ValueError(f"unknown configuration {config!r}")
 

@@ -19,7 +19,7 @@ def bn_model() -> torch.nn.Module:
 
 def test_statistics_are_recomputed_at_the_eval_view(client, target):
     model = bn_model()
-    opt = RemoteOptimizer(model.parameters(), target, "AdamWScheduleFree", lr=5e-2)
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="AdamWScheduleFree", lr=5e-2)
     norm = model[1]
     try:
         for t in range(1, 21):

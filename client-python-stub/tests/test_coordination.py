@@ -56,12 +56,12 @@ def test_sync_mean_of_three_trainers_is_one_trainer_stepping_the_mean(target, cl
     initial = make_mlp(3)
     models = [copy.deepcopy(initial) for _ in ids]
     settings = dict(lr=1e-2, weight_decay=0.05)
-    opts = [RemoteOptimizer(models[0].named_parameters(), target, "AdamW", model=name, client_id=ids[0],
-                            coordination=dict(mode="sync", k=0, combine="mean"), **settings)]
-    opts += [RemoteOptimizer(m.named_parameters(), target, model=name, client_id=i, attach=True)
+    opts = [RemoteOptimizer(models[0].named_parameters(), target=target, algorithm="AdamW", model=name,
+                            client_id=ids[0], coordination=dict(mode="sync", k=0, combine="mean"), **settings)]
+    opts += [RemoteOptimizer(m.named_parameters(), target=target, model=name, client_id=i, attach=True)
              for m, i in zip(models[1:], ids[1:])]
     reference_model = copy.deepcopy(initial)
-    reference = RemoteOptimizer(reference_model.named_parameters(), target, "AdamW", **settings)
+    reference = RemoteOptimizer(reference_model.named_parameters(), target=target, algorithm="AdamW", **settings)
     try:
         for opt in opts:
             opt.join()
@@ -126,9 +126,9 @@ def test_sync_straggler_timeout_then_a_late_contribution(target, client):
     alone; the other's gradient, computed at the old version, is late and gets the new weights."""
     name = unique("sync-late")
     fast_model, slow_model = make_mlp(4), make_mlp(4)
-    fast = RemoteOptimizer(fast_model.named_parameters(), target, "SGD", model=name, client_id="fast",
+    fast = RemoteOptimizer(fast_model.named_parameters(), target=target, algorithm="SGD", model=name, client_id="fast",
                            coordination=dict(mode="sync", timeout_ms=200, min_k=1), lr=0.1)
-    slow = RemoteOptimizer(slow_model.named_parameters(), target, model=name, client_id="slow", attach=True)
+    slow = RemoteOptimizer(slow_model.named_parameters(), target=target, model=name, client_id="slow", attach=True)
     try:
         fast.join()
         slow.join()
@@ -161,9 +161,9 @@ def test_sync_straggler_timeout_then_a_late_contribution(target, client):
 def test_async_stale_gradient_is_rejected_with_the_current_version_and_pull_recovers(target, client):
     name = unique("async-reject")
     a_model, b_model = make_mlp(5), make_mlp(5)
-    a = RemoteOptimizer(a_model.named_parameters(), target, "Adam", model=name, client_id="a",
+    a = RemoteOptimizer(a_model.named_parameters(), target=target, algorithm="Adam", model=name, client_id="a",
                         coordination=dict(mode="async", max_staleness=1, stale="reject"), lr=1e-2)
-    b = RemoteOptimizer(b_model.named_parameters(), target, model=name, client_id="b", attach=True)
+    b = RemoteOptimizer(b_model.named_parameters(), target=target, model=name, client_id="b", attach=True)
     try:
         assert b.version == 0
         step_on(a_model, a, 1)
@@ -208,9 +208,9 @@ def test_async_downweight_scales_the_lr_by_one_over_one_plus_staleness(target, c
     name = unique("async-down")
     a_model, b_model = make_mlp(6), make_mlp(6)
     lr = 0.05
-    a = RemoteOptimizer(a_model.named_parameters(), target, "SGD", model=name, client_id="a",
+    a = RemoteOptimizer(a_model.named_parameters(), target=target, algorithm="SGD", model=name, client_id="a",
                         coordination=dict(mode="async", max_staleness=1, stale="downweight"), lr=lr)
-    b = RemoteOptimizer(b_model.named_parameters(), target, model=name, client_id="b", attach=True)
+    b = RemoteOptimizer(b_model.named_parameters(), target=target, model=name, client_id="b", attach=True)
     try:
         for t in range(1, 4):
             assert step_on(a_model, a, t).lr_scale == 1.0
@@ -249,7 +249,7 @@ def test_async_downweight_scales_the_lr_by_one_over_one_plus_staleness(target, c
 
 def test_step_stream_sends_the_version_of_the_weights_it_received(client, target):
     model = make_mlp(7)
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1)
     numels = [p.numel() for p in model.parameters()]
     grads = [np.full(n, 0.01, np.float32) for n in numels]
     out_a = [np.zeros(n, np.float32) for n in numels]
@@ -337,9 +337,9 @@ def test_stale_rejection_maps_to_stale_gradient_with_the_versions():
 def test_a_state_dict_keeps_the_coordination_settings(target):
     settings = dict(mode="async", max_staleness=3, stale="downweight")
     model = make_mlp(8)
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1, coordination=settings)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1, coordination=settings)
     other_model = make_mlp(9)
-    other = RemoteOptimizer(other_model.named_parameters(), target, "SGD", lr=0.1)
+    other = RemoteOptimizer(other_model.named_parameters(), target=target, algorithm="SGD", lr=0.1)
     try:
         step_on(model, opt, 1)
         other.load_state_dict(opt.state_dict())
@@ -356,10 +356,10 @@ def test_sync_sum_and_a_trainer_leaving_while_another_waits(target, client):
     name = unique("sync-sum")
     initial = make_mlp(10)
     a_model, b_model, reference_model = (copy.deepcopy(initial) for _ in range(3))
-    a = RemoteOptimizer(a_model.named_parameters(), target, "SGD", model=name, client_id="a",
+    a = RemoteOptimizer(a_model.named_parameters(), target=target, algorithm="SGD", model=name, client_id="a",
                         coordination=dict(mode="sync", combine="sum"), lr=0.05)
-    b = RemoteOptimizer(b_model.named_parameters(), target, model=name, client_id="b", attach=True)
-    reference = RemoteOptimizer(reference_model.named_parameters(), target, "SGD", lr=0.05)
+    b = RemoteOptimizer(b_model.named_parameters(), target=target, model=name, client_id="b", attach=True)
+    reference = RemoteOptimizer(reference_model.named_parameters(), target=target, algorithm="SGD", lr=0.05)
     try:
         a.join()
         b.join()
@@ -399,9 +399,9 @@ def test_replayed_journal_keeps_the_staleness_of_each_step(start_server, tmp_pat
     server = start_server("--state-dir", str(tmp_path / "state"))
     name = unique("journal-stale")
     a_model, b_model = make_mlp(11), make_mlp(11)
-    a = RemoteOptimizer(a_model.named_parameters(), server.target, "SGD", model=name, client_id="a",
+    a = RemoteOptimizer(a_model.named_parameters(), target=server.target, algorithm="SGD", model=name, client_id="a",
                         coordination=dict(mode="async", max_staleness=1, stale="downweight"), lr=0.05)
-    b = RemoteOptimizer(b_model.named_parameters(), server.target, model=name, client_id="b", attach=True)
+    b = RemoteOptimizer(b_model.named_parameters(), target=server.target, model=name, client_id="b", attach=True)
     try:
         for t in range(1, 4):
             step_on(a_model, a, t)

@@ -28,7 +28,7 @@ from optsidecar.v1 import optimizer_pb2_grpc
 
 def test_wrong_gradient_shape_names_the_parameter(target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1)
     try:
         train_step(model, opt, 1)
         # torch refuses a .grad of another shape, but not a swapped .data
@@ -45,7 +45,7 @@ def test_wrong_gradient_shape_names_the_parameter(target):
 
 def test_wrong_gradient_size_in_the_low_level_client(client, target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1)
     grads = [np.zeros(p.numel(), np.float32) for p in model.parameters()]
     out = [np.zeros(p.numel(), np.float32) for p in model.parameters()]
     try:
@@ -66,7 +66,7 @@ def test_wrong_gradient_size_in_the_low_level_client(client, target):
 
 def test_server_rejects_a_non_finite_gradient_and_the_next_step_works(client, target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1)
     try:
         train_step(model, opt, 1)
         before = [p.detach().clone() for p in model.parameters()]
@@ -88,27 +88,27 @@ def test_server_rejects_a_non_finite_gradient_and_the_next_step_works(client, ta
 
 def test_unknown_algorithm_names_the_field(target):
     with pytest.raises(InvalidArgument, match=r"spec\.optimizer\.algorithm: unknown algorithm 'AdamX'"):
-        RemoteOptimizer(make_mlp().parameters(), target, "AdamX")
+        RemoteOptimizer(make_mlp().parameters(), target=target, algorithm="AdamX")
 
 
 def test_unknown_and_bad_hyperparameters_name_the_field(target):
     with pytest.raises(InvalidArgument, match="lr_decay"):
-        RemoteOptimizer(make_mlp().parameters(), target, "Adam", lr_decay=0.1)
+        RemoteOptimizer(make_mlp().parameters(), target=target, algorithm="Adam", lr_decay=0.1)
     with pytest.raises(InvalidArgument, match=r"spec\.optimizer\.hyperparameters\.lr"):
-        RemoteOptimizer(make_mlp().parameters(), target, "Adam", lr=-1.0)
+        RemoteOptimizer(make_mlp().parameters(), target=target, algorithm="Adam", lr=-1.0)
     with pytest.raises(InvalidArgument, match=r"spec\.groups\[1\]\.hyperparameters\.eps"):
         RemoteOptimizer([{"params": [torch.nn.Parameter(torch.ones(2))]},
-                         {"params": [torch.nn.Parameter(torch.ones(2))], "eps": -1.0}], target, "Adam")
+                         {"params": [torch.nn.Parameter(torch.ones(2))], "eps": -1.0}], target=target, algorithm="Adam")
 
 
 def test_name_taken_and_model_missing(client, target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="SGD", lr=0.1)
     try:
         with pytest.raises(AlreadyExists, match="attach=True"):
-            RemoteOptimizer(make_mlp().parameters(), target, "SGD", model=opt.model, lr=0.1)
+            RemoteOptimizer(make_mlp().parameters(), target=target, algorithm="SGD", model=opt.model, lr=0.1)
         with pytest.raises(NotFound, match="no model named 'no-such-model'") as caught:
-            RemoteOptimizer(make_mlp().parameters(), target, model="no-such-model", attach=True)
+            RemoteOptimizer(make_mlp().parameters(), target=target, model="no-such-model", attach=True)
         assert isinstance(caught.value, LookupError)
     finally:
         opt.delete()
@@ -118,13 +118,14 @@ def test_name_taken_and_model_missing(client, target):
 
 def test_attach_continues_an_existing_model(client, target):
     model = make_mlp()
-    first = RemoteOptimizer(model.named_parameters(), target, "Adam", lr=1e-2, model=f"attach-{id(model)}")
+    first = RemoteOptimizer(model.named_parameters(), target=target, algorithm="Adam", lr=1e-2,
+                            model=f"attach-{id(model)}")
     try:
         for t in range(1, 4):
             train_step(model, first, t)
         first.close()
         other = make_mlp(seed=7)
-        attached = RemoteOptimizer(other.named_parameters(), target, model=first.model, attach=True)
+        attached = RemoteOptimizer(other.named_parameters(), target=target, model=first.model, attach=True)
         assert attached.version == 3
         assert attached.param_groups[0]["lr"] == 1e-2
         assert all(torch.equal(a, b) for a, b in zip(other.parameters(), model.parameters()))
@@ -132,12 +133,12 @@ def test_attach_continues_an_existing_model(client, target):
         assert client.describe(first.model).version == 4
         narrower = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
         with pytest.raises(ValueError, match="settings given here would be ignored: \\['lr'\\]"):
-            RemoteOptimizer(other.named_parameters(), target, model=first.model, attach=True, lr=0.5)
+            RemoteOptimizer(other.named_parameters(), target=target, model=first.model, attach=True, lr=0.5)
         with pytest.raises(ValueError, match="runs Adam, not SGD"):
-            RemoteOptimizer(other.named_parameters(), target, "SGD", model=first.model, attach=True)
+            RemoteOptimizer(other.named_parameters(), target=target, algorithm="SGD", model=first.model, attach=True)
         with pytest.raises(ValueError, match=r"tensor 0 \('0\.weight'\) has shape \[16, 6\]; parameter '0\.weight' has "
                                              r"shape \[8, 6\]"):
-            RemoteOptimizer(narrower.named_parameters(), target, model=first.model, attach=True)
+            RemoteOptimizer(narrower.named_parameters(), target=target, model=first.model, attach=True)
         attached.close()
     finally:
         client.delete(first.model)
@@ -150,7 +151,7 @@ def test_server_down_is_server_unavailable():
             client.list()
         assert isinstance(caught.value, ConnectionError)
     with pytest.raises(ServerUnavailable, match=f"register model .* server at {down} is unavailable"):
-        RemoteOptimizer(make_mlp().parameters(), down, "SGD", lr=0.1)
+        RemoteOptimizer(make_mlp().parameters(), target=down, algorithm="SGD", lr=0.1)
 
 
 @pytest.mark.parametrize("crash", [True, False], ids=["killed", "shut-down"])
@@ -160,8 +161,8 @@ def test_steps_after_a_restart_of_a_server_without_state(private_server, crash):
     state dict then continues, with sequence numbers past those the state dict's ledger holds."""
     model = make_mlp()
     client = Client(private_server.target, connect_timeout=1.0)
-    opt = RemoteOptimizer(model.named_parameters(), "unused", "Adam", lr=1e-2, model="restarted", client=client,
-                          retry_for=0.6)
+    opt = RemoteOptimizer(model.named_parameters(), target="unused", algorithm="Adam", lr=1e-2, model="restarted",
+                          client=client, retry_for=0.6)
     train_step(model, opt, 1)
     saved = opt.state_dict()
     private_server.stop(crash=crash)
@@ -198,7 +199,7 @@ def test_low_level_errors_keep_the_server_message(client):
 
 def test_server_errors_carry_reason_field_and_metadata(client, target):
     with pytest.raises(InvalidArgument) as caught:
-        RemoteOptimizer(make_mlp().parameters(), target, "Adam", lr=-1.0)
+        RemoteOptimizer(make_mlp().parameters(), target=target, algorithm="Adam", lr=-1.0)
     assert caught.value.reason == "INVALID_FIELD"
     assert caught.value.field == "spec.optimizer.hyperparameters.lr"
     assert caught.value.metadata == {"field": "spec.optimizer.hyperparameters.lr"}
@@ -208,11 +209,11 @@ def test_server_errors_carry_reason_field_and_metadata(client, target):
     assert (caught.value.reason, caught.value.field) == ("MODEL_NOT_FOUND", "model")
     assert caught.value.metadata["model"] == "no-such-model"
 
-    opt = RemoteOptimizer(make_mlp().parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(make_mlp().parameters(), target=target, algorithm="SGD", lr=0.1)
     try:
         # The optimizer adds advice to the message and keeps what the server attached.
         with pytest.raises(AlreadyExists, match="attach=True") as caught:
-            RemoteOptimizer(make_mlp().parameters(), target, "SGD", model=opt.model, lr=0.1)
+            RemoteOptimizer(make_mlp().parameters(), target=target, algorithm="SGD", model=opt.model, lr=0.1)
         assert (caught.value.reason, caught.value.field) == ("MODEL_EXISTS", "spec.name")
         assert caught.value.metadata["model"] == opt.model
     finally:
@@ -237,6 +238,6 @@ def test_memory_limit_error_carries_the_limit(target):
 def test_errors_not_from_the_server_have_no_reason():
     down = f"127.0.0.1:{free_port()}"
     with pytest.raises(ServerUnavailable) as caught:
-        RemoteOptimizer(make_mlp().parameters(), down, "SGD", lr=0.1)
+        RemoteOptimizer(make_mlp().parameters(), target=down, algorithm="SGD", lr=0.1)
     assert (caught.value.reason, caught.value.field, caught.value.metadata) == (None, None, {})
     assert (InvalidArgument("client-side").reason, InvalidArgument("client-side").metadata) == (None, {})

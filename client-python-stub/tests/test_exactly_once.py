@@ -90,7 +90,7 @@ def test_a_known_client_id_continues_its_sequence(client, target):
         assert client.step_stream(name, "trainer-b").next_step_id == 1
         # So does an optimizer attached under that id.
         param = torch.nn.Parameter(torch.zeros(5))
-        opt = RemoteOptimizer([param], target, model=name, client_id="trainer-a", attach=True)
+        opt = RemoteOptimizer([param], target=target, model=name, client_id="trainer-a", attach=True)
         try:
             param.grad = torch.ones(5)
             opt.step()
@@ -224,7 +224,7 @@ def crash_batch(t: int):
 
 
 def crash_optimizer(model: torch.nn.Module, target: str) -> RemoteOptimizer:
-    return RemoteOptimizer(model.named_parameters(), target, "RAdam", lr=3e-3, weight_decay=0.01,
+    return RemoteOptimizer(model.named_parameters(), target=target, algorithm="RAdam", lr=3e-3, weight_decay=0.01,
                            schedule=dict(type="cosine", warmup_steps=5, total_steps=STEPS), retry_for=60)
 
 

@@ -31,7 +31,7 @@ def wait_until_gone(client, model: str, seconds: float) -> float:
 
 def test_auto_named_model_is_deleted_on_close(target, client):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1)
     assert opt.lease_seconds == DEFAULT_LEASE_SECONDS
     train_step(model, opt, 1)
     assert opt.model in client.list()
@@ -42,7 +42,7 @@ def test_auto_named_model_is_deleted_on_close(target, client):
 
 def test_auto_named_model_is_deleted_when_the_optimizer_is_collected(target, client):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1)
     train_step(model, opt, 1)
     name = opt.model
     del opt
@@ -52,7 +52,7 @@ def test_auto_named_model_is_deleted_when_the_optimizer_is_collected(target, cli
 
 def test_renewals_keep_an_ephemeral_model_alive(target, client):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1, model=f"leased-{id(model)}",
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1, model=f"leased-{id(model)}",
                           ephemeral=True, lease_seconds=1)
     try:
         time.sleep(2.5)  # idle, well past the grace period: only the background renewals keep it
@@ -65,7 +65,7 @@ def test_renewals_keep_an_ephemeral_model_alive(target, client):
 
 def test_named_model_persists(target, client):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1, model=f"kept-{id(model)}")
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1, model=f"kept-{id(model)}")
     try:
         assert opt.lease_seconds == 0
         train_step(model, opt, 1)
@@ -82,7 +82,8 @@ WORKER = textwrap.dedent("""
     from optsidecar import RemoteOptimizer
 
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), sys.argv[1], "SGD", lr=0.1, lease_seconds=int(sys.argv[2]))
+    opt = RemoteOptimizer(model.named_parameters(), 0.1, target=sys.argv[1], algorithm="SGD",
+                          lease_seconds=int(sys.argv[2]))
     train_step(model, opt, 1)
     print(opt.model, flush=True)
     time.sleep(600)

@@ -55,8 +55,8 @@ def figures(opt: RemoteOptimizer) -> str:
 
 def test_snapshot_files_hold_what_pull_returns(durable):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), durable.target, "RAdamScheduleFree", lr=2e-2, weight_decay=0.01,
-                          model=unique("sf-snapshot"))
+    opt = RemoteOptimizer(model.named_parameters(), target=durable.target, algorithm="RAdamScheduleFree", lr=2e-2,
+                          weight_decay=0.01, model=unique("sf-snapshot"))
     try:
         run_steps(model, opt, None, 1, 6)
         snapshot = opt.snapshot()
@@ -89,7 +89,7 @@ def test_snapshot_files_hold_what_pull_returns(durable):
 
 def test_export_writes_one_view(durable):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), durable.target, "AdamWScheduleFree", lr=1e-2,
+    opt = RemoteOptimizer(model.named_parameters(), target=durable.target, algorithm="AdamWScheduleFree", lr=1e-2,
                           model=unique("sf-export"))
     try:
         run_steps(model, opt, None, 1, 4)
@@ -108,7 +108,8 @@ def test_export_writes_one_view(durable):
 
 def test_list_snapshots_and_restore_into_a_new_name(durable):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), durable.target, "AdamW", lr=1e-2, model=unique("restore"))
+    opt = RemoteOptimizer(model.named_parameters(), target=durable.target, algorithm="AdamW", lr=1e-2,
+                          model=unique("restore"))
     client = opt.client
     restored = []
     try:
@@ -151,8 +152,8 @@ def test_list_snapshots_and_restore_into_a_new_name(durable):
 
 def test_restore_rolls_the_optimizer_back_and_training_repeats_bit_for_bit(durable):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), durable.target, "RAdam", lr=1e-2, weight_decay=0.01,
-                          model=unique("rollback"))
+    opt = RemoteOptimizer(model.named_parameters(), target=durable.target, algorithm="RAdam", lr=1e-2,
+                          weight_decay=0.01, model=unique("rollback"))
     try:
         run_steps(model, opt, None, 1, 3)
         snapshot = opt.snapshot()
@@ -173,7 +174,7 @@ def test_restore_rolls_the_optimizer_back_and_training_repeats_bit_for_bit(durab
 
 def test_a_fork_continues_exactly_as_its_source(durable):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), durable.target, "AdamW", lr=1e-2, weight_decay=0.1,
+    opt = RemoteOptimizer(model.named_parameters(), target=durable.target, algorithm="AdamW", lr=1e-2, weight_decay=0.1,
                           ema=[0.9], model=unique("source"))
     branch = cooled = None
     try:
@@ -181,7 +182,7 @@ def test_a_fork_continues_exactly_as_its_source(durable):
         info = opt.fork(f"{opt.model}-branch")
         assert info.version == 4 and info.optimizer.algorithm == "AdamW"
         branch_model = twin(model)
-        branch = RemoteOptimizer(branch_model.named_parameters(), durable.target, model=info.name, attach=True)
+        branch = RemoteOptimizer(branch_model.named_parameters(), target=durable.target, model=info.name, attach=True)
         for t in range(5, 9):
             train_step(model, opt, t)
             train_step(branch_model, branch, t)  # the same gradients
@@ -194,7 +195,8 @@ def test_a_fork_continues_exactly_as_its_source(durable):
         cooled_info = opt.fork(f"{opt.model}-cooldown", schedule=dict(type="cosine", warmup_steps=0, total_steps=16))
         assert cooled_info.schedule.type == "cosine"
         cooled_model = twin(model)
-        cooled = RemoteOptimizer(cooled_model.named_parameters(), durable.target, model=cooled_info.name, attach=True)
+        cooled = RemoteOptimizer(cooled_model.named_parameters(), target=durable.target, model=cooled_info.name,
+                                 attach=True)
         train_step(cooled_model, cooled, 9)
         train_step(model, opt, 9)
         assert opt.last_result.lr == {"group0": 1e-2}
@@ -208,7 +210,8 @@ def test_a_fork_continues_exactly_as_its_source(durable):
 
 def test_a_corrupt_snapshot_is_data_loss(durable):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), durable.target, "Adam", lr=1e-2, model=unique("corrupt"))
+    opt = RemoteOptimizer(model.named_parameters(), target=durable.target, algorithm="Adam", lr=1e-2,
+                          model=unique("corrupt"))
     try:
         run_steps(model, opt, None, 1, 2)
         snapshot = opt.snapshot()

@@ -58,9 +58,10 @@ def test_resume_in_a_fresh_process_is_bit_identical(target, tmp_path, config):
         if saved_in_eval:
             opt.eval()  # as schedule_free's README asks before saving
         state = opt.state_dict()
-        assert all(isinstance(w, torch.Tensor) for w in state["weights"])
-        # A slot only some groups have is None for the other tensors.
-        assert all(t is None or isinstance(t, torch.Tensor) for slot in state["slots"].values() for t in slot)
+        assert all(isinstance(w, torch.Tensor) for w in state["optsidecar"]["weights"])
+        # Slots the reference lacks (EMA shadows, Lookahead's slow weights) are among the extras.
+        assert all(t is None or isinstance(t, torch.Tensor)
+                   for slot in state["optsidecar"]["slots"].values() for t in slot)
         checkpoint = tmp_path / "checkpoint.pt"
         torch.save({"optimizer": state, "scheduler": scheduler.state_dict() if scheduler else None}, checkpoint)
     finally:
@@ -78,27 +79,40 @@ def test_resume_in_a_fresh_process_is_bit_identical(target, tmp_path, config):
     for i, (a, b) in enumerate(zip(resumed["params"], uninterrupted)):
         assert torch.equal(a, b), f"parameter {i} differs by up to {(a - b).abs().max().item():.3g}"
     # The whole optimizer state too: every slot (moments, z, EMA shadow, slow weights) and counter.
-    final = resumed["state"]
-    assert without_clients(final["spec"]["state"]) == without_clients(uninterrupted_state["spec"]["state"])
-    assert final["spec"]["groups"] == uninterrupted_state["spec"]["groups"]
-    assert sorted(final["slots"]) == sorted(uninterrupted_state["slots"])
-    for slot, tensors in uninterrupted_state["slots"].items():
+    final, expected = resumed["state"]["optsidecar"], uninterrupted_state["optsidecar"]
+    assert without_clients(final["spec"]["state"]) == without_clients(expected["spec"]["state"])
+    assert final["spec"]["groups"] == expected["spec"]["groups"]
+    assert sorted(final["slots"]) == sorted(expected["slots"])
+    for slot, tensors in expected["slots"].items():
         assert all(a is b is None or torch.equal(a, b) for a, b in zip(final["slots"][slot], tensors)), \
             f"slot {slot} differs"
+    assert sorted(resumed["state"]["state"]) == sorted(uninterrupted_state["state"])
+    for index, slots in uninterrupted_state["state"].items():
+        assert sorted(resumed["state"]["state"][index]) == sorted(slots)
+        for slot, value in slots.items():
+            assert torch.equal(resumed["state"]["state"][index][slot], value), f"state[{index}][{slot!r}] differs"
+    groups = [{k: v for k, v in g.items()} for g in resumed["state"]["param_groups"]]
+    assert groups == uninterrupted_state["param_groups"]
 
 
 def test_state_dict_holds_every_slot_and_the_counters(client, target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, "Adam", lr=1e-2, ema=[0.5])
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="Adam", lr=1e-2, ema=[0.5])
     try:
         run_steps(model, opt, None, 1, 3)
         state = opt.state_dict()
         info = client.describe(opt.model)
-        assert sorted(state["slots"]) == sorted(info.tensors[0].slots) == ["ema:0", "exp_avg", "exp_avg_sq"]
-        assert state["spec"]["state"]["version"] == "3"
-        assert state["spec"]["state"]["ema_updates"] == ["3"]
-        assert state["spec"]["optimizer"]["algorithm"] == "Adam"
-        assert all(torch.equal(w, p.detach()) for w, p in zip(state["weights"], model.parameters()))
+        extras = state["optsidecar"]
+        assert sorted(info.tensors[0].slots) == ["ema:0", "exp_avg", "exp_avg_sq"]
+        assert sorted(state["state"]) == [0, 1, 2, 3]
+        assert all(sorted(s) == ["exp_avg", "exp_avg_sq", "step"] for s in state["state"].values())
+        assert sorted(extras["slots"]) == ["ema:0"]
+        assert extras["spec"]["state"]["version"] == "3"
+        assert extras["spec"]["state"]["ema_updates"] == ["3"]
+        assert extras["spec"]["optimizer"]["algorithm"] == extras["algorithm"] == "Adam"
+        assert extras["reference"] == "torch.optim.Adam"
+        assert extras["model"] == opt.model and extras["client_id"] == opt.client_id and extras["mode"] == "train"
+        assert all(torch.equal(w, p.detach()) for w, p in zip(extras["weights"], model.parameters()))
         assert state["param_groups"][0]["params"] == [0, 1, 2, 3]
     finally:
         opt.delete()
@@ -106,19 +120,34 @@ def test_state_dict_holds_every_slot_and_the_counters(client, target):
 
 def test_load_rejects_another_layout(target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="SGD", lr=0.1)
     other_model = torch.nn.Linear(6, 3)
-    other = RemoteOptimizer(other_model.parameters(), target, "SGD", lr=0.1)
+    other = RemoteOptimizer(other_model.parameters(), target=target, algorithm="SGD", lr=0.1)
     try:
         with pytest.raises(ValueError, match="tensors"):
             other.load_state_dict(opt.state_dict())
-        with pytest.raises(ValueError, match="not a RemoteOptimizer state dict"):
-            opt.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+        with pytest.raises(ValueError, match="saved by another algorithm"):
+            opt.load_state_dict(torch.optim.Adam(model.parameters(), lr=0.1).state_dict())
+        with pytest.raises(ValueError, match="not an optimizer state dict"):
+            opt.load_state_dict({"weights": []})
         # Nothing was replaced on the server.
         assert other.client.describe(other.model).tensors[0].shape == [3, 6]
     finally:
         opt.delete()
         other.delete()
+
+
+def as_format2(state: dict) -> dict:
+    """A state dict as format 2 held it: the server's spec, weights and every slot at the top level."""
+    extras = state["optsidecar"]
+    count = len(extras["weights"])
+    slots = {name: list(values) for name, values in extras["slots"].items()}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            if name != "step" and value is not None:
+                slots.setdefault(name, [None] * count)[index] = value
+    return {"optsidecar": 2, "model": extras["model"], "mode": extras["mode"], "spec": extras["spec"],
+            "weights": extras["weights"], "slots": slots, "param_groups": state["param_groups"]}
 
 
 def as_format1(spec: dict) -> dict:
@@ -136,22 +165,25 @@ def as_format1(spec: dict) -> dict:
     return spec
 
 
+@pytest.mark.parametrize("previous_format", [1, 2])
 @pytest.mark.parametrize("algorithm", ["AdamWScheduleFree", "Adam"])
-def test_a_state_dict_of_the_previous_format_loads(client, target, algorithm):
+def test_a_state_dict_of_a_previous_format_loads(client, target, algorithm, previous_format):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, algorithm, lr=1e-2)
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm=algorithm, lr=1e-2)
     try:
         run_steps(model, opt, None, 1, 4)
-        state = opt.state_dict()
+        state = as_format2(opt.state_dict())
         saved = json_format.ParseDict(state["spec"]["state"], pb.ModelState())
-        assert state["optsidecar"] == 2
         scalars = dict(saved.groups[0].scalars)
         if algorithm == "Adam":
             assert scalars == {}
         else:
             assert sorted(scalars) == ["k", "lr_max", "weight_sum"] and scalars["k"] == 4
-        old = dict(state, optsidecar=1, spec=as_format1(state["spec"]))
-        assert "scalars" not in old["spec"]["state"]["groups"][0]
+        if previous_format == 1:
+            old = dict(state, optsidecar=1, spec=as_format1(state["spec"]))
+            assert "scalars" not in old["spec"]["state"]["groups"][0]
+        else:
+            old = state
         run_steps(model, opt, None, 5, 6)  # the server moves on; loading must bring back version 4
         opt.load_state_dict(old)
         # As bytes: Adam's stored step result holds a NaN averaging weight, which == never matches.

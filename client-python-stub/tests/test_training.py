@@ -19,7 +19,7 @@ def test_matches_local_torch(target, algorithm, local, hyperparameters):
     remote_model = make_mlp()
     local_model = twin(remote_model)
     initial = [p.detach().clone() for p in remote_model.parameters()]
-    opt = RemoteOptimizer(remote_model.named_parameters(), target, algorithm, **hyperparameters)
+    opt = RemoteOptimizer(remote_model.named_parameters(), target=target, algorithm=algorithm, **hyperparameters)
     reference = local(local_model.parameters(), foreach=False, **hyperparameters)
     try:
         for t in range(1, STEPS + 1):
@@ -37,7 +37,7 @@ def test_matches_local_torch(target, algorithm, local, hyperparameters):
 
 def test_named_parameters_name_the_server_tensors(client, target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1)
     try:
         info = client.describe(opt.model)
         assert [t.name for t in info.tensors] == [n for n, _ in model.named_parameters()]
@@ -49,7 +49,7 @@ def test_named_parameters_name_the_server_tensors(client, target):
 def test_param_groups_with_per_group_weight_decay(client, target):
     remote_model = make_mlp()
     local_model = twin(remote_model)
-    opt = RemoteOptimizer(decay_groups(remote_model), target, "AdamW", lr=1e-2, weight_decay=0.2)
+    opt = RemoteOptimizer(decay_groups(remote_model), target=target, algorithm="AdamW", lr=1e-2, weight_decay=0.2)
     reference = torch.optim.AdamW(decay_groups(local_model, named=False), lr=1e-2, weight_decay=0.2, foreach=False)
     try:
         assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]
@@ -79,7 +79,7 @@ def test_changing_a_hyperparameter_that_changes_the_state_slots_raises(client, t
     """amsgrad adds a state slot: the server refuses the change, naming the group and the key,
     and nothing is applied; set back, training goes on."""
     model = make_mlp()
-    opt = RemoteOptimizer(model.named_parameters(), target, "Adam")
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="Adam")
     try:
         opt.param_groups[0]["amsgrad"] = True
         with pytest.raises(InvalidArgument, match=r"group 'group0' .* param_groups\[0\]\['amsgrad'\] from False to True"):
@@ -96,7 +96,7 @@ def test_torch_lr_scheduler_drives_the_server_lr(target):
     remote_model = make_mlp()
     local_model = twin(remote_model)
     decay = lambda epoch: 0.9 ** epoch  # noqa: E731
-    opt = RemoteOptimizer(remote_model.parameters(), target, "Adam", lr=2e-2)
+    opt = RemoteOptimizer(remote_model.parameters(), target=target, algorithm="Adam", lr=2e-2)
     reference = torch.optim.Adam(local_model.parameters(), lr=2e-2, foreach=False)
     remote_schedule = torch.optim.lr_scheduler.LambdaLR(opt, decay)
     local_schedule = torch.optim.lr_scheduler.LambdaLR(reference, decay)
@@ -118,7 +118,7 @@ def test_server_schedule_multiplies_the_client_base_lr(target):
     """Which lr wins: the client's group lr is the base, a server-side schedule scales it."""
     model = make_mlp()
     warmup = 4
-    opt = RemoteOptimizer(model.parameters(), target, "SGD", lr=0.1,
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="SGD", lr=0.1,
                           schedule=dict(type="linear_warmup", warmup_steps=warmup))
     try:
         for t in range(1, 9):
@@ -135,7 +135,7 @@ def test_closure_loss_and_skipped_gradients(client, target):
     model = make_mlp()
     frozen = model[0].bias
     before = frozen.detach().clone()
-    opt = RemoteOptimizer(model.named_parameters(), target, "SGD", lr=0.1, momentum=0.9)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm="SGD", lr=0.1, momentum=0.9)
     try:
         x, y = torch.randn(8, 6), torch.randn(8, 3)
 
@@ -160,7 +160,8 @@ def test_closure_loss_and_skipped_gradients(client, target):
 def test_server_side_clipping_matches_torch_clip_grad_norm(target):
     remote_model = make_mlp()
     local_model = twin(remote_model)
-    opt = RemoteOptimizer(remote_model.parameters(), target, "SGD", lr=0.1, momentum=0.9, clip_grad_norm=0.5,
+    opt = RemoteOptimizer(remote_model.parameters(), target=target, algorithm="SGD", lr=0.1, momentum=0.9,
+                          clip_grad_norm=0.5,
                           report_update_norm=True)
     reference = torch.optim.SGD(local_model.parameters(), lr=0.1, momentum=0.9, foreach=False)
     try:
@@ -187,7 +188,7 @@ def test_server_side_clipping_matches_torch_clip_grad_norm(target):
 
 def test_non_finite_gradients_can_be_skipped(client, target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, "Adam", lr=1e-2, non_finite="skip")
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="Adam", lr=1e-2, non_finite="skip")
     try:
         train_step(model, opt, 1)
         before = [p.detach().clone() for p in model.parameters()]

@@ -21,8 +21,9 @@ def pull(client, model, view, like):
 def test_schedule_free_eval_and_train_switch_views(client, target, algorithm):
     model = make_mlp()
     never_evaluated = twin(model)
-    opt = RemoteOptimizer(model.named_parameters(), target, algorithm, lr=2e-2, weight_decay=0.01)
-    twin_opt = RemoteOptimizer(never_evaluated.named_parameters(), target, algorithm, lr=2e-2, weight_decay=0.01)
+    opt = RemoteOptimizer(model.named_parameters(), target=target, algorithm=algorithm, lr=2e-2, weight_decay=0.01)
+    twin_opt = RemoteOptimizer(never_evaluated.named_parameters(), target=target, algorithm=algorithm, lr=2e-2,
+                               weight_decay=0.01)
     params = list(model.parameters())
     try:
         for t in range(1, 31):
@@ -62,7 +63,7 @@ def test_schedule_free_eval_and_train_switch_views(client, target, algorithm):
 
 def test_step_in_eval_mode_raises(target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, "SGDScheduleFree", lr=0.5)
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="SGDScheduleFree", lr=0.5)
     try:
         train_step(model, opt, 1)
         opt.eval()
@@ -79,7 +80,7 @@ def test_step_in_eval_mode_raises(target):
 def test_eval_without_an_eval_view_names_the_algorithm(target):
     model = make_mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    opt = RemoteOptimizer(model.parameters(), target, "AdamW")
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="AdamW")
     try:
         with pytest.raises(InvalidArgument, match="AdamW has no eval view"):
             opt.eval()
@@ -91,7 +92,7 @@ def test_eval_without_an_eval_view_names_the_algorithm(target):
 
 def test_ema_eval_view_is_the_shadow(client, target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, "SGD", lr=0.1, ema=[{"decay": 0.9, "every": 2}])
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="SGD", lr=0.1, ema=[{"decay": 0.9, "every": 2}])
     params = list(model.parameters())
     try:
         train_step(model, opt, 1)
@@ -116,7 +117,7 @@ def test_ema_eval_view_is_the_shadow(client, target):
 
 def test_lookahead_eval_view_is_the_slow_weights(client, target):
     model = make_mlp()
-    opt = RemoteOptimizer(model.parameters(), target, "SGD", lr=0.1, lookahead=dict(k=3, alpha=0.5))
+    opt = RemoteOptimizer(model.parameters(), target=target, algorithm="SGD", lr=0.1, lookahead=dict(k=3, alpha=0.5))
     params = list(model.parameters())
     try:
         for t in range(1, 5):
