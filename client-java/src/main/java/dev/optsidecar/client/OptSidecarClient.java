@@ -72,8 +72,18 @@ public final class OptSidecarClient implements AutoCloseable {
         this.blocking = OptimizerGrpc.newBlockingStub(channel).withMaxInboundMessageSize(MAX_MESSAGE_BYTES);
     }
 
-    /** Connects in plaintext to {@code host:port}. */
+    /**
+     * Connects in plaintext to {@code host:port}, or to a Unix domain socket {@code unix:PATH}
+     * (also {@code unix:///absolute/path}) of a server on the same host.
+     */
     public static OptSidecarClient connect(String target) {
+        if (target.startsWith("unix:")) {
+            // grpc-netty's provider for unix: targets (epoll's domain sockets, Linux).
+            ManagedChannel channel = io.grpc.Grpc.newChannelBuilder(target, io.grpc.InsecureChannelCredentials.create())
+                    .maxInboundMessageSize(MAX_MESSAGE_BYTES)
+                    .build();
+            return new OptSidecarClient(channel, true);
+        }
         ManagedChannel channel = NettyChannelBuilder.forTarget(target)
                 .usePlaintext()
                 .maxInboundMessageSize(MAX_MESSAGE_BYTES)

@@ -34,6 +34,12 @@ public final class Main implements Callable<Integer> {
             description = "Address to bind (default: ${DEFAULT-VALUE}; 0.0.0.0 for all interfaces).")
     String bind;
 
+    @Option(names = "--listen", paramLabel = "ADDRESS",
+            description = "Listen on ADDRESS: HOST:PORT, or unix:PATH (unix:///run/optsidecar.sock) for a Unix"
+                    + " domain socket, for clients on the same host or pod without TCP. Repeatable. Served beside"
+                    + " --bind:--port when either is given; without them, only the --listen addresses.")
+    java.util.List<String> listen = new java.util.ArrayList<>();
+
     @Option(names = "--threads", description = "Engine compute threads (default: the number of CPUs, ${sys:optsidecar.cpus}).")
     Integer threads;
 
@@ -162,7 +168,7 @@ public final class Main implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         validate();
-        SocketServer server = SocketServer.start(bind, port,
+        SocketServer server = SocketServer.start(listenAddresses(),
                 threads == null ? defaultThreads() : threads,
                 memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore, limits());
         Runtime.getRuntime().addShutdownHook(new Thread(server::close, "optsidecar-shutdown"));
@@ -192,16 +198,40 @@ public final class Main implements Callable<Integer> {
         } else if (java.nio.file.Files.exists(stateDir) && !java.nio.file.Files.isDirectory(stateDir)) {
             throw usage("--state-dir " + stateDir + " is a file, not a directory");
         }
-        checkBindAddress();
+        for (ListenAddress address : listenAddresses()) {
+            if (address instanceof ListenAddress.Tcp tcp) {
+                checkBindAddress(tcp.host(), listen.isEmpty() ? "--bind " : "--listen ");
+            }
+        }
+    }
+
+    /**
+     * Where to listen: --bind:--port (unless only --listen addresses are given, without --bind or
+     * --port), then each --listen address.
+     */
+    java.util.List<ListenAddress> listenAddresses() {
+        var parsed = spec.commandLine().getParseResult();
+        java.util.List<ListenAddress> out = new java.util.ArrayList<>();
+        if (listen.isEmpty() || parsed.hasMatchedOption("--bind") || parsed.hasMatchedOption("--port")) {
+            out.add(new ListenAddress.Tcp(bind, port));
+        }
+        for (String text : listen) {
+            try {
+                out.add(ListenAddress.parse(text));
+            } catch (IllegalArgumentException e) {
+                throw usage("--listen " + e.getMessage());
+            }
+        }
+        return out;
     }
 
     /** An address that is not this machine's fails at bind with a vague error; name the flag instead. */
-    private void checkBindAddress() {
+    private void checkBindAddress(String bind, String flag) {
         java.net.InetAddress address;
         try {
             address = java.net.InetAddress.getByName(bind);
         } catch (java.net.UnknownHostException e) {
-            throw usage("--bind " + bind + ": not a known host or IP address");
+            throw usage(flag + bind + ": not a known host or IP address");
         }
         boolean local;
         try {
@@ -211,7 +241,7 @@ public final class Main implements Callable<Integer> {
             local = true; // cannot tell: let the bind itself decide
         }
         if (!local) {
-            throw usage("--bind " + bind + ": not an address of this machine");
+            throw usage(flag + bind + ": not an address of this machine");
         }
     }
 

@@ -37,7 +37,8 @@ public final class SidecarServer implements AutoCloseable {
     /** Room for one chunk and its header, with margin; no message needs more. */
     static final int MAX_MESSAGE_BYTES = 4 * StepAssembly.MAX_CHUNK_BYTES;
 
-    private final Server server;
+    /** One gRPC server per listening transport (TCP, a Unix socket), all serving the same services. */
+    private final List<Server> servers = new java.util.ArrayList<>();
     private final ServerThreads threads = new ServerThreads();
     private final HealthStatusManager health = new HealthStatusManager();
     private final ModelRegistry registry;
@@ -46,8 +47,8 @@ public final class SidecarServer implements AutoCloseable {
     /** False until startup's restores are done: until then Optimizer calls are refused with UNAVAILABLE. */
     private volatile boolean serving;
 
-    private SidecarServer(ServerBuilder<?> transport, Engine engine, long memoryLimit, Persistence.Options durability,
-                          Limits limits) throws IOException {
+    private SidecarServer(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
+                          Persistence.Options durability, Limits limits) throws IOException {
         registry = new ModelRegistry(engine, memoryLimit, threads.timers, limits);
         try {
             persistence = durability == null ? null : new Persistence(registry, durability, threads.snapshots);
@@ -60,13 +61,16 @@ public final class SidecarServer implements AutoCloseable {
             throw e;
         }
         service = new OptimizerService(registry, persistence, threads.completions);
-        server = transport
-                .addService(ServerInterceptors.intercept(UnparsableRequests.invalidArgument(service.bindService()),
-                        new RefuseUntilServing()))
-                .addService(health.getHealthService())
-                .addService(ProtoReflectionServiceV1.newInstance())
-                .addService(reflectionV1alpha())
-                .build();
+        var optimizer = ServerInterceptors.intercept(UnparsableRequests.invalidArgument(service.bindService()),
+                new RefuseUntilServing());
+        for (ServerBuilder<?> transport : transports) {
+            servers.add(transport
+                    .addService(optimizer)
+                    .addService(health.getHealthService())
+                    .addService(ProtoReflectionServiceV1.newInstance())
+                    .addService(reflectionV1alpha())
+                    .build());
+        }
         // The health service starts out SERVING for "": a load balancer must not send traffic yet.
         health.setStatus("", ServingStatus.NOT_SERVING);
         health.setStatus(OptimizerGrpc.SERVICE_NAME, ServingStatus.NOT_SERVING);
@@ -96,7 +100,14 @@ public final class SidecarServer implements AutoCloseable {
     public static SidecarServer start(ServerBuilder<?> transport, Engine engine, long memoryLimit,
                                       Persistence.Options durability, List<String> restore, Limits limits)
             throws IOException {
-        SidecarServer s = listen(transport, engine, memoryLimit, durability, limits);
+        return start(List.of(transport), engine, memoryLimit, durability, restore, limits);
+    }
+
+    /** As {@link #start(ServerBuilder, Engine, long, Persistence.Options, List, Limits)}, on several transports. */
+    public static SidecarServer start(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
+                                      Persistence.Options durability, List<String> restore, Limits limits)
+            throws IOException {
+        SidecarServer s = listen(transports, engine, memoryLimit, durability, limits);
         s.restoreThenServe(restore);
         return s;
     }
@@ -105,12 +116,15 @@ public final class SidecarServer implements AutoCloseable {
      * Starts the transport with health NOT_SERVING and Optimizer calls refused (UNAVAILABLE), so
      * probes can watch a long restore; {@link #restoreThenServe} finishes the startup.
      */
-    static SidecarServer listen(ServerBuilder<?> transport, Engine engine, long memoryLimit,
+    static SidecarServer listen(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
                                 Persistence.Options durability, Limits limits) throws IOException {
-        SidecarServer s = new SidecarServer(transport, engine, memoryLimit, durability, limits);
+        SidecarServer s = new SidecarServer(transports, engine, memoryLimit, durability, limits);
         try {
-            s.server.start();
+            for (Server server : s.servers) {
+                server.start();
+            }
         } catch (IOException | RuntimeException e) {
+            s.servers.forEach(Server::shutdownNow);
             s.releaseResources();
             throw e;
         }
@@ -132,7 +146,7 @@ public final class SidecarServer implements AutoCloseable {
                 }
             }
         } catch (IOException | RuntimeException e) {
-            server.shutdownNow();
+            servers.forEach(Server::shutdownNow);
             releaseResources();
             throw e;
         }
@@ -155,9 +169,14 @@ public final class SidecarServer implements AutoCloseable {
         }
     }
 
-    /** The port it listens on: a socket's, or -1 in-process. */
+    /** The TCP port it listens on (the first, when there are several), or -1 without one. */
     public int port() {
-        return server.getPort();
+        for (Server server : servers) {
+            if (server.getPort() >= 0) {
+                return server.getPort();
+            }
+        }
+        return -1;
     }
 
     public ModelRegistry registry() {
@@ -165,7 +184,9 @@ public final class SidecarServer implements AutoCloseable {
     }
 
     public void awaitTermination() throws InterruptedException {
-        server.awaitTermination();
+        for (Server server : servers) {
+            server.awaitTermination();
+        }
     }
 
     public Persistence persistence() {
@@ -186,15 +207,17 @@ public final class SidecarServer implements AutoCloseable {
             persistence.shutdown();
         }
         service.shutdown();
-        server.shutdown();
+        servers.forEach(Server::shutdown);
         try {
-            if (!server.awaitTermination(5, TimeUnit.SECONDS)) {
-                server.shutdownNow();
-                server.awaitTermination(5, TimeUnit.SECONDS);
+            for (Server server : servers) {
+                if (!server.awaitTermination(5, TimeUnit.SECONDS)) {
+                    server.shutdownNow();
+                    server.awaitTermination(5, TimeUnit.SECONDS);
+                }
             }
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            server.shutdownNow();
+            servers.forEach(Server::shutdownNow);
         }
         releaseResources();
     }

@@ -8,18 +8,21 @@ import io.grpc.netty.shaded.io.grpc.netty.NettyServerBuilder;
 import io.grpc.netty.shaded.io.netty.channel.EventLoopGroup;
 import io.grpc.netty.shaded.io.netty.channel.epoll.Epoll;
 import io.grpc.netty.shaded.io.netty.channel.epoll.EpollEventLoopGroup;
+import io.grpc.netty.shaded.io.netty.channel.epoll.EpollServerDomainSocketChannel;
 import io.grpc.netty.shaded.io.netty.channel.epoll.EpollServerSocketChannel;
 import io.grpc.netty.shaded.io.netty.channel.nio.NioEventLoopGroup;
 import io.grpc.netty.shaded.io.netty.channel.socket.nio.NioServerSocketChannel;
+import io.grpc.netty.shaded.io.netty.channel.unix.DomainSocketAddress;
 
 import java.io.IOException;
 import java.net.InetSocketAddress;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.logging.Logger;
 
 /**
- * The server as Main runs it: Netty on a TCP socket (epoll on Linux), the CPU engine, and the
+ * The server as Main runs it: Netty on TCP sockets and Unix domain sockets (epoll on Linux), the CPU engine, and the
  * {@link SidecarServer} they are handed to. Closing it closes all three.
  */
 public final class SocketServer implements AutoCloseable {
@@ -31,6 +34,7 @@ public final class SocketServer implements AutoCloseable {
     private final EventLoopGroup workers;
     private final CpuEngine engine;
     private SidecarServer server;
+    private List<ListenAddress> listening = List.of();
 
     private SocketServer(int threads) {
         if (Epoll.isAvailable()) {
@@ -58,23 +62,37 @@ public final class SocketServer implements AutoCloseable {
     public static SocketServer start(String bind, int port, int threads, long memoryLimit,
                                      Persistence.Options durability, List<String> restore, Limits limits)
             throws IOException {
+        return start(List.of(new ListenAddress.Tcp(bind, port)), threads, memoryLimit, durability, restore, limits);
+    }
+
+    /** Starts a server listening on every address of {@code listen} (TCP ports and Unix sockets). */
+    public static SocketServer start(List<ListenAddress> listen, int threads, long memoryLimit,
+                                     Persistence.Options durability, List<String> restore, Limits limits)
+            throws IOException {
         SocketServer s = new SocketServer(threads);
         try {
-            s.server = SidecarServer.start(s.transport(bind, port), s.engine, memoryLimit, durability, restore, limits);
+            List<NettyServerBuilder> transports = new ArrayList<>();
+            for (ListenAddress address : listen) {
+                transports.add(s.transport(address));
+            }
+            s.server = SidecarServer.start(transports, s.engine, memoryLimit, durability, restore, limits);
         } catch (IOException e) {
             s.close();
-            throw bindFailure(e, bind, port);
+            throw bindFailure(e, listen);
         } catch (RuntimeException e) {
             s.close();
             throw e;
         }
-        LOG.info(() -> "optsidecar serving on " + bind + ":" + s.port() + " (" + threads + " engine threads, "
+        s.listening = listen.stream().map(a -> a instanceof ListenAddress.Tcp tcp && tcp.port() == 0
+                ? new ListenAddress.Tcp(tcp.host(), s.port()) : a).toList();
+        LOG.info(() -> "optsidecar serving on " + s.listening.stream().map(Object::toString)
+                .collect(java.util.stream.Collectors.joining(", ")) + " (" + threads + " engine threads, "
                 + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
         return s;
     }
 
     /** A failed bind, said plainly: the address, and the operating system's reason (port in use...). */
-    private static IOException bindFailure(IOException e, String bind, int port) {
+    private static IOException bindFailure(IOException e, List<ListenAddress> listen) {
         if (e.getMessage() == null || !e.getMessage().startsWith("Failed to bind") || e.getCause() == null) {
             return e;
         }
@@ -88,13 +106,25 @@ public final class SocketServer implements AutoCloseable {
         if (reason.startsWith("bind(") && errno >= 0) {
             reason = reason.substring(errno + 3);
         }
-        return new IOException(bind + ":" + port + ": " + reason, e);
+        String where = listen.stream().map(Object::toString).collect(java.util.stream.Collectors.joining(", "));
+        return new IOException(where + ": " + reason, e);
     }
 
-    private NettyServerBuilder transport(String bind, int port) {
-        return NettyServerBuilder.forAddress(new InetSocketAddress(bind, port))
-                .channelType(Epoll.isAvailable() ? EpollServerSocketChannel.class : NioServerSocketChannel.class)
-                .bossEventLoopGroup(boss)
+    private NettyServerBuilder transport(ListenAddress address) throws IOException {
+        NettyServerBuilder b;
+        if (address instanceof ListenAddress.Unix unix) {
+            if (!Epoll.isAvailable()) {
+                throw new IOException(address + ": Unix domain sockets need Netty's epoll transport (Linux)",
+                        Epoll.unavailabilityCause());
+            }
+            b = NettyServerBuilder.forAddress(new DomainSocketAddress(UnixSockets.prepare(unix.path()).toString()))
+                    .channelType(EpollServerDomainSocketChannel.class);
+        } else {
+            ListenAddress.Tcp tcp = (ListenAddress.Tcp) address;
+            b = NettyServerBuilder.forAddress(new InetSocketAddress(tcp.host(), tcp.port()))
+                    .channelType(Epoll.isAvailable() ? EpollServerSocketChannel.class : NioServerSocketChannel.class);
+        }
+        return b.bossEventLoopGroup(boss)
                 .workerEventLoopGroup(workers)
                 .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES)
                 .flowControlWindow(FLOW_CONTROL_WINDOW)
@@ -111,6 +141,11 @@ public final class SocketServer implements AutoCloseable {
 
     public int port() {
         return server.port();
+    }
+
+    /** The addresses it listens on, a TCP port 0 resolved to the port it got. */
+    public List<ListenAddress> listening() {
+        return listening;
     }
 
     /** Gracefully stops the server (see {@link SidecarServer#close}), then its engine and event loops. */

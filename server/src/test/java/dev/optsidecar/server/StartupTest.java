@@ -41,7 +41,7 @@ class StartupTest {
         String name = InProcessServerBuilder.generateName();
         ManagedChannel channel = InProcessChannelBuilder.forName(name).build();
         try (CpuEngine engine = new CpuEngine(1)) {
-            SidecarServer server = SidecarServer.listen(InProcessServerBuilder.forName(name), engine, 1L << 30, durable, dev.optsidecar.server.model.Limits.DEFAULTS);
+            SidecarServer server = SidecarServer.listen(List.of(InProcessServerBuilder.forName(name)), engine, 1L << 30, durable, dev.optsidecar.server.model.Limits.DEFAULTS);
             try {
                 HealthGrpc.HealthBlockingStub health = HealthGrpc.newBlockingStub(channel);
                 assertEquals(ServingStatus.NOT_SERVING, status(health, ""));
