@@ -76,6 +76,11 @@ final class SyncRounds {
         return result;
     }
 
+    /** Whether a step has contributions waiting for the others'. */
+    boolean waiting() {
+        return round != null;
+    }
+
     /** The model is deleted: the open round's contributors are told so. */
     void cancel() {
         SyncRound r = round;
