@@ -111,10 +111,30 @@ public final class TensorAddition {
                     Echo.of(String.join(", ", added)));
         }
         checkHyperparameters(previous, g.getHyperparameters());
-        return previous.spec().toBuilder()
+        return withExplicitDefaultGroup(previous).toBuilder()
                 .addAllTensors(request.getTensorsList())
                 .addGroups(g.toBuilder().clearTensors().addAllTensors(added))
                 .build();
+    }
+
+    /**
+     * The model's spec with the tensors no group names listed in a group "default" of their own (the
+     * model's hyperparameters, as the implicit one has), so that the new group comes after every
+     * group of the model, as torch appends it to param_groups.
+     */
+    private static ModelSpec withExplicitDefaultGroup(Model previous) {
+        List<String> ungrouped = new ArrayList<>();
+        for (TensorEntry t : previous.tensors()) {
+            if (t.group.name.equals(ModelFactory.DEFAULT_GROUP)) {
+                ungrouped.add(t.name);
+            }
+        }
+        ModelSpec spec = previous.spec();
+        if (ungrouped.isEmpty() || spec.getGroupsList().stream().anyMatch(g -> g.getName().equals(ModelFactory.DEFAULT_GROUP))) {
+            return spec;
+        }
+        return spec.toBuilder().addGroups(ParamGroup.newBuilder().setName(ModelFactory.DEFAULT_GROUP)
+                .addAllTensors(ungrouped)).build();
     }
 
     /** Dimensions > 0 whose product fits a long, as a registration's. */
