@@ -117,9 +117,9 @@ final class AddTensorsCall implements StreamObserver<AddTensorsRequest> {
                 throw OptError.invalid("spec: AddTensors stream ended without a spec");
             }
             TensorAddition a = addition;
-            addition = null;
             Model previous = a.previous();
-            Model extended = a.publish(durability()); // on failure it has given everything back
+            Model extended = a.publish(durability()); // on failure, fail() gives everything back
+            addition = null;
             if (persistence != null) {
                 persistence.retired(previous);
             }

@@ -189,8 +189,13 @@ public final class TensorAddition {
      */
     public Model publish(Durability durability) {
         Model extended = pending.model();
-        for (int i = firstNew; i < extended.tensorCount(); i++) {
-            pending.requireWeights(i);
+        try {
+            for (int i = firstNew; i < extended.tensorCount(); i++) {
+                pending.requireWeights(i);
+            }
+        } catch (RuntimeException e) {
+            pending.discard();
+            throw e;
         }
         boolean adopted = false;
         long stamp = previous.writeLock();

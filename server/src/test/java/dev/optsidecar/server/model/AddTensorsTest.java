@@ -104,8 +104,16 @@ class AddTensorsTest {
             assertEquals(3, info.getVersion());
             FullState.of(f.client(), "from-start").assertSame(FullState.of(f.client(), "late"), "right after AddTensors");
 
-            // The trainer that was attached reopens its stream on the extended model by itself.
-            for (int step = 4; step <= 6; step++) {
+            // The trainer that was attached reopens its stream on the extended model by itself: a step
+            // with the gradients it had goes to the extended model, the new tensors without a gradient.
+            float[][] g4 = grads(4, 2);
+            float[][] a4 = zeros(2), c4 = zeros(4);
+            assertEquals(4, late.step(g4, a4).getVersion());
+            assertEquals(4, late.tensorCount());
+            start.step(new float[][] {g4[0], g4[1], null, null}, c4);
+            assertArrayEquals(c4[0], a4[0]);
+            assertArrayEquals(c4[1], a4[1]);
+            for (int step = 5; step <= 7; step++) {
                 float[][] g = grads(step, 4);
                 float[][] a = zeros(4), c = zeros(4);
                 assertEquals(step, late.step(g, a).getVersion());
