@@ -47,7 +47,7 @@ import grpc
 
 from . import wire
 from .buffers import Destination, as_destination, chunks, numel_of, source_array
-from .errors import ProtocolError, ServerUnavailable, from_rpc_error
+from .errors import ProtocolError, ServerUnavailable, error_details, from_rpc_error
 from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, Weights
 from .spec import make_schedule, to_struct
 from .v1 import optimizer_pb2 as pb
@@ -782,7 +782,11 @@ class StepStream:
         if self._live is not None and not self._live.broken and self._live.call.done():
             # The server ended the stream between steps (an idle stream past its timeout, a
             # shutdown): nothing is pending on it, so a new one takes over.
-            self._forget().abandon()
+            ended = self._forget()
+            ended.abandon()
+            if error_details(ended.call)[0] == "MODEL_CHANGED":
+                # The model's tensors changed: a step with a gradient per old tensor no longer fits.
+                raise from_rpc_error(ended.call, f"step stream of model {self.model!r}", self.client.target)
         if self._live is None or self._live.broken:
             request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
             self._live = _LiveStream(self.client._step, request)
