@@ -230,7 +230,10 @@ public final class TensorAddition {
         pending.discard();
     }
 
-    /** Copies the model's weights, state slots, counters, clients and History into the extended model. Under its write lock. */
+    /**
+     * Copies the model's weights, state slots, counters, clients, History and coordination counters
+     * into the extended model. Under the model's write lock.
+     */
     private void takeOver() {
         Model extended = pending.model();
         ModelState.Builder state = ModelDescription.of(previous).getState().toBuilder();
@@ -252,6 +255,7 @@ public final class TensorAddition {
         for (VersionContributions v : previous.history().from(0)) {
             extended.history().record(v.getVersion(), v.getContributionsList());
         }
+        extended.status().copyFrom(previous.status());
         startShadows(extended);
     }
 

@@ -154,6 +154,7 @@ class AddTensorsTest {
             }
         }
         FullState before = FullState.of(f.client(), name);
+        var historyBefore = history(name);
         float[] added = random(7, 77);
         f.client().addTensors(name, List.of(StandardModel.tensor("added", 7)),
                 ParamGroup.newBuilder().setName("late").build(), data(added));
@@ -187,6 +188,10 @@ class AddTensorsTest {
                 assertArrayEquals(added, after.get("slot " + slot, n), "slot " + slot + " starts as the weights");
             }
         }
+        assertEquals(before.info().getCoordination().toBuilder().clearTrainers().build(),
+                after.info().getCoordination(), "what the trainers' contributions did");
+        assertEquals(historyBefore, history(name), "History");
+        assertEquals(lastStep, historyBefore.size());
         // The ledger carried over: a retry of the last step is answered from it, not applied again.
         StepResult retry = commitWithoutGradients(name, "t", lastStep, n + 1);
         assertTrue(retry.getReplayed(), retry::toString);
@@ -229,6 +234,11 @@ class AddTensorsTest {
         } finally {
             requests.onCompleted();
         }
+    }
+
+    private static List<dev.optsidecar.proto.v1.VersionContributions> history(String model) {
+        return f.blocking().history(dev.optsidecar.proto.v1.HistoryRequest.newBuilder().setModel(model).build())
+                .getVersionsList();
     }
 
     private static String firstViewKey(FullState s, String kind) {
