@@ -269,6 +269,11 @@ public final class Model {
         lock.unlockWrite(stamp);
     }
 
+    /** False once a graceful shutdown has stopped the model's steps. */
+    boolean isAcceptingSteps() {
+        return acceptingSteps;
+    }
+
     void checkAcceptingSteps() {
         if (!acceptingSteps) {
             throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", Echo.of(name))

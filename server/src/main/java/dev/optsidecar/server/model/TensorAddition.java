@@ -176,8 +176,8 @@ public final class TensorAddition {
     /** Copies a chunk of a new tensor's initial weights (indexed as in the extended model) into place. */
     public void addWeights(int tensor, long offset, ByteBuffer data) {
         if (tensor >= 0 && tensor < firstNew) {
-            throw OptError.invalid("chunk.tensor: index %d is one of model '%s''s %d tensors; the new tensors'"
-                    + " weights are indexed from %d", tensor, Echo.of(previous.name()), firstNew, firstNew);
+            throw OptError.invalid("chunk.tensor: index %d names a tensor model '%s' has already; the new tensors'"
+                    + " weights are indexed from %d", tensor, Echo.of(previous.name()), firstNew);
         }
         pending.addWeights(tensor, offset, data);
     }
@@ -200,9 +200,14 @@ public final class TensorAddition {
         boolean adopted = false;
         long stamp = previous.writeLock();
         try {
-            previous.checkLive();
-            if (registry.find(previous.name()) != previous) {
+            Model current = registry.get(previous.name(), "spec.model"); // NOT_FOUND once deleted
+            if (current != previous) {
                 throw ModelRegistry.changedMeanwhile(previous.name());
+            }
+            previous.checkLive();
+            if (!previous.isAcceptingSteps()) { // a shutdown has begun: its snapshot covers the model as it is
+                throw OptError.unavailable("spec.model: model '%s': the server is shutting down; send the tensors"
+                        + " again when it is back", Echo.of(previous.name())).with("model", Echo.of(previous.name()));
             }
             if (previous.syncStepWaiting()) {
                 throw OptError.precondition("spec.model: model '%s' has a sync step waiting for its trainers'"

@@ -178,7 +178,7 @@ class AddTensorsRefusalsTest {
         assertInvalid("weights.offset", List.of(spec(MODEL, GROUP, x), weights(2, 0, new float[3]),
                 weights(2, 1, new float[1])), "already sent");
         assertInvalid("chunk.tensor", List.of(spec(MODEL, GROUP, x), weights(0, 0, new float[3])),
-                "one of model 'refusals''s 2 tensors");
+                "names a tensor model 'refusals' has already", "indexed from 2");
         assertInvalid("chunk.tensor", List.of(spec(MODEL, GROUP, x), weights(3, 0, new float[3])), "out of range");
         assertInvalid("spec", List.of(weights(2, 0, new float[3])), "first AddTensors message");
         assertInvalid("spec", List.of(spec(MODEL, GROUP, x), spec(MODEL, GROUP, x)), "sent twice");
