@@ -41,13 +41,13 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import grpc
 
 from . import wire
 from .buffers import Destination, as_destination, chunks, numel_of, source_array
-from .errors import ProtocolError, ServerUnavailable, from_rpc_error
+from .errors import ProtocolError, ServerUnavailable, error_details, from_rpc_error
 from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, Weights
 from .spec import make_schedule, to_struct
 from .v1 import optimizer_pb2 as pb
@@ -130,6 +130,9 @@ class Client:
         # The bulk-data methods use the hand-written chunk encoding of optsidecar.wire.
         self._register = self._channel.stream_unary(
             _SERVICE + "Register", request_serializer=wire.serialize,
+            response_deserializer=pb.ModelInfo.FromString)
+        self._add_tensors = self._channel.stream_unary(
+            _SERVICE + "AddTensors", request_serializer=wire.serialize,
             response_deserializer=pb.ModelInfo.FromString)
         self._pull = self._channel.unary_stream(
             _SERVICE + "Pull", request_serializer=pb.PullRequest.SerializeToString,
@@ -322,6 +325,54 @@ class Client:
             return self._register(requests())
         except grpc.RpcError as e:
             raise from_rpc_error(e, f"register model {spec.name!r}", self.target) from None
+
+    # -- add tensors ---------------------------------------------------------------------------
+
+    def add_tensors(self, model: str, tensors: Sequence[Tuple[str, Sequence[int]]], group: str,
+                    hyperparameters: Mapping[str, Any], weights: Sequence[Any]) -> pb.ModelInfo:
+        """Adds tensors to a registered model as a new parameter group, as torch's
+        ``add_param_group`` does (e.g. unfreezing a backbone).
+
+        The new tensors come after the model's, with fresh optimizer state; the model's weights,
+        state, counters and trainers' sequence numbers carry over. Step streams open on the model
+        end with :class:`~optsidecar.errors.ModelChanged`: their trainers open new ones, with a
+        gradient (or None) for every tensor. With ``--state-dir`` the server snapshots the model
+        before answering.
+
+        Args:
+            model: the model's name.
+            tensors: the new tensors as ``(name, shape)``; no name may be one of the model's. A
+                scalar (shape ``()``) is sent as shape ``[1]``.
+            group: the new group's name, one the model does not have.
+            hyperparameters: the group's overrides of the model's hyperparameters (e.g. ``lr``).
+            weights: the new tensors' initial values, one tensor or array per tensor, in order.
+
+        Returns:
+            the extended model's description.
+        """
+        specs = [pb.TensorSpec(name=name, shape=[int(d) for d in shape] or [1]) for name, shape in tensors]
+        if len(weights) != len(specs):
+            raise ValueError(f"{len(specs)} tensors to add but {len(weights)} initial weights were given")
+        for t, w in zip(specs, weights):
+            if numel_of(w) != _numel(t):
+                raise ValueError(f"initial weights of tensor {t.name!r} have {numel_of(w)} elements; its shape "
+                                 f"{list(t.shape)} has {_numel(t)}")
+        action = f"add tensors to model {model!r}"
+        spec = pb.AddTensorsSpec(model=model, tensors=specs, group=pb.ParamGroup(
+            name=group, hyperparameters=to_struct(hyperparameters, f"param group {group!r}")))
+        first = len(self.describe(model).tensors)  # the new tensors' weights are indexed from here
+
+        def requests() -> Iterator[Any]:
+            yield pb.AddTensorsRequest(spec=spec)
+            for index, w in enumerate(weights):
+                for offset, data in chunks(source_array(w)):
+                    # AddTensorsRequest.weights has RegisterRequest.weights' field number and type.
+                    yield wire.register_weights_chunk(first + index, offset, data)
+
+        try:
+            return self._add_tensors(requests())
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, action, self.target) from None
 
     # -- pull ----------------------------------------------------------------------------------
 
@@ -770,7 +821,11 @@ class StepStream:
         if self._live is not None and not self._live.broken and self._live.call.done():
             # The server ended the stream between steps (an idle stream past its timeout, a
             # shutdown): nothing is pending on it, so a new one takes over.
-            self._forget().abandon()
+            ended = self._forget()
+            ended.abandon()
+            if error_details(ended.call)[0] == "MODEL_CHANGED":
+                # The model's tensors changed: a step with a gradient per old tensor no longer fits.
+                raise from_rpc_error(ended.call, f"step stream of model {self.model!r}", self.client.target)
         if self._live is None or self._live.broken:
             request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
             self._live = _LiveStream(self.client._step, request)

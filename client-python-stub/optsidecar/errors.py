@@ -30,6 +30,7 @@ __all__ = [
     "StaleGradient",
     "ResourceExhausted",
     "Aborted",
+    "ModelChanged",
     "Unimplemented",
     "ServerUnavailable",
     "DeadlineExceeded",
@@ -120,6 +121,13 @@ class ResourceExhausted(OptSidecarError, MemoryError):
 
 class Aborted(OptSidecarError, RuntimeError):
     """ABORTED: another client's step is being assembled on the same model; retry."""
+
+
+class ModelChanged(Aborted):
+    """ABORTED, reason MODEL_CHANGED: tensors were added to the model (AddTensors, e.g. another
+    trainer's ``add_param_group``) while this stream was open on it. The step was not applied by
+    this stream; a new stream must send a gradient (or None) for every tensor the model has now.
+    A ``RemoteOptimizer`` continues after ``add_param_group`` with the same parameters."""
 
 
 class Unimplemented(OptSidecarError, NotImplementedError):
@@ -250,4 +258,6 @@ def from_rpc_error(error: grpc.RpcError, action: str, target: str) -> OptSidecar
                              base_version=_int(metadata, "base_version"), staleness=_int(metadata, "staleness"),
                              max_staleness=_int(metadata, "max_staleness"), reason=reason, field=field,
                              metadata=metadata)
+    if reason == "MODEL_CHANGED":
+        cls = ModelChanged
     return cls(message, code=code, details=details, reason=reason, field=field, metadata=metadata)

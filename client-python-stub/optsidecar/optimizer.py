@@ -24,8 +24,9 @@ from .buffers import Destination
 from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
 from .edits import ParameterEdits, WeightsPush
-from .errors import AlreadyExists, InvalidArgument, NotFound, OptSidecarError, StaleGradient
+from .errors import AlreadyExists, InvalidArgument, ModelChanged, NotFound, OptSidecarError, StaleGradient
 from .live_hyperparameters import LiveHyperparameters
+from .param_groups import add_group, parse_new_group
 from .param_state import ParameterState
 from .params import ParsedGroup, parse_params
 from .results import CoordinationStatus, StepFigures, VersionContributions
@@ -330,10 +331,33 @@ class RemoteOptimizer(torch.optim.Optimizer):
     # -- groups and hyperparameters ------------------------------------------------------------
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        if getattr(self, "_frozen", False):
-            raise NotImplementedError("RemoteOptimizer: the server fixes a model's tensors at registration; "
-                                      "register a new model to optimize more parameters")
-        super().add_param_group(param_group)
+        """Adds a parameter group, as torch does, to the model on the server too (AddTensors), e.g.
+        to unfreeze a backbone with a lower lr: ``opt.add_param_group({"params": backbone.parameters(),
+        "lr": 1e-4})``. The new parameters start with fresh optimizer state; the model's counters,
+        state and trainers carry over. Parameters are named by ``(name, tensor)`` pairs or a
+        ``"names"`` list, else ``p<index>``; the group by ``"name"``, else ``group<index>``; other
+        keys override the model's hyperparameters. ``param_groups`` gains the group with every
+        effective hyperparameter. Other trainers of the model get
+        :class:`~optsidecar.errors.ModelChanged` at their next step and continue after calling
+        ``add_param_group`` with the same parameters, names and group name: their parameters
+        then receive the model's weights.
+        """
+        if not getattr(self, "_frozen", False):
+            super().add_param_group(param_group)  # torch's constructor adds the initial groups
+            return
+        group = parse_new_group(param_group, group_index=len(self.param_groups), first_param=len(self._params),
+                                names_taken=self._names, params_taken=self._params)
+        info, added_by_another = add_group(self.client, self.model, len(self._params), group)
+        super().add_param_group({"params": group.params, **group.overrides})
+        values = from_struct(next(g for g in info.groups if g.name == group.name).hyperparameters)
+        self.param_groups[-1].update(values)
+        self._fixed.append({k: _normalized(v) for k, v in values.items() if k != "lr"})
+        self._params.extend(group.params)
+        self._names.extend(group.names)
+        self._group_names.append(group.name)
+        self._new_stream(info)  # the old one was ended by the server: the model's tensors changed
+        if added_by_another:
+            self._pull_into_params(self._mode)
 
     def _adopt_server_groups(self, info: pb.ModelInfo) -> None:
         """Fills param_groups with the server's effective hyperparameters (lr is the base lr) and
@@ -454,6 +478,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                         base_version=self.version, group_hyperparameters=changes)
         except StaleGradient as e:
             raise e.with_message(f"{e} [call optimizer.pull(), compute the gradient again and step]") from None
+        except ModelChanged as e:
+            raise e.with_message(f"{e} [another trainer added parameters to the model: call "
+                                 f"optimizer.add_param_group() with the same parameters, names and group name, "
+                                 f"then step again]") from None
         except InvalidArgument as e:
             raise (self._hyperparameters.explain(e, self._group_names, self.param_groups, changes) or e) from None
         finally:

@@ -1,15 +1,19 @@
 package dev.optsidecar.client;
 
+import dev.optsidecar.proto.v1.AddTensorsRequest;
+import dev.optsidecar.proto.v1.AddTensorsSpec;
 import dev.optsidecar.proto.v1.DeleteRequest;
 import dev.optsidecar.proto.v1.DescribeRequest;
 import dev.optsidecar.proto.v1.ListRequest;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerGrpc;
+import dev.optsidecar.proto.v1.ParamGroup;
 import dev.optsidecar.proto.v1.PullRequest;
 import dev.optsidecar.proto.v1.RegisterRequest;
 import dev.optsidecar.proto.v1.RenewLeaseRequest;
 import dev.optsidecar.proto.v1.StateChunk;
+import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.proto.v1.WeightsChunk;
@@ -164,6 +168,65 @@ public final class OptSidecarClient implements AutoCloseable {
                                 .setOffset(c.offset()).setData(c.data()))
                         .build()));
             }
+            requests.onCompleted();
+        } catch (RuntimeException e) {
+            if (!result.isDone()) {
+                requests.onError(Status.CANCELLED.withDescription("client failed: " + e).asRuntimeException());
+                throw e;
+            }
+        }
+        return await(result);
+    }
+
+    /**
+     * Adds tensors to a registered model as a new parameter group, as torch's add_param_group does
+     * (e.g. unfreezing a backbone): {@code weights} holds their initial values, one per tensor, in
+     * order. {@code group} names the new group and may override the model's hyperparameters; its
+     * tensors list may be left empty. The new tensors come after the model's, with fresh optimizer
+     * state; everything else carries over. Open Step streams of the model end with ABORTED
+     * ({@link ServerError#MODEL_CHANGED}); a {@link Trainer} reopens its stream by itself.
+     *
+     * @return the extended model
+     */
+    public ModelInfo addTensors(String model, List<TensorSpec> tensors, ParamGroup group,
+                                List<? extends TensorData> weights) {
+        if (weights.size() != tensors.size()) {
+            throw new IllegalArgumentException(tensors.size() + " tensors to add but " + weights.size()
+                    + " initial weights were given");
+        }
+        int first = describe(model).getTensorsCount(); // the new tensors' weights are indexed from here
+        CompletableFuture<ModelInfo> result = new CompletableFuture<>();
+        Chunks.ReadyGate gate = new Chunks.ReadyGate();
+        StreamObserver<AddTensorsRequest> requests = async.addTensors(new ClientResponseObserver<AddTensorsRequest, ModelInfo>() {
+            @Override
+            public void beforeStart(ClientCallStreamObserver<AddTensorsRequest> stream) {
+                gate.attach(stream);
+                stream.setOnReadyHandler(gate::signal);
+            }
+
+            @Override
+            public void onNext(ModelInfo value) {
+                result.complete(value);
+            }
+
+            @Override
+            public void onError(Throwable t) {
+                result.completeExceptionally(t);
+                gate.fail(t);
+            }
+
+            @Override
+            public void onCompleted() {
+                result.completeExceptionally(Status.INTERNAL.withDescription("no reply to AddTensors").asRuntimeException());
+            }
+        });
+        try {
+            requests.onNext(AddTensorsRequest.newBuilder().setSpec(AddTensorsSpec.newBuilder().setModel(model)
+                    .addAllTensors(tensors).setGroup(group)).build());
+            Chunks.send(weights, gate, c -> requests.onNext(AddTensorsRequest.newBuilder()
+                    .setWeights(WeightsChunk.newBuilder().setTensor(first + c.tensor()).setOffset(c.offset())
+                            .setData(c.data()))
+                    .build()));
             requests.onCompleted();
         } catch (RuntimeException e) {
             if (!result.isDone()) {

@@ -45,6 +45,7 @@ public record ServerError(Status.Code code, String reason, String field, Map<Str
     public static final String OUT_OF_MEMORY = "OUT_OF_MEMORY";
     public static final String NOT_IMPLEMENTED = "NOT_IMPLEMENTED";
     public static final String STEP_REPLACED = "STEP_REPLACED";
+    public static final String MODEL_CHANGED = "MODEL_CHANGED";
     public static final String SHUTTING_DOWN = "SHUTTING_DOWN";
     public static final String CORRUPT_DATA = "CORRUPT_DATA";
     public static final String IO_ERROR = "IO_ERROR";

@@ -34,7 +34,8 @@ public final class Trainer implements AutoCloseable {
     private final OptSidecarClient client;
     private final String model;
     private final String clientId;
-    private final List<Long> sizes;
+    /** Each tensor's element count; learnt again when the model gains tensors (AddTensors). */
+    private List<Long> sizes;
     private Stream stream;
     private long nextStepId = 1;
     /** The version of the weights this trainer last received: its next gradient is computed at it. */
@@ -45,15 +46,24 @@ public final class Trainer implements AutoCloseable {
         this.client = client;
         this.model = model;
         this.clientId = clientId;
-        List<Long> s = new ArrayList<>();
-        info.getTensorsList().forEach(t -> s.add(t.getNumel()));
-        this.sizes = Collections.unmodifiableList(s);
+        this.sizes = sizesOf(info);
         // Sequence numbers continue where this client id left off, so a new Trainer under an old id
         // is not mistaken for a retry of that id's last step.
         info.getState().getClientsList().stream()
                 .filter(p -> p.getClientId().equals(clientId))
                 .forEach(p -> nextStepId = p.getLastStepId() + 1);
         this.baseVersion = info.getVersion();
+    }
+
+    private static List<Long> sizesOf(ModelInfo info) {
+        List<Long> s = new ArrayList<>();
+        info.getTensorsList().forEach(t -> s.add(t.getNumel()));
+        return Collections.unmodifiableList(s);
+    }
+
+    /** The model's tensors as this trainer last learnt them; steps take one gradient per tensor. */
+    public int tensorCount() {
+        return sizes.size();
     }
 
     /**
@@ -181,6 +191,9 @@ public final class Trainer implements AutoCloseable {
      */
     public StepResult step(List<? extends TensorData> grads, List<? extends TensorData> weightsOut, StepOptions options) {
         if (grads.size() != sizes.size()) {
+            sizes = sizesOf(client.describe(model)); // the model may have gained tensors (AddTensors)
+        }
+        if (grads.size() != sizes.size()) {
             throw new IllegalArgumentException("model '" + model + "' has " + sizes.size() + " tensors but "
                     + grads.size() + " gradients were given");
         }
@@ -197,10 +210,11 @@ public final class Trainer implements AutoCloseable {
         options.groupHyperparameters.forEach((g, changes) -> commit.putGroupHyperparameters(g, changes.build()));
         List<TensorData> present = new ArrayList<>();
         List<Integer> presentIndex = new ArrayList<>();
+        List<Integer> noGrad = new ArrayList<>();
         for (int i = 0; i < grads.size(); i++) {
             TensorData g = grads.get(i);
             if (g == null) {
-                commit.addNoGrad(i);
+                noGrad.add(i);
             } else {
                 if (g.numel() != sizes.get(i)) {
                     throw new IllegalArgumentException((options.kind == StepKind.STEP_SET_WEIGHTS ? "weights " : "gradient ")
@@ -211,16 +225,28 @@ public final class Trainer implements AutoCloseable {
                 presentIndex.add(i);
             }
         }
+        commit.addAllNoGrad(noGrad);
+        List<? extends TensorData> out = wantsWeights ? weightsOut : null;
         long deadline = System.nanoTime() + retryFor.toNanos();
         long backoffMs = 50;
         while (true) {
+            if (stream != null && stream.modelChanged) {
+                stream = null;
+                learnAddedTensors(commit, noGrad, grads.size());
+                out = out == null ? null : withDiscarded(weightsOut, sizes);
+            }
             try {
-                StepResult result = attempt(stepId, commit, present, presentIndex, wantsWeights ? weightsOut : null);
+                StepResult result = attempt(stepId, commit, present, presentIndex, out);
                 if (wantsWeights) {
                     baseVersion = result.getVersion(); // the weights the next gradient will be taken at
                 }
                 return result;
             } catch (io.grpc.StatusRuntimeException e) {
+                if (ServerError.of(e).is(ServerError.MODEL_CHANGED) && System.nanoTime() <= deadline) {
+                    learnAddedTensors(commit, noGrad, grads.size());
+                    out = out == null ? null : withDiscarded(weightsOut, sizes);
+                    continue;
+                }
                 // The connection dropped or the server is restarting: send the same step again. The
                 // server applies it if it never got it, or answers from its ledger if it did.
                 if (!connectionLost(e) || System.nanoTime() > deadline) {
@@ -231,6 +257,44 @@ public final class Trainer implements AutoCloseable {
             backoffMs = Math.min(2 * backoffMs, 1000);
             client.reconnectNow();
         }
+    }
+
+    /**
+     * Tensors were added to the model (its stream ended with MODEL_CHANGED): the step being sent goes
+     * to the extended model on a new stream (answered from the ledger if it was applied before the
+     * change), the tensors it has no gradient for listed in no_grad.
+     */
+    private void learnAddedTensors(StepCommit.Builder commit, List<Integer> noGrad, int given) {
+        sizes = sizesOf(client.describe(model));
+        commit.clearNoGrad().addAllNoGrad(noGrad);
+        for (int i = given; i < sizes.size(); i++) {
+            commit.addNoGrad(i);
+        }
+    }
+
+    /** {@code weightsOut} followed by destinations that drop the weights of tensors it does not hold. */
+    private static List<TensorData> withDiscarded(List<? extends TensorData> weightsOut, List<Long> sizes) {
+        List<TensorData> out = new ArrayList<>(weightsOut);
+        for (int i = weightsOut.size(); i < sizes.size(); i++) {
+            long numel = sizes.get(i);
+            out.add(new TensorData() {
+                @Override
+                public long numel() {
+                    return numel;
+                }
+
+                @Override
+                public void read(long offset, int count, java.nio.ByteBuffer dst) {
+                    throw new UnsupportedOperationException("a discarded destination has no values");
+                }
+
+                @Override
+                public void write(long offset, java.nio.ByteBuffer src) {
+                    src.position(src.limit());
+                }
+            });
+        }
+        return out;
     }
 
     /**
@@ -325,6 +389,8 @@ public final class Trainer implements AutoCloseable {
         final ClientCallStreamObserver<StepRequest> requests;
         volatile PendingStep pending;
         volatile boolean failed;
+        /** The server ended the stream because the model's tensors changed (AddTensors). */
+        volatile boolean modelChanged;
 
         Stream() {
             this.requests = (ClientCallStreamObserver<StepRequest>) client.async.step(this);
@@ -363,6 +429,7 @@ public final class Trainer implements AutoCloseable {
 
         @Override
         public void onError(Throwable t) {
+            modelChanged = ServerError.of(t).is(ServerError.MODEL_CHANGED);
             failed = true;
             gate.fail(t);
             PendingStep p = pending;

@@ -44,6 +44,7 @@ class ClientProtocolTest {
 
     private final List<WeightsChunk> registered = new ArrayList<>();
     private final List<StepRequest> stepMessages = new ArrayList<>();
+    private final List<dev.optsidecar.proto.v1.AddTensorsRequest> added = new ArrayList<>();
     private Server server;
     private ManagedChannel channel;
 
@@ -70,6 +71,26 @@ class ClientProtocolTest {
                 @Override
                 public void onCompleted() {
                     out.onNext(info(spec.getName()));
+                    out.onCompleted();
+                }
+            };
+        }
+
+        @Override
+        public StreamObserver<dev.optsidecar.proto.v1.AddTensorsRequest> addTensors(StreamObserver<ModelInfo> out) {
+            return new StreamObserver<>() {
+                @Override
+                public void onNext(dev.optsidecar.proto.v1.AddTensorsRequest r) {
+                    added.add(r);
+                }
+
+                @Override
+                public void onError(Throwable t) {
+                }
+
+                @Override
+                public void onCompleted() {
+                    out.onNext(info(added.get(0).getSpec().getModel()));
                     out.onCompleted();
                 }
             };
@@ -169,6 +190,27 @@ class ClientProtocolTest {
         }
         assertArrayEquals(new long[] {N, 3}, expectedOffset);
         assertEquals(3, registered.size()); // 262144 + 37856 floats, then the bias
+    }
+
+    @Test
+    void addTensorsSendsTheSpecThenTheWeightsIndexedAfterTheModelsTensors() {
+        OptSidecarClient client = new OptSidecarClient(channel);
+        dev.optsidecar.proto.v1.ParamGroup group = dev.optsidecar.proto.v1.ParamGroup.newBuilder().setName("late").build();
+        client.addTensors("m", List.of(TensorSpec.newBuilder().setName("x").addShape(N).build(),
+                        TensorSpec.newBuilder().setName("y").addShape(2).build()), group,
+                List.of(TensorData.of(ramp(N)), TensorData.of(new float[] {1, 2})));
+        assertEquals("m", added.get(0).getSpec().getModel());
+        assertEquals(group, added.get(0).getSpec().getGroup());
+        assertEquals(2, added.get(0).getSpec().getTensorsCount());
+        long[] expectedOffset = {0, 0};
+        for (dev.optsidecar.proto.v1.AddTensorsRequest r : added.subList(1, added.size())) {
+            WeightsChunk c = r.getWeights();
+            assertTrue(c.getData().size() <= 1 << 20);
+            int newIndex = c.getTensor() - 2; // the model described has two tensors
+            assertEquals(expectedOffset[newIndex], c.getOffset());
+            expectedOffset[newIndex] += c.getData().size() / 4;
+        }
+        assertArrayEquals(new long[] {N, 2}, expectedOffset);
     }
 
     @Test

@@ -59,6 +59,8 @@ public final class OptError extends RuntimeException {
         NOT_IMPLEMENTED,
         /** ABORTED: the step stopped being assembled because a retry of it replaced it. */
         STEP_REPLACED,
+        /** ABORTED: the model's tensors changed (AddTensors) while the stream or request was on it; reopen it. */
+        MODEL_CHANGED,
         /** UNAVAILABLE: the server is shutting down; retry when it is back. */
         SHUTTING_DOWN,
         /** DATA_LOSS: a snapshot or journal failed verification. */

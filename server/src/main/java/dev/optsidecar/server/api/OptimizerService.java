@@ -1,5 +1,6 @@
 package dev.optsidecar.server.api;
 
+import dev.optsidecar.proto.v1.AddTensorsRequest;
 import dev.optsidecar.proto.v1.DeleteRequest;
 import dev.optsidecar.proto.v1.DeleteResponse;
 import dev.optsidecar.proto.v1.DescribeRequest;
@@ -56,6 +57,17 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     @Override
     public StreamObserver<RegisterRequest> register(StreamObserver<ModelInfo> out) {
         return new RegisterCall(registry, persistence, out);
+    }
+
+    @Override
+    public StreamObserver<AddTensorsRequest> addTensors(StreamObserver<ModelInfo> out) {
+        return new AddTensorsCall(registry, persistence, out, this::endStepsOn);
+    }
+
+    /** The model's tensors changed: its open Step streams end with ABORTED (MODEL_CHANGED), and their clients reopen them. */
+    private void endStepsOn(Model replaced) {
+        OptError changed = replaced.changedError();
+        openSteps.forEach(call -> call.endIfOn(replaced, changed));
     }
 
     @Override

@@ -334,6 +334,13 @@ final class StepCall implements StreamObserver<StepRequest> {
                 .withReason(dev.optsidecar.server.OptError.Reason.SHUTTING_DOWN));
     }
 
+    /** Ends the stream with {@code error} if it is on {@code m} (a model replaced by AddTensors). */
+    synchronized void endIfOn(Model m, OptError error) {
+        if (model == m) {
+            fail(error);
+        }
+    }
+
     /** Releases the model: drops an uncommitted step and stops a weights transfer. Idempotent. */
     private synchronized void cleanup() {
         closed = true;

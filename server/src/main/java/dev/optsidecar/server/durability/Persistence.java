@@ -285,6 +285,11 @@ public final class Persistence implements AutoCloseable {
         return ModelCapture.captureView(m, view, (version, label, file) -> store.export(m.name(), version, label, file));
     }
 
+    /** A model was replaced by an extended copy of itself (AddTensors): stop journaling it; its snapshots stay. */
+    public void retired(Model m) {
+        forget(m);
+    }
+
     /** A model was deleted: stop journaling it and keep `--restore latest` from bringing it back. */
     public void deleted(Model m) {
         forget(m);

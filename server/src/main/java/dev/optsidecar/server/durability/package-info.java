@@ -60,5 +60,9 @@
  * those of the snapshot's run only; steps already in the snapshot are skipped and a gap in
  * versions stops the replay. So after each committed snapshot (and the store's retention), the
  * journals of snapshots older than the oldest kept one chain onto nothing and are deleted.
+ *
+ * <p>A model that gains tensors (AddTensors) is a new run: its first snapshot (trigger
+ * {@code add_tensors}) is written before it replaces the model, so the journals after it hold only
+ * steps of the new shape, and the old run's journals are never replayed onto it.
  */
 package dev.optsidecar.server.durability;

@@ -21,6 +21,15 @@ final class CoordinationStatusBuilder {
         staleness[Long.compareUnsigned(stalenessOfStep, LAST) < 0 ? (int) stalenessOfStep : LAST] += contributions;
     }
 
+    /** Takes the counters of the model {@code other} counted for (AddTensors: the model this one extends). */
+    void copyFrom(CoordinationStatusBuilder other) {
+        applied = other.applied;
+        late = other.late;
+        rejected = other.rejected;
+        timedOut = other.timedOut;
+        System.arraycopy(other.staleness, 0, staleness, 0, staleness.length);
+    }
+
     synchronized CoordinationStatus build(Coordination config, List<String> trainers) {
         CoordinationStatus.Builder b = CoordinationStatus.newBuilder()
                 .setConfig(config)

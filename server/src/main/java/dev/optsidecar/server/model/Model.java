@@ -59,6 +59,8 @@ public final class Model {
     private volatile boolean deleted;
     /** Deleted because its lease expired (see {@link ModelLeases}): what calls on it are told. */
     private volatile boolean leaseExpired;
+    /** Replaced by an extended copy of itself (AddTensors): what calls on it are told. */
+    private volatile boolean changed;
     private volatile boolean acceptingSteps = true;
     /** Identifies this model's run across snapshots and journals (a new one per registration). */
     private String run = java.util.UUID.randomUUID().toString();
@@ -268,6 +270,11 @@ public final class Model {
         long stamp = lock.writeLock();
         acceptingSteps = false;
         lock.unlockWrite(stamp);
+    }
+
+    /** False once a graceful shutdown has stopped the model's steps. */
+    boolean isAcceptingSteps() {
+        return acceptingSteps;
     }
 
     void checkAcceptingSteps() {
@@ -616,17 +623,36 @@ public final class Model {
     void delete() {
         long stamp = lock.writeLock();
         try {
-            deleted = true;
-            rounds.cancel();
-            trainers.close();
-            ledger.clear();
-            history.clear();
-            for (TensorEntry t : tensors) {
-                t.storage.free();
-            }
+            free();
         } finally {
             lock.unlockWrite(stamp);
         }
+    }
+
+    /**
+     * Ends this model because an extended copy of it replaced it (AddTensors): calls still on it are
+     * told MODEL_CHANGED, so that trainers reopen their streams on the new tensors. The caller holds
+     * the write lock.
+     */
+    void retireChanged() {
+        changed = true;
+        free();
+    }
+
+    private void free() {
+        deleted = true;
+        rounds.cancel();
+        trainers.close();
+        ledger.clear();
+        history.clear();
+        for (TensorEntry t : tensors) {
+            t.storage.free();
+        }
+    }
+
+    /** Whether a sync step has contributions waiting for the other trainers'. Under the lock. */
+    boolean syncStepWaiting() {
+        return rounds.waiting() > 0;
     }
 
     /** Deletes it because its lease expired, so that streams still open on it are told why. */
@@ -636,6 +662,9 @@ public final class Model {
     }
 
     void checkLive() {
+        if (deleted && changed) {
+            throw changedError();
+        }
         if (deleted && leaseExpired) {
             throw OptError.notFound("model '%s' was deleted because its lease expired", Echo.of(name))
                     .withReason(OptError.Reason.MODEL_NOT_FOUND).with("model", Echo.of(name));
@@ -644,6 +673,13 @@ public final class Model {
             throw OptError.notFound("model '%s' was deleted", Echo.of(name)).withReason(OptError.Reason.MODEL_NOT_FOUND)
                     .with("model", Echo.of(name));
         }
+    }
+
+    /** What calls still on a model that AddTensors replaced are told: ABORTED, MODEL_CHANGED. */
+    public OptError changedError() {
+        return OptError.aborted("model '%s' changed: tensors were added to it (AddTensors); open a new Step stream"
+                + " for its new tensors", Echo.of(name)).withReason(OptError.Reason.MODEL_CHANGED)
+                .with("model", Echo.of(name));
     }
 
     boolean isDeleted() {

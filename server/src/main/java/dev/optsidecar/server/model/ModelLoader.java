@@ -102,7 +102,7 @@ public final class ModelLoader {
         }
     }
 
-    private static void copy(long numel, ByteBuffer chunk, dev.optsidecar.server.snapshot.TensorReader from,
+    static void copy(long numel, ByteBuffer chunk, dev.optsidecar.server.snapshot.TensorReader from,
                              dev.optsidecar.server.snapshot.TensorWriter to) {
         for (long offset = 0; offset < numel; ) {
             int count = (int) Math.min(chunk.capacity() / Float.BYTES, numel - offset);

@@ -149,6 +149,28 @@ public final class ModelRegistry {
         }
     }
 
+    /**
+     * Puts {@code extended} in the place of {@code previous} (AddTensors), atomically: only while
+     * {@code previous} is still the model of that name. The caller holds {@code previous}'s write
+     * lock and retires it; its memory is given back here.
+     */
+    void swap(Model previous, Model extended) {
+        if (!models.replace(previous.name(), previous, extended)) {
+            throw changedMeanwhile(previous.name());
+        }
+        leases.ended(previous);
+        leases.started(extended, this::expire);
+        previous.retireChanged();
+        release(previous.memoryBytes());
+    }
+
+    /** ABORTED: the model was replaced or deleted while tensors were being added to it. */
+    static OptError changedMeanwhile(String name) {
+        return OptError.aborted("spec.model: model '%s' was replaced or deleted while the new tensors were being"
+                + " sent; send them again", Echo.of(name))
+                .withReason(OptError.Reason.MODEL_CHANGED).with("model", Echo.of(name));
+    }
+
     /** The model of that name, or null. */
     public Model find(String name) {
         return models.get(name);

@@ -25,7 +25,7 @@ import java.util.Map;
 public final class PendingModel {
     private final Model model;
     private final ModelRegistry registry;
-    private final ModelState state;
+    private ModelState state;
     private final Coverage[] weights;
     /** Per tensor: state slot index to the coverage of the chunks sent for it. */
     private final List<Map<Integer, Coverage>> slots = new ArrayList<>();
@@ -75,6 +75,19 @@ public final class PendingModel {
         c.add(offset, offset + count);
     }
 
+    /**
+     * Sets the saved run's counters when they are known only after the model was built: AddTensors
+     * captures them from the live model it extends, at the moment it takes its place.
+     */
+    void useState(ModelState saved) {
+        this.state = saved;
+    }
+
+    /** INCOMPLETE_DATA unless every element of tensor {@code index}'s initial weights has arrived. */
+    void requireWeights(int index) {
+        requireComplete(weights[index], "initial weights of " + model.tensors().get(index).describe() + " are");
+    }
+
     /** The model being built: steps may be replayed on it after {@link #complete} and before it is published. */
     public Model model() {
         return model;
@@ -115,6 +128,18 @@ public final class PendingModel {
         done = true;
         registry.registrationEnded();
         return model;
+    }
+
+    /**
+     * Completes the model and makes it visible in place of {@code previous}, which it extends; the
+     * caller holds {@code previous}'s write lock and retires it. ABORTED (MODEL_CHANGED) when
+     * {@code previous} is no longer the model of that name.
+     */
+    void publishInPlaceOf(Model previous) {
+        complete();
+        registry.swap(previous, model);
+        done = true;
+        registry.registrationEnded();
     }
 
     private static void requireComplete(Coverage c, String what) {

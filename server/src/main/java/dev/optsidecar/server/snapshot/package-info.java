@@ -75,7 +75,7 @@
  *   "model" : "org/team model.v2",
  *   "id" : "000007",
  *   "version" : 1200,                        model version: steps applied
- *   "trigger" : "steps",                     rpc, register, steps, interval, shutdown, fork
+ *   "trigger" : "steps",                     rpc, register, steps, interval, shutdown, fork, add_tensors, ...
  *   "created_unix_millis" : 1763722146000,   when the data was captured (staged)
  *   "model_meta" : { ... },                  the capturing code's JSON, verbatim
  *   "files" : {

@@ -2,6 +2,8 @@ package dev.optsidecar.server.fuzz;
 
 import com.google.protobuf.ByteString;
 import dev.optsidecar.client.Trainer;
+import dev.optsidecar.proto.v1.AddTensorsRequest;
+import dev.optsidecar.proto.v1.AddTensorsSpec;
 import dev.optsidecar.proto.v1.Coordination;
 import dev.optsidecar.proto.v1.DeleteRequest;
 import dev.optsidecar.proto.v1.DescribeRequest;
@@ -380,7 +382,7 @@ class ProtocolFuzzTest {
 
         void ops(int n) {
             for (int i = 0; i < n; i++) {
-                switch (v.below(14)) {
+                switch (v.below(15)) {
                     case 0, 1, 2, 3 -> attackVictim();
                     case 4, 5 -> register();
                     case 6, 7 -> randomStep();
@@ -390,6 +392,7 @@ class ProtocolFuzzTest {
                             .setModel(anyModel()).setFromVersion(v.anyLong()).build()));
                     case 11 -> unary("List", () -> b().list(ListRequest.getDefaultInstance()));
                     case 12 -> unary("Delete", () -> b().delete(DeleteRequest.newBuilder().setModel(deletable()).build()));
+                    case 13 -> addTensors();
                     default -> snapshots();
                 }
             }
@@ -650,6 +653,81 @@ class ProtocolFuzzTest {
             } catch (Exception e) {
                 call[0].cancel("no answer", e);
                 problems.add("Register did not end within " + CALL_DEADLINE_S + " s");
+            }
+        }
+
+        /**
+         * AddTensors: on the victim always with one defect (it must change nothing), on this client's
+         * models plausible (a new group, its weights right) or anything at all.
+         */
+        void addTensors() {
+            boolean victim = v.chance(0.3);
+            String model = victim ? VICTIM : deletable();
+            int[] known = sizes.get(model);
+            int first = victim ? SIZES.length : known != null ? known.length : v.below(4);
+            AddTensorsSpec.Builder spec = AddTensorsSpec.newBuilder().setModel(model)
+                    .setGroup(ParamGroup.newBuilder().setName("added-" + names++));
+            List<Integer> numels = new ArrayList<>();
+            for (int i = 1 + v.below(3); i > 0; i--) {
+                int n = 1 + v.below(20);
+                spec.addTensors(TensorSpec.newBuilder().setName("a" + names++).addShape(n));
+                numels.add(n);
+            }
+            List<AddTensorsRequest> msgs = new ArrayList<>();
+            for (int i = 0; i < numels.size(); i++) {
+                msgs.add(AddTensorsRequest.newBuilder().setWeights(WeightsChunk.newBuilder().setTensor(first + i)
+                        .setData(v.floats(numels.get(i), 0))).build());
+            }
+            int defect = victim ? v.below(8) : v.chance(0.5) ? -1 : v.below(9);
+            switch (defect) {
+                case 0 -> spec.setTensors(0, spec.getTensors(0).toBuilder().setName(victim ? "w" : v.name("t0")));
+                case 1 -> spec.getGroupBuilder().setName(victim ? "no_decay" : v.name("g"));
+                case 2 -> spec.setTensors(0, spec.getTensors(0).toBuilder().addShape(victim || v.chance(0.5) ? 0 : v.anyLong()));
+                case 3 -> spec.getGroupBuilder().setHyperparameters(victim ? struct("lr", -1.0)
+                        : v.struct(FuzzValues.HYPERPARAMETERS, 0));
+                case 4 -> msgs.add(msgs.get(0)); // a chunk sent twice
+                case 5 -> msgs.remove(msgs.size() - 1); // a tensor without weights
+                case 6 -> msgs.add(AddTensorsRequest.newBuilder().setWeights(WeightsChunk.newBuilder()
+                        .setTensor(v.below(first + 1)).setOffset(v.anyLong()).setData(v.anyBytes())).build());
+                case 7 -> spec.getGroupBuilder().addTensors(v.name("w"));
+                case 8 -> spec.addTensors(TensorSpec.newBuilder().setName(v.name("a")).addShape(v.anyLong()));
+                default -> { }
+            }
+            msgs.add(0, AddTensorsRequest.newBuilder().setSpec(spec).build());
+            CompletableFuture<Status> closed = new CompletableFuture<>();
+            io.grpc.stub.StreamObserver<AddTensorsRequest> call = async.addTensors(new io.grpc.stub.StreamObserver<>() {
+                @Override
+                public void onNext(ModelInfo value) {}
+
+                @Override
+                public void onError(Throwable t) {
+                    closed.complete(Status.fromThrowable(t));
+                }
+
+                @Override
+                public void onCompleted() {
+                    closed.complete(Status.OK);
+                }
+            });
+            msgs.forEach(call::onNext);
+            call.onCompleted();
+            try {
+                Status st = closed.get(CALL_DEADLINE_S, TimeUnit.SECONDS);
+                record("AddTensors", st);
+                if (st.isOk()) {
+                    if (victim) {
+                        problems.add("AddTensors with defect " + defect + " changed the victim");
+                    }
+                    if (known != null) { // its steps now need gradients for the new tensors too
+                        int[] now = java.util.Arrays.copyOf(known, known.length + numels.size());
+                        for (int i = 0; i < numels.size(); i++) {
+                            now[known.length + i] = numels.get(i);
+                        }
+                        sizes.put(model, now);
+                    }
+                }
+            } catch (Exception e) {
+                problems.add("AddTensors did not end within " + CALL_DEADLINE_S + " s");
             }
         }
 
