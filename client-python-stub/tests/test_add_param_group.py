@@ -48,7 +48,7 @@ def test_progressive_unfreezing_matches_torch_adamw(client, target):
     remote_model = frozen(make_mlp())
     local_model = twin(remote_model)
     initial_backbone = [p.detach().clone() for p in remote_model[0].parameters()]
-    opt = RemoteOptimizer(named(remote_model[2], "head"), target, "AdamW", **HYPERPARAMETERS)
+    opt = RemoteOptimizer(named(remote_model[2], "head"), target=target, algorithm="AdamW", **HYPERPARAMETERS)
     reference = torch.optim.AdamW(local_model[2].parameters(), foreach=False, **HYPERPARAMETERS)
     try:
         for t in range(1, HEAD_STEPS + 1):
@@ -82,7 +82,7 @@ def test_progressive_unfreezing_matches_torch_adamw(client, target):
 def unfrozen_run(target: str, **options):
     """The head trained alone for HEAD_STEPS steps, then the backbone added with a lower lr."""
     model = frozen(make_mlp())
-    opt = RemoteOptimizer(named(model[2], "head"), target, "AdamW", **options, **HYPERPARAMETERS)
+    opt = RemoteOptimizer(named(model[2], "head"), target=target, algorithm="AdamW", **options, **HYPERPARAMETERS)
     for t in range(1, HEAD_STEPS + 1):
         train_step(model, opt, t)
     opt.add_param_group({"params": unfreeze(model), "lr": 1e-3, "name": "backbone"})
@@ -105,7 +105,7 @@ def test_a_state_dict_taken_after_it_resumes_bit_for_bit(target):
     resumed_model = make_mlp()
     resumed = RemoteOptimizer([{"params": named(resumed_model[2], "head")},
                                {"params": named(resumed_model[0], "backbone"), "lr": 1e-3}],
-                              target, "AdamW", **HYPERPARAMETERS)
+                              target=target, algorithm="AdamW", **HYPERPARAMETERS)
     try:
         resumed.load_state_dict(state)
         assert [g["lr"] for g in resumed.param_groups] == [1e-2, 1e-3]
@@ -142,9 +142,9 @@ def test_a_second_trainer_is_told_and_continues_after_adding_the_same_group(targ
     name = f"unfreeze-{uuid.uuid4().hex[:8]}"
     first_model = frozen(make_mlp())
     second_model = frozen(make_mlp())
-    first = RemoteOptimizer(named(first_model[2], "head"), target, "AdamW", model=name, client_id="first",
+    first = RemoteOptimizer(named(first_model[2], "head"), target=target, algorithm="AdamW", model=name, client_id="first",
                             **HYPERPARAMETERS)
-    second = RemoteOptimizer(named(second_model[2], "head"), target, model=name, attach=True, client_id="second")
+    second = RemoteOptimizer(named(second_model[2], "head"), target=target, model=name, attach=True, client_id="second")
     try:
         train_step(first_model, first, 1)
         train_step(second_model, second, 2)
@@ -170,7 +170,7 @@ def test_a_second_trainer_is_told_and_continues_after_adding_the_same_group(targ
 
 
 def test_add_tensors_refusals_name_the_field(client, target):
-    opt = RemoteOptimizer(named(make_mlp()[2], "head"), target, "AdamW", lr=1e-2)
+    opt = RemoteOptimizer(named(make_mlp()[2], "head"), target=target, algorithm="AdamW", lr=1e-2)
     try:
         with pytest.raises(InvalidArgument) as taken:
             client.add_tensors(opt.model, [("head.bias", (3,))], "late", {}, [np.zeros(3, np.float32)])
