@@ -347,14 +347,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
             return
         group = parse_new_group(param_group, group_index=len(self.param_groups), first_param=len(self._params),
                                 names_taken=self._names, params_taken=self._params)
+        self._push_edits()  # the existing parameters' edits reach the model before it is rebuilt
         info, added_by_another = add_group(self.client, self.model, len(self._params), group)
         super().add_param_group({"params": group.params, **group.overrides})
-        values = from_struct(next(g for g in info.groups if g.name == group.name).hyperparameters)
-        self.param_groups[-1].update(values)
-        self._fixed.append({k: _normalized(v) for k, v in values.items() if k != "lr"})
         self._params.extend(group.params)
         self._names.extend(group.names)
         self._group_names.append(group.name)
+        self._adopt_server_groups(info)
+        compare_contents = self._edits.compare_contents
+        self._init_edits()  # the new parameters hold the server's weights: those just uploaded
+        self._edits.compare_contents = compare_contents
+        self._edits.record()
         self._new_stream(info)  # the old one was ended by the server: the model's tensors changed
         if added_by_another:
             self._pull_into_params(self._mode)
