@@ -75,7 +75,8 @@ public final class Model {
         this.sync = coordination.getMode() == dev.optsidecar.proto.v1.CoordinationMode.COORDINATION_SYNC;
         this.trainers = new Trainers(spec.getName(), tensors, memory);
         this.history = new History(memory.limits().historyVersions(), memory.limits().historyBytes(), memory::account);
-        this.ledger = new ClientLedger(memory.limits().maxLedgerEntries(), trainers::isAttached, memory::account);
+        this.ledger = new ClientLedger(memory.limits().maxLedgerEntries(), trainers::isAttached, history,
+                memory::account);
         this.name = spec.getName();
         this.config = spec.getOptimizer();
         this.tensors = Collections.unmodifiableList(tensors);
@@ -149,9 +150,12 @@ public final class Model {
         return status.build(coordination, trainers.attached());
     }
 
-    /** The contributions of versions from {@code from} on, as far back as they are kept. */
-    public List<dev.optsidecar.proto.v1.VersionContributions> history(long from) {
-        return underReadLock(() -> history.from(from));
+    /**
+     * One page of the contributions of versions from {@code from} on, as far back as they are kept:
+     * at most {@code maxVersions} (0: the default) and about a megabyte.
+     */
+    public dev.optsidecar.proto.v1.HistoryResponse history(long from, int maxVersions) {
+        return underReadLock(() -> history.page(from, maxVersions));
     }
 
     public NonFinitePolicy nonFinitePolicy() {
