@@ -57,6 +57,8 @@ public final class Model {
     /** Deleted because its lease expired (see {@link ModelLeases}): what calls on it are told. */
     private volatile boolean leaseExpired;
     private volatile boolean acceptingSteps = true;
+    /** Why new steps are refused with UNAVAILABLE for now (the clients retry them), or null. */
+    private volatile String stepsHeld;
     /** Identifies this model's run across snapshots and journals (a new one per registration). */
     private String run = java.util.UUID.randomUUID().toString();
     /** Scheduler steps taken (LambdaLR's last_epoch): the schedule's position. */
@@ -271,10 +273,26 @@ public final class Model {
         lock.unlockWrite(stamp);
     }
 
+    /**
+     * Refuses new steps with UNAVAILABLE, saying {@code why}, until {@link #releaseSteps}; a retry
+     * of a step already applied is still answered.
+     */
+    public void holdSteps(String why) {
+        stepsHeld = why;
+    }
+
+    public void releaseSteps() {
+        stepsHeld = null;
+    }
+
     void checkAcceptingSteps() {
         if (!acceptingSteps) {
             throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", Echo.of(name))
                     .with("model", Echo.of(name));
+        }
+        String held = stepsHeld;
+        if (held != null) {
+            throw OptError.unavailable("model '%s': %s; retry the step", Echo.of(name), held).with("model", Echo.of(name));
         }
     }
 
