@@ -175,11 +175,16 @@ class Client:
         """Which contributions (client id, step id) each version of ``model`` from
         ``from_version`` on combined, oldest first: every contributor of a sync step, the one
         gradient of an async step. The server keeps the most recent versions (100,000); older
-        ones are left out."""
-        response = self._unary(self._stub.History, pb.HistoryRequest(model=model, from_version=from_version),
-                               f"history of model {model!r}")
-        return [VersionContributions(v.version, tuple(Contribution.from_proto(c) for c in v.contributions))
-                for v in response.versions]
+        ones are left out. The server answers in pages of about a megabyte; this reads them all."""
+        versions = []
+        while True:
+            response = self._unary(self._stub.History, pb.HistoryRequest(model=model, from_version=from_version),
+                                   f"history of model {model!r}")
+            versions.extend(VersionContributions(v.version, tuple(Contribution.from_proto(c) for c in v.contributions))
+                            for v in response.versions)
+            if not response.next_from_version:
+                return versions
+            from_version = response.next_from_version
 
     def wait_for_trainers(self, model: str, count: int, timeout: float = 30.0) -> CoordinationStatus:
         """Waits until at least ``count`` trainers are attached to ``model`` (each with a Step

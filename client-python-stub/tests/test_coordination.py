@@ -15,14 +15,17 @@ import torch
 
 from helpers import assert_moved, batch, make_mlp
 from optsidecar import (
+    Client,
     Contribution,
     FailedPrecondition,
     RemoteOptimizer,
     StaleGradient,
+    VersionContributions,
 )
 from optsidecar.errors import from_rpc_error
 from optsidecar.spec import make_coordination
 from optsidecar.v1 import optimizer_pb2 as pb
+from optsidecar.v1 import optimizer_pb2_grpc
 
 STEPS = 20
 
@@ -423,3 +426,45 @@ def test_replayed_journal_keeps_the_staleness_of_each_step(start_server, tmp_pat
     finally:
         b.close()
         a.close()
+
+
+def test_history_larger_than_a_message_is_read_in_pages(start_server):
+    """Ten megabytes of History (client ids of 60 kB, one per version) pass a client's default
+    4 MiB receive limit only in pages: each under a megabyte, each starting where the previous
+    one said, together every version the steps reported."""
+    server = start_server("--max-client-id-bytes", "65536")
+    name = unique("long-history")
+    spec = pb.ModelSpec(name=name, tensors=[pb.TensorSpec(name="w", shape=[4])],
+                        optimizer=pb.OptimizerConfig(algorithm="SGD"))
+    spec.optimizer.hyperparameters.update({"lr": 0.1})
+    with Client(server.target) as client:
+        client.register(spec, [np.zeros(4, dtype=np.float32)])
+        streams = [client.step_stream(name, f"{i}-" + "x" * 60_000) for i in range(8)]
+        reported = []
+        for _ in range(20):
+            for s in streams:
+                figures = s.step([np.ones(4, dtype=np.float32)], view="none")
+                reported.append(VersionContributions(figures.version, figures.contributions))
+        for s in streams:
+            s.close()
+        assert [v.version for v in reported] == list(range(1, 161))
+
+        assert client.history(name) == reported
+        assert client.history(name, 150) == reported[149:]
+
+        # The same pages through a plain channel with gRPC's default limits.
+        with grpc.insecure_channel(server.target) as channel:
+            stub = optimizer_pb2_grpc.OptimizerStub(channel)
+            pages, start = [], 0
+            while True:
+                page = stub.History(pb.HistoryRequest(model=name, from_version=start))
+                assert page.ByteSize() <= 1 << 20
+                pages.append([v.version for v in page.versions])
+                if not page.next_from_version:
+                    break
+                assert page.next_from_version == pages[-1][-1] + 1
+                start = page.next_from_version
+            # 17 versions of 60 kB fit in a megabyte.
+            assert pages == [list(range(v, min(v + 17, 161))) for v in range(1, 161, 17)]
+            five = stub.History(pb.HistoryRequest(model=name, from_version=40, max_versions=5))
+            assert ([v.version for v in five.versions], five.next_from_version) == ([40, 41, 42, 43, 44], 45)

@@ -4,6 +4,8 @@ import dev.optsidecar.proto.v1.AddTensorsRequest;
 import dev.optsidecar.proto.v1.AddTensorsSpec;
 import dev.optsidecar.proto.v1.DeleteRequest;
 import dev.optsidecar.proto.v1.DescribeRequest;
+import dev.optsidecar.proto.v1.HistoryRequest;
+import dev.optsidecar.proto.v1.HistoryResponse;
 import dev.optsidecar.proto.v1.ListRequest;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.ModelSpec;
@@ -25,6 +27,7 @@ import dev.optsidecar.proto.v1.RestoreRequest;
 import dev.optsidecar.proto.v1.Schedule;
 import dev.optsidecar.proto.v1.SnapshotInfo;
 import dev.optsidecar.proto.v1.SnapshotRequest;
+import dev.optsidecar.proto.v1.VersionContributions;
 import io.grpc.ManagedChannel;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
@@ -33,6 +36,7 @@ import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
 import io.grpc.stub.StreamObserver;
 
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
@@ -318,6 +322,24 @@ public final class OptSidecarClient implements AutoCloseable {
     /** Writes one view (default: eval) of {@code model} as a safetensors file for deployment. */
     public ExportInfo export(String model, View view) {
         return blocking.export(ExportRequest.newBuilder().setModel(model).setView(view).build());
+    }
+
+    /**
+     * Which contributions (client id, step id) each version of {@code model} from {@code fromVersion}
+     * on combined, oldest first, as far back as the server keeps them. Reads every page the server
+     * answers in, so the whole list may be far larger than one message.
+     */
+    public List<VersionContributions> history(String model, long fromVersion) {
+        List<VersionContributions> out = new ArrayList<>();
+        long from = fromVersion;
+        while (true) {
+            HistoryResponse page = blocking.history(HistoryRequest.newBuilder().setModel(model).setFromVersion(from).build());
+            out.addAll(page.getVersionsList());
+            if (page.getNextFromVersion() == 0) {
+                return out;
+            }
+            from = page.getNextFromVersion();
+        }
     }
 
     public List<String> list() {

@@ -179,6 +179,23 @@ class CrashRecoveryIT {
     }
 
     /**
+     * A Restore(replace=true) of an earlier snapshot while the trainer steps, with a SIGKILL at a
+     * random moment around it: after the restart the model is either the run without the restore or
+     * the restored snapshot plus every step acknowledged on it, never a mix (see {@link RestoreRace}).
+     */
+    @Test
+    void sigkillAroundARestoreThatReplacesTheModelKeepsOneTimeline() throws Exception {
+        for (int trial = 0; trial < TRIALS; trial++) {
+            long seed = System.nanoTime();
+            try {
+                System.out.println(RestoreRace.trial(tmp.resolve("restore-" + trial), new Random(seed)));
+            } catch (Throwable e) {
+                throw new AssertionError("trial " + trial + " (seed " + seed + ") failed: " + e, e);
+            }
+        }
+    }
+
+    /**
      * Starts the server, retrying only while the port is still held by the one just killed: any
      * other failure to start (a restore that exits) fails the test with what the server printed.
      */

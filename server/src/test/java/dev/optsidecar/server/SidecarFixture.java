@@ -64,7 +64,7 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
     public static final long WAIT_MS = 10_000;
     private static final int DEFAULT_THREADS = 2;
     /** What a client accepts in one message: a chunk with room to spare. */
-    private static final int CLIENT_MAX_MESSAGE_BYTES = 4 << 20;
+    public static final int CLIENT_MAX_MESSAGE_BYTES = 4 << 20;
 
     private final boolean onSocket;
     private final int threads;

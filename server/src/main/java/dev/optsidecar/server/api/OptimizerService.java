@@ -181,8 +181,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     @Override
     public void history(HistoryRequest request, StreamObserver<HistoryResponse> out) {
-        unary(out, () -> HistoryResponse.newBuilder()
-                .addAllVersions(registry.get(request.getModel(), "model").history(request.getFromVersion())).build());
+        unary(out, () -> registry.get(request.getModel(), "model")
+                .history(request.getFromVersion(), request.getMaxVersions()));
     }
 
     private Persistence persistence() {

@@ -153,15 +153,23 @@ public final class Persistence implements AutoCloseable {
             pending.discard();
             throw e;
         }
+        // Visible before its base snapshot is committed, the model takes no step until it is: a step
+        // journaled under a run that no committed snapshot starts would be lost in a crash (the
+        // restart would restore the timeline this one replaces).
+        pending.model().holdSteps("it is being restored and its first snapshot is not written yet");
         Model replaced = replace ? registry.find(name) : null;
         Model m = replace ? pending.publishReplacing() : pending.publish();
-        if (replaced != null) {
-            forget(replaced);
+        try {
+            if (replaced != null) {
+                forget(replaced);
+            }
+            int steps = replayed;
+            LOG.info(() -> String.format("model '%s': restored from snapshot %s of '%s' (version %d) and %d journaled"
+                    + " steps: now at version %d", name, snapshot.id(), model, snapshot.version(), steps, m.version()));
+            adopt(m, "restore");
+        } finally {
+            m.releaseSteps();
         }
-        int steps = replayed;
-        LOG.info(() -> String.format("model '%s': restored from snapshot %s of '%s' (version %d) and %d journaled"
-                + " steps: now at version %d", name, snapshot.id(), model, snapshot.version(), steps, m.version()));
-        adopt(m, "restore");
         return m;
     }
 

@@ -1,7 +1,9 @@
 package dev.optsidecar.server.model;
 
 import dev.optsidecar.proto.v1.ClientProgress;
+import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.StepResult;
+import dev.optsidecar.proto.v1.VersionContributions;
 import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
@@ -21,19 +23,26 @@ import java.util.function.Predicate;
  * <p>It remembers at most {@code maxEntries} clients, counted against the memory limit; when full,
  * the client whose last step is oldest and that has no Step stream open is forgotten. A step from a
  * forgotten client is taken for a new client's: a retry of its last step would be applied again.
+ *
+ * <p>A stored result leaves out its contributions, which History keeps: in a sync step every
+ * contributor's result lists them all, so keeping them here would make the ledger (and Describe,
+ * and snapshots) grow with the square of the trainers. A retry gets them back from History while
+ * it still keeps that version.
  */
 final class ClientLedger {
     private final int maxEntries;
     private final Predicate<String> attached;
+    private final History history;
     /** Counts bytes against the memory limit (negative: gives them back). */
     private final LongConsumer memory;
     /** In the order of each client's last step, oldest first. */
     private final Map<String, ClientProgress> clients = new LinkedHashMap<>();
     private long bytes;
 
-    ClientLedger(int maxEntries, Predicate<String> attached, LongConsumer memory) {
+    ClientLedger(int maxEntries, Predicate<String> attached, History history, LongConsumer memory) {
         this.maxEntries = maxEntries;
         this.attached = attached;
+        this.history = history;
         this.memory = memory;
     }
 
@@ -53,7 +62,7 @@ final class ClientLedger {
         }
         int order = Long.compareUnsigned(stepId, p.getLastStepId());
         if (order == 0) {
-            return p.getLastResult();
+            return withContributions(clientId, p.getLastResult());
         }
         if (order < 0) {
             throw OptError.precondition("step_id: step %s of client '%s' is older than its last applied step %s"
@@ -71,7 +80,23 @@ final class ClientLedger {
         }
     }
 
-    /** Every client's progress, by client id. */
+    /**
+     * The stored result with the contributions of its version, when History still keeps the version
+     * and it is the one this client's step made (a skipped or late step made none).
+     */
+    private StepResult withContributions(String clientId, StepResult stored) {
+        if (stored.getSkipped() || stored.getLate()) {
+            return stored;
+        }
+        VersionContributions v = history.get(stored.getVersion());
+        if (v == null || !v.getContributionsList().contains(Contribution.newBuilder()
+                .setClientId(clientId).setStepId(stored.getStepId()).build())) {
+            return stored;
+        }
+        return stored.toBuilder().addAllContributions(v.getContributionsList()).build();
+    }
+
+    /** Every client's progress, by client id, each result without its contributions. */
     List<ClientProgress> toProto() {
         List<ClientProgress> out = new ArrayList<>(clients.values());
         out.sort(Comparator.comparing(ClientProgress::getClientId));
@@ -105,8 +130,10 @@ final class ClientLedger {
         bytes = 0;
     }
 
-    /** Stores a client's progress as its most recent. */
-    private void put(ClientProgress p) {
+    /** Stores a client's progress as its most recent, its result's contributions left to History. */
+    private void put(ClientProgress progress) {
+        ClientProgress p = progress.getLastResult().getContributionsCount() == 0 ? progress
+                : progress.toBuilder().setLastResult(progress.getLastResult().toBuilder().clearContributions()).build();
         ClientProgress old = clients.remove(p.getClientId());
         if (old != null) {
             bytes -= MemoryEstimates.ledgerEntry(old);

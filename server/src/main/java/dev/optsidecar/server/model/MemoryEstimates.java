@@ -19,8 +19,7 @@ import dev.optsidecar.proto.v1.VersionContributions;
  *   <li>a trainer: {@link #TRAINER_BYTES} plus {@link #GRADIENT_BUFFER_BYTES} per tensor, besides
  *       4 bytes per parameter;</li>
  *   <li>a ledger entry (a client's last step): {@link #ENTRY_BYTES}, the client id and the stored
- *       result's serialized size (in sync mode the contributors' results share one list of
- *       contributions on the heap, so this counts it once per contributor: on the safe side);</li>
+ *       result's serialized size (kept without its contributions, which History holds);</li>
  *   <li>a History entry (one version's contributions): {@link #ENTRY_BYTES} plus its serialized size
  *       and, per contribution, {@link #ENTRY_BYTES} and the client id.</li>
  * </ul>

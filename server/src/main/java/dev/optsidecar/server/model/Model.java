@@ -62,6 +62,8 @@ public final class Model {
     /** Replaced by an extended copy of itself (AddTensors): what calls on it are told. */
     private volatile boolean changed;
     private volatile boolean acceptingSteps = true;
+    /** Why new steps are refused with UNAVAILABLE for now (the clients retry them), or null. */
+    private volatile String stepsHeld;
     /** Identifies this model's run across snapshots and journals (a new one per registration). */
     private String run = java.util.UUID.randomUUID().toString();
     /** Scheduler steps taken (LambdaLR's last_epoch): the schedule's position. */
@@ -80,7 +82,8 @@ public final class Model {
         this.sync = coordination.getMode() == dev.optsidecar.proto.v1.CoordinationMode.COORDINATION_SYNC;
         this.trainers = new Trainers(spec.getName(), tensors, memory);
         this.history = new History(memory.limits().historyVersions(), memory.limits().historyBytes(), memory::account);
-        this.ledger = new ClientLedger(memory.limits().maxLedgerEntries(), trainers::isAttached, memory::account);
+        this.ledger = new ClientLedger(memory.limits().maxLedgerEntries(), trainers::isAttached, history,
+                memory::account);
         this.name = spec.getName();
         this.config = spec.getOptimizer();
         this.tensors = Collections.unmodifiableList(tensors);
@@ -154,9 +157,12 @@ public final class Model {
         return status.build(coordination, trainers.attached());
     }
 
-    /** The contributions of versions from {@code from} on, as far back as they are kept. */
-    public List<dev.optsidecar.proto.v1.VersionContributions> history(long from) {
-        return underReadLock(() -> history.from(from));
+    /**
+     * One page of the contributions of versions from {@code from} on, as far back as they are kept:
+     * at most {@code maxVersions} (0: the default) and about a megabyte.
+     */
+    public dev.optsidecar.proto.v1.HistoryResponse history(long from, int maxVersions) {
+        return underReadLock(() -> history.page(from, maxVersions));
     }
 
     public NonFinitePolicy nonFinitePolicy() {
@@ -277,10 +283,26 @@ public final class Model {
         return acceptingSteps;
     }
 
+    /**
+     * Refuses new steps with UNAVAILABLE, saying {@code why}, until {@link #releaseSteps}; a retry
+     * of a step already applied is still answered.
+     */
+    public void holdSteps(String why) {
+        stepsHeld = why;
+    }
+
+    public void releaseSteps() {
+        stepsHeld = null;
+    }
+
     void checkAcceptingSteps() {
         if (!acceptingSteps) {
             throw OptError.unavailable("model '%s': the server is shutting down; retry the step when it is back", Echo.of(name))
                     .with("model", Echo.of(name));
+        }
+        String held = stepsHeld;
+        if (held != null) {
+            throw OptError.unavailable("model '%s': %s; retry the step", Echo.of(name), held).with("model", Echo.of(name));
         }
     }
 

@@ -258,9 +258,9 @@ final class StepApplier {
 
     /** Each contributor's own result, kept so that a retry of its step is answered, not applied again. */
     private void remember(List<Contribution> contributions, StepResult result) {
+        StepResult stored = result.toBuilder().clearView().clearContributions().build(); // History keeps those
         for (Contribution c : contributions) {
-            model.ledger().record(c.getClientId(), c.getStepId(),
-                    result.toBuilder().setStepId(c.getStepId()).clearView().build());
+            model.ledger().record(c.getClientId(), c.getStepId(), stored.toBuilder().setStepId(c.getStepId()).build());
         }
     }
 

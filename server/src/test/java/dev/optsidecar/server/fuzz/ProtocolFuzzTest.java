@@ -389,7 +389,7 @@ class ProtocolFuzzTest {
                     case 8 -> pull();
                     case 9 -> unary("Describe", () -> b().describe(DescribeRequest.newBuilder().setModel(anyModel()).build()));
                     case 10 -> unary("History", () -> b().history(HistoryRequest.newBuilder()
-                            .setModel(anyModel()).setFromVersion(v.anyLong()).build()));
+                            .setModel(anyModel()).setFromVersion(v.anyLong()).setMaxVersions(v.anyInt()).build()));
                     case 11 -> unary("List", () -> b().list(ListRequest.getDefaultInstance()));
                     case 12 -> unary("Delete", () -> b().delete(DeleteRequest.newBuilder().setModel(deletable()).build()));
                     case 13 -> addTensors();

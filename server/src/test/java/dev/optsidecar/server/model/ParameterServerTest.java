@@ -7,7 +7,6 @@ import dev.optsidecar.proto.v1.AsyncOptions;
 import dev.optsidecar.proto.v1.Contribution;
 import dev.optsidecar.proto.v1.Coordination;
 import dev.optsidecar.proto.v1.CoordinationStatus;
-import dev.optsidecar.proto.v1.HistoryRequest;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.proto.v1.PullRequest;
@@ -102,8 +101,7 @@ class ParameterServerTest {
     }
 
     static List<VersionContributions> history(String model) {
-        return OptimizerGrpc.newBlockingStub(channel()).history(HistoryRequest.newBuilder().setModel(model).build())
-                .getVersionsList();
+        return client.history(model, 0);
     }
 
     private static ManagedChannel channel;
