@@ -71,6 +71,11 @@ final class History {
         return page.build();
     }
 
+    /** Every version kept, oldest first (a copy). */
+    List<VersionContributions> all() {
+        return new java.util.ArrayList<>(versions);
+    }
+
     /** The contributions of {@code version}, or null when it is no longer kept (or never was). */
     VersionContributions get(long version) {
         for (Iterator<VersionContributions> it = versions.descendingIterator(); it.hasNext(); ) {

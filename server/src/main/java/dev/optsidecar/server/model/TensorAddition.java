@@ -153,7 +153,7 @@ public final class TensorAddition {
             }
         }
         pending.complete(); // the counters; Lookahead's slow weights of the new tensors start as their weights
-        for (VersionContributions v : previous.history().from(0)) {
+        for (VersionContributions v : previous.history().all()) {
             extended.history().record(v.getVersion(), v.getContributionsList());
         }
         extended.status().copyFrom(previous.status());
