@@ -197,8 +197,9 @@ def _rich_error_messages() -> Dict[str, Any]:
                               type_name=f".{package}.{type_name}" if type_name else None)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    factory = message_factory.MessageFactory(pool)
-    return {name: factory.GetPrototype(pool.FindMessageTypeByName(f"{package}.{name}")) for name in messages}
+    # protobuf 4.22+ has GetMessageClass and dropped MessageFactory.GetPrototype; 4.21 has only the latter.
+    get_class = getattr(message_factory, "GetMessageClass", None) or message_factory.MessageFactory(pool).GetPrototype
+    return {name: get_class(pool.FindMessageTypeByName(f"{package}.{name}")) for name in messages}
 
 
 _RICH = _rich_error_messages()

@@ -82,6 +82,11 @@ WORKER = textwrap.dedent("""
     from optsidecar import RemoteOptimizer
 
     model = make_mlp()
+    # torch 2.x imports much of itself at an optimizer's first step, holding the GIL for seconds:
+    # done first, it cannot starve the renewals of a 2 s lease.
+    import torch
+    warm = make_mlp()
+    train_step(warm, torch.optim.SGD(warm.parameters(), 0.1), 1)
     opt = RemoteOptimizer(model.named_parameters(), 0.1, target=sys.argv[1], algorithm="SGD",
                           lease_seconds=int(sys.argv[2]))
     train_step(model, opt, 1)

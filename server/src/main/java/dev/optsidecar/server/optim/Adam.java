@@ -23,11 +23,13 @@ public final class Adam extends TensorwiseAlgorithm {
     public static final AlgorithmDefinition ADAM = definition("Adam", 0.0, false);
     public static final AlgorithmDefinition ADAMW = definition("AdamW", 1e-2, true);
 
+    /** torch 2.x's Adam takes decoupled_weight_decay too (AdamW is Adam with it set). */
     private static AlgorithmDefinition definition(String name, double defaultWeightDecay, boolean decoupled) {
         return new AlgorithmDefinition(name,
                 Hyperparameters.defaults("lr", 1e-3, "betas", new double[] {0.9, 0.999}, "eps", 1e-8,
-                        "weight_decay", defaultWeightDecay, "amsgrad", false, "maximize", false),
-                hp -> new Adam(hp, decoupled));
+                        "weight_decay", defaultWeightDecay, "amsgrad", false, "maximize", false,
+                        "decoupled_weight_decay", decoupled),
+                Adam::new);
     }
 
     private final double beta1;
@@ -38,7 +40,7 @@ public final class Adam extends TensorwiseAlgorithm {
     private final boolean amsgrad;
     private final boolean maximize;
 
-    private Adam(Hyperparameters hp, boolean decoupled) {
+    private Adam(Hyperparameters hp) {
         hp.checkAdamFamily();
         double[] betas = hp.numbers("betas");
         beta1 = betas[0];
@@ -47,7 +49,7 @@ public final class Adam extends TensorwiseAlgorithm {
         weightDecay = hp.number("weight_decay");
         amsgrad = hp.flag("amsgrad");
         maximize = hp.flag("maximize");
-        this.decoupled = decoupled;
+        decoupled = hp.flag("decoupled_weight_decay");
     }
 
     @Override

@@ -89,7 +89,8 @@ class LiveHyperparametersTest {
             ModelInfo copy = f.describe("edited-hp-copy");
             assertEquals(copy.getGroupsList(), model.getGroupsList(), "Describe's groups");
             assertEquals(struct("lr", 0.01, "betas", List.of(0.8, 0.95), "eps", 1e-8, "weight_decay", 0.01,
-                    "amsgrad", false, "maximize", false), model.getDefaults(), "the model's defaults stay its own");
+                    "amsgrad", false, "maximize", false, "decoupled_weight_decay", false), model.getDefaults(),
+                    "the model's defaults stay its own");
 
             // A fork carries the edited values (through the capture snapshots use too).
             f.client().fork("edited-hp", "edited-hp-fork", null);
