@@ -25,7 +25,7 @@ from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
 from .edits import ParameterEdits, WeightsPush
 from .errors import AlreadyExists, InvalidArgument, ModelChanged, NotFound, OptSidecarError, StaleGradient
-from .live_hyperparameters import LiveHyperparameters
+from .live_hyperparameters import LiveHyperparameters, normalized
 from .param_groups import add_group, parse_new_group
 from .param_state import ParameterState
 from .params import ParsedGroup, parse_params
@@ -389,7 +389,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if info.defaults.fields:
             return from_struct(info.defaults)
         first = from_struct(info.groups[0].hyperparameters) if info.groups else {}
-        return {**first, **{k: _normalized(v) for k, v in self._given_hyperparameters.items()}}
+        return {**first, **{k: normalized(v) for k, v in self._given_hyperparameters.items()}}
 
     def _parameter_indices(self) -> Dict[int, int]:
         """Each parameter's index (its tensor's on the server), by ``id``."""
@@ -987,17 +987,3 @@ def _server_layout(groups: List[ParsedGroup], info: pb.ModelInfo) -> List[Parsed
         raise ValueError(f"model {info.name!r} interleaves its groups' tensors; attach needs each group's tensors "
                          f"to be consecutive")
     return out
-
-
-def _normalized(value: Any) -> Any:
-    """A hyperparameter value in a comparable form (tuples and lists alike, numbers as float)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_normalized(v) for v in value)
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, torch.Tensor):
-        value = value.item()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value

@@ -10,8 +10,6 @@ import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.TensorAddition;
 import io.grpc.stub.StreamObserver;
 
-import java.util.concurrent.RejectedExecutionException;
-import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
 import java.util.logging.Logger;
 
@@ -29,8 +27,8 @@ final class AddTensorsCall implements StreamObserver<AddTensorsRequest> {
     private final Consumer<Model> endStreams;
     private TensorAddition addition;
     private boolean ended;
-    /** When the client last sent something; an addition that goes silent gives its reservation back. */
-    private long lastActivityNanos = System.nanoTime();
+    /** Ends the stream when the client goes silent: a vanished client gives its reservation back. */
+    private final IdleStream idle;
 
     AddTensorsCall(ModelRegistry registry, Persistence persistence, StreamObserver<ModelInfo> out,
                    Consumer<Model> endStreams) {
@@ -39,42 +37,15 @@ final class AddTensorsCall implements StreamObserver<AddTensorsRequest> {
         this.out = out;
         this.endStreams = endStreams;
         synchronized (this) {
-            scheduleIdleCheck(registry.limits().idleStreamTimeout().toNanos());
+            idle = new IdleStream(registry, this, () -> ended, timeout -> fail(io.grpc.Status.DEADLINE_EXCEEDED
+                    .withDescription("idle AddTensors stream: nothing received from the client for " + timeout
+                            + " (--idle-stream-timeout); the new tensors are dropped").asRuntimeException()));
         }
-    }
-
-    /** As a Register stream: one that sends nothing for --idle-stream-timeout is closed and its buffers freed. */
-    private void scheduleIdleCheck(long delayNanos) {
-        if (ended || registry.limits().idleStreamTimeout().isZero()) {
-            return;
-        }
-        try {
-            registry.timers().schedule(this::checkIdle, delayNanos, TimeUnit.NANOSECONDS);
-        } catch (RejectedExecutionException e) {
-            // the server is closing; shutdown ends the stream
-        }
-    }
-
-    private synchronized void checkIdle() {
-        if (ended) {
-            return;
-        }
-        long timeout = registry.limits().idleStreamTimeout().toNanos();
-        long idle = System.nanoTime() - lastActivityNanos;
-        if (idle < timeout) {
-            scheduleIdleCheck(timeout - idle);
-            return;
-        }
-        long ms = registry.limits().idleStreamTimeout().toMillis();
-        fail(io.grpc.Status.DEADLINE_EXCEEDED.withDescription(String.format(
-                "idle AddTensors stream: nothing received from the client for %s (--idle-stream-timeout); the new"
-                        + " tensors are dropped", ms % 1000 == 0 ? ms / 1000 + " s" : ms + " ms"))
-                .asRuntimeException());
     }
 
     @Override
     public synchronized void onNext(AddTensorsRequest request) {
-        lastActivityNanos = System.nanoTime();
+        idle.active();
         if (ended) {
             return;
         }

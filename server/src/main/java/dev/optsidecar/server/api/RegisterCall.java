@@ -21,54 +21,23 @@ final class RegisterCall implements StreamObserver<RegisterRequest> {
     private final StreamObserver<ModelInfo> out;
     private PendingModel pending;
     private boolean ended;
-    /** When the client last sent something; a registration that goes silent gives its reservation back. */
-    private long lastActivityNanos = System.nanoTime();
+    /** Ends the stream when the client goes silent: a vanished client gives its reservation back. */
+    private final IdleStream idle;
 
     RegisterCall(ModelRegistry registry, Persistence persistence, StreamObserver<ModelInfo> out) {
         this.registry = registry;
         this.persistence = persistence;
         this.out = out;
         synchronized (this) {
-            scheduleIdleCheck(registry.limits().idleStreamTimeout().toNanos());
+            idle = new IdleStream(registry, this, () -> ended, timeout -> fail(io.grpc.Status.DEADLINE_EXCEEDED
+                    .withDescription("idle Register stream: nothing received from the client for " + timeout
+                            + " (--idle-stream-timeout); the registration is dropped").asRuntimeException()));
         }
-    }
-
-    /**
-     * A Register stream that sends nothing for {@code --idle-stream-timeout} is closed and its
-     * pending model discarded, so a client that vanished does not hold a registration's memory
-     * and one of the {@code --max-pending-registrations} places forever.
-     */
-    private void scheduleIdleCheck(long delayNanos) {
-        if (ended || registry.limits().idleStreamTimeout().isZero()) {
-            return;
-        }
-        try {
-            registry.timers().schedule(this::checkIdle, delayNanos, java.util.concurrent.TimeUnit.NANOSECONDS);
-        } catch (java.util.concurrent.RejectedExecutionException e) {
-            // the server is closing; shutdown ends the stream
-        }
-    }
-
-    private synchronized void checkIdle() {
-        if (ended) {
-            return;
-        }
-        long timeout = registry.limits().idleStreamTimeout().toNanos();
-        long idle = System.nanoTime() - lastActivityNanos;
-        if (idle < timeout) {
-            scheduleIdleCheck(timeout - idle);
-            return;
-        }
-        long ms = registry.limits().idleStreamTimeout().toMillis();
-        fail(io.grpc.Status.DEADLINE_EXCEEDED.withDescription(String.format(
-                "idle Register stream: nothing received from the client for %s (--idle-stream-timeout); the"
-                        + " registration is dropped", ms % 1000 == 0 ? ms / 1000 + " s" : ms + " ms"))
-                .asRuntimeException());
     }
 
     @Override
     public synchronized void onNext(RegisterRequest request) {
-        lastActivityNanos = System.nanoTime();
+        idle.active();
         if (ended) {
             return;
         }
