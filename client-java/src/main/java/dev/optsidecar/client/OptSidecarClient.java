@@ -136,11 +136,31 @@ public final class OptSidecarClient implements AutoCloseable {
             throw new IllegalArgumentException("spec has " + spec.getTensorsCount() + " tensors but "
                     + initialWeights.size() + " initial weights were given");
         }
+        return upload("Register", async::register, (requests, gate) -> {
+            requests.onNext(RegisterRequest.newBuilder().setSpec(spec).build());
+            Chunks.send(initialWeights, gate, c -> requests.onNext(RegisterRequest.newBuilder()
+                    .setWeights(WeightsChunk.newBuilder().setTensor(c.tensor()).setOffset(c.offset()).setData(c.data()))
+                    .build()));
+            for (StateBuffer buffer : state) {
+                Chunks.send(List.of(buffer.data()), gate, c -> requests.onNext(RegisterRequest.newBuilder()
+                        .setState(StateChunk.newBuilder().setTensor(buffer.tensor()).setSlot(buffer.slot())
+                                .setOffset(c.offset()).setData(c.data()))
+                        .build()));
+            }
+        });
+    }
+
+    /**
+     * Runs a client-streaming call answered with a ModelInfo (Register, AddTensors): {@code send}
+     * writes the requests as the transport is ready; a failure on the client's side cancels the call.
+     */
+    private <Q> ModelInfo upload(String rpc, java.util.function.Function<StreamObserver<ModelInfo>, StreamObserver<Q>> call,
+                                 java.util.function.BiConsumer<StreamObserver<Q>, Chunks.ReadyGate> send) {
         CompletableFuture<ModelInfo> result = new CompletableFuture<>();
         Chunks.ReadyGate gate = new Chunks.ReadyGate();
-        StreamObserver<RegisterRequest> requests = async.register(new ClientResponseObserver<RegisterRequest, ModelInfo>() {
+        StreamObserver<Q> requests = call.apply(new ClientResponseObserver<Q, ModelInfo>() {
             @Override
-            public void beforeStart(ClientCallStreamObserver<RegisterRequest> stream) {
+            public void beforeStart(ClientCallStreamObserver<Q> stream) {
                 gate.attach(stream);
                 stream.setOnReadyHandler(gate::signal);
             }
@@ -158,20 +178,11 @@ public final class OptSidecarClient implements AutoCloseable {
 
             @Override
             public void onCompleted() {
-                result.completeExceptionally(Status.INTERNAL.withDescription("no reply to Register").asRuntimeException());
+                result.completeExceptionally(Status.INTERNAL.withDescription("no reply to " + rpc).asRuntimeException());
             }
         });
         try {
-            requests.onNext(RegisterRequest.newBuilder().setSpec(spec).build());
-            Chunks.send(initialWeights, gate, c -> requests.onNext(RegisterRequest.newBuilder()
-                    .setWeights(WeightsChunk.newBuilder().setTensor(c.tensor()).setOffset(c.offset()).setData(c.data()))
-                    .build()));
-            for (StateBuffer buffer : state) {
-                Chunks.send(List.of(buffer.data()), gate, c -> requests.onNext(RegisterRequest.newBuilder()
-                        .setState(StateChunk.newBuilder().setTensor(buffer.tensor()).setSlot(buffer.slot())
-                                .setOffset(c.offset()).setData(c.data()))
-                        .build()));
-            }
+            send.accept(requests, gate);
             requests.onCompleted();
         } catch (RuntimeException e) {
             if (!result.isDone()) {
@@ -199,46 +210,14 @@ public final class OptSidecarClient implements AutoCloseable {
                     + " initial weights were given");
         }
         int first = describe(model).getTensorsCount(); // the new tensors' weights are indexed from here
-        CompletableFuture<ModelInfo> result = new CompletableFuture<>();
-        Chunks.ReadyGate gate = new Chunks.ReadyGate();
-        StreamObserver<AddTensorsRequest> requests = async.addTensors(new ClientResponseObserver<AddTensorsRequest, ModelInfo>() {
-            @Override
-            public void beforeStart(ClientCallStreamObserver<AddTensorsRequest> stream) {
-                gate.attach(stream);
-                stream.setOnReadyHandler(gate::signal);
-            }
-
-            @Override
-            public void onNext(ModelInfo value) {
-                result.complete(value);
-            }
-
-            @Override
-            public void onError(Throwable t) {
-                result.completeExceptionally(t);
-                gate.fail(t);
-            }
-
-            @Override
-            public void onCompleted() {
-                result.completeExceptionally(Status.INTERNAL.withDescription("no reply to AddTensors").asRuntimeException());
-            }
-        });
-        try {
+        return upload("AddTensors", async::addTensors, (requests, gate) -> {
             requests.onNext(AddTensorsRequest.newBuilder().setSpec(AddTensorsSpec.newBuilder().setModel(model)
                     .addAllTensors(tensors).setGroup(group)).build());
             Chunks.send(weights, gate, c -> requests.onNext(AddTensorsRequest.newBuilder()
                     .setWeights(WeightsChunk.newBuilder().setTensor(first + c.tensor()).setOffset(c.offset())
                             .setData(c.data()))
                     .build()));
-            requests.onCompleted();
-        } catch (RuntimeException e) {
-            if (!result.isDone()) {
-                requests.onError(Status.CANCELLED.withDescription("client failed: " + e).asRuntimeException());
-                throw e;
-            }
-        }
-        return await(result);
+        });
     }
 
     /** Opens a trainer: a Step stream for {@code model} identified by {@code clientId}. */
