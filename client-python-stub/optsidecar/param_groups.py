@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Collection, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Collection, Mapping, Sequence, Tuple
 
 import torch
 
 from .client import Client
-from .params import _split_named
+from .params import ParsedGroup, _split_named
 from .v1 import optimizer_pb2 as pb
 
 __all__ = ["NewGroup", "parse_new_group", "add_group"]
 
 
-@dataclass
-class NewGroup:
-    """A parameter group to add: its server name, its tensors with their names, its overrides."""
-
-    name: str
-    names: List[str]
-    params: List[torch.Tensor]
-    overrides: Dict[str, Any] = field(default_factory=dict)
+#: A parameter group to add has what a constructor's group has.
+NewGroup = ParsedGroup
 
 
 def parse_new_group(param_group: Mapping[str, Any], *, group_index: int, first_param: int,
