@@ -1,17 +1,23 @@
 """``python -m optsidecar.bench``: a PyTorch trainer's optimizer step, remote against local.
 
-For each size, one float32 parameter tensor gets the same random gradients on ``.grad`` in two
-copies: one stepped by ``torch.optim.RAdam`` in this process, the other by
-``RemoteOptimizer(algorithm="RAdam")`` on an optsidecar server (gradients streamed there, the new
-weights streamed back into the parameter). Only ``opt.step()`` is timed; the two optimizers
-alternate step by step (and which goes first), so that a busy machine slows both alike. After
-the warm-up steps, the median of the timed steps is reported, with the remote step's transfer
-rate (2 x parameter bytes per step: gradient in, weights out) and, as a check, the largest
-difference between the two copies' weights at the end::
+For each size, float32 parameter tensors of that many elements get the same random gradients on
+``.grad``: one stepped by ``torch.optim.RAdam`` in this process, one by the fastest local step
+torch offers (``AdamW(fused=True)`` where torch has it, else foreach AdamW), and one by
+``RemoteOptimizer(algorithm="RAdam")`` for each way of reaching the server (``--transports``):
 
-    java -Xmx8g -jar server/target/optsidecar-server.jar &
-    python3 -m optsidecar.bench --sizes 1M,10M,50M --repeats 10
+- ``grpc``: gradients and weights as float32 chunks over TCP; ``grpc-bf16``: as bfloat16 chunks;
+- ``uds``, ``uds-bf16``: the same over the server's Unix domain socket;
+- ``shm``: through a shared-memory segment (gRPC carries only the commit and the result).
+
+Only ``opt.step()`` is timed. Each remote variant runs in turn beside the two local optimizers,
+the three alternating step by step (and which goes first) so that a busy machine slows all
+alike; after the warm-up steps the median of the timed steps is reported, with the remote step's
+transfer rate (2 x parameter bytes per step: gradient in, weights out, at the wire's width) and,
+as a check, the largest difference between the remote weights and local RAdam's at the end. torch
+and the server use the same number of threads (``--threads``; the header prints both)::
+
     python3 -m optsidecar.bench --start-server server/target/optsidecar-server.jar
+    python3 -m optsidecar.bench --start-server JAR --sizes 1M,10M,50M,100M --transports grpc,uds,shm
 """
 
 from __future__ import annotations
@@ -21,15 +27,16 @@ import contextlib
 import os
 import statistics
 import sys
+import tempfile
 import time
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
 from .launch import LocalServer
 from .optimizer import RemoteOptimizer
 
-__all__ = ["Row", "parse_size", "bench_size", "format_row", "main"]
+__all__ = ["Row", "Variant", "VARIANTS", "parse_size", "bench_size", "format_row", "main"]
 
 _SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9}
 
@@ -37,22 +44,40 @@ _SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9}
 _GRADIENTS = 3
 
 
+class Variant(NamedTuple):
+    """A way of reaching the server: which address, and the RemoteOptimizer options."""
+
+    name: str
+    unix_socket: bool
+    options: Dict[str, str]
+    #: Bytes per element on the wire (each way), for the transfer rate; 0 where nothing is copied.
+    wire_bytes: int
+
+
+VARIANTS = {v.name: v for v in [
+    Variant("grpc", False, {"transport": "grpc"}, 4),
+    Variant("grpc-bf16", False, {"transport": "grpc", "wire_dtype": "bfloat16"}, 2),
+    Variant("uds", True, {"transport": "grpc"}, 4),
+    Variant("uds-bf16", True, {"transport": "grpc", "wire_dtype": "bfloat16"}, 2),
+    Variant("shm", True, {"transport": "shm"}, 0),
+]}
+
+
 class Row(NamedTuple):
-    """One size's result: median step times in seconds and the final weight difference."""
+    """One size and variant: median step times in seconds and the final weight difference."""
 
     params: int
-    local_s: float
+    variant: str
+    radam_s: float
+    fastest_s: float
     remote_s: float
+    wire_bytes: int
     max_diff: float
 
     @property
-    def ratio(self) -> float:
-        return self.remote_s / self.local_s
-
-    @property
-    def transfer_mb_s(self) -> float:
-        """The remote step's effective transfer rate: 2 x parameter bytes / step time, in MB/s."""
-        return 2 * 4 * self.params / self.remote_s / 1e6
+    def transfer_mb_s(self) -> Optional[float]:
+        """The remote step's effective transfer rate: 2 x params x wire bytes / step time, in MB/s."""
+        return 2 * self.wire_bytes * self.params / self.remote_s / 1e6 if self.wire_bytes else None
 
 
 def parse_size(text: str) -> int:
@@ -71,6 +96,19 @@ def size_label(n: int) -> str:
     return str(n)
 
 
+def fastest_local(params: List[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """torch's fastest CPU step: fused AdamW (torch 2.4+), else foreach AdamW."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, fused=True)
+    except (TypeError, RuntimeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, foreach=True)
+
+
+def fastest_label() -> str:
+    probe = fastest_local([torch.nn.Parameter(torch.zeros(1))], 1e-3)
+    return "AdamW fused" if probe.defaults.get("fused") else "AdamW foreach"
+
+
 def timed_step(opt: torch.optim.Optimizer) -> float:
     """Seconds one ``opt.step()`` takes."""
     start = time.perf_counter()
@@ -78,33 +116,39 @@ def timed_step(opt: torch.optim.Optimizer) -> float:
     return time.perf_counter() - start
 
 
-def bench_size(n: int, target: str, repeats: int, warmup: int, lr: float = 1e-3, seed: int = 0) -> Row:
-    """Times local and remote RAdam steps on one tensor of ``n`` parameters, interleaved."""
+def bench_size(n: int, variant: Variant, target: str, repeats: int, warmup: int, lr: float = 1e-3,
+               seed: int = 0) -> Row:
+    """Times local RAdam, the fastest local step and one remote variant on ``n`` parameters, interleaved."""
     generator = torch.Generator().manual_seed(seed)
-    local = torch.nn.Parameter(torch.randn(n, generator=generator))
-    remote = torch.nn.Parameter(local.detach().clone())
+    radam = torch.nn.Parameter(torch.randn(n, generator=generator))
+    fastest = torch.nn.Parameter(radam.detach().clone())
+    remote = torch.nn.Parameter(radam.detach().clone())
     grads = [torch.randn(n, generator=generator) for _ in range(_GRADIENTS)]
-    local_opt = torch.optim.RAdam([local], lr=lr)
-    remote_opt = RemoteOptimizer([remote], target=target, algorithm="RAdam",
-                                 model=f"bench-{size_label(n)}-{os.getpid()}", lr=lr)
-    local_times: List[float] = []
-    remote_times: List[float] = []
+    optimizers: List[torch.optim.Optimizer] = [torch.optim.RAdam([radam], lr=lr), fastest_local([fastest], lr)]
+    remote_opt = RemoteOptimizer([remote], lr, target=target, algorithm="RAdam",
+                                 model=f"bench-{size_label(n)}-{variant.name}-{os.getpid()}", **variant.options)
+    optimizers.append(remote_opt)
+    times: List[List[float]] = [[], [], []]
     try:
         for i in range(warmup + repeats):
-            local.grad = remote.grad = grads[i % _GRADIENTS]
-            if i % 2 == 0:
-                local_s = timed_step(local_opt)
-                remote_s = timed_step(remote_opt)
-            else:
-                remote_s = timed_step(remote_opt)
-                local_s = timed_step(local_opt)
-            if i >= warmup:
-                local_times.append(local_s)
-                remote_times.append(remote_s)
-        max_diff = (local.detach() - remote.detach()).abs().max().item()
+            for p, g in ((radam, grads[i % _GRADIENTS]), (fastest, grads[i % _GRADIENTS])):
+                p.grad = g
+            if remote.grad is None or remote.grad.data_ptr() != grads[i % _GRADIENTS].data_ptr():
+                # Over shared memory .grad lives in the segment: fill it rather than replace it.
+                if remote.grad is not None and variant.name == "shm":
+                    remote.grad.copy_(grads[i % _GRADIENTS])
+                else:
+                    remote.grad = grads[i % _GRADIENTS]
+            order = range(3) if i % 2 == 0 else reversed(range(3))
+            for k in order:
+                seconds = timed_step(optimizers[k])
+                if i >= warmup:
+                    times[k].append(seconds)
+        max_diff = (radam.detach() - remote.detach()).abs().max().item()
     finally:
         remote_opt.delete()
-    return Row(n, statistics.median(local_times), statistics.median(remote_times), max_diff)
+    return Row(n, variant.name, statistics.median(times[0]), statistics.median(times[1]),
+               statistics.median(times[2]), variant.wire_bytes, max_diff)
 
 
 def warm_up_server(target: str, steps: int, n: int = 10**6) -> None:
@@ -122,58 +166,88 @@ def warm_up_server(target: str, steps: int, n: int = 10**6) -> None:
         opt.delete()
 
 
-def header(target: str, started: bool, repeats: int, warmup: int, server_warmup: int, lr: float) -> str:
+def header(target: str, started: bool, threads: int, repeats: int, warmup: int, server_warmup: int,
+           lr: float) -> str:
     """What the numbers depend on: torch, the cores and threads, the server, the protocol."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return "\n".join([
         f"optsidecar bench: torch {torch.__version__}, {os.cpu_count()} CPUs ({usable} usable), torch threads "
-        f"{torch.get_num_threads()} (interop {torch.get_num_interop_threads()})",
-        f"  server {target} ({'started here' if started else 'running'}); RAdam lr {lr:g}, one float32 tensor per size",
-        f"  opt.step() only: median of {repeats} after {warmup} warm-up steps per size, local and remote alternating "
-        f"(server first warmed by {server_warmup} steps of a 1M model)",
-        "  MB/s = 2 x params x 4 bytes / remote step time (gradient in, weights out), MB = 10^6 bytes; "
-        "max|dw| = largest |local - remote| weight at the end",
+        f"{torch.get_num_threads()}, server engine threads {threads if started else '(as started)'}",
+        f"  server {target} ({'started here' if started else 'running'}); RAdam lr {lr:g}, one float32 tensor per size; "
+        f"fastest local step: {fastest_label()}",
+        f"  opt.step() only: median of {repeats} after {warmup} warm-up steps per size and variant, local RAdam, "
+        f"local fastest and remote alternating (server first warmed by {server_warmup} steps of a 1M model)",
+        "  /RAdam, /fastest: remote step time over local RAdam's, over the fastest local step's; MB/s = 2 x params x "
+        "wire bytes / remote step time; max|dw| = largest |RAdam - remote| weight at the end",
     ])
 
 
-TABLE_HEADER = (f"{'params':>8}  {'local ms':>10}  {'remote ms':>10}  {'remote/local':>12}  {'remote MB/s':>11}  "
-                f"{'max|dw|':>8}")
+TABLE_HEADER = (f"{'params':>7}  {'variant':<10}  {'RAdam ms':>9}  {'fastest ms':>10}  {'remote ms':>10}  "
+                f"{'/RAdam':>7}  {'/fastest':>8}  {'MB/s':>7}  {'max|dw|':>8}")
 
 
 def format_row(r: Row) -> str:
     """One fixed-width line of the result table (columns as :data:`TABLE_HEADER`)."""
-    return (f"{size_label(r.params):>8}  {r.local_s * 1e3:>10.2f}  {r.remote_s * 1e3:>10.2f}  "
-            f"{r.ratio:>12.2f}  {r.transfer_mb_s:>11.1f}  {r.max_diff:>8.1e}")
+    rate = f"{r.transfer_mb_s:>7.0f}" if r.transfer_mb_s is not None else f"{'-':>7}"
+    return (f"{size_label(r.params):>7}  {r.variant:<10}  {r.radam_s * 1e3:>9.2f}  {r.fastest_s * 1e3:>10.2f}  "
+            f"{r.remote_s * 1e3:>10.2f}  {r.remote_s / r.radam_s:>7.2f}  {r.remote_s / r.fastest_s:>8.2f}  "
+            f"{rate}  {r.max_diff:>8.1e}")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m optsidecar.bench", description=__doc__.split("\n\n")[0])
     server = parser.add_mutually_exclusive_group()
-    server.add_argument("--target", default="127.0.0.1:50051", help="host:port of a running server")
-    server.add_argument("--start-server", metavar="JAR", help="start this server jar on a free port, stop it at the end")
+    server.add_argument("--target", default="127.0.0.1:50051",
+                        help="host:port of a running server (its Unix socket, if any: --unix-socket)")
+    server.add_argument("--start-server", metavar="JAR",
+                        help="start this server jar (TCP, a Unix socket and a shared-memory directory), stop it at the end")
+    parser.add_argument("--unix-socket", metavar="PATH", help="with --target: the running server's Unix socket")
     parser.add_argument("--server-heap", default="8g", help="-Xmx for --start-server (default 8g)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch's threads and, with --start-server, the server's engine threads (default: all CPUs)")
     parser.add_argument("--sizes", default="1M,10M,50M", help="comma-separated parameter counts (K, M, G suffixes)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per size and optimizer")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per size first")
+    parser.add_argument("--transports", default="grpc,grpc-bf16,uds,shm",
+                        help=f"comma-separated remote variants: {', '.join(VARIANTS)}")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per size, variant and optimizer")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per size and variant first")
     parser.add_argument("--server-warmup", type=int, default=40,
                         help="untimed remote steps of a 1M model before all sizes (JIT warm-up)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = [t for t in args.transports.split(",") if t.strip() and t.strip() not in VARIANTS]
+    if unknown:
+        parser.error(f"--transports: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    variants = [VARIANTS[t.strip()] for t in args.transports.split(",") if t.strip()]
+    torch.set_num_threads(args.threads)
     with contextlib.ExitStack() as stack:
-        target = args.target
+        target, socket_path = args.target, args.unix_socket
         if args.start_server:
-            server = LocalServer(args.start_server, java_options=[f"-Xmx{args.server_heap}"])
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="optsidecar-bench-"))
+            socket_path = os.path.join(scratch, "server.sock")
+            shm_dir = tempfile.mkdtemp(prefix="optsidecar-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+            stack.callback(lambda: os.path.isdir(shm_dir) and os.rmdir(shm_dir))
+            server_args = ["--threads", str(args.threads), "--listen", f"unix:{socket_path}"]
+            if any(v.name == "shm" for v in variants):
+                server_args += ["--shm-dir", shm_dir]
+            server = LocalServer(args.start_server, java_options=[f"-Xmx{args.server_heap}"], server_args=server_args)
             target = stack.enter_context(server).target
-        print(header(target, bool(args.start_server), args.repeats, args.warmup, args.server_warmup, args.lr), flush=True)
+        print(header(target, bool(args.start_server), args.threads, args.repeats, args.warmup, args.server_warmup,
+                     args.lr), flush=True)
         warm_up_server(target, args.server_warmup)
         print(TABLE_HEADER, flush=True)
         for n in sizes:
-            print(format_row(bench_size(n, target, args.repeats, args.warmup, args.lr)), flush=True)
+            for variant in variants:
+                if variant.unix_socket and not socket_path:
+                    print(f"{size_label(n):>7}  {variant.name:<10}  skipped: no Unix socket (--unix-socket)", flush=True)
+                    continue
+                where = f"unix:{socket_path}" if variant.unix_socket else target
+                print(format_row(bench_size(n, variant, where, args.repeats, args.warmup, args.lr)), flush=True)
     return 0
 
 
