@@ -379,16 +379,7 @@ public final class Model {
         Map<String, Struct> changes = GroupChange.combine(groups, name, options.groupLr(),
                 options.groupHyperparameters());
         if (options.setsWeights()) {
-            if (a.clientId().isEmpty()) {
-                throw OptError.invalid("open.client_id: a set-weights step is a trainer's: open the Step stream with"
-                        + " a client id");
-            }
-            if (a.nonFinite() != null) {
-                throw OptError.invalid("step %s: the weights to set hold %s", Long.toUnsignedString(a.stepId()),
-                        a.nonFinite()).withReason(OptError.Reason.NON_FINITE_GRADIENT).withField("chunk.data")
-                        .with("model", Echo.of(name));
-            }
-            steps.checkWeightsView(options.weightsView());
+            checkWeightsToSet(a, options);
         }
         View label = view == null ? NO_VIEW : view.label();
         boolean skipped = !options.setsWeights() && a.nonFinite() != null
@@ -429,6 +420,20 @@ public final class Model {
                 lock.unlockWrite(stamp);
             }
         }
+    }
+
+    /** A set-weights step needs a trainer (a client id), finite weights and a point they can be set at. */
+    private void checkWeightsToSet(StepAssembly a, StepOptions options) {
+        if (a.clientId().isEmpty()) {
+            throw OptError.invalid("open.client_id: a set-weights step is a trainer's: open the Step stream with"
+                    + " a client id");
+        }
+        if (a.nonFinite() != null) {
+            throw OptError.invalid("step %s: the weights to set hold %s", Long.toUnsignedString(a.stepId()),
+                    a.nonFinite()).withReason(OptError.Reason.NON_FINITE_GRADIENT).withField("chunk.data")
+                    .with("model", Echo.of(name));
+        }
+        steps.checkWeightsView(options.weightsView());
     }
 
     /**
