@@ -343,15 +343,24 @@ final class CpuTensor implements EngineTensor {
 
     /** Rounds {@code from[start, end)} into {@code to} from {@code at} on. */
     private static void narrow(float[] from, int start, int end, short[] to, int at, WireType wire) {
-        int k = at - start;
         if (wire == WireType.BFLOAT16) {
-            for (int i = start; i < end; i++) {
-                to[k + i] = HalfFloats.floatToBfloat16(from[i]);
-            }
+            narrowToBfloat16(from, start, end, to, at);
         } else {
-            for (int i = start; i < end; i++) {
-                to[k + i] = HalfFloats.floatToFloat16(from[i]);
-            }
+            narrowToFloat16(from, start, end, to, at);
+        }
+    }
+
+    private static void narrowToBfloat16(float[] from, int start, int end, short[] to, int at) {
+        int k = at - start;
+        for (int i = start; i < end; i++) {
+            to[k + i] = HalfFloats.floatToBfloat16(from[i]);
+        }
+    }
+
+    private static void narrowToFloat16(float[] from, int start, int end, short[] to, int at) {
+        int k = at - start;
+        for (int i = start; i < end; i++) {
+            to[k + i] = HalfFloats.floatToFloat16(from[i]);
         }
     }
 
