@@ -9,7 +9,8 @@ dataset (1797 8x8 images, no download), from the same initial weights on the sam
   BatchNorm statistics recomputed at x with ``recalibrate_batchnorm``);
 - with ``torch.optim.AdamW`` and ``CosineAnnealingLR`` stepped every batch, in this process.
 
-Prints the test accuracy of both after every epoch and a final summary, and plots the curves::
+Prints the test accuracy of both after every epoch and a final summary, and plots the curves
+(``--wire-dtype bfloat16`` sends gradients and weights as bfloat16, the server keeping float32)::
 
     java -jar server/target/optsidecar-server.jar &       # or: --start-server server/target/optsidecar-server.jar
     /usr/bin/python3 client-python-stub/examples/digits.py --plot digits.png
@@ -69,6 +70,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--adamw-lr", type=float, default=0.005, help="AdamW peak learning rate (cosine to 0)")
     parser.add_argument("--adamw-weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wire-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="element type of gradients and weights between this process and the server "
+                             "(the server keeps float32 master weights and state)")
     parser.add_argument("--plot", default="digits.png", help="where to write the accuracy plot (PNG)")
     return parser.parse_args(argv)
 
@@ -160,13 +164,14 @@ def train(args: argparse.Namespace, target: str) -> History:
     sf_model = make_model(args.seed)
     adamw_model = copy.deepcopy(sf_model)
     sf_opt = RemoteOptimizer(decay_groups(sf_model, args.sf_weight_decay), target=target, algorithm="RAdamScheduleFree",
-                             model=f"digits-{int(time.time() * 1000)}", lr=args.sf_lr)
+                             model=f"digits-{int(time.time() * 1000)}", lr=args.sf_lr, wire_dtype=args.wire_dtype)
     adamw_opt = torch.optim.AdamW(decay_groups(adamw_model, args.adamw_weight_decay, named=False), lr=args.adamw_lr)
     steps_per_epoch = len(data.y_train) // args.batch_size
     adamw_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adamw_opt, T_max=args.epochs * steps_per_epoch)
 
     print(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, {steps_per_epoch} steps per epoch; "
-          f"RAdamScheduleFree lr {args.sf_lr} on {target} vs local AdamW lr {args.adamw_lr} with cosine decay")
+          f"RAdamScheduleFree lr {args.sf_lr} on {target} ({args.wire_dtype} on the wire) vs local AdamW "
+          f"lr {args.adamw_lr} with cosine decay")
     print(f"{'epoch':>5}  {'loss SF':>8}  {'loss AdamW':>10}  {'acc SF(x)':>9}  {'acc AdamW':>9}  {'lr AdamW':>9}")
     history = History([], [], [], [])
     try:
@@ -218,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         history = train(args, target)
     sf, adamw = history.sf_accuracy[-1], history.adamw_accuracy[-1]
     summary = (f"final test accuracy after {args.epochs} epochs: RAdamScheduleFree (remote, eval view) {sf:.4f}, "
-               f"AdamW + cosine (local) {adamw:.4f}")
+               f"AdamW + cosine (local) {adamw:.4f}; {args.wire_dtype} on the wire")
     plot(history, args.plot, f"digits, 64-128-10 MLP: RAdamScheduleFree {sf:.4f} vs AdamW + cosine {adamw:.4f}")
     print(summary)
     print(f"plot written to {args.plot}")

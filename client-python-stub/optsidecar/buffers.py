@@ -1,27 +1,57 @@
 """Tensors as sources and destinations of protocol chunks, with as few copies as possible.
 
-The wire format is little-endian float32. A CPU float32 contiguous tensor (torch or numpy) is
-read and written in place through a flat numpy view; anything else (a CUDA tensor, another dtype,
-a non-contiguous layout) is converted once into a float32 CPU buffer on the way out, and received
-into a staging buffer that is copied into the original when the whole view has arrived.
+The wire format is little-endian float32, or on request (``wire_dtype``) bfloat16 or float16,
+which halve the bytes while the server keeps float32. A CPU float32 contiguous tensor (torch or
+numpy) is read and written in place through a flat numpy view; anything else (a CUDA tensor,
+another dtype, a non-contiguous layout) is converted once into a float32 CPU buffer on the way
+out, and received into a staging buffer that is copied into the original when the whole view has
+arrived. A 16-bit wire type is converted on the way out in the one copy that makes the wire array
+(on the tensor's device, so a CUDA gradient crosses to the host at half the size), and widened on
+the way in by the copy into the float32 destination.
 
-torch is optional: numpy arrays work without it.
+torch is optional: numpy arrays work without it (bfloat16 is then converted with integer
+arithmetic on the float32 bits, rounding to nearest even like torch).
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["CHUNK_BYTES", "CHUNK_ELEMENTS", "numel_of", "source_array", "chunks", "Destination", "as_destination"]
+__all__ = ["CHUNK_BYTES", "CHUNK_ELEMENTS", "WIRE_DTYPES", "check_wire_dtype", "numel_of", "source_array", "chunks",
+           "Destination", "as_destination"]
 
 #: Payload bytes per chunk: 1 MiB, the protocol's limit.
 CHUNK_BYTES = 1 << 20
 CHUNK_ELEMENTS = CHUNK_BYTES // 4
 
 _WIRE_DTYPE = np.dtype("<f4")
+
+#: The wire types by name, as ``WireDtype`` numbers (optimizer.proto).
+WIRE_DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2}
+
+#: How each wire type's bytes are held in numpy (bfloat16 has no numpy type: its bits as uint16).
+_WIRE_ARRAY_DTYPES = {"float32": _WIRE_DTYPE, "bfloat16": np.dtype("<u2"), "float16": np.dtype("<f2")}
+
+
+def check_wire_dtype(wire_dtype: str) -> str:
+    """``wire_dtype`` if it names a wire type, else ValueError."""
+    if wire_dtype not in WIRE_DTYPES:
+        raise ValueError(f"wire_dtype must be one of {sorted(WIRE_DTYPES)}, not {wire_dtype!r}")
+    return wire_dtype
+
+
+def _bfloat16_bits(arr: np.ndarray) -> np.ndarray:
+    """float32 values rounded to nearest even as bfloat16 bits (a NaN stays a quiet NaN)."""
+    bits = arr.view(np.uint32)
+    rounded = ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16).astype("<u2")
+    nan = np.isnan(arr)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | 0x40).astype("<u2")
+    return rounded
 
 
 def _torch_tensor_type() -> Optional[type]:
@@ -42,9 +72,12 @@ def numel_of(x: Any) -> int:
     return int(np.size(x))
 
 
-def source_array(x: Any) -> np.ndarray:
-    """A flat little-endian float32 array holding ``x``'s values: a view when ``x`` already is
-    one in CPU memory, else a single converted copy (a CUDA tensor is copied to the host once)."""
+def source_array(x: Any, wire_dtype: str = "float32") -> np.ndarray:
+    """A flat array of ``x``'s values in wire format: for float32 a view when ``x`` already is
+    one in CPU memory, else a single converted copy (a CUDA tensor is copied to the host once);
+    for a 16-bit wire type the values rounded to it (bfloat16 as uint16 bits)."""
+    if wire_dtype != "float32":
+        return _narrow_array(x, wire_dtype)
     if _is_torch(x):
         import torch
 
@@ -59,15 +92,36 @@ def source_array(x: Any) -> np.ndarray:
     return arr.reshape(-1)
 
 
+def _narrow_array(x: Any, wire_dtype: str) -> np.ndarray:
+    """``x`` rounded to a 16-bit wire type in one conversion (torch's, on the tensor's device)."""
+    if _is_torch(x):
+        import torch
+
+        t = x.detach().to(dtype=torch.bfloat16 if wire_dtype == "bfloat16" else torch.float16)
+        if t.device.type != "cpu":
+            t = t.cpu()
+        # numpy has no bfloat16: both 16-bit types leave torch as their bits.
+        return t.contiguous().view(-1).view(torch.int16).numpy().view(_WIRE_ARRAY_DTYPES[wire_dtype])
+    arr = np.asarray(x)
+    values = np.ascontiguousarray(arr, dtype=_WIRE_DTYPE).reshape(-1)  # float32 first, as the server would hold it
+    if wire_dtype == "float16":
+        with np.errstate(over="ignore"):  # past float16's range is ±Inf, which the server reports
+            return values.astype("<f2")
+    return _bfloat16_bits(values)
+
+
 def chunks(arr: np.ndarray) -> Iterator[Tuple[int, memoryview]]:
-    """``(element offset, bytes)`` pieces of a flat wire-format array, at most 1 MiB each.
+    """``(element offset, bytes)`` pieces of a flat wire-format array, at most 1 MiB each (twice
+    the elements for a 16-bit type; offsets count elements).
 
     The memoryviews share ``arr``'s memory; nothing is copied here.
     """
     raw = memoryview(arr).cast("B")
-    for start in range(0, arr.size, CHUNK_ELEMENTS):
-        stop = min(start + CHUNK_ELEMENTS, arr.size)
-        yield start, raw[start * 4:stop * 4]
+    size = arr.itemsize
+    per_chunk = CHUNK_BYTES // size
+    for start in range(0, arr.size, per_chunk):
+        stop = min(start + per_chunk, arr.size)
+        yield start, raw[start * size:stop * size]
 
 
 class Destination:
@@ -120,10 +174,24 @@ class Destination:
             return torch.empty(numel, dtype=torch.float32, pin_memory=True).numpy()
         return np.empty(numel, dtype=np.float32)
 
-    def write(self, offset: int, data: memoryview) -> None:
-        """Copies little-endian float32 bytes into place at element ``offset``."""
-        values = np.frombuffer(data, dtype=_WIRE_DTYPE)
-        self.array[offset:offset + values.size] = values
+    def write(self, offset: int, data: memoryview, wire_dtype: str = "float32") -> None:
+        """Copies little-endian values of ``wire_dtype`` into place at element ``offset``, widened
+        to float32 in the same copy (a bfloat16 value is its float32's top half)."""
+        values = np.frombuffer(data, dtype=_WIRE_ARRAY_DTYPES[wire_dtype])
+        into = self.array[offset:offset + values.size]
+        if wire_dtype != "float32" and _torch_tensor_type() is not None:
+            import torch
+
+            # torch widens 16-bit values with vectorised loops, about twice numpy's speed. The
+            # message bytes are read-only, which torch warns about; they are only read here.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                wide = torch.frombuffer(data, dtype=torch.bfloat16 if wire_dtype == "bfloat16" else torch.float16)
+            torch.from_numpy(into).copy_(wide)
+        elif wire_dtype == "bfloat16":
+            np.left_shift(values, 16, out=into.view(np.uint32), dtype=np.uint32)
+        else:
+            into[...] = values
 
     def commit(self) -> None:
         """Moves staged values into the target; a no-op when values were written in place."""

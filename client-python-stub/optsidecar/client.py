@@ -1,7 +1,8 @@
 """A low-level client for an optsidecar server: register, describe, list, delete, pull views, and
 stream steps.
 
-Bulk data moves as chunks of at most 1 MiB of little-endian float32. Outgoing chunks are sliced
+Bulk data moves as chunks of at most 1 MiB of little-endian float32 (or, with ``wire_dtype``,
+bfloat16 or float16: half the bytes, while the server keeps float32). Outgoing chunks are sliced
 from a flat float32 view of each tensor and copied once, into the message; incoming chunks are
 copied once, from the message into the destination tensor (see :mod:`optsidecar.wire` and
 :mod:`optsidecar.buffers`). Request streams are fed through iterators, which grpc consumes one
@@ -46,7 +47,7 @@ from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
 import grpc
 
 from . import wire
-from .buffers import Destination, as_destination, chunks, numel_of, source_array
+from .buffers import WIRE_DTYPES, Destination, as_destination, check_wire_dtype, chunks, numel_of, source_array
 from .errors import ProtocolError, ServerUnavailable, error_details, from_rpc_error
 from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, Weights
 from .spec import make_schedule, to_struct
@@ -382,7 +383,7 @@ class Client:
     # -- pull ----------------------------------------------------------------------------------
 
     def pull(self, model: str, view: ViewLike, out: Sequence[Any],
-             tensors: Optional[Sequence[int]] = None) -> Weights:
+             tensors: Optional[Sequence[int]] = None, *, wire_dtype: str = "float32") -> Weights:
         """Pulls a view's weights into preallocated tensors or arrays, one per model tensor.
 
         Args:
@@ -393,12 +394,16 @@ class Client:
                 number of elements; written in place. ``None`` for tensors not pulled.
             tensors: indexes of the tensors to pull (default: all), e.g. for a state slot only
                 some parameter groups have.
+            wire_dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: the server sends
+                the values rounded to it (nearest even), half the bytes; they are widened into
+                ``out``.
 
         Returns:
             the view (as the server labels it) and the model version the weights belong to.
         """
-        request = pb.PullRequest(model=model, view=make_view(view), tensors=list(tensors or []))
-        sink = _Sink([None if t is None else as_destination(t) for t in out])
+        request = pb.PullRequest(model=model, view=make_view(view), tensors=list(tensors or []),
+                                 wire_dtype=WIRE_DTYPES[check_wire_dtype(wire_dtype)])
+        sink = _Sink([None if t is None else as_destination(t) for t in out], wire_dtype)
         action = f"pull view {view_name(request.view)} of model {model!r}"
         try:
             for chunk in self._pull(request):
@@ -410,7 +415,8 @@ class Client:
     # -- step ----------------------------------------------------------------------------------
 
     def step_stream(self, model: str, client_id: Optional[str] = None, *,
-                    retry_for: float = DEFAULT_RETRY_SECONDS, base_version: Optional[int] = None) -> "StepStream":
+                    retry_for: float = DEFAULT_RETRY_SECONDS, base_version: Optional[int] = None,
+                    wire_dtype: str = "float32") -> "StepStream":
         """Opens a trainer's :class:`StepStream` for ``model`` (the stream itself opens lazily; see
         :meth:`StepStream.open`).
 
@@ -421,12 +427,15 @@ class Client:
             base_version: the version of the weights the first gradient will be computed at;
                 None takes the model's current version (right for weights just registered or
                 pulled; after a pull, pass the version :meth:`pull` returned).
+            wire_dtype: the stream's element type both ways (see :class:`StepStream`).
         """
+        check_wire_dtype(wire_dtype)
         info = self.describe(model)
         client_id = client_id or f"py-{uuid.uuid4().hex[:12]}"
         return StepStream(self, model, client_id, [t.numel for t in info.tensors],
                           next_step_id=next_step_id(info, client_id), retry_for=retry_for,
-                          base_version=info.version if base_version is None else base_version)
+                          base_version=info.version if base_version is None else base_version,
+                          wire_dtype=wire_dtype)
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -485,8 +494,10 @@ class _Sink:
     """Copies received chunks into their destinations and checks that they cover one view of one
     version completely."""
 
-    def __init__(self, destinations: List[Optional[Destination]]):
+    def __init__(self, destinations: List[Optional[Destination]], wire_dtype: str = "float32"):
         self.destinations = destinations
+        self.wire_dtype = wire_dtype
+        self.element_bytes = 4 if wire_dtype == "float32" else 2
         self.expected = sum(d.numel for d in destinations if d is not None)
         self.received = 0
         self.view: Optional[pb.View] = None
@@ -500,11 +511,11 @@ class _Sink:
         elif chunk.view != self.view or chunk.version != self.version:
             raise ProtocolError("weights chunks mix views or versions")
         destination = self.destinations[chunk.tensor]
-        count = chunk.data.nbytes // 4
-        if chunk.data.nbytes % 4 or chunk.offset + count > destination.numel:
+        count = chunk.data.nbytes // self.element_bytes
+        if chunk.data.nbytes % self.element_bytes or chunk.offset + count > destination.numel:
             raise ProtocolError(f"chunk for tensor {chunk.tensor} at offset {chunk.offset} with "
                                 f"{chunk.data.nbytes} bytes does not fit its {destination.numel} elements")
-        destination.write(chunk.offset, chunk.data)
+        destination.write(chunk.offset, chunk.data, self.wire_dtype)
         self.received += count
 
     def finish(self, action: str) -> Weights:
@@ -627,6 +638,12 @@ class StepStream:
             from Describe; :meth:`Client.step_stream` does so).
         retry_for: seconds a step is retried while the server is unavailable; 0 never retries.
         base_version: the version of the weights the first gradient is computed at (None: send none).
+        wire_dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: gradients (and
+            weights set) are sent rounded to it, to nearest even, and the returned weights arrive
+            as the server's float32 weights rounded to it, widened into ``out``: half the bytes
+            each way, while the server keeps float32 weights and optimizer state (mixed-precision
+            training's master weights). A float16 gradient past ±65504 becomes ±Inf and is
+            refused (or skipped) as non-finite.
     """
 
     #: Longest pause before the first retry of a step, doubled after each failure up to
@@ -637,13 +654,15 @@ class StepStream:
 
     def __init__(self, client: Client, model: str, client_id: str, numels: Sequence[int], *,
                  next_step_id: int = 1, retry_for: float = DEFAULT_RETRY_SECONDS,
-                 base_version: Optional[int] = None):
+                 base_version: Optional[int] = None, wire_dtype: str = "float32"):
         if retry_for < 0:
             raise ValueError(f"retry_for must be 0 or more seconds, not {retry_for}")
         self.client = client
         self.model = model
         self.client_id = client_id
         self.numels = list(numels)
+        #: The element type of the stream's chunks, both ways.
+        self.wire_dtype = check_wire_dtype(wire_dtype)
         #: The sequence number the next step will carry.
         self.next_step_id = next_step_id
         #: Seconds a step is retried while the server is unavailable (0: never).
@@ -788,13 +807,14 @@ class StepStream:
                  destinations: Optional[List[Destination]], action: str) -> StepFigures:
         """Sends the step once on the open stream (or a new one) and reads its reply."""
         # A new sink per attempt: a retry receives every value again, into the same destinations.
-        sink = _Sink(destinations) if destinations is not None else None
+        sink = _Sink(destinations, self.wire_dtype) if destinations is not None else None
         live = self._open()
         try:
             for index, g in enumerate(grads):
                 if g is not None:
-                    # Sliced from the gradient itself (converted once if it is not CPU float32).
-                    for offset, data in chunks(source_array(g)):
+                    # Sliced from the gradient itself (converted once if it is not CPU float32 or
+                    # the wire type is 16-bit).
+                    for offset, data in chunks(source_array(g, self.wire_dtype)):
                         live.send(wire.gradient_chunk(step_id, index, offset, data))
             live.send(pb.StepRequest(commit=commit))
             while True:
@@ -832,7 +852,8 @@ class StepStream:
                 # The model's tensors changed: a step with a gradient per old tensor no longer fits.
                 raise from_rpc_error(ended.call, f"step stream of model {self.model!r}", self.client.target)
         if self._live is None or self._live.broken:
-            request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
+            request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id,
+                                                      wire_dtype=WIRE_DTYPES[self.wire_dtype]))
             self._live = _LiveStream(self.client._step, request)
             # A StepStream dropped without close() must not leave its call (and grpc's sending
             # thread, waiting for requests) behind.

@@ -20,7 +20,7 @@ except ImportError as e:  # the Client works without torch; RemoteOptimizer is a
                       "(the Client works without it)") from e
 from google.protobuf import json_format
 
-from .buffers import Destination
+from .buffers import Destination, check_wire_dtype
 from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
 from .edits import ParameterEdits, WeightsPush
@@ -152,6 +152,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
             auto-named model, False for a named one. With ``attach=True`` the optimizer renews the
             lease of an ephemeral model it attaches to but never deletes it.
         lease_seconds (int): the lease's grace period (default 60).
+        wire_dtype (str): ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: gradients go
+            to the server, and the weights come back into the parameters, rounded to this type
+            (nearest even), half the bytes each way; the server keeps float32 weights and
+            optimizer state, as mixed-precision training keeps float32 master weights. The
+            parameters then hold the server's weights rounded to the type. State dicts and
+            checkpoints stay float32. With float16 a gradient past ±65504 is non-finite.
         **hyperparameters: the algorithm's arguments under torch's and schedule_free's names
             (``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``warmup_steps``, ...);
             missing ones take the reference defaults.
@@ -240,7 +246,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  report_update_norm: bool = False, non_finite: Optional[str] = None,
                  client: Optional[Client] = None, retry_for: float = DEFAULT_RETRY_SECONDS,
                  coordination: Any = None, ephemeral: Optional[bool] = None,
-                 lease_seconds: int = DEFAULT_LEASE_SECONDS, **hyperparameters: Any):
+                 lease_seconds: int = DEFAULT_LEASE_SECONDS, wire_dtype: str = "float32", **hyperparameters: Any):
         if isinstance(lr, str) or positional:
             given = f"{lr!r}" + "".join(f", {a!r}" for a in positional)
             raise TypeError(f"RemoteOptimizer(params, lr, *, target=..., algorithm=..., model=..., client_id=..., "
@@ -248,6 +254,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                             f"target='host:port' (and algorithm=...) by keyword (got {given} after params)")
         if lr is not None:
             hyperparameters["lr"] = lr
+        check_wire_dtype(wire_dtype)
         if target is None:
             target = os.environ.get(TARGET_ENVIRONMENT_VARIABLE) or DEFAULT_TARGET
         groups = parse_params(params)
@@ -317,7 +324,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._hyperparameters = LiveHyperparameters()
         self._adopt_server_groups(info)
         self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in info.tensors],
-                                  next_step_id=next_step_id(info, self.client_id), retry_for=retry_for)
+                                  next_step_id=next_step_id(info, self.client_id), retry_for=retry_for,
+                                  wire_dtype=wire_dtype)
         self._init_edits()
         if attach:
             self._pull_into_params("train")
@@ -627,7 +635,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _pull_into_params(self, view: str) -> None:
         try:
-            weights = self.client.pull(self.model, view, self._destinations())
+            weights = self.client.pull(self.model, view, self._destinations(), wire_dtype=self.wire_dtype)
         finally:
             self._edits.record()  # what arrived is the server's, even if the pull broke off
         self.version = weights.version
@@ -801,7 +809,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
         old.close()
         self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in info.tensors],
                                   next_step_id=max(old.next_step_id, next_step_id(info, self.client_id)),
-                                  retry_for=old.retry_for)
+                                  retry_for=old.retry_for, wire_dtype=old.wire_dtype)
+
+    @property
+    def wire_dtype(self) -> str:
+        """The element type of chunks to and from the server: float32, bfloat16 or float16."""
+        return self._stream.wire_dtype
 
     @property
     def retry_for(self) -> float:

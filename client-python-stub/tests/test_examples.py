@@ -36,6 +36,16 @@ def test_digits_trains_both_optimizers_and_plots(target: str, tmp_path: Path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_digits_trains_as_well_over_a_bfloat16_wire(target: str, tmp_path: Path):
+    run = subprocess.run([sys.executable, str(EXAMPLES / "digits.py"), "--target", target, "--epochs", "3",
+                          "--wire-dtype", "bfloat16", "--plot", str(tmp_path / "digits.png")],
+                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    final = re.search(r"RAdamScheduleFree \(remote, eval view\) ([\d.]+), .*; bfloat16 on the wire", run.stdout)
+    assert final, run.stdout
+    assert float(final.group(1)) > THREE_EPOCH_BOUND, run.stdout
+
+
 def test_ps_experiment_runs_sync_and_async_trainer_processes(tmp_path: Path):
     """The experiment with tiny settings, starting a server of its own from the jar."""
     figure = tmp_path / "ps.png"

@@ -84,6 +84,11 @@ class OptimizerStub(object):
                 request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.AddTensorsRequest.SerializeToString,
                 response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.FromString,
                 )
+        self.ServerInfo = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/ServerInfo',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoResponse.FromString,
+                )
 
 
 class OptimizerServicer(object):
@@ -212,6 +217,14 @@ class OptimizerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ServerInfo(self, request, context):
+        """What this server offers: its version, the engine, and the shared-memory directory a
+        co-located client may create segments in (empty: shared memory is off).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -284,6 +297,11 @@ def add_OptimizerServicer_to_server(servicer, server):
                     servicer.AddTensors,
                     request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.AddTensorsRequest.FromString,
                     response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.SerializeToString,
+            ),
+            'ServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServerInfo,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -530,5 +548,22 @@ class Optimizer(object):
         return grpc.experimental.stream_unary(request_iterator, target, '/optsidecar.v1.Optimizer/AddTensors',
             optsidecar_dot_v1_dot_optimizer__pb2.AddTensorsRequest.SerializeToString,
             optsidecar_dot_v1_dot_optimizer__pb2.ModelInfo.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/ServerInfo',
+            optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -2,6 +2,7 @@ package dev.optsidecar.client;
 
 import com.google.protobuf.ByteString;
 import com.google.protobuf.UnsafeByteOperations;
+import dev.optsidecar.proto.v1.WireDtype;
 import io.grpc.stub.ClientCallStreamObserver;
 
 import java.nio.ByteBuffer;
@@ -24,14 +25,21 @@ final class Chunks {
      * stream is not ready, so at most a few chunks are ever buffered.
      */
     static void send(List<? extends TensorData> tensors, ReadyGate gate, Consumer<Chunk> send) {
-        int perChunk = CHUNK_BYTES / Float.BYTES;
+        send(tensors, WireDtype.WIRE_FLOAT32, gate, send);
+    }
+
+    /** As {@link #send(List, ReadyGate, Consumer)}, the values as elements of {@code wire}. */
+    static void send(List<? extends TensorData> tensors, WireDtype wire, ReadyGate gate, Consumer<Chunk> send) {
+        int perChunk = CHUNK_BYTES / WireElements.bytes(wire);
         for (int t = 0; t < tensors.size(); t++) {
             TensorData data = tensors.get(t);
             for (long offset = 0; offset < data.numel(); offset += perChunk) {
                 int count = (int) Math.min(perChunk, data.numel() - offset);
-                ByteBuffer wrapped = data.wrap(offset, count);
+                ByteBuffer wrapped = wire == WireDtype.WIRE_FLOAT32 ? data.wrap(offset, count) : null;
                 ByteString bytes;
-                if (wrapped != null) {
+                if (wire != WireDtype.WIRE_FLOAT32) {
+                    bytes = UnsafeByteOperations.unsafeWrap(WireElements.narrow(data, offset, count, wire));
+                } else if (wrapped != null) {
                     bytes = UnsafeByteOperations.unsafeWrap(wrapped);
                 } else {
                     byte[] copy = new byte[count * Float.BYTES];

@@ -19,6 +19,7 @@ import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.proto.v1.WireDtype;
 import dev.optsidecar.proto.v1.ExportInfo;
 import dev.optsidecar.proto.v1.ExportRequest;
 import dev.optsidecar.proto.v1.ForkRequest;
@@ -226,6 +227,14 @@ public final class OptSidecarClient implements AutoCloseable {
     }
 
     /**
+     * Opens a trainer whose chunks travel as {@code wire} elements (bfloat16 or float16 halve the
+     * bytes; the server keeps float32 weights and state).
+     */
+    public Trainer trainer(String model, String clientId, WireDtype wire) {
+        return trainer(model, clientId).wireDtype(wire);
+    }
+
+    /**
      * Pulls a view's weights into {@code out}, one {@link TensorData} per tensor.
      *
      * @return the view and version the weights belong to
@@ -239,9 +248,16 @@ public final class OptSidecarClient implements AutoCloseable {
      * those not in {@code tensors}. Needed for a state slot only some groups have.
      */
     public Weights pull(String model, View view, List<? extends TensorData> out, List<Integer> tensors) {
+        return pull(model, view, out, tensors, WireDtype.WIRE_FLOAT32);
+    }
+
+    /** As {@link #pull(String, View, List, List)}, the weights sent as {@code wire} elements and widened here. */
+    public Weights pull(String model, View view, List<? extends TensorData> out, List<Integer> tensors,
+                        WireDtype wire) {
         CompletableFuture<Weights> done = new CompletableFuture<>();
-        WeightsSink sink = new WeightsSink(out);
-        PullRequest request = PullRequest.newBuilder().setModel(model).setView(view).addAllTensors(tensors).build();
+        WeightsSink sink = new WeightsSink(out, wire);
+        PullRequest request = PullRequest.newBuilder().setModel(model).setView(view).addAllTensors(tensors)
+                .setWireDtype(wire).build();
         async.pull(request, new StreamObserver<>() {
             @Override
             public void onNext(WeightsChunk chunk) {

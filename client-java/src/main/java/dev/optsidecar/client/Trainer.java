@@ -13,6 +13,7 @@ import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.proto.v1.WireDtype;
 import io.grpc.Status;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
@@ -41,6 +42,7 @@ public final class Trainer implements AutoCloseable {
     /** The version of the weights this trainer last received: its next gradient is computed at it. */
     private long baseVersion;
     private java.time.Duration retryFor = java.time.Duration.ofSeconds(60);
+    private WireDtype wireDtype = WireDtype.WIRE_FLOAT32;
 
     Trainer(OptSidecarClient client, String model, String clientId, ModelInfo info) {
         this.client = client;
@@ -318,6 +320,19 @@ public final class Trainer implements AutoCloseable {
         return "channel closed".equals(status.getDescription());
     }
 
+    /**
+     * Sends gradients (and weights to set) and receives weights as {@code wire} elements: bfloat16
+     * or float16 halve the bytes on the wire while the server keeps float32 weights and state.
+     * Takes effect on the next stream the trainer opens (set it before the first step).
+     */
+    public Trainer wireDtype(WireDtype wire) {
+        if (wire == WireDtype.UNRECOGNIZED) {
+            throw new IllegalArgumentException("wire dtype: not a WireDtype");
+        }
+        this.wireDtype = wire;
+        return this;
+    }
+
     /** How long a step keeps being retried while the server is unreachable (default 60 s; zero: never). */
     public Trainer retryFor(java.time.Duration duration) {
         this.retryFor = duration;
@@ -337,10 +352,10 @@ public final class Trainer implements AutoCloseable {
     private StepResult attempt(long stepId, StepCommit.Builder commit, List<TensorData> present,
                                List<Integer> presentIndex, List<? extends TensorData> weightsOut) {
         Stream s = openStream();
-        PendingStep pending = new PendingStep(weightsOut != null ? new WeightsSink(weightsOut) : null);
+        PendingStep pending = new PendingStep(weightsOut != null ? new WeightsSink(weightsOut, s.wire) : null);
         s.pending = pending;
         try {
-            Chunks.send(present, s.gate, c -> s.requests.onNext(StepRequest.newBuilder()
+            Chunks.send(present, s.wire, s.gate, c -> s.requests.onNext(StepRequest.newBuilder()
                     .setChunk(GradientChunk.newBuilder()
                             .setStepId(stepId)
                             .setTensor(presentIndex.get(c.tensor()))
@@ -361,7 +376,8 @@ public final class Trainer implements AutoCloseable {
         if (stream == null || stream.failed) {
             stream = new Stream();
             stream.requests.onNext(StepRequest.newBuilder()
-                    .setOpen(StepOpen.newBuilder().setModel(model).setClientId(clientId)).build());
+                    .setOpen(StepOpen.newBuilder().setModel(model).setClientId(clientId).setWireDtype(stream.wire))
+                    .build());
         }
         return stream;
     }
@@ -386,6 +402,8 @@ public final class Trainer implements AutoCloseable {
     /** A live Step stream and the step currently waiting for its reply. */
     private final class Stream implements ClientResponseObserver<StepRequest, StepResponse> {
         final Chunks.ReadyGate gate = new Chunks.ReadyGate();
+        /** The element type this stream was opened with. */
+        final WireDtype wire = wireDtype;
         final ClientCallStreamObserver<StepRequest> requests;
         volatile PendingStep pending;
         volatile boolean failed;

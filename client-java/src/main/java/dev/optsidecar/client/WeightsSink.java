@@ -2,6 +2,7 @@ package dev.optsidecar.client;
 
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.proto.v1.WireDtype;
 
 import java.util.List;
 
@@ -13,11 +14,18 @@ final class WeightsSink {
     private final List<? extends TensorData> out;
     private long received;
     private final long expected;
+    private final WireDtype wire;
     private View view;
     private long version = -1;
 
     WeightsSink(List<? extends TensorData> out) {
+        this(out, WireDtype.WIRE_FLOAT32);
+    }
+
+    /** A sink for chunks of {@code wire} elements, widened to the tensors' float32. */
+    WeightsSink(List<? extends TensorData> out, WireDtype wire) {
         this.out = out;
+        this.wire = wire;
         long total = 0;
         for (TensorData t : out) {
             total += t == null ? 0 : t.numel();
@@ -35,8 +43,10 @@ final class WeightsSink {
         } else if (!view.equals(chunk.getView()) || version != chunk.getVersion()) {
             throw new IllegalStateException("weights chunks mix views or versions");
         }
-        out.get(chunk.getTensor()).write(chunk.getOffset(), chunk.getData().asReadOnlyByteBuffer());
-        received += chunk.getData().size() / Float.BYTES;
+        java.nio.ByteBuffer data = chunk.getData().asReadOnlyByteBuffer();
+        out.get(chunk.getTensor()).write(chunk.getOffset(),
+                wire == WireDtype.WIRE_FLOAT32 ? data : WireElements.widen(data, wire));
+        received += chunk.getData().size() / WireElements.bytes(wire);
     }
 
     long received() {

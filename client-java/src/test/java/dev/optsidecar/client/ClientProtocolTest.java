@@ -16,6 +16,7 @@ import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.proto.v1.WireDtype;
 import io.grpc.ManagedChannel;
 import io.grpc.Server;
 import io.grpc.inprocess.InProcessChannelBuilder;
@@ -106,11 +107,14 @@ class ClientProtocolTest {
         public StreamObserver<StepRequest> step(StreamObserver<StepResponse> out) {
             return new StreamObserver<>() {
                 final List<GradientChunk> chunks = new ArrayList<>();
+                boolean bfloat16;
 
                 @Override
                 public void onNext(StepRequest r) {
                     stepMessages.add(r);
-                    if (r.hasChunk()) {
+                    if (r.hasOpen()) {
+                        bfloat16 = r.getOpen().getWireDtype() == WireDtype.WIRE_BFLOAT16;
+                    } else if (r.hasChunk()) {
                         chunks.add(r.getChunk());
                     } else if (r.hasCommit()) {
                         StepCommit c = r.getCommit();
@@ -119,15 +123,27 @@ class ClientProtocolTest {
                             ByteBuffer in = g.getData().asReadOnlyByteBuffer().order(ByteOrder.LITTLE_ENDIAN);
                             ByteBuffer doubled = ByteBuffer.allocate(in.remaining()).order(ByteOrder.LITTLE_ENDIAN);
                             while (in.hasRemaining()) {
-                                doubled.putFloat(in.getFloat() * 2);
+                                if (bfloat16) { // bfloat16 is float32's top half; doubling is exact
+                                    float v = Float.intBitsToFloat((in.getShort() & 0xffff) << 16) * 2;
+                                    doubled.putShort((short) (Float.floatToRawIntBits(v) >>> 16));
+                                } else {
+                                    doubled.putFloat(in.getFloat() * 2);
+                                }
                             }
                             out.onNext(StepResponse.newBuilder().setWeights(WeightsChunk.newBuilder()
                                     .setView(train).setVersion(1).setTensor(g.getTensor()).setOffset(g.getOffset())
                                     .setData(ByteString.copyFrom(doubled.flip()))).build());
                         }
                         // The tensor without a gradient comes back too, as the real server sends every tensor.
-                        ByteBuffer ones = ByteBuffer.allocate(12).order(ByteOrder.LITTLE_ENDIAN);
-                        ones.putFloat(1).putFloat(1).putFloat(1).flip();
+                        ByteBuffer ones = ByteBuffer.allocate(bfloat16 ? 6 : 12).order(ByteOrder.LITTLE_ENDIAN);
+                        for (int i = 0; i < 3; i++) {
+                            if (bfloat16) {
+                                ones.putShort((short) 0x3f80);
+                            } else {
+                                ones.putFloat(1);
+                            }
+                        }
+                        ones.flip();
                         out.onNext(StepResponse.newBuilder().setWeights(WeightsChunk.newBuilder()
                                 .setView(train).setVersion(1).setTensor(1).setData(ByteString.copyFrom(ones))).build());
                         out.onNext(StepResponse.newBuilder().setResult(StepResult.newBuilder()
@@ -231,6 +247,33 @@ class ClientProtocolTest {
         assertEquals(1, last.getCommit().getStepId());
         for (int i = 0; i < N; i += 9973) {
             assertEquals(2f * i, out[i]);
+        }
+        assertArrayEquals(new float[] {1, 1, 1}, bias);
+    }
+
+    @Test
+    void aBfloat16TrainerSendsTwoBytesPerElementAndWidensTheWeights() {
+        OptSidecarClient client = new OptSidecarClient(channel);
+        int n = 600_000; // more than one chunk of 2^19 16-bit elements
+        float[] grad = new float[n];
+        for (int i = 0; i < n; i++) {
+            grad[i] = (i % 256) - 128; // exact in bfloat16 (8 significant bits)
+        }
+        float[] out = new float[n];
+        float[] bias = {5, 5, 5};
+        ModelInfo big = ModelInfo.newBuilder().setName("big")
+                .addTensors(TensorInfo.newBuilder().setName("w").setNumel(n))
+                .addTensors(TensorInfo.newBuilder().setName("b").setNumel(3)).build();
+        try (Trainer trainer = new Trainer(client, "big", "me", big).wireDtype(WireDtype.WIRE_BFLOAT16)) {
+            trainer.step(Arrays.asList(TensorData.of(grad), null), List.of(TensorData.of(out), TensorData.of(bias)));
+        }
+        assertEquals(WireDtype.WIRE_BFLOAT16, stepMessages.get(0).getOpen().getWireDtype());
+        List<GradientChunk> sent = stepMessages.stream().filter(StepRequest::hasChunk).map(StepRequest::getChunk).toList();
+        assertEquals(List.of(0L, (long) (1 << 19)), sent.stream().map(GradientChunk::getOffset).toList(),
+                "offsets count elements: 1 MiB holds 2^19 of them");
+        assertEquals(List.of(1 << 20, 2 * (n - (1 << 19))), sent.stream().map(c -> c.getData().size()).toList());
+        for (int i = 0; i < n; i++) {
+            assertEquals(2 * grad[i], out[i], "element " + i);
         }
         assertArrayEquals(new float[] {1, 1, 1}, bias);
     }

@@ -27,10 +27,12 @@ import dev.optsidecar.proto.v1.SnapshotInfo;
 import dev.optsidecar.proto.v1.SnapshotRequest;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelLoader;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.ViewReader;
+import dev.optsidecar.server.model.WireTypes;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 
@@ -88,8 +90,9 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
         ServerCallStreamObserver<WeightsChunk> out = (ServerCallStreamObserver<WeightsChunk>) responses;
         ViewReader reader;
         try {
+            WireType wire = WireTypes.of(request.getWireDtype(), request.getWireDtypeValue(), "wire_dtype");
             Model model = registry.get(request.getModel(), "model");
-            Model.ResolvedView view = model.resolveView(request.getView(), "view", false);
+            Model.ResolvedView view = model.resolveView(request.getView(), "view", false).sentAs(wire);
             reader = model.read(view, request.getTensorsList(), "tensors");
         } catch (RuntimeException e) {
             out.onError(Statuses.toStatus(e));

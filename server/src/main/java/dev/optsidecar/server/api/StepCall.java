@@ -10,12 +10,14 @@ import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.WireNumbers;
+import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.model.ClientSession;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.StepAssembly;
 import dev.optsidecar.server.model.StepOptions;
 import dev.optsidecar.server.model.ViewReader;
+import dev.optsidecar.server.model.WireTypes;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 
@@ -35,6 +37,8 @@ final class StepCall implements StreamObserver<StepRequest> {
     /** A sync step waiting for the other trainers' contributions. */
     private java.util.concurrent.CompletableFuture<?> awaiting;
     private NonFinitePolicy policy;
+    /** The element type of this stream's chunks, both ways (StepOpen.wire_dtype). */
+    private WireType wire = WireType.FLOAT32;
     /** A retried step that was already applied: its chunks are dropped and its commit answered from the ledger. */
     private Long replayedStepId;
     private StepAssembly assembly;
@@ -133,8 +137,11 @@ final class StepCall implements StreamObserver<StepRequest> {
         if (model != null) {
             throw OptError.invalid("open: sent twice in one Step stream");
         }
+        WireType requested = WireTypes.of(request.getOpen().getWireDtype(), request.getOpen().getWireDtypeValue(),
+                "open.wire_dtype");
         model = registry.get(request.getOpen().getModel(), "open.model");
         session = model.attach(request.getOpen().getClientId());
+        wire = requested;
         policy = model.nonFinitePolicy();
     }
 
@@ -162,7 +169,7 @@ final class StepCall implements StreamObserver<StepRequest> {
                     Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()))
                     .withReason(OptError.Reason.STEP_OUT_OF_ORDER);
         }
-        String nonFinite = m.addChunk(assembly, c.getTensor(), c.getOffset(), c.getData().asReadOnlyByteBuffer());
+        String nonFinite = m.addChunk(assembly, c.getTensor(), c.getOffset(), c.getData().asReadOnlyByteBuffer(), wire);
         if (nonFinite != null && policy != NonFinitePolicy.NON_FINITE_SKIP) {
             throw OptError.invalid("step %s: %s (the model's non_finite policy rejects such steps)",
                     Long.toUnsignedString(assembly.stepId()), nonFinite)
@@ -175,7 +182,8 @@ final class StepCall implements StreamObserver<StepRequest> {
         Model m = requireOpen();
         WireNumbers.count(c.getStepId(), "commit.step_id");
         StepOptions options = StepOptions.of(c);
-        Model.ResolvedView view = m.resolveView(c.getView(), "commit.view", true);
+        Model.ResolvedView resolved = m.resolveView(c.getView(), "commit.view", true);
+        Model.ResolvedView view = resolved == null ? null : resolved.sentAs(wire);
         if (assembly == null) {
             replayedStepId = null;
             StepResult stored = m.appliedResult(session, c.getStepId());

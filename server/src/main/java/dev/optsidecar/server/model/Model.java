@@ -13,6 +13,7 @@ import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.TensorProgram;
+import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.engine.kernel.Kernel;
 import dev.optsidecar.server.engine.kernel.KernelCall;
 import dev.optsidecar.server.optim.Lookahead;
@@ -340,7 +341,7 @@ public final class Model {
      * arrived. The copy runs under the read lock, so a Delete (which frees the buffers under the
      * write lock) cannot free them mid-copy, and a chunk for a model deleted mid-step is NOT_FOUND.
      */
-    public String addChunk(StepAssembly a, int tensor, long offset, java.nio.ByteBuffer data) {
+    public String addChunk(StepAssembly a, int tensor, long offset, java.nio.ByteBuffer data, WireType wire) {
         checkLive();
         checkCurrent(a);
         // tryReadLock first: it ignores queued writers, so a Delete waiting for this stream's own
@@ -353,7 +354,7 @@ public final class Model {
         try {
             checkLive();
             checkCurrent(a);
-            return a.add(tensor, offset, data);
+            return a.add(tensor, offset, data, wire);
         } finally {
             lock.unlockRead(stamp);
         }
@@ -507,8 +508,7 @@ public final class Model {
             lock.unlockRead(readStamp);
             return null;
         }
-        return new ViewReader(this, view.label(), view.source(), Views.select(this, view, List.of(), "commit.view"),
-                version, readStamp);
+        return new ViewReader(this, view, Views.select(this, view, List.of(), "commit.view"), version, readStamp);
     }
 
     /**
@@ -609,7 +609,7 @@ public final class Model {
             lock.unlockRead(stamp);
             throw e;
         }
-        return new ViewReader(this, view.label(), view.source(), chosen, version, stamp);
+        return new ViewReader(this, view, chosen, version, stamp);
     }
 
     /** The model's tensors, groups, configuration, counters, version and current learning rates. */
@@ -720,9 +720,19 @@ public final class Model {
      * A view as resolved for this model: its label on the wire, where its values come from, and
      * the state slot it reads (null for θ and computed views), which not every tensor may have.
      */
-    public record ResolvedView(View label, ViewSource source, String slot) {
+    /** A view to read, with the element type its chunks are sent as. */
+    public record ResolvedView(View label, ViewSource source, String slot, WireType wire) {
         ResolvedView(View label, ViewSource source) {
             this(label, source, null);
+        }
+
+        ResolvedView(View label, ViewSource source, String slot) {
+            this(label, source, slot, WireType.FLOAT32);
+        }
+
+        /** The same view, sent as {@code type}. */
+        public ResolvedView sentAs(WireType type) {
+            return new ResolvedView(label, source, slot, type);
         }
     }
 }

@@ -2,6 +2,7 @@ package dev.optsidecar.server.model;
 
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Ingest;
+import dev.optsidecar.server.engine.WireType;
 
 import java.nio.ByteBuffer;
 import java.util.List;
@@ -47,19 +48,20 @@ public final class StepAssembly {
     }
 
     /**
-     * Copies one chunk into the gradient buffer of tensor {@code tensor} at element {@code offset}.
+     * Copies one chunk into the gradient buffer of tensor {@code tensor} at element {@code offset},
+     * its elements of type {@code wire} widened to float32 on the way.
      *
      * @return a description of the first NaN or Inf in the chunk, or null if all values are finite
      */
-    String add(int tensor, long offset, ByteBuffer data) {
-        TensorEntry t = checkChunk(tensors, tensor, offset, data, "gradient");
-        long count = data.remaining() / Float.BYTES;
+    String add(int tensor, long offset, ByteBuffer data, WireType wire) {
+        TensorEntry t = checkChunk(tensors, tensor, offset, data, "gradient", wire);
+        long count = data.remaining() / wire.bytes;
         Coverage c = coverage[tensor];
         if (c.overlaps(offset, offset + count)) {
             throw OptError.invalid("chunk for %s: elements [%d, %d) overlap elements already sent in step %d",
                     t.describe(), offset, offset + count, stepId).withField("chunk.offset");
         }
-        Ingest ingest = t.storage.writeGradient(session.handles[tensor], offset, data);
+        Ingest ingest = t.storage.writeGradient(session.handles[tensor], offset, data, wire);
         c.add(offset, offset + count);
         long bad = ingest.firstNonFinite();
         if (bad >= 0 && nonFinite == null) {
@@ -71,23 +73,29 @@ public final class StepAssembly {
         return bad >= 0 ? nonFinite : null;
     }
 
-    /** Validates a chunk's tensor index, size and range against the model's tensors. */
+    /** Validates a float32 chunk's tensor index, size and range against the model's tensors. */
     static TensorEntry checkChunk(List<TensorEntry> tensors, int tensor, long offset, ByteBuffer data, String what) {
+        return checkChunk(tensors, tensor, offset, data, what, WireType.FLOAT32);
+    }
+
+    /** Validates a chunk of {@code wire} elements against the model's tensors. */
+    static TensorEntry checkChunk(List<TensorEntry> tensors, int tensor, long offset, ByteBuffer data, String what,
+                                  WireType wire) {
         if (tensor < 0 || tensor >= tensors.size()) {
             throw OptError.invalid("chunk.tensor: index %d out of range; the model has %d tensors",
                     Integer.toUnsignedLong(tensor), tensors.size());
         }
         TensorEntry t = tensors.get(tensor);
         int bytes = data.remaining();
-        if (bytes == 0 || bytes % Float.BYTES != 0) {
-            throw OptError.invalid("chunk.data for %s: %d bytes is not a positive whole number of float32 values",
-                    t.describe(), bytes);
+        if (bytes == 0 || bytes % wire.bytes != 0) {
+            throw OptError.invalid("chunk.data for %s: %d bytes is not a positive whole number of %s values",
+                    t.describe(), bytes, wire.describe());
         }
         if (bytes > MAX_CHUNK_BYTES) {
             throw OptError.invalid("chunk.data for %s: %d bytes exceeds the %d-byte chunk limit",
                     t.describe(), bytes, MAX_CHUNK_BYTES);
         }
-        long count = bytes / Float.BYTES;
+        long count = bytes / wire.bytes;
         if (offset < 0 || offset > t.numel - count) {
             throw OptError.invalid("chunk.offset for %s %s: elements [%s, %s) fall outside its %d elements",
                     what, t.describe(), Long.toUnsignedString(offset), Long.toUnsignedString(offset + count), t.numel);

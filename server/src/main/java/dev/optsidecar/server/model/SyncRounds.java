@@ -179,7 +179,7 @@ final class SyncRounds {
         // The round holds each copy until every contributor has its reader: a contributor whose
         // weights go out before the next reader is made would otherwise give the copy's memory
         // back once for each time the count of readers fell to zero.
-        Map<View, ViewReader.Published> copies = new HashMap<>();
+        Map<List<Object>, ViewReader.Published> copies = new HashMap<>(); // by view label and wire type
         long version = model.version();
         try {
             for (SyncRound.Contribution c : parts) {
@@ -187,9 +187,10 @@ final class SyncRounds {
                         .setView(c.view() == null ? Model.NO_VIEW : c.view().label()).build();
                 ViewReader weights = null;
                 if (c.view() != null) {
-                    ViewReader.Published shared = copies.get(c.view().label());
+                    List<Object> key = List.of(c.view().label(), c.view().wire());
+                    ViewReader.Published shared = copies.get(key);
                     if (shared == null) {
-                        shared = ViewReader.copyOut(model, c.view().label(), c.view().source(),
+                        shared = ViewReader.copyOut(model, c.view(),
                                 Views.select(model, c.view(), List.of(), "commit.view"), version);
                         if (shared == null) {
                             throw OptError.exhausted("model '%s': no memory left under the limit to copy out the new"
@@ -197,7 +198,7 @@ final class SyncRounds {
                                     .withReason(OptError.Reason.MEMORY_LIMIT).with("model", Echo.of(model.name()));
                         }
                         shared.retain();
-                        copies.put(c.view().label(), shared);
+                        copies.put(key, shared);
                     }
                     weights = new ViewReader(model, c.view().label(), version, shared);
                 }

@@ -3,6 +3,7 @@ package dev.optsidecar.server.model;
 import com.google.protobuf.UnsafeByteOperations;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.engine.WireType;
 
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
@@ -15,12 +16,14 @@ import java.util.concurrent.atomic.AtomicInteger;
  * receiver never holds up steps; the copy's bytes count against the memory limit until the
  * reader is closed. When the limit leaves no room for a copy, the reader holds the read lock and
  * produces each chunk as it is sent. Each chunk's bytes are written once into a fresh array that
- * the message wraps without a further copy.
+ * the message wraps without a further copy, as float32 or rounded to the 16-bit type the reader asks
+ * for in that same copy.
  */
 public final class ViewReader implements AutoCloseable {
     private final Model model;
     private final View view;
     private final ViewSource source;
+    private final WireType wire;
     private final List<TensorEntry> tensors;
     private final long version;
     private long stamp;
@@ -55,14 +58,15 @@ public final class ViewReader implements AutoCloseable {
     }
 
     /** Reads under the read lock {@code stamp}, which the reader releases (at once if it can copy the view). */
-    ViewReader(Model model, View view, ViewSource source, List<TensorEntry> tensors, long version, long stamp) {
+    ViewReader(Model model, Model.ResolvedView resolved, List<TensorEntry> tensors, long version, long stamp) {
         this.model = model;
-        this.view = view;
-        this.source = source;
+        this.view = resolved.label();
+        this.source = resolved.source();
+        this.wire = resolved.wire();
         this.tensors = tensors;
         this.version = version;
         this.stamp = stamp;
-        Published copy = copyOut(model, view, source, tensors, version);
+        Published copy = copyOut(model, resolved, tensors, version);
         if (copy != null) {
             copy.retain();
             published = copy;
@@ -76,6 +80,7 @@ public final class ViewReader implements AutoCloseable {
         this.model = model;
         this.view = view;
         this.source = null;
+        this.wire = null;
         this.tensors = List.of();
         this.version = version;
         shared.retain();
@@ -83,10 +88,11 @@ public final class ViewReader implements AutoCloseable {
     }
 
     /** Copies a view out, if the memory limit has room; the caller holds the read lock. */
-    static Published copyOut(Model model, View view, ViewSource source, List<TensorEntry> tensors, long version) {
+    static Published copyOut(Model model, Model.ResolvedView resolved, List<TensorEntry> tensors, long version) {
+        WireType wire = resolved.wire();
         long bytes = 0;
         for (TensorEntry t : tensors) {
-            bytes += t.numel * Float.BYTES;
+            bytes += t.numel * wire.bytes;
         }
         if (!model.reserveTransient(bytes)) {
             return null;
@@ -94,8 +100,8 @@ public final class ViewReader implements AutoCloseable {
         List<WeightsChunk> chunks = new ArrayList<>();
         for (TensorEntry t : tensors) {
             for (long at = 0; at < t.numel; ) {
-                int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / Float.BYTES, t.numel - at);
-                chunks.add(chunk(view, source, t, version, at, count));
+                int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / wire.bytes, t.numel - at);
+                chunks.add(chunk(resolved.label(), resolved.source(), wire, t, version, at, count));
                 at += count;
             }
         }
@@ -107,9 +113,10 @@ public final class ViewReader implements AutoCloseable {
         return published;
     }
 
-    private static WeightsChunk chunk(View view, ViewSource source, TensorEntry t, long version, long offset, int count) {
-        byte[] bytes = new byte[count * Float.BYTES];
-        source.read(t, offset, count, ByteBuffer.wrap(bytes));
+    private static WeightsChunk chunk(View view, ViewSource source, WireType wire, TensorEntry t, long version,
+                                      long offset, int count) {
+        byte[] bytes = new byte[count * wire.bytes];
+        source.read(t, offset, count, ByteBuffer.wrap(bytes), wire);
         return WeightsChunk.newBuilder()
                 .setView(view)
                 .setVersion(version)
@@ -143,8 +150,8 @@ public final class ViewReader implements AutoCloseable {
             return published.chunks.get(nextChunk++);
         }
         TensorEntry t = tensors.get(tensor);
-        int count = (int) Math.min(maxBytes / Float.BYTES, t.numel - offset);
-        WeightsChunk chunk = chunk(view, source, t, version, offset, count);
+        int count = (int) Math.min(maxBytes / wire.bytes, t.numel - offset);
+        WeightsChunk chunk = chunk(view, source, wire, t, version, offset, count);
         offset += count;
         if (offset == t.numel) {
             tensor++;

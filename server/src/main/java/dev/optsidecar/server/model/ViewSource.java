@@ -1,26 +1,34 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.server.engine.WireType;
+
 import java.nio.ByteBuffer;
 
 /** Where a view's values come from, tensor by tensor: θ, a state slot, or a computed eval point. */
 @FunctionalInterface
 interface ViewSource {
-    void read(TensorEntry t, long offset, int count, ByteBuffer dst);
+    /** Writes {@code count} values from {@code offset} into {@code dst}, as elements of {@code wire}. */
+    void read(TensorEntry t, long offset, int count, ByteBuffer dst, WireType wire);
 
-    ViewSource TRAIN = (t, offset, count, dst) -> t.storage.readParams(offset, count, dst);
+    /** As float32. */
+    default void read(TensorEntry t, long offset, int count, ByteBuffer dst) {
+        read(t, offset, count, dst, WireType.FLOAT32);
+    }
+
+    ViewSource TRAIN = (t, offset, count, dst, wire) -> t.storage.readParams(offset, count, dst, wire);
 
     /** A state slot by name (its index may differ between groups). */
     static ViewSource slot(String name) {
-        return (t, offset, count, dst) -> t.storage.readSlot(t.slot(name), offset, count, dst);
+        return (t, offset, count, dst, wire) -> t.storage.readSlot(t.slot(name), offset, count, dst, wire);
     }
 
     /** The algorithm's eval point; a tensor that never had a gradient has no z yet, and x = y. */
     static ViewSource evalPoint() {
-        return (t, offset, count, dst) -> {
+        return (t, offset, count, dst, wire) -> {
             if (t.steps == 0) {
-                t.storage.readParams(offset, count, dst);
+                t.storage.readParams(offset, count, dst, wire);
             } else {
-                t.storage.readView(t.group.algorithm.evalView(), offset, count, dst);
+                t.storage.readView(t.group.algorithm.evalView(), offset, count, dst, wire);
             }
         };
     }

@@ -126,6 +126,32 @@ final class FuzzValues {
         };
     }
 
+    /** A WireDtype number: mostly a defined one, now and then any int. */
+    int wireDtype() {
+        return chance(0.8) ? below(3) : anyInt();
+    }
+
+    /**
+     * {@code n} elements of wire type {@code wire} (0 float32, 1 bfloat16, 2 float16): a 16-bit
+     * element is any pattern, its all-ones exponent (Inf or NaN) replaced unless {@code nonFinite}
+     * lets it stay.
+     */
+    ByteString elements(int wire, int n, double nonFinite) {
+        if (wire == 0) {
+            return floats(n, nonFinite);
+        }
+        int exponentMask = wire == 1 ? 0x7f80 : 0x7c00;
+        ByteBuffer b = ByteBuffer.allocate(n * Short.BYTES).order(ByteOrder.LITTLE_ENDIAN);
+        for (int i = 0; i < n; i++) {
+            int bits = random.nextInt(1 << 16);
+            if ((bits & exponentMask) == exponentMask && !chance(nonFinite)) {
+                bits &= ~0x4000; // a finite value with the top exponent bit cleared
+            }
+            b.putShort((short) bits);
+        }
+        return ByteString.copyFrom(b.array());
+    }
+
     ByteString floats(int n, double nonFinite) {
         ByteBuffer b = ByteBuffer.allocate(n * Float.BYTES).order(ByteOrder.LITTLE_ENDIAN);
         for (int i = 0; i < n; i++) {

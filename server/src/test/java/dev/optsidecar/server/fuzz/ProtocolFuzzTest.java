@@ -831,8 +831,9 @@ class ProtocolFuzzTest {
         /** Steps on one of this client's models: whole gradients, sometimes with a defect. */
         void plausibleSteps(String model, int[] numel) {
             RawStep s = RawStep.start(async);
+            int wire = v.chance(0.6) ? 0 : v.below(3);
             s.send(StepRequest.newBuilder().setOpen(StepOpen.newBuilder().setModel(model)
-                    .setClientId(v.chance(0.3) ? "" : "trainer-" + id)).build());
+                    .setClientId(v.chance(0.3) ? "" : "trainer-" + id).setWireDtypeValue(wire)).build());
             long stepId = 1 + v.below(3);
             for (int k = 1 + v.below(3); k > 0; k--, stepId += v.chance(0.9) ? 1 : -1) {
                 List<GradientChunk> chunks = new ArrayList<>();
@@ -846,7 +847,7 @@ class ProtocolFuzzTest {
                     for (int off = 0; off < numel[t]; ) {
                         int len = Math.min(numel[t] - off, 1 + v.below(numel[t]));
                         chunks.add(GradientChunk.newBuilder().setStepId(stepId).setTensor(t).setOffset(off)
-                                .setData(v.floats(len, 0.03)).build());
+                                .setData(v.elements(wire, len, 0.03)).build());
                         off += len;
                     }
                 }
@@ -915,7 +916,8 @@ class ProtocolFuzzTest {
                 int kind = i == 0 && v.chance(0.9) ? 0 : v.below(3);
                 switch (kind) {
                     case 0 -> s.send(StepRequest.newBuilder().setOpen(StepOpen.newBuilder().setModel(model)
-                            .setClientId(v.chance(0.5) ? "" : v.name("client"))).build());
+                            .setClientId(v.chance(0.5) ? "" : v.name("client"))
+                            .setWireDtypeValue(v.chance(0.5) ? 0 : v.wireDtype())).build());
                     case 1 -> s.send(StepRequest.newBuilder().setChunk(GradientChunk.newBuilder()
                             .setStepId(v.chance(0.7) ? stepId : v.anyLong())
                             .setTensor(v.chance(0.7) ? v.below(4) : v.anyInt())
@@ -949,7 +951,8 @@ class ProtocolFuzzTest {
         // ---- Reads, snapshots, restores, forks and exports
 
         void pull() {
-            PullRequest.Builder p = PullRequest.newBuilder().setModel(anyModel()).setView(v.view());
+            PullRequest.Builder p = PullRequest.newBuilder().setModel(anyModel()).setView(v.view())
+                    .setWireDtypeValue(v.chance(0.5) ? 0 : v.wireDtype());
             for (int i = v.chance(0.5) ? 0 : v.below(4); i > 0; i--) {
                 p.addTensors(v.chance(0.8) ? v.below(4) : v.anyInt());
             }

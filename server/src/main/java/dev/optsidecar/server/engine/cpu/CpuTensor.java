@@ -1,12 +1,15 @@
 package dev.optsidecar.server.engine.cpu;
 
 import dev.optsidecar.server.engine.EngineTensor;
+import dev.optsidecar.server.engine.HalfFloats;
 import dev.optsidecar.server.engine.Ingest;
+import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.engine.kernel.KernelCall;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.FloatBuffer;
+import java.nio.ShortBuffer;
 
 /**
  * A tensor stored as float[] blocks of {@code blockSize} elements (the last one shorter), so that
@@ -117,6 +120,69 @@ final class CpuTensor implements EngineTensor {
         return new Ingest(bad, bad >= 0 ? Double.NaN : sumOfSquares(into, offset, count));
     }
 
+    /**
+     * The 16-bit ingest: each element is widened, stored, and seen by the non-finite check and the
+     * sum of squares in one pass. The squares are summed in the float32 ingest's order (two
+     * interleaved sums per block piece), so a step over 16-bit gradients has the norm, to the bit,
+     * of one over the same values sent as float32.
+     */
+    private Ingest ingestWidening(float[][] into, long offset, ByteBuffer src, WireType wire) {
+        ShortBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer();
+        int count = in.remaining();
+        short[] bits = shortScratch(count);
+        in.get(bits, 0, count);
+        boolean bfloat16 = wire == WireType.BFLOAT16;
+        long[] first = {-1};
+        double[] sums = new double[2];
+        forEachSegment(offset, count, (b, from, to, done) -> {
+            float[] a = into[b];
+            int maxMagnitude = 0;
+            double s0 = 0;
+            double s1 = 0;
+            int k = done - from;
+            int i = from;
+            for (; i + 1 < to; i += 2) {
+                float v0 = bfloat16 ? HalfFloats.bfloat16ToFloat(bits[k + i]) : HalfFloats.float16ToFloat(bits[k + i]);
+                float v1 = bfloat16 ? HalfFloats.bfloat16ToFloat(bits[k + i + 1])
+                        : HalfFloats.float16ToFloat(bits[k + i + 1]);
+                a[i] = v0;
+                a[i + 1] = v1;
+                maxMagnitude = Math.max(maxMagnitude, Math.max(Float.floatToRawIntBits(v0) & 0x7fffffff,
+                        Float.floatToRawIntBits(v1) & 0x7fffffff));
+                s0 += (double) v0 * v0;
+                s1 += (double) v1 * v1;
+            }
+            if (i < to) {
+                float v = bfloat16 ? HalfFloats.bfloat16ToFloat(bits[k + i]) : HalfFloats.float16ToFloat(bits[k + i]);
+                a[i] = v;
+                maxMagnitude = Math.max(maxMagnitude, Float.floatToRawIntBits(v) & 0x7fffffff);
+                s0 += (double) v * v;
+            }
+            sums[0] += s0;
+            sums[1] += s1;
+            if (first[0] < 0 && maxMagnitude >= 0x7f800000) {
+                for (int j = from; j < to && first[0] < 0; j++) {
+                    if (!Float.isFinite(a[j])) {
+                        first[0] = ((long) b << blockShift) + j;
+                    }
+                }
+            }
+        });
+        return new Ingest(first[0], first[0] >= 0 ? Double.NaN : sums[0] + sums[1]);
+    }
+
+    /** Scratch for 16-bit elements, one per thread, grown to the largest chunk. */
+    private static final ThreadLocal<short[]> SHORT_SCRATCH = ThreadLocal.withInitial(() -> new short[0]);
+
+    private static short[] shortScratch(int count) {
+        short[] scratch = SHORT_SCRATCH.get();
+        if (scratch.length < count) {
+            scratch = new short[count];
+            SHORT_SCRATCH.set(scratch);
+        }
+        return scratch;
+    }
+
     @Override
     public synchronized int newGradientBuffer() {
         float[][][] buffers = gradientBuffers;
@@ -138,8 +204,9 @@ final class CpuTensor implements EngineTensor {
     }
 
     @Override
-    public Ingest writeGradient(int handle, long offset, ByteBuffer src) {
-        return ingest(gradientBuffers[handle], offset, src);
+    public Ingest writeGradient(int handle, long offset, ByteBuffer src, WireType wire) {
+        return wire == WireType.FLOAT32 ? ingest(gradientBuffers[handle], offset, src)
+                : ingestWidening(gradientBuffers[handle], offset, src, wire);
     }
 
     @Override
@@ -185,8 +252,8 @@ final class CpuTensor implements EngineTensor {
     }
 
     @Override
-    public void readParams(long offset, int count, ByteBuffer dst) {
-        copyOut(params, offset, count, dst);
+    public void readParams(long offset, int count, ByteBuffer dst, WireType wire) {
+        copyOut(params, offset, count, dst, wire);
     }
 
     @Override
@@ -195,15 +262,15 @@ final class CpuTensor implements EngineTensor {
     }
 
     @Override
-    public void readSlot(int slot, long offset, int count, ByteBuffer dst) {
-        copyOut(state[slot], offset, count, dst);
+    public void readSlot(int slot, long offset, int count, ByteBuffer dst, WireType wire) {
+        copyOut(state[slot], offset, count, dst, wire);
     }
 
     /** Scratch for computed views, one per reading thread, grown to the largest chunk read. */
     private static final ThreadLocal<float[]> VIEW_SCRATCH = ThreadLocal.withInitial(() -> new float[0]);
 
     @Override
-    public void readView(KernelCall call, long offset, int count, ByteBuffer dst) {
+    public void readView(KernelCall call, long offset, int count, ByteBuffer dst, WireType wire) {
         ViewLoop view = CpuKernels.view(call);
         float[] scratch = VIEW_SCRATCH.get();
         if (scratch.length < count) {
@@ -212,8 +279,14 @@ final class CpuTensor implements EngineTensor {
         }
         float[] out = scratch;
         forEachSegment(offset, count, (b, from, to, done) -> view.compute(params[b], slotsByBlock[b], from, to, out, done));
-        dst.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().put(scratch, 0, count);
-        dst.position(dst.position() + count * Float.BYTES);
+        if (wire == WireType.FLOAT32) {
+            dst.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().put(scratch, 0, count);
+            dst.position(dst.position() + count * Float.BYTES);
+            return;
+        }
+        short[] bits = shortScratch(count);
+        narrow(scratch, 0, count, bits, 0, wire);
+        putShorts(bits, count, dst);
     }
 
     @Override
@@ -255,6 +328,45 @@ final class CpuTensor implements EngineTensor {
         FloatBuffer out = dst.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
         forEachSegment(offset, count, (b, from, to, done) -> out.put(blocks[b], from, to - from));
         dst.position(dst.position() + count * Float.BYTES);
+    }
+
+    /** As {@link #copyOut(float[][], long, int, ByteBuffer)}, each value rounded to {@code wire} in the copy. */
+    private void copyOut(float[][] blocks, long offset, int count, ByteBuffer dst, WireType wire) {
+        if (wire == WireType.FLOAT32) {
+            copyOut(blocks, offset, count, dst);
+            return;
+        }
+        short[] bits = shortScratch(count);
+        forEachSegment(offset, count, (b, from, to, done) -> narrow(blocks[b], from, to, bits, done, wire));
+        putShorts(bits, count, dst);
+    }
+
+    /** Rounds {@code from[start, end)} into {@code to} from {@code at} on. */
+    private static void narrow(float[] from, int start, int end, short[] to, int at, WireType wire) {
+        if (wire == WireType.BFLOAT16) {
+            narrowToBfloat16(from, start, end, to, at);
+        } else {
+            narrowToFloat16(from, start, end, to, at);
+        }
+    }
+
+    private static void narrowToBfloat16(float[] from, int start, int end, short[] to, int at) {
+        int k = at - start;
+        for (int i = start; i < end; i++) {
+            to[k + i] = HalfFloats.floatToBfloat16(from[i]);
+        }
+    }
+
+    private static void narrowToFloat16(float[] from, int start, int end, short[] to, int at) {
+        int k = at - start;
+        for (int i = start; i < end; i++) {
+            to[k + i] = HalfFloats.floatToFloat16(from[i]);
+        }
+    }
+
+    private static void putShorts(short[] bits, int count, ByteBuffer dst) {
+        dst.slice().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().put(bits, 0, count);
+        dst.position(dst.position() + count * Short.BYTES);
     }
 
     /**
