@@ -127,7 +127,10 @@ class AddTensorsRefusalsTest {
         before.assertSame(FullState.of(f.client(), MODEL), "after a refused AddTensors");
         assertEquals(before.info().getState().getClientsList(), f.describe(MODEL).getState().getClientsList());
         assertEquals(0, f.server().registry().pendingRegistrations());
-        assertEquals(reserved, f.server().registry().reservedBytes(), "bytes held");
+        // A pull's copy of the weights (FullState) may be given back just after the reading above:
+        // no more than before is held, once that has happened.
+        SidecarFixture.awaitTrue("bytes held back to their level " + reserved,
+                () -> f.server().registry().reservedBytes() <= reserved);
     }
 
     private static void assertInvalid(String field, List<AddTensorsRequest> messages, String... fragments) {
