@@ -25,12 +25,17 @@ import dev.optsidecar.proto.v1.ListSnapshotsResponse;
 import dev.optsidecar.proto.v1.RestoreRequest;
 import dev.optsidecar.proto.v1.SnapshotInfo;
 import dev.optsidecar.proto.v1.SnapshotRequest;
+import dev.optsidecar.proto.v1.ServerInfoRequest;
+import dev.optsidecar.proto.v1.ServerInfoResponse;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelLoader;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.ViewReader;
+import dev.optsidecar.server.shm.MappedSegment;
+import dev.optsidecar.server.shm.SegmentTransfer;
+import dev.optsidecar.server.shm.SharedMemory;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 
@@ -48,11 +53,32 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     /** The server's threads for what follows a sync step's completion, and for detaching trainers. */
     private final Executor completions;
 
+    /** The directory clients' shared segments are mapped from; off unless --shm-dir. */
+    private final SharedMemory sharedMemory;
+
     public OptimizerService(ModelRegistry registry, Persistence persistence, Executor completions) {
+        this(registry, persistence, completions, SharedMemory.off());
+    }
+
+    public OptimizerService(ModelRegistry registry, Persistence persistence, Executor completions,
+                            SharedMemory sharedMemory) {
         this.registry = registry;
         this.persistence = persistence;
         this.completions = completions;
+        this.sharedMemory = sharedMemory;
     }
+
+    @Override
+    public void serverInfo(ServerInfoRequest request, StreamObserver<ServerInfoResponse> out) {
+        unary(out, () -> ServerInfoResponse.newBuilder()
+                .setVersion(VERSION)
+                .setShmDir(sharedMemory.enabled() ? sharedMemory.dir().toString() : "")
+                .setEngine("cpu")
+                .build());
+    }
+
+    /** The server's release, as --version gives it. */
+    static final String VERSION = "0.1.0";
 
     @Override
     public StreamObserver<RegisterRequest> register(StreamObserver<ModelInfo> out) {
@@ -72,7 +98,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     @Override
     public StreamObserver<StepRequest> step(StreamObserver<StepResponse> out) {
-        StepCall call = new StepCall(registry, (ServerCallStreamObserver<StepResponse>) out, openSteps::remove,
+        StepCall call = new StepCall(registry, sharedMemory, (ServerCallStreamObserver<StepResponse>) out,
+                openSteps::remove,
                 completions);
         openSteps.add(call);
         return call;
@@ -86,6 +113,10 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     @Override
     public void pull(PullRequest request, StreamObserver<WeightsChunk> responses) {
         ServerCallStreamObserver<WeightsChunk> out = (ServerCallStreamObserver<WeightsChunk>) responses;
+        if (request.hasShared()) {
+            unary(out, () -> pullIntoSegment(request));
+            return;
+        }
         ViewReader reader;
         try {
             Model model = registry.get(request.getModel(), "model");
@@ -107,6 +138,17 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
             }
         });
         sender.drain();
+    }
+
+    /** Writes the view into the request's segment; the answer is one chunk without data, naming view and version. */
+    private WeightsChunk pullIntoSegment(PullRequest request) {
+        Model model = registry.get(request.getModel(), "model");
+        Model.ResolvedView view = model.resolveView(request.getView(), "view", false);
+        try (MappedSegment segment = sharedMemory.map(request.getShared(), model.tensorNumels(), "shared")) {
+            ViewReader reader = model.read(view, request.getTensorsList(), "tensors");
+            long version = SegmentTransfer.writeView(reader, segment);
+            return WeightsChunk.newBuilder().setView(reader.view()).setVersion(version).build();
+        }
     }
 
     @Override
