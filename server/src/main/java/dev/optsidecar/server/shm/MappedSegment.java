@@ -21,8 +21,8 @@ import java.util.Set;
  * uses. The client owns the file and may shrink, replace or delete it at any moment, so every
  * access first checks that the path still names the file mapped and that it is still large
  * enough, and a fault while copying (a mapped page that vanished, which the JVM reports as an
- * InternalError, possibly only at a later native call) becomes that client's FAILED_PRECONDITION,
- * SHARED_MEMORY_FAULT: each copy ends with a native call (the size check) inside the same try. Accesses and
+ * InternalError, raised only at the thread's next native call) becomes that client's
+ * FAILED_PRECONDITION, SHARED_MEMORY_FAULT: each copy ends with a native call inside the same try. Accesses and
  * {@link #close} are serialized, so the mapping is never released under a copy.
  */
 public final class MappedSegment implements AutoCloseable {
@@ -160,7 +160,8 @@ public final class MappedSegment implements AutoCloseable {
                 src.position(src.position() + n);
                 position += n;
             }
-            checkSize(); // a native call: delivers a fault the copy left pending, inside this try
+            deliverPendingFault();
+            checkSize();
         } catch (InternalError e) {
             throw fault("faulted while the server wrote it (was it truncated?)");
         }
@@ -178,10 +179,20 @@ public final class MappedSegment implements AutoCloseable {
                 dst.position(dst.position() + n);
                 position += n;
             }
-            checkSize(); // a native call: delivers a fault the copy left pending, inside this try
+            deliverPendingFault();
+            checkSize();
         } catch (InternalError e) {
             throw fault("faulted while the server read it (was it truncated?)");
         }
+    }
+
+    /**
+     * The JVM raises a fault in a copy from or to a mapping (the InternalError for a SIGBUS) only
+     * at the thread's next native call. This one changes nothing, so the fault surfaces here,
+     * inside the caller's try, and never inside a JDK method with state to keep (FileChannel.size).
+     */
+    private void deliverPendingFault() {
+        Thread.holdsLock(this);
     }
 
     private void checkSize() {

@@ -1,7 +1,6 @@
 package dev.optsidecar.server.shm;
 
 import dev.optsidecar.server.OptError;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import java.nio.ByteBuffer;
@@ -15,8 +14,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class MappedSegmentTest {
     private static final int FLOATS = 16 << 20;
 
-    @Test
-    void truncationUnderACopyBecomesASharedMemoryFault(@TempDir Path dir) throws Exception {
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(booleans = {false, true})
+    void truncationUnderACopyBecomesASharedMemoryFault(boolean writing, @TempDir Path dir) throws Exception {
         int pageFaults = 0;
         for (int trial = 0; trial < 8; trial++) {
             String name = "optsidecar-race-" + trial;
@@ -37,7 +37,11 @@ class MappedSegmentTest {
                         while (true) { // reads until the truncation stops it
                             for (long at = 0; at < FLOATS; at += slice.capacity() / 4) {
                                 slice.clear();
-                                segment.readGradient(0, at, slice);
+                                if (writing) {
+                                    segment.writeWeights(0, at, slice);
+                                } else {
+                                    segment.readGradient(0, at, slice);
+                                }
                             }
                         }
                     });

@@ -146,6 +146,38 @@ class SharedMemoryStepTest {
     }
 
     @Test
+    void javaTrainerThroughSharedMemoryMatchesChunks() throws IOException {
+        String viaChunks = register();
+        String viaSegment = register();
+        java.nio.file.Path created;
+        try (dev.optsidecar.client.Trainer chunks = f.client().trainer(viaChunks, "chunks");
+             dev.optsidecar.client.Trainer shared = f.client().trainer(viaSegment, "shared").useSharedMemory(dir)) {
+            try (var files = Files.list(dir)) {
+                created = files.filter(p -> p.getFileName().toString().startsWith("optsidecar-")
+                        && p.getFileName().toString().length() == "optsidecar-".length() + 32).findFirst().orElseThrow();
+            }
+            assertEquals(java.util.Set.of(java.nio.file.attribute.PosixFilePermission.OWNER_READ,
+                    java.nio.file.attribute.PosixFilePermission.OWNER_WRITE), Files.getPosixFilePermissions(created));
+            for (int k = 1; k <= 3; k++) {
+                float[][] expected = StandardModel.zeros();
+                float[][] actual = StandardModel.zeros();
+                float[][] g = grads(k);
+                List<dev.optsidecar.client.TensorData> some = new ArrayList<>(tensors(g));
+                if (k == 2) {
+                    some.set(1, null); // a tensor without a gradient this step
+                }
+                chunks.step(some, tensors(expected));
+                StepResult r = shared.step(some, tensors(actual));
+                assertTrue(r.getWeightsInSegment());
+                assertEquals(k, r.getWeightsVersion());
+                assertBitsEqual(expected, actual, "weights of step " + k);
+            }
+        }
+        assertFalse(Files.exists(created), "the trainer's segment outlived it");
+        assertBitsEqual(f.pull(viaChunks), f.pull(viaSegment), "pulled weights");
+    }
+
+    @Test
     void pullWritesTheViewIntoTheSegment() throws IOException {
         String model = register();
         f.step(model, grads(1), StandardModel.zeros());
