@@ -303,3 +303,41 @@ def test_the_segment_is_removed_on_close_and_on_garbage_collection(shm_server):
     del segment
     gc.collect()
     assert not os.path.exists(path)
+
+
+def test_added_parameters_and_a_loaded_state_dict_get_a_new_segment(shm_server):
+    """add_param_group and load_state_dict rebuild the model: the parameters move to a segment laid
+    out for the new tensors, and training goes on exactly as over gRPC."""
+    runs = {}
+    for transport in ("shm", "grpc"):
+        model = make_mlp(13)
+        head = list(model[2].parameters())
+        for p in head:
+            p.requires_grad_(False)
+        opt = RemoteOptimizer(list(model[0].parameters()), target=shm_server.target, algorithm="AdamW", lr=1e-2,
+                              transport=transport)
+        try:
+            first_segment = opt._segment.path if transport == "shm" else None
+            for t in range(3):
+                train_step(model, opt, t)
+            for p in head:
+                p.requires_grad_(True)
+            opt.add_param_group({"params": head, "lr": 1e-3})
+            if transport == "shm":
+                assert opt._segment.path != first_segment and not os.path.exists(first_segment)
+                start, end = segment_range(opt)
+                assert all(start <= p.data_ptr() < end for p in model.parameters())
+            for t in range(3, 6):
+                train_step(model, opt, t)
+            saved = opt.state_dict()
+            for t in range(6, 8):
+                train_step(model, opt, t)
+            opt.load_state_dict(saved)
+            for t in range(6, 8):
+                train_step(model, opt, t)
+            assert opt.transport == transport and opt.version == 8
+        finally:
+            opt.close()
+        runs[transport] = params_of(model)
+    assert_bits_equal(runs["shm"], runs["grpc"], "after add_param_group and load_state_dict")
+    assert os.listdir(shm_server.shm_dir) == []
