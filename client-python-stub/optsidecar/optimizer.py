@@ -158,6 +158,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
             auto-named model, False for a named one. With ``attach=True`` the optimizer renews the
             lease of an ephemeral model it attaches to but never deletes it.
         lease_seconds (int): the lease's grace period (default 60).
+        transport (str): ``"auto"`` (default): shared memory when the server offers it
+            (``--shm-dir``) and this process sees its directory, else gRPC chunks; ``"shm"``
+            (raise ``FailedPrecondition`` when it cannot be used) or ``"grpc"``. :attr:`transport`
+            says which was chosen, the ``optsidecar`` logger why. Over shared memory the
+            parameters and their ``.grad`` are views of the segment (see :mod:`optsidecar.shared_params`).
+        shm_dir (str, optional): the server's shared-memory directory as this process sees it
+            (default: the ``OPTSIDECAR_SHM_DIR`` environment variable, else the server's path).
         **hyperparameters: the algorithm's arguments under torch's and schedule_free's names
             (``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``warmup_steps``, ...);
             missing ones take the reference defaults.
