@@ -49,6 +49,7 @@ import grpc
 from . import wire
 from .buffers import WIRE_DTYPES, Destination, as_destination, check_wire_dtype, chunks, numel_of, source_array
 from .errors import ProtocolError, ServerUnavailable, error_details, from_rpc_error
+from .shm import Segment, same_memory
 from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, Weights
 from .spec import make_schedule, to_struct
 from .v1 import optimizer_pb2 as pb
@@ -143,6 +144,11 @@ class Client:
             response_deserializer=wire.parse_step_response)
 
     # -- unary calls ---------------------------------------------------------------------------
+
+    def server_info(self) -> pb.ServerInfoResponse:
+        """The server's version, engine and shared-memory directory (``shm_dir``, empty when it
+        offers none)."""
+        return self._unary(self._stub.ServerInfo, pb.ServerInfoRequest(), "read the server's info")
 
     def describe(self, model: str) -> pb.ModelInfo:
         """The model's tensors (with their state slots), groups with effective hyperparameters and
@@ -383,7 +389,8 @@ class Client:
     # -- pull ----------------------------------------------------------------------------------
 
     def pull(self, model: str, view: ViewLike, out: Sequence[Any],
-             tensors: Optional[Sequence[int]] = None, *, wire_dtype: str = "float32") -> Weights:
+             tensors: Optional[Sequence[int]] = None, *, wire_dtype: str = "float32",
+             segment: Optional[Segment] = None) -> Weights:
         """Pulls a view's weights into preallocated tensors or arrays, one per model tensor.
 
         Args:
@@ -397,14 +404,29 @@ class Client:
             wire_dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: the server sends
                 the values rounded to it (nearest even), half the bytes; they are widened into
                 ``out``.
+            segment: a shared-memory :class:`~optsidecar.shm.Segment` for the model: the server
+                writes the view into its weights regions, and from there it is copied into ``out``
+                (nothing is copied for a destination that is the region itself).
 
         Returns:
             the view (as the server labels it) and the model version the weights belong to.
         """
         request = pb.PullRequest(model=model, view=make_view(view), tensors=list(tensors or []),
                                  wire_dtype=WIRE_DTYPES[check_wire_dtype(wire_dtype)])
-        sink = _Sink([None if t is None else as_destination(t) for t in out], wire_dtype)
         action = f"pull view {view_name(request.view)} of model {model!r}"
+        if segment is not None:
+            request.shared.CopyFrom(segment.message())
+            request.wire_dtype = pb.WIRE_FLOAT32  # the segment holds float32
+            try:
+                replies = list(self._pull(request))
+            except grpc.RpcError as e:
+                raise from_rpc_error(e, action, self.target) from None
+            if len(replies) != 1 or replies[0].data.nbytes:
+                raise ProtocolError(f"{action}: expected one chunk without data for a pull into shared memory")
+            copy_from_segment(segment, [None if t is None else as_destination(t) for t in out],
+                              list(tensors or range(len(out))))
+            return Weights(replies[0].view, replies[0].version)
+        sink = _Sink([None if t is None else as_destination(t) for t in out], wire_dtype)
         try:
             for chunk in self._pull(request):
                 sink.accept(chunk)
@@ -488,6 +510,26 @@ def _numel(tensor: pb.TensorSpec) -> int:
     for d in tensor.shape:
         n *= d
     return n
+
+
+def copy_from_segment(segment: Segment, destinations: Sequence[Optional[Destination]], indices: Iterable[int]) -> None:
+    """Copies the weights regions of ``indices`` into their destinations (skipping a destination
+    that is the region itself)."""
+    for i in indices:
+        d = destinations[i]
+        if d is None:
+            continue
+        region = segment.weights(i)
+        if not same_memory(d.array, region):
+            d.array[:] = region
+        d.commit()
+
+
+def copy_into_segment(value: Any, region: Any) -> None:
+    """Copies a tensor or array into a segment region, unless it is that region."""
+    source = source_array(value)
+    if not same_memory(source, region):
+        region[:] = source
 
 
 class _Sink:
@@ -654,7 +696,8 @@ class StepStream:
 
     def __init__(self, client: Client, model: str, client_id: str, numels: Sequence[int], *,
                  next_step_id: int = 1, retry_for: float = DEFAULT_RETRY_SECONDS,
-                 base_version: Optional[int] = None, wire_dtype: str = "float32"):
+                 base_version: Optional[int] = None, wire_dtype: str = "float32",
+                 segment: Optional[Segment] = None):
         if retry_for < 0:
             raise ValueError(f"retry_for must be 0 or more seconds, not {retry_for}")
         self.client = client
@@ -672,6 +715,10 @@ class StepStream:
         #: The version of the weights the next gradient is computed at, sent with each step (None:
         #: none is sent). Steps that return the train view set it; set it after pulling weights.
         self.base_version = base_version
+        #: The shared-memory segment the stream's data goes through (None: chunks): gradients
+        #: (or weights to set) are copied into it unless they are its regions already, and the
+        #: returned view is copied out of it unless the destinations are its regions.
+        self.segment = segment
         self._live: Optional[_LiveStream] = None
         self._failed = False
         #: True after a step failed while its weights were arriving: the destinations may hold a
@@ -809,6 +856,8 @@ class StepStream:
         # A new sink per attempt: a retry receives every value again, into the same destinations.
         sink = _Sink(destinations, self.wire_dtype) if destinations is not None else None
         live = self._open()
+        if self.segment is not None:
+            return self._attempt_shared(live, step_id, grads, commit, destinations, action)
         try:
             for index, g in enumerate(grads):
                 if g is not None:
@@ -842,6 +891,38 @@ class StepStream:
             self._drop(live)
             raise
 
+    def _attempt_shared(self, live: _LiveStream, step_id: int, grads: Sequence[Any], commit: pb.StepCommit,
+                        destinations: Optional[List[Destination]], action: str) -> StepFigures:
+        """Sends the step once through the segment: only the commit travels on the stream."""
+        segment = self.segment
+        region = segment.weights if commit.kind == pb.STEP_SET_WEIGHTS else segment.gradient
+        try:
+            for index, g in enumerate(grads):
+                if g is not None:
+                    copy_into_segment(g, region(index))
+            live.send(pb.StepRequest(commit=commit))
+            reply = live.receive()
+            if isinstance(reply, wire.ReceivedChunk):
+                raise ProtocolError(f"{action}: server streamed weights on a shared-memory stream")
+            if reply.step_id != step_id:
+                raise ProtocolError(f"{action}: server answered step {reply.step_id}")
+            weights_version = None
+            if destinations is not None:
+                if not reply.weights_in_segment:
+                    raise ProtocolError(f"{action}: the server did not write the weights into the segment")
+                self.partial_weights = True
+                copy_from_segment(segment, destinations, range(len(destinations)))
+                weights_version = reply.weights_version
+            self.partial_weights = False
+            self._failed = False
+            return StepFigures.from_proto(reply, weights_version)
+        except grpc.RpcError as e:
+            self._drop(live)
+            raise from_rpc_error(e, action, self.client.target) from None
+        except BaseException:
+            self._drop(live)
+            raise
+
     def _open(self) -> _LiveStream:
         if self._live is not None and not self._live.broken and self._live.call.done():
             # The server ended the stream between steps (an idle stream past its timeout, a
@@ -852,8 +933,11 @@ class StepStream:
                 # The model's tensors changed: a step with a gradient per old tensor no longer fits.
                 raise from_rpc_error(ended.call, f"step stream of model {self.model!r}", self.client.target)
         if self._live is None or self._live.broken:
-            request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id,
-                                                      wire_dtype=WIRE_DTYPES[self.wire_dtype]))
+            request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
+            if self.segment is not None:  # a segment holds float32: the wire type is the chunks'
+                request.open.shared.CopyFrom(self.segment.message())
+            else:
+                request.open.wire_dtype = WIRE_DTYPES[self.wire_dtype]
             self._live = _LiveStream(self.client._step, request)
             # A StepStream dropped without close() must not leave its call (and grpc's sending
             # thread, waiting for requests) behind.

@@ -24,11 +24,14 @@ from .buffers import Destination, check_wire_dtype
 from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
 from .edits import ParameterEdits, WeightsPush
-from .errors import AlreadyExists, InvalidArgument, ModelChanged, NotFound, OptSidecarError, StaleGradient
+from .errors import (AlreadyExists, FailedPrecondition, InvalidArgument, ModelChanged, NotFound, OptSidecarError,
+                     StaleGradient)
 from .live_hyperparameters import LiveHyperparameters, normalized
 from .param_groups import add_group, parse_new_group
 from .param_state import ParameterState
 from .params import ParsedGroup, parse_params
+from .shared_params import SharedParameters
+from .shm import SHM_DIR_ENVIRONMENT_VARIABLE, Segment, usable_directory
 from .results import CoordinationStatus, StepFigures, VersionContributions
 from .spec import from_struct, model_spec, optimizer_config, tensor_groups
 from .torch_format import client_side_entries, from_reference_state_dict, group_entries, reference, tensor_state
@@ -37,6 +40,9 @@ from .v1 import optimizer_pb2 as pb
 __all__ = ["RemoteOptimizer"]
 
 _LOG = logging.getLogger("optsidecar")
+#: How gradients and weights may travel: ``auto`` takes shared memory when the server and this
+#: process both can, else gRPC chunks.
+_TRANSPORTS = ("auto", "shm", "grpc")
 
 #: The format of a state dict's ``"optsidecar"`` entry. 3: torch's format with that entry holding
 #: the server's extras (a dict). Still loaded, with ``spec``, ``weights`` and ``slots`` at the top
@@ -152,12 +158,20 @@ class RemoteOptimizer(torch.optim.Optimizer):
             auto-named model, False for a named one. With ``attach=True`` the optimizer renews the
             lease of an ephemeral model it attaches to but never deletes it.
         lease_seconds (int): the lease's grace period (default 60).
+        transport (str): ``"auto"`` (default): shared memory when the server offers it
+            (``--shm-dir``) and this process sees its directory, else gRPC chunks; ``"shm"``
+            (raise ``FailedPrecondition`` when it cannot be used) or ``"grpc"``. :attr:`transport`
+            says which was chosen, the ``optsidecar`` logger why. Over shared memory the
+            parameters and their ``.grad`` are views of the segment (see :mod:`optsidecar.shared_params`).
+        shm_dir (str, optional): the server's shared-memory directory as this process sees it
+            (default: the ``OPTSIDECAR_SHM_DIR`` environment variable, else the server's path).
         wire_dtype (str): ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: gradients go
             to the server, and the weights come back into the parameters, rounded to this type
             (nearest even), half the bytes each way; the server keeps float32 weights and
             optimizer state, as mixed-precision training keeps float32 master weights. The
             parameters then hold the server's weights rounded to the type. State dicts and
-            checkpoints stay float32. With float16 a gradient past ±65504 is non-finite.
+            checkpoints stay float32. With float16 a gradient past ±65504 is non-finite. It applies
+            to gRPC chunks: over shared memory values stay float32 and nothing is rounded.
         **hyperparameters: the algorithm's arguments under torch's and schedule_free's names
             (``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``warmup_steps``, ...);
             missing ones take the reference defaults.
@@ -246,12 +260,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  report_update_norm: bool = False, non_finite: Optional[str] = None,
                  client: Optional[Client] = None, retry_for: float = DEFAULT_RETRY_SECONDS,
                  coordination: Any = None, ephemeral: Optional[bool] = None,
-                 lease_seconds: int = DEFAULT_LEASE_SECONDS, wire_dtype: str = "float32", **hyperparameters: Any):
+                 lease_seconds: int = DEFAULT_LEASE_SECONDS, wire_dtype: str = "float32", transport: str = "auto",
+                 shm_dir: Optional[str] = None, **hyperparameters: Any):
         if isinstance(lr, str) or positional:
             given = f"{lr!r}" + "".join(f", {a!r}" for a in positional)
             raise TypeError(f"RemoteOptimizer(params, lr, *, target=..., algorithm=..., model=..., client_id=..., "
                             f"...) takes only params and lr positionally; target is keyword-only now: pass "
                             f"target='host:port' (and algorithm=...) by keyword (got {given} after params)")
+        if transport not in _TRANSPORTS:
+            raise ValueError(f"transport must be one of {list(_TRANSPORTS)}, not {transport!r}")
         if lr is not None:
             hyperparameters["lr"] = lr
         check_wire_dtype(wire_dtype)
@@ -327,6 +344,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                   next_step_id=next_step_id(info, self.client_id), retry_for=retry_for,
                                   wire_dtype=wire_dtype)
         self._init_edits()
+        self._segment: Optional[Segment] = None
+        self._shared: Optional[SharedParameters] = None
+        #: ``"shm"`` or ``"grpc"``: how this optimizer's gradients and weights travel.
+        self.transport = self._choose_transport(transport, shm_dir)
         if attach:
             self._pull_into_params("train")
             attached_lease = self.client.renew_lease(self.model)
@@ -335,6 +356,63 @@ class RemoteOptimizer(torch.optim.Optimizer):
         elif self.lease_seconds:
             self._lease = _LeaseKeeper(self.client, self.model, self.lease_seconds)
             _EPHEMERAL_OPTIMIZERS.add(self)
+
+    # -- transport -----------------------------------------------------------------------------
+
+    def _choose_transport(self, transport: str, shm_dir: Optional[str]) -> str:
+        """Sets up shared memory when asked (``"shm"``) or possible (``"auto"``), else chunks over
+        gRPC; logs which and why."""
+        if transport == "grpc":
+            _LOG.info("model %r: grpc transport (asked for)", self.model)
+            return "grpc"
+        why_not = SharedParameters.supported(self._params)
+        directory = None
+        if why_not is None:
+            try:
+                server_dir = self.client.server_info().shm_dir
+            except OptSidecarError as e:
+                server_dir, why_not = "", f"the server does not say whether it offers shared memory ({e})"
+            if why_not is None and not server_dir and not shm_dir:
+                why_not = "the server offers no shared memory (started without --shm-dir)"
+            elif why_not is None:
+                directory = usable_directory(server_dir, shm_dir)
+                if directory is None:
+                    why_not = (f"the shared-memory directory {shm_dir or os.environ.get(SHM_DIR_ENVIRONMENT_VARIABLE) or server_dir!r} "
+                               f"is not a directory here (set {SHM_DIR_ENVIRONMENT_VARIABLE} or shm_dir= to its path in this "
+                               f"container)")
+        segment = None
+        if why_not is None:
+            try:
+                segment = Segment(directory, [p.numel() for p in self._params])
+            except OSError as e:
+                why_not = f"cannot create a segment in {directory!r}: {e}"
+        if segment is not None:
+            try:
+                # The server maps it and writes the train view there: proof that it sees the file.
+                self.client.pull(self.model, "train", [None] * len(self._params), segment=segment)
+            except FailedPrecondition as e:
+                if e.reason != "SHARED_MEMORY_UNAVAILABLE":
+                    segment.remove()
+                    raise
+                why_not = f"the server cannot map the segment: {e.details}"
+                segment.remove()
+        if why_not is not None:
+            if transport == "shm":
+                raise FailedPrecondition(f"transport='shm' for model {self.model!r}: {why_not}",
+                                         reason="SHARED_MEMORY_UNAVAILABLE")
+            _LOG.info("model %r: grpc transport (%s)", self.model, why_not)
+            return "grpc"
+        self._bind_segment(segment)
+        self._edits.record()
+        _LOG.info("model %r: shm transport (segment %s in %s)", self.model, segment.name, directory)
+        return "shm"
+
+    def _bind_segment(self, segment: Segment) -> None:
+        """Moves the parameters and their gradients into ``segment`` and steps through it."""
+        self._segment = segment
+        self._shared = SharedParameters(segment, self._params)
+        self._shared.bind()
+        self._stream.segment = segment
 
     # -- groups and hyperparameters ------------------------------------------------------------
 
@@ -470,8 +548,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         grads = []
-        for name, p in zip(self._names, self._params):
-            g = p.grad
+        if self._shared is not None:
+            self._shared.rebind()  # a .data replaced by another tensor: into the segment (an edit)
+        shared_grads = self._shared.gradients() if self._shared is not None else None
+        for index, (name, p) in enumerate(zip(self._names, self._params)):
+            g = p.grad if shared_grads is None else shared_grads[index]
             if g is not None:
                 if g.is_sparse:
                     raise InvalidArgument(f"gradient of {name!r} is sparse; RemoteOptimizer needs dense gradients")
@@ -550,7 +631,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
                    len(changed), weights_view, figures.step_id, figures.version, ", ".join(self.last_push.tensors))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Resets the gradients of all parameters (to None by default, as torch 2.x does)."""
+        """Resets the gradients of all parameters (to None by default, as torch 2.x does). Over
+        shared memory the gradients stay views of the segment, zeroed in place; one not written
+        before the next step counts as None, as with torch."""
+        if self._shared is not None:
+            self._shared.zero_grad(set_to_none=set_to_none)
+            return
         super().zero_grad(set_to_none=set_to_none)
 
     def _destinations(self) -> List[Destination]:
@@ -635,7 +721,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _pull_into_params(self, view: str) -> None:
         try:
-            weights = self.client.pull(self.model, view, self._destinations(), wire_dtype=self.wire_dtype)
+            weights = self.client.pull(self.model, view, self._destinations(), wire_dtype=self.wire_dtype,
+                                       segment=self._segment)
         finally:
             self._edits.record()  # what arrived is the server's, even if the pull broke off
         self.version = weights.version
@@ -810,6 +897,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in info.tensors],
                                   next_step_id=max(old.next_step_id, next_step_id(info, self.client_id)),
                                   retry_for=old.retry_for, wire_dtype=old.wire_dtype)
+        if self._segment is not None:
+            # The tensors changed: a segment laid out for them; the parameters keep their values.
+            pending = set(self._edits.changed())
+            old_segment = self._segment
+            self._bind_segment(Segment(os.path.dirname(old_segment.path), [p.numel() for p in self._params]))
+            old_segment.remove()
+            self._edits.record([i for i in range(len(self._params)) if i not in pending])
 
     @property
     def wire_dtype(self) -> str:
@@ -938,6 +1032,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if self._lease is not None:
             self._lease.stop()
         self._stream.close()
+        if self._segment is not None:
+            self._segment.remove()  # the parameters keep the mapping until they are gone
         try:
             if self.lease_seconds:
                 try:

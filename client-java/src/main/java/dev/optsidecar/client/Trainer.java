@@ -43,6 +43,8 @@ public final class Trainer implements AutoCloseable {
     private long baseVersion;
     private java.time.Duration retryFor = java.time.Duration.ofSeconds(60);
     private WireDtype wireDtype = WireDtype.WIRE_FLOAT32;
+    /** The shared-memory segment steps go through, or null for chunks. */
+    private ClientSegment segment;
 
     Trainer(OptSidecarClient client, String model, String clientId, ModelInfo info) {
         this.client = client;
@@ -268,6 +270,13 @@ public final class Trainer implements AutoCloseable {
      */
     private void learnAddedTensors(StepCommit.Builder commit, List<Integer> noGrad, int given) {
         sizes = sizesOf(client.describe(model));
+        if (segment != null) {
+            try {
+                useSharedMemory(segment.path.getParent()); // laid out for the new tensors
+            } catch (java.io.IOException e) {
+                throw new java.io.UncheckedIOException(e);
+            }
+        }
         commit.clearNoGrad().addAllNoGrad(noGrad);
         for (int i = given; i < sizes.size(); i++) {
             commit.addNoGrad(i);
@@ -333,6 +342,24 @@ public final class Trainer implements AutoCloseable {
         return this;
     }
 
+    /**
+     * Moves this trainer's gradients and weights through a shared-memory segment created in
+     * {@code shmDir} (the server's --shm-dir as this process sees it; ServerInfo reports the
+     * server's path) instead of chunks: each step copies its gradients into the segment and the
+     * weights out of it, and only control messages travel over gRPC. The server refuses a segment
+     * it cannot map at the next step with FAILED_PRECONDITION, SHARED_MEMORY_UNAVAILABLE. The
+     * segment is removed when the trainer is closed.
+     */
+    public Trainer useSharedMemory(java.nio.file.Path shmDir) throws java.io.IOException {
+        ClientSegment created = new ClientSegment(shmDir, sizes);
+        if (segment != null) {
+            segment.close();
+        }
+        segment = created;
+        stream = null; // the next step opens a stream that names the segment
+        return this;
+    }
+
     /** How long a step keeps being retried while the server is unreachable (default 60 s; zero: never). */
     public Trainer retryFor(java.time.Duration duration) {
         this.retryFor = duration;
@@ -352,6 +379,9 @@ public final class Trainer implements AutoCloseable {
     private StepResult attempt(long stepId, StepCommit.Builder commit, List<TensorData> present,
                                List<Integer> presentIndex, List<? extends TensorData> weightsOut) {
         Stream s = openStream();
+        if (segment != null) {
+            return attemptShared(s, commit, present, presentIndex, weightsOut);
+        }
         PendingStep pending = new PendingStep(weightsOut != null ? new WeightsSink(weightsOut, s.wire) : null);
         s.pending = pending;
         try {
@@ -372,12 +402,39 @@ public final class Trainer implements AutoCloseable {
         }
     }
 
+    /** One attempt through the segment: the data is copied in, only the commit is sent. */
+    private StepResult attemptShared(Stream s, StepCommit.Builder commit, List<TensorData> present,
+                                     List<Integer> presentIndex, List<? extends TensorData> weightsOut) {
+        PendingStep pending = new PendingStep(null);
+        s.pending = pending;
+        try {
+            boolean setsWeights = commit.getKind() == StepKind.STEP_SET_WEIGHTS;
+            for (int k = 0; k < present.size(); k++) {
+                segment.put(presentIndex.get(k), present.get(k), setsWeights);
+            }
+            s.requests.onNext(StepRequest.newBuilder().setCommit(commit).build());
+            StepResult result = OptSidecarClient.await(pending.result);
+            if (weightsOut != null && result.getWeightsInSegment()) {
+                for (int i = 0; i < weightsOut.size(); i++) {
+                    segment.get(i, weightsOut.get(i));
+                }
+            }
+            return result;
+        } catch (RuntimeException e) {
+            stream = null;
+            s.cancel(e);
+            throw e;
+        }
+    }
+
     private Stream openStream() {
         if (stream == null || stream.failed) {
             stream = new Stream();
-            stream.requests.onNext(StepRequest.newBuilder()
-                    .setOpen(StepOpen.newBuilder().setModel(model).setClientId(clientId).setWireDtype(stream.wire))
-                    .build());
+            StepOpen.Builder open = StepOpen.newBuilder().setModel(model).setClientId(clientId).setWireDtype(stream.wire);
+            if (segment != null) {
+                open.setShared(segment.message);
+            }
+            stream.requests.onNext(StepRequest.newBuilder().setOpen(open).build());
         }
         return stream;
     }
@@ -387,6 +444,10 @@ public final class Trainer implements AutoCloseable {
         if (stream != null) {
             stream.requests.onCompleted();
             stream = null;
+        }
+        if (segment != null) {
+            segment.close();
+            segment = null;
         }
     }
 

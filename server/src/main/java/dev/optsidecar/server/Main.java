@@ -110,6 +110,11 @@ public final class Main implements Callable<Integer> {
                     + " (default: ${DEFAULT-VALUE}; 0: never).")
     long idleStreamTimeout;
 
+    @Option(names = "--shm-dir", paramLabel = "DIR",
+            description = "Map co-located clients' shared-memory segments from this directory (e.g. /dev/shm);"
+                    + " off by default.")
+    java.nio.file.Path shmDir;
+
     public static void main(String[] args) {
         System.setProperty("optsidecar.cpus", String.valueOf(Runtime.getRuntime().availableProcessors()));
         System.exit(commandLine().execute(args));
@@ -170,7 +175,8 @@ public final class Main implements Callable<Integer> {
         validate();
         SocketServer server = SocketServer.start(listenAddresses(),
                 threads == null ? defaultThreads() : threads,
-                memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore, limits());
+                memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore, limits(),
+                sharedMemory());
         Runtime.getRuntime().addShutdownHook(new Thread(server::close, "optsidecar-shutdown"));
         server.server().awaitTermination();
         return 0;
@@ -258,6 +264,21 @@ public final class Main implements Callable<Integer> {
         return new dev.optsidecar.server.model.Limits(maxClientIdBytes, maxTensorsPerModel, maxTrainersPerModel,
                 maxPendingRegistrations, maxLedgerEntries, historyVersions, historyBytes,
                 java.time.Duration.ofSeconds(idleStreamTimeout));
+    }
+
+    /** Where clients' segments are mapped from; off without --shm-dir. */
+    dev.optsidecar.server.shm.SharedMemory sharedMemory() {
+        if (shmDir == null) {
+            return dev.optsidecar.server.shm.SharedMemory.off();
+        }
+        if (!java.nio.file.Files.isDirectory(shmDir)) {
+            throw usage("--shm-dir " + shmDir + " is not a directory");
+        }
+        try {
+            return dev.optsidecar.server.shm.SharedMemory.in(shmDir);
+        } catch (java.io.IOException e) {
+            throw usage("--shm-dir " + shmDir + ": " + describe(e));
+        }
     }
 
     /** The durability options, or null when the server keeps no state directory. */

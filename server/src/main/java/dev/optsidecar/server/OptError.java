@@ -51,6 +51,10 @@ public final class OptError extends RuntimeException {
         SYNC_STEP_OPEN,
         /** FAILED_PRECONDITION: any other state that does not allow the request. */
         PRECONDITION_FAILED,
+        /** FAILED_PRECONDITION: shared memory asked of a server without --shm-dir, or a segment it cannot map. */
+        SHARED_MEMORY_UNAVAILABLE,
+        /** FAILED_PRECONDITION: a mapped segment shrank, vanished or failed while the server read or wrote it. */
+        SHARED_MEMORY_FAULT,
         /** RESOURCE_EXHAUSTED: the model would exceed --memory-limit (metadata limit, needed, free). */
         MEMORY_LIMIT,
         /** RESOURCE_EXHAUSTED: the JVM heap ran out. */

@@ -2,6 +2,8 @@ package dev.optsidecar.server;
 
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.server.api.OptimizerService;
+import dev.optsidecar.server.shm.SegmentSweeper;
+import dev.optsidecar.server.shm.SharedMemory;
 import dev.optsidecar.server.api.UnparsableRequests;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.Engine;
@@ -48,7 +50,7 @@ public final class SidecarServer implements AutoCloseable {
     private volatile boolean serving;
 
     private SidecarServer(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
-                          Persistence.Options durability, Limits limits) throws IOException {
+                          Persistence.Options durability, Limits limits, SharedMemory shm) throws IOException {
         registry = new ModelRegistry(engine, memoryLimit, threads.timers, limits);
         try {
             persistence = durability == null ? null : new Persistence(registry, durability, threads.snapshots);
@@ -60,7 +62,8 @@ public final class SidecarServer implements AutoCloseable {
             threads.close();
             throw e;
         }
-        service = new OptimizerService(registry, persistence, threads.completions);
+        service = new OptimizerService(registry, persistence, threads.completions, shm);
+        SegmentSweeper.schedule(shm, limits.idleStreamTimeout(), threads.timers);
         var optimizer = ServerInterceptors.intercept(UnparsableRequests.invalidArgument(service.bindService()),
                 new RefuseUntilServing());
         for (ServerBuilder<?> transport : transports) {
@@ -107,9 +110,22 @@ public final class SidecarServer implements AutoCloseable {
     public static SidecarServer start(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
                                       Persistence.Options durability, List<String> restore, Limits limits)
             throws IOException {
-        SidecarServer s = listen(transports, engine, memoryLimit, durability, limits);
+        return start(transports, engine, memoryLimit, durability, restore, limits, SharedMemory.off());
+    }
+
+    /** As {@link #start(List, Engine, long, Persistence.Options, List, Limits)}, mapping clients' segments from {@code shm}. */
+    public static SidecarServer start(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
+                                      Persistence.Options durability, List<String> restore, Limits limits,
+                                      SharedMemory shm) throws IOException {
+        SidecarServer s = listen(transports, engine, memoryLimit, durability, limits, shm);
         s.restoreThenServe(restore);
         return s;
+    }
+
+    /** As {@link #listen(List, Engine, long, Persistence.Options, Limits, SharedMemory)}, without shared memory. */
+    static SidecarServer listen(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
+                                Persistence.Options durability, Limits limits) throws IOException {
+        return listen(transports, engine, memoryLimit, durability, limits, SharedMemory.off());
     }
 
     /**
@@ -117,8 +133,8 @@ public final class SidecarServer implements AutoCloseable {
      * probes can watch a long restore; {@link #restoreThenServe} finishes the startup.
      */
     static SidecarServer listen(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
-                                Persistence.Options durability, Limits limits) throws IOException {
-        SidecarServer s = new SidecarServer(transports, engine, memoryLimit, durability, limits);
+                                Persistence.Options durability, Limits limits, SharedMemory shm) throws IOException {
+        SidecarServer s = new SidecarServer(transports, engine, memoryLimit, durability, limits, shm);
         try {
             for (Server server : s.servers) {
                 server.start();

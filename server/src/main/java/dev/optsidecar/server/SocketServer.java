@@ -69,13 +69,22 @@ public final class SocketServer implements AutoCloseable {
     public static SocketServer start(List<ListenAddress> listen, int threads, long memoryLimit,
                                      Persistence.Options durability, List<String> restore, Limits limits)
             throws IOException {
+        return start(listen, threads, memoryLimit, durability, restore, limits,
+                dev.optsidecar.server.shm.SharedMemory.off());
+    }
+
+    /** As {@link #start(List, int, long, Persistence.Options, List, Limits)}, mapping clients' segments from {@code shm}. */
+    public static SocketServer start(List<ListenAddress> listen, int threads, long memoryLimit,
+                                     Persistence.Options durability, List<String> restore, Limits limits,
+                                     dev.optsidecar.server.shm.SharedMemory shm)
+            throws IOException {
         SocketServer s = new SocketServer(threads);
         try {
             List<NettyServerBuilder> transports = new ArrayList<>();
             for (ListenAddress address : listen) {
                 transports.add(s.transport(address));
             }
-            s.server = SidecarServer.start(transports, s.engine, memoryLimit, durability, restore, limits);
+            s.server = SidecarServer.start(transports, s.engine, memoryLimit, durability, restore, limits, shm);
         } catch (IOException e) {
             s.close();
             throw bindFailure(e, listen);

@@ -85,6 +85,7 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
     /** A call the server ended with an error: its status and the trailers that went with it. */
     public record SentError(String method, Status status, Metadata trailers) {}
     private Limits limits = Limits.DEFAULTS;
+    private dev.optsidecar.server.shm.SharedMemory sharedMemory = dev.optsidecar.server.shm.SharedMemory.off();
 
     private SidecarFixture(boolean onSocket, int threads, long memoryLimit, Persistence.Options durability,
                            List<String> restore) {
@@ -133,12 +134,24 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
         return this;
     }
 
+    /** Maps clients' shared segments from {@code dir} (before {@link #start}), as --shm-dir; returns this fixture. */
+    public SidecarFixture sharedMemory(java.nio.file.Path dir) throws IOException {
+        this.sharedMemory = dev.optsidecar.server.shm.SharedMemory.in(dir);
+        return this;
+    }
+
+    /** The shared-memory directory the server maps segments from (off unless {@link #sharedMemory(java.nio.file.Path)}). */
+    public dev.optsidecar.server.shm.SharedMemory sharedMemory() {
+        return sharedMemory;
+    }
+
     /** Starts the server and connects the clients; returns this fixture. */
     public SidecarFixture start() throws IOException {
         severe = new SevereLogs();
         closeInReverse.add(severe::close);
         if (onSocket) {
-            SocketServer s = SocketServer.start("127.0.0.1", 0, threads, memoryLimit, durability, restore, limits);
+            SocketServer s = SocketServer.start(List.of(new ListenAddress.Tcp("127.0.0.1", 0)), threads, memoryLimit,
+                    durability, restore, limits, sharedMemory);
             closeInReverse.add(s);
             server = s.server();
             port = s.port();
@@ -146,9 +159,9 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
         } else {
             CpuEngine engine = new CpuEngine(threads);
             closeInReverse.add(engine);
-            server = SidecarServer.start(InProcessServerBuilder.forName(inProcessName)
+            server = SidecarServer.start(List.of(InProcessServerBuilder.forName(inProcessName)
                     .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES)
-                    .intercept(new ErrorRecorder()), engine, memoryLimit, durability, restore, limits);
+                    .intercept(new ErrorRecorder())), engine, memoryLimit, durability, restore, limits, sharedMemory);
             closeInReverse.add(server);
             client = new OptSidecarClient(channel());
         }

@@ -25,6 +25,8 @@ import dev.optsidecar.proto.v1.ListSnapshotsResponse;
 import dev.optsidecar.proto.v1.RestoreRequest;
 import dev.optsidecar.proto.v1.SnapshotInfo;
 import dev.optsidecar.proto.v1.SnapshotRequest;
+import dev.optsidecar.proto.v1.ServerInfoRequest;
+import dev.optsidecar.proto.v1.ServerInfoResponse;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.WireType;
@@ -33,6 +35,9 @@ import dev.optsidecar.server.model.ModelLoader;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.ViewReader;
 import dev.optsidecar.server.model.WireTypes;
+import dev.optsidecar.server.shm.MappedSegment;
+import dev.optsidecar.server.shm.SegmentTransfer;
+import dev.optsidecar.server.shm.SharedMemory;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 
@@ -50,11 +55,32 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     /** The server's threads for what follows a sync step's completion, and for detaching trainers. */
     private final Executor completions;
 
+    /** The directory clients' shared segments are mapped from; off unless --shm-dir. */
+    private final SharedMemory sharedMemory;
+
     public OptimizerService(ModelRegistry registry, Persistence persistence, Executor completions) {
+        this(registry, persistence, completions, SharedMemory.off());
+    }
+
+    public OptimizerService(ModelRegistry registry, Persistence persistence, Executor completions,
+                            SharedMemory sharedMemory) {
         this.registry = registry;
         this.persistence = persistence;
         this.completions = completions;
+        this.sharedMemory = sharedMemory;
     }
+
+    @Override
+    public void serverInfo(ServerInfoRequest request, StreamObserver<ServerInfoResponse> out) {
+        unary(out, () -> ServerInfoResponse.newBuilder()
+                .setVersion(VERSION)
+                .setShmDir(sharedMemory.enabled() ? sharedMemory.dir().toString() : "")
+                .setEngine("cpu")
+                .build());
+    }
+
+    /** The server's release, as --version gives it. */
+    static final String VERSION = "0.1.0";
 
     @Override
     public StreamObserver<RegisterRequest> register(StreamObserver<ModelInfo> out) {
@@ -74,7 +100,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     @Override
     public StreamObserver<StepRequest> step(StreamObserver<StepResponse> out) {
-        StepCall call = new StepCall(registry, (ServerCallStreamObserver<StepResponse>) out, openSteps::remove,
+        StepCall call = new StepCall(registry, sharedMemory, (ServerCallStreamObserver<StepResponse>) out,
+                openSteps::remove,
                 completions);
         openSteps.add(call);
         return call;
@@ -88,6 +115,16 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     @Override
     public void pull(PullRequest request, StreamObserver<WeightsChunk> responses) {
         ServerCallStreamObserver<WeightsChunk> out = (ServerCallStreamObserver<WeightsChunk>) responses;
+        if (request.hasShared()) {
+            unary(out, () -> {
+                if (WireTypes.of(request.getWireDtype(), request.getWireDtypeValue(), "wire_dtype") != WireType.FLOAT32) {
+                    throw OptError.invalid("wire_dtype: a shared segment holds float32; leave the wire type"
+                            + " unspecified (it is the chunks')");
+                }
+                return pullIntoSegment(request);
+            });
+            return;
+        }
         ViewReader reader;
         try {
             WireType wire = WireTypes.of(request.getWireDtype(), request.getWireDtypeValue(), "wire_dtype");
@@ -110,6 +147,17 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
             }
         });
         sender.drain();
+    }
+
+    /** Writes the view into the request's segment; the answer is one chunk without data, naming view and version. */
+    private WeightsChunk pullIntoSegment(PullRequest request) {
+        Model model = registry.get(request.getModel(), "model");
+        Model.ResolvedView view = model.resolveView(request.getView(), "view", false);
+        try (MappedSegment segment = sharedMemory.map(request.getShared(), model.tensorNumels(), "shared")) {
+            ViewReader reader = model.read(view, request.getTensorsList(), "tensors");
+            long version = SegmentTransfer.writeView(reader, segment);
+            return WeightsChunk.newBuilder().setView(reader.view()).setVersion(version).build();
+        }
     }
 
     @Override

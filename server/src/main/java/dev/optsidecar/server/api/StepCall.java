@@ -18,6 +18,9 @@ import dev.optsidecar.server.model.StepAssembly;
 import dev.optsidecar.server.model.StepOptions;
 import dev.optsidecar.server.model.ViewReader;
 import dev.optsidecar.server.model.WireTypes;
+import dev.optsidecar.server.shm.MappedSegment;
+import dev.optsidecar.server.shm.SegmentTransfer;
+import dev.optsidecar.server.shm.SharedMemory;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 
@@ -27,11 +30,17 @@ import io.grpc.stub.StreamObserver;
  * requested view back, followed by the StepResult. Inbound messages are requested one at a time,
  * so a commit that arrives while the previous step's weights are still going out waits its turn.
  *
+ * <p>With a shared segment (StepOpen.shared), a commit that received no chunks reads its data from
+ * the segment, and the requested view is written into the segment instead of streamed.
+ *
  * <p>Any error ends the stream with a status and leaves the model as it was before the step.
  */
 final class StepCall implements StreamObserver<StepRequest> {
     private final ModelRegistry registry;
+    private final SharedMemory sharedMemory;
     private final ServerCallStreamObserver<StepResponse> out;
+    /** The stream's shared segment, or null when its data travels in chunks. */
+    private MappedSegment segment;
     private Model model;
     private ClientSession session;
     /** A sync step waiting for the other trainers' contributions. */
@@ -53,9 +62,10 @@ final class StepCall implements StreamObserver<StepRequest> {
     private long lastActivityNanos = System.nanoTime();
     private java.util.concurrent.ScheduledFuture<?> idleCheck;
 
-    StepCall(ModelRegistry registry, ServerCallStreamObserver<StepResponse> out,
+    StepCall(ModelRegistry registry, SharedMemory sharedMemory, ServerCallStreamObserver<StepResponse> out,
              java.util.function.Consumer<StepCall> onClose, java.util.concurrent.Executor completions) {
         this.registry = registry;
+        this.sharedMemory = sharedMemory;
         this.out = out;
         this.onClose = onClose;
         this.completions = completions;
@@ -143,6 +153,13 @@ final class StepCall implements StreamObserver<StepRequest> {
         session = model.attach(request.getOpen().getClientId());
         wire = requested;
         policy = model.nonFinitePolicy();
+        if (request.getOpen().hasShared()) {
+            if (requested != WireType.FLOAT32) {
+                throw OptError.invalid("open.wire_dtype: a shared segment holds float32; leave the wire type"
+                        + " unspecified (it is the chunks')");
+            }
+            segment = sharedMemory.map(request.getOpen().getShared(), model.tensorNumels(), "open.shared");
+        }
     }
 
     private Model requireOpen() {
@@ -199,6 +216,9 @@ final class StepCall implements StreamObserver<StepRequest> {
                 return;
             }
             assembly = m.openStep(session, c.getStepId()); // legal only when every tensor is listed in no_grad
+            if (segment != null) {
+                ingestSegment(m, options);
+            }
         } else if (assembly.stepId() != c.getStepId()) {
             throw OptError.precondition("commit.step_id: commit for step %s, but the chunks sent were for step %s",
                     Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()))
@@ -212,6 +232,17 @@ final class StepCall implements StreamObserver<StepRequest> {
             send(o.result(), o.weights());
         } else {
             await(outcome, o -> send(o.result(), o.weights()));
+        }
+    }
+
+    /** Reads a commit's gradients (or weights to set) from the segment, rejecting a non-finite one like a chunk. */
+    private void ingestSegment(Model m, StepOptions options) {
+        String nonFinite = SegmentTransfer.ingest(m, assembly, segment, options.noGrad(), options.setsWeights());
+        if (nonFinite != null && !options.setsWeights() && policy != NonFinitePolicy.NON_FINITE_SKIP) {
+            throw OptError.invalid("step %s: %s (the model's non_finite policy rejects such steps)",
+                    Long.toUnsignedString(assembly.stepId()), nonFinite)
+                    .withReason(OptError.Reason.NON_FINITE_GRADIENT).withField("open.shared.gradient_offsets")
+                    .with("model", m.name()).with("step_id", Long.toUnsignedString(assembly.stepId()));
         }
     }
 
@@ -254,9 +285,22 @@ final class StepCall implements StreamObserver<StepRequest> {
         send(result.build(), view == null ? null : m.read(view, java.util.List.of(), "commit.view"));
     }
 
-    /** Streams a step's weights (if any), then its result. */
+    /**
+     * Streams a step's weights (if any), then its result; with a segment, writes the weights into it
+     * instead. A step is applied (and journaled) before its weights go out, so a segment that fails
+     * then fails the stream with the step applied: the client's retry is answered from the ledger.
+     */
     private void send(StepResult result, ViewReader weights) {
         lastActivityNanos = System.nanoTime(); // the time the step took is not the client's idleness
+        if (weights != null && segment != null) {
+            long version = SegmentTransfer.writeView(weights, segment);
+            out.onNext(StepResponse.newBuilder().setResult(result.toBuilder().setWeightsInSegment(true)
+                    .setWeightsVersion(version)).build());
+            return;
+        }
+        if (weights != null) {
+            result = result.toBuilder().setWeightsVersion(weights.version()).build();
+        }
         StepResponse done = StepResponse.newBuilder().setResult(result).build();
         if (weights == null) {
             out.onNext(done);
@@ -373,5 +417,9 @@ final class StepCall implements StreamObserver<StepRequest> {
             sending = null;
         }
         deferredCommit = null;
+        if (segment != null) {
+            segment.close();
+            segment = null;
+        }
     }
 }

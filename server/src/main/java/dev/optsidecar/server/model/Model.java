@@ -174,6 +174,11 @@ public final class Model {
         return tensors.size();
     }
 
+    /** Each tensor's element count, in tensor order. */
+    public long[] tensorNumels() {
+        return tensors.stream().mapToLong(t -> t.numel).toArray();
+    }
+
     OptimizerConfig config() {
         return config;
     }

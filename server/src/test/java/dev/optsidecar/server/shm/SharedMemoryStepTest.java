@@ -1,0 +1,382 @@
+package dev.optsidecar.server.shm;
+
+import com.google.rpc.ErrorInfo;
+import dev.optsidecar.proto.v1.PullRequest;
+import dev.optsidecar.proto.v1.ServerInfoRequest;
+import dev.optsidecar.proto.v1.SharedSegment;
+import dev.optsidecar.proto.v1.StepCommit;
+import dev.optsidecar.proto.v1.StepKind;
+import dev.optsidecar.proto.v1.StepOpen;
+import dev.optsidecar.proto.v1.StepRequest;
+import dev.optsidecar.proto.v1.StepResponse;
+import dev.optsidecar.proto.v1.StepResult;
+import dev.optsidecar.proto.v1.View;
+import dev.optsidecar.proto.v1.ViewKind;
+import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.RawStep;
+import dev.optsidecar.server.SidecarFixture;
+import dev.optsidecar.server.StandardModel;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.atomic.AtomicInteger;
+
+import static dev.optsidecar.server.StandardModel.SIZES;
+import static dev.optsidecar.server.StandardModel.assertBitsEqual;
+import static dev.optsidecar.server.StandardModel.grads;
+import static dev.optsidecar.server.StandardModel.initialWeights;
+import static dev.optsidecar.server.StandardModel.tensors;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Steps whose data travels through a shared segment (StepOpen.shared) against the real server:
+ * the same weights bit for bit as chunks give, and every way the client can spoil its segment
+ * (a bad name, a file that does not fit, one truncated, deleted or holding a NaN) failing only
+ * that client's call with the model unchanged.
+ */
+class SharedMemoryStepTest {
+    private static Path dir;
+    private static SidecarFixture f;
+    private static final AtomicInteger SEQ = new AtomicInteger();
+
+    @BeforeAll
+    static void start() throws IOException {
+        dir = Files.createTempDirectory("shm-test");
+        f = SidecarFixture.inProcess().sharedMemory(dir).start();
+    }
+
+    @AfterAll
+    static void stop() throws IOException {
+        f.close();
+        try (var files = Files.list(dir)) {
+            for (Path p : files.toList()) {
+                Files.deleteIfExists(p);
+            }
+        }
+        Files.deleteIfExists(dir);
+    }
+
+    private static String register() {
+        String name = "shm-" + SEQ.incrementAndGet();
+        f.client().register(StandardModel.adamSpec(name), tensors(initialWeights(7)));
+        return name;
+    }
+
+    private static TestSegment segment() throws IOException {
+        return new TestSegment(dir, "optsidecar-test-" + SEQ.incrementAndGet(), SIZES);
+    }
+
+    private static RawStep open(String model, SharedSegment shared) {
+        return RawStep.start(f.async()).send(StepRequest.newBuilder().setOpen(StepOpen.newBuilder()
+                .setModel(model).setClientId("trainer-" + SEQ.incrementAndGet()).setShared(shared)).build());
+    }
+
+    /** Opens a stream on {@code seg} and waits until the server has mapped it. */
+    private static RawStep openMapped(String model, TestSegment seg) {
+        RawStep s = open(model, seg.message);
+        SidecarFixture.awaitTrue("the segment mapped", () -> f.sharedMemory().inUse(seg.message.getName()));
+        return s;
+    }
+
+    private static StepRequest commit(long stepId, ViewKind view) {
+        return StepRequest.newBuilder().setCommit(StepCommit.newBuilder().setStepId(stepId)
+                .setView(View.newBuilder().setKind(view))).build();
+    }
+
+    /** Waits for the result of the {@code n}-th step (1-based) on {@code s}. */
+    private static StepResult result(RawStep s, int n) {
+        SidecarFixture.awaitTrue("result " + n, () -> s.isClosed() || results(s).size() >= n);
+        List<StepResult> r = results(s);
+        assertTrue(r.size() >= n, () -> "the stream ended with " + s.awaitClose() + " before result " + n);
+        return r.get(n - 1);
+    }
+
+    private static List<StepResult> results(RawStep s) {
+        List<StepResult> r = new ArrayList<>();
+        for (StepResponse x : s.responses) {
+            if (x.hasResult()) {
+                r.add(x.getResult());
+            }
+            assertFalse(x.hasWeights(), "weights were streamed although they went into the segment");
+        }
+        return r;
+    }
+
+    @Test
+    void serverInfoNamesTheDirectory() throws IOException {
+        var info = f.blocking().serverInfo(ServerInfoRequest.getDefaultInstance());
+        assertEquals(dir.toRealPath().toString(), info.getShmDir());
+        assertEquals("cpu", info.getEngine());
+        assertFalse(info.getVersion().isEmpty());
+    }
+
+    @Test
+    void stepsThroughTheSegmentMatchChunksBitForBit() throws IOException {
+        String viaChunks = register();
+        String viaSegment = register();
+        try (TestSegment seg = segment()) {
+            RawStep s = open(viaSegment, seg.message);
+            for (int k = 1; k <= 3; k++) {
+                float[][] expected = StandardModel.zeros();
+                f.step(viaChunks, grads(k), expected);
+                seg.putGradients(grads(k));
+                s.send(commit(k, ViewKind.VIEW_TRAIN));
+                StepResult r = result(s, k);
+                assertTrue(r.getWeightsInSegment());
+                assertEquals(k, r.getVersion());
+                assertEquals(k, r.getWeightsVersion());
+                assertBitsEqual(expected, seg.weights(), "weights written into the segment, step " + k);
+            }
+            s.halfClose();
+            assertEquals(Status.Code.OK, s.awaitClose().getCode());
+            assertBitsEqual(f.pull(viaChunks), f.pull(viaSegment), "pulled weights");
+        }
+        SidecarFixture.awaitTrue("the segment unmapped", () -> f.sharedMemory().mappedSegments() == 0);
+    }
+
+    @Test
+    void javaTrainerThroughSharedMemoryMatchesChunks() throws IOException {
+        String viaChunks = register();
+        String viaSegment = register();
+        java.nio.file.Path created;
+        try (dev.optsidecar.client.Trainer chunks = f.client().trainer(viaChunks, "chunks");
+             dev.optsidecar.client.Trainer shared = f.client().trainer(viaSegment, "shared").useSharedMemory(dir)) {
+            try (var files = Files.list(dir)) {
+                created = files.filter(p -> p.getFileName().toString().startsWith("optsidecar-")
+                        && p.getFileName().toString().length() == "optsidecar-".length() + 32).findFirst().orElseThrow();
+            }
+            assertEquals(java.util.Set.of(java.nio.file.attribute.PosixFilePermission.OWNER_READ,
+                    java.nio.file.attribute.PosixFilePermission.OWNER_WRITE), Files.getPosixFilePermissions(created));
+            for (int k = 1; k <= 3; k++) {
+                float[][] expected = StandardModel.zeros();
+                float[][] actual = StandardModel.zeros();
+                float[][] g = grads(k);
+                List<dev.optsidecar.client.TensorData> some = new ArrayList<>(tensors(g));
+                if (k == 2) {
+                    some.set(1, null); // a tensor without a gradient this step
+                }
+                chunks.step(some, tensors(expected));
+                StepResult r = shared.step(some, tensors(actual));
+                assertTrue(r.getWeightsInSegment());
+                assertEquals(k, r.getWeightsVersion());
+                assertBitsEqual(expected, actual, "weights of step " + k);
+            }
+        }
+        assertFalse(Files.exists(created), "the trainer's segment outlived it");
+        assertBitsEqual(f.pull(viaChunks), f.pull(viaSegment), "pulled weights");
+    }
+
+    @Test
+    void pullWritesTheViewIntoTheSegment() throws IOException {
+        String model = register();
+        f.step(model, grads(1), StandardModel.zeros());
+        try (TestSegment seg = segment()) {
+            var chunks = f.blocking().pull(PullRequest.newBuilder().setModel(model).setShared(seg.message).build());
+            WeightsChunk only = chunks.next();
+            assertFalse(chunks.hasNext());
+            assertTrue(only.getData().isEmpty());
+            assertEquals(1, only.getVersion());
+            assertEquals(ViewKind.VIEW_TRAIN, only.getView().getKind());
+            assertBitsEqual(f.pull(model), seg.weights(), "pulled into the segment");
+        }
+    }
+
+    @Test
+    void setWeightsReadsTheWeightsRegions() throws IOException {
+        String model = register();
+        float[][] edited = initialWeights(123);
+        try (TestSegment seg = segment()) {
+            seg.putWeights(edited);
+            RawStep s = open(model, seg.message);
+            s.send(StepRequest.newBuilder().setCommit(StepCommit.newBuilder().setStepId(1)
+                    .setKind(StepKind.STEP_SET_WEIGHTS).setView(View.newBuilder().setKind(ViewKind.VIEW_NONE)))
+                    .build());
+            assertEquals(1, result(s, 1).getVersion());
+            s.halfClose();
+            s.awaitClose();
+        }
+        assertBitsEqual(edited, f.pull(model), "weights set from the segment");
+    }
+
+    /** Fails if the model's version or weights moved. */
+    private static void assertUnchanged(String model, long version, float[][] weights) {
+        assertEquals(version, f.describe(model).getVersion());
+        assertBitsEqual(weights, f.pull(model), "weights of " + model);
+    }
+
+    private static void assertReason(Status status, Status.Code code, String reason, String... fragments) {
+        assertEquals(code, status.getCode(), status::toString);
+        for (String fragment : fragments) {
+            assertTrue(String.valueOf(status.getDescription()).contains(fragment),
+                    () -> status + " does not mention " + fragment);
+        }
+        var error = f.errorsSent().stream().filter(e -> e.status().getDescription() != null
+                && e.status().getDescription().equals(status.getDescription())).findFirst().orElseThrow();
+        ErrorInfo info = dev.optsidecar.server.StatusAssertions.errorInfo(
+                dev.optsidecar.server.StatusAssertions.details(error.status(), error.trailers()));
+        assertEquals(reason, info.getReason());
+    }
+
+    @Test
+    void truncatedBetweenStepsFailsThatStepAndChangesNothing() throws IOException {
+        String model = register();
+        try (TestSegment seg = segment()) {
+            RawStep s = openMapped(model, seg);
+            seg.putGradients(grads(1));
+            s.send(commit(1, ViewKind.VIEW_TRAIN));
+            assertEquals(1, result(s, 1).getVersion());
+            float[][] before = f.pull(model);
+            seg.truncate(seg.size() / 2);
+            s.send(commit(2, ViewKind.VIEW_TRAIN));
+            assertReason(s.awaitClose(), Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_FAULT", "shrank");
+            assertUnchanged(model, 1, before);
+        }
+        SidecarFixture.awaitTrue("the segment unmapped", () -> f.sharedMemory().mappedSegments() == 0);
+        f.assertServerHealthy("healthy-after-truncation");
+    }
+
+    @Test
+    void deletedSegmentFailsTheStep() throws IOException {
+        String model = register();
+        try (TestSegment seg = segment()) {
+            RawStep s = openMapped(model, seg);
+            Files.delete(seg.path);
+            seg.putGradients(grads(1));
+            s.send(commit(1, ViewKind.VIEW_TRAIN));
+            assertReason(s.awaitClose(), Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_FAULT", "deleted");
+            assertUnchanged(model, 0, initialWeights(7));
+        }
+    }
+
+    @Test
+    void nonFiniteGradientInTheSegmentIsRejectedLikeAChunk() throws IOException {
+        String model = register();
+        try (TestSegment seg = segment()) {
+            float[][] g = grads(1);
+            g[0][1234] = Float.NaN;
+            seg.putGradients(g);
+            RawStep s = open(model, seg.message);
+            s.send(commit(1, ViewKind.VIEW_TRAIN));
+            assertReason(s.awaitClose(), Status.Code.INVALID_ARGUMENT, "NON_FINITE_GRADIENT", "'w'", "1234");
+            assertUnchanged(model, 0, initialWeights(7));
+        }
+    }
+
+    /**
+     * A thread truncates the segment of a large tensor while the server reads it: the mapped pages
+     * vanish under the copy, which must become that client's error, never the server's.
+     */
+    @Test
+    void truncatedDuringACommitFailsOnlyThatClient() throws Exception {
+        int big = 8 << 20;
+        String model = "shm-big-" + SEQ.incrementAndGet();
+        var spec = dev.optsidecar.proto.v1.ModelSpec.newBuilder().setName(model)
+                .addTensors(StandardModel.tensor("w", big))
+                .setOptimizer(dev.optsidecar.proto.v1.OptimizerConfig.newBuilder().setAlgorithm("SGD")
+                        .setHyperparameters(dev.optsidecar.server.TestData.struct("lr", 0.1)))
+                .build();
+        float[] init = StandardModel.values(5, big);
+        f.client().register(spec, List.of(dev.optsidecar.client.TensorData.of(init)));
+        int faults = 0;
+        int applied = 0;
+        for (int trial = 0; trial < 6; trial++) {
+            try (TestSegment seg = new TestSegment(dir, "optsidecar-big-" + SEQ.incrementAndGet(), new int[] {big})) {
+                seg.putGradients(new float[][] {StandardModel.values(6, big)});
+                long version = f.describe(model).getVersion();
+                RawStep s = openMapped(model, seg);
+                s.send(commit(1, ViewKind.VIEW_NONE));
+                Thread.sleep(trial * 2L);
+                seg.truncate(4096);
+                Status end;
+                SidecarFixture.awaitTrue("the step's end", () -> s.isClosed() || !results(s).isEmpty());
+                if (!results(s).isEmpty()) {
+                    applied++;
+                    assertEquals(version + 1, f.describe(model).getVersion());
+                    s.cancel();
+                    continue;
+                }
+                end = s.awaitClose();
+                assertReason(end, Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_FAULT");
+                faults++;
+                assertEquals(version, f.describe(model).getVersion(), "a failed step changed the version");
+            }
+        }
+        assertTrue(faults > 0, "no truncation hit a commit (" + applied + " applied)");
+        f.assertServerHealthy("healthy-after-truncation-race");
+    }
+
+    @Test
+    void segmentsThatCannotBeMappedAreRefused() throws IOException {
+        String model = register();
+        Path sub = Files.createDirectory(dir.resolve("optsidecar-a-directory"));
+        try (TestSegment good = segment()) {
+            Path link = Files.createSymbolicLink(dir.resolve("optsidecar-link"), good.path);
+            SharedSegment base = good.message;
+            List<Object[]> cases = List.of(
+                    new Object[] {base.toBuilder().setName("../" + base.getName()).build(),
+                            Status.Code.INVALID_ARGUMENT, "INVALID_FIELD", "separator"},
+                    new Object[] {base.toBuilder().setName("a/b").build(), Status.Code.INVALID_ARGUMENT,
+                            "INVALID_FIELD", "separator"},
+                    new Object[] {base.toBuilder().setName("..").build(), Status.Code.INVALID_ARGUMENT,
+                            "INVALID_FIELD", "'..'"},
+                    new Object[] {base.toBuilder().setName("").build(), Status.Code.INVALID_ARGUMENT,
+                            "INVALID_FIELD", "empty"},
+                    new Object[] {base.toBuilder().setName(link.getFileName().toString()).build(),
+                            Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_UNAVAILABLE", "not a regular file"},
+                    new Object[] {base.toBuilder().setName(sub.getFileName().toString()).build(),
+                            Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_UNAVAILABLE", "not a regular file"},
+                    new Object[] {base.toBuilder().setName("optsidecar-missing").build(),
+                            Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_UNAVAILABLE", "does not exist"},
+                    new Object[] {base.toBuilder().setGradientOffsets(2, good.size()).build(),
+                            Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_UNAVAILABLE", "its offsets need"},
+                    new Object[] {base.toBuilder().setGradientOffsets(1, base.getWeightsOffsets(0) + 8).build(),
+                            Status.Code.INVALID_ARGUMENT, "INVALID_FIELD", "overlaps"},
+                    new Object[] {base.toBuilder().setWeightsOffsets(1, base.getWeightsOffsets(1) + 4).build(),
+                            Status.Code.INVALID_ARGUMENT, "INVALID_FIELD", "not a multiple of 8"},
+                    new Object[] {base.toBuilder().clearGradientOffsets().build(),
+                            Status.Code.INVALID_ARGUMENT, "INVALID_FIELD", "0 offsets for a model of 3 tensors"},
+                    new Object[] {base.toBuilder().setWeightsOffsets(0, -8L).build(),
+                            Status.Code.INVALID_ARGUMENT, "INVALID_FIELD", "past any file"});
+            for (Object[] c : cases) {
+                RawStep s = open(model, (SharedSegment) c[0]);
+                assertReason(s.awaitClose(), (Status.Code) c[1], (String) c[2], (String) c[3]);
+                assertEquals(0, f.sharedMemory().mappedSegments(), () -> "left mapped: " + c[0]);
+                var pull = f.blocking().pull(PullRequest.newBuilder().setModel(model).setShared((SharedSegment) c[0])
+                        .build());
+                StatusRuntimeException e = assertThrows(StatusRuntimeException.class, pull::next);
+                assertEquals(c[1], e.getStatus().getCode(), e::toString);
+            }
+            assertUnchanged(model, 0, initialWeights(7));
+        }
+    }
+
+    @Test
+    void aServerWithoutShmDirRefusesSegments() throws IOException {
+        try (SidecarFixture plain = SidecarFixture.inProcess().start();
+             TestSegment seg = segment()) {
+            String model = "plain";
+            plain.client().register(StandardModel.adamSpec(model), tensors(initialWeights(7)));
+            assertEquals("", plain.blocking().serverInfo(ServerInfoRequest.getDefaultInstance()).getShmDir());
+            RawStep s = RawStep.start(plain.async()).send(StepRequest.newBuilder().setOpen(StepOpen.newBuilder()
+                    .setModel(model).setClientId("t").setShared(seg.message)).build());
+            Status end = s.awaitClose();
+            assertEquals(Status.Code.FAILED_PRECONDITION, end.getCode());
+            assertTrue(end.getDescription().contains("--shm-dir"), end::toString);
+            ErrorInfo info = dev.optsidecar.server.StatusAssertions.errorInfo(
+                    dev.optsidecar.server.StatusAssertions.details(plain.errorsSent().get(0).status(),
+                            plain.errorsSent().get(0).trailers()));
+            assertEquals("SHARED_MEMORY_UNAVAILABLE", info.getReason());
+        }
+    }
+}

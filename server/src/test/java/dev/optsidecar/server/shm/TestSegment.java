@@ -1,0 +1,87 @@
+package dev.optsidecar.server.shm;
+
+import dev.optsidecar.proto.v1.SharedSegment;
+
+import java.io.IOException;
+import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
+import java.nio.MappedByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+
+/**
+ * A segment as a client lays it out: every tensor's weights, then every tensor's gradient, each
+ * region 8-byte aligned, mapped here so a test can write gradients and read the weights back.
+ */
+final class TestSegment implements AutoCloseable {
+    final Path path;
+    final SharedSegment message;
+    private final long[] weights;
+    private final long[] gradients;
+    private final int[] sizes;
+    private final FileChannel channel;
+    private final MappedByteBuffer map;
+
+    TestSegment(Path dir, String name, int[] sizes) throws IOException {
+        this.path = dir.resolve(name);
+        this.sizes = sizes;
+        weights = new long[sizes.length];
+        gradients = new long[sizes.length];
+        long at = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            for (int t = 0; t < sizes.length; t++) {
+                (pass == 0 ? weights : gradients)[t] = at;
+                at += (sizes[t] * 4L + 7) / 8 * 8;
+            }
+        }
+        SharedSegment.Builder b = SharedSegment.newBuilder().setName(name);
+        for (int t = 0; t < sizes.length; t++) {
+            b.addWeightsOffsets(weights[t]).addGradientOffsets(gradients[t]);
+        }
+        message = b.build();
+        channel = FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.READ,
+                StandardOpenOption.WRITE);
+        channel.truncate(at);
+        channel.write(java.nio.ByteBuffer.allocate(1), at - 1); // sets the size
+        map = channel.map(FileChannel.MapMode.READ_WRITE, 0, at);
+    }
+
+    long size() {
+        return map.capacity();
+    }
+
+    private FloatBuffer floats(long offset, int count) {
+        return map.slice((int) offset, count * 4).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
+    }
+
+    void putGradients(float[][] g) {
+        for (int t = 0; t < sizes.length; t++) {
+            floats(gradients[t], sizes[t]).put(g[t]);
+        }
+    }
+
+    void putWeights(float[][] w) {
+        for (int t = 0; t < sizes.length; t++) {
+            floats(weights[t], sizes[t]).put(w[t]);
+        }
+    }
+
+    float[][] weights() {
+        float[][] w = new float[sizes.length][];
+        for (int t = 0; t < sizes.length; t++) {
+            w[t] = new float[sizes[t]];
+            floats(weights[t], sizes[t]).get(w[t]);
+        }
+        return w;
+    }
+
+    void truncate(long bytes) throws IOException {
+        channel.truncate(bytes);
+    }
+
+    @Override
+    public void close() throws IOException {
+        channel.close();
+    }
+}
