@@ -35,7 +35,7 @@ import dev.optsidecar.server.model.ModelLoader;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.ViewReader;
 import dev.optsidecar.server.model.WireTypes;
-import dev.optsidecar.server.shm.MappedSegment;
+import dev.optsidecar.server.shm.SegmentFile;
 import dev.optsidecar.server.shm.SegmentTransfer;
 import dev.optsidecar.server.shm.SharedMemory;
 import io.grpc.stub.ServerCallStreamObserver;
@@ -55,7 +55,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     /** The server's threads for what follows a sync step's completion, and for detaching trainers. */
     private final Executor completions;
 
-    /** The directory clients' shared segments are mapped from; off unless --shm-dir. */
+    /** The directory clients' shared segments are opened in; off unless --shm-dir. */
     private final SharedMemory sharedMemory;
 
     public OptimizerService(ModelRegistry registry, Persistence persistence, Executor completions) {
@@ -153,7 +153,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     private WeightsChunk pullIntoSegment(PullRequest request) {
         Model model = registry.get(request.getModel(), "model");
         Model.ResolvedView view = model.resolveView(request.getView(), "view", false);
-        try (MappedSegment segment = sharedMemory.map(request.getShared(), model.tensorNumels(), "shared")) {
+        try (SegmentFile segment = sharedMemory.open(request.getShared(), model.tensorNumels(), "shared")) {
             ViewReader reader = model.read(view, request.getTensorsList(), "tensors");
             long version = SegmentTransfer.writeView(reader, segment);
             return WeightsChunk.newBuilder().setView(reader.view()).setVersion(version).build();

@@ -18,7 +18,7 @@ import dev.optsidecar.server.model.StepAssembly;
 import dev.optsidecar.server.model.StepOptions;
 import dev.optsidecar.server.model.ViewReader;
 import dev.optsidecar.server.model.WireTypes;
-import dev.optsidecar.server.shm.MappedSegment;
+import dev.optsidecar.server.shm.SegmentFile;
 import dev.optsidecar.server.shm.SegmentTransfer;
 import dev.optsidecar.server.shm.SharedMemory;
 import io.grpc.stub.ServerCallStreamObserver;
@@ -40,7 +40,7 @@ final class StepCall implements StreamObserver<StepRequest> {
     private final SharedMemory sharedMemory;
     private final ServerCallStreamObserver<StepResponse> out;
     /** The stream's shared segment, or null when its data travels in chunks. */
-    private MappedSegment segment;
+    private SegmentFile segment;
     private Model model;
     private ClientSession session;
     /** A sync step waiting for the other trainers' contributions. */
@@ -158,7 +158,7 @@ final class StepCall implements StreamObserver<StepRequest> {
                 throw OptError.invalid("open.wire_dtype: a shared segment holds float32; leave the wire type"
                         + " unspecified (it is the chunks')");
             }
-            segment = sharedMemory.map(request.getOpen().getShared(), model.tensorNumels(), "open.shared");
+            segment = sharedMemory.open(request.getOpen().getShared(), model.tensorNumels(), "open.shared");
         }
     }
 

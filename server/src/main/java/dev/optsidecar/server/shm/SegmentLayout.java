@@ -9,7 +9,7 @@ import java.util.List;
 
 /**
  * Where each tensor's weights and gradient lie in a segment: one region of numel × 4 bytes each,
- * 8-byte aligned and none overlapping another. Checked against the model before anything is mapped.
+ * 8-byte aligned and none overlapping another. Checked against the model before the file is opened.
  */
 final class SegmentLayout {
     static final int ALIGNMENT = 8;

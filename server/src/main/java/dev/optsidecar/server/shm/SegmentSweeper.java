@@ -13,7 +13,7 @@ import java.util.logging.Logger;
 
 /**
  * Removes segments whose client died without removing them (a SIGKILL): regular files in --shm-dir
- * named like the clients' segments, which no stream or call has mapped and which were not modified
+ * named like the clients' segments, which no stream or call has open and which were not modified
  * for the grace period (--idle-stream-timeout, the time after which the server would close such a
  * client's stream anyway). The server sets a segment's modification time when it unmaps it, so the
  * grace period counts from its last use. Files with other names are never touched.

@@ -26,11 +26,12 @@ public final class SegmentTransfer {
      *
      * @return the first non-finite value's description, or null
      */
-    public static String ingest(Model model, StepAssembly assembly, MappedSegment segment, List<Integer> noGrad,
+    public static String ingest(Model model, StepAssembly assembly, SegmentFile segment, List<Integer> noGrad,
                                 boolean setsWeights) {
         segment.verify();
         Set<Integer> skip = new HashSet<>(noGrad);
-        ByteBuffer slice = ByteBuffer.allocate(StepAssembly.MAX_CHUNK_BYTES);
+        // Direct: a positional read fills it straight from the file, with no bounce buffer.
+        ByteBuffer slice = ByteBuffer.allocateDirect(StepAssembly.MAX_CHUNK_BYTES);
         String nonFinite = null;
         for (int t = 0; t < segment.tensors(); t++) {
             if (skip.contains(t)) {
@@ -57,7 +58,7 @@ public final class SegmentTransfer {
     }
 
     /** Writes {@code reader}'s view into the segment's weights regions; returns its version. Closes the reader. */
-    public static long writeView(ViewReader reader, MappedSegment segment) {
+    public static long writeView(ViewReader reader, SegmentFile segment) {
         try (reader) {
             segment.verify();
             while (reader.hasNext()) {

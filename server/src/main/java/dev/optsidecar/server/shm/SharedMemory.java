@@ -18,8 +18,8 @@ public final class SharedMemory {
     private static final SharedMemory OFF = new SharedMemory(null);
 
     private final Path dir;
-    /** How many mappings of each name are open, so the sweeper never removes a segment in use. */
-    private final ConcurrentHashMap<String, AtomicInteger> mapped = new ConcurrentHashMap<>();
+    /** How many streams and calls have each name open, so the sweeper never removes a segment in use. */
+    private final ConcurrentHashMap<String, AtomicInteger> open = new ConcurrentHashMap<>();
 
     private SharedMemory(Path dir) {
         this.dir = dir;
@@ -47,7 +47,7 @@ public final class SharedMemory {
      * Validates {@code segment} against tensors of {@code numels} elements and maps it; the caller
      * closes it. {@code field} names the request's SharedSegment in errors.
      */
-    public MappedSegment map(SharedSegment segment, long[] numels, String field) {
+    public SegmentFile open(SharedSegment segment, long[] numels, String field) {
         if (dir == null) {
             throw OptError.precondition("%s: the server was started without --shm-dir, so it maps no shared memory;"
                     + " send chunks instead", field).withReason(OptError.Reason.SHARED_MEMORY_UNAVAILABLE)
@@ -55,10 +55,10 @@ public final class SharedMemory {
         }
         String name = SegmentName.check(segment.getName(), field + ".name");
         SegmentLayout layout = SegmentLayout.of(segment, numels, field);
-        AtomicInteger uses = mapped.computeIfAbsent(name, n -> new AtomicInteger());
+        AtomicInteger uses = open.computeIfAbsent(name, n -> new AtomicInteger());
         uses.incrementAndGet();
         try {
-            return MappedSegment.map(dir, name, layout, field, () -> release(name));
+            return SegmentFile.open(dir, name, layout, field, () -> release(name));
         } catch (RuntimeException e) {
             release(name);
             throw e;
@@ -66,16 +66,16 @@ public final class SharedMemory {
     }
 
     private void release(String name) {
-        mapped.computeIfPresent(name, (n, uses) -> uses.decrementAndGet() == 0 ? null : uses);
+        open.computeIfPresent(name, (n, uses) -> uses.decrementAndGet() == 0 ? null : uses);
     }
 
-    /** How many segments are mapped now, for diagnostics and tests. */
-    public int mappedSegments() {
-        return mapped.size();
+    /** How many segments are open now, for diagnostics and tests. */
+    public int openSegments() {
+        return open.size();
     }
 
-    /** Whether a stream or call has {@code name} mapped now. */
+    /** Whether a stream or call has {@code name} open now. */
     boolean inUse(String name) {
-        return mapped.containsKey(name);
+        return open.containsKey(name);
     }
 }

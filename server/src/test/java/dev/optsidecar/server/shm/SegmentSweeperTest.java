@@ -15,7 +15,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /** Abandoned segments (a client killed before it removed its own) are removed, and nothing else. */
 class SegmentSweeperTest {
     @Test
-    void removesOnlyUnmappedClientSegmentsPastTheGracePeriod(@TempDir Path dir) throws Exception {
+    void removesOnlyClientSegmentsNotOpenPastTheGracePeriod(@TempDir Path dir) throws Exception {
         FileTime old = FileTime.fromMillis(System.currentTimeMillis() - 120_000);
         Path abandoned = Files.createFile(dir.resolve("optsidecar-abandoned"));
         Path recent = Files.createFile(dir.resolve("optsidecar-recent"));
@@ -26,7 +26,7 @@ class SegmentSweeperTest {
         Files.setLastModifiedTime(directory, old);
         SharedMemory shm = SharedMemory.in(dir);
         try (TestSegment inUse = new TestSegment(dir, "optsidecar-in-use", new int[] {4});
-             MappedSegment mapped = shm.map(inUse.message, new long[] {4}, "open.shared")) {
+             SegmentFile mapped = shm.open(inUse.message, new long[] {4}, "open.shared")) {
             Files.setLastModifiedTime(inUse.path, old);
             assertEquals(1, new SegmentSweeper(shm, Duration.ofMinutes(1)).sweep());
             assertFalse(Files.exists(abandoned));

@@ -82,10 +82,10 @@ class SharedMemoryStepTest {
                 .setModel(model).setClientId("trainer-" + SEQ.incrementAndGet()).setShared(shared)).build());
     }
 
-    /** Opens a stream on {@code seg} and waits until the server has mapped it. */
+    /** Opens a stream on {@code seg} and waits until the server has opened it. */
     private static RawStep openMapped(String model, TestSegment seg) {
         RawStep s = open(model, seg.message);
-        SidecarFixture.awaitTrue("the segment mapped", () -> f.sharedMemory().inUse(seg.message.getName()));
+        SidecarFixture.awaitTrue("the segment opened", () -> f.sharedMemory().inUse(seg.message.getName()));
         return s;
     }
 
@@ -142,7 +142,7 @@ class SharedMemoryStepTest {
             assertEquals(Status.Code.OK, s.awaitClose().getCode());
             assertBitsEqual(f.pull(viaChunks), f.pull(viaSegment), "pulled weights");
         }
-        SidecarFixture.awaitTrue("the segment unmapped", () -> f.sharedMemory().mappedSegments() == 0);
+        SidecarFixture.awaitTrue("the segment closed", () -> f.sharedMemory().openSegments() == 0);
     }
 
     @Test
@@ -242,7 +242,7 @@ class SharedMemoryStepTest {
             assertReason(s.awaitClose(), Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_FAULT", "shrank");
             assertUnchanged(model, 1, before);
         }
-        SidecarFixture.awaitTrue("the segment unmapped", () -> f.sharedMemory().mappedSegments() == 0);
+        SidecarFixture.awaitTrue("the segment closed", () -> f.sharedMemory().openSegments() == 0);
         f.assertServerHealthy("healthy-after-truncation");
     }
 
@@ -274,8 +274,8 @@ class SharedMemoryStepTest {
     }
 
     /**
-     * A thread truncates the segment of a large tensor while the server reads it: the mapped pages
-     * vanish under the copy, which must become that client's error, never the server's.
+     * A thread truncates the segment of a large tensor while the server reads it: the file ends
+     * under the reads, which must become that client's error, never the server's.
      */
     @Test
     void truncatedDuringACommitFailsOnlyThatClient() throws Exception {
@@ -317,7 +317,7 @@ class SharedMemoryStepTest {
     }
 
     @Test
-    void segmentsThatCannotBeMappedAreRefused() throws IOException {
+    void segmentsThatCannotBeOpenedAreRefused() throws IOException {
         String model = register();
         Path sub = Files.createDirectory(dir.resolve("optsidecar-a-directory"));
         try (TestSegment good = segment()) {
@@ -351,7 +351,7 @@ class SharedMemoryStepTest {
             for (Object[] c : cases) {
                 RawStep s = open(model, (SharedSegment) c[0]);
                 assertReason(s.awaitClose(), (Status.Code) c[1], (String) c[2], (String) c[3]);
-                assertEquals(0, f.sharedMemory().mappedSegments(), () -> "left mapped: " + c[0]);
+                assertEquals(0, f.sharedMemory().openSegments(), () -> "left open: " + c[0]);
                 var pull = f.blocking().pull(PullRequest.newBuilder().setModel(model).setShared((SharedSegment) c[0])
                         .build());
                 StatusRuntimeException e = assertThrows(StatusRuntimeException.class, pull::next);

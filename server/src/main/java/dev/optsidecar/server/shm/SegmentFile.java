@@ -5,7 +5,6 @@ import dev.optsidecar.server.OptError;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
-import java.nio.MappedByteBuffer;
 import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
@@ -17,43 +16,39 @@ import java.util.Objects;
 import java.util.Set;
 
 /**
- * A client's segment mapped into the server: windows of at most 1 GiB cover the bytes its layout
- * uses. The client owns the file and may shrink, replace or delete it at any moment, so every
- * access first checks that the path still names the file mapped and that it is still large
- * enough, and a fault while copying (a mapped page that vanished, which the JVM reports as an
- * InternalError, raised only at the thread's next native call) becomes that client's
- * FAILED_PRECONDITION, SHARED_MEMORY_FAULT: each copy ends with a native call inside the same try. Accesses and
- * {@link #close} are serialized, so the mapping is never released under a copy.
+ * A client's segment, opened by the server. Gradients (and weights to set) are read from it and
+ * views written into it with positional reads and writes of the open file (one copy each way, as
+ * from a mapping), not through a mapping: the client owns the file and may shrink, replace or
+ * delete it at any moment, and a mapped page that vanished would fault in the middle of a copy
+ * (the JVM raises that fault late, inside whatever native call comes next), while a short read
+ * just says so. Every access first checks that the path still names the file opened and that it
+ * is still large enough; anything else becomes that client's FAILED_PRECONDITION,
+ * SHARED_MEMORY_FAULT. Accesses and {@link #close} are serialized.
  */
-public final class MappedSegment implements AutoCloseable {
-    /** Largest window one MappedByteBuffer maps. */
-    static final long WINDOW_BYTES = 1L << 30;
-
+public final class SegmentFile implements AutoCloseable {
     private final String name;
     private final Path path;
     private final Object fileKey;
     private final FileChannel channel;
     private final SegmentLayout layout;
-    private final MappedByteBuffer[] windows;
     private final Runnable onClose;
     private boolean closed;
 
-    private MappedSegment(String name, Path path, Object fileKey, FileChannel channel, SegmentLayout layout,
-                          MappedByteBuffer[] windows, Runnable onClose) {
+    private SegmentFile(String name, Path path, Object fileKey, FileChannel channel, SegmentLayout layout,
+                        Runnable onClose) {
         this.name = name;
         this.path = path;
         this.fileKey = fileKey;
         this.channel = channel;
         this.layout = layout;
-        this.windows = windows;
         this.onClose = onClose;
     }
 
     /**
-     * Opens and maps {@code name} in {@code dir}: a regular file (a symbolic link is not followed),
-     * large enough for {@code layout}; else FAILED_PRECONDITION, SHARED_MEMORY_UNAVAILABLE.
+     * Opens {@code name} in {@code dir}: a regular file (a symbolic link is not followed), large
+     * enough for {@code layout}; else FAILED_PRECONDITION, SHARED_MEMORY_UNAVAILABLE.
      */
-    static MappedSegment map(Path dir, String name, SegmentLayout layout, String field, Runnable onClose) {
+    static SegmentFile open(Path dir, String name, SegmentLayout layout, String field, Runnable onClose) {
         Path path = dir.resolve(name);
         FileChannel channel = null;
         try {
@@ -63,26 +58,18 @@ public final class MappedSegment implements AutoCloseable {
             }
             channel = FileChannel.open(path, Set.of(StandardOpenOption.READ, StandardOpenOption.WRITE,
                     LinkOption.NOFOLLOW_LINKS));
-            Object key = attrs.fileKey();
             long size = channel.size();
             if (size < layout.end()) {
                 throw unavailable(field, name, String.format("holds %d bytes, but its offsets need %d for this model",
                         size, layout.end()));
             }
-            int count = (int) ((layout.end() + WINDOW_BYTES - 1) / WINDOW_BYTES);
-            MappedByteBuffer[] windows = new MappedByteBuffer[count];
-            for (int w = 0; w < count; w++) {
-                long start = w * WINDOW_BYTES;
-                windows[w] = channel.map(FileChannel.MapMode.READ_WRITE, start, Math.min(WINDOW_BYTES,
-                        layout.end() - start));
-            }
-            return new MappedSegment(name, path, key, channel, layout, windows, onClose);
+            return new SegmentFile(name, path, attrs.fileKey(), channel, layout, onClose);
         } catch (java.nio.file.NoSuchFileException e) {
             closeQuietly(channel);
             throw unavailable(field, name, "does not exist in the server's --shm-dir");
         } catch (IOException | UnsupportedOperationException e) {
             closeQuietly(channel);
-            throw unavailable(field, name, "cannot be opened or mapped: " + e.getMessage());
+            throw unavailable(field, name, "cannot be opened: " + e.getMessage());
         } catch (RuntimeException e) {
             closeQuietly(channel);
             throw e;
@@ -100,7 +87,7 @@ public final class MappedSegment implements AutoCloseable {
             try {
                 channel.close();
             } catch (IOException ignored) {
-                // nothing was mapped from it
+                // nothing was read from it
             }
         }
     }
@@ -118,7 +105,7 @@ public final class MappedSegment implements AutoCloseable {
     }
 
     /**
-     * Fails with SHARED_MEMORY_FAULT unless the segment's path still names the file mapped, at its
+     * Fails with SHARED_MEMORY_FAULT unless the segment's path still names the file opened, at its
      * full size: a client that deleted, replaced or truncated it gets an error, not stale values.
      */
     public synchronized void verify() {
@@ -150,49 +137,31 @@ public final class MappedSegment implements AutoCloseable {
     public synchronized void writeWeights(int tensor, long element, ByteBuffer src) {
         checkOpen();
         long position = layout.weights(tensor) + element * Float.BYTES;
+        checkSize();
         try {
-            checkSize();
             while (src.hasRemaining()) {
-                MappedByteBuffer window = windows[(int) (position / WINDOW_BYTES)];
-                int at = (int) (position % WINDOW_BYTES);
-                int n = Math.min(src.remaining(), window.capacity() - at);
-                window.put(at, src, src.position(), n);
-                src.position(src.position() + n);
-                position += n;
+                position += channel.write(src, position);
             }
-            deliverPendingFault();
-            checkSize();
-        } catch (InternalError e) {
-            throw fault("faulted while the server wrote it (was it truncated?)");
+        } catch (IOException e) {
+            throw fault("cannot be written: " + e.getMessage());
         }
+        checkSize();
     }
 
     private void read(long position, ByteBuffer dst) {
         checkOpen();
+        checkSize();
         try {
-            checkSize();
             while (dst.hasRemaining()) {
-                MappedByteBuffer window = windows[(int) (position / WINDOW_BYTES)];
-                int at = (int) (position % WINDOW_BYTES);
-                int n = Math.min(dst.remaining(), window.capacity() - at);
-                dst.put(dst.position(), window, at, n);
-                dst.position(dst.position() + n);
+                int n = channel.read(dst, position);
+                if (n < 0) {
+                    throw fault("ended before its offsets did (was it truncated?)");
+                }
                 position += n;
             }
-            deliverPendingFault();
-            checkSize();
-        } catch (InternalError e) {
-            throw fault("faulted while the server read it (was it truncated?)");
+        } catch (IOException e) {
+            throw fault("cannot be read: " + e.getMessage());
         }
-    }
-
-    /**
-     * The JVM raises a fault in a copy from or to a mapping (the InternalError for a SIGBUS) only
-     * at the thread's next native call. This one changes nothing, so the fault surfaces here,
-     * inside the caller's try, and never inside a JDK method with state to keep (FileChannel.size).
-     */
-    private void deliverPendingFault() {
-        Thread.holdsLock(this);
     }
 
     private void checkSize() {
@@ -219,7 +188,7 @@ public final class MappedSegment implements AutoCloseable {
     }
 
     /**
-     * Unmaps the segment and closes the file; its modification time is set to now (when the path
+     * Closes the file; its modification time is set to now (when the path
      * still names it), so that an abandoned segment's grace period counts from its last use.
      */
     @Override
@@ -228,9 +197,6 @@ public final class MappedSegment implements AutoCloseable {
             return;
         }
         closed = true;
-        for (MappedByteBuffer w : windows) {
-            Unmapper.unmap(w);
-        }
         try {
             BasicFileAttributes attrs = Files.readAttributes(path, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
             if (Objects.equals(attrs.fileKey(), fileKey)) {
