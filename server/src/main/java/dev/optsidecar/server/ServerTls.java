@@ -1,0 +1,171 @@
+package dev.optsidecar.server;
+
+import io.grpc.ServerCredentials;
+import io.grpc.TlsServerCredentials;
+import io.grpc.util.AdvancedTlsX509KeyManager;
+import io.grpc.util.AdvancedTlsX509TrustManager;
+import io.grpc.util.CertificateUtils;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.GeneralSecurityException;
+import java.security.PrivateKey;
+import java.security.Signature;
+import java.security.cert.X509Certificate;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * TLS for the TCP listeners: the server's certificate and key (PEM), and for mutual TLS the CA
+ * that client certificates must chain to. grpc's advanced TLS managers re-read the files whenever
+ * their modification time changes (checked every {@code reloadEvery}), so a rotated certificate is
+ * used by the next connection without a restart; connections already open keep theirs.
+ */
+public final class ServerTls implements AutoCloseable {
+    /** How often Main's server looks for rotated certificate files. */
+    public static final Duration DEFAULT_RELOAD = Duration.ofSeconds(5);
+
+    private final AdvancedTlsX509KeyManager keys = new AdvancedTlsX509KeyManager();
+    private final AdvancedTlsX509TrustManager clientTrust;
+    private final ScheduledExecutorService reloader = Executors.newSingleThreadScheduledExecutor(r -> {
+        Thread t = new Thread(r, "optsidecar-tls-reload");
+        t.setDaemon(true);
+        return t;
+    });
+    private final List<AutoCloseable> watches = new ArrayList<>();
+
+    private ServerTls(AdvancedTlsX509TrustManager clientTrust) {
+        this.clientTrust = clientTrust;
+    }
+
+    /**
+     * Loads the certificate and key (and the client CA, null for TLS without client certificates)
+     * and starts watching them.
+     *
+     * @throws IllegalArgumentException naming the flag and the file when one is missing, unreadable
+     *                                  or not valid PEM, or when the key is not the certificate's
+     */
+    public static ServerTls load(Path cert, Path key, Path clientCa, Duration reloadEvery) {
+        X509Certificate[] chain = certificates("--tls-cert", cert);
+        PrivateKey privateKey = privateKey(key);
+        checkKeyMatches(chain[0], privateKey, cert, key);
+        AdvancedTlsX509TrustManager trust = null;
+        if (clientCa != null) {
+            certificates("--tls-client-ca", clientCa);
+            try {
+                trust = AdvancedTlsX509TrustManager.newBuilder()
+                        .setVerification(AdvancedTlsX509TrustManager.Verification.CERTIFICATE_ONLY_VERIFICATION)
+                        .build();
+            } catch (GeneralSecurityException e) {
+                throw new IllegalStateException(e);
+            }
+        }
+        ServerTls tls = new ServerTls(trust);
+        try {
+            long millis = reloadEvery.toMillis();
+            tls.watches.add(tls.keys.updateIdentityCredentials(cert.toFile(), key.toFile(), millis,
+                    TimeUnit.MILLISECONDS, tls.reloader));
+            if (trust != null) {
+                tls.watches.add(trust.updateTrustCredentials(clientCa.toFile(), millis, TimeUnit.MILLISECONDS,
+                        tls.reloader));
+            }
+        } catch (IOException | GeneralSecurityException e) {
+            tls.close();
+            throw new IllegalArgumentException("TLS files: " + Main.describe(e), e);
+        }
+        return tls;
+    }
+
+    /** What a TCP listener serves with: TLS, and with a client CA, client certificates required. */
+    public ServerCredentials credentials() {
+        TlsServerCredentials.Builder b = TlsServerCredentials.newBuilder().keyManager(keys);
+        if (clientTrust != null) {
+            b.trustManager(clientTrust).clientAuth(TlsServerCredentials.ClientAuth.REQUIRE);
+        }
+        return b.build();
+    }
+
+    public boolean requiresClientCertificates() {
+        return clientTrust != null;
+    }
+
+    private static X509Certificate[] certificates(String flag, Path file) {
+        try (InputStream in = open(flag, file)) {
+            X509Certificate[] certs = CertificateUtils.getX509Certificates(in);
+            if (certs.length == 0) {
+                throw new IllegalArgumentException(flag + " " + file + ": no PEM certificate in it");
+            }
+            return certs;
+        } catch (IOException | GeneralSecurityException e) {
+            throw new IllegalArgumentException(flag + " " + file + ": not a PEM certificate (" + Main.describe(e) + ")");
+        }
+    }
+
+    private static PrivateKey privateKey(Path file) {
+        try (InputStream in = open("--tls-key", file)) {
+            return CertificateUtils.getPrivateKey(in);
+        } catch (IOException | GeneralSecurityException | RuntimeException e) {
+            if (e instanceof IllegalArgumentException iae && iae.getMessage().startsWith("--tls-key")) {
+                throw iae;
+            }
+            throw new IllegalArgumentException("--tls-key " + file
+                    + ": not a PEM private key in PKCS#8 (-----BEGIN PRIVATE KEY-----; " + Main.describe(e) + ")");
+        }
+    }
+
+    private static InputStream open(String flag, Path file) throws IOException {
+        if (!Files.isRegularFile(file) || !Files.isReadable(file)) {
+            throw new IllegalArgumentException(flag + " " + file + ": "
+                    + (Files.exists(file) ? "not a readable file" : "no such file"));
+        }
+        return Files.newInputStream(file);
+    }
+
+    /** A key that is not the certificate's fails every handshake with an obscure error; say so at startup. */
+    private static void checkKeyMatches(X509Certificate cert, PrivateKey key, Path certFile, Path keyFile) {
+        String algorithm = switch (key.getAlgorithm()) {
+            case "RSA" -> "SHA256withRSA";
+            case "EC" -> "SHA256withECDSA";
+            default -> null; // another kind of key: the handshake will tell
+        };
+        if (algorithm == null) {
+            return;
+        }
+        boolean matches;
+        try {
+            byte[] probe = "optsidecar".getBytes(java.nio.charset.StandardCharsets.US_ASCII);
+            Signature sign = Signature.getInstance(algorithm);
+            sign.initSign(key);
+            sign.update(probe);
+            byte[] signature = sign.sign();
+            Signature verify = Signature.getInstance(algorithm);
+            verify.initVerify(cert.getPublicKey());
+            verify.update(probe);
+            matches = verify.verify(signature);
+        } catch (GeneralSecurityException e) {
+            matches = false;
+        }
+        if (!matches) {
+            throw new IllegalArgumentException("--tls-key " + keyFile + " is not the key of --tls-cert " + certFile);
+        }
+    }
+
+    /** Stops watching the files. */
+    @Override
+    public void close() {
+        for (AutoCloseable watch : watches) {
+            try {
+                watch.close();
+            } catch (Exception ignored) {
+                // nothing to release beyond the scheduled check
+            }
+        }
+        reloader.shutdownNow();
+    }
+}
