@@ -14,6 +14,9 @@ import java.security.GeneralSecurityException;
 import java.security.PrivateKey;
 import java.security.Signature;
 import java.security.cert.X509Certificate;
+import java.io.UncheckedIOException;
+import java.nio.file.attribute.FileTime;
+import java.util.logging.Logger;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -23,11 +26,14 @@ import java.util.concurrent.TimeUnit;
 
 /**
  * TLS for the TCP listeners: the server's certificate and key (PEM), and for mutual TLS the CA
- * that client certificates must chain to. grpc's advanced TLS managers re-read the files whenever
- * their modification time changes (checked every {@code reloadEvery}), so a rotated certificate is
- * used by the next connection without a restart; connections already open keep theirs.
+ * that client certificates must chain to. The files are checked every {@code reloadEvery} and
+ * re-read into grpc's advanced TLS managers when a modification time changes, so a rotated
+ * certificate is used by the next connection without a restart; connections already open keep
+ * theirs. (grpc's own file polling waits at least a minute and only when both files changed.) A
+ * certificate whose key does not match yet, half through a rotation, is not taken until it does.
  */
 public final class ServerTls implements AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(ServerTls.class.getName());
     /** How often Main's server looks for rotated certificate files. */
     public static final Duration DEFAULT_RELOAD = Duration.ofSeconds(5);
 
@@ -38,9 +44,16 @@ public final class ServerTls implements AutoCloseable {
         t.setDaemon(true);
         return t;
     });
-    private final List<AutoCloseable> watches = new ArrayList<>();
+    private final Path certFile;
+    private final Path keyFile;
+    private final Path clientCaFile;
+    /** The modification times of the files last loaded: cert, key, client CA. */
+    private List<FileTime> loaded;
 
-    private ServerTls(AdvancedTlsX509TrustManager clientTrust) {
+    private ServerTls(Path certFile, Path keyFile, Path clientCaFile, AdvancedTlsX509TrustManager clientTrust) {
+        this.certFile = certFile;
+        this.keyFile = keyFile;
+        this.clientCaFile = clientCaFile;
         this.clientTrust = clientTrust;
     }
 
@@ -52,12 +65,8 @@ public final class ServerTls implements AutoCloseable {
      *                                  or not valid PEM, or when the key is not the certificate's
      */
     public static ServerTls load(Path cert, Path key, Path clientCa, Duration reloadEvery) {
-        X509Certificate[] chain = certificates("--tls-cert", cert);
-        PrivateKey privateKey = privateKey(key);
-        checkKeyMatches(chain[0], privateKey, cert, key);
         AdvancedTlsX509TrustManager trust = null;
         if (clientCa != null) {
-            certificates("--tls-client-ca", clientCa);
             try {
                 trust = AdvancedTlsX509TrustManager.newBuilder()
                         .setVerification(AdvancedTlsX509TrustManager.Verification.CERTIFICATE_ONLY_VERIFICATION)
@@ -66,20 +75,53 @@ public final class ServerTls implements AutoCloseable {
                 throw new IllegalStateException(e);
             }
         }
-        ServerTls tls = new ServerTls(trust);
-        try {
-            long millis = reloadEvery.toMillis();
-            tls.watches.add(tls.keys.updateIdentityCredentials(cert.toFile(), key.toFile(), millis,
-                    TimeUnit.MILLISECONDS, tls.reloader));
-            if (trust != null) {
-                tls.watches.add(trust.updateTrustCredentials(clientCa.toFile(), millis, TimeUnit.MILLISECONDS,
-                        tls.reloader));
-            }
-        } catch (IOException | GeneralSecurityException e) {
-            tls.close();
-            throw new IllegalArgumentException("TLS files: " + Main.describe(e), e);
-        }
+        ServerTls tls = new ServerTls(cert, key, clientCa, trust);
+        tls.reload();
+        long millis = Math.max(1, reloadEvery.toMillis());
+        tls.reloader.scheduleWithFixedDelay(tls::reloadIfChanged, millis, millis, TimeUnit.MILLISECONDS);
         return tls;
+    }
+
+    /** Loads the files into the managers; throws naming the flag and file when one is not usable. */
+    private void reload() {
+        List<FileTime> times = modificationTimes();
+        X509Certificate[] chain = certificates("--tls-cert", certFile);
+        PrivateKey privateKey = privateKey(keyFile);
+        checkKeyMatches(chain[0], privateKey, certFile, keyFile);
+        if (clientTrust != null) {
+            X509Certificate[] roots = certificates("--tls-client-ca", clientCaFile);
+            try {
+                clientTrust.updateTrustCredentials(roots);
+            } catch (IOException | GeneralSecurityException e) {
+                throw new IllegalArgumentException("--tls-client-ca " + clientCaFile + ": " + Main.describe(e));
+            }
+        }
+        keys.updateIdentityCredentials(chain, privateKey);
+        loaded = times;
+    }
+
+    private void reloadIfChanged() {
+        try {
+            if (!modificationTimes().equals(loaded)) {
+                reload();
+                LOG.info(() -> "TLS: reloaded " + certFile + (clientCaFile == null ? "" : " and " + clientCaFile));
+            }
+        } catch (IllegalArgumentException | UncheckedIOException e) {
+            // Half through a rotation, or a bad file: keep serving with what was loaded, and look again.
+            LOG.warning(() -> "TLS: keeping the certificates loaded before; " + e.getMessage());
+        }
+    }
+
+    private List<FileTime> modificationTimes() {
+        List<FileTime> times = new ArrayList<>();
+        for (Path file : new Path[] {certFile, keyFile, clientCaFile}) {
+            try {
+                times.add(file == null ? null : Files.getLastModifiedTime(file));
+            } catch (IOException e) {
+                times.add(null); // missing for now: open() names it when it is read
+            }
+        }
+        return times;
     }
 
     /** What a TCP listener serves with: TLS, and with a client CA, client certificates required. */
@@ -159,13 +201,6 @@ public final class ServerTls implements AutoCloseable {
     /** Stops watching the files. */
     @Override
     public void close() {
-        for (AutoCloseable watch : watches) {
-            try {
-                watch.close();
-            } catch (Exception ignored) {
-                // nothing to release beyond the scheduled check
-            }
-        }
         reloader.shutdownNow();
     }
 }
