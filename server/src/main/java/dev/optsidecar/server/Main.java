@@ -237,7 +237,7 @@ public final class Main implements Callable<Integer> {
         }
         if (stateDir == null) {
             for (String flag : STATE_DIR_FLAGS) {
-                if (spec.commandLine().getParseResult().hasMatchedOption(flag)) {
+                if (given(flag)) {
                     throw usage(flag + " needs --state-dir");
                 }
             }
@@ -260,7 +260,7 @@ public final class Main implements Callable<Integer> {
                 throw usage("--health-port must be 0 to 65535 (0: any free port), not " + healthPort);
             }
             checkBindAddress(healthBind, "--health-bind ");
-        } else if (spec.commandLine().getParseResult().hasMatchedOption("--health-bind")) {
+        } else if (given("--health-bind")) {
             throw usage("--health-bind needs --health-port");
         }
     }
@@ -282,9 +282,8 @@ public final class Main implements Callable<Integer> {
      * --port), then each --listen address.
      */
     java.util.List<ListenAddress> listenAddresses() {
-        var parsed = spec.commandLine().getParseResult();
         java.util.List<ListenAddress> out = new java.util.ArrayList<>();
-        if (listen.isEmpty() || parsed.hasMatchedOption("--bind") || parsed.hasMatchedOption("--port")) {
+        if (listen.isEmpty() || given("--bind") || given("--port")) {
             out.add(new ListenAddress.Tcp(bind, port));
         }
         for (String text : listen) {
@@ -295,6 +294,19 @@ public final class Main implements Callable<Integer> {
             }
         }
         return out;
+    }
+
+    /** Whether {@code flag} was set, on the command line or by its OPTSIDECAR_* variable. */
+    private boolean given(String flag) {
+        if (spec.commandLine().getParseResult().hasMatchedOption(flag)) {
+            return true;
+        }
+        CommandLine.IDefaultValueProvider environment = spec.commandLine().getDefaultValueProvider();
+        try {
+            return environment != null && environment.defaultValue(spec.findOption(flag)) != null;
+        } catch (Exception e) {
+            return false;
+        }
     }
 
     /** An address that is not this machine's fails at bind with a vague error; name the flag instead. */

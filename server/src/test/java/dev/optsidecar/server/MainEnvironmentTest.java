@@ -46,6 +46,19 @@ class MainEnvironmentTest {
     }
 
     @Test
+    void aFlagFromTheEnvironmentCountsAsGiven() {
+        Main listenAndPort = parse(Map.of("OPTSIDECAR_LISTEN", "unix:/run/o.sock", "OPTSIDECAR_PORT", "6000"));
+        assertEquals(List.of(new ListenAddress.Tcp("127.0.0.1", 6000), new ListenAddress.Unix(Path.of("/run/o.sock"))),
+                listenAndPort.listenAddresses(), "--port beside --listen serves both, as on the command line");
+        assertEquals(List.of(new ListenAddress.Unix(Path.of("/run/o.sock"))),
+                parse(Map.of("OPTSIDECAR_LISTEN", "unix:/run/o.sock")).listenAddresses());
+        java.io.StringWriter err = new java.io.StringWriter();
+        CommandLine cmd = Main.commandLine(Map.of("OPTSIDECAR_JOURNAL", "off")).setErr(new java.io.PrintWriter(err));
+        assertEquals(Main.EXIT_USAGE, cmd.execute());
+        assertTrue(err.toString().startsWith("optsidecar-server: --journal needs --state-dir"), err.toString());
+    }
+
+    @Test
     void aBooleanFlag() {
         assertTrue(parse(Map.of()).reflection);
         assertFalse(parse(Map.of(), "--no-reflection").reflection);
