@@ -10,19 +10,18 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.FileTime;
 import java.security.GeneralSecurityException;
 import java.security.PrivateKey;
 import java.security.Signature;
 import java.security.cert.X509Certificate;
-import java.io.UncheckedIOException;
-import java.nio.file.attribute.FileTime;
-import java.util.logging.Logger;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
+import java.util.logging.Logger;
 
 /**
  * TLS for the TCP listeners: the server's certificate and key (PEM), and for mutual TLS the CA
@@ -76,7 +75,12 @@ public final class ServerTls implements AutoCloseable {
             }
         }
         ServerTls tls = new ServerTls(cert, key, clientCa, trust);
-        tls.reload();
+        try {
+            tls.reload();
+        } catch (RuntimeException e) {
+            tls.close();
+            throw e;
+        }
         long millis = Math.max(1, reloadEvery.toMillis());
         tls.reloader.scheduleWithFixedDelay(tls::reloadIfChanged, millis, millis, TimeUnit.MILLISECONDS);
         return tls;
@@ -96,6 +100,12 @@ public final class ServerTls implements AutoCloseable {
                 throw new IllegalArgumentException("--tls-client-ca " + clientCaFile + ": " + Main.describe(e));
             }
         }
+        try {
+            chain[0].checkValidity();
+        } catch (java.security.cert.CertificateException e) {
+            // Served all the same (a rotation may be on its way), but clients will refuse it.
+            LOG.warning(() -> "TLS: --tls-cert " + certFile + " is not valid now: " + e.getMessage());
+        }
         keys.updateIdentityCredentials(chain, privateKey);
         loaded = times;
     }
@@ -106,8 +116,9 @@ public final class ServerTls implements AutoCloseable {
                 reload();
                 LOG.info(() -> "TLS: reloaded " + certFile + (clientCaFile == null ? "" : " and " + clientCaFile));
             }
-        } catch (IllegalArgumentException | UncheckedIOException e) {
-            // Half through a rotation, or a bad file: keep serving with what was loaded, and look again.
+        } catch (RuntimeException e) {
+            // Half through a rotation, or a bad file: keep serving with what was loaded, and look again
+            // (an exception escaping would cancel the periodic check).
             LOG.warning(() -> "TLS: keeping the certificates loaded before; " + e.getMessage());
         }
     }

@@ -117,7 +117,8 @@ public final class SocketServer implements AutoCloseable {
         String health = exposure.healthAddress() == null ? "" : ", health on " + new ListenAddress.Tcp(
                 exposure.healthAddress().host(), s.server.healthPort());
         LOG.info(() -> "optsidecar serving on " + s.listening.stream().map(Object::toString)
-                .collect(java.util.stream.Collectors.joining(", ")) + security + health + " (" + threads + " engine threads, "
+                .collect(java.util.stream.Collectors.joining(", ")) + security + health
+                + " (" + threads + " engine threads, "
                 + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
         return s;
     }
@@ -153,7 +154,8 @@ public final class SocketServer implements AutoCloseable {
         } else {
             ListenAddress.Tcp tcp = (ListenAddress.Tcp) address;
             InetSocketAddress socket = new InetSocketAddress(tcp.host(), tcp.port());
-            b = (tls == null ? NettyServerBuilder.forAddress(socket) : NettyServerBuilder.forAddress(socket, tls.credentials()))
+            b = (tls == null ? NettyServerBuilder.forAddress(socket)
+                    : NettyServerBuilder.forAddress(socket, tls.credentials()))
                     .channelType(Epoll.isAvailable() ? EpollServerSocketChannel.class : NioServerSocketChannel.class);
         }
         return b.bossEventLoopGroup(boss)
