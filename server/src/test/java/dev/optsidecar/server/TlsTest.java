@@ -162,7 +162,14 @@ class TlsTest {
             try (Trainer trainer = open.trainer("m", "t")) {
                 trainer.step(StandardModel.grads(1), weights);
 
+                // Half through the rotation the new key does not match the old certificate: the
+                // server keeps the old pair, and new connections still succeed with it.
                 replace(second.key(), key);
+                Thread.sleep(5 * RELOAD.toMillis());
+                assertEquals("CN=first", serverCertificate(s.port()).getSubjectX500Principal().getName());
+                try (OptSidecarClient midway = OptSidecarClient.connect(target(s), pki.ca())) {
+                    assertEquals(List.of("m"), midway.list());
+                }
                 replace(second.cert(), cert);
                 long deadline = System.nanoTime() + Duration.ofSeconds(20).toNanos();
                 String seen;
