@@ -52,6 +52,7 @@ from .errors import ProtocolError, ServerUnavailable, error_details, from_rpc_er
 from .shm import Segment, same_memory
 from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, Weights
 from .spec import make_schedule, to_struct
+from .security import Security
 from .v1 import optimizer_pb2 as pb
 from .v1 import optimizer_pb2_grpc as pb_grpc
 from .views import ViewLike, make_view, view_name
@@ -100,7 +101,7 @@ class Client:
     """A connection to an optsidecar server. Thread-safe; one per server is enough.
 
     Args:
-        target: ``host:port`` of the server.
+        target: ``host:port`` of the server, or ``unix:PATH`` (always plaintext).
         timeout: seconds allowed for a unary call (Describe, List, Delete); None for no limit.
             Streams (Register, Pull, Step) and the calls that read or write a whole model
             (Snapshot, Restore, Fork, Export) have no deadline: their length grows with the model.
@@ -108,14 +109,24 @@ class Client:
             the stream does not retry steps (``retry_for=0``), so that the first step after a
             server restart finds it again; then the step fails with ``ServerUnavailable``.
         options: extra gRPC channel options.
+        tls_ca: PEM file of the CA that issued the server's certificate; given, the channel is TLS
+            (default: ``OPTSIDECAR_TLS_CA``; without either, plaintext).
+        tls_cert, tls_key: a client certificate chain and its key (PEM), for a server that
+            requires them (mutual TLS); need ``tls_ca`` (default: ``OPTSIDECAR_TLS_CERT`` and
+            ``OPTSIDECAR_TLS_KEY``).
+        token: sent as ``authorization: Bearer <token>`` with every call (default:
+            ``OPTSIDECAR_TOKEN``). A setting left None comes from the environment; ``""`` turns it off.
     """
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: Optional[float] = 60.0,
-                 connect_timeout: float = 5.0, options: Sequence[tuple] = ()):
+                 connect_timeout: float = 5.0, options: Sequence[tuple] = (), tls_ca: Optional[str] = None,
+                 tls_cert: Optional[str] = None, tls_key: Optional[str] = None, token: Optional[str] = None):
         self.target = target
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._channel = grpc.insecure_channel(target, options=[
+        #: The TLS files and token in use (see :mod:`optsidecar.security`).
+        self.security = Security.resolve(tls_ca, tls_cert, tls_key, token)
+        self._channel = self.security.channel(target, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Reconnect soon after a server restart instead of backing off for up to two minutes:

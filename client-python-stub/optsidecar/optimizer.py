@@ -149,6 +149,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
             below. None: asynchronous without a staleness bound.
         client (Client, optional): an existing :class:`~optsidecar.Client` to use instead of
             connecting to ``target``.
+        tls_ca, tls_cert, tls_key, token (str, keyword-only): TLS (on when a CA file is given),
+            a client certificate and key for mutual TLS, a bearer token; each None is taken from
+            ``OPTSIDECAR_TLS_CA``, ``OPTSIDECAR_TLS_CERT``, ``OPTSIDECAR_TLS_KEY``,
+            ``OPTSIDECAR_TOKEN`` (see :class:`~optsidecar.Client`).
         retry_for (float): seconds a step is retried while the server is unavailable (restarting,
             connection dropped), default 60; 0 raises ``ServerUnavailable`` at once. See below.
         ephemeral (bool, optional): register the model with a lease: a daemon thread renews it
@@ -261,7 +265,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  client: Optional[Client] = None, retry_for: float = DEFAULT_RETRY_SECONDS,
                  coordination: Any = None, ephemeral: Optional[bool] = None,
                  lease_seconds: int = DEFAULT_LEASE_SECONDS, wire_dtype: str = "float32", transport: str = "auto",
-                 shm_dir: Optional[str] = None, **hyperparameters: Any):
+                 shm_dir: Optional[str] = None, tls_ca: Optional[str] = None, tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None, token: Optional[str] = None, **hyperparameters: Any):
         if isinstance(lr, str) or positional:
             given = f"{lr!r}" + "".join(f", {a!r}" for a in positional)
             raise TypeError(f"RemoteOptimizer(params, lr, *, target=..., algorithm=..., model=..., client_id=..., "
@@ -287,7 +292,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         #: The grace period of the model's lease, when this optimizer registered it ephemeral; else 0.
         self.lease_seconds = int(lease_seconds) if ephemeral else 0
         self._owns_client = client is None
-        self.client = client if client is not None else Client(target)
+        self.client = client if client is not None else Client(target, tls_ca=tls_ca, tls_cert=tls_cert,
+                                                               tls_key=tls_key, token=token)
         self.model = model if model is not None else f"torch-{uuid.uuid4().hex[:12]}"
         self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         try:

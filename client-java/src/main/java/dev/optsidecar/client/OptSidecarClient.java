@@ -32,7 +32,6 @@ import dev.optsidecar.proto.v1.VersionContributions;
 import io.grpc.ManagedChannel;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
-import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
 import io.grpc.stub.StreamObserver;
@@ -72,7 +71,7 @@ public final class OptSidecarClient implements AutoCloseable {
         this(channel, false);
     }
 
-    private OptSidecarClient(ManagedChannel channel, boolean ownsChannel) {
+    OptSidecarClient(ManagedChannel channel, boolean ownsChannel) {
         this.channel = channel;
         this.ownsChannel = ownsChannel;
         this.async = OptimizerGrpc.newStub(channel)
@@ -86,19 +85,20 @@ public final class OptSidecarClient implements AutoCloseable {
      * (also {@code unix:///absolute/path}) of a server on the same host.
      */
     public static OptSidecarClient connect(String target) {
-        if (target.startsWith("unix:")) {
-            // grpc-netty's provider for unix: targets (epoll's domain sockets, Linux).
-            ManagedChannel channel = io.grpc.Grpc.newChannelBuilder(target, io.grpc.InsecureChannelCredentials.create())
-                    .maxInboundMessageSize(MAX_MESSAGE_BYTES)
-                    .build();
-            return new OptSidecarClient(channel, true);
-        }
-        ManagedChannel channel = NettyChannelBuilder.forTarget(target)
-                .usePlaintext()
-                .maxInboundMessageSize(MAX_MESSAGE_BYTES)
-                .flowControlWindow(FLOW_CONTROL_WINDOW)
-                .build();
-        return new OptSidecarClient(channel, true);
+        return builder(target).connect();
+    }
+
+    /** Connects with TLS to {@code target}, trusting the CA in {@code caFile}; see {@link #builder} for more. */
+    public static OptSidecarClient connect(String target, java.nio.file.Path caFile) {
+        return builder(target).tlsCa(caFile).connect();
+    }
+
+    /**
+     * Settings for a connection: TLS (on when a CA is given), a client certificate for mutual TLS,
+     * a bearer token; {@link OptSidecarClientBuilder#fromEnvironment()} reads them from OPTSIDECAR_*.
+     */
+    public static OptSidecarClientBuilder builder(String target) {
+        return new OptSidecarClientBuilder(target);
     }
 
     /**

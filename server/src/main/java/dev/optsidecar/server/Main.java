@@ -8,12 +8,16 @@ import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Spec;
 
+import java.io.IOException;
 import java.util.concurrent.Callable;
 
 /** {@code java -jar optsidecar-server.jar [serve flags] | conformance DIR | bench}. */
 @Command(name = "optsidecar-server", mixinStandardHelpOptions = true, version = "optsidecar 0.1.0",
         description = "Optimizer-as-a-service: holds model parameters and optimizer state, applies steps to"
                 + " gradients streamed by trainers over gRPC. With no subcommand it serves.",
+        footer = {"", "Every flag can also be set in the environment as OPTSIDECAR_<FLAG>, e.g. OPTSIDECAR_PORT=50051,"
+                + " OPTSIDECAR_TLS_CERT=/etc/tls/tls.crt, OPTSIDECAR_REFLECTION=false; a repeatable flag takes a"
+                + " comma-separated list (OPTSIDECAR_RESTORE=latest). The command line wins over the environment."},
         subcommands = {ConformanceCommand.class, BenchCommand.class})
 public final class Main implements Callable<Integer> {
     /** Exit code of a mistake on the command line (picocli's usage error code). */
@@ -34,7 +38,7 @@ public final class Main implements Callable<Integer> {
             description = "Address to bind (default: ${DEFAULT-VALUE}; 0.0.0.0 for all interfaces).")
     String bind;
 
-    @Option(names = "--listen", paramLabel = "ADDRESS",
+    @Option(names = "--listen", paramLabel = "ADDRESS", split = ",",
             description = "Listen on ADDRESS: HOST:PORT, or unix:PATH (unix:///run/optsidecar.sock) for a Unix"
                     + " domain socket, for clients on the same host or pod without TCP. Repeatable. Served beside"
                     + " --bind:--port when either is given; without them, only the --listen addresses.")
@@ -71,7 +75,7 @@ public final class Main implements Callable<Integer> {
             description = "Snapshots kept per model; older ones and their journals are deleted (default: ${DEFAULT-VALUE}).")
     int snapshotKeep;
 
-    @Option(names = "--restore", paramLabel = "latest|MODEL|MODEL@ID",
+    @Option(names = "--restore", paramLabel = "latest|MODEL|MODEL@ID", split = ",",
             description = "At startup, restore every model's latest snapshot (latest), one model's, or one snapshot"
                     + " exactly; latest and MODEL also replay the journaled steps after it. Repeatable.")
     java.util.List<String> restore = new java.util.ArrayList<>();
@@ -111,9 +115,35 @@ public final class Main implements Callable<Integer> {
     long idleStreamTimeout;
 
     @Option(names = "--shm-dir", paramLabel = "DIR",
-            description = "Map co-located clients' shared-memory segments from this directory (e.g. /dev/shm);"
+            description = "Open co-located clients' shared-memory segments in this directory (e.g. /dev/shm);"
                     + " off by default.")
     java.nio.file.Path shmDir;
+
+    @Option(names = "--tls-cert", paramLabel = "FILE",
+            description = "Serve TLS on the TCP listeners with this certificate chain (PEM), with --tls-key. Unix"
+                    + " sockets stay plaintext. Re-read when the file changes, without a restart.")
+    java.nio.file.Path tlsCert;
+
+    @Option(names = "--tls-key", paramLabel = "FILE", description = "The private key of --tls-cert (PEM, PKCS#8).")
+    java.nio.file.Path tlsKey;
+
+    @Option(names = "--tls-client-ca", paramLabel = "FILE",
+            description = "Mutual TLS: require a client certificate issued by a CA in this PEM file (needs --tls-cert).")
+    java.nio.file.Path tlsClientCa;
+
+    @Option(names = "--health-port", paramLabel = "N",
+            description = "Also serve only the gRPC health service, in plaintext, on this port (for kubelet probes"
+                    + " while the API is TLS, loopback or a Unix socket; 0: any free port).")
+    Integer healthPort;
+
+    @Option(names = "--health-bind", defaultValue = "0.0.0.0", paramLabel = "ADDRESS",
+            description = "Address of --health-port (default: ${DEFAULT-VALUE}, all interfaces).")
+    String healthBind;
+
+    @Option(names = "--reflection", negatable = true, defaultValue = "true", fallbackValue = "true",
+            description = "Serve gRPC server reflection on the API listeners (default: on; --no-reflection to hide"
+                    + " the API's schema).")
+    boolean reflection;
 
     public static void main(String[] args) {
         System.setProperty("optsidecar.cpus", String.valueOf(Runtime.getRuntime().availableProcessors()));
@@ -122,7 +152,13 @@ public final class Main implements Callable<Integer> {
 
     /** The command line with handlers that report a mistake or a failed start as one line on stderr. */
     static CommandLine commandLine() {
+        return commandLine(System.getenv());
+    }
+
+    /** As {@link #commandLine()}, with flags' defaults taken from {@code environment} (OPTSIDECAR_PORT...). */
+    static CommandLine commandLine(java.util.Map<String, String> environment) {
         return new CommandLine(new Main())
+                .setDefaultValueProvider(new EnvironmentDefaults(environment))
                 .setParameterExceptionHandler(Main::usageError)
                 .setExecutionExceptionHandler(Main::cannotStart);
     }
@@ -173,10 +209,20 @@ public final class Main implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         validate();
-        SocketServer server = SocketServer.start(listenAddresses(),
-                threads == null ? defaultThreads() : threads,
-                memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore, limits(),
-                sharedMemory());
+        ServerTls tls = tls();
+        SocketServer.Exposure exposure = new SocketServer.Exposure(tls,
+                healthPort == null ? null : new ListenAddress.Tcp(healthBind, healthPort), reflection);
+        SocketServer server;
+        try {
+            server = SocketServer.start(listenAddresses(), exposure, threads == null ? defaultThreads() : threads,
+                    memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore, limits(),
+                    sharedMemory());
+        } catch (IOException | RuntimeException e) {
+            if (tls != null) {
+                tls.close();
+            }
+            throw e;
+        }
         Runtime.getRuntime().addShutdownHook(new Thread(server::close, "optsidecar-shutdown"));
         server.server().awaitTermination();
         return 0;
@@ -197,7 +243,7 @@ public final class Main implements Callable<Integer> {
         }
         if (stateDir == null) {
             for (String flag : STATE_DIR_FLAGS) {
-                if (spec.commandLine().getParseResult().hasMatchedOption(flag)) {
+                if (given(flag)) {
                     throw usage(flag + " needs --state-dir");
                 }
             }
@@ -209,6 +255,32 @@ public final class Main implements Callable<Integer> {
                 checkBindAddress(tcp.host(), listen.isEmpty() ? "--bind " : "--listen ");
             }
         }
+        if ((tlsCert == null) != (tlsKey == null)) {
+            throw usage(tlsCert == null ? "--tls-key needs --tls-cert" : "--tls-cert needs --tls-key");
+        }
+        if (tlsClientCa != null && tlsCert == null) {
+            throw usage("--tls-client-ca needs --tls-cert and --tls-key");
+        }
+        if (healthPort != null) {
+            if (healthPort < 0 || healthPort > 65535) {
+                throw usage("--health-port must be 0 to 65535 (0: any free port), not " + healthPort);
+            }
+            checkBindAddress(healthBind, "--health-bind ");
+        } else if (given("--health-bind")) {
+            throw usage("--health-bind needs --health-port");
+        }
+    }
+
+    /** The TLS files loaded and watched, or null without --tls-cert; a bad file is a mistake in the flags. */
+    ServerTls tls() {
+        if (tlsCert == null) {
+            return null;
+        }
+        try {
+            return ServerTls.load(tlsCert, tlsKey, tlsClientCa, ServerTls.DEFAULT_RELOAD);
+        } catch (IllegalArgumentException e) {
+            throw usage(e.getMessage());
+        }
     }
 
     /**
@@ -216,9 +288,8 @@ public final class Main implements Callable<Integer> {
      * --port), then each --listen address.
      */
     java.util.List<ListenAddress> listenAddresses() {
-        var parsed = spec.commandLine().getParseResult();
         java.util.List<ListenAddress> out = new java.util.ArrayList<>();
-        if (listen.isEmpty() || parsed.hasMatchedOption("--bind") || parsed.hasMatchedOption("--port")) {
+        if (listen.isEmpty() || given("--bind") || given("--port")) {
             out.add(new ListenAddress.Tcp(bind, port));
         }
         for (String text : listen) {
@@ -229,6 +300,19 @@ public final class Main implements Callable<Integer> {
             }
         }
         return out;
+    }
+
+    /** Whether {@code flag} was set, on the command line or by its OPTSIDECAR_* variable. */
+    private boolean given(String flag) {
+        if (spec.commandLine().getParseResult().hasMatchedOption(flag)) {
+            return true;
+        }
+        CommandLine.IDefaultValueProvider environment = spec.commandLine().getDefaultValueProvider();
+        try {
+            return environment != null && environment.defaultValue(spec.findOption(flag)) != null;
+        } catch (Exception e) {
+            return false;
+        }
     }
 
     /** An address that is not this machine's fails at bind with a vague error; name the flag instead. */
@@ -266,7 +350,7 @@ public final class Main implements Callable<Integer> {
                 java.time.Duration.ofSeconds(idleStreamTimeout));
     }
 
-    /** Where clients' segments are mapped from; off without --shm-dir. */
+    /** Where clients' segments are opened; off without --shm-dir. */
     dev.optsidecar.server.shm.SharedMemory sharedMemory() {
         if (shmDir == null) {
             return dev.optsidecar.server.shm.SharedMemory.off();
@@ -302,6 +386,33 @@ public final class Main implements Callable<Integer> {
         }
         return new dev.optsidecar.server.durability.Persistence.Options(stateDir, snapshotKeep, sync,
                 snapshotEverySteps, snapshotInterval == 0 ? null : java.time.Duration.ofSeconds(snapshotInterval), true);
+    }
+
+    /**
+     * Each flag's default from the environment: --state-dir from OPTSIDECAR_STATE_DIR and so on;
+     * none for --help and --version. Picocli splits a repeatable flag's value on its ','.
+     */
+    static final class EnvironmentDefaults implements CommandLine.IDefaultValueProvider {
+        private final java.util.Map<String, String> environment;
+
+        EnvironmentDefaults(java.util.Map<String, String> environment) {
+            this.environment = environment;
+        }
+
+        /** OPTSIDECAR_ and the flag's long name in capitals, '-' as '_'. */
+        static String variable(String flag) {
+            return "OPTSIDECAR_" + flag.replaceFirst("^-+", "").replace('-', '_').toUpperCase(java.util.Locale.ROOT);
+        }
+
+        @Override
+        public String defaultValue(CommandLine.Model.ArgSpec arg) {
+            if (!(arg instanceof CommandLine.Model.OptionSpec option) || option.usageHelp() || option.versionHelp()
+                    || !(option.command().userObject() instanceof Main)) {
+                return null;
+            }
+            String value = environment.get(variable(option.longestName()));
+            return value == null || value.isEmpty() ? null : value;
+        }
     }
 
     /** Parses sizes like 512m, 8g or a plain byte count. */

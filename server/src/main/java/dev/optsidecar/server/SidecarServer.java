@@ -41,6 +41,8 @@ public final class SidecarServer implements AutoCloseable {
 
     /** One gRPC server per listening transport (TCP, a Unix socket), all serving the same services. */
     private final List<Server> servers = new java.util.ArrayList<>();
+    /** The first {@code apiServers} of {@link #servers} serve the API; the rest only health. */
+    private int apiServers;
     private final ServerThreads threads = new ServerThreads();
     private final HealthStatusManager health = new HealthStatusManager();
     private final ModelRegistry registry;
@@ -49,7 +51,7 @@ public final class SidecarServer implements AutoCloseable {
     /** False until startup's restores are done: until then Optimizer calls are refused with UNAVAILABLE. */
     private volatile boolean serving;
 
-    private SidecarServer(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
+    private SidecarServer(Endpoints endpoints, Engine engine, long memoryLimit,
                           Persistence.Options durability, Limits limits, SharedMemory shm) throws IOException {
         registry = new ModelRegistry(engine, memoryLimit, threads.timers, limits);
         try {
@@ -66,17 +68,32 @@ public final class SidecarServer implements AutoCloseable {
         SegmentSweeper.schedule(shm, limits.idleStreamTimeout(), threads.timers);
         var optimizer = ServerInterceptors.intercept(UnparsableRequests.invalidArgument(service.bindService()),
                 new RefuseUntilServing());
-        for (ServerBuilder<?> transport : transports) {
-            servers.add(transport
-                    .addService(optimizer)
-                    .addService(health.getHealthService())
-                    .addService(ProtoReflectionServiceV1.newInstance())
-                    .addService(reflectionV1alpha())
-                    .build());
+        for (ServerBuilder<?> transport : endpoints.api()) {
+            transport.addService(optimizer).addService(health.getHealthService());
+            if (endpoints.reflection()) {
+                transport.addService(ProtoReflectionServiceV1.newInstance()).addService(reflectionV1alpha());
+            }
+            servers.add(transport.build());
+        }
+        apiServers = servers.size();
+        // Probes only: the same health status, without the API, e.g. plaintext for a kubelet.
+        for (ServerBuilder<?> transport : endpoints.healthOnly()) {
+            servers.add(transport.addService(health.getHealthService()).build());
         }
         // The health service starts out SERVING for "": a load balancer must not send traffic yet.
         health.setStatus("", ServingStatus.NOT_SERVING);
         health.setStatus(OptimizerGrpc.SERVICE_NAME, ServingStatus.NOT_SERVING);
+    }
+
+    /**
+     * What to serve where: the API (with health, and reflection unless turned off) on each of
+     * {@code api}, only the health service on each of {@code healthOnly}.
+     */
+    public record Endpoints(List<? extends ServerBuilder<?>> api, List<? extends ServerBuilder<?>> healthOnly,
+                            boolean reflection) {
+        public static Endpoints of(List<? extends ServerBuilder<?>> api) {
+            return new Endpoints(api, List.of(), true);
+        }
     }
 
     /** Reflection v1alpha beside v1: older grpcurl, Postman and Python's grpcio-reflection only speak v1alpha. */
@@ -110,22 +127,19 @@ public final class SidecarServer implements AutoCloseable {
     public static SidecarServer start(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
                                       Persistence.Options durability, List<String> restore, Limits limits)
             throws IOException {
-        return start(transports, engine, memoryLimit, durability, restore, limits, SharedMemory.off());
+        return start(Endpoints.of(transports), engine, memoryLimit, durability, restore, limits, SharedMemory.off());
     }
 
-    /** As {@link #start(List, Engine, long, Persistence.Options, List, Limits)}, mapping clients' segments from {@code shm}. */
-    public static SidecarServer start(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
+    /**
+     * As {@link #start(List, Engine, long, Persistence.Options, List, Limits)}, with health-only
+     * transports too, and clients' shared segments opened in {@code shm}.
+     */
+    public static SidecarServer start(Endpoints endpoints, Engine engine, long memoryLimit,
                                       Persistence.Options durability, List<String> restore, Limits limits,
                                       SharedMemory shm) throws IOException {
-        SidecarServer s = listen(transports, engine, memoryLimit, durability, limits, shm);
+        SidecarServer s = listen(endpoints, engine, memoryLimit, durability, limits, shm);
         s.restoreThenServe(restore);
         return s;
-    }
-
-    /** As {@link #listen(List, Engine, long, Persistence.Options, Limits, SharedMemory)}, without shared memory. */
-    static SidecarServer listen(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
-                                Persistence.Options durability, Limits limits) throws IOException {
-        return listen(transports, engine, memoryLimit, durability, limits, SharedMemory.off());
     }
 
     /**
@@ -133,8 +147,13 @@ public final class SidecarServer implements AutoCloseable {
      * probes can watch a long restore; {@link #restoreThenServe} finishes the startup.
      */
     static SidecarServer listen(List<? extends ServerBuilder<?>> transports, Engine engine, long memoryLimit,
+                                Persistence.Options durability, Limits limits) throws IOException {
+        return listen(Endpoints.of(transports), engine, memoryLimit, durability, limits, SharedMemory.off());
+    }
+
+    static SidecarServer listen(Endpoints endpoints, Engine engine, long memoryLimit,
                                 Persistence.Options durability, Limits limits, SharedMemory shm) throws IOException {
-        SidecarServer s = new SidecarServer(transports, engine, memoryLimit, durability, limits, shm);
+        SidecarServer s = new SidecarServer(endpoints, engine, memoryLimit, durability, limits, shm);
         try {
             for (Server server : s.servers) {
                 server.start();
@@ -185,9 +204,18 @@ public final class SidecarServer implements AutoCloseable {
         }
     }
 
-    /** The TCP port it listens on (the first, when there are several), or -1 without one. */
+    /** The TCP port it serves the API on (the first, when there are several), or -1 without one. */
     public int port() {
-        for (Server server : servers) {
+        return firstPort(servers.subList(0, apiServers));
+    }
+
+    /** The TCP port of the first health-only listener, or -1 without one. */
+    public int healthPort() {
+        return firstPort(servers.subList(apiServers, servers.size()));
+    }
+
+    private static int firstPort(List<Server> among) {
+        for (Server server : among) {
             if (server.getPort() >= 0) {
                 return server.getPort();
             }

@@ -4,6 +4,7 @@ import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.model.Limits;
 import dev.optsidecar.server.model.StepAssembly;
+import dev.optsidecar.server.shm.SharedMemory;
 import io.grpc.netty.shaded.io.grpc.netty.NettyServerBuilder;
 import io.grpc.netty.shaded.io.netty.channel.EventLoopGroup;
 import io.grpc.netty.shaded.io.netty.channel.epoll.Epoll;
@@ -33,6 +34,7 @@ public final class SocketServer implements AutoCloseable {
     private final EventLoopGroup boss;
     private final EventLoopGroup workers;
     private final CpuEngine engine;
+    private ServerTls tls;
     private SidecarServer server;
     private List<ListenAddress> listening = List.of();
 
@@ -65,37 +67,74 @@ public final class SocketServer implements AutoCloseable {
         return start(List.of(new ListenAddress.Tcp(bind, port)), threads, memoryLimit, durability, restore, limits);
     }
 
+    /**
+     * How the listeners are exposed: TLS on the TCP ones (null: plaintext; Unix sockets stay
+     * plaintext), a plaintext health-only port (null: none), and whether reflection is served.
+     */
+    public record Exposure(ServerTls tls, ListenAddress.Tcp healthAddress, boolean reflection) {
+        public static final Exposure PLAINTEXT = new Exposure(null, null, true);
+    }
+
     /** Starts a server listening on every address of {@code listen} (TCP ports and Unix sockets). */
     public static SocketServer start(List<ListenAddress> listen, int threads, long memoryLimit,
                                      Persistence.Options durability, List<String> restore, Limits limits)
             throws IOException {
-        return start(listen, threads, memoryLimit, durability, restore, limits,
-                dev.optsidecar.server.shm.SharedMemory.off());
+        return start(listen, Exposure.PLAINTEXT, threads, memoryLimit, durability, restore, limits, SharedMemory.off());
     }
 
-    /** As {@link #start(List, int, long, Persistence.Options, List, Limits)}, mapping clients' segments from {@code shm}. */
+    /** As {@link #start(List, int, long, Persistence.Options, List, Limits)}, opening clients' segments in {@code shm}. */
     public static SocketServer start(List<ListenAddress> listen, int threads, long memoryLimit,
                                      Persistence.Options durability, List<String> restore, Limits limits,
-                                     dev.optsidecar.server.shm.SharedMemory shm)
+                                     SharedMemory shm) throws IOException {
+        return start(listen, Exposure.PLAINTEXT, threads, memoryLimit, durability, restore, limits, shm);
+    }
+
+    /** As {@link #start(List, int, long, Persistence.Options, List, Limits)}, exposed as {@code exposure} says. */
+    public static SocketServer start(List<ListenAddress> listen, Exposure exposure, int threads, long memoryLimit,
+                                     Persistence.Options durability, List<String> restore, Limits limits)
+            throws IOException {
+        return start(listen, exposure, threads, memoryLimit, durability, restore, limits, SharedMemory.off());
+    }
+
+    /**
+     * Starts a server listening on every address of {@code listen}, exposed as {@code exposure}
+     * says, opening clients' shared segments in {@code shm}; closing the server closes its TLS.
+     */
+    public static SocketServer start(List<ListenAddress> listen, Exposure exposure, int threads, long memoryLimit,
+                                     Persistence.Options durability, List<String> restore, Limits limits,
+                                     SharedMemory shm)
             throws IOException {
         SocketServer s = new SocketServer(threads);
+        s.tls = exposure.tls();
         try {
             List<NettyServerBuilder> transports = new ArrayList<>();
             for (ListenAddress address : listen) {
-                transports.add(s.transport(address));
+                transports.add(s.transport(address, exposure.tls()));
             }
-            s.server = SidecarServer.start(transports, s.engine, memoryLimit, durability, restore, limits, shm);
+            List<NettyServerBuilder> healthOnly = exposure.healthAddress() == null ? List.of()
+                    : List.of(s.transport(exposure.healthAddress(), null));
+            s.server = SidecarServer.start(new SidecarServer.Endpoints(transports, healthOnly, exposure.reflection()),
+                    s.engine, memoryLimit, durability, restore, limits, shm);
         } catch (IOException e) {
             s.close();
-            throw bindFailure(e, listen);
+            List<ListenAddress> all = new ArrayList<>(listen);
+            if (exposure.healthAddress() != null) {
+                all.add(exposure.healthAddress());
+            }
+            throw bindFailure(e, all);
         } catch (RuntimeException e) {
             s.close();
             throw e;
         }
         s.listening = listen.stream().map(a -> a instanceof ListenAddress.Tcp tcp && tcp.port() == 0
                 ? new ListenAddress.Tcp(tcp.host(), s.port()) : a).toList();
+        String security = exposure.tls() == null ? "" : exposure.tls().requiresClientCertificates()
+                ? ", TCP with mutual TLS" : ", TCP with TLS";
+        String health = exposure.healthAddress() == null ? "" : ", health on " + new ListenAddress.Tcp(
+                exposure.healthAddress().host(), s.server.healthPort());
         LOG.info(() -> "optsidecar serving on " + s.listening.stream().map(Object::toString)
-                .collect(java.util.stream.Collectors.joining(", ")) + " (" + threads + " engine threads, "
+                .collect(java.util.stream.Collectors.joining(", ")) + security + health
+                + " (" + threads + " engine threads, "
                 + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
         return s;
     }
@@ -119,7 +158,7 @@ public final class SocketServer implements AutoCloseable {
         return new IOException(where + ": " + reason, e);
     }
 
-    private NettyServerBuilder transport(ListenAddress address) throws IOException {
+    private NettyServerBuilder transport(ListenAddress address, ServerTls tls) throws IOException {
         NettyServerBuilder b;
         if (address instanceof ListenAddress.Unix unix) {
             if (!Epoll.isAvailable()) {
@@ -130,7 +169,9 @@ public final class SocketServer implements AutoCloseable {
                     .channelType(EpollServerDomainSocketChannel.class);
         } else {
             ListenAddress.Tcp tcp = (ListenAddress.Tcp) address;
-            b = NettyServerBuilder.forAddress(new InetSocketAddress(tcp.host(), tcp.port()))
+            InetSocketAddress socket = new InetSocketAddress(tcp.host(), tcp.port());
+            b = (tls == null ? NettyServerBuilder.forAddress(socket)
+                    : NettyServerBuilder.forAddress(socket, tls.credentials()))
                     .channelType(Epoll.isAvailable() ? EpollServerSocketChannel.class : NioServerSocketChannel.class);
         }
         return b.bossEventLoopGroup(boss)
@@ -152,6 +193,11 @@ public final class SocketServer implements AutoCloseable {
         return server.port();
     }
 
+    /** The health-only port, or -1 without one. */
+    public int healthPort() {
+        return server.healthPort();
+    }
+
     /** The addresses it listens on, a TCP port 0 resolved to the port it got. */
     public List<ListenAddress> listening() {
         return listening;
@@ -164,6 +210,9 @@ public final class SocketServer implements AutoCloseable {
             server.close();
         }
         engine.close();
+        if (tls != null) {
+            tls.close();
+        }
         // Event loops end once their last channel is closed; waiting keeps them from outliving the server.
         boss.shutdownGracefully(0, 1, TimeUnit.SECONDS).awaitUninterruptibly();
         workers.shutdownGracefully(0, 1, TimeUnit.SECONDS).awaitUninterruptibly();

@@ -159,9 +159,9 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
         } else {
             CpuEngine engine = new CpuEngine(threads);
             closeInReverse.add(engine);
-            server = SidecarServer.start(List.of(InProcessServerBuilder.forName(inProcessName)
+            server = SidecarServer.start(SidecarServer.Endpoints.of(List.of(InProcessServerBuilder.forName(inProcessName)
                     .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES)
-                    .intercept(new ErrorRecorder())), engine, memoryLimit, durability, restore, limits, sharedMemory);
+                    .intercept(new ErrorRecorder()))), engine, memoryLimit, durability, restore, limits, sharedMemory);
             closeInReverse.add(server);
             client = new OptSidecarClient(channel());
         }
