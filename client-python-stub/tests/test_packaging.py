@@ -30,9 +30,12 @@ def test_the_wheel_and_the_sdist_carry_the_license(tmp_path):
         names = w.namelist()
         assert "optsidecar/security.py" in names and "optsidecar/v1/optimizer_pb2.py" in names
         info = next(n.rsplit("/", 1)[0] for n in names if n.endswith(".dist-info/METADATA"))
-        assert w.read(f"{info}/LICENSE").decode() == license_text
+        # dist-info/LICENSE before core metadata 2.4, dist-info/licenses/LICENSE since (newer setuptools).
+        (license_file,) = [n for n in names if n in (f"{info}/LICENSE", f"{info}/licenses/LICENSE")]
+        assert w.read(license_file).decode() == license_text
         metadata = w.read(f"{info}/METADATA").decode()
-    assert "License: Apache-2.0" in metadata.splitlines()
+    lines = metadata.splitlines()
+    assert "License: Apache-2.0" in lines or "License-Expression: Apache-2.0" in lines, metadata[:600]
     assert "Classifier: License :: OSI Approved :: Apache Software License" in metadata.splitlines()
 
     (sdist,) = out.glob("optsidecar-*.tar.gz")
