@@ -16,6 +16,7 @@ import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.server.RawStep;
+import dev.optsidecar.server.RegisterEnd;
 import dev.optsidecar.server.SidecarFixture;
 import dev.optsidecar.server.StandardModel;
 import io.grpc.Status;
@@ -237,20 +238,7 @@ class BadInputTest {
     /** Sends {@code messages} on a raw Register stream, half-closes it and returns how it ended. */
     private static Status rawRegister(List<RegisterRequest> messages) {
         CompletableFuture<Status> done = new CompletableFuture<>();
-        StreamObserver<RegisterRequest> req = f.async().register(new StreamObserver<>() {
-            @Override
-            public void onNext(ModelInfo value) {}
-
-            @Override
-            public void onError(Throwable t) {
-                done.complete(Status.fromThrowable(t));
-            }
-
-            @Override
-            public void onCompleted() {
-                done.complete(Status.OK);
-            }
-        });
+        StreamObserver<RegisterRequest> req = f.async().register(new RegisterEnd(done));
         messages.forEach(req::onNext);
         req.onCompleted();
         try {
@@ -397,20 +385,7 @@ class BadInputTest {
         String name = unique("race");
         long reserved = f.server().registry().reservedBytes();
         CompletableFuture<Status> done = new CompletableFuture<>();
-        StreamObserver<RegisterRequest> slow = f.async().register(new StreamObserver<>() {
-            @Override
-            public void onNext(ModelInfo value) {}
-
-            @Override
-            public void onError(Throwable t) {
-                done.complete(Status.fromThrowable(t));
-            }
-
-            @Override
-            public void onCompleted() {
-                done.complete(Status.OK);
-            }
-        });
+        StreamObserver<RegisterRequest> slow = f.async().register(new RegisterEnd(done));
         float[][] slowWeights = initialWeights(12);
         List<RegisterRequest> messages = allWeights(slowWeights);
         slow.onNext(specMessage(StandardModel.adamSpec(name)));

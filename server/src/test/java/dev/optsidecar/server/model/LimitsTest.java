@@ -1,7 +1,6 @@
 package dev.optsidecar.server.model;
 
 import dev.optsidecar.proto.v1.HistoryRequest;
-import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.OptimizerConfig;
 import dev.optsidecar.proto.v1.RegisterRequest;
@@ -9,6 +8,7 @@ import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.TensorSpec;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.RawStep;
+import dev.optsidecar.server.RegisterEnd;
 import dev.optsidecar.server.SidecarFixture;
 import dev.optsidecar.server.StandardModel;
 import dev.optsidecar.server.TestData;
@@ -47,20 +47,7 @@ class LimitsTest {
     /** A Register stream that has sent its spec and nothing else; {@code done} completes when the server ends it. */
     private static StreamObserver<RegisterRequest> openRegistration(SidecarFixture f, ModelSpec spec,
                                                                     CompletableFuture<Status> done) {
-        StreamObserver<RegisterRequest> req = f.async().register(new StreamObserver<>() {
-            @Override
-            public void onNext(ModelInfo value) {}
-
-            @Override
-            public void onError(Throwable t) {
-                done.complete(Status.fromThrowable(t));
-            }
-
-            @Override
-            public void onCompleted() {
-                done.complete(Status.OK);
-            }
-        });
+        StreamObserver<RegisterRequest> req = f.async().register(new RegisterEnd(done));
         req.onNext(RegisterRequest.newBuilder().setSpec(spec).build());
         return req;
     }
