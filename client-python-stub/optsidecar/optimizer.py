@@ -585,7 +585,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         finally:
             if self._stream.partial_weights:
                 self._edits.record()  # what arrived is the server's, not the trainer's
-        self._edits.record()
+        self._edits.record(crc32c=self._written_crc32c(figures))
         self._hyperparameters.confirm(changes, figures)
         self.last_result = figures
         # The weights now in the parameters: the current ones after a replayed or late step.
@@ -606,6 +606,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
         """How edited parameters are noticed; ``opt.edits.compare_contents = False`` skips the
         content check that catches writes through ``p.data`` (see :mod:`optsidecar.edits`)."""
         return self._edits
+
+    def _written_crc32c(self, figures: StepFigures) -> Dict[int, int]:
+        """The CRC-32C the server reported of the weights it wrote into the segment, for each
+        parameter that is that very memory (so it need not be hashed again)."""
+        if self._shared is None or len(figures.weights_crc32c) != len(self._params):
+            return {}
+        return {i: crc for i, crc in enumerate(figures.weights_crc32c) if self._shared.is_bound(i)}
 
     def _push_edits(self) -> None:
         """Sends the parameters the trainer changed since the client last wrote them, as one

@@ -152,10 +152,10 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     /** Writes the view into the request's segment; the answer is one chunk without data, naming view and version. */
     private WeightsChunk pullIntoSegment(PullRequest request) {
         Model model = registry.get(request.getModel(), "model");
-        Model.ResolvedView view = model.resolveView(request.getView(), "view", false);
+        Model.ResolvedView view = model.resolveView(request.getView(), "view", false).readInPlace();
         try (SegmentFile segment = sharedMemory.open(request.getShared(), model.tensorNumels(), "shared")) {
             ViewReader reader = model.read(view, request.getTensorsList(), "tensors");
-            long version = SegmentTransfer.writeView(reader, segment);
+            long version = SegmentTransfer.writeView(reader, segment).version();
             return WeightsChunk.newBuilder().setView(reader.view()).setVersion(version).build();
         }
     }

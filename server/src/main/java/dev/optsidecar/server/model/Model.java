@@ -726,18 +726,28 @@ public final class Model {
      * the state slot it reads (null for θ and computed views), which not every tensor may have.
      */
     /** A view to read, with the element type its chunks are sent as. */
-    public record ResolvedView(View label, ViewSource source, String slot, WireType wire) {
+    /**
+     * A view to read: its label, where its values come from, and how it is read out. {@code inPlace}:
+     * read straight into its destination (a shared segment) under the read lock, rather than copied
+     * out first so that a slow network receiver holds up no step.
+     */
+    public record ResolvedView(View label, ViewSource source, String slot, WireType wire, boolean inPlace) {
         ResolvedView(View label, ViewSource source) {
             this(label, source, null);
         }
 
         ResolvedView(View label, ViewSource source, String slot) {
-            this(label, source, slot, WireType.FLOAT32);
+            this(label, source, slot, WireType.FLOAT32, false);
         }
 
         /** The same view, sent as {@code type}. */
         public ResolvedView sentAs(WireType type) {
-            return new ResolvedView(label, source, slot, type);
+            return new ResolvedView(label, source, slot, type, inPlace);
+        }
+
+        /** The same view, read straight into a destination that never blocks (see {@code inPlace}). */
+        public ResolvedView readInPlace() {
+            return new ResolvedView(label, source, slot, wire, true);
         }
     }
 }

@@ -66,7 +66,7 @@ public final class ViewReader implements AutoCloseable {
         this.tensors = tensors;
         this.version = version;
         this.stamp = stamp;
-        Published copy = copyOut(model, resolved, tensors, version);
+        Published copy = resolved.inPlace() ? null : copyOut(model, resolved, tensors, version);
         if (copy != null) {
             copy.retain();
             published = copy;
@@ -158,6 +158,36 @@ public final class ViewReader implements AutoCloseable {
             offset = 0;
         }
         return chunk;
+    }
+
+    /** Where the bytes {@link #nextInto} wrote belong: tensor {@code tensor}, from element {@code offset} on. */
+    public record Piece(int tensor, long offset) {}
+
+    /**
+     * Writes the next piece of at most {@code dst.remaining()} bytes into {@code dst} (from its
+     * position; flipped for reading), for a reader that streams under the read lock ({@link
+     * #streams}): the values go from the engine to their destination with no copy between.
+     */
+    public synchronized Piece nextInto(ByteBuffer dst) {
+        if (published != null) {
+            throw new IllegalStateException("the view was copied out: read its chunks with next()");
+        }
+        TensorEntry t = tensors.get(tensor);
+        int count = (int) Math.min(dst.remaining() / wire.bytes, t.numel - offset);
+        Piece piece = new Piece(t.index, offset);
+        source.read(t, offset, count, dst, wire);
+        dst.flip();
+        offset += count;
+        if (offset == t.numel) {
+            tensor++;
+            offset = 0;
+        }
+        return piece;
+    }
+
+    /** Whether this reader produces each piece as it is read, under the read lock (else from a copy). */
+    public synchronized boolean streams() {
+        return published == null;
     }
 
     /** Releases the read lock or the copy; safe to call more than once. */

@@ -10,6 +10,7 @@ import java.nio.ByteBuffer;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
+import java.util.zip.CRC32C;
 
 /**
  * Moves a step's data between a segment and the model through the paths chunks take: what is read
@@ -30,8 +31,7 @@ public final class SegmentTransfer {
                                 boolean setsWeights) {
         segment.verify();
         Set<Integer> skip = new HashSet<>(noGrad);
-        // Direct: a positional read fills it straight from the file, with no bounce buffer.
-        ByteBuffer slice = ByteBuffer.allocateDirect(StepAssembly.MAX_CHUNK_BYTES);
+        ByteBuffer slice = SLICE.get();
         String nonFinite = null;
         for (int t = 0; t < segment.tensors(); t++) {
             if (skip.contains(t)) {
@@ -57,15 +57,54 @@ public final class SegmentTransfer {
         return nonFinite;
     }
 
-    /** Writes {@code reader}'s view into the segment's weights regions; returns its version. Closes the reader. */
-    public static long writeView(ViewReader reader, SegmentFile segment) {
+    /** The view written into a segment: its version and each tensor's CRC-32C, in tensor order. */
+    public record WrittenView(long version, int[] crc32c) {}
+
+    /**
+     * Writes {@code reader}'s view into the segment's weights regions, noting each tensor's CRC-32C
+     * of the bytes written (a trainer compares it with its parameters' to notice its own edits
+     * without hashing them twice). A reader that streams under the read lock writes each piece from
+     * the engine into a direct buffer and from there into the file: one copy on each side. Closes
+     * the reader.
+     */
+    public static WrittenView writeView(ViewReader reader, SegmentFile segment) {
         try (reader) {
             segment.verify();
-            while (reader.hasNext()) {
-                WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
-                segment.writeWeights(chunk.getTensor(), chunk.getOffset(), chunk.getData().asReadOnlyByteBuffer());
+            CRC32C[] sums = new CRC32C[segment.tensors()];
+            if (reader.streams()) {
+                ByteBuffer slice = SLICE.get();
+                while (reader.hasNext()) {
+                    slice.clear();
+                    ViewReader.Piece piece = reader.nextInto(slice);
+                    write(segment, sums, piece.tensor(), piece.offset(), slice);
+                }
+            } else {
+                while (reader.hasNext()) {
+                    WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
+                    write(segment, sums, chunk.getTensor(), chunk.getOffset(), chunk.getData().asReadOnlyByteBuffer());
+                }
             }
-            return reader.version();
+            int[] crc = new int[sums.length];
+            for (int t = 0; t < sums.length; t++) {
+                crc[t] = sums[t] == null ? 0 : (int) sums[t].getValue();
+            }
+            return new WrittenView(reader.version(), crc);
         }
     }
+
+    private static void write(SegmentFile segment, CRC32C[] sums, int tensor, long offset, ByteBuffer bytes) {
+        if (sums[tensor] == null) {
+            sums[tensor] = new CRC32C();
+        }
+        sums[tensor].update(bytes.duplicate()); // pieces arrive in order within each tensor
+        segment.writeWeights(tensor, offset, bytes);
+    }
+
+    /**
+     * One slice per thread, direct: a positional read or write moves it straight to or from the
+     * file (a heap buffer would go through a temporary direct one), and it is not allocated anew
+     * for every step.
+     */
+    private static final ThreadLocal<ByteBuffer> SLICE =
+            ThreadLocal.withInitial(() -> ByteBuffer.allocateDirect(StepAssembly.MAX_CHUNK_BYTES));
 }

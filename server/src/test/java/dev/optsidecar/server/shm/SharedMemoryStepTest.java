@@ -137,6 +137,7 @@ class SharedMemoryStepTest {
                 assertEquals(k, r.getVersion());
                 assertEquals(k, r.getWeightsVersion());
                 assertBitsEqual(expected, seg.weights(), "weights written into the segment, step " + k);
+                assertEquals(crc32cOf(seg.weights()), r.getWeightsCrc32CList(), "CRC-32C of each tensor written");
             }
             s.halfClose();
             assertEquals(Status.Code.OK, s.awaitClose().getCode());
@@ -210,6 +211,20 @@ class SharedMemoryStepTest {
     }
 
     /** Fails if the model's version or weights moved. */
+    /** Each tensor's CRC-32C over its little-endian float32 bytes, as the segment holds them. */
+    private static java.util.List<Integer> crc32cOf(float[][] weights) {
+        java.util.List<Integer> out = new java.util.ArrayList<>();
+        for (float[] w : weights) {
+            java.nio.ByteBuffer bytes = java.nio.ByteBuffer.allocate(w.length * Float.BYTES)
+                    .order(java.nio.ByteOrder.LITTLE_ENDIAN);
+            bytes.asFloatBuffer().put(w);
+            java.util.zip.CRC32C crc = new java.util.zip.CRC32C();
+            crc.update(bytes);
+            out.add((int) crc.getValue());
+        }
+        return out;
+    }
+
     private static void assertUnchanged(String model, long version, float[][] weights) {
         assertEquals(version, f.describe(model).getVersion());
         assertBitsEqual(weights, f.pull(model), "weights of " + model);
