@@ -37,7 +37,6 @@ import csv
 import math
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence
@@ -103,7 +102,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in DEFAULT_LRS),
                         help="comma-separated learning rates (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per optimizer and lr (default: 3)")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cosine-warmup-steps", type=int, default=0, help="linear warmup before AdamW's cosine")
     parser.add_argument("--workers", type=int, default=0,
@@ -136,14 +135,9 @@ def make_cnn() -> torch.nn.Module:
         torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 10))
 
 
-#: Model construction draws from torch's global generator: one run at a time seeds it and builds.
-_INIT_LOCK = threading.Lock()
-
-
 def seeded_cnn(seed: int) -> torch.nn.Module:
-    with _INIT_LOCK:
-        torch.manual_seed(seed)
-        return make_cnn()
+    torch.manual_seed(seed)
+    return make_cnn()
 
 
 def model_name(prefix: str, key: RunKey) -> str:
@@ -164,16 +158,11 @@ def open_optimizer(key: RunKey, model: torch.nn.Module, args: argparse.Namespace
                            model=model_name(args.name_prefix, key), ephemeral=True, schedule=schedule)
 
 
-def train_run(key: RunKey, data: Data, args: argparse.Namespace, target: str,
-              opened: List[RemoteOptimizer]) -> RunResult:
-    """One run to the end; its optimizer goes into ``opened`` (closed by the caller once every run
-    has finished, so the models stay on the server side by side until then). A run whose loss or
-    gradient turns non-finite stops there and is scored as it stands."""
+def train_run(key: RunKey, model: torch.nn.Module, opt: RemoteOptimizer, data: Data,
+              args: argparse.Namespace) -> RunResult:
+    """One run to the end. A run whose loss or gradient turns non-finite stops there and is scored
+    as it stands."""
     started = time.monotonic()
-    model = seeded_cnn(key.seed)
-    steps_per_epoch = len(data.y_train) // args.batch_size
-    opt = open_optimizer(key, model, args, target, args.epochs * steps_per_epoch)
-    opened.append(opt)
     diverged = False
     losses: List[float] = []
     model.train()
@@ -204,19 +193,26 @@ def train_run(key: RunKey, data: Data, args: argparse.Namespace, target: str,
 
 
 def sweep(args: argparse.Namespace, target: str) -> List[RunResult]:
-    """Every run at once (or ``--workers`` at a time), one line per finished run."""
+    """Registers every run's model (one after the other: a server takes a bounded number of
+    registrations at once), then trains all runs at once (or ``--workers`` at a time), printing one
+    line per finished run. The models stay on the server side by side until every run is done."""
     torch.set_num_threads(1)  # the same arithmetic on any machine, and the cores left to the server
     data = load_data(SPLIT_SEED)
     keys = [RunKey(o, lr, s) for o in args.optimizers for lr in args.lrs for s in range(args.seeds)]
     workers = args.workers if args.workers > 0 else len(keys)
+    steps_per_epoch = len(data.y_train) // args.batch_size
     print(f"lr sweep: {len(keys)} runs ({len(args.optimizers)} optimizers x {len(args.lrs)} lrs x {args.seeds} "
-          f"seeds), {args.epochs} epochs of {len(data.y_train) // args.batch_size} steps, {workers} at a time, "
-          f"on {target}; {len(data.y_train)} train / {len(data.y_test)} test images", flush=True)
-    opened: List[RemoteOptimizer] = []
+          f"seeds), {args.epochs} epochs of {steps_per_epoch} steps, {workers} at a time, on {target}; "
+          f"{len(data.y_train)} train / {len(data.y_test)} test images", flush=True)
+    opened: Dict[RunKey, RemoteOptimizer] = {}
     results: List[RunResult] = []
     try:
+        models = {}
+        for key in keys:
+            models[key] = seeded_cnn(key.seed)
+            opened[key] = open_optimizer(key, models[key], args, target, args.epochs * steps_per_epoch)
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="run") as pool:
-            futures = {pool.submit(train_run, key, data, args, target, opened): key for key in keys}
+            futures = [pool.submit(train_run, key, models[key], opened[key], data, args) for key in keys]
             for future in concurrent.futures.as_completed(futures):
                 result = future.result()
                 results.append(result)
@@ -224,7 +220,7 @@ def sweep(args: argparse.Namespace, target: str) -> List[RunResult]:
                       f"train loss {result.train_loss:.4f}{'  diverged' if result.diverged else ''}  "
                       f"({result.seconds:.1f} s)", flush=True)
     finally:
-        for opt in opened:
+        for opt in opened.values():
             opt.close()
     return sorted(results, key=lambda r: r.key)
 
@@ -313,7 +309,7 @@ def plot(cells: Sequence[Cell], optimizers: Sequence[str], path: Path, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, panels = plt.subplots(1, 2, figsize=(10, 3.9))
+    fig, panels = plt.subplots(1, 2, figsize=(10, 4.2))
     markers = "osD^v"
     for index, o in enumerate(optimizers):
         own = [c for c in cells if c.optimizer == o]
@@ -330,9 +326,9 @@ def plot(cells: Sequence[Cell], optimizers: Sequence[str], path: Path, title: st
     for ax in panels:
         ax.set(xscale="log", xlabel="learning rate", ylabel="test accuracy")
         ax.grid(alpha=0.3, which="both")
-    panels[0].legend(loc="lower left", fontsize="small")
+    fig.legend(*panels[0].get_legend_handles_labels(), loc="lower center", ncol=len(optimizers), fontsize="small")
     fig.suptitle(title, fontsize="medium")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
