@@ -78,6 +78,11 @@ public final class TokenAuthority implements AutoCloseable {
      *                  when the file has no such token
      */
     public Principal authenticate(String authorization) {
+        return authenticate(rules, authorization);
+    }
+
+    /** As {@link #authenticate(String)}, against {@code rules}. */
+    static Principal authenticate(AccessRules rules, String authorization) {
         String token = bearerToken(authorization);
         Principal p = rules.find(token);
         if (p == null) {

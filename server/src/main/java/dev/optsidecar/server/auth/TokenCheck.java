@@ -12,6 +12,9 @@ import io.grpc.ServerCallHandler;
 import io.grpc.ServerInterceptor;
 import io.grpc.StatusRuntimeException;
 
+import java.util.ArrayList;
+import java.util.List;
+
 /**
  * Tokens on the Optimizer service: every call must carry a bearer token of the token file
  * (UNAUTHENTICATED otherwise, and for a token sent in plaintext from another host), and every
@@ -32,20 +35,22 @@ public final class TokenCheck implements ServerInterceptor {
     @Override
     public <Q, R> ServerCall.Listener<Q> interceptCall(ServerCall<Q, R> call, Metadata headers,
                                                        ServerCallHandler<Q, R> next) {
+        String authorization = headers.get(AUTHORIZATION);
+        AccessRules rules = authority.rules();
         Principal principal;
         try {
-            String authorization = headers.get(AUTHORIZATION);
             if (authorization != null) {
                 Plaintext.requireSafeForTokens(call.getAttributes().get(Grpc.TRANSPORT_ATTR_REMOTE_ADDR),
                         call.getAttributes().get(Grpc.TRANSPORT_ATTR_SSL_SESSION) != null);
             }
-            principal = authority.authenticate(authorization);
+            principal = TokenAuthority.authenticate(rules, authorization);
         } catch (OptError e) {
             close(call, e);
             return new ServerCall.Listener<>() {};
         }
         Context context = Context.current().withValue(Caller.PRINCIPAL, principal);
-        return new Checked<>(Contexts.interceptCall(context, call, headers, next), call, principal);
+        return new Checked<>(Contexts.interceptCall(context, call, headers, next), call, authority, authorization,
+                rules, principal);
     }
 
     private static void close(ServerCall<?, ?> call, OptError e) {
@@ -53,15 +58,27 @@ public final class TokenCheck implements ServerInterceptor {
         call.close(status.getStatus(), status.getTrailers());
     }
 
-    /** Checks each message before the service sees it; after a refusal forwards nothing more. */
+    /**
+     * Checks each message before the service sees it; after a refusal forwards nothing more. When
+     * the token file was reloaded since the call's last message, the token and what the call
+     * was granted are checked again, so a revoked token's open streams end at their next message.
+     */
     private static final class Checked<Q> extends ForwardingServerCallListener.SimpleForwardingServerCallListener<Q> {
         private final ServerCall<Q, ?> call;
-        private final Principal principal;
+        private final TokenAuthority authority;
+        private final String authorization;
+        private final List<OptimizerAccess.Need> granted = new ArrayList<>();
+        private AccessRules rules;
+        private Principal principal;
         private boolean refused;
 
-        Checked(ServerCall.Listener<Q> delegate, ServerCall<Q, ?> call, Principal principal) {
+        Checked(ServerCall.Listener<Q> delegate, ServerCall<Q, ?> call, TokenAuthority authority, String authorization,
+                AccessRules rules, Principal principal) {
             super(delegate);
             this.call = call;
+            this.authority = authority;
+            this.authorization = authorization;
+            this.rules = rules;
             this.principal = principal;
         }
 
@@ -70,20 +87,28 @@ public final class TokenCheck implements ServerInterceptor {
             if (refused) {
                 return;
             }
-            if (message != null) { // null: a message that did not parse, refused by the service's guard
-                String method = call.getMethodDescriptor().getBareMethodName();
-                try {
-                    for (OptimizerAccess.Need need : OptimizerAccess.needs(method, message)) {
+            String method = call.getMethodDescriptor().getBareMethodName();
+            try {
+                if (authority.rules() != rules) {
+                    rules = authority.rules();
+                    principal = TokenAuthority.authenticate(rules, authorization);
+                    for (OptimizerAccess.Need need : granted) {
                         principal.require(need.role(), need.model(), method, need.field());
                     }
-                } catch (OptError e) {
-                    refused = true;
-                    // As for a request that does not parse: the handler lets go of what it holds, as
-                    // when a client goes away, and the call ends with the refusal.
-                    super.onCancel();
-                    close(call, e);
-                    return;
                 }
+                if (message != null) { // null: a message that did not parse, refused by the service's guard
+                    for (OptimizerAccess.Need need : OptimizerAccess.needs(method, message)) {
+                        principal.require(need.role(), need.model(), method, need.field());
+                        granted.add(need);
+                    }
+                }
+            } catch (OptError e) {
+                refused = true;
+                // As for a request that does not parse: the handler lets go of what it holds, as
+                // when a client goes away, and the call ends with the refusal.
+                super.onCancel();
+                close(call, e);
+                return;
             }
             super.onMessage(message);
         }
