@@ -98,8 +98,7 @@ class TokenAccessTest {
                     t.step(TokenServer.data(TokenServer.weights(0.5f)), TokenServer.data(zeros()));
                 }
             });
-            assertEquals("open.model", step.field());
-            assertEquals("b-1", step.metadata().get("model"));
+            assertEquals("b-1", step.metadata().get("model")); // (the client reads the model's layout first)
             assertEquals(0, admin.describe("b-1").getVersion(), "the refused stream stepped nothing");
 
             // Fork reads its source and trains its target: both must be the token's.
