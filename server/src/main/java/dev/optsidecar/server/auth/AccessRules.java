@@ -55,8 +55,10 @@ public final class AccessRules {
         try {
             root = JSON.readTree(json);
         } catch (JsonProcessingException e) {
-            throw new IllegalArgumentException("not valid JSON (" + e.getOriginalMessage()
-                    + (e.getLocation() == null ? "" : ", line " + e.getLocation().getLineNr()) + ")");
+            // Jackson's message may repeat a location with a placeholder for the source: keep its words.
+            String why = e.getOriginalMessage().replaceAll(" ?\\(start marker at \\[Source: [^\\]]*\\]\\)", "");
+            throw new IllegalArgumentException("not valid JSON (" + why + (e.getLocation() == null ? ""
+                    : ", line " + e.getLocation().getLineNr() + " column " + e.getLocation().getColumnNr()) + ")");
         } catch (java.io.IOException e) {
             throw new IllegalArgumentException("cannot be read (" + e.getMessage() + ")");
         }

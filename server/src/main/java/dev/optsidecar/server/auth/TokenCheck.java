@@ -67,6 +67,7 @@ public final class TokenCheck implements ServerInterceptor {
         private final ServerCall<Q, ?> call;
         private final TokenAuthority authority;
         private final String authorization;
+        private final String method;
         private final List<OptimizerAccess.Need> granted = new ArrayList<>();
         private AccessRules rules;
         private Principal principal;
@@ -78,6 +79,7 @@ public final class TokenCheck implements ServerInterceptor {
             this.call = call;
             this.authority = authority;
             this.authorization = authorization;
+            this.method = call.getMethodDescriptor().getBareMethodName();
             this.rules = rules;
             this.principal = principal;
         }
@@ -87,7 +89,6 @@ public final class TokenCheck implements ServerInterceptor {
             if (refused) {
                 return;
             }
-            String method = call.getMethodDescriptor().getBareMethodName();
             try {
                 if (authority.rules() != rules) {
                     rules = authority.rules();
