@@ -144,7 +144,7 @@ public final class SocketServer implements AutoCloseable {
         String health = exposure.healthAddress() == null ? "" : ", health on " + new ListenAddress.Tcp(
                 exposure.healthAddress().host(), s.server.healthPort());
         String tokens = exposure.tokens() == null ? "" : ", tokens from " + exposure.tokens().file();
-        warnIfOpenToOtherHosts(listen, exposure);
+        warnIfOpenToOtherHosts(s.listening, exposure);
         LOG.info(() -> "optsidecar serving on " + s.listening.stream().map(Object::toString)
                 .collect(java.util.stream.Collectors.joining(", ")) + security + tokens + health
                 + " (" + threads + " engine threads, "

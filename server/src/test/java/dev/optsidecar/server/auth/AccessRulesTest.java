@@ -142,6 +142,7 @@ class AccessRulesTest {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> parse(json), json);
             assertTrue(e.getMessage().startsWith(expected), () -> json + "\n  gave: " + e.getMessage()
                     + "\n  expected: " + expected);
+            assertFalse(e.getMessage().contains("Source:"), e::getMessage);
         });
     }
 }

@@ -238,6 +238,66 @@ class TokenAccessTest {
         }
     }
 
+    @Test
+    void aUnixSocketTakesTokens() throws Exception {
+        Path socket = dir.resolve("api.sock");
+        TokenAuthority tokens = TokenAuthority.load(scoped().writeTo(dir.resolve("tokens.json")), TokenServer.RELOAD);
+        try (var s = dev.optsidecar.server.SocketServer.start(List.of(new dev.optsidecar.server.ListenAddress.Unix(socket)),
+                new dev.optsidecar.server.SocketServer.Exposure(null, null, true, tokens), 1, 1L << 30, null, List.of(),
+                dev.optsidecar.server.model.Limits.DEFAULTS);
+             OptSidecarClient viewer = OptSidecarClient.builder("unix://" + socket).token("viewer-token").connect();
+             OptSidecarClient anonymous = OptSidecarClient.builder("unix://" + socket).connect()) {
+            assertEquals(List.of(), viewer.list());
+            assertEquals(ServerError.TOKEN_MISSING, refused(Status.Code.UNAUTHENTICATED, anonymous::list).reason());
+        }
+    }
+
+    @Test
+    void anApiOpenToOtherHostsWithoutTokensIsLogged() throws Exception {
+        Logger log = Logger.getLogger(dev.optsidecar.server.SocketServer.class.getName());
+        List<String> warnings = new CopyOnWriteArrayList<>();
+        Handler recorder = new Handler() {
+            @Override
+            public void publish(LogRecord r) {
+                if (r.getLevel() == java.util.logging.Level.WARNING) {
+                    warnings.add(r.getMessage());
+                }
+            }
+
+            @Override
+            public void flush() {}
+
+            @Override
+            public void close() {}
+        };
+        log.addHandler(recorder);
+        try {
+            for (String bind : List.of("127.0.0.1", "0.0.0.0")) {
+                try (var s = dev.optsidecar.server.SocketServer.start(bind, 0, 1, 1L << 30)) {
+                    assertTrue(s.port() > 0);
+                }
+            }
+            try (TokenServer s = TokenServer.start(dir, scoped(), "0.0.0.0", "127.0.0.1",
+                    ServerTls.load(tlsCertificate().cert(), tlsCertificate().key(), null, Duration.ofSeconds(5)))) {
+                assertTrue(s.server.port() > 0);
+            }
+        } finally {
+            log.removeHandler(recorder);
+        }
+        assertEquals(1, warnings.size(), warnings::toString);
+        assertTrue(warnings.get(0).matches("the API on 0\\.0\\.0\\.0:[1-9][0-9]* is open to other hosts without"
+                + " --auth-tokens: .*"), warnings::toString);
+    }
+
+    private TestPki.Leaf leaf;
+
+    private TestPki.Leaf tlsCertificate() throws Exception {
+        if (leaf == null) {
+            leaf = TestPki.newCa(Files.createDirectories(dir.resolve("pki")), "ca").server("server", 1);
+        }
+        return leaf;
+    }
+
     /** This machine's first IPv4 address that is not loopback, or null. */
     private static InetAddress otherThanLoopback() throws Exception {
         for (NetworkInterface nic : NetworkInterface.networkInterfaces().toList()) {
