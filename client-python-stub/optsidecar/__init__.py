@@ -21,10 +21,12 @@ from .errors import (
     ModelChanged,
     NotFound,
     OptSidecarError,
+    PermissionDenied,
     ProtocolError,
     ResourceExhausted,
     ServerUnavailable,
     StaleGradient,
+    Unauthenticated,
     Unimplemented,
 )
 from .results import Contribution, CoordinationStatus, GroupFigures, StepFigures, VersionContributions, Weights
@@ -53,6 +55,8 @@ __all__ = [
     "Aborted",
     "ModelChanged",
     "Unimplemented",
+    "Unauthenticated",
+    "PermissionDenied",
     "ServerUnavailable",
     "DeadlineExceeded",
     "DataLoss",

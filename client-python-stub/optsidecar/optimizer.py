@@ -25,7 +25,7 @@ from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
 from .edits import ParameterEdits, WeightsPush
 from .errors import (AlreadyExists, FailedPrecondition, InvalidArgument, ModelChanged, NotFound, OptSidecarError,
-                     StaleGradient)
+                     PermissionDenied, StaleGradient)
 from .live_hyperparameters import LiveHyperparameters, normalized
 from .param_groups import add_group, parse_new_group
 from .param_state import ParameterState
@@ -356,7 +356,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self.transport = self._choose_transport(transport, shm_dir)
         if attach:
             self._pull_into_params("train")
-            attached_lease = self.client.renew_lease(self.model)
+            try:
+                attached_lease = self.client.renew_lease(self.model)
+            except PermissionDenied:
+                attached_lease = 0  # a reader's token keeps no lease: only trainers keep a model alive
             if attached_lease:
                 self._lease = _LeaseKeeper(self.client, self.model, attached_lease)
         elif self.lease_seconds:

@@ -131,6 +131,12 @@ public final class Main implements Callable<Integer> {
             description = "Mutual TLS: require a client certificate issued by a CA in this PEM file (needs --tls-cert).")
     java.nio.file.Path tlsClientCa;
 
+    @Option(names = "--auth-tokens", paramLabel = "FILE",
+            description = "Require a bearer token on every API call: a JSON file of token digests with their role"
+                    + " (reader, trainer, admin) and models (globs). Re-read when the file changes. Tokens travel"
+                    + " only over TLS, loopback or a Unix socket.")
+    java.nio.file.Path authTokens;
+
     @Option(names = "--health-port", paramLabel = "N",
             description = "Also serve only the gRPC health service, in plaintext, on this port (for kubelet probes"
                     + " while the API is TLS, loopback or a Unix socket; 0: any free port).")
@@ -210,8 +216,17 @@ public final class Main implements Callable<Integer> {
     public Integer call() throws Exception {
         validate();
         ServerTls tls = tls();
+        dev.optsidecar.server.auth.TokenAuthority tokens;
+        try {
+            tokens = tokens(tls);
+        } catch (RuntimeException e) {
+            if (tls != null) {
+                tls.close();
+            }
+            throw e;
+        }
         SocketServer.Exposure exposure = new SocketServer.Exposure(tls,
-                healthPort == null ? null : new ListenAddress.Tcp(healthBind, healthPort), reflection);
+                healthPort == null ? null : new ListenAddress.Tcp(healthBind, healthPort), reflection, tokens);
         SocketServer server;
         try {
             server = SocketServer.start(listenAddresses(), exposure, threads == null ? defaultThreads() : threads,
@@ -220,6 +235,9 @@ public final class Main implements Callable<Integer> {
         } catch (IOException | RuntimeException e) {
             if (tls != null) {
                 tls.close();
+            }
+            if (tokens != null) {
+                tokens.close();
             }
             throw e;
         }
@@ -278,6 +296,29 @@ public final class Main implements Callable<Integer> {
         }
         try {
             return ServerTls.load(tlsCert, tlsKey, tlsClientCa, ServerTls.DEFAULT_RELOAD);
+        } catch (IllegalArgumentException e) {
+            throw usage(e.getMessage());
+        }
+    }
+
+    /**
+     * The token file loaded and watched, or null without --auth-tokens. A bad file, or tokens that
+     * would cross the network in plaintext (a TCP address other hosts reach, without TLS), are
+     * mistakes in the flags.
+     */
+    dev.optsidecar.server.auth.TokenAuthority tokens(ServerTls tls) {
+        if (authTokens == null) {
+            return null;
+        }
+        java.util.List<ListenAddress.Tcp> exposed = dev.optsidecar.server.auth.Plaintext
+                .reachableFromOtherHosts(listenAddresses());
+        if (tls == null && !exposed.isEmpty()) {
+            throw usage("--auth-tokens on plaintext " + exposed.get(0) + ", which other hosts reach, would send"
+                    + " tokens in the clear; serve TLS (--tls-cert, --tls-key) or listen on loopback or a Unix socket");
+        }
+        try {
+            return dev.optsidecar.server.auth.TokenAuthority.load(authTokens,
+                    dev.optsidecar.server.auth.TokenAuthority.DEFAULT_RELOAD);
         } catch (IllegalArgumentException e) {
             throw usage(e.getMessage());
         }

@@ -1,5 +1,7 @@
 package dev.optsidecar.server;
 
+import dev.optsidecar.server.auth.Plaintext;
+import dev.optsidecar.server.auth.TokenAuthority;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.model.Limits;
@@ -24,7 +26,7 @@ import java.util.logging.Logger;
 
 /**
  * The server as Main runs it: Netty on TCP sockets and Unix domain sockets (epoll on Linux), the CPU engine, and the
- * {@link SidecarServer} they are handed to. Closing it closes all three.
+ * {@link SidecarServer} they are handed to. Closing it closes all three, and the TLS and token files' watchers.
  */
 public final class SocketServer implements AutoCloseable {
     private static final Logger LOG = Logger.getLogger(SocketServer.class.getName());
@@ -35,6 +37,7 @@ public final class SocketServer implements AutoCloseable {
     private final EventLoopGroup workers;
     private final CpuEngine engine;
     private ServerTls tls;
+    private TokenAuthority tokens;
     private SidecarServer server;
     private List<ListenAddress> listening = List.of();
 
@@ -69,10 +72,16 @@ public final class SocketServer implements AutoCloseable {
 
     /**
      * How the listeners are exposed: TLS on the TCP ones (null: plaintext; Unix sockets stay
-     * plaintext), a plaintext health-only port (null: none), and whether reflection is served.
+     * plaintext), a plaintext health-only port (null: none), whether reflection is served, and
+     * the tokens the API's calls need (null: none).
      */
-    public record Exposure(ServerTls tls, ListenAddress.Tcp healthAddress, boolean reflection) {
+    public record Exposure(ServerTls tls, ListenAddress.Tcp healthAddress, boolean reflection, TokenAuthority tokens) {
         public static final Exposure PLAINTEXT = new Exposure(null, null, true);
+
+        /** Without tokens: the API open to whoever reaches it. */
+        public Exposure(ServerTls tls, ListenAddress.Tcp healthAddress, boolean reflection) {
+            this(tls, healthAddress, reflection, null);
+        }
     }
 
     /** Starts a server listening on every address of {@code listen} (TCP ports and Unix sockets). */
@@ -106,6 +115,7 @@ public final class SocketServer implements AutoCloseable {
             throws IOException {
         SocketServer s = new SocketServer(threads);
         s.tls = exposure.tls();
+        s.tokens = exposure.tokens();
         try {
             List<NettyServerBuilder> transports = new ArrayList<>();
             for (ListenAddress address : listen) {
@@ -113,7 +123,8 @@ public final class SocketServer implements AutoCloseable {
             }
             List<NettyServerBuilder> healthOnly = exposure.healthAddress() == null ? List.of()
                     : List.of(s.transport(exposure.healthAddress(), null));
-            s.server = SidecarServer.start(new SidecarServer.Endpoints(transports, healthOnly, exposure.reflection()),
+            s.server = SidecarServer.start(new SidecarServer.Endpoints(transports, healthOnly, exposure.reflection(),
+                            exposure.tokens()),
                     s.engine, memoryLimit, durability, restore, limits, shm);
         } catch (IOException e) {
             s.close();
@@ -132,11 +143,24 @@ public final class SocketServer implements AutoCloseable {
                 ? ", TCP with mutual TLS" : ", TCP with TLS";
         String health = exposure.healthAddress() == null ? "" : ", health on " + new ListenAddress.Tcp(
                 exposure.healthAddress().host(), s.server.healthPort());
+        String tokens = exposure.tokens() == null ? "" : ", tokens from " + exposure.tokens().file();
+        warnIfOpenToOtherHosts(s.listening, exposure);
         LOG.info(() -> "optsidecar serving on " + s.listening.stream().map(Object::toString)
-                .collect(java.util.stream.Collectors.joining(", ")) + security + health
+                .collect(java.util.stream.Collectors.joining(", ")) + security + tokens + health
                 + " (" + threads + " engine threads, "
                 + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
         return s;
+    }
+
+    /** Neither tokens nor client certificates, on an address other hosts reach: anyone there may do anything. */
+    private static void warnIfOpenToOtherHosts(List<ListenAddress> listen, Exposure exposure) {
+        List<ListenAddress.Tcp> reachable = Plaintext.reachableFromOtherHosts(listen);
+        if (exposure.tokens() == null && !reachable.isEmpty()
+                && (exposure.tls() == null || !exposure.tls().requiresClientCertificates())) {
+            LOG.warning(() -> "the API on " + reachable.stream().map(Object::toString)
+                    .collect(java.util.stream.Collectors.joining(", ")) + " is open to other hosts without"
+                    + " --auth-tokens: whoever reaches it may step, overwrite, restore or delete any model");
+        }
     }
 
     /** A failed bind, said plainly: the address, and the operating system's reason (port in use...). */
@@ -212,6 +236,9 @@ public final class SocketServer implements AutoCloseable {
         engine.close();
         if (tls != null) {
             tls.close();
+        }
+        if (tokens != null) {
+            tokens.close();
         }
         // Event loops end once their last channel is closed; waiting keeps them from outliving the server.
         boss.shutdownGracefully(0, 1, TimeUnit.SECONDS).awaitUninterruptibly();

@@ -28,6 +28,7 @@ import dev.optsidecar.proto.v1.SnapshotRequest;
 import dev.optsidecar.proto.v1.ServerInfoRequest;
 import dev.optsidecar.proto.v1.ServerInfoResponse;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.auth.Caller;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.model.Model;
@@ -167,7 +168,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     @Override
     public void list(ListRequest request, StreamObserver<ListResponse> out) {
-        unary(out, () -> ListResponse.newBuilder().addAllModels(registry.names()).build());
+        unary(out, () -> ListResponse.newBuilder()
+                .addAllModels(registry.names().stream().filter(Caller::maySee).toList()).build());
     }
 
     @Override
@@ -198,7 +200,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     @Override
     public void listSnapshots(ListSnapshotsRequest request, StreamObserver<ListSnapshotsResponse> out) {
         unary(out, () -> ListSnapshotsResponse.newBuilder().addAllSnapshots(request.getModel().isEmpty()
-                ? persistence().store().listAll() : persistence().store().list(request.getModel())).build());
+                ? persistence().store().listAll().stream().filter(s -> Caller.maySee(s.getModel())).toList()
+                : persistence().store().list(request.getModel())).build());
     }
 
     @Override
