@@ -365,6 +365,27 @@ public final class Model {
         }
     }
 
+    /**
+     * Ingests pieces read from a shared segment on up to {@code threads} threads (see {@link
+     * StepAssembly#addAll}); returns the first non-finite value's description, or null.
+     */
+    public String addPieces(StepAssembly a, List<StepAssembly.Piece> pieces, StepAssembly.PieceReader reader,
+                            java.util.concurrent.Executor helpers, int threads) {
+        checkLive();
+        checkCurrent(a);
+        long stamp = lock.tryReadLock(); // as in addChunk
+        if (stamp == 0) {
+            stamp = lock.readLock();
+        }
+        try {
+            checkLive();
+            checkCurrent(a);
+            return a.addAll(pieces, reader, helpers, threads);
+        } finally {
+            lock.unlockRead(stamp);
+        }
+    }
+
     // ------------------------------------------------------------------------------------------
     // Steps
 

@@ -7,9 +7,11 @@ import dev.optsidecar.server.model.StepAssembly;
 import dev.optsidecar.server.model.ViewReader;
 
 import java.nio.ByteBuffer;
+import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
+import java.util.concurrent.ForkJoinPool;
 import java.util.zip.CRC32C;
 
 /**
@@ -23,7 +25,9 @@ public final class SegmentTransfer {
 
     /**
      * Reads every tensor not in {@code noGrad} from the segment into {@code assembly}: its gradient,
-     * or for a set-weights step its weights region, where the trainer's parameters live.
+     * or for a set-weights step its weights region, where the trainer's parameters live. The 1 MiB
+     * pieces are read and ingested on up to {@link #COPY_THREADS} threads, with the same figures
+     * (norm, first non-finite value) as chunks sent in that order.
      *
      * @return the first non-finite value's description, or null
      */
@@ -31,8 +35,7 @@ public final class SegmentTransfer {
                                 boolean setsWeights) {
         segment.verify();
         Set<Integer> skip = new HashSet<>(noGrad);
-        ByteBuffer slice = SLICE.get();
-        String nonFinite = null;
+        List<StepAssembly.Piece> pieces = new ArrayList<>();
         for (int t = 0; t < segment.tensors(); t++) {
             if (skip.contains(t)) {
                 continue;
@@ -40,22 +43,28 @@ public final class SegmentTransfer {
             long numel = segment.numel(t);
             for (long at = 0; at < numel; ) {
                 int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / Float.BYTES, numel - at);
-                slice.clear().limit(count * Float.BYTES);
-                if (setsWeights) {
-                    segment.readWeights(t, at, slice);
-                } else {
-                    segment.readGradient(t, at, slice);
-                }
-                slice.flip();
-                String bad = model.addChunk(assembly, t, at, slice, WireType.FLOAT32); // a segment holds float32
-                if (bad != null && nonFinite == null) {
-                    nonFinite = bad;
-                }
+                pieces.add(new StepAssembly.Piece(t, at, count));
                 at += count;
             }
         }
-        return nonFinite;
+        StepAssembly.PieceReader reader = piece -> {
+            ByteBuffer slice = SLICE.get();
+            slice.clear().limit(piece.count() * Float.BYTES);
+            if (setsWeights) {
+                segment.readWeights(piece.tensor(), piece.offset(), slice);
+            } else {
+                segment.readGradient(piece.tensor(), piece.offset(), slice);
+            }
+            return slice.flip();
+        };
+        return model.addPieces(assembly, pieces, reader, ForkJoinPool.commonPool(), COPY_THREADS);
     }
+
+    /**
+     * Threads that copy a step's pieces in: a copy is bound by memory bandwidth, which a few
+     * cores saturate; the calling thread is one of them.
+     */
+    static final int COPY_THREADS = Math.max(1, Math.min(4, ForkJoinPool.getCommonPoolParallelism() + 1));
 
     /** The view written into a segment: its version and each tensor's CRC-32C, in tensor order. */
     public record WrittenView(long version, int[] crc32c) {}

@@ -129,10 +129,13 @@ class SharedMemoryStepTest {
             RawStep s = open(viaSegment, seg.message);
             for (int k = 1; k <= 3; k++) {
                 float[][] expected = StandardModel.zeros();
-                f.step(viaChunks, grads(k), expected);
+                StepResult viaChunksResult = f.step(viaChunks, grads(k), expected);
                 seg.putGradients(grads(k));
                 s.send(commit(k, ViewKind.VIEW_TRAIN));
                 StepResult r = result(s, k);
+                // Pieces ingested on several threads: the norm of chunks sent in order, to the bit.
+                assertEquals(Double.doubleToRawLongBits(viaChunksResult.getGradNorm()),
+                        Double.doubleToRawLongBits(r.getGradNorm()), "gradient norm, step " + k);
                 assertTrue(r.getWeightsInSegment());
                 assertEquals(k, r.getVersion());
                 assertEquals(k, r.getWeightsVersion());
