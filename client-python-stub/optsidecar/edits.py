@@ -65,9 +65,25 @@ except ImportError:  # the content check falls back to zlib's slower CRC32
 FINGERPRINTS_ARE_CRC32C = _crc32c is not None
 
 
-def _fingerprint(p: torch.Tensor) -> int:
+#: Parameters are hashed in pieces of this many bytes: the pieces the server reports checksums of.
+PIECE_BYTES = 1 << 20
+
+
+def _fingerprint(p: torch.Tensor) -> Tuple[int, ...]:
     data = memoryview(source_array(p)).cast("B")
-    return _crc32c(data) if _crc32c is not None else zlib.crc32(data)
+    crc = _crc32c if _crc32c is not None else zlib.crc32
+    return tuple(crc(data[at:at + PIECE_BYTES]) for at in range(0, len(data), PIECE_BYTES))
+
+
+def pieces_of(numels: Sequence[int], crc32c: Sequence[int]) -> Optional[List[Tuple[int, ...]]]:
+    """Splits the server's per-piece checksums of float32 tensors of ``numels`` elements into one
+    tuple per tensor; None when their number does not fit."""
+    out, at = [], 0
+    for n in numels:
+        count = -(-4 * n // PIECE_BYTES)
+        out.append(tuple(crc32c[at:at + count]))
+        at += count
+    return out if at == len(crc32c) else None
 
 
 class ParameterEdits:
@@ -81,15 +97,16 @@ class ParameterEdits:
         self.params = list(params)
         #: Compare contents too, to catch writes through ``p.data`` (see the module's docstring).
         self.compare_contents = True
-        self._recorded: List[Optional[Tuple[int, int, Optional[int]]]] = [None] * len(self.params)
+        self._recorded: List[Optional[Tuple[int, int, Optional[Tuple[int, ...]]]]] = [None] * len(self.params)
 
-    def _state(self, p: torch.Tensor) -> Tuple[int, int, Optional[int]]:
+    def _state(self, p: torch.Tensor) -> Tuple[int, int, Optional[Tuple[int, ...]]]:
         return p._version, p.data_ptr(), _fingerprint(p) if self.compare_contents else None
 
-    def record(self, indices: Optional[Sequence[int]] = None, crc32c: Optional[Mapping[int, int]] = None) -> None:
+    def record(self, indices: Optional[Sequence[int]] = None,
+               crc32c: Optional[Mapping[int, Tuple[int, ...]]] = None) -> None:
         """Notes the parameters (all, or those of ``indices``) as the server's: call after writing
         weights into them, or after the server received them. ``crc32c``: the CRC-32C the server
-        reported of the bytes it wrote into some of them, by index, taken instead of hashing them."""
+        reported of the pieces it wrote into some of them, by index, taken instead of hashing them."""
         known = crc32c if crc32c is not None and FINGERPRINTS_ARE_CRC32C and self.compare_contents else {}
         for i in range(len(self.params)) if indices is None else indices:
             p = self.params[i]

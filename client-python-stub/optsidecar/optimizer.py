@@ -11,7 +11,7 @@ import threading
 import uuid
 import warnings
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 try:
     import torch
@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from .buffers import Destination, check_wire_dtype
 from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
-from .edits import ParameterEdits, WeightsPush
+from .edits import ParameterEdits, WeightsPush, pieces_of
 from .errors import (AlreadyExists, FailedPrecondition, InvalidArgument, ModelChanged, NotFound, OptSidecarError,
                      PermissionDenied, StaleGradient)
 from .live_hyperparameters import LiveHyperparameters, normalized
@@ -610,12 +610,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
         content check that catches writes through ``p.data`` (see :mod:`optsidecar.edits`)."""
         return self._edits
 
-    def _written_crc32c(self, figures: StepFigures) -> Dict[int, int]:
+    def _written_crc32c(self, figures: StepFigures) -> Dict[int, Tuple[int, ...]]:
         """The CRC-32C the server reported of the weights it wrote into the segment, for each
         parameter that is that very memory (so it need not be hashed again)."""
-        if self._shared is None or len(figures.weights_crc32c) != len(self._params):
+        if self._shared is None or not figures.weights_crc32c:
             return {}
-        return {i: crc for i, crc in enumerate(figures.weights_crc32c) if self._shared.is_bound(i)}
+        pieces = pieces_of([p.numel() for p in self._params], figures.weights_crc32c)
+        if pieces is None:
+            return {}
+        return {i: crc for i, crc in enumerate(pieces) if self._shared.is_bound(i)}
 
     def _push_edits(self) -> None:
         """Sends the parameters the trainer changed since the client last wrote them, as one

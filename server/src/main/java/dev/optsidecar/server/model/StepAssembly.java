@@ -1,6 +1,7 @@
 package dev.optsidecar.server.model;
 
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.Parallel;
 import dev.optsidecar.server.engine.Ingest;
 import dev.optsidecar.server.engine.WireType;
 
@@ -101,32 +102,12 @@ public final class StepAssembly {
             }
         }
         Ingest[] ingested = new Ingest[pieces.size()];
-        java.util.concurrent.atomic.AtomicInteger next = new java.util.concurrent.atomic.AtomicInteger();
-        java.util.concurrent.atomic.AtomicReference<RuntimeException> failure =
-                new java.util.concurrent.atomic.AtomicReference<>();
-        Runnable worker = () -> {
-            for (int i = next.getAndIncrement(); i < ingested.length && failure.get() == null;
-                 i = next.getAndIncrement()) {
-                try {
-                    Piece p = pieces.get(i);
-                    ByteBuffer data = reader.read(p);
-                    ingested[i] = tensors.get(p.tensor()).storage.writeGradient(session.handles[p.tensor()],
-                            p.offset(), data, WireType.FLOAT32);
-                } catch (RuntimeException e) {
-                    failure.compareAndSet(null, e);
-                }
-            }
-        };
-        int others = Math.max(0, Math.min(threads, ingested.length) - 1);
-        java.util.concurrent.CompletableFuture<?>[] running = new java.util.concurrent.CompletableFuture<?>[others];
-        for (int h = 0; h < others; h++) {
-            running[h] = java.util.concurrent.CompletableFuture.runAsync(worker, helpers);
-        }
-        worker.run();
-        java.util.concurrent.CompletableFuture.allOf(running).join(); // workers catch their own failures
-        if (failure.get() != null) {
-            throw failure.get();
-        }
+        Parallel.forEach(ingested.length, threads, helpers, i -> {
+            Piece p = pieces.get(i);
+            ByteBuffer data = reader.read(p);
+            ingested[i] = tensors.get(p.tensor()).storage.writeGradient(session.handles[p.tensor()], p.offset(), data,
+                    WireType.FLOAT32);
+        });
         String first = null;
         for (int i = 0; i < ingested.length; i++) {
             Piece p = pieces.get(i);

@@ -26,7 +26,7 @@ public final class ViewReader implements AutoCloseable {
     private final WireType wire;
     private final List<TensorEntry> tensors;
     private final long version;
-    private long stamp;
+    private volatile long stamp;
     private int tensor;
     private long offset;
     private Published published;
@@ -160,29 +160,35 @@ public final class ViewReader implements AutoCloseable {
         return chunk;
     }
 
-    /** Where the bytes {@link #nextInto} wrote belong: tensor {@code tensor}, from element {@code offset} on. */
-    public record Piece(int tensor, long offset) {}
+    /** A stretch of one tensor of the view: tensor {@code tensor}'s elements [offset, offset + count). */
+    public record Piece(int tensor, long offset, int count) {}
 
     /**
-     * Writes the next piece of at most {@code dst.remaining()} bytes into {@code dst} (from its
-     * position; flipped for reading), for a reader that streams under the read lock ({@link
-     * #streams}): the values go from the engine to their destination with no copy between.
+     * The view cut into pieces of at most {@code maxBytes} bytes, tensor by tensor, for a reader
+     * that streams under the read lock ({@link #streams}); {@link #readPiece} reads each, from any
+     * thread, until the reader is closed.
      */
-    public synchronized Piece nextInto(ByteBuffer dst) {
+    public synchronized List<Piece> pieces(int maxBytes) {
         if (published != null) {
             throw new IllegalStateException("the view was copied out: read its chunks with next()");
         }
-        TensorEntry t = tensors.get(tensor);
-        int count = (int) Math.min(dst.remaining() / wire.bytes, t.numel - offset);
-        Piece piece = new Piece(t.index, offset);
-        source.read(t, offset, count, dst, wire);
-        dst.flip();
-        offset += count;
-        if (offset == t.numel) {
-            tensor++;
-            offset = 0;
+        List<Piece> pieces = new ArrayList<>();
+        for (TensorEntry t : tensors) {
+            for (long at = 0; at < t.numel; ) {
+                int count = (int) Math.min(maxBytes / wire.bytes, t.numel - at);
+                pieces.add(new Piece(t.index, at, count));
+                at += count;
+            }
         }
-        return piece;
+        return pieces;
+    }
+
+    /** Writes {@code piece}'s values into {@code dst} from its position (see {@link #pieces}). */
+    public void readPiece(Piece piece, ByteBuffer dst) {
+        if (stamp == 0) {
+            throw new IllegalStateException("the reader holds no read lock");
+        }
+        source.read(model.tensors().get(piece.tensor()), piece.offset(), piece.count(), dst, wire);
     }
 
     /** Whether this reader produces each piece as it is read, under the read lock (else from a copy). */

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.shm;
 
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.Parallel;
 import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.StepAssembly;
@@ -66,47 +67,49 @@ public final class SegmentTransfer {
      */
     static final int COPY_THREADS = Math.max(1, Math.min(4, ForkJoinPool.getCommonPoolParallelism() + 1));
 
-    /** The view written into a segment: its version and each tensor's CRC-32C, in tensor order. */
+    /** The view written into a segment: its version and the CRC-32C of each 1 MiB piece written, in order. */
     public record WrittenView(long version, int[] crc32c) {}
 
     /**
-     * Writes {@code reader}'s view into the segment's weights regions, noting each tensor's CRC-32C
-     * of the bytes written (a trainer compares it with its parameters' to notice its own edits
-     * without hashing them twice). A reader that streams under the read lock writes each piece from
-     * the engine into a direct buffer and from there into the file: one copy on each side. Closes
-     * the reader.
+     * Writes {@code reader}'s view into the segment's weights regions, noting the CRC-32C of each
+     * piece of {@link StepAssembly#MAX_CHUNK_BYTES} written (tensor by tensor; a trainer compares
+     * them with its parameters' to notice its own edits without hashing them twice). A reader that
+     * streams under the read lock has its pieces written on up to {@link #COPY_THREADS} threads,
+     * each from the engine into that thread's direct buffer and from there into the file: one copy
+     * on each side. Closes the reader.
      */
     public static WrittenView writeView(ViewReader reader, SegmentFile segment) {
         try (reader) {
             segment.verify();
-            CRC32C[] sums = new CRC32C[segment.tensors()];
-            if (reader.streams()) {
-                ByteBuffer slice = SLICE.get();
-                while (reader.hasNext()) {
-                    slice.clear();
-                    ViewReader.Piece piece = reader.nextInto(slice);
-                    write(segment, sums, piece.tensor(), piece.offset(), slice);
-                }
-            } else {
+            if (!reader.streams()) {
+                List<Integer> sums = new ArrayList<>();
                 while (reader.hasNext()) {
                     WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
-                    write(segment, sums, chunk.getTensor(), chunk.getOffset(), chunk.getData().asReadOnlyByteBuffer());
+                    ByteBuffer bytes = chunk.getData().asReadOnlyByteBuffer();
+                    sums.add(crc32c(bytes));
+                    segment.writeWeights(chunk.getTensor(), chunk.getOffset(), bytes);
                 }
+                return new WrittenView(reader.version(), sums.stream().mapToInt(Integer::intValue).toArray());
             }
-            int[] crc = new int[sums.length];
-            for (int t = 0; t < sums.length; t++) {
-                crc[t] = sums[t] == null ? 0 : (int) sums[t].getValue();
-            }
-            return new WrittenView(reader.version(), crc);
+            List<ViewReader.Piece> pieces = reader.pieces(StepAssembly.MAX_CHUNK_BYTES);
+            int[] sums = new int[pieces.size()];
+            Parallel.forEach(pieces.size(), COPY_THREADS, ForkJoinPool.commonPool(), i -> {
+                ViewReader.Piece piece = pieces.get(i);
+                ByteBuffer slice = SLICE.get();
+                slice.clear();
+                reader.readPiece(piece, slice);
+                slice.flip();
+                sums[i] = crc32c(slice);
+                segment.writeWeights(piece.tensor(), piece.offset(), slice);
+            });
+            return new WrittenView(reader.version(), sums);
         }
     }
 
-    private static void write(SegmentFile segment, CRC32C[] sums, int tensor, long offset, ByteBuffer bytes) {
-        if (sums[tensor] == null) {
-            sums[tensor] = new CRC32C();
-        }
-        sums[tensor].update(bytes.duplicate()); // pieces arrive in order within each tensor
-        segment.writeWeights(tensor, offset, bytes);
+    private static int crc32c(ByteBuffer bytes) {
+        CRC32C crc = new CRC32C();
+        crc.update(bytes.duplicate());
+        return (int) crc.getValue();
     }
 
     /**
