@@ -145,6 +145,21 @@ public final class Main implements Callable<Integer> {
                     + " the API's schema).")
     boolean reflection;
 
+    @Option(names = "--http-port", paramLabel = "N",
+            description = "Also serve HTTP on this port: Prometheus metrics at /metrics, the dashboard at / and its"
+                    + " JSON read API under /api/; TLS with the API's certificates when --tls-cert is given"
+                    + " (0: any free port; default: off).")
+    Integer httpPort;
+
+    @Option(names = "--http-bind", paramLabel = "ADDRESS",
+            description = "Address of --http-port (default: the --bind address).")
+    String httpBind;
+
+    @Option(names = "--log-format", defaultValue = "text", paramLabel = "FORMAT",
+            description = "Log lines as text, or as json: one JSON object per line with time, level, logger,"
+                    + " message and the event's fields (model, event...) (default: ${DEFAULT-VALUE}).")
+    String logFormat;
+
     public static void main(String[] args) {
         System.setProperty("optsidecar.cpus", String.valueOf(Runtime.getRuntime().availableProcessors()));
         System.exit(commandLine().execute(args));
@@ -209,6 +224,7 @@ public final class Main implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         validate();
+        dev.optsidecar.server.observe.LogFormat.install(logFormat);
         ServerTls tls = tls();
         SocketServer.Exposure exposure = new SocketServer.Exposure(tls,
                 healthPort == null ? null : new ListenAddress.Tcp(healthBind, healthPort), reflection);
@@ -223,9 +239,40 @@ public final class Main implements Callable<Integer> {
             }
             throw e;
         }
-        Runtime.getRuntime().addShutdownHook(new Thread(server::close, "optsidecar-shutdown"));
+        dev.optsidecar.server.http.HttpApi http;
+        try {
+            http = http(server, tls);
+        } catch (IOException | RuntimeException e) {
+            server.close();
+            throw e;
+        }
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            if (http != null) {
+                http.close();
+            }
+            server.close();
+        }, "optsidecar-shutdown"));
         server.server().awaitTermination();
         return 0;
+    }
+
+    /** The HTTP endpoint on --http-bind:--http-port, or null without --http-port. */
+    private dev.optsidecar.server.http.HttpApi http(SocketServer server, ServerTls tls) throws IOException {
+        if (httpPort == null) {
+            return null;
+        }
+        String host = httpBind == null ? bind : httpBind;
+        java.net.InetSocketAddress address = new java.net.InetSocketAddress(host, httpPort);
+        dev.optsidecar.server.http.HttpApi http;
+        try {
+            http = dev.optsidecar.server.http.HttpApi.start(address, tls, server.server().registry(),
+                    server.server().persistence(), dev.optsidecar.server.http.HttpAccess.ALLOW_ALL);
+        } catch (IOException e) {
+            throw new IOException("--http-port " + new ListenAddress.Tcp(host, httpPort) + ": " + describe(e), e);
+        }
+        java.util.logging.Logger.getLogger(Main.class.getName()).info(() -> "HTTP (metrics, dashboard) on "
+                + (tls == null ? "http://" : "https://") + new ListenAddress.Tcp(host, http.port()));
+        return http;
     }
 
     /** Checks what picocli's parsing cannot: ranges, flags that need each other, the bind address. */
@@ -268,6 +315,17 @@ public final class Main implements Callable<Integer> {
             checkBindAddress(healthBind, "--health-bind ");
         } else if (given("--health-bind")) {
             throw usage("--health-bind needs --health-port");
+        }
+        if (httpPort != null) {
+            if (httpPort < 0 || httpPort > 65535) {
+                throw usage("--http-port must be 0 to 65535 (0: any free port), not " + httpPort);
+            }
+            checkBindAddress(httpBind == null ? bind : httpBind, "--http-bind ");
+        } else if (given("--http-bind")) {
+            throw usage("--http-bind needs --http-port");
+        }
+        if (!logFormat.equals("text") && !logFormat.equals("json")) {
+            throw usage("--log-format: '" + logFormat + "' is not text or json");
         }
     }
 

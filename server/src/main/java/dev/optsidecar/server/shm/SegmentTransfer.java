@@ -59,11 +59,17 @@ public final class SegmentTransfer {
 
     /** Writes {@code reader}'s view into the segment's weights regions; returns its version. Closes the reader. */
     public static long writeView(ViewReader reader, SegmentFile segment) {
+        return writeView(reader, segment, bytes -> { });
+    }
+
+    /** As {@link #writeView(ViewReader, SegmentFile)}, telling {@code written} the bytes of each piece written. */
+    public static long writeView(ViewReader reader, SegmentFile segment, java.util.function.LongConsumer written) {
         try (reader) {
             segment.verify();
             while (reader.hasNext()) {
                 WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
                 segment.writeWeights(chunk.getTensor(), chunk.getOffset(), chunk.getData().asReadOnlyByteBuffer());
+                written.accept(chunk.getData().size());
             }
             return reader.version();
         }
