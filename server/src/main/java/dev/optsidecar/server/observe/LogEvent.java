@@ -45,6 +45,13 @@ public final class LogEvent {
         }
         LogRecord record = new LogRecord(level, message.get());
         record.setLoggerName(logger.getName());
+        // The caller, not this class, is where the event happened (what a text log names).
+        StackWalker.getInstance().walk(frames -> frames
+                .filter(f -> !f.getClassName().equals(LogEvent.class.getName())).findFirst())
+                .ifPresent(f -> {
+                    record.setSourceClassName(f.getClassName());
+                    record.setSourceMethodName(f.getMethodName());
+                });
         record.setParameters(new Object[] {new Fields(Collections.unmodifiableMap(fields))});
         logger.log(record);
     }
