@@ -27,7 +27,8 @@ from .errors import (
     StaleGradient,
     Unimplemented,
 )
-from .results import Contribution, CoordinationStatus, GroupFigures, StepFigures, VersionContributions, Weights
+from .results import (Contribution, CoordinationStatus, GroupFigures, StepFigures, VersionContributions,
+                      VersionFigures, Weights)
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "Weights",
     "Contribution",
     "VersionContributions",
+    "VersionFigures",
     "CoordinationStatus",
     "OptSidecarError",
     "InvalidArgument",
