@@ -98,7 +98,9 @@ public final class HttpApi implements AutoCloseable {
             https.setHttpsConfigurator(new HttpsConfigurator(tls.sslContext()) {
                 @Override
                 public void configure(HttpsParameters params) {
-                    params.setNeedClientAuth(clientCertificates);
+                    javax.net.ssl.SSLParameters ssl = getSSLContext().getDefaultSSLParameters();
+                    ssl.setNeedClientAuth(clientCertificates);
+                    params.setSSLParameters(ssl);
                 }
             });
             server = https;
