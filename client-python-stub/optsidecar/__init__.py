@@ -29,7 +29,8 @@ from .errors import (
     Unauthenticated,
     Unimplemented,
 )
-from .results import Contribution, CoordinationStatus, GroupFigures, StepFigures, VersionContributions, Weights
+from .results import (Contribution, CoordinationStatus, GroupFigures, StepFigures, VersionContributions,
+                      VersionFigures, Weights)
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "Weights",
     "Contribution",
     "VersionContributions",
+    "VersionFigures",
     "CoordinationStatus",
     "OptSidecarError",
     "InvalidArgument",

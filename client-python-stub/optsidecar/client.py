@@ -48,9 +48,10 @@ import grpc
 
 from . import wire
 from .buffers import WIRE_DTYPES, Destination, as_destination, check_wire_dtype, chunks, numel_of, source_array
+from .figures import check_figures
 from .errors import ProtocolError, ServerUnavailable, error_details, from_rpc_error
 from .shm import Segment, same_memory
-from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, Weights
+from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, VersionFigures, Weights
 from .spec import make_schedule, to_struct
 from .security import Security
 from .v1 import optimizer_pb2 as pb
@@ -203,6 +204,28 @@ class Client:
             if not response.next_from_version:
                 return versions
             from_version = response.next_from_version
+
+    def figures(self, model: str, from_version: int = 0) -> List[VersionFigures]:
+        """What each version of ``model`` from ``from_version`` on did (learning rates, c_t,
+        gradient and update norms, staleness, step time) with the figures its trainers reported
+        (loss, accuracy...), oldest first: a model's training curves. The server keeps as many
+        versions as for :meth:`history`, in memory only; this reads every page."""
+        versions = []
+        while True:
+            response = self._unary(self._stub.Figures, pb.FiguresRequest(model=model, from_version=from_version),
+                                   f"figures of model {model!r}")
+            versions.extend(VersionFigures.from_proto(v) for v in response.versions)
+            if not response.next_from_version:
+                return versions
+            from_version = response.next_from_version
+
+    def log_figures(self, model: str, figures: Optional[Mapping[str, float]] = None, **more: float) -> int:
+        """Reports figures without a step, e.g. an evaluation's accuracy: they join the figures of
+        the model's current version (a mean with values of the same name there). Names are 1 to
+        64 characters of ``A-Z a-z 0-9 _ . : / -``, at most 64 of them, values finite numbers.
+        Returns the version they joined."""
+        request = pb.LogFiguresRequest(model=model, figures=check_figures({**(figures or {}), **more}))
+        return self._unary(self._stub.LogFigures, request, f"log figures of model {model!r}").version
 
     def wait_for_trainers(self, model: str, count: int, timeout: float = 30.0) -> CoordinationStatus:
         """Waits until at least ``count`` trainers are attached to ``model`` (each with a Step
@@ -747,7 +770,8 @@ class StepStream:
              view: ViewLike = None, group_lr: Optional[Mapping[str, float]] = None,
              base_version: Optional[int] = None,
              group_hyperparameters: Optional[Mapping[str, Mapping[str, Any]]] = None,
-             kind: str = "gradient", weights_view: ViewLike = None) -> StepFigures:
+             kind: str = "gradient", weights_view: ViewLike = None,
+             figures: Optional[Mapping[str, float]] = None) -> StepFigures:
         """Applies one step, exactly once.
 
         Args:
@@ -768,6 +792,8 @@ class StepStream:
                 optimizer state is kept (see :meth:`set_weights`).
             weights_view: with ``kind="set_weights"``: ``"train"`` (default) or ``"eval"``
                 (Schedule-Free: the weights are x, and the server computes y from them).
+            figures: named scalars to report with this step (``{"loss": 0.3}``), kept by the
+                server with the version it makes (see :meth:`Client.figures`).
 
         Returns:
             the step's :class:`~optsidecar.results.StepFigures` (``replayed`` when the server had
@@ -811,6 +837,7 @@ class StepStream:
                                weights_view=make_view(weights_view).kind if weights_view is not None else 0)
         for group, values in (group_hyperparameters or {}).items():
             commit.group_hyperparameters[group].CopyFrom(to_struct(values, f"group_hyperparameters[{group!r}]"))
+        commit.figures.update(check_figures(figures or {}))
         computed_at = self.base_version if base_version is None else base_version
         if computed_at is not None:
             commit.base_version = int(computed_at)

@@ -32,7 +32,8 @@ from .param_state import ParameterState
 from .params import ParsedGroup, parse_params
 from .shared_params import SharedParameters
 from .shm import SHM_DIR_ENVIRONMENT_VARIABLE, Segment, usable_directory
-from .results import CoordinationStatus, StepFigures, VersionContributions
+from .figures import check_figures, loss_figure
+from .results import CoordinationStatus, StepFigures, VersionContributions, VersionFigures
 from .spec import from_struct, model_spec, optimizer_config, tensor_groups
 from .torch_format import client_side_entries, from_reference_state_dict, group_entries, reference, tensor_state
 from .v1 import optimizer_pb2 as pb
@@ -342,6 +343,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         #: copy; see :class:`~optsidecar.param_state.ParameterState`).
         self.state = ParameterState(self)
         self.last_result = None
+        #: Figures :meth:`log`ged since the last step: they go with the next one.
+        self._pending_figures: Dict[str, float] = {}
         #: The model version (steps applied) the parameters belong to.
         self.version: int = info.version
         self._hyperparameters = LiveHyperparameters()
@@ -542,6 +545,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
         skipped, as torch skips it) with the hyperparameters changed in ``param_groups``, then
         writes the updated train weights into the parameters in place.
 
+        The closure's loss (a finite scalar) is reported to the server as the step's ``loss``
+        figure, with the figures :meth:`log`ged since the last step (an explicitly logged ``loss``
+        wins); see :meth:`figures`.
+
         Args:
             closure (Callable, optional): a closure that reevaluates the model and returns the loss.
 
@@ -574,9 +581,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
                           "two versions; call optimizer.resync() after such a failure", RuntimeWarning)
         self._push_edits()
         changes = self._hyperparameter_changes()
+        reported = {}
+        closure_loss = loss_figure(loss)
+        if closure_loss is not None:
+            reported["loss"] = closure_loss
+        reported.update(self._pending_figures)
         try:
             figures = self._stream.step(grads, self._destinations(), view="train", group_lr=self._group_lr(),
-                                        base_version=self.version, group_hyperparameters=changes)
+                                        base_version=self.version, group_hyperparameters=changes,
+                                        figures=reported)
         except StaleGradient as e:
             raise e.with_message(f"{e} [call optimizer.pull(), compute the gradient again and step]") from None
         except ModelChanged as e:
@@ -589,6 +602,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if self._stream.partial_weights:
                 self._edits.record()  # what arrived is the server's, not the trainer's
         self._edits.record(crc32c=self._written_crc32c(figures))
+        self._pending_figures.clear()  # they went with this step
         self._hyperparameters.confirm(changes, figures)
         self.last_result = figures
         # The weights now in the parameters: the current ones after a replayed or late step.
@@ -731,6 +745,19 @@ class RemoteOptimizer(torch.optim.Optimizer):
         """The (client id, step id) contributions of each version from ``from_version`` on (see
         :meth:`Client.history`)."""
         return self.client.history(self.model, from_version)
+
+    def log(self, **figures: float) -> None:
+        """Reports named scalars with the next :meth:`step`, e.g. ``opt.log(loss=loss.item(),
+        accuracy=acc)``: the server keeps them with the version that step makes, beside its lr,
+        gradient norm and the rest (see :meth:`figures`). A later value of a name replaces an
+        earlier one until the step. To report without stepping (an evaluation after training),
+        use ``opt.client.log_figures(opt.model, ...)``, which joins the current version."""
+        self._pending_figures.update(check_figures(figures))
+
+    def figures(self, from_version: int = 0) -> List[VersionFigures]:
+        """The model's training curves: each version's step figures and reported figures (see
+        :meth:`Client.figures`)."""
+        return self.client.figures(self.model, from_version)
 
     def resync(self) -> None:
         """Pulls the current mode's view into the parameters, e.g. after a step failed midway or

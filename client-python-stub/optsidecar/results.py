@@ -10,7 +10,8 @@ from .spec import from_struct
 from .v1 import optimizer_pb2 as pb
 from .views import view_name
 
-__all__ = ["GroupFigures", "StepFigures", "Weights", "Contribution", "VersionContributions", "CoordinationStatus"]
+__all__ = ["GroupFigures", "StepFigures", "Weights", "Contribution", "VersionContributions", "VersionFigures",
+           "CoordinationStatus"]
 
 
 class Contribution(NamedTuple):
@@ -29,6 +30,48 @@ class VersionContributions(NamedTuple):
 
     version: int
     contributions: Tuple[Contribution, ...]
+
+
+class VersionFigures(NamedTuple):
+    """What made one model version and what its trainers reported (:meth:`Client.figures`).
+
+    Attributes:
+        version: the model version.
+        kind: ``"gradient"`` or ``"set_weights"`` (whose norms are 0).
+        time: when the version was made, in seconds since the Unix epoch.
+        step_seconds: how long the server's engine took to apply the step.
+        grad_norm, update_norm, staleness, clip_coefficient: as in :class:`StepFigures`
+            (``update_norm`` None unless the model reports it).
+        lr, effective_lr, averaging_weight: by group name, as :class:`GroupFigures` has them
+            (``averaging_weight`` is Schedule-Free's c_t, NaN for other algorithms).
+        contributions: how many contributions the version combined.
+        figures: the trainers' figures by name (a step's ``loss``, :meth:`RemoteOptimizer.log`,
+            :meth:`Client.log_figures`); several values of one name for one version are averaged.
+    """
+
+    version: int
+    kind: str
+    time: float
+    step_seconds: float
+    grad_norm: float
+    update_norm: Optional[float]
+    staleness: int
+    clip_coefficient: float
+    lr: Mapping[str, float]
+    effective_lr: Mapping[str, float]
+    averaging_weight: Mapping[str, float]
+    contributions: int
+    figures: Mapping[str, float]
+
+    @classmethod
+    def from_proto(cls, v: "pb.VersionFigures") -> "VersionFigures":
+        return cls(version=v.version, kind="set_weights" if v.kind == pb.STEP_SET_WEIGHTS else "gradient",
+                   time=v.time, step_seconds=v.step_seconds, grad_norm=v.grad_norm,
+                   update_norm=v.update_norm if v.HasField("update_norm") else None, staleness=v.staleness,
+                   clip_coefficient=v.clip_coefficient, lr={g.group: g.lr for g in v.groups},
+                   effective_lr={g.group: g.effective_lr for g in v.groups},
+                   averaging_weight={g.group: g.averaging_weight for g in v.groups},
+                   contributions=v.contributions, figures=dict(sorted(v.figures.items())))
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,16 @@ class OptimizerStub(object):
                 request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoRequest.SerializeToString,
                 response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoResponse.FromString,
                 )
+        self.Figures = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/Figures',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.FiguresRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.FiguresResponse.FromString,
+                )
+        self.LogFigures = channel.unary_unary(
+                '/optsidecar.v1.Optimizer/LogFigures',
+                request_serializer=optsidecar_dot_v1_dot_optimizer__pb2.LogFiguresRequest.SerializeToString,
+                response_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.LogFiguresResponse.FromString,
+                )
 
 
 class OptimizerServicer(object):
@@ -225,6 +235,23 @@ class OptimizerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Figures(self, request, context):
+        """What each recent version's step did (learning rates, c_t, gradient and update norms,
+        staleness, step time) with the figures its trainers reported (StepCommit.figures, LogFigures):
+        a model's training curves. Kept for the same versions as History, in memory only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogFigures(self, request, context):
+        """Reports figures without a step (e.g. an evaluation's accuracy): they join the figures of the
+        model's current version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -302,6 +329,16 @@ def add_OptimizerServicer_to_server(servicer, server):
                     servicer.ServerInfo,
                     request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoRequest.FromString,
                     response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoResponse.SerializeToString,
+            ),
+            'Figures': grpc.unary_unary_rpc_method_handler(
+                    servicer.Figures,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.FiguresRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.FiguresResponse.SerializeToString,
+            ),
+            'LogFigures': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogFigures,
+                    request_deserializer=optsidecar_dot_v1_dot_optimizer__pb2.LogFiguresRequest.FromString,
+                    response_serializer=optsidecar_dot_v1_dot_optimizer__pb2.LogFiguresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -565,5 +602,39 @@ class Optimizer(object):
         return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/ServerInfo',
             optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoRequest.SerializeToString,
             optsidecar_dot_v1_dot_optimizer__pb2.ServerInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Figures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/Figures',
+            optsidecar_dot_v1_dot_optimizer__pb2.FiguresRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.FiguresResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def LogFigures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/optsidecar.v1.Optimizer/LogFigures',
+            optsidecar_dot_v1_dot_optimizer__pb2.LogFiguresRequest.SerializeToString,
+            optsidecar_dot_v1_dot_optimizer__pb2.LogFiguresResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -38,6 +38,7 @@ import io.grpc.stub.StreamObserver;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
@@ -335,6 +336,34 @@ public final class OptSidecarClient implements AutoCloseable {
             }
             from = page.getNextFromVersion();
         }
+    }
+
+    /**
+     * What each version of {@code model} from {@code fromVersion} on did (learning rates, norms,
+     * staleness, step time) and the figures its trainers reported, oldest first, as far back as the
+     * server keeps them; every page read.
+     */
+    public List<dev.optsidecar.proto.v1.VersionFigures> figures(String model, long fromVersion) {
+        List<dev.optsidecar.proto.v1.VersionFigures> out = new ArrayList<>();
+        long from = fromVersion;
+        while (true) {
+            dev.optsidecar.proto.v1.FiguresResponse page = blocking.figures(dev.optsidecar.proto.v1.FiguresRequest
+                    .newBuilder().setModel(model).setFromVersion(from).build());
+            out.addAll(page.getVersionsList());
+            if (page.getNextFromVersion() == 0) {
+                return out;
+            }
+            from = page.getNextFromVersion();
+        }
+    }
+
+    /**
+     * Reports figures without a step (an evaluation's accuracy, say): they join the model's current
+     * version; returns that version.
+     */
+    public long logFigures(String model, Map<String, Double> figures) {
+        return blocking.logFigures(dev.optsidecar.proto.v1.LogFiguresRequest.newBuilder().setModel(model)
+                .putAllFigures(figures).build()).getVersion();
     }
 
     public List<String> list() {

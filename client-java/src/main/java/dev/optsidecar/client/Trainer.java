@@ -45,6 +45,8 @@ public final class Trainer implements AutoCloseable {
     private WireDtype wireDtype = WireDtype.WIRE_FLOAT32;
     /** The shared-memory segment steps go through, or null for chunks. */
     private ClientSegment segment;
+    /** Figures {@link #log}ged since the last step: they go with the next one. */
+    private final Map<String, Double> pendingFigures = new LinkedHashMap<>();
 
     Trainer(OptSidecarClient client, String model, String clientId, ModelInfo info) {
         this.client = client;
@@ -63,6 +65,15 @@ public final class Trainer implements AutoCloseable {
         List<Long> s = new ArrayList<>();
         info.getTensorsList().forEach(t -> s.add(t.getNumel()));
         return Collections.unmodifiableList(s);
+    }
+
+    /**
+     * Reports named scalars (loss, accuracy...) with this trainer's next step; a later value of the
+     * same name replaces an earlier one. To report without a step, see OptSidecarClient.logFigures.
+     */
+    public Trainer log(Map<String, Double> figures) {
+        pendingFigures.putAll(figures);
+        return this;
     }
 
     /** The model's tensors as this trainer last learnt them; steps take one gradient per tensor. */
@@ -100,6 +111,16 @@ public final class Trainer implements AutoCloseable {
         private final Map<String, Struct.Builder> groupHyperparameters = new LinkedHashMap<>();
         private StepKind kind = StepKind.STEP_GRADIENT;
         private ViewKind weightsView = ViewKind.VIEW_TRAIN;
+        private final Map<String, Double> figures = new LinkedHashMap<>();
+
+        /**
+         * Reports a named scalar (loss, accuracy...) with this step: the server keeps it with the
+         * version the step makes (OptSidecarClient.figures).
+         */
+        public StepOptions figure(String name, double value) {
+            figures.put(name, value);
+            return this;
+        }
 
         public StepOptions view(ViewKind kind) {
             this.view = View.newBuilder().setKind(kind).build();
@@ -212,6 +233,7 @@ public final class Trainer implements AutoCloseable {
                 .setKind(options.kind)
                 .setWeightsView(options.weightsView);
         options.groupHyperparameters.forEach((g, changes) -> commit.putGroupHyperparameters(g, changes.build()));
+        commit.putAllFigures(pendingFigures).putAllFigures(options.figures);
         List<TensorData> present = new ArrayList<>();
         List<Integer> presentIndex = new ArrayList<>();
         List<Integer> noGrad = new ArrayList<>();
@@ -241,6 +263,7 @@ public final class Trainer implements AutoCloseable {
             }
             try {
                 StepResult result = attempt(stepId, commit, present, presentIndex, out);
+                pendingFigures.clear(); // they went with this step
                 if (wantsWeights) {
                     baseVersion = result.getVersion(); // the weights the next gradient will be taken at
                 }

@@ -151,6 +151,21 @@ public final class Main implements Callable<Integer> {
                     + " the API's schema).")
     boolean reflection;
 
+    @Option(names = "--http-port", paramLabel = "N",
+            description = "Also serve HTTP on this port: Prometheus metrics at /metrics, the dashboard at / and its"
+                    + " JSON read API under /api/; TLS with the API's certificates when --tls-cert is given"
+                    + " (0: any free port; default: off).")
+    Integer httpPort;
+
+    @Option(names = "--http-bind", paramLabel = "ADDRESS",
+            description = "Address of --http-port (default: the --bind address).")
+    String httpBind;
+
+    @Option(names = "--log-format", defaultValue = "text", paramLabel = "FORMAT",
+            description = "Log lines as text, or as json: one JSON object per line with time, level, logger,"
+                    + " message and the event's fields (model, event...) (default: ${DEFAULT-VALUE}).")
+    String logFormat;
+
     public static void main(String[] args) {
         System.setProperty("optsidecar.cpus", String.valueOf(Runtime.getRuntime().availableProcessors()));
         System.exit(commandLine().execute(args));
@@ -215,6 +230,7 @@ public final class Main implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         validate();
+        dev.optsidecar.server.observe.LogFormat.install(logFormat);
         ServerTls tls = tls();
         dev.optsidecar.server.auth.TokenAuthority tokens;
         try {
@@ -241,9 +257,43 @@ public final class Main implements Callable<Integer> {
             }
             throw e;
         }
-        Runtime.getRuntime().addShutdownHook(new Thread(server::close, "optsidecar-shutdown"));
+        dev.optsidecar.server.http.HttpApi http;
+        try {
+            http = http(server, tls, tokens);
+        } catch (IOException | RuntimeException e) {
+            server.close();
+            throw e;
+        }
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            if (http != null) {
+                http.close();
+            }
+            server.close();
+        }, "optsidecar-shutdown"));
         server.server().awaitTermination();
         return 0;
+    }
+
+    /** The HTTP endpoint on --http-bind:--http-port, or null without --http-port. */
+    private dev.optsidecar.server.http.HttpApi http(SocketServer server, ServerTls tls,
+                                                    dev.optsidecar.server.auth.TokenAuthority tokens)
+            throws IOException {
+        if (httpPort == null) {
+            return null;
+        }
+        String host = httpBind == null ? bind : httpBind;
+        java.net.InetSocketAddress address = new java.net.InetSocketAddress(host, httpPort);
+        dev.optsidecar.server.http.HttpApi http;
+        try {
+            http = dev.optsidecar.server.http.HttpApi.start(address, tls, server.server().registry(),
+                    server.server().persistence(), tokens == null ? dev.optsidecar.server.http.HttpAccess.ALLOW_ALL
+                            : new dev.optsidecar.server.http.TokenAccess(tokens));
+        } catch (IOException e) {
+            throw new IOException("--http-port " + new ListenAddress.Tcp(host, httpPort) + ": " + describe(e), e);
+        }
+        java.util.logging.Logger.getLogger(Main.class.getName()).info(() -> "HTTP (metrics, dashboard) on "
+                + (tls == null ? "http://" : "https://") + new ListenAddress.Tcp(host, http.port()));
+        return http;
     }
 
     /** Checks what picocli's parsing cannot: ranges, flags that need each other, the bind address. */
@@ -287,6 +337,17 @@ public final class Main implements Callable<Integer> {
         } else if (given("--health-bind")) {
             throw usage("--health-bind needs --health-port");
         }
+        if (httpPort != null) {
+            if (httpPort < 0 || httpPort > 65535) {
+                throw usage("--http-port must be 0 to 65535 (0: any free port), not " + httpPort);
+            }
+            checkBindAddress(httpBind == null ? bind : httpBind, "--http-bind ");
+        } else if (given("--http-bind")) {
+            throw usage("--http-bind needs --http-port");
+        }
+        if (!logFormat.equals("text") && !logFormat.equals("json")) {
+            throw usage("--log-format: '" + logFormat + "' is not text or json");
+        }
     }
 
     /** The TLS files loaded and watched, or null without --tls-cert; a bad file is a mistake in the flags. */
@@ -310,8 +371,11 @@ public final class Main implements Callable<Integer> {
         if (authTokens == null) {
             return null;
         }
-        java.util.List<ListenAddress.Tcp> exposed = dev.optsidecar.server.auth.Plaintext
-                .reachableFromOtherHosts(listenAddresses());
+        java.util.List<ListenAddress> served = new java.util.ArrayList<>(listenAddresses());
+        if (httpPort != null) {
+            served.add(new ListenAddress.Tcp(httpBind == null ? bind : httpBind, httpPort));
+        }
+        java.util.List<ListenAddress.Tcp> exposed = dev.optsidecar.server.auth.Plaintext.reachableFromOtherHosts(served);
         if (tls == null && !exposed.isEmpty()) {
             throw usage("--auth-tokens on plaintext " + exposed.get(0) + ", which other hosts reach, would send"
                     + " tokens in the clear; serve TLS (--tls-cert, --tls-key) or listen on loopback or a Unix socket");

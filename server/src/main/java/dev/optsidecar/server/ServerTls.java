@@ -144,6 +144,21 @@ public final class ServerTls implements AutoCloseable {
         return b.build();
     }
 
+    /**
+     * The same certificates for a JDK TLS server (the HTTP endpoint): its key manager follows the
+     * rotations this object loads, and with a client CA it trusts only certificates that chain to it.
+     */
+    public javax.net.ssl.SSLContext sslContext() {
+        try {
+            javax.net.ssl.SSLContext context = javax.net.ssl.SSLContext.getInstance("TLS");
+            context.init(new javax.net.ssl.KeyManager[] {keys},
+                    clientTrust == null ? null : new javax.net.ssl.TrustManager[] {clientTrust}, null);
+            return context;
+        } catch (GeneralSecurityException e) {
+            throw new IllegalStateException("TLS: cannot set up the HTTP endpoint's TLS: " + e.getMessage(), e);
+        }
+    }
+
     public boolean requiresClientCertificates() {
         return clientTrust != null;
     }

@@ -1,5 +1,6 @@
 package dev.optsidecar.server;
 
+import dev.optsidecar.server.observe.LogEvent;
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.server.api.OptimizerService;
 import dev.optsidecar.server.auth.TokenAuthority;
@@ -255,8 +256,8 @@ public final class SidecarServer implements AutoCloseable {
      */
     @Override
     public void close() {
-        LOG.info(() -> "shutting down: " + registry.names().size() + " models loaded"
-                + (persistence == null ? "" : ", snapshotting those that changed"));
+        LogEvent.info(LOG, "shutdown", null, () -> "shutting down: " + registry.names().size() + " models loaded"
+                + (persistence == null ? "" : ", snapshotting those that changed"), "models", registry.names().size());
         health.enterTerminalState();
         if (persistence != null) {
             persistence.shutdown();

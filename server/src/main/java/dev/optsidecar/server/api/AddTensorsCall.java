@@ -1,5 +1,6 @@
 package dev.optsidecar.server.api;
 
+import dev.optsidecar.server.observe.LogEvent;
 import dev.optsidecar.proto.v1.AddTensorsRequest;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.WeightsChunk;
@@ -96,9 +97,11 @@ final class AddTensorsCall implements StreamObserver<AddTensorsRequest> {
             }
             endStreams.accept(previous);
             ModelInfo info = extended.describe();
-            LOG.info(() -> String.format("model '%s': %d tensors added as group '%s' (now %d tensors, %d bytes) at"
-                    + " version %d", extended.name(), extended.tensorCount() - previous.tensorCount(), a.group(),
-                    extended.tensorCount(), extended.memoryBytes(), extended.version()));
+            LogEvent.info(LOG, "add_tensors", extended.name(), () -> String.format("model '%s': %d tensors added as"
+                    + " group '%s' (now %d tensors, %d bytes) at version %d", extended.name(),
+                    extended.tensorCount() - previous.tensorCount(), a.group(), extended.tensorCount(),
+                    extended.memoryBytes(), extended.version()), "group", a.group(), "tensors", extended.tensorCount(),
+                    "bytes", extended.memoryBytes(), "version", extended.version());
             out.onNext(info);
             out.onCompleted();
         } catch (RuntimeException e) {

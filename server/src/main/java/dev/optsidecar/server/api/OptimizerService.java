@@ -1,5 +1,6 @@
 package dev.optsidecar.server.api;
 
+import dev.optsidecar.server.observe.LogEvent;
 import dev.optsidecar.proto.v1.AddTensorsRequest;
 import dev.optsidecar.proto.v1.DeleteRequest;
 import dev.optsidecar.proto.v1.DeleteResponse;
@@ -18,7 +19,11 @@ import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.proto.v1.ExportInfo;
 import dev.optsidecar.proto.v1.ExportRequest;
 import dev.optsidecar.proto.v1.ForkRequest;
+import dev.optsidecar.proto.v1.FiguresRequest;
+import dev.optsidecar.proto.v1.FiguresResponse;
 import dev.optsidecar.proto.v1.HistoryRequest;
+import dev.optsidecar.proto.v1.LogFiguresRequest;
+import dev.optsidecar.proto.v1.LogFiguresResponse;
 import dev.optsidecar.proto.v1.HistoryResponse;
 import dev.optsidecar.proto.v1.ListSnapshotsRequest;
 import dev.optsidecar.proto.v1.ListSnapshotsResponse;
@@ -31,6 +36,7 @@ import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.auth.Caller;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.WireType;
+import dev.optsidecar.server.model.ClientFigures;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelLoader;
 import dev.optsidecar.server.model.ModelRegistry;
@@ -180,8 +186,9 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
             if (persistence != null) {
                 persistence.deleted(m);
             }
-            LOG.info(() -> String.format("model '%s': deleted at version %d (%d bytes freed)", m.name(), m.version(),
-                    m.memoryBytes()));
+            LogEvent.info(LOG, "delete", m.name(), () -> String.format("model '%s': deleted at version %d (%d bytes"
+                    + " freed)", m.name(), m.version(), m.memoryBytes()), "version", m.version(), "bytes",
+                    m.memoryBytes());
             return DeleteResponse.getDefaultInstance();
         });
     }
@@ -237,6 +244,21 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     public void history(HistoryRequest request, StreamObserver<HistoryResponse> out) {
         unary(out, () -> registry.get(request.getModel(), "model")
                 .history(request.getFromVersion(), request.getMaxVersions()));
+    }
+
+    @Override
+    public void figures(FiguresRequest request, StreamObserver<FiguresResponse> out) {
+        unary(out, () -> registry.get(request.getModel(), "model")
+                .figures(request.getFromVersion(), request.getMaxVersions()));
+    }
+
+    @Override
+    public void logFigures(LogFiguresRequest request, StreamObserver<LogFiguresResponse> out) {
+        unary(out, () -> {
+            Model m = registry.get(request.getModel(), "model");
+            long version = m.logFigures(ClientFigures.check(request.getFiguresMap(), "figures"));
+            return LogFiguresResponse.newBuilder().setVersion(version).build();
+        });
     }
 
     private Persistence persistence() {

@@ -1,5 +1,6 @@
 package dev.optsidecar.server.api;
 
+import dev.optsidecar.server.observe.LogEvent;
 import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.proto.v1.RegisterRequest;
 import dev.optsidecar.proto.v1.StateChunk;
@@ -97,9 +98,11 @@ final class RegisterCall implements StreamObserver<RegisterRequest> {
                 }
             }
             ModelInfo info = model.describe();
-            LOG.info(() -> String.format("model '%s': registered (%s, %d tensors, %d bytes) at version %d",
-                    model.name(), model.spec().getOptimizer().getAlgorithm(), model.tensorCount(),
-                    model.memoryBytes(), model.version()));
+            LogEvent.info(LOG, "register", model.name(), () -> String.format(
+                    "model '%s': registered (%s, %d tensors, %d bytes) at version %d", model.name(),
+                    model.spec().getOptimizer().getAlgorithm(), model.tensorCount(), model.memoryBytes(),
+                    model.version()), "algorithm", model.spec().getOptimizer().getAlgorithm(),
+                    "tensors", model.tensorCount(), "bytes", model.memoryBytes(), "version", model.version());
             out.onNext(info);
             out.onCompleted();
         } catch (RuntimeException e) {

@@ -61,6 +61,7 @@ final class StepCall implements StreamObserver<StepRequest> {
     /** When the client last showed it is there: a message received, or room to send weights again. */
     private long lastActivityNanos = System.nanoTime();
     private java.util.concurrent.ScheduledFuture<?> idleCheck;
+    private final StepMeter meter;
 
     StepCall(ModelRegistry registry, SharedMemory sharedMemory, ServerCallStreamObserver<StepResponse> out,
              java.util.function.Consumer<StepCall> onClose, java.util.concurrent.Executor completions) {
@@ -69,6 +70,7 @@ final class StepCall implements StreamObserver<StepRequest> {
         this.out = out;
         this.onClose = onClose;
         this.completions = completions;
+        this.meter = new StepMeter(registry.metrics());
         out.disableAutoRequest();
         out.setOnReadyThreshold(4 * ChunkSender.CHUNK_BYTES);
         out.setOnReadyHandler(this::onReady);
@@ -139,6 +141,9 @@ final class StepCall implements StreamObserver<StepRequest> {
                 out.request(1); // chunks of the next step may arrive while weights go out
             }
         } catch (RuntimeException | Error e) {
+            if (request.getKindCase() != StepRequest.KindCase.OPEN) {
+                meter.rejected(e);
+            }
             fail(e);
         }
     }
@@ -153,6 +158,7 @@ final class StepCall implements StreamObserver<StepRequest> {
         session = model.attach(request.getOpen().getClientId());
         wire = requested;
         policy = model.nonFinitePolicy();
+        meter.opened(model.name(), wire);
         if (request.getOpen().hasShared()) {
             if (requested != WireType.FLOAT32) {
                 throw OptError.invalid("open.wire_dtype: a shared segment holds float32; leave the wire type"
@@ -186,6 +192,7 @@ final class StepCall implements StreamObserver<StepRequest> {
                     Long.toUnsignedString(c.getStepId()), Long.toUnsignedString(assembly.stepId()))
                     .withReason(OptError.Reason.STEP_OUT_OF_ORDER);
         }
+        meter.chunk(c.getData().size());
         String nonFinite = m.addChunk(assembly, c.getTensor(), c.getOffset(), c.getData().asReadOnlyByteBuffer(), wire);
         if (nonFinite != null && policy != NonFinitePolicy.NON_FINITE_SKIP) {
             throw OptError.invalid("step %s: %s (the model's non_finite policy rejects such steps)",
@@ -197,6 +204,7 @@ final class StepCall implements StreamObserver<StepRequest> {
 
     private void commit(StepCommit c) {
         Model m = requireOpen();
+        meter.commit();
         WireNumbers.count(c.getStepId(), "commit.step_id");
         StepOptions options = StepOptions.of(c);
         Model.ResolvedView resolved = m.resolveView(c.getView(), "commit.view", true);
@@ -219,6 +227,7 @@ final class StepCall implements StreamObserver<StepRequest> {
             assembly = m.openStep(session, c.getStepId()); // legal only when every tensor is listed in no_grad
             if (segment != null) {
                 ingestSegment(m, options);
+                meter.segmentRead(segmentBytes(m, options.noGrad()));
             }
         } else if (assembly.stepId() != c.getStepId()) {
             throw OptError.precondition("commit.step_id: commit for step %s, but the chunks sent were for step %s",
@@ -228,12 +237,28 @@ final class StepCall implements StreamObserver<StepRequest> {
         StepAssembly a = assembly;
         assembly = null;
         var outcome = m.commit(a, options, view, policy);
+        meter.applied(!outcome.isDone());
         if (outcome.isDone()) {
             Model.StepOutcome o = outcome.join();
+            meter.result(o.result());
             send(o.result(), o.weights());
         } else {
-            await(outcome, o -> send(o.result(), o.weights()));
+            await(outcome, o -> {
+                meter.roundDone();
+                meter.result(o.result());
+                send(o.result(), o.weights());
+            });
         }
+    }
+
+    /** The bytes a commit read from the segment: every tensor with a gradient, as float32. */
+    private static long segmentBytes(Model m, java.util.List<Integer> noGrad) {
+        long[] numels = m.tensorNumels();
+        long bytes = 0;
+        for (int t = 0; t < numels.length; t++) {
+            bytes += noGrad.contains(t) ? 0 : numels[t] * Float.BYTES;
+        }
+        return bytes;
     }
 
     /** Reads a commit's gradients (or weights to set) from the segment, rejecting a non-finite one like a chunk. */
@@ -273,6 +298,7 @@ final class StepCall implements StreamObserver<StepRequest> {
                         resumeAfterSend();
                     }
                 } catch (Throwable e) {
+                    meter.rejected(e);
                     fail(e);
                 }
             }
@@ -300,7 +326,9 @@ final class StepCall implements StreamObserver<StepRequest> {
             for (int crc : written.crc32c()) {
                 withWeights.addWeightsCrc32C(crc);
             }
+            meter.sentToSegment(written.bytes());
             out.onNext(StepResponse.newBuilder().setResult(withWeights).build());
+            meter.sent();
             return;
         }
         if (weights != null) {
@@ -309,12 +337,17 @@ final class StepCall implements StreamObserver<StepRequest> {
         StepResponse done = StepResponse.newBuilder().setResult(result).build();
         if (weights == null) {
             out.onNext(done);
+            meter.sent();
             return;
         }
         sending = new ChunkSender<>(out, weights,
-                w -> StepResponse.newBuilder().setWeights(w).build(),
+                w -> {
+                    meter.sentChunk(w.getData().size());
+                    return StepResponse.newBuilder().setWeights(w).build();
+                },
                 () -> {
                     out.onNext(done);
+                    meter.sent();
                     sending = null;
                 });
         sending.drain();

@@ -1,5 +1,6 @@
 package dev.optsidecar.server.durability;
 
+import dev.optsidecar.server.observe.LogEvent;
 import dev.optsidecar.proto.v1.ExportInfo;
 import dev.optsidecar.proto.v1.SnapshotInfo;
 import dev.optsidecar.proto.v1.View;
@@ -95,12 +96,14 @@ public final class Persistence implements AutoCloseable {
         }
         JournalSwitch log = t.log;
         synchronized (log) {
+            long started = System.nanoTime();
             Pending staged = ModelCapture.capture(m, (version, meta, files) -> {
                 Pending p = store.stage(m.name(), trigger, version, meta, files);
                 if (options.journal() != null) {
                     try {
                         Path journal = JournalFiles.path(store.modelDir(m.name()), p.id());
-                        log.rotate(StepJournal.create(journal, m.name(), m.run(), p.id(), version, options.journal()));
+                        log.rotate(StepJournal.create(journal, m.name(), m.run(), p.id(), version, options.journal())
+                                .timed((append, fsync) -> registry.metrics().journalAppend(m.name(), append, fsync)));
                     } catch (IOException | RuntimeException e) {
                         store.abort(p);
                         throw e;
@@ -113,8 +116,11 @@ public final class Persistence implements AutoCloseable {
                 deleteUnneededJournals(m.name(), info.getId());
                 t.snapshotVersion = info.getVersion();
                 t.snapshotBytes = info.getBytes();
-                LOG.info(() -> String.format("model '%s': snapshot %s at version %d (%s, %d bytes)", m.name(),
-                        info.getId(), info.getVersion(), trigger, info.getBytes()));
+                registry.metrics().snapshotTaken(m.name(), System.nanoTime() - started, info.getBytes());
+                LogEvent.info(LOG, "snapshot", m.name(), () -> String.format("model '%s': snapshot %s at version %d"
+                        + " (%s, %d bytes)", m.name(), info.getId(), info.getVersion(), trigger, info.getBytes()),
+                        "snapshot", info.getId(), "version", info.getVersion(), "trigger", trigger,
+                        "bytes", info.getBytes());
                 return info;
             } catch (IOException | RuntimeException e) {
                 store.abort(staged);
@@ -164,8 +170,10 @@ public final class Persistence implements AutoCloseable {
                 forget(replaced);
             }
             int steps = replayed;
-            LOG.info(() -> String.format("model '%s': restored from snapshot %s of '%s' (version %d) and %d journaled"
-                    + " steps: now at version %d", name, snapshot.id(), model, snapshot.version(), steps, m.version()));
+            LogEvent.info(LOG, "restore", name, () -> String.format("model '%s': restored from snapshot %s of '%s'"
+                    + " (version %d) and %d journaled steps: now at version %d", name, snapshot.id(), model,
+                    snapshot.version(), steps, m.version()), "snapshot", snapshot.id(), "from_model", model,
+                    "snapshot_version", snapshot.version(), "journaled_steps", steps, "version", m.version());
             adopt(m, "restore");
         } finally {
             m.releaseSteps();

@@ -55,6 +55,14 @@ public final class StepJournal implements StepLog, AutoCloseable {
     private final Sync sync;
     private final ByteBuffer buffer = ByteBuffer.allocateDirect(BUFFER_BYTES).order(ByteOrder.LITTLE_ENDIAN);
     private long position;
+    /** Told how long each append took, and its fsync (negative without one). */
+    private Timing timing = (appendNanos, fsyncNanos) -> { };
+
+    /** How long an append took, for the server's metrics. */
+    @FunctionalInterface
+    public interface Timing {
+        void appended(long appendNanos, long fsyncNanos);
+    }
 
     private StepJournal(Path file, FileChannel channel, Sync sync, long position) {
         this.file = file;
@@ -79,6 +87,12 @@ public final class StepJournal implements StepLog, AutoCloseable {
             throw e;
         }
         return j;
+    }
+
+    /** Reports each append's time to {@code timing}; returns this journal. */
+    public synchronized StepJournal timed(Timing timing) {
+        this.timing = timing;
+        return this;
     }
 
     public Path file() {
@@ -119,11 +133,16 @@ public final class StepJournal implements StepLog, AutoCloseable {
             changes.set(e.getKey(), structJson(e.getValue()));
         }
         long start = position;
+        long started = System.nanoTime();
         try {
             writeRecord(RECORD_MAGIC, JSON.writeValueAsBytes(h), step);
+            long fsync = -1;
             if (sync == Sync.FSYNC) {
+                long written = System.nanoTime();
                 channel.force(false);
+                fsync = System.nanoTime() - written;
             }
+            timing.appended(System.nanoTime() - started, fsync);
         } catch (IOException e) {
             try { // never leave a partial record that would hide the ones after it
                 channel.truncate(start);

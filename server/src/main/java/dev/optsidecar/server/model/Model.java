@@ -50,6 +50,7 @@ public final class Model {
     private final boolean sync;
     private final CoordinationStatusBuilder status = new CoordinationStatusBuilder();
     private final History history;
+    private final FigureHistory figures;
     private final Training training;
     private final ModelSpec spec;
     private final ClientLedger ledger;
@@ -83,6 +84,8 @@ public final class Model {
         this.sync = coordination.getMode() == dev.optsidecar.proto.v1.CoordinationMode.COORDINATION_SYNC;
         this.trainers = new Trainers(spec.getName(), tensors, memory);
         this.history = new History(memory.limits().historyVersions(), memory.limits().historyBytes(), memory::account);
+        this.figures = new FigureHistory(memory.limits().historyVersions(), memory.limits().historyBytes(),
+                memory::account);
         this.ledger = new ClientLedger(memory.limits().maxLedgerEntries(), trainers::isAttached, history,
                 memory::account);
         this.name = spec.getName();
@@ -136,7 +139,7 @@ public final class Model {
 
     /** Bytes counted for the ledger and History: what the steps applied left behind. Under the model's lock. */
     long recordBytes() {
-        return ledger.bytes() + history.bytes();
+        return ledger.bytes() + history.bytes() + figures.bytes();
     }
 
     /** Reserves room for a transient copy of weights being sent; false when the limit has none. */
@@ -153,6 +156,11 @@ public final class Model {
         memory.release(bytes);
     }
 
+    /** Trainers with a Step stream open on the model now. */
+    public int trainersAttached() {
+        return trainers.attached().size();
+    }
+
     /** What trainers are attached and what their contributions did. */
     dev.optsidecar.proto.v1.CoordinationStatus coordinationStatus() {
         return status.build(coordination, trainers.attached());
@@ -164,6 +172,29 @@ public final class Model {
      */
     public dev.optsidecar.proto.v1.HistoryResponse history(long from, int maxVersions) {
         return underReadLock(() -> history.page(from, maxVersions));
+    }
+
+    /** One page of the figures of versions from {@code from} on (see {@link FigureHistory}). */
+    public dev.optsidecar.proto.v1.FiguresResponse figures(long from, int maxVersions) {
+        checkLive();
+        return figures.page(from, maxVersions);
+    }
+
+    /** A trainer's figures without a step: they join the current version's; returns that version. */
+    public long logFigures(Map<String, Double> reported) {
+        return underReadLock(() -> {
+            checkLive();
+            figures.report(version, reported);
+            return version;
+        });
+    }
+
+    dev.optsidecar.server.observe.ServerMetrics metrics() {
+        return memory.metrics();
+    }
+
+    FigureHistory figureHistory() {
+        return figures;
     }
 
     public NonFinitePolicy nonFinitePolicy() {
@@ -432,11 +463,15 @@ public final class Model {
                 if (options.setsWeights()) {
                     result = setWeightsAtOnce(a, options.weightsView(), skip, changes, baseVersion, label);
                 } else if (sync && !skipped && (baseVersion == null || baseVersion == version)) {
-                    return rounds.contribute(a, skip, changes, view);
+                    return rounds.contribute(a, skip, changes, view).thenApply(o -> {
+                        reportFigures(o.result(), options.figures());
+                        return o;
+                    });
                 } else {
                     result = sync && !skipped ? rounds.late(a, label) // its step was applied without it
                             : applyAtOnce(a, skip, changes, skipped, baseVersion, label);
                 }
+                reportFigures(result, options.figures());
             }
             abandon(a);
             long readStamp = lock.tryConvertToReadLock(stamp);
@@ -446,6 +481,13 @@ public final class Model {
             if (stamp != 0) {
                 lock.unlockWrite(stamp);
             }
+        }
+    }
+
+    /** A trainer's figures join the version its step made; a step that made none (late, skipped) keeps none. */
+    private void reportFigures(StepResult result, Map<String, Double> reported) {
+        if (!result.getLate() && !result.getSkipped() && !result.getReplayed()) {
+            figures.report(result.getVersion(), reported);
         }
     }
 
@@ -698,6 +740,7 @@ public final class Model {
         trainers.close();
         ledger.clear();
         history.clear();
+        figures.clear();
         for (TensorEntry t : tensors) {
             t.storage.free();
         }

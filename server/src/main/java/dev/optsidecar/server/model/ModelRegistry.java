@@ -1,9 +1,11 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.server.observe.LogEvent;
 import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
+import dev.optsidecar.server.observe.ServerMetrics;
 
 import java.util.ArrayList;
 import java.util.Collections;
@@ -31,17 +33,37 @@ public final class ModelRegistry {
     private final ModelLeases leases;
     /** Told of each model deleted because its lease expired, after it is freed (persistence marks it deleted). */
     private volatile Consumer<Model> onLeaseExpired = m -> {};
+    /** Where models record what their steps did, and what /metrics reads. */
+    private final ServerMetrics metrics;
 
     public ModelRegistry(Engine engine, long memoryLimitBytes, ScheduledExecutorService timers) {
         this(engine, memoryLimitBytes, timers, Limits.DEFAULTS);
     }
 
     public ModelRegistry(Engine engine, long memoryLimitBytes, ScheduledExecutorService timers, Limits limits) {
+        this(engine, memoryLimitBytes, timers, limits, ServerMetrics.create());
+    }
+
+    public ModelRegistry(Engine engine, long memoryLimitBytes, ScheduledExecutorService timers, Limits limits,
+                         ServerMetrics metrics) {
         this.engine = engine;
         this.memoryLimit = memoryLimitBytes;
         this.timers = timers;
         this.limits = limits;
         this.leases = new ModelLeases(timers);
+        this.metrics = metrics;
+        metrics.watch(reserved::get, memoryLimit, this::trainersByModel);
+    }
+
+    public ServerMetrics metrics() {
+        return metrics;
+    }
+
+    /** Each loaded model's trainers attached now, by model name. */
+    private java.util.Map<String, Integer> trainersByModel() {
+        java.util.Map<String, Integer> out = new java.util.TreeMap<>();
+        models.forEach((name, m) -> out.put(name, m.trainersAttached()));
+        return out;
     }
 
     /** Sets what is told of each model whose lease expired, once it is deleted and freed. */
@@ -218,6 +240,7 @@ public final class ModelRegistry {
             leases.ended(m);
             m.delete();
             release(m.memoryBytes());
+            metrics.forget(name);
         }
     }
 
@@ -237,8 +260,11 @@ public final class ModelRegistry {
         long bytes = m.memoryBytes();
         m.expireLease();
         release(bytes);
-        LOG.info(() -> String.format("model '%s': lease of %d s expired without renewal; deleted at version %d"
-                + " (%d bytes freed)", m.name(), Integer.toUnsignedLong(m.spec().getLeaseSeconds()), m.version(), bytes));
+        metrics.forget(m.name());
+        LogEvent.info(LOG, "delete", m.name(), () -> String.format("model '%s': lease of %d s expired without"
+                + " renewal; deleted at version %d (%d bytes freed)", m.name(),
+                Integer.toUnsignedLong(m.spec().getLeaseSeconds()), m.version(), bytes), "cause", "lease_expired",
+                "version", m.version(), "bytes", bytes);
         onLeaseExpired.accept(m);
     }
 

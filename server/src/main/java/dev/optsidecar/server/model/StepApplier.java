@@ -40,6 +40,8 @@ final class StepApplier {
     private final StepRecord.Gradients stepBuffers;
     /** Where steps are journaled before they are applied; null for nowhere. */
     private StepLog log;
+    /** True while a journaled step is replayed: it is not a step the server took now, so metrics skip it. */
+    private boolean replaying;
 
     StepApplier(Model model, EngineStep engineStep) {
         this.model = model;
@@ -95,6 +97,9 @@ final class StepApplier {
                 : run(step.contributions(), step.noGrad(), step.sumOfSquares(), step.lrScale(), step.staleness(),
                 false, label);
         remember(step.contributions(), result);
+        if (!replaying) {
+            recordMetrics(result);
+        }
         return result;
     }
 
@@ -133,7 +138,23 @@ final class StepApplier {
                 offset += count;
             }
         }
-        apply(step, Model.NO_VIEW);
+        replaying = true;
+        try {
+            apply(step, Model.NO_VIEW);
+        } finally {
+            replaying = false;
+        }
+    }
+
+    /** What /metrics shows of a step applied now. */
+    private void recordMetrics(StepResult result) {
+        var metrics = model.metrics();
+        metrics.stepApplied(model.name());
+        if (result.getKind() != StepKind.STEP_SET_WEIGHTS) {
+            Map<String, Double> lrs = new LinkedHashMap<>();
+            result.getGroupsList().forEach(g -> lrs.put(g.getGroup(), g.getLr()));
+            metrics.stepFigures(model.name(), result.getGradNorm(), result.getStaleness(), lrs);
+        }
     }
 
     /**
@@ -200,16 +221,21 @@ final class StepApplier {
                     .putAllScalars((skipped ? g.scalars : plan.after()).asMap())
                     .setHyperparameters(g.effective()));
         }
-        if (!skipped) {
-            Double updateNorm = engineStep.run(skip, plans);
-            if (updateNorm != null) {
-                result.setUpdateNorm(updateNorm);
-            }
-            result.addAllContributions(contributions);
-            model.history().record(model.version(), contributions);
-            model.status().applied(contributions.size(), staleness);
+        if (skipped) {
+            return result.setVersion(model.version()).build();
         }
-        return result.setVersion(model.version()).build();
+        long started = System.nanoTime();
+        Double updateNorm = engineStep.run(skip, plans);
+        double stepSeconds = (System.nanoTime() - started) / 1e9;
+        if (updateNorm != null) {
+            result.setUpdateNorm(updateNorm);
+        }
+        result.addAllContributions(contributions);
+        model.history().record(model.version(), contributions);
+        model.status().applied(contributions.size(), staleness);
+        StepResult applied = result.setVersion(model.version()).build();
+        model.figureHistory().recordStep(applied, stepSeconds);
+        return applied;
     }
 
     /**
@@ -233,7 +259,9 @@ final class StepApplier {
                     .setHyperparameters(g.effective()));
         }
         model.history().record(model.version(), step.contributions());
-        return result.setVersion(model.version()).build();
+        StepResult applied = result.setVersion(model.version()).build();
+        model.figureHistory().recordStep(applied, 0);
+        return applied;
     }
 
     /** Weights at the eval point can be set only where the algorithm can turn them back into train weights. */

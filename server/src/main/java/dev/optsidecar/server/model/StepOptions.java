@@ -18,13 +18,16 @@ import java.util.Map;
  * @param groupHyperparameters other hyperparameter changes by group name
  * @param weightsView          a set-weights step's point (VIEW_TRAIN or VIEW_EVAL)
  * @param baseVersion          the version the gradient was computed at, or null for the current one
+ * @param figures              the trainer's named scalars for this step (checked: see {@link ClientFigures})
  */
 public record StepOptions(StepKind kind, List<Integer> noGrad, Map<String, Double> groupLr,
-                          Map<String, Struct> groupHyperparameters, ViewKind weightsView, Long baseVersion) {
+                          Map<String, Struct> groupHyperparameters, ViewKind weightsView, Long baseVersion,
+                          Map<String, Double> figures) {
 
     /** A gradient step with no changes but learning rates. */
     public static StepOptions gradient(List<Integer> noGrad, Map<String, Double> groupLr, Long baseVersion) {
-        return new StepOptions(StepKind.STEP_GRADIENT, noGrad, groupLr, Map.of(), ViewKind.VIEW_TRAIN, baseVersion);
+        return new StepOptions(StepKind.STEP_GRADIENT, noGrad, groupLr, Map.of(), ViewKind.VIEW_TRAIN, baseVersion,
+                Map.of());
     }
 
     /** The commit's options, its enums checked (a number no StepKind or ViewKind has is INVALID_ARGUMENT). */
@@ -40,7 +43,8 @@ public record StepOptions(StepKind kind, List<Integer> noGrad, Map<String, Doubl
                     c.getWeightsView() == ViewKind.UNRECOGNIZED ? c.getWeightsViewValue() : c.getWeightsView());
         }
         return new StepOptions(c.getKind(), c.getNoGradList(), c.getGroupLrMap(), c.getGroupHyperparametersMap(),
-                weightsView, c.hasBaseVersion() ? c.getBaseVersion() : null);
+                weightsView, c.hasBaseVersion() ? c.getBaseVersion() : null,
+                ClientFigures.check(c.getFiguresMap(), "commit.figures"));
     }
 
     public boolean setsWeights() {

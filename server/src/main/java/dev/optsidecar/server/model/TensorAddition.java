@@ -156,6 +156,7 @@ public final class TensorAddition {
         for (VersionContributions v : previous.history().all()) {
             extended.history().record(v.getVersion(), v.getContributionsList());
         }
+        previous.figureHistory().copyTo(extended.figureHistory());
         extended.status().copyFrom(previous.status());
         startShadows(extended);
     }

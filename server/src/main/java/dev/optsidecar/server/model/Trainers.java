@@ -1,5 +1,6 @@
 package dev.optsidecar.server.model;
 
+import dev.optsidecar.server.observe.LogEvent;
 import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 
@@ -20,6 +21,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * model's lock take that first.
  */
 final class Trainers {
+    private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger(Trainers.class.getName());
     private final String model;
     private final List<TensorEntry> tensors;
     private final ModelRegistry memory;
@@ -57,6 +59,9 @@ final class Trainers {
             sessions.put(key, s);
         }
         s.streams++;
+        if (s.streams == 1) {
+            trainerEvent("trainer_join", s, "joined");
+        }
         return s;
     }
 
@@ -70,11 +75,20 @@ final class Trainers {
     synchronized void leave(ClientSession s) {
         s.streams--;
         if (s.streams == 0) {
+            trainerEvent("trainer_leave", s, "left");
             s.assembly = null;
             if (s.pending == null) {
                 release(s);
             }
         }
+    }
+
+    /** A trainer joined or left (a named one at INFO; a stream without a client id at FINE). */
+    private void trainerEvent(String event, ClientSession s, String what) {
+        java.util.logging.Level level = s.clientId.isEmpty() ? java.util.logging.Level.FINE
+                : java.util.logging.Level.INFO;
+        LogEvent.log(LOG, level, event, model, () -> String.format("model '%s': trainer '%s' %s",
+                model, dev.optsidecar.server.Echo.of(s.clientId), what), "client_id", s.clientId);
     }
 
     /** The client ids of the trainers attached now, sorted. */

@@ -67,8 +67,8 @@ public final class SegmentTransfer {
      */
     static final int COPY_THREADS = Math.max(1, Math.min(4, ForkJoinPool.getCommonPoolParallelism() + 1));
 
-    /** The view written into a segment: its version and the CRC-32C of each 1 MiB piece written, in order. */
-    public record WrittenView(long version, int[] crc32c) {}
+    /** The view written into a segment: its version, the CRC-32C of each 1 MiB piece written in order, its bytes. */
+    public record WrittenView(long version, int[] crc32c, long bytes) {}
 
     /**
      * Writes {@code reader}'s view into the segment's weights regions, noting the CRC-32C of each
@@ -83,16 +83,22 @@ public final class SegmentTransfer {
             segment.verify();
             if (!reader.streams()) {
                 List<Integer> sums = new ArrayList<>();
+                long written = 0;
                 while (reader.hasNext()) {
                     WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
                     ByteBuffer bytes = chunk.getData().asReadOnlyByteBuffer();
                     sums.add(crc32c(bytes));
+                    written += bytes.remaining();
                     segment.writeWeights(chunk.getTensor(), chunk.getOffset(), bytes);
                 }
-                return new WrittenView(reader.version(), sums.stream().mapToInt(Integer::intValue).toArray());
+                return new WrittenView(reader.version(), sums.stream().mapToInt(Integer::intValue).toArray(), written);
             }
             List<ViewReader.Piece> pieces = reader.pieces(StepAssembly.MAX_CHUNK_BYTES);
             int[] sums = new int[pieces.size()];
+            long written = 0;
+            for (ViewReader.Piece piece : pieces) {
+                written += (long) piece.count() * Float.BYTES;
+            }
             Parallel.forEach(pieces.size(), COPY_THREADS, ForkJoinPool.commonPool(), i -> {
                 ViewReader.Piece piece = pieces.get(i);
                 ByteBuffer slice = SLICE.get();
@@ -102,7 +108,7 @@ public final class SegmentTransfer {
                 sums[i] = crc32c(slice);
                 segment.writeWeights(piece.tensor(), piece.offset(), slice);
             });
-            return new WrittenView(reader.version(), sums);
+            return new WrittenView(reader.version(), sums, written);
         }
     }
 
