@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -50,6 +51,7 @@ class Image:
     """An image archive read as the OCI layout (index.json) and as a docker-archive (manifest.json)."""
 
     def __init__(self, archive: Path):
+        self.path = archive
         with tarfile.open(archive) as tar:
             self.files: Dict[str, bytes] = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
         self.index = json.loads(self.files["index.json"])
@@ -101,6 +103,45 @@ def test_the_archive_is_an_oci_layout_and_a_docker_archive_of_the_same_image(cpu
     assert cpu_image.config["rootfs"]["diff_ids"] == [layer["digest"] for layer in cpu_image.manifest["layers"]]
     assert [layer["size"] for layer in cpu_image.manifest["layers"]] == [len(data) for data in cpu_image.layers]
     assert len(cpu_image.layers) == 3, "base, runtime, app"
+
+
+def test_podman_reads_it_as_a_docker_archive_and_as_an_oci_archive(cpu_image):
+    """What `docker load` and `podman load` read: containers/image (podman's) checks the blobs'
+    digests and sizes, and keeps the docker format's health check."""
+    podman = shutil.which("podman")
+    if podman is None:
+        message = "podman not installed (apt-get install podman)"
+        if os.environ.get("OPTSIDECAR_REQUIRE_DEPLOY_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    # A store of the test's own; podman wants a short runroot path.
+    store_dir = Path(tempfile.mkdtemp(prefix="podman-"))
+    store = [podman, "--root", str(store_dir / "root"), "--runroot", str(store_dir / "run"), "--storage-driver", "vfs"]
+    try:
+        ids = pull_both(store, cpu_image)
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
+    assert ids[0] == ids[1] == cpu_image.manifest["config"]["digest"][len("sha256:"):], "one image, one config"
+
+
+def pull_both(store: List[str], cpu_image: Image) -> List[str]:
+    ids = []
+    for transport in ("docker-archive", "oci-archive"):
+        pulled = subprocess.run([*store, "pull", "-q", f"{transport}:{cpu_image.path}"], capture_output=True, text=True)
+        assert pulled.returncode == 0, pulled.stderr
+        ids.append(pulled.stdout.strip())
+        (inspected,) = json.loads(subprocess.run([*store, "image", "inspect", ids[-1]], check=True, capture_output=True,
+                                                 text=True).stdout)
+        # Named by the archive's tag (podman prefixes a docker-archive's with localhost/, an OCI one's with docker.io/).
+        (name,) = inspected["RepoTags"]
+        assert name.endswith(f"/optsidecar/server:{server_version()}"), name
+        assert inspected["User"] == IMAGE_USER
+        assert inspected["Config"]["Entrypoint"] == cpu_image.config["config"]["Entrypoint"]
+        assert set(inspected["Config"]["ExposedPorts"]) == {"50051/tcp", "8081/tcp"}
+        if transport == "docker-archive":
+            assert inspected["Healthcheck"]["Test"] == cpu_image.config["config"]["Healthcheck"]["Test"]
+        subprocess.run([*store, "rmi", "-f", ids[-1]], check=True, capture_output=True)
+    return ids
 
 
 def test_the_config_runs_the_server_as_a_numeric_non_root_user_with_its_ports_and_health_check(cpu_image):
@@ -163,8 +204,7 @@ class ImageProcess:
                        "env", "-i", *variables, shutil.which("chroot") or "/usr/sbin/chroot",
                        f"--userspec={config['User']}", str(rootfs), *argv]
         else:
-            inside = [str(rootfs) + a if a.startswith("/opt/") else a.replace(":/opt/", f":{rootfs}/opt/")
-                      for a in argv]
+            inside = [a.replace("/opt/optsidecar", f"{rootfs}/opt/optsidecar") for a in argv]
             command = ["env", "-i", *variables, *inside]
         self.log: Deque[str] = collections.deque(maxlen=200)
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
