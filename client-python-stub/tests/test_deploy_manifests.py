@@ -160,11 +160,14 @@ def test_helm_lint_passes_for_each_values_file(helm):
         assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_helm_refuses_a_memory_it_cannot_read(helm):
-    out = subprocess.run([helm, "template", "run", str(CHART), "--set", "server.memory=16G"],
-                         capture_output=True, text=True)
-    assert out.returncode != 0
-    assert 'server.memory "16G": give it in Mi, Gi or Ti' in out.stderr
+def test_the_values_schema_refuses_what_would_render_wrong(helm):
+    for setting, error in [("mode=sidecarr", "at '/mode': value must be one of 'sidecar', 'standalone'"),
+                           ("server.memory=16G", "at '/server/memory': '16G' does not match pattern"),
+                           ("server.memroy=16Gi", "at '/server': additional properties 'memroy' not allowed"),
+                           ("probes.startup.failureThreshold=0", "at '/probes/startup/failureThreshold'")]:
+        out = subprocess.run([helm, "template", "run", str(CHART), "--set", setting], capture_output=True, text=True)
+        assert out.returncode != 0, setting
+        assert error in out.stderr, out.stderr
 
 
 def validate(validator_path: Path, docs: List[dict], directory: Path, version: str) -> subprocess.CompletedProcess:
