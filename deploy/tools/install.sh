@@ -8,8 +8,12 @@ HELM_VERSION=v4.3.2
 tools="$PWD/.tools"
 mkdir -p "$tools/bin"
 
-if ! go version -m "$tools/bin/helm" 2>/dev/null | grep -qE "^\s+mod\s+helm.sh/helm/v4\s+${HELM_VERSION}\s"; then
-  GOBIN="$tools/bin" GOFLAGS=-buildvcs=false go install "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"
+go=$(command -v go || echo /usr/local/go/bin/go)
+if [ -z "${HOME:-}" ]; then  # go keeps its module and build caches under $HOME
+  export GOPATH="$tools/go" GOCACHE="$tools/go-build"
+fi
+if ! "$go" version -m "$tools/bin/helm" 2>/dev/null | grep -qE "^\s+mod\s+helm.sh/helm/v4\s+${HELM_VERSION}\s"; then
+  GOBIN="$tools/bin" GOFLAGS=-buildvcs=false "$go" install "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"
 fi
 
 if ! PYTHONPATH="$tools/python" /usr/bin/python3 -c \
