@@ -315,49 +315,86 @@ def test_every_server_setting_names_a_server_flag(sidecar_sets, standalone_sets)
                         assert flag in flags, f"{name}: {variable} names no server flag (--{flag})"
 
 
-def test_the_charts_sidecar_settings_start_the_real_server(sidecar_sets, tmp_path):
-    """The sidecar's environment, with its paths moved under a test folder, given to the packaged
-    server: it serves on the socket and the health port, with state, shared memory and tokens."""
-    (server,) = one(sidecar_sets["chart, default values"], "Job")["spec"]["template"]["spec"]["initContainers"]
-    moved = {"/var/lib/optsidecar": tmp_path / "state", "/run/optsidecar": tmp_path / "run",
-             "/etc/optsidecar": tmp_path / "etc"}
+class ServerWithEnvironment:
+    """The packaged server started with a container's environment, its paths moved under a test
+    folder (the image's /var/lib/optsidecar, /run/optsidecar, /etc/optsidecar), and a tokens file
+    there that accepts ``TOKEN`` as a trainer."""
 
-    def here(value: str) -> str:
-        for image_path, test_path in moved.items():
-            value = value.replace(image_path, str(test_path))
-        return value
+    TOKEN = "a-trainer-token"
 
-    env = {name: here(e["value"]) for name, e in env_of(server).items() if "value" in e}
-    env["OPTSIDECAR_HEALTH_PORT"] = str(free_port())
-    token = "a-trainer-token"
-    tokens_file = Path(env["OPTSIDECAR_AUTH_TOKENS"])
-    tokens_file.parent.mkdir(parents=True)
-    tokens_file.write_text(json.dumps({"tokens": [{"name": "trainer", "sha256": hashlib.sha256(token.encode())
-                                                   .hexdigest(), "role": "trainer", "models": ["*"]}]}))
-    Path(env["OPTSIDECAR_SHM_DIR"]).mkdir(parents=True)
-    java = shutil.which("java") or str(Path(os.environ.get("JAVA_HOME", "/usr")) / "bin" / "java")
-    process = subprocess.Popen([java, "-jar", str(server_jar())], env={**os.environ, **env},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: List[str] = []
-    serving = threading.Event()
+    def __init__(self, container: dict, folder: Path, overrides: Dict[str, str]):
+        moved = {"/var/lib/optsidecar": folder / "state", "/run/optsidecar": folder / "run",
+                 "/etc/optsidecar": folder / "etc"}
 
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
+        def here(value: str) -> str:
+            for image_path, test_path in moved.items():
+                value = value.replace(image_path, str(test_path))
+            return value
+
+        self.env = {name: here(e["value"]) for name, e in env_of(container).items() if "value" in e}
+        self.env.update(overrides)
+        tokens_file = Path(self.env["OPTSIDECAR_AUTH_TOKENS"])
+        tokens_file.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(self.TOKEN.encode()).hexdigest()
+        tokens_file.write_text(json.dumps({"tokens": [{"name": "trainer", "sha256": digest, "role": "trainer",
+                                                       "models": ["*"]}]}))
+        java = shutil.which("java") or str(Path(os.environ.get("JAVA_HOME", "/usr")) / "bin" / "java")
+        self.process = subprocess.Popen([java, "-jar", str(server_jar())], env={**os.environ, **self.env},
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: List[str] = []
+        self.serving = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
             if "optsidecar serving on" in line:
-                serving.set()
-        serving.set()
+                self.serving.set()
+        self.serving.set()
 
-    threading.Thread(target=read, daemon=True).start()
+    def await_serving(self) -> str:
+        assert self.serving.wait(120) and self.process.poll() is None, "".join(self.lines)
+        return next(line for line in self.lines if "optsidecar serving on" in line)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def test_the_charts_sidecar_settings_start_the_real_server(sidecar_sets, tmp_path):
+    """The sidecar serves on its socket and the health port, with state, shared memory and tokens."""
+    (container,) = one(sidecar_sets["chart, default values"], "Job")["spec"]["template"]["spec"]["initContainers"]
+    health_port = str(free_port())
+    shm_dir = tmp_path / "run" / "shm"
+    shm_dir.mkdir(parents=True)
+    server = ServerWithEnvironment(container, tmp_path, {"OPTSIDECAR_HEALTH_PORT": health_port})
     try:
-        assert serving.wait(120) and process.poll() is None, "".join(lines)
-        socket_path = env["OPTSIDECAR_LISTEN"][len("unix:"):]
-        assert f"serving on unix://{socket_path}, health on 0.0.0.0:{env['OPTSIDECAR_HEALTH_PORT']}" \
-               in "".join(lines)
-        with Client(f"unix://{socket_path}", token=token) as client:
+        socket_path = server.env["OPTSIDECAR_LISTEN"][len("unix:"):]
+        assert f"serving on unix://{socket_path}, health on 0.0.0.0:{health_port}" in server.await_serving()
+        with Client(f"unix://{socket_path}", token=server.TOKEN) as client:
             assert client.list() == []
-            assert client.server_info().shm_dir == env["OPTSIDECAR_SHM_DIR"]
+            assert client.server_info().shm_dir == server.env["OPTSIDECAR_SHM_DIR"] == str(shm_dir)
         assert (tmp_path / "state").is_dir()
     finally:
-        process.terminate()
-        process.wait(30)
+        server.stop()
+
+
+def test_the_charts_standalone_settings_serve_tls_to_a_client_with_the_ca(standalone_sets, tmp_path):
+    """The parameter server's settings with a certificate like the Secret's: TLS on its port, the
+    health port in plaintext. Only the port (and loopback for the test) differ."""
+    (container,) = one(standalone_sets["chart, mode=standalone"], "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    tls_dir = tmp_path / "etc" / "tls"
+    tls_dir.mkdir(parents=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", "tls.key", "-out", "tls.crt", "-days", "1", "-subj", "/CN=optsidecar",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], cwd=tls_dir, check=True, capture_output=True)
+    port, health_port = str(free_port()), str(free_port())
+    server = ServerWithEnvironment(container, tmp_path, {"OPTSIDECAR_PORT": port, "OPTSIDECAR_BIND": "127.0.0.1",
+                                                         "OPTSIDECAR_HEALTH_PORT": health_port})
+    try:
+        assert f"serving on 127.0.0.1:{port}, TCP with TLS, health on 0.0.0.0:{health_port}" in server.await_serving()
+        assert server.env["OPTSIDECAR_TLS_CERT"] == str(tls_dir / "tls.crt")
+        with Client(f"127.0.0.1:{port}", tls_ca=str(tls_dir / "tls.crt"), token=server.TOKEN) as client:
+            assert client.list() == []
+    finally:
+        server.stop()
