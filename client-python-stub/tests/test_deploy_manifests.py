@@ -3,7 +3,7 @@ without a cluster: `helm lint`, `helm template`, every rendered object against t
 schemas (kubernetes-validate, strict: an unknown field fails), what each deployment promises
 (a native sidecar probed on the health port, the API on a Unix socket, shared memory, state on a
 volume, TLS and tokens from Secrets, memory tied to the limit), that every setting names a real
-server flag, and that the chart's sidecar settings start the real server.
+server flag, and that the chart's settings of each mode start the real server.
 
 The tools come from deploy/tools/install.sh (pinned; .ci/run runs it and sets
 OPTSIDECAR_REQUIRE_DEPLOY_TOOLS=1, so that a missing tool fails instead of skipping)."""
