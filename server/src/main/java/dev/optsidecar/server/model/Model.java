@@ -378,6 +378,11 @@ public final class Model {
      * write lock) cannot free them mid-copy, and a chunk for a model deleted mid-step is NOT_FOUND.
      */
     public String addChunk(StepAssembly a, int tensor, long offset, java.nio.ByteBuffer data, WireType wire) {
+        return ingesting(a, () -> a.add(tensor, offset, data, wire));
+    }
+
+    /** Runs an ingest into {@code a} under the read lock, while the model and the step are current. */
+    private String ingesting(StepAssembly a, java.util.function.Supplier<String> ingest) {
         checkLive();
         checkCurrent(a);
         // tryReadLock first: it ignores queued writers, so a Delete waiting for this stream's own
@@ -390,7 +395,7 @@ public final class Model {
         try {
             checkLive();
             checkCurrent(a);
-            return a.add(tensor, offset, data, wire);
+            return ingest.get();
         } finally {
             lock.unlockRead(stamp);
         }
@@ -402,19 +407,7 @@ public final class Model {
      */
     public String addPieces(StepAssembly a, List<StepAssembly.Piece> pieces, StepAssembly.PieceReader reader,
                             java.util.concurrent.Executor helpers, int threads) {
-        checkLive();
-        checkCurrent(a);
-        long stamp = lock.tryReadLock(); // as in addChunk
-        if (stamp == 0) {
-            stamp = lock.readLock();
-        }
-        try {
-            checkLive();
-            checkCurrent(a);
-            return a.addAll(pieces, reader, helpers, threads);
-        } finally {
-            lock.unlockRead(stamp);
-        }
+        return ingesting(a, () -> a.addAll(pieces, reader, helpers, threads));
     }
 
     // ------------------------------------------------------------------------------------------
