@@ -173,6 +173,11 @@ OSC_EXPORT jstring JNICALL JNI_NAME(useDevice)(JNIEnv* env, jclass, jint device)
     return env->NewStringUTF(text.c_str());
 }
 
+/** Makes device the calling thread's device (each thread that calls in must, once). */
+OSC_EXPORT void JNICALL JNI_NAME(setDevice)(JNIEnv* env, jclass, jint device) {
+    check(env, cudaSetDevice(device), "cudaSetDevice");
+}
+
 /** Bytes free on the current device. */
 OSC_EXPORT jlong JNICALL JNI_NAME(freeBytes)(JNIEnv* env, jclass) {
     size_t free = 0, total = 0;

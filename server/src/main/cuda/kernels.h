@@ -78,7 +78,7 @@ enum KernelCode {
 constexpr int MAX_SCALARS = 12;
 constexpr int MAX_CALL_SLOTS = 3;
 // Calls fused into one launch; a longer program runs as several launches, in order.
-constexpr int MAX_CALLS = 8;
+constexpr int MAX_CALLS = 16;
 
 // One kernel call: its code, flags as bits in catalogue order, the tensor's slot index for each
 // slot role, and the scalars in catalogue order (engine/kernel/KernelCall.java as plain data).

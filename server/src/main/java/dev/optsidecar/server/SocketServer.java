@@ -1,6 +1,7 @@
 package dev.optsidecar.server;
 
 import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.model.Limits;
 import dev.optsidecar.server.model.StepAssembly;
@@ -33,12 +34,12 @@ public final class SocketServer implements AutoCloseable {
 
     private final EventLoopGroup boss;
     private final EventLoopGroup workers;
-    private final CpuEngine engine;
+    private final Engine engine;
     private ServerTls tls;
     private SidecarServer server;
     private List<ListenAddress> listening = List.of();
 
-    private SocketServer(int threads) {
+    private SocketServer(Engine engine) {
         if (Epoll.isAvailable()) {
             boss = new EpollEventLoopGroup(1);
             workers = new EpollEventLoopGroup();
@@ -46,7 +47,7 @@ public final class SocketServer implements AutoCloseable {
             boss = new NioEventLoopGroup(1);
             workers = new NioEventLoopGroup();
         }
-        engine = new CpuEngine(threads);
+        this.engine = engine;
     }
 
     /** Starts a server without a state directory; port 0 picks a free one (see {@link #port()}). */
@@ -104,7 +105,18 @@ public final class SocketServer implements AutoCloseable {
                                      Persistence.Options durability, List<String> restore, Limits limits,
                                      SharedMemory shm)
             throws IOException {
-        SocketServer s = new SocketServer(threads);
+        return start(listen, exposure, new CpuEngine(threads), memoryLimit, durability, restore, limits, shm);
+    }
+
+    /**
+     * As {@link #start(List, Exposure, int, long, Persistence.Options, List, Limits, SharedMemory)},
+     * computing on {@code engine}, which the server then owns and closes.
+     */
+    public static SocketServer start(List<ListenAddress> listen, Exposure exposure, Engine engine, long memoryLimit,
+                                     Persistence.Options durability, List<String> restore, Limits limits,
+                                     SharedMemory shm)
+            throws IOException {
+        SocketServer s = new SocketServer(engine);
         s.tls = exposure.tls();
         try {
             List<NettyServerBuilder> transports = new ArrayList<>();
@@ -134,7 +146,8 @@ public final class SocketServer implements AutoCloseable {
                 exposure.healthAddress().host(), s.server.healthPort());
         LOG.info(() -> "optsidecar serving on " + s.listening.stream().map(Object::toString)
                 .collect(java.util.stream.Collectors.joining(", ")) + security + health
-                + " (" + threads + " engine threads, "
+                + " (" + (engine.device().isEmpty() ? engine.threads() + " engine threads"
+                        : "engine " + engine.name() + " on " + engine.device()) + ", "
                 + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
         return s;
     }

@@ -17,7 +17,7 @@ public record NativeProgram(int[] codes, int[] flags, int[] slots, float[] scala
     /** {@code osc::MAX_CALL_SLOTS}: the most slot roles a kernel of the catalogue has. */
     public static final int CALL_SLOTS = 3;
     /** {@code osc::MAX_CALLS}: calls one launch runs, so that one launch sees a program's θ before and after. */
-    public static final int CALLS_PER_LAUNCH = 8;
+    public static final int CALLS_PER_LAUNCH = 16;
 
     public static NativeProgram of(List<KernelCall> calls) {
         int n = calls.size();
