@@ -15,6 +15,8 @@ import java.nio.file.StandardCopyOption;
  */
 final class CudaNative {
     static final String RESOURCE = "/native/linux-x86_64/liboptsidecar_cuda.so";
+    /** A library file to load instead of the jar's: the tests' CPU emulation of the CUDA runtime. */
+    static final String LIBRARY_PROPERTY = "optsidecar.cuda.library";
     /** {@code cudaErrorInsufficientDriver}: no driver, or one too old for the runtime. */
     static final int ERROR_INSUFFICIENT_DRIVER = 35;
     /** {@code cudaErrorNoDevice}. */
@@ -34,6 +36,12 @@ final class CudaNative {
     static synchronized String load() {
         if (loaded || loadFailure != null) {
             return loadFailure;
+        }
+        String override = System.getProperty(LIBRARY_PROPERTY);
+        if (override != null) {
+            System.load(override);
+            loaded = true;
+            return null;
         }
         String os = System.getProperty("os.name", "").toLowerCase(java.util.Locale.ROOT);
         String arch = System.getProperty("os.arch", "");
