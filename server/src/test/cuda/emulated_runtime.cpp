@@ -5,7 +5,7 @@
 // folds). It lets CudaEngine's Java side (staging, chunking, buffer swaps, reductions, views) run
 // against the real arithmetic; only the device build itself awaits a GPU.
 //
-// EmulatedCuda.setDeviceBytes bounds the "device" memory, so that running out can be tested.
+// EmulatedCuda.setFreeBytes bounds the "device" memory, so that running out can be tested.
 #include <jni.h>
 
 #include <stdlib.h>
@@ -217,9 +217,13 @@ JNIEXPORT void JNICALL JNI_NAME(sumOfSquares)(JNIEnv*, jclass, jlong g, jlong n,
 
 }  // extern "C"
 
-/** Tests' knob: how many bytes the emulated device holds (so that running out can be tested). */
-extern "C" JNIEXPORT void JNICALL Java_dev_optsidecar_server_engine_cuda_EmulatedCuda_setDeviceBytes(
+/**
+ * Tests' knob: the emulated device has {@code bytes} free from now on, besides what is already
+ * allocated (engines of earlier tests in the same JVM may still hold some), so that running out
+ * can be tested.
+ */
+extern "C" JNIEXPORT void JNICALL Java_dev_optsidecar_server_engine_cuda_EmulatedCuda_setFreeBytes(
     JNIEnv*, jclass, jlong bytes) {
     std::lock_guard<std::mutex> guard(allocations_lock);
-    device_limit = (size_t)bytes;
+    device_limit = allocated + (size_t)bytes;
 }

@@ -19,21 +19,31 @@ final class EngineSelection {
 
     private EngineSelection() {}
 
+    /**
+     * The engine chosen and the line that says so (null for {@code --engine cpu}), logged by
+     * {@link #log} once the server serves: a server that then fails to start says only why.
+     */
+    record Choice(Engine engine, String summary) {}
+
     /** @throws IllegalStateException with the reason, when {@code cuda} is asked for and cannot run */
-    static Engine open(String mode, int device, int threads) {
+    static Choice open(String mode, int device, int threads) {
         if (mode.equals("cpu")) {
-            return new CpuEngine(threads);
+            return new Choice(new CpuEngine(threads), null);
         }
         try {
             CudaEngine cuda = CudaEngine.open(device);
-            LOG.info(() -> "engine: cuda on " + cuda.device() + ", self-test passed");
-            return cuda;
+            return new Choice(cuda, "engine: cuda on " + cuda.device() + ", self-test passed");
         } catch (CudaEngine.Unavailable e) {
             if (mode.equals("cuda")) {
                 throw new IllegalStateException("--engine cuda: " + e.getMessage());
             }
-            LOG.info(() -> "engine: cpu (CUDA not used: " + e.getMessage() + ")");
-            return new CpuEngine(threads);
+            return new Choice(new CpuEngine(threads), "engine: cpu (CUDA not used: " + e.getMessage() + ")");
+        }
+    }
+
+    static void log(Choice choice) {
+        if (choice.summary() != null) {
+            LOG.info(choice.summary());
         }
     }
 }

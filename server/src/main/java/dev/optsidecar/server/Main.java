@@ -225,13 +225,15 @@ public final class Main implements Callable<Integer> {
                 healthPort == null ? null : new ListenAddress.Tcp(healthBind, healthPort), reflection);
         SocketServer server;
         try {
-            dev.optsidecar.server.engine.Engine computing = EngineSelection.open(engine, device,
+            EngineSelection.Choice choice = EngineSelection.open(engine, device,
                     threads == null ? defaultThreads() : threads);
+            dev.optsidecar.server.engine.Engine computing = choice.engine();
             long limit = memoryLimit != null ? memoryLimit
                     : computing instanceof dev.optsidecar.server.engine.cuda.CudaEngine cuda
                     ? cuda.freeBytes() / 10 * 9 : defaultMemoryLimit();
             server = SocketServer.start(listenAddresses(), exposure, computing, limit, durability(), restore,
                     limits(), sharedMemory());
+            EngineSelection.log(choice);
         } catch (IOException | RuntimeException e) {
             if (tls != null) {
                 tls.close();

@@ -45,6 +45,11 @@ class EngineFallbackIT {
     @Test
     void autoServesOnTheCpuAndLogsWhyNotCuda() throws Exception {
         try (ServerJar server = ServerJar.start("--port", "0")) {
+            // Logged once the server serves, so it may follow the line that gave the port.
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+            while (server.log().stream().noneMatch(l -> l.contains("CUDA not used")) && System.nanoTime() < deadline) {
+                Thread.sleep(50);
+            }
             List<String> lines = server.log().stream().filter(l -> l.contains("CUDA not used")).toList();
             assertEquals(1, lines.size(), server.log()::toString);
             assertTrue(lines.get(0).contains("engine: cpu (CUDA not used: " + expectedReason()), lines::toString);

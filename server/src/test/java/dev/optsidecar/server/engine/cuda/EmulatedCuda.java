@@ -17,10 +17,10 @@ public final class EmulatedCuda {
 
     private static boolean built;
 
-    /** Opens the CUDA engine on the emulated device, holding {@code deviceBytes} of "device" memory. */
-    public static CudaEngine open(long deviceBytes) throws Exception {
+    /** Opens the CUDA engine on the emulated device, with {@code freeBytes} of "device" memory free to it. */
+    public static CudaEngine open(long freeBytes) throws Exception {
         load();
-        setDeviceBytes(deviceBytes);
+        setFreeBytes(freeBytes);
         return CudaEngine.open(0);
     }
 
@@ -51,5 +51,5 @@ public final class EmulatedCuda {
         built = true;
     }
 
-    static native void setDeviceBytes(long bytes);
+    static native void setFreeBytes(long bytes);
 }
