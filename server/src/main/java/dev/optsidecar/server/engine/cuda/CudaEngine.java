@@ -186,9 +186,9 @@ public final class CudaEngine implements Engine {
             for (TensorProgram program : programs) {
                 launch(program, true);
             }
-            ByteBuffer pinned = acquireStaging();
+            ByteBuffer pinned = acquireStaging().buffer();
             CudaNative.copyOut(pinned, total, Double.BYTES, stream);
-            return pinned.duplicate().order(ByteOrder.LITTLE_ENDIAN).getDouble(0);
+            return pinned.getDouble(0);
         }
     }
 
@@ -243,29 +243,27 @@ public final class CudaEngine implements Engine {
         return stream;
     }
 
+    /** A pinned buffer of the ring (little-endian, cleared) and the event that fires when its copy is done. */
+    private record Staging(ByteBuffer buffer, long event) {}
+
     /** The next pinned buffer of the ring, once the copy that last used it is done. */
-    private ByteBuffer acquireStaging() {
+    private Staging acquireStaging() {
         int i = nextStaging;
         nextStaging = (i + 1) % STAGING_BUFFERS;
         CudaNative.eventSynchronize(stagingEvents[i]);
-        ByteBuffer b = staging[i].duplicate().order(ByteOrder.LITTLE_ENDIAN);
-        b.clear();
-        currentEvent = stagingEvents[i];
-        return b;
+        return new Staging(staging[i].duplicate().order(ByteOrder.LITTLE_ENDIAN).clear(), stagingEvents[i]);
     }
-
-    private long currentEvent;
 
     /** Copies float32 bytes into device floats at {@code base + offset}, asynchronously. */
     void upload(long base, long offset, ByteBuffer src) {
         ByteBuffer in = src.slice();
         long at = base + offset * Float.BYTES;
         while (in.hasRemaining()) {
-            ByteBuffer pinned = acquireStaging();
+            Staging stage = acquireStaging();
             int bytes = Math.min(in.remaining(), STAGING_BYTES);
-            pinned.put(in.slice(in.position(), bytes));
+            stage.buffer().put(in.slice(in.position(), bytes));
             in.position(in.position() + bytes);
-            CudaNative.copyIn(at, pinned, bytes, stream, currentEvent);
+            CudaNative.copyIn(at, stage.buffer(), bytes, stream, stage.event());
             at += bytes;
         }
     }
@@ -284,7 +282,8 @@ public final class CudaEngine implements Engine {
         double s1 = 0;
         int done = 0;
         while (done < count) {
-            ByteBuffer pinned = acquireStaging();
+            Staging stage = acquireStaging();
+            ByteBuffer pinned = stage.buffer();
             int n = Math.min(count - done, STAGING_BYTES / Float.BYTES);
             FloatBuffer floats = pinned.asFloatBuffer();
             if (wire == WireType.FLOAT32) {
@@ -296,7 +295,7 @@ public final class CudaEngine implements Engine {
                     floats.put(i, wire.widen(shorts.get(i)));
                 }
             }
-            CudaNative.copyIn(at, pinned, (long) n * Float.BYTES, stream, currentEvent);
+            CudaNative.copyIn(at, pinned, (long) n * Float.BYTES, stream, stage.event());
             for (int i = 0; i < n; i++) {
                 float v = floats.get(i);
                 if (((done + i) & 1) == 0) {
@@ -318,7 +317,7 @@ public final class CudaEngine implements Engine {
     void download(long base, long offset, int count, ByteBuffer dst, WireType wire) {
         int done = 0;
         while (done < count) {
-            ByteBuffer pinned = acquireStaging();
+            ByteBuffer pinned = acquireStaging().buffer();
             int n = Math.min(count - done, STAGING_BYTES / Float.BYTES);
             CudaNative.copyOut(pinned, base + (offset + done) * Float.BYTES, (long) n * Float.BYTES, stream);
             deliver(pinned, n, dst, wire);
@@ -337,7 +336,7 @@ public final class CudaEngine implements Engine {
             int n = Math.min(count - done, STAGING_BYTES / Float.BYTES);
             CudaNative.runView(viewScratch, t.theta(), t.slotTable(), offset + done, n, p.codes()[0], p.slots(),
                     p.scalars(), stream);
-            ByteBuffer pinned = acquireStaging();
+            ByteBuffer pinned = acquireStaging().buffer();
             CudaNative.copyOut(pinned, viewScratch, (long) n * Float.BYTES, stream);
             deliver(pinned, n, dst, wire);
             done += n;
@@ -361,7 +360,7 @@ public final class CudaEngine implements Engine {
     double combine(long out, long[] buffers, float divisor, long n) {
         CudaNative.combine(out, buffers, divisor, n, stream);
         CudaNative.sumOfSquares(out, n, partials, total, stream);
-        ByteBuffer pinned = acquireStaging();
+        ByteBuffer pinned = acquireStaging().buffer();
         CudaNative.copyOut(pinned, total, Double.BYTES, stream);
         return pinned.getDouble(0);
     }
