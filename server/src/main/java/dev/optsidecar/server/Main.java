@@ -47,8 +47,19 @@ public final class Main implements Callable<Integer> {
     @Option(names = "--threads", description = "Engine compute threads (default: the number of CPUs, ${sys:optsidecar.cpus}).")
     Integer threads;
 
+    @Option(names = "--engine", defaultValue = "auto", paramLabel = "auto|cpu|cuda",
+            description = "Where tensors live and steps run: cuda (a GPU; the server does not start without a usable"
+                    + " one), cpu, or auto: cuda when a device is usable and its self-test passes, else cpu, with"
+                    + " the reason logged (default: ${DEFAULT-VALUE}).")
+    String engine;
+
+    @Option(names = "--device", defaultValue = "0", paramLabel = "N",
+            description = "The CUDA device of the cuda engine (default: ${DEFAULT-VALUE}).")
+    int device;
+
     @Option(names = "--memory-limit", converter = ByteSize.class,
-            description = "Most bytes all models together may hold, e.g. 8g or 512m (default: the JVM heap less 512m).")
+            description = "Most bytes all models together may hold, e.g. 8g or 512m (default: the JVM heap less 512m;"
+                    + " on the cuda engine, 90% of the device memory free at start).")
     Long memoryLimit;
 
     @Option(names = "--state-dir", paramLabel = "DIR",
@@ -245,9 +256,15 @@ public final class Main implements Callable<Integer> {
                 healthPort == null ? null : new ListenAddress.Tcp(healthBind, healthPort), reflection, tokens);
         SocketServer server;
         try {
-            server = SocketServer.start(listenAddresses(), exposure, threads == null ? defaultThreads() : threads,
-                    memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore, limits(),
-                    sharedMemory());
+            EngineSelection.Choice choice = EngineSelection.open(engine, device,
+                    threads == null ? defaultThreads() : threads);
+            dev.optsidecar.server.engine.Engine computing = choice.engine();
+            long limit = memoryLimit != null ? memoryLimit
+                    : computing instanceof dev.optsidecar.server.engine.cuda.CudaEngine cuda
+                    ? cuda.freeBytes() / 10 * 9 : defaultMemoryLimit();
+            server = SocketServer.start(listenAddresses(), exposure, computing, limit, durability(), restore,
+                    limits(), sharedMemory());
+            EngineSelection.log(choice);
         } catch (IOException | RuntimeException e) {
             if (tls != null) {
                 tls.close();
@@ -304,8 +321,18 @@ public final class Main implements Callable<Integer> {
         if (threads != null && threads < 1) {
             throw usage("--threads must be at least 1, not " + threads);
         }
+        if (!EngineSelection.MODES.contains(engine)) {
+            throw usage("--engine must be auto, cpu or cuda, not " + engine);
+        }
+        if (device < 0) {
+            throw usage("--device must be 0 or more, not " + device);
+        }
+        if (engine.equals("cpu") && given("--device")) {
+            throw usage("--device needs --engine cuda or auto");
+        }
         long heap = Runtime.getRuntime().maxMemory();
-        if (memoryLimit != null && heap != Long.MAX_VALUE && memoryLimit > heap) {
+        // The cuda engine's memory is the device's, not the heap.
+        if (!engine.equals("cuda") && memoryLimit != null && heap != Long.MAX_VALUE && memoryLimit > heap) {
             throw usage("--memory-limit " + memoryLimit + " bytes is above the JVM's maximum heap of " + heap
                     + " bytes; start java with a larger -Xmx");
         }

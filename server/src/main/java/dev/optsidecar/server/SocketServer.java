@@ -3,6 +3,7 @@ package dev.optsidecar.server;
 import dev.optsidecar.server.auth.Plaintext;
 import dev.optsidecar.server.auth.TokenAuthority;
 import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.model.Limits;
 import dev.optsidecar.server.model.StepAssembly;
@@ -35,13 +36,13 @@ public final class SocketServer implements AutoCloseable {
 
     private final EventLoopGroup boss;
     private final EventLoopGroup workers;
-    private final CpuEngine engine;
+    private final Engine engine;
     private ServerTls tls;
     private TokenAuthority tokens;
     private SidecarServer server;
     private List<ListenAddress> listening = List.of();
 
-    private SocketServer(int threads) {
+    private SocketServer(Engine engine) {
         if (Epoll.isAvailable()) {
             boss = new EpollEventLoopGroup(1);
             workers = new EpollEventLoopGroup();
@@ -49,7 +50,7 @@ public final class SocketServer implements AutoCloseable {
             boss = new NioEventLoopGroup(1);
             workers = new NioEventLoopGroup();
         }
-        engine = new CpuEngine(threads);
+        this.engine = engine;
     }
 
     /** Starts a server without a state directory; port 0 picks a free one (see {@link #port()}). */
@@ -113,7 +114,18 @@ public final class SocketServer implements AutoCloseable {
                                      Persistence.Options durability, List<String> restore, Limits limits,
                                      SharedMemory shm)
             throws IOException {
-        SocketServer s = new SocketServer(threads);
+        return start(listen, exposure, new CpuEngine(threads), memoryLimit, durability, restore, limits, shm);
+    }
+
+    /**
+     * As {@link #start(List, Exposure, int, long, Persistence.Options, List, Limits, SharedMemory)},
+     * computing on {@code engine}, which the server then owns and closes.
+     */
+    public static SocketServer start(List<ListenAddress> listen, Exposure exposure, Engine engine, long memoryLimit,
+                                     Persistence.Options durability, List<String> restore, Limits limits,
+                                     SharedMemory shm)
+            throws IOException {
+        SocketServer s = new SocketServer(engine);
         s.tls = exposure.tls();
         s.tokens = exposure.tokens();
         try {
@@ -147,7 +159,8 @@ public final class SocketServer implements AutoCloseable {
         warnIfOpenToOtherHosts(s.listening, exposure);
         LOG.info(() -> "optsidecar serving on " + s.listening.stream().map(Object::toString)
                 .collect(java.util.stream.Collectors.joining(", ")) + security + tokens + health
-                + " (" + threads + " engine threads, "
+                + " (" + (engine.device().isEmpty() ? engine.threads() + " engine threads"
+                        : "engine " + engine.name() + " on " + engine.device()) + ", "
                 + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
         return s;
     }

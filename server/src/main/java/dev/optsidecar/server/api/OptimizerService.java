@@ -82,7 +82,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
         unary(out, () -> ServerInfoResponse.newBuilder()
                 .setVersion(VERSION)
                 .setShmDir(sharedMemory.enabled() ? sharedMemory.dir().toString() : "")
-                .setEngine("cpu")
+                .setEngine(registry.engine().name())
+                .setDevice(registry.engine().device())
                 .build());
     }
 
