@@ -636,15 +636,18 @@ class _LiveStream:
             yield item
 
     def send(self, request: Any) -> None:
-        """Queues a request, waiting while the outbox is full; stops if the call has ended."""
+        """Queues a request, waiting while the outbox is full; stops if the call has ended. (A
+        request queued on a call that has just ended is not lost unnoticed: the reply it waits
+        for never comes, and :meth:`receive` raises the call's end instead.)"""
         while True:
-            if self.call.done():
-                raise self.call if self.call.code() != grpc.StatusCode.OK else _ClosedStream()
             try:
+                # The call's state is looked at only while waiting: it takes a lock grpc's own
+                # threads contend for, once per chunk otherwise.
                 self.outbox.put(request, timeout=0.05)
                 return
             except queue.Full:
-                continue
+                if self.call.done():
+                    raise self.call if self.call.code() != grpc.StatusCode.OK else _ClosedStream()
 
     def receive(self) -> Any:
         try:
