@@ -312,10 +312,13 @@ class SharedMemoryStepTest {
         int faults = 0;
         int applied = 0;
         for (int trial = 0; trial < 6; trial++) {
-            try (TestSegment seg = new TestSegment(dir, "optsidecar-big-" + SEQ.incrementAndGet(), new int[] {big})) {
+            String name = "optsidecar-big-" + SEQ.incrementAndGet();
+            try (TestSegment seg = new TestSegment(dir, name, new int[] {big})) {
                 seg.putGradients(new float[][] {StandardModel.values(6, big)});
                 long version = f.describe(model).getVersion();
                 RawStep s = openMapped(model, seg);
+                // The open is checked against the file's size: truncate only once it has been.
+                SidecarFixture.awaitTrue("the segment opened", () -> f.sharedMemory().inUse(name));
                 s.send(commit(1, ViewKind.VIEW_NONE));
                 Thread.sleep(trial * 2L);
                 seg.truncate(4096);
