@@ -337,6 +337,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._names: List[str] = [n for g in groups for n in g.names]
         self._group_names: List[str] = [g.name for g in groups]
         self._staging: Dict[int, Any] = {}
+        self._destination_cache: Dict[int, Tuple[Tuple[Any, ...], Destination]] = {}
         self._given_hyperparameters = dict(hyperparameters)
         self._mode = "train"
         #: Each parameter's optimizer state as torch keeps it, read from the server on access (a
@@ -674,11 +675,19 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _destinations(self) -> List[Destination]:
         """The parameters as destinations: written in place when they are CPU float32 and
-        contiguous, else through a staging buffer kept for the next time."""
-        destinations = [Destination(p, staging=self._staging.get(i)) for i, p in enumerate(self._params)]
-        for i, d in enumerate(destinations):
-            if d.staged:
-                self._staging[i] = d.array
+        contiguous, else through a staging buffer kept for the next time. Each is made again only
+        when its parameter's tensor, memory, shape, dtype or device changed (making one per
+        parameter per step costs more than a small step)."""
+        destinations = []
+        for i, p in enumerate(self._params):
+            key = (id(p), p.data_ptr(), tuple(p.shape), p.dtype, p.device, p.is_contiguous())
+            cached = self._destination_cache.get(i)
+            if cached is None or cached[0] != key:
+                d = Destination(p, staging=self._staging.get(i))
+                if d.staged:
+                    self._staging[i] = d.array
+                cached = self._destination_cache[i] = (key, d)  # d holds p: its id stays its own
+            destinations.append(cached[1])
         return destinations
 
     # -- views ---------------------------------------------------------------------------------
