@@ -50,5 +50,10 @@ class MainAuthFlagsTest {
                         + " tokens in the clear; serve TLS (--tls-cert, --tls-key) or listen on loopback or a Unix socket",
                 mistake(Map.of(), "--listen", "unix:" + dir.resolve("s.sock"), "--listen", "0.0.0.0:0",
                         "--auth-tokens", tokens.toString()));
+        // The HTTP port takes the same tokens (metrics, the JSON API): the same rule.
+        assertEquals("optsidecar-server: --auth-tokens on plaintext 0.0.0.0:0, which other hosts reach, would send"
+                        + " tokens in the clear; serve TLS (--tls-cert, --tls-key) or listen on loopback or a Unix socket",
+                mistake(Map.of(), "--port", "0", "--http-port", "0", "--http-bind", "0.0.0.0",
+                        "--auth-tokens", tokens.toString()));
     }
 }
