@@ -172,7 +172,7 @@ const BUILT_IN = [
   { key: 'grad_norm', title: 'gradient norm', logY: true },
   { key: 'update_norm', title: 'update norm', logY: true },
   { key: 'staleness', title: 'staleness', unit: 'versions' },
-  { key: 'step_time', title: 'step time', unit: 'ms' },
+  { key: 'step_time', title: 'step time', unit: 'ms', logY: true },
   { key: 'throughput', title: 'throughput', unit: 'steps/s' },
 ];
 
@@ -210,12 +210,17 @@ function plotSpecs() {
       }
     }
   });
-  // Series labels and colours: by model when several are shown, else by split or group.
+  // Series labels and colours: by model when several are shown, else by split or group. Models
+  // are named without the path their names share (sweep/radam/lr=0.01 beside sweep/adam/lr=0.01).
+  const shared = sharedPath(state.selected);
   for (const spec of specs.values()) {
-    const parts = [...new Set(spec.series.map((s) => s.part))];
+    const parts = [...new Set(spec.series.map((s) => s.part))].sort((a, b) => (a === '' ? -1 : b === '' ? 1 : 0));
+    const isFigure = spec.key.startsWith('fig:');
     spec.series.sort((a, b) => a.m - b.m || parts.indexOf(a.part) - parts.indexOf(b.part));
     spec.lines = spec.series.map((s) => {
-      const label = [several ? s.model : '', parts.length > 1 ? s.part || 'train' : s.part]
+      // A figure's split is always named (eval accuracy alone); a group only beside others.
+      const part = parts.length > 1 ? s.part || 'train' : isFigure ? s.part : '';
+      const label = [several ? s.model.slice(shared) : '', part]
         .filter(Boolean).join(' · ');
       const color = colorOf(several ? s.m : parts.indexOf(s.part));
       const dashed = several && parts.length > 1 && parts.indexOf(s.part) > 0;
@@ -226,6 +231,18 @@ function plotSpecs() {
     .sort((a, b) => rank(a.key) - rank(b.key) || a.key.localeCompare(b.key));
   const builtIn = BUILT_IN.map((b) => specs.get(b.key)).filter(Boolean);
   return [...figures, ...builtIn];
+}
+
+/** The length of the leading path (up to a slash) that all names share. */
+function sharedPath(names) {
+  if (names.length < 2) return 0;
+  let length = names[0].length;
+  for (const name of names) {
+    let i = 0;
+    while (i < length && i < name.length && name[i] === names[0][i]) i++;
+    length = i;
+  }
+  return names[0].lastIndexOf('/', length - 1) + 1;
 }
 
 const rank = (key) => (key === 'fig:loss' ? 0 : /loss/.test(key) ? 1 : /acc/.test(key) ? 2 : 3);
@@ -324,15 +341,16 @@ function renderDetails() {
   const facts = $('#facts');
   facts.replaceChildren();
   const fact = (label, value) => {
-    const dt = document.createElement('dt');
-    dt.textContent = label;
-    const dd = document.createElement('dd');
-    dd.textContent = value;
-    facts.append(dt, dd);
+    const item = document.createElement('span');
+    const name = document.createElement('span');
+    name.className = 'muted';
+    name.textContent = `${label} `;
+    item.append(name, document.createTextNode(value));
+    facts.appendChild(item);
   };
   if (one) {
     const c = one.coordination || {};
-    const hp = (one.optimizer || {}).hyperparameters || {};
+    const hp = { ...(one.optimizer || {}).hyperparameters, ...((one.groups || [])[0] || {}).hyperparameters };
     fact('algorithm', algorithmOf(one));
     if (hp.lr !== undefined) fact('lr', formatNumber(Number(hp.lr)));
     fact('version', String(num(one.version)));
@@ -345,6 +363,8 @@ function renderDetails() {
     const algorithms = new Set(state.selected.map((n) => algorithmOf(state.models.get(n) || {})));
     fact('algorithms', [...algorithms].filter(Boolean).join(', '));
   }
+  // The model column only when several models share the tables.
+  document.body.classList.toggle('one-model', state.selected.length === 1);
   renderTrainers();
   renderSnapshots();
 }

@@ -122,7 +122,8 @@ public final class HttpApi implements AutoCloseable {
             }
             String path = exchange.getRequestURI().getPath();
             if (path.equals("/metrics") || path.equals("/api") || path.startsWith("/api/")) {
-                List<String> parts = apiParts(path);
+                // Split before decoding: a model's name may hold a slash (sweep/adam/lr=0.01), sent as %2F.
+                List<String> parts = apiParts(exchange.getRequestURI().getRawPath());
                 String model = parts.size() >= 2 ? parts.get(1) : null;
                 HttpAccess.Decision decision = access.check(exchange.getRequestHeaders().getFirst("Authorization"),
                         HttpAccess.READER, model);
