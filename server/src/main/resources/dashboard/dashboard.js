@@ -224,8 +224,21 @@ function plotSpecs() {
         .filter(Boolean).join(' · ');
       const color = colorOf(several ? s.m : parts.indexOf(s.part));
       const dashed = several && parts.length > 1 && parts.indexOf(s.part) > 0;
-      return { label, color, dashed, x: s.data.x, y: s.data.y };
+      return { label, color, dashed, model: s.model, part: s.part, x: s.data.x, y: s.data.y };
     });
+    if (several && parts.length > 1) {
+      // One entry a model (its colour), one a split (its dash): n + 2 entries, not 2n.
+      const models = [...new Set(spec.series.map((s) => s.model))];
+      spec.legend = [
+        ...models.map((model) => ({
+          text: model.slice(shared), color: colorOf(state.selected.indexOf(model)),
+          covers: (line) => line.model === model,
+        })),
+        ...parts.map((part, i) => ({
+          text: part || 'train', color: '#6b7486', dashed: i > 0, covers: (line) => line.part === part,
+        })),
+      ];
+    }
   }
   const figures = [...specs.values()].filter((s) => s.key.startsWith('fig:'))
     .sort((a, b) => rank(a.key) - rank(b.key) || a.key.localeCompare(b.key));
@@ -265,7 +278,7 @@ function renderPlots() {
       state.plots.set(spec.key, plot);
     }
     grid.appendChild(plot.root); // keeps the order of the specs
-    plot.setData(spec.lines);
+    plot.setData(spec.lines, spec.legend);
   }
   $('#no-plots').hidden = specs.length > 0 || state.selected.length === 0;
 }
@@ -360,9 +373,11 @@ function renderDetails() {
     fact('applied / late / rejected',
       `${num(c.contributions_applied)} / ${num(c.contributions_late)} / ${num(c.contributions_rejected)}`);
   } else if (state.selected.length > 1) {
-    const algorithms = new Set(state.selected.map((n) => algorithmOf(state.models.get(n) || {})));
-    fact('algorithms', [...algorithms].filter(Boolean).join(', '));
+    const algorithms = [...new Set(state.selected.map((n) => algorithmOf(state.models.get(n) || {})))];
+    if (algorithms.some(Boolean)) fact('algorithms', algorithms.filter(Boolean).join(', '));
   }
+  const missing = state.selected.filter((n) => !state.models.has(n));
+  if (missing.length > 0) fact('not on the server (yet)', missing.join(', '));
   // The model column only when several models share the tables.
   document.body.classList.toggle('one-model', state.selected.length === 1);
   renderTrainers();

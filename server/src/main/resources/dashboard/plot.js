@@ -18,7 +18,8 @@ export function formatNumber(v) {
 function linearTicks(min, max, count) {
   const raw = (max - min) / Math.max(1, count);
   const magnitude = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw) || raw;
+  const normalized = raw / magnitude; // in [1, 10)
+  const step = magnitude * (normalized < 1.5 ? 1 : normalized < 3 ? 2 : normalized < 7 ? 5 : 10);
   const ticks = [];
   for (let t = Math.ceil(min / step) * step; t <= max + step * 1e-9; t += step) {
     ticks.push(Math.abs(t) < step * 1e-9 ? 0 : t);
@@ -30,7 +31,7 @@ function linearTicks(min, max, count) {
 function logTicks(min, max) {
   const lo = Math.floor(Math.log10(min));
   const hi = Math.ceil(Math.log10(max));
-  const multiples = hi - lo <= 2 ? [1, 2, 5] : [1];
+  const multiples = hi - lo <= 3 ? [1, 2, 5] : [1];
   const every = Math.max(1, Math.ceil((hi - lo) / 6));
   const ticks = [];
   for (let e = lo; e <= hi; e += every) {
@@ -61,6 +62,7 @@ export class LinePlot {
   constructor(host, options) {
     this.options = options;
     this.series = [];
+    this.legendItems = [];
     this.hidden = new Set();
     this.hover = null;
     this.root = document.createElement('figure');
@@ -97,9 +99,16 @@ export class LinePlot {
     return this.logBox.checked;
   }
 
-  /** Replaces the plotted series and redraws. */
-  setData(series) {
+  /**
+   * Replaces the plotted series and redraws. The legend has one entry a series unless `legend`
+   * is given: entries {text, color, dashed, covers(series)}, each showing or hiding the series
+   * it covers (a model's train and eval lines under one entry, say).
+   */
+  setData(series, legend) {
     this.series = series;
+    this.legendItems = legend || series.map((s) => ({
+      text: s.label, color: s.color, dashed: s.dashed, covers: (other) => other === s,
+    }));
     let points = 0;
     for (const s of series) points += s.x.length;
     this.root.dataset.series = String(series.length);
@@ -114,23 +123,29 @@ export class LinePlot {
 
   drawLegend() {
     this.legend.replaceChildren();
-    if (this.series.length < 2 && !(this.series[0] && this.series[0].label)) return;
-    for (const s of this.series) {
+    const items = this.legendItems;
+    if (items.length < 2 && !(items[0] && items[0].text)) return;
+    for (const entry of items) {
       const item = document.createElement('button');
       item.type = 'button';
-      item.className = 'legend-item' + (this.hidden.has(s.label) ? ' off' : '');
+      item.className = 'legend-item' + (this.hidden.has(entry.text) ? ' off' : '');
       item.title = 'show or hide';
       const swatch = document.createElement('span');
-      swatch.className = 'swatch' + (s.dashed ? ' dashed' : '');
-      swatch.style.borderColor = s.color;
-      item.append(swatch, document.createTextNode(s.label));
+      swatch.className = 'swatch' + (entry.dashed ? ' dashed' : '');
+      swatch.style.borderColor = entry.color;
+      item.append(swatch, document.createTextNode(entry.text));
       item.addEventListener('click', () => {
-        if (this.hidden.has(s.label)) this.hidden.delete(s.label); else this.hidden.add(s.label);
+        if (this.hidden.has(entry.text)) this.hidden.delete(entry.text); else this.hidden.add(entry.text);
         this.drawLegend();
         this.draw();
       });
       this.legend.appendChild(item);
     }
+  }
+
+  /** Whether a legend entry that covers `series` is switched off. */
+  isHidden(series) {
+    return this.legendItems.some((entry) => this.hidden.has(entry.text) && entry.covers(series));
   }
 
   /** The ranges of what is shown: null when nothing can be drawn. */
@@ -184,7 +199,7 @@ export class LinePlot {
     g.clearRect(0, 0, width, height);
     g.font = FONT;
     const logY = this.logY;
-    const shown = this.series.filter((s) => !this.hidden.has(s.label));
+    const shown = this.series.filter((s) => !this.isHidden(s));
     const b = this.bounds(shown, logY);
     const plotW = width - PAD.left - PAD.right;
     const plotH = height - PAD.top - PAD.bottom;
@@ -207,7 +222,10 @@ export class LinePlot {
     g.lineWidth = 1;
     g.textAlign = 'right';
     g.textBaseline = 'middle';
-    const yTicks = logY ? logTicks(b.yMin, b.yMax) : linearTicks(b.yMin, b.yMax, Math.max(2, Math.floor(plotH / 34)));
+    const yCount = Math.max(2, Math.floor(plotH / 34));
+    let yTicks = logY ? logTicks(b.yMin, b.yMax) : linearTicks(b.yMin, b.yMax, yCount);
+    // A log axis too short for two of 1, 2 and 5 times a power of ten gets round values instead.
+    if (logY && yTicks.length < 2) yTicks = linearTicks(b.yMin, b.yMax, yCount).filter((t) => t > 0);
     for (const t of yTicks) {
       const y = Math.round(py(t)) + 0.5;
       g.beginPath(); g.moveTo(PAD.left, y); g.lineTo(PAD.left + plotW, y); g.stroke();

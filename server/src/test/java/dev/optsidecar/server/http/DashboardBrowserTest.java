@@ -60,9 +60,9 @@ class DashboardBrowserTest {
         Optional<Path> found = HeadlessBrowser.find();
         if (found.isEmpty()) {
             if ("1".equals(System.getenv("OPTSIDECAR_REQUIRE_BROWSER"))) {
-                fail("OPTSIDECAR_REQUIRE_BROWSER=1 but no chromium on the PATH (nor $OPTSIDECAR_CHROMIUM)");
+                fail("OPTSIDECAR_REQUIRE_BROWSER=1 but no chromium: " + HeadlessBrowser.whereLooked());
             }
-            assumeTrue(false, "no chromium on the PATH: the dashboard's browser test is skipped");
+            assumeTrue(false, "no chromium (" + HeadlessBrowser.whereLooked() + "): the browser test is skipped");
         }
         chromium = found.get();
         Persistence.Options durable = new Persistence.Options(dir.resolve("state"), 3, StepJournal.Sync.WRITE, 0,

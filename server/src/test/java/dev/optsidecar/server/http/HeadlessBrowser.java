@@ -62,6 +62,13 @@ final class HeadlessBrowser implements AutoCloseable {
         return Optional.empty();
     }
 
+    /** Where {@link #find} looked, for a message when it found nothing. */
+    static String whereLooked() {
+        String given = System.getenv("OPTSIDECAR_CHROMIUM");
+        return given != null && !given.isEmpty() ? "$OPTSIDECAR_CHROMIUM (" + given + ") is not an executable file"
+                : "neither chromium nor chromium-browser is on the PATH";
+    }
+
     /** Starts {@code binary} headless on a blank page, with a fresh profile under {@code profile}. */
     static HeadlessBrowser start(Path binary, Path profile) throws IOException, InterruptedException {
         // No sandbox (tests may run as root); no background traffic to Google's hosts, which a
