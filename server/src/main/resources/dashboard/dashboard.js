@@ -1,13 +1,15 @@
 // The dashboard: the server's models, and live plots of the selected ones, read from the JSON
 // API (/api/models, .../figures, .../history, .../snapshots) about once a second. Figures are
-// read from the version after the last one seen, and each series keeps at most MAX_POINTS points
+// read from the version after the last one seen, and each series keeps at most maxPoints points
 // (thinned by half when full), so the page's memory stays bounded however long a run trains.
 
 import { LinePlot, formatNumber } from './plot.js';
 
 const POLL_MS = 1000;
 const SNAPSHOT_POLL_MS = 10000;
-const MAX_POINTS = 4000;
+/** Points a series keeps by default; the address can ask for another number (#points=N). */
+const DEFAULT_MAX_POINTS = 4000;
+const FEWEST_MAX_POINTS = 10;
 const MAX_FIGURE_NAMES = 40;
 const MAX_PAGES_PER_POLL = 20;
 /** Versions over which throughput is measured. */
@@ -24,6 +26,7 @@ const state = {
   plots: new Map(), // plot key -> LinePlot
   filter: '',
   token: null,
+  maxPoints: DEFAULT_MAX_POINTS,
   listedOnce: false,
 };
 
@@ -76,7 +79,7 @@ function push(store, key, x, y) {
   }
   s.x.push(x);
   s.y.push(Number(y));
-  if (s.x.length > MAX_POINTS) {
+  if (s.x.length > state.maxPoints) {
     // Keep every other point (and the newest): the whole run stays visible at half the detail.
     const last = s.x.length - 1;
     s.x = s.x.filter((_, i) => i % 2 === 0 || i === last);
@@ -452,7 +455,9 @@ function select(names) {
   for (const name of [...state.stores.keys()]) {
     if (!names.includes(name)) state.stores.delete(name);
   }
-  const hash = names.length ? `#models=${names.map(encodeURIComponent).join(',')}` : '#';
+  const params = names.length ? [`models=${names.map(encodeURIComponent).join(',')}`] : [];
+  if (state.maxPoints !== DEFAULT_MAX_POINTS) params.push(`points=${state.maxPoints}`);
+  const hash = `#${params.join('&')}`;
   if (location.hash !== hash) history.replaceState(null, '', hash || '#');
   renderModels();
   renderDetails();
@@ -475,6 +480,8 @@ function readAddress() {
   state.token = sessionStorage.getItem('optsidecar-token');
   const models = params.get('models');
   state.selected = models ? models.split(',').filter(Boolean) : [];
+  const points = Number(params.get('points'));
+  if (Number.isInteger(points) && points > 0) state.maxPoints = Math.max(FEWEST_MAX_POINTS, points);
 }
 
 function setStatus(text, kind) {

@@ -110,9 +110,19 @@ export class LinePlot {
       text: s.label, color: s.color, dashed: s.dashed, covers: (other) => other === s,
     }));
     let points = 0;
-    for (const s of series) points += s.x.length;
+    let first = Infinity;
+    let last = -Infinity;
+    for (const s of series) {
+      points += s.x.length;
+      if (s.x.length > 0) {
+        first = Math.min(first, s.x[0]);
+        last = Math.max(last, s.x[s.x.length - 1]);
+      }
+    }
+    // What is plotted, for whoever checks the page: lines, points and the steps they span.
     this.root.dataset.series = String(series.length);
     this.root.dataset.points = String(points);
+    this.root.dataset.steps = points > 0 ? `${first}-${last}` : '';
     this.drawLegend();
     this.draw();
   }

@@ -148,6 +148,30 @@ class DashboardBrowserTest {
         assertEquals(List.of(), browser.errors(), "the page reported errors");
     }
 
+    @Test
+    void longRunKeepsItsWholeSpanInBoundedPoints() throws Exception {
+        int keep = 40;
+        int steps = 3 * keep + 5;
+        client.register(TestData.spec(RADAM, "RAdam", TestData.hp("lr", 0.01), A, B).build(),
+                TestData.data(TestData.random(A, 1), TestData.random(B, 2)));
+        weights.put(RADAM, new float[][] {new float[A], new float[B]});
+        train(RADAM, 0, steps);
+
+        browser.navigate(base() + "/#models=" + encode(RADAM) + "&points=" + keep);
+        String plotted = "(() => { const p = document.querySelector('[data-metric=\"lr\"]');"
+                + " return p ? [Number(p.dataset.points), p.dataset.steps] : [0, '']; })()";
+        // Halved by dropping every other point whenever it passes the bound: between half and all of it.
+        JsonNode lr = browser.await(plotted, v -> v.get(1).asText().equals("1-" + steps), WAIT);
+        assertEquals("1-" + steps, lr.get(1).asText(), "the lr plot spans the whole run");
+        assertTrue(lr.get(0).asInt() > keep / 2 && lr.get(0).asInt() <= keep, "points kept: " + lr);
+
+        train(RADAM, steps, MORE_STEPS);
+        JsonNode more = browser.await(plotted, v -> v.get(1).asText().equals("1-" + (steps + MORE_STEPS)), WAIT);
+        assertEquals("1-" + (steps + MORE_STEPS), more.get(1).asText());
+        assertTrue(more.get(0).asInt() > keep / 2 && more.get(0).asInt() <= keep, "points kept: " + more);
+        assertEquals(List.of(), browser.errors(), "the page reported errors");
+    }
+
     /** Waits until the plot of {@code metric} shows {@code series} lines of {@code points} points in all. */
     private void awaitPlot(String metric, int series, int points) throws InterruptedException {
         String expression = "(() => { const p = document.querySelector('[data-metric=\"" + metric + "\"]');"
