@@ -162,7 +162,8 @@ async function pollModel(name) {
   if (state.selected.length === 1) await pollHistory(name, store);
   if (Date.now() - store.snapshotsAt > SNAPSHOT_POLL_MS) {
     store.snapshotsAt = Date.now();
-    store.snapshots = (await api(`${modelPath(name)}/snapshots`)).snapshots || [];
+    // Without reading the data: the manifest and the files' sizes, cheap however large the model.
+    store.snapshots = (await api(`${modelPath(name)}/snapshots?verify=false`)).snapshots || [];
   }
 }
 
@@ -170,8 +171,8 @@ async function pollModel(name) {
 // Plots
 
 const BUILT_IN = [
-  { key: 'lr', title: 'learning rate', prefix: 'lr\u0000' },
-  { key: 'ct', title: 'Schedule-Free c_t', prefix: 'ct\u0000' },
+  { key: 'lr', title: 'learning rate' },
+  { key: 'ct', title: 'Schedule-Free c_t' },
   { key: 'grad_norm', title: 'gradient norm', logY: true },
   { key: 'update_norm', title: 'update norm', logY: true },
   { key: 'staleness', title: 'staleness', unit: 'versions' },
@@ -428,7 +429,7 @@ function renderSnapshots() {
       cell(row, new Date(num(s.created_unix_millis)).toLocaleString());
       cell(row, bytes(num(s.bytes)), 'number');
       cell(row, s.trigger || '');
-      cell(row, s.valid ? 'valid' : s.problem || 'not valid', s.valid ? 'ok' : 'bad');
+      cell(row, s.valid ? 'complete' : s.problem || 'incomplete', s.valid ? 'ok' : 'bad');
       body.appendChild(row);
       rows++;
     }

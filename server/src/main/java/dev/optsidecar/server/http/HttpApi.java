@@ -43,7 +43,9 @@ import java.util.logging.Logger;
  *   <li>{@code GET /api/models/NAME}: its ModelInfo;</li>
  *   <li>{@code GET /api/models/NAME/figures?from_version=&max_versions=}: a FiguresResponse page;</li>
  *   <li>{@code GET /api/models/NAME/history?from_version=&max_versions=}: a HistoryResponse page;</li>
- *   <li>{@code GET /api/models/NAME/snapshots}: a ListSnapshotsResponse (empty without --state-dir).</li>
+ *   <li>{@code GET /api/models/NAME/snapshots?verify=}: a ListSnapshotsResponse (empty without --state-dir);
+ *       {@code verify=false} checks each snapshot's manifest and its files' presence and sizes without
+ *       reading the data (what the dashboard polls), {@code true} (the default) reads every checksum.</li>
  * </ul>
  *
  * Every data route (metrics and the API) passes {@link HttpAccess#check} first, in {@link #handle}.
@@ -187,8 +189,8 @@ public final class HttpApi implements AutoCloseable {
                     case "figures" -> m.figures(number(query, "from_version"), (int) number(query, "max_versions"));
                     case "history" -> m.history(number(query, "from_version"), (int) number(query, "max_versions"));
                     case "snapshots" -> persistence == null ? ListSnapshotsResponse.getDefaultInstance()
-                            : ListSnapshotsResponse.newBuilder().addAllSnapshots(persistence.store().list(m.name()))
-                            .build();
+                            : ListSnapshotsResponse.newBuilder().addAllSnapshots(persistence.store().list(m.name(),
+                            flag(query, "verify", true))).build();
                     default -> null;
                 };
                 if (answer == null) {
@@ -228,6 +230,19 @@ public final class HttpApi implements AutoCloseable {
             throw OptError.invalid("%s: '%s' is not a version count or number", name,
                     value.length() > 40 ? value.substring(0, 40) + "..." : value);
         }
+    }
+
+    /** A query parameter as true or false ({@code fallback} when absent); anything else is INVALID_ARGUMENT naming it. */
+    private static boolean flag(Map<String, String> query, String name, boolean fallback) {
+        String value = query.get(name);
+        if (value == null || value.isEmpty()) {
+            return fallback;
+        }
+        if (value.equals("true") || value.equals("false")) {
+            return Boolean.parseBoolean(value);
+        }
+        throw OptError.invalid("%s: '%s' is not true or false", name,
+                value.length() > 40 ? value.substring(0, 40) + "..." : value);
     }
 
     private static Map<String, String> query(String raw) {

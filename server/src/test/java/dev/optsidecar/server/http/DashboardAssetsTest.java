@@ -6,28 +6,36 @@ import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.server.ListenAddress;
 import dev.optsidecar.server.SocketServer;
 import dev.optsidecar.server.TestData;
+import dev.optsidecar.proto.v1.SnapshotInfo;
+import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.durability.StepJournal;
 import dev.optsidecar.server.model.Limits;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 import java.net.InetSocketAddress;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
+import java.util.stream.Stream;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * The dashboard's files as the HTTP endpoint serves them from the classpath, and the JSON routes
- * the page reads for a model whose name holds slashes (a sweep's), sent percent-encoded.
+ * The dashboard's files as the HTTP endpoint serves them from the classpath, and what the page
+ * asks of the JSON API: a model whose name holds slashes (a sweep's), sent percent-encoded; the
+ * snapshot list without reading the data.
  */
 class DashboardAssetsTest {
     private static final Pattern LOCAL_REFERENCE = Pattern.compile("(?:src|href)=\"([^\"]+)\"");
@@ -37,12 +45,16 @@ class DashboardAssetsTest {
     private SocketServer server;
     private HttpApi api;
 
+    private Path state;
+
     @BeforeEach
-    void start() throws Exception {
-        server = SocketServer.start(List.of(new ListenAddress.Tcp("127.0.0.1", 0)), 1, 64L << 20, null,
+    void start(@TempDir Path dir) throws Exception {
+        state = dir;
+        Persistence.Options durable = new Persistence.Options(dir, 3, StepJournal.Sync.WRITE, 0, null, true);
+        server = SocketServer.start(List.of(new ListenAddress.Tcp("127.0.0.1", 0)), 1, 64L << 20, durable,
                 List.of(), Limits.DEFAULTS);
-        api = HttpApi.start(new InetSocketAddress("127.0.0.1", 0), null, server.server().registry(), null,
-                HttpAccess.ALLOW_ALL);
+        api = HttpApi.start(new InetSocketAddress("127.0.0.1", 0), null, server.server().registry(),
+                server.server().persistence(), HttpAccess.ALLOW_ALL);
     }
 
     @AfterEach
@@ -99,6 +111,46 @@ class DashboardAssetsTest {
         assertEquals(404, unencoded.statusCode(), "unencoded, the slashes are route separators");
         JsonNode error = json.readTree(unencoded.body());
         assertTrue(error.get("error").asText().contains("no such API route"), error.toString());
+    }
+
+    @Test
+    void snapshotListCanLeaveTheDataUnread() throws Exception {
+        SnapshotInfo snapshot;
+        try (OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port())) {
+            client.register(TestData.spec("m", "Adam", TestData.hp("lr", 0.01), 64).build(),
+                    TestData.data(TestData.random(64, 1)));
+            snapshot = client.snapshot("m");
+        }
+        assertTrue(snapshotValid("/api/models/m/snapshots", snapshot.getId()));
+        assertTrue(snapshotValid("/api/models/m/snapshots?verify=false", snapshot.getId()));
+
+        // One data byte changed, the file's size kept: only a read of the data notices.
+        Path data;
+        try (Stream<Path> files = Files.list(state.resolve(snapshot.getPath()))) {
+            data = files.filter(f -> f.toString().endsWith(".safetensors")).findFirst().orElseThrow();
+        }
+        byte[] bytes = Files.readAllBytes(data);
+        bytes[bytes.length - 1] ^= 0x01;
+        Files.write(data, bytes);
+        assertFalse(snapshotValid("/api/models/m/snapshots", snapshot.getId()), "verify=true is the default");
+        assertFalse(snapshotValid("/api/models/m/snapshots?verify=true", snapshot.getId()));
+        assertTrue(snapshotValid("/api/models/m/snapshots?verify=false", snapshot.getId()));
+
+        HttpResponse<String> bad = get("/api/models/m/snapshots?verify=yes");
+        assertEquals(400, bad.statusCode());
+        assertEquals("verify", json.readTree(bad.body()).get("field").asText());
+    }
+
+    /** Whether the listing at {@code path} calls snapshot {@code id} valid. */
+    private boolean snapshotValid(String path, String id) throws Exception {
+        HttpResponse<String> listed = get(path);
+        assertEquals(200, listed.statusCode(), listed.body());
+        for (JsonNode s : json.readTree(listed.body()).path("snapshots")) {
+            if (s.get("id").asText().equals(id)) {
+                return s.path("valid").asBoolean(false);
+            }
+        }
+        throw new AssertionError("snapshot " + id + " is not listed: " + listed.body());
     }
 
     private HttpResponse<String> get(String path) throws Exception {
