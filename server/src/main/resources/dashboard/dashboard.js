@@ -475,8 +475,10 @@ function readAddress() {
   const params = new URLSearchParams(location.hash.slice(1));
   const token = params.get('token');
   if (token) {
+    // Kept for this tab, and out of the address, its history and whatever it is copied into.
     sessionStorage.setItem('optsidecar-token', token);
     params.delete('token');
+    history.replaceState(null, '', `#${params.toString()}`);
   }
   state.token = sessionStorage.getItem('optsidecar-token');
   const models = params.get('models');

@@ -172,6 +172,33 @@ class DashboardBrowserTest {
         assertEquals(List.of(), browser.errors(), "the page reported errors");
     }
 
+    @Test
+    void tokenFromTheAddressGoesWithEveryRequest() throws Exception {
+        client.register(TestData.spec(ADAM, "Adam", TestData.hp("lr", 0.01), A, B).build(),
+                TestData.data(TestData.random(A, 1), TestData.random(B, 2)));
+        weights.put(ADAM, new float[][] {new float[A], new float[B]});
+        train(ADAM, 0, STEPS);
+        java.util.Set<String> seen = java.util.concurrent.ConcurrentHashMap.newKeySet();
+        HttpAccess tokenOnly = (authorization, role, model) -> {
+            seen.add(String.valueOf(authorization));
+            return "Bearer s3cret".equals(authorization) ? HttpAccess.Decision.ALLOW
+                    : authorization == null ? HttpAccess.Decision.UNAUTHENTICATED : HttpAccess.Decision.FORBIDDEN;
+        };
+        try (HttpApi guarded = HttpApi.start(new InetSocketAddress("127.0.0.1", 0), null,
+                server.server().registry(), server.server().persistence(), tokenOnly)) {
+            browser.navigate("http://127.0.0.1:" + guarded.port() + "/#token=s3cret&models=" + encode(ADAM));
+            JsonNode listed = browser.await("[...document.querySelectorAll('#models tbody tr')].map(r => r.dataset.model)",
+                    v -> v.size() == 1, WAIT);
+            assertEquals(ADAM, listed.get(0).asText());
+            awaitPlot("lr", 1, STEPS);
+            assertEquals(java.util.Set.of("Bearer s3cret"), seen, "every request carried the token");
+            String address = browser.evaluate("location.href").asText();
+            assertTrue(!address.contains("s3cret") && address.contains("models="),
+                    "the token leaves the address, the selection stays: " + address);
+        }
+        assertEquals(List.of(), browser.errors(), "the page reported errors");
+    }
+
     /** Waits until the plot of {@code metric} shows {@code series} lines of {@code points} points in all. */
     private void awaitPlot(String metric, int series, int points) throws InterruptedException {
         String expression = "(() => { const p = document.querySelector('[data-metric=\"" + metric + "\"]');"
