@@ -502,7 +502,7 @@ function poll() {
   clearTimeout(timer);
   polling = (async () => {
     try {
-      const list = await api('/api/models');
+      const list = await api('/api/models?brief=true'); // without tensors and state: small however large the models
       state.models = new Map((list.models || []).map((m) => [m.name, m]));
       if (!state.listedOnce && state.selected.length === 0 && state.models.size > 0) {
         state.selected = [[...state.models.keys()].sort()[0]]; // something to look at on first open

@@ -2,6 +2,7 @@ package dev.optsidecar.server.http;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.optsidecar.client.OptSidecarClient;
 import dev.optsidecar.server.ListenAddress;
 import dev.optsidecar.server.SocketServer;
@@ -139,6 +140,27 @@ class DashboardAssetsTest {
         HttpResponse<String> bad = get("/api/models/m/snapshots?verify=yes");
         assertEquals(400, bad.statusCode());
         assertEquals("verify", json.readTree(bad.body()).get("field").asText());
+    }
+
+    @Test
+    void briefModelListLeavesOutTensorsAndState() throws Exception {
+        try (OptSidecarClient client = OptSidecarClient.connect("127.0.0.1:" + server.port())) {
+            client.register(TestData.spec("m", "RAdam", TestData.hp("lr", 0.01), 8, 3).build(),
+                    TestData.data(TestData.random(8, 1), TestData.random(3, 2)));
+        }
+        JsonNode full = json.readTree(get("/api/models").body()).get("models").get(0);
+        JsonNode brief = json.readTree(get("/api/models?brief=true").body()).get("models").get(0);
+        assertEquals(2, full.get("tensors").size());
+        assertTrue(full.has("state"));
+        ObjectNode expected = full.deepCopy();
+        expected.remove(List.of("tensors", "state"));
+        assertEquals(expected, brief, "all but the tensors and state");
+        assertEquals(brief, json.readTree(get("/api/models/m?brief=true").body()));
+        assertEquals(full, json.readTree(get("/api/models/m?brief=false").body()));
+
+        HttpResponse<String> bad = get("/api/models?brief=1");
+        assertEquals(400, bad.statusCode());
+        assertEquals("brief", json.readTree(bad.body()).get("field").asText());
     }
 
     /** Whether the listing at {@code path} calls snapshot {@code id} valid. */
