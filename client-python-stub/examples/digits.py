@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import math
 import sys
 import time
 from pathlib import Path
@@ -189,25 +190,37 @@ def train(args: argparse.Namespace, target: str) -> History:
     return history
 
 
+def zoom_start(epochs: int) -> int:
+    """The first epoch of the zoomed accuracy panel: past the first fifth of the run (at least
+    epoch 2), when both runs have left their steep start."""
+    return min(epochs, max(2, round(epochs / 5)))
+
+
 def plot(history: History, path: str, title: str) -> None:
-    """Test accuracy and training loss of both runs per epoch, as a PNG."""
+    """Test accuracy (whole run, and zoomed to the later epochs, where the runs differ by a few test
+    images) and training loss of both runs per epoch, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = range(1, len(history.sf_accuracy) + 1)
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.2))
-    acc.plot(epochs, history.sf_accuracy, "o-", ms=3, label="RAdamScheduleFree, remote (eval view x)")
-    acc.plot(epochs, history.adamw_accuracy, "s-", ms=3, label="AdamW + cosine, local")
-    acc.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy")
-    acc.set_ylim(max(0.0, min(history.sf_accuracy + history.adamw_accuracy) - 0.02), 1.0)
+    epochs = list(range(1, len(history.sf_accuracy) + 1))
+    first = zoom_start(len(epochs))
+    later = history.sf_accuracy[first - 1:] + history.adamw_accuracy[first - 1:]
+    floor = max(0.0, math.floor((min(later) - 0.005) * 100) / 100)
+    fig, (acc, zoom, loss) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax in (acc, zoom):
+        ax.plot(epochs, history.sf_accuracy, "o-", ms=3, label="RAdamScheduleFree, remote (eval view x)")
+        ax.plot(epochs, history.adamw_accuracy, "s-", ms=3, label="AdamW + cosine, local")
+        ax.set(xlabel="epoch", ylabel="test accuracy")
+    acc.set(title="Test accuracy", ylim=(0.0, 1.0))
+    zoom.set(title=f"Test accuracy from epoch {first}", xlim=(first - 0.5, len(epochs) + 0.5), ylim=(floor, 1.0))
     loss.plot(epochs, history.sf_loss, "o-", ms=3, label="RAdamScheduleFree (at y)")
     loss.plot(epochs, history.adamw_loss, "s-", ms=3, label="AdamW + cosine")
     loss.set(xlabel="epoch", ylabel="mean cross-entropy", title="Training loss", yscale="log")
-    for ax in (acc, loss):
+    for ax in (acc, zoom, loss):
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if ax is acc else "upper right")
+        ax.legend(loc="lower right" if ax is not loss else "upper right", fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

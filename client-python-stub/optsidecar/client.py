@@ -158,8 +158,8 @@ class Client:
     # -- unary calls ---------------------------------------------------------------------------
 
     def server_info(self) -> pb.ServerInfoResponse:
-        """The server's version, engine and shared-memory directory (``shm_dir``, empty when it
-        offers none)."""
+        """The server's version, engine (``"cpu"`` or ``"cuda"``) and its ``device`` (empty on the
+        CPU), and shared-memory directory (``shm_dir``, empty when it offers none)."""
         return self._unary(self._stub.ServerInfo, pb.ServerInfoRequest(), "read the server's info")
 
     def describe(self, model: str) -> pb.ModelInfo:

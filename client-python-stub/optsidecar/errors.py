@@ -32,6 +32,8 @@ __all__ = [
     "Aborted",
     "ModelChanged",
     "Unimplemented",
+    "Unauthenticated",
+    "PermissionDenied",
     "ServerUnavailable",
     "DeadlineExceeded",
     "DataLoss",
@@ -134,6 +136,16 @@ class Unimplemented(OptSidecarError, NotImplementedError):
     """UNIMPLEMENTED: the server does not implement what was asked (e.g. an algorithm)."""
 
 
+class Unauthenticated(OptSidecarError, PermissionError):
+    """UNAUTHENTICATED: the server takes tokens (``--auth-tokens``) and the call carried none it
+    knows (pass ``token=`` or set OPTSIDECAR_TOKEN), or it came in plaintext from another host."""
+
+
+class PermissionDenied(OptSidecarError, PermissionError):
+    """PERMISSION_DENIED: the token's role or models do not allow the call; ``metadata`` names the
+    ``model`` and the ``required_role``."""
+
+
 class ServerUnavailable(OptSidecarError, ConnectionError):
     """UNAVAILABLE: the server cannot be reached, or the connection broke mid-call."""
 
@@ -161,6 +173,8 @@ _BY_CODE: Dict[grpc.StatusCode, Type[OptSidecarError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: ServerUnavailable,
     # The client never shows its own cancellations as errors, so a CANCELLED status comes from the
     # other end: a server shutting down resets its open streams.

@@ -11,7 +11,7 @@ import threading
 import uuid
 import warnings
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 try:
     import torch
@@ -23,9 +23,9 @@ from google.protobuf import json_format
 from .buffers import Destination, check_wire_dtype
 from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
-from .edits import ParameterEdits, WeightsPush
+from .edits import ParameterEdits, WeightsPush, pieces_of
 from .errors import (AlreadyExists, FailedPrecondition, InvalidArgument, ModelChanged, NotFound, OptSidecarError,
-                     StaleGradient)
+                     PermissionDenied, StaleGradient)
 from .live_hyperparameters import LiveHyperparameters, normalized
 from .param_groups import add_group, parse_new_group
 from .param_state import ParameterState
@@ -359,7 +359,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self.transport = self._choose_transport(transport, shm_dir)
         if attach:
             self._pull_into_params("train")
-            attached_lease = self.client.renew_lease(self.model)
+            try:
+                attached_lease = self.client.renew_lease(self.model)
+            except PermissionDenied:
+                attached_lease = 0  # a reader's token keeps no lease: only trainers keep a model alive
             if attached_lease:
                 self._lease = _LeaseKeeper(self.client, self.model, attached_lease)
         elif self.lease_seconds:
@@ -598,7 +601,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         finally:
             if self._stream.partial_weights:
                 self._edits.record()  # what arrived is the server's, not the trainer's
-        self._edits.record()
+        self._edits.record(crc32c=self._written_crc32c(figures))
         self._pending_figures.clear()  # they went with this step
         self._hyperparameters.confirm(changes, figures)
         self.last_result = figures
@@ -620,6 +623,16 @@ class RemoteOptimizer(torch.optim.Optimizer):
         """How edited parameters are noticed; ``opt.edits.compare_contents = False`` skips the
         content check that catches writes through ``p.data`` (see :mod:`optsidecar.edits`)."""
         return self._edits
+
+    def _written_crc32c(self, figures: StepFigures) -> Dict[int, Tuple[int, ...]]:
+        """The CRC-32C the server reported of the weights it wrote into the segment, for each
+        parameter that is that very memory (so it need not be hashed again)."""
+        if self._shared is None or not figures.weights_crc32c:
+            return {}
+        pieces = pieces_of([p.numel() for p in self._params], figures.weights_crc32c)
+        if pieces is None:
+            return {}
+        return {i: crc for i, crc in enumerate(pieces) if self._shared.is_bound(i)}
 
     def _push_edits(self) -> None:
         """Sends the parameters the trainer changed since the client last wrote them, as one

@@ -146,6 +146,8 @@ class StepFigures:
             version for a replayed or late step, whose ``version`` is older or unchanged); None
             when the step returned no weights.
         kind: ``"gradient"``, or ``"set_weights"`` for a step that replaced weights.
+        weights_crc32c: over shared memory, the CRC-32C of each tensor's weights as the server
+            wrote them into the segment (empty otherwise).
     """
 
     step_id: int
@@ -163,6 +165,7 @@ class StepFigures:
     contributions: Tuple[Contribution, ...] = ()
     weights_version: Optional[int] = None
     kind: str = "gradient"
+    weights_crc32c: Tuple[int, ...] = ()
 
     @property
     def lr(self) -> Dict[str, float]:
@@ -207,6 +210,7 @@ class StepFigures:
             contributions=tuple(Contribution.from_proto(c) for c in result.contributions),
             weights_version=weights_version,
             kind=_KINDS.get(result.kind, str(result.kind)),
+            weights_crc32c=tuple(result.weights_crc32c) if weights_version is not None else (),
         )
 
 

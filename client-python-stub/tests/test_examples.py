@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from conftest import PACKAGE_ROOT, server_jar, subprocess_env
@@ -44,6 +46,65 @@ def test_digits_trains_as_well_over_a_bfloat16_wire(target: str, tmp_path: Path)
     final = re.search(r"RAdamScheduleFree \(remote, eval view\) ([\d.]+), .*; bfloat16 on the wire", run.stdout)
     assert final, run.stdout
     assert float(final.group(1)) > THREE_EPOCH_BOUND, run.stdout
+
+
+def test_lr_sweep_trains_every_run_side_by_side_and_writes_table_and_plot(target: str, client, tmp_path: Path):
+    """A tiny grid (2 optimizers x 2 lrs x 1 seed, 1 epoch); while it runs, the server is polled for
+    the sweep's models, which must all be there at once."""
+    prefix = f"test-sweep-{tmp_path.name}"
+    grid = {(o, lr) for o in ("adam", "radam-sf") for lr in ("0.001", "0.01")}
+    expected_models = {f"{prefix}/{o}/lr={lr}/seed=0" for o, lr in grid}
+    most_at_once: set = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            present = {m for m in client.list() if m.startswith(prefix + "/")}
+            if len(present) > len(most_at_once):
+                most_at_once.clear()
+                most_at_once.update(present)
+            done.wait(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out = tmp_path / "out"
+    try:
+        run = subprocess.run([sys.executable, str(EXAMPLES / "lr_sweep.py"), "--target", target,
+                              "--optimizers", "adam,radam_sf", "--lrs", "0.001,0.01", "--seeds", "1", "--epochs", "1",
+                              "--name-prefix", prefix, "--out-dir", str(out)],
+                             env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    finally:
+        done.set()
+        watcher.join()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert most_at_once == expected_models, run.stdout
+    assert not [m for m in client.list() if m.startswith(prefix + "/")], "the sweep's models outlived it"
+
+    with (out / "runs.csv").open() as f:
+        runs = list(csv.DictReader(f))
+    assert {(r["optimizer"].replace("_", "-"), r["lr"]) for r in runs} == grid
+    assert {r["seed"] for r in runs} == {"0"}
+    accuracy = {(r["optimizer"], r["lr"]): float(r["test_accuracy"]) for r in runs}
+    assert all(0.0 <= a <= 1.0 for a in accuracy.values()), accuracy
+    # One epoch of Adam at lr 0.01 gets 0.88 on the test images (10 classes: chance is 0.1).
+    assert accuracy["adam", "0.01"] > 0.5, accuracy
+
+    with (out / "table.csv").open() as f:
+        cells = list(csv.DictReader(f))
+    # One seed: each cell's mean, min and max are its run's accuracy, its spread zero.
+    assert {(c["optimizer"], c["lr"]): (float(c["mean"]), float(c["min"]), float(c["max"]), float(c["std"]))
+            for c in cells} == {key: (a, a, a, 0.0) for key, a in accuracy.items()}
+    table = (out / "table.md").read_text()
+    assert table.startswith("| lr | Adam | RAdamScheduleFree (x) |\n"), table
+    assert table in run.stdout
+    assert (out / "accuracy_vs_lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lr_sweep_names_an_unknown_optimizer():
+    run = subprocess.run([sys.executable, str(EXAMPLES / "lr_sweep.py"), "--optimizers", "adam,lion"],
+                         env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "--optimizers: unknown ['lion']" in run.stderr, run.stderr
 
 
 def test_ps_experiment_runs_sync_and_async_trainer_processes(tmp_path: Path):

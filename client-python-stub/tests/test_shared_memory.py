@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import assert_moved, assert_within_tolerance, batch, make_mlp, train_step, twin
-from optsidecar import Client, FailedPrecondition, RemoteOptimizer
+from optsidecar import Client, FailedPrecondition, RemoteOptimizer, edits
 from optsidecar.shm import Segment
 
 
@@ -169,6 +169,42 @@ def test_edits_and_parameters_without_gradients_go_through_the_segment(shm_serve
         start, end = segment_range(shm)
         assert start <= extra.data_ptr() < end
         assert shm.client.describe(shm.model).version == chunks.client.describe(chunks.model).version
+    finally:
+        shm.close()
+        chunks.close()
+
+
+def test_the_edit_check_takes_the_servers_checksums_and_still_sees_data_writes(shm_server, monkeypatch):
+    crc32c = pytest.importorskip("crc32c")
+    torch.manual_seed(6)  # the middle weight spans two pieces of 1 MiB
+    model = torch.nn.Sequential(torch.nn.Linear(6, 512), torch.nn.Tanh(), torch.nn.Linear(512, 600), torch.nn.Tanh(),
+                                torch.nn.Linear(600, 3))
+    over_grpc = twin(model)
+    shm = RemoteOptimizer(model.parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2)
+    chunks = RemoteOptimizer(over_grpc.parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2,
+                             transport="grpc")
+    try:
+        train_step(model, shm, 0)
+        train_step(over_grpc, chunks, 0)
+        params = list(model.parameters())
+        piece = 1 << 20
+        pieces = [p.detach().numpy().tobytes() for p in params]
+        assert shm.last_result.weights_crc32c == tuple(
+            crc32c.crc32c(b[at:at + piece]) for b in pieces for at in range(0, len(b), piece))
+        hashed = []
+        fingerprint = edits._fingerprint
+        monkeypatch.setattr(edits, "_fingerprint", lambda p: hashed.append(p) or fingerprint(p))
+        train_step(model, shm, 1)
+        train_step(over_grpc, chunks, 1)
+        # Both hash every parameter before the step; after it only the gRPC one hashes what it received.
+        assert len(hashed) == 3 * len(params)
+        with torch.no_grad():
+            model[2].weight.data[-1].mul_(0.5)  # bumps no version counter: only the contents tell
+            over_grpc[2].weight.data[-1].mul_(0.5)
+        train_step(model, shm, 2)
+        train_step(over_grpc, chunks, 2)
+        assert shm.last_push is not None and shm.last_push.tensors == chunks.last_push.tensors
+        assert_bits_equal(params_of(model), params_of(over_grpc), "after a write through .data")
     finally:
         shm.close()
         chunks.close()

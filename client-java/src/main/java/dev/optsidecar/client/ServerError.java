@@ -50,6 +50,10 @@ public record ServerError(Status.Code code, String reason, String field, Map<Str
     public static final String MODEL_CHANGED = "MODEL_CHANGED";
     public static final String SHUTTING_DOWN = "SHUTTING_DOWN";
     public static final String CORRUPT_DATA = "CORRUPT_DATA";
+    public static final String TOKEN_MISSING = "TOKEN_MISSING";
+    public static final String TOKEN_UNKNOWN = "TOKEN_UNKNOWN";
+    public static final String TOKEN_OVER_PLAINTEXT = "TOKEN_OVER_PLAINTEXT";
+    public static final String ACCESS_DENIED = "ACCESS_DENIED";
     public static final String IO_ERROR = "IO_ERROR";
     public static final String INTERNAL_ERROR = "INTERNAL_ERROR";
 

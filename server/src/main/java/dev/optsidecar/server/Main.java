@@ -47,8 +47,19 @@ public final class Main implements Callable<Integer> {
     @Option(names = "--threads", description = "Engine compute threads (default: the number of CPUs, ${sys:optsidecar.cpus}).")
     Integer threads;
 
+    @Option(names = "--engine", defaultValue = "auto", paramLabel = "auto|cpu|cuda",
+            description = "Where tensors live and steps run: cuda (a GPU; the server does not start without a usable"
+                    + " one), cpu, or auto: cuda when a device is usable and its self-test passes, else cpu, with"
+                    + " the reason logged (default: ${DEFAULT-VALUE}).")
+    String engine;
+
+    @Option(names = "--device", defaultValue = "0", paramLabel = "N",
+            description = "The CUDA device of the cuda engine (default: ${DEFAULT-VALUE}).")
+    int device;
+
     @Option(names = "--memory-limit", converter = ByteSize.class,
-            description = "Most bytes all models together may hold, e.g. 8g or 512m (default: the JVM heap less 512m).")
+            description = "Most bytes all models together may hold, e.g. 8g or 512m (default: the JVM heap less 512m;"
+                    + " on the cuda engine, 90% of the device memory free at start).")
     Long memoryLimit;
 
     @Option(names = "--state-dir", paramLabel = "DIR",
@@ -130,6 +141,12 @@ public final class Main implements Callable<Integer> {
     @Option(names = "--tls-client-ca", paramLabel = "FILE",
             description = "Mutual TLS: require a client certificate issued by a CA in this PEM file (needs --tls-cert).")
     java.nio.file.Path tlsClientCa;
+
+    @Option(names = "--auth-tokens", paramLabel = "FILE",
+            description = "Require a bearer token on every API call: a JSON file of token digests with their role"
+                    + " (reader, trainer, admin) and models (globs). Re-read when the file changes. Tokens travel"
+                    + " only over TLS, loopback or a Unix socket.")
+    java.nio.file.Path authTokens;
 
     @Option(names = "--health-port", paramLabel = "N",
             description = "Also serve only the gRPC health service, in plaintext, on this port (for kubelet probes"
@@ -226,22 +243,40 @@ public final class Main implements Callable<Integer> {
         validate();
         dev.optsidecar.server.observe.LogFormat.install(logFormat);
         ServerTls tls = tls();
-        SocketServer.Exposure exposure = new SocketServer.Exposure(tls,
-                healthPort == null ? null : new ListenAddress.Tcp(healthBind, healthPort), reflection);
-        SocketServer server;
+        dev.optsidecar.server.auth.TokenAuthority tokens;
         try {
-            server = SocketServer.start(listenAddresses(), exposure, threads == null ? defaultThreads() : threads,
-                    memoryLimit == null ? defaultMemoryLimit() : memoryLimit, durability(), restore, limits(),
-                    sharedMemory());
-        } catch (IOException | RuntimeException e) {
+            tokens = tokens(tls);
+        } catch (RuntimeException e) {
             if (tls != null) {
                 tls.close();
             }
             throw e;
         }
+        SocketServer.Exposure exposure = new SocketServer.Exposure(tls,
+                healthPort == null ? null : new ListenAddress.Tcp(healthBind, healthPort), reflection, tokens);
+        SocketServer server;
+        try {
+            EngineSelection.Choice choice = EngineSelection.open(engine, device,
+                    threads == null ? defaultThreads() : threads);
+            dev.optsidecar.server.engine.Engine computing = choice.engine();
+            long limit = memoryLimit != null ? memoryLimit
+                    : computing instanceof dev.optsidecar.server.engine.cuda.CudaEngine cuda
+                    ? cuda.freeBytes() / 10 * 9 : defaultMemoryLimit();
+            server = SocketServer.start(listenAddresses(), exposure, computing, limit, durability(), restore,
+                    limits(), sharedMemory());
+            EngineSelection.log(choice);
+        } catch (IOException | RuntimeException e) {
+            if (tls != null) {
+                tls.close();
+            }
+            if (tokens != null) {
+                tokens.close();
+            }
+            throw e;
+        }
         dev.optsidecar.server.http.HttpApi http;
         try {
-            http = http(server, tls);
+            http = http(server, tls, tokens);
         } catch (IOException | RuntimeException e) {
             server.close();
             throw e;
@@ -257,7 +292,9 @@ public final class Main implements Callable<Integer> {
     }
 
     /** The HTTP endpoint on --http-bind:--http-port, or null without --http-port. */
-    private dev.optsidecar.server.http.HttpApi http(SocketServer server, ServerTls tls) throws IOException {
+    private dev.optsidecar.server.http.HttpApi http(SocketServer server, ServerTls tls,
+                                                    dev.optsidecar.server.auth.TokenAuthority tokens)
+            throws IOException {
         if (httpPort == null) {
             return null;
         }
@@ -266,7 +303,8 @@ public final class Main implements Callable<Integer> {
         dev.optsidecar.server.http.HttpApi http;
         try {
             http = dev.optsidecar.server.http.HttpApi.start(address, tls, server.server().registry(),
-                    server.server().persistence(), dev.optsidecar.server.http.HttpAccess.ALLOW_ALL);
+                    server.server().persistence(), tokens == null ? dev.optsidecar.server.http.HttpAccess.ALLOW_ALL
+                            : new dev.optsidecar.server.http.TokenAccess(tokens));
         } catch (IOException e) {
             throw new IOException("--http-port " + new ListenAddress.Tcp(host, httpPort) + ": " + describe(e), e);
         }
@@ -283,8 +321,18 @@ public final class Main implements Callable<Integer> {
         if (threads != null && threads < 1) {
             throw usage("--threads must be at least 1, not " + threads);
         }
+        if (!EngineSelection.MODES.contains(engine)) {
+            throw usage("--engine must be auto, cpu or cuda, not " + engine);
+        }
+        if (device < 0) {
+            throw usage("--device must be 0 or more, not " + device);
+        }
+        if (engine.equals("cpu") && given("--device")) {
+            throw usage("--device needs --engine cuda or auto");
+        }
         long heap = Runtime.getRuntime().maxMemory();
-        if (memoryLimit != null && heap != Long.MAX_VALUE && memoryLimit > heap) {
+        // The cuda engine's memory is the device's, not the heap.
+        if (!engine.equals("cuda") && memoryLimit != null && heap != Long.MAX_VALUE && memoryLimit > heap) {
             throw usage("--memory-limit " + memoryLimit + " bytes is above the JVM's maximum heap of " + heap
                     + " bytes; start java with a larger -Xmx");
         }
@@ -336,6 +384,32 @@ public final class Main implements Callable<Integer> {
         }
         try {
             return ServerTls.load(tlsCert, tlsKey, tlsClientCa, ServerTls.DEFAULT_RELOAD);
+        } catch (IllegalArgumentException e) {
+            throw usage(e.getMessage());
+        }
+    }
+
+    /**
+     * The token file loaded and watched, or null without --auth-tokens. A bad file, or tokens that
+     * would cross the network in plaintext (a TCP address other hosts reach, without TLS), are
+     * mistakes in the flags.
+     */
+    dev.optsidecar.server.auth.TokenAuthority tokens(ServerTls tls) {
+        if (authTokens == null) {
+            return null;
+        }
+        java.util.List<ListenAddress> served = new java.util.ArrayList<>(listenAddresses());
+        if (httpPort != null) {
+            served.add(new ListenAddress.Tcp(httpBind == null ? bind : httpBind, httpPort));
+        }
+        java.util.List<ListenAddress.Tcp> exposed = dev.optsidecar.server.auth.Plaintext.reachableFromOtherHosts(served);
+        if (tls == null && !exposed.isEmpty()) {
+            throw usage("--auth-tokens on plaintext " + exposed.get(0) + ", which other hosts reach, would send"
+                    + " tokens in the clear; serve TLS (--tls-cert, --tls-key) or listen on loopback or a Unix socket");
+        }
+        try {
+            return dev.optsidecar.server.auth.TokenAuthority.load(authTokens,
+                    dev.optsidecar.server.auth.TokenAuthority.DEFAULT_RELOAD);
         } catch (IllegalArgumentException e) {
             throw usage(e.getMessage());
         }

@@ -16,7 +16,7 @@ public final class OptError extends RuntimeException {
     /** Mirrors the gRPC codes the server uses, so domain code needs no gRPC types. */
     public enum Kind {
         INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNIMPLEMENTED, ABORTED,
-        UNAVAILABLE, DATA_LOSS, INTERNAL
+        UNAVAILABLE, DATA_LOSS, INTERNAL, UNAUTHENTICATED, PERMISSION_DENIED
     }
 
     /**
@@ -69,6 +69,14 @@ public final class OptError extends RuntimeException {
         SHUTTING_DOWN,
         /** DATA_LOSS: a snapshot or journal failed verification. */
         CORRUPT_DATA,
+        /** UNAUTHENTICATED: the server checks tokens and the call carried none (or not as a bearer token). */
+        TOKEN_MISSING,
+        /** UNAUTHENTICATED: no token of the server's --auth-tokens file has this digest. */
+        TOKEN_UNKNOWN,
+        /** UNAUTHENTICATED: a token sent in plaintext over TCP from an address that is not loopback. */
+        TOKEN_OVER_PLAINTEXT,
+        /** PERMISSION_DENIED: the token's role or models do not allow the call (metadata model, required_role...). */
+        ACCESS_DENIED,
         /** INTERNAL: an I/O error on the server. */
         IO_ERROR,
         /** INTERNAL: an unexpected server error. */
@@ -86,6 +94,8 @@ public final class OptError extends RuntimeException {
                 case UNAVAILABLE -> SHUTTING_DOWN;
                 case DATA_LOSS -> CORRUPT_DATA;
                 case INTERNAL -> IO_ERROR;
+                case UNAUTHENTICATED -> TOKEN_UNKNOWN;
+                case PERMISSION_DENIED -> ACCESS_DENIED;
             };
         }
     }
@@ -212,6 +222,16 @@ public final class OptError extends RuntimeException {
     /** Stored data is missing or corrupt. */
     public static OptError dataLoss(String format, Object... args) {
         return new OptError(Kind.DATA_LOSS, String.format(format, args));
+    }
+
+    /** The call carries no token the server accepts. */
+    public static OptError unauthenticated(String format, Object... args) {
+        return new OptError(Kind.UNAUTHENTICATED, String.format(format, args));
+    }
+
+    /** The caller's token does not allow what it asked. */
+    public static OptError permissionDenied(String format, Object... args) {
+        return new OptError(Kind.PERMISSION_DENIED, String.format(format, args));
     }
 
     /** A server-side failure such as an I/O error, with its cause. */

@@ -3,6 +3,8 @@ package dev.optsidecar.server;
 import dev.optsidecar.server.observe.LogEvent;
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.server.api.OptimizerService;
+import dev.optsidecar.server.auth.TokenAuthority;
+import dev.optsidecar.server.auth.TokenCheck;
 import dev.optsidecar.server.shm.SegmentSweeper;
 import dev.optsidecar.server.shm.SharedMemory;
 import dev.optsidecar.server.api.UnparsableRequests;
@@ -67,8 +69,11 @@ public final class SidecarServer implements AutoCloseable {
         }
         service = new OptimizerService(registry, persistence, threads.completions, shm);
         SegmentSweeper.schedule(shm, limits.idleStreamTimeout(), threads.timers);
-        var optimizer = ServerInterceptors.intercept(UnparsableRequests.invalidArgument(service.bindService()),
-                new RefuseUntilServing());
+        var guarded = UnparsableRequests.invalidArgument(service.bindService());
+        if (endpoints.tokens() != null) {
+            guarded = ServerInterceptors.intercept(guarded, new TokenCheck(endpoints.tokens()));
+        }
+        var optimizer = ServerInterceptors.intercept(guarded, new RefuseUntilServing());
         for (ServerBuilder<?> transport : endpoints.api()) {
             transport.addService(optimizer).addService(health.getHealthService());
             if (endpoints.reflection()) {
@@ -88,10 +93,16 @@ public final class SidecarServer implements AutoCloseable {
 
     /**
      * What to serve where: the API (with health, and reflection unless turned off) on each of
-     * {@code api}, only the health service on each of {@code healthOnly}.
+     * {@code api}, only the health service on each of {@code healthOnly}; the API's calls need a
+     * token of {@code tokens} (null: open to every caller).
      */
     public record Endpoints(List<? extends ServerBuilder<?>> api, List<? extends ServerBuilder<?>> healthOnly,
-                            boolean reflection) {
+                            boolean reflection, TokenAuthority tokens) {
+        public Endpoints(List<? extends ServerBuilder<?>> api, List<? extends ServerBuilder<?>> healthOnly,
+                         boolean reflection) {
+            this(api, healthOnly, reflection, null);
+        }
+
         public static Endpoints of(List<? extends ServerBuilder<?>> api) {
             return new Endpoints(api, List.of(), true);
         }

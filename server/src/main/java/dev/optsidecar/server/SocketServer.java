@@ -1,6 +1,9 @@
 package dev.optsidecar.server;
 
+import dev.optsidecar.server.auth.Plaintext;
+import dev.optsidecar.server.auth.TokenAuthority;
 import dev.optsidecar.server.durability.Persistence;
+import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
 import dev.optsidecar.server.model.Limits;
 import dev.optsidecar.server.model.StepAssembly;
@@ -24,7 +27,7 @@ import java.util.logging.Logger;
 
 /**
  * The server as Main runs it: Netty on TCP sockets and Unix domain sockets (epoll on Linux), the CPU engine, and the
- * {@link SidecarServer} they are handed to. Closing it closes all three.
+ * {@link SidecarServer} they are handed to. Closing it closes all three, and the TLS and token files' watchers.
  */
 public final class SocketServer implements AutoCloseable {
     private static final Logger LOG = Logger.getLogger(SocketServer.class.getName());
@@ -33,12 +36,13 @@ public final class SocketServer implements AutoCloseable {
 
     private final EventLoopGroup boss;
     private final EventLoopGroup workers;
-    private final CpuEngine engine;
+    private final Engine engine;
     private ServerTls tls;
+    private TokenAuthority tokens;
     private SidecarServer server;
     private List<ListenAddress> listening = List.of();
 
-    private SocketServer(int threads) {
+    private SocketServer(Engine engine) {
         if (Epoll.isAvailable()) {
             boss = new EpollEventLoopGroup(1);
             workers = new EpollEventLoopGroup();
@@ -46,7 +50,7 @@ public final class SocketServer implements AutoCloseable {
             boss = new NioEventLoopGroup(1);
             workers = new NioEventLoopGroup();
         }
-        engine = new CpuEngine(threads);
+        this.engine = engine;
     }
 
     /** Starts a server without a state directory; port 0 picks a free one (see {@link #port()}). */
@@ -69,10 +73,16 @@ public final class SocketServer implements AutoCloseable {
 
     /**
      * How the listeners are exposed: TLS on the TCP ones (null: plaintext; Unix sockets stay
-     * plaintext), a plaintext health-only port (null: none), and whether reflection is served.
+     * plaintext), a plaintext health-only port (null: none), whether reflection is served, and
+     * the tokens the API's calls need (null: none).
      */
-    public record Exposure(ServerTls tls, ListenAddress.Tcp healthAddress, boolean reflection) {
+    public record Exposure(ServerTls tls, ListenAddress.Tcp healthAddress, boolean reflection, TokenAuthority tokens) {
         public static final Exposure PLAINTEXT = new Exposure(null, null, true);
+
+        /** Without tokens: the API open to whoever reaches it. */
+        public Exposure(ServerTls tls, ListenAddress.Tcp healthAddress, boolean reflection) {
+            this(tls, healthAddress, reflection, null);
+        }
     }
 
     /** Starts a server listening on every address of {@code listen} (TCP ports and Unix sockets). */
@@ -104,8 +114,20 @@ public final class SocketServer implements AutoCloseable {
                                      Persistence.Options durability, List<String> restore, Limits limits,
                                      SharedMemory shm)
             throws IOException {
-        SocketServer s = new SocketServer(threads);
+        return start(listen, exposure, new CpuEngine(threads), memoryLimit, durability, restore, limits, shm);
+    }
+
+    /**
+     * As {@link #start(List, Exposure, int, long, Persistence.Options, List, Limits, SharedMemory)},
+     * computing on {@code engine}, which the server then owns and closes.
+     */
+    public static SocketServer start(List<ListenAddress> listen, Exposure exposure, Engine engine, long memoryLimit,
+                                     Persistence.Options durability, List<String> restore, Limits limits,
+                                     SharedMemory shm)
+            throws IOException {
+        SocketServer s = new SocketServer(engine);
         s.tls = exposure.tls();
+        s.tokens = exposure.tokens();
         try {
             List<NettyServerBuilder> transports = new ArrayList<>();
             for (ListenAddress address : listen) {
@@ -113,7 +135,8 @@ public final class SocketServer implements AutoCloseable {
             }
             List<NettyServerBuilder> healthOnly = exposure.healthAddress() == null ? List.of()
                     : List.of(s.transport(exposure.healthAddress(), null));
-            s.server = SidecarServer.start(new SidecarServer.Endpoints(transports, healthOnly, exposure.reflection()),
+            s.server = SidecarServer.start(new SidecarServer.Endpoints(transports, healthOnly, exposure.reflection(),
+                            exposure.tokens()),
                     s.engine, memoryLimit, durability, restore, limits, shm);
         } catch (IOException e) {
             s.close();
@@ -132,11 +155,25 @@ public final class SocketServer implements AutoCloseable {
                 ? ", TCP with mutual TLS" : ", TCP with TLS";
         String health = exposure.healthAddress() == null ? "" : ", health on " + new ListenAddress.Tcp(
                 exposure.healthAddress().host(), s.server.healthPort());
+        String tokens = exposure.tokens() == null ? "" : ", tokens from " + exposure.tokens().file();
+        warnIfOpenToOtherHosts(s.listening, exposure);
         LOG.info(() -> "optsidecar serving on " + s.listening.stream().map(Object::toString)
-                .collect(java.util.stream.Collectors.joining(", ")) + security + health
-                + " (" + threads + " engine threads, "
+                .collect(java.util.stream.Collectors.joining(", ")) + security + tokens + health
+                + " (" + (engine.device().isEmpty() ? engine.threads() + " engine threads"
+                        : "engine " + engine.name() + " on " + engine.device()) + ", "
                 + (Epoll.isAvailable() ? "epoll" : "nio") + ", memory limit " + memoryLimit + " bytes)");
         return s;
+    }
+
+    /** Neither tokens nor client certificates, on an address other hosts reach: anyone there may do anything. */
+    private static void warnIfOpenToOtherHosts(List<ListenAddress> listen, Exposure exposure) {
+        List<ListenAddress.Tcp> reachable = Plaintext.reachableFromOtherHosts(listen);
+        if (exposure.tokens() == null && !reachable.isEmpty()
+                && (exposure.tls() == null || !exposure.tls().requiresClientCertificates())) {
+            LOG.warning(() -> "the API on " + reachable.stream().map(Object::toString)
+                    .collect(java.util.stream.Collectors.joining(", ")) + " is open to other hosts without"
+                    + " --auth-tokens: whoever reaches it may step, overwrite, restore or delete any model");
+        }
     }
 
     /** A failed bind, said plainly: the address, and the operating system's reason (port in use...). */
@@ -212,6 +249,9 @@ public final class SocketServer implements AutoCloseable {
         engine.close();
         if (tls != null) {
             tls.close();
+        }
+        if (tokens != null) {
+            tokens.close();
         }
         // Event loops end once their last channel is closed; waiting keeps them from outliving the server.
         boss.shutdownGracefully(0, 1, TimeUnit.SECONDS).awaitUninterruptibly();

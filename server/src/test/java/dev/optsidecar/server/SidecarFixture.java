@@ -145,6 +145,14 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
         return sharedMemory;
     }
 
+    /** Computes on engines {@code factory} makes (in-process servers; the fixture closes them) instead of the CPU's. */
+    public SidecarFixture engine(java.util.function.Supplier<dev.optsidecar.server.engine.Engine> factory) {
+        this.engineFactory = factory;
+        return this;
+    }
+
+    private java.util.function.Supplier<dev.optsidecar.server.engine.Engine> engineFactory;
+
     /** Starts the server and connects the clients; returns this fixture. */
     public SidecarFixture start() throws IOException {
         severe = new SevereLogs();
@@ -157,7 +165,8 @@ public final class SidecarFixture implements AutoCloseable, BeforeAllCallback, A
             port = s.port();
             client = OptSidecarClient.connect(target());
         } else {
-            CpuEngine engine = new CpuEngine(threads);
+            dev.optsidecar.server.engine.Engine engine = engineFactory != null ? engineFactory.get()
+                    : new CpuEngine(threads);
             closeInReverse.add(engine);
             server = SidecarServer.start(SidecarServer.Endpoints.of(List.of(InProcessServerBuilder.forName(inProcessName)
                     .maxInboundMessageSize(SidecarServer.MAX_MESSAGE_BYTES)

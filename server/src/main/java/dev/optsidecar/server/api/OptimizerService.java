@@ -33,6 +33,7 @@ import dev.optsidecar.proto.v1.SnapshotRequest;
 import dev.optsidecar.proto.v1.ServerInfoRequest;
 import dev.optsidecar.proto.v1.ServerInfoResponse;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.auth.Caller;
 import dev.optsidecar.server.durability.Persistence;
 import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.model.ClientFigures;
@@ -81,7 +82,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
         unary(out, () -> ServerInfoResponse.newBuilder()
                 .setVersion(VERSION)
                 .setShmDir(sharedMemory.enabled() ? sharedMemory.dir().toString() : "")
-                .setEngine("cpu")
+                .setEngine(registry.engine().name())
+                .setDevice(registry.engine().device())
                 .build());
     }
 
@@ -158,10 +160,10 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     /** Writes the view into the request's segment; the answer is one chunk without data, naming view and version. */
     private WeightsChunk pullIntoSegment(PullRequest request) {
         Model model = registry.get(request.getModel(), "model");
-        Model.ResolvedView view = model.resolveView(request.getView(), "view", false);
+        Model.ResolvedView view = model.resolveView(request.getView(), "view", false).readInPlace();
         try (SegmentFile segment = sharedMemory.open(request.getShared(), model.tensorNumels(), "shared")) {
             ViewReader reader = model.read(view, request.getTensorsList(), "tensors");
-            long version = SegmentTransfer.writeView(reader, segment);
+            long version = SegmentTransfer.writeView(reader, segment).version();
             return WeightsChunk.newBuilder().setView(reader.view()).setVersion(version).build();
         }
     }
@@ -173,7 +175,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     @Override
     public void list(ListRequest request, StreamObserver<ListResponse> out) {
-        unary(out, () -> ListResponse.newBuilder().addAllModels(registry.names()).build());
+        unary(out, () -> ListResponse.newBuilder()
+                .addAllModels(registry.names().stream().filter(Caller::maySee).toList()).build());
     }
 
     @Override
@@ -205,7 +208,8 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     @Override
     public void listSnapshots(ListSnapshotsRequest request, StreamObserver<ListSnapshotsResponse> out) {
         unary(out, () -> ListSnapshotsResponse.newBuilder().addAllSnapshots(request.getModel().isEmpty()
-                ? persistence().store().listAll() : persistence().store().list(request.getModel())).build());
+                ? persistence().store().listAll().stream().filter(s -> Caller.maySee(s.getModel())).toList()
+                : persistence().store().list(request.getModel())).build());
     }
 
     @Override

@@ -20,14 +20,15 @@ import java.util.logging.Logger;
  * details (google.rpc.Status in the grpc-status-details-bin trailer): an ErrorInfo with the
  * {@link OptError.Reason}, and for INVALID_ARGUMENT a BadRequest naming the field.
  */
-final class Statuses {
+public final class Statuses {
     private static final Logger LOG = Logger.getLogger(Statuses.class.getName());
     /** ErrorInfo.domain of every error this server makes. */
     static final String DOMAIN = "optsidecar.dev";
 
     private Statuses() {}
 
-    static StatusRuntimeException toStatus(Throwable t) {
+    /** The status (with its details in the trailers) that a call failing with {@code t} ends with. */
+    public static StatusRuntimeException toStatus(Throwable t) {
         if (t instanceof StatusRuntimeException s) {
             return s;
         }
@@ -43,6 +44,8 @@ final class Statuses {
                 case UNAVAILABLE -> Status.Code.UNAVAILABLE;
                 case DATA_LOSS -> Status.Code.DATA_LOSS;
                 case INTERNAL -> Status.Code.INTERNAL;
+                case UNAUTHENTICATED -> Status.Code.UNAUTHENTICATED;
+                case PERMISSION_DENIED -> Status.Code.PERMISSION_DENIED;
             };
             if (e.getCause() != null) {
                 LOG.log(Level.WARNING, e.getMessage(), e.getCause());

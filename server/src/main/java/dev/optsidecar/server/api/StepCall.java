@@ -208,7 +208,8 @@ final class StepCall implements StreamObserver<StepRequest> {
         WireNumbers.count(c.getStepId(), "commit.step_id");
         StepOptions options = StepOptions.of(c);
         Model.ResolvedView resolved = m.resolveView(c.getView(), "commit.view", true);
-        Model.ResolvedView view = resolved == null ? null : resolved.sentAs(wire);
+        Model.ResolvedView view = resolved == null ? null
+                : segment != null ? resolved.sentAs(wire).readInPlace() : resolved.sentAs(wire);
         if (assembly == null) {
             replayedStepId = null;
             StepResult stored = m.appliedResult(session, c.getStepId());
@@ -319,9 +320,14 @@ final class StepCall implements StreamObserver<StepRequest> {
     private void send(StepResult result, ViewReader weights) {
         lastActivityNanos = System.nanoTime(); // the time the step took is not the client's idleness
         if (weights != null && segment != null) {
-            long version = SegmentTransfer.writeView(weights, segment, meter::sentToSegment);
-            out.onNext(StepResponse.newBuilder().setResult(result.toBuilder().setWeightsInSegment(true)
-                    .setWeightsVersion(version)).build());
+            SegmentTransfer.WrittenView written = SegmentTransfer.writeView(weights, segment);
+            StepResult.Builder withWeights = result.toBuilder().setWeightsInSegment(true)
+                    .setWeightsVersion(written.version()).clearWeightsCrc32C();
+            for (int crc : written.crc32c()) {
+                withWeights.addWeightsCrc32C(crc);
+            }
+            meter.sentToSegment(written.bytes());
+            out.onNext(StepResponse.newBuilder().setResult(withWeights).build());
             meter.sent();
             return;
         }

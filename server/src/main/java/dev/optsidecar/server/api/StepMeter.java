@@ -107,7 +107,9 @@ final class StepMeter {
             return;
         }
         String reason = e instanceof OptError oe ? oe.reason().name() : Statuses.toStatus(e).getStatus().getCode().name();
-        metrics.stepRejected(model, reason);
+        if (!reason.equals(OptError.Reason.MODEL_NOT_FOUND.name())) { // a deleted model's series stay gone
+            metrics.stepRejected(model, reason);
+        }
         receiving = -1;
         sending = -1;
     }

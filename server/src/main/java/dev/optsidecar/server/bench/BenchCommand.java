@@ -124,11 +124,19 @@ public final class BenchCommand implements Callable<Integer> {
                 System.getProperty("java.vm.name"), System.getProperty("java.vm.version"),
                 System.getProperty("java.vm.vendor"), rt.availableProcessors(), threads, rt.maxMemory() / 1e9,
                 warmup, iterations);
+        long tables = java.util.stream.Stream.of(skipEngine, skipE2e, skipJournal, skipTrainers, skipSnapshot)
+                .filter(skip -> !skip).count();
+        // On stderr through the log, every few seconds: stdout stays the tables.
+        dev.optsidecar.server.observe.Progress progress = dev.optsidecar.server.observe.Progress.start(
+                java.util.logging.Logger.getLogger(BenchCommand.class.getName()), "bench", null, "bench", "tables",
+                tables);
         if (!skipEngine) {
             new EngineBench(threads, warmup, iterations).run(sizes);
+            progress.advance(1);
         }
         if (!skipE2e) {
             new EndToEndBench(threads, warmup, iterations).run(e2eMegabytes);
+            progress.advance(1);
         }
         if (!skipJournal) {
             Path dir = scratchDir("optsidecar-journal-bench-");
@@ -137,15 +145,19 @@ public final class BenchCommand implements Callable<Integer> {
             } finally {
                 FileTrees.delete(dir);
             }
+            progress.advance(1);
         }
         if (!skipTrainers) {
             new TrainersBench(threads, trainersWarmupSeconds, trainersSeconds, System.out).run(
                     trainersMegabytes.stream().map(mb -> mb * 1_000_000L / Float.BYTES).toList(),
                     trainersModes.stream().distinct().toList(), trainersClients.stream().distinct().toList());
+            progress.advance(1);
         }
         if (!skipSnapshot) {
             runSnapshot();
+            progress.advance(1);
         }
+        progress.finish();
         return 0;
     }
 

@@ -46,11 +46,16 @@ public final class ConformanceRunner {
                     .toList();
         }
         List<CaseResult> results = new ArrayList<>();
+        dev.optsidecar.server.observe.Progress progress = dev.optsidecar.server.observe.Progress.start(
+                java.util.logging.Logger.getLogger(ConformanceRunner.class.getName()), "conformance", null,
+                "conformance run of " + dir, "cases", files.size());
         for (Path file : files) {
             CaseResult r = runFile(file);
             out.println(r.line());
             results.add(r);
+            progress.advance(1);
         }
+        progress.finish();
         Summary summary = new Summary(results);
         if (summary.skipped() > 0) {
             out.println("skipped: " + summary.skipped());

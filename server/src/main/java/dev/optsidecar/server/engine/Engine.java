@@ -28,6 +28,16 @@ public interface Engine extends AutoCloseable {
      */
     double runMeasuringUpdate(List<TensorProgram> programs);
 
+    /** The engine's kind as ServerInfo reports it: "cpu" or "cuda". */
+    default String name() {
+        return "cpu";
+    }
+
+    /** The device the engine computes on, for ServerInfo and logs; empty for the CPU. */
+    default String device() {
+        return "";
+    }
+
     /** Number of threads the engine computes on. */
     int threads();
 

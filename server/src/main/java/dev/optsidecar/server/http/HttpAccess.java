@@ -19,6 +19,11 @@ public interface HttpAccess {
      */
     Decision check(String authorization, String role, String model);
 
+    /** Whether the model list (/api/models) shows {@code model} to this caller. */
+    default boolean mayList(String authorization, String model) {
+        return true;
+    }
+
     /** Everyone may read: the server has no access rules. */
     HttpAccess ALLOW_ALL = (authorization, role, model) -> Decision.ALLOW;
 }

@@ -103,7 +103,9 @@ public final class HttpApi implements AutoCloseable {
             https.setHttpsConfigurator(new HttpsConfigurator(tls.sslContext()) {
                 @Override
                 public void configure(HttpsParameters params) {
-                    params.setNeedClientAuth(clientCertificates);
+                    javax.net.ssl.SSLParameters ssl = getSSLContext().getDefaultSSLParameters();
+                    ssl.setNeedClientAuth(clientCertificates);
+                    params.setSSLParameters(ssl);
                 }
             });
             server = https;
@@ -127,11 +129,16 @@ public final class HttpApi implements AutoCloseable {
             }
             String path = exchange.getRequestURI().getPath();
             if (path.equals("/metrics") || path.equals("/api") || path.startsWith("/api/")) {
-                // Split before decoding: a model's name may hold a slash (sweep/adam/lr=0.01), sent as %2F.
+                // Split before decoding: a model name may hold '/', sent as %2F.
                 List<String> parts = apiParts(exchange.getRequestURI().getRawPath());
                 String model = parts.size() >= 2 ? parts.get(1) : null;
-                HttpAccess.Decision decision = access.check(exchange.getRequestHeaders().getFirst("Authorization"),
-                        HttpAccess.READER, model);
+                String authorization = exchange.getRequestHeaders().getFirst("Authorization");
+                // The model list is filtered by model instead: any known token may ask for it.
+                boolean list = parts.size() == 1 && parts.get(0).equals("models");
+                HttpAccess.Decision decision = list
+                        ? access.check(authorization, HttpAccess.READER, null) == HttpAccess.Decision.UNAUTHENTICATED
+                        ? HttpAccess.Decision.UNAUTHENTICATED : HttpAccess.Decision.ALLOW
+                        : access.check(authorization, HttpAccess.READER, model);
                 if (decision == HttpAccess.Decision.UNAUTHENTICATED) {
                     exchange.getResponseHeaders().set("WWW-Authenticate", "Bearer");
                     error(exchange, 401, "a bearer token is required");
@@ -144,7 +151,7 @@ public final class HttpApi implements AutoCloseable {
                 if (path.equals("/metrics")) {
                     metrics.handle(exchange);
                 } else {
-                    api(exchange, parts);
+                    api(exchange, parts, authorization);
                 }
                 return;
             }
@@ -162,12 +169,12 @@ public final class HttpApi implements AutoCloseable {
         String[] raw = path.substring("/api/".length()).split("/", -1);
         List<String> parts = new java.util.ArrayList<>();
         for (String p : raw) {
-            parts.add(URLDecoder.decode(p, StandardCharsets.UTF_8));
+            parts.add(URLDecoder.decode(p.replace("+", "%2B"), StandardCharsets.UTF_8)); // a path's '+' is itself
         }
         return parts;
     }
 
-    private void api(HttpExchange exchange, List<String> parts) throws IOException {
+    private void api(HttpExchange exchange, List<String> parts, String authorization) throws IOException {
         Map<String, String> query = query(exchange.getRequestURI().getRawQuery());
         try {
             if (parts.isEmpty() || !parts.get(0).equals("models") || parts.size() > 3) {
@@ -177,6 +184,9 @@ public final class HttpApi implements AutoCloseable {
                 StringBuilder body = new StringBuilder("{\"models\":[");
                 String sep = "";
                 for (Model m : registry.models()) {
+                    if (!access.mayList(authorization, m.name())) {
+                        continue;
+                    }
                     try {
                         body.append(sep).append(PROTO_JSON.print(describe(m, brief)));
                         sep = ",";

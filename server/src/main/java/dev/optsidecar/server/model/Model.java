@@ -378,6 +378,11 @@ public final class Model {
      * write lock) cannot free them mid-copy, and a chunk for a model deleted mid-step is NOT_FOUND.
      */
     public String addChunk(StepAssembly a, int tensor, long offset, java.nio.ByteBuffer data, WireType wire) {
+        return ingesting(a, () -> a.add(tensor, offset, data, wire));
+    }
+
+    /** Runs an ingest into {@code a} under the read lock, while the model and the step are current. */
+    private String ingesting(StepAssembly a, java.util.function.Supplier<String> ingest) {
         checkLive();
         checkCurrent(a);
         // tryReadLock first: it ignores queued writers, so a Delete waiting for this stream's own
@@ -390,10 +395,19 @@ public final class Model {
         try {
             checkLive();
             checkCurrent(a);
-            return a.add(tensor, offset, data, wire);
+            return ingest.get();
         } finally {
             lock.unlockRead(stamp);
         }
+    }
+
+    /**
+     * Ingests pieces read from a shared segment on up to {@code threads} threads (see {@link
+     * StepAssembly#addAll}); returns the first non-finite value's description, or null.
+     */
+    public String addPieces(StepAssembly a, List<StepAssembly.Piece> pieces, StepAssembly.PieceReader reader,
+                            java.util.concurrent.Executor helpers, int threads) {
+        return ingesting(a, () -> a.addAll(pieces, reader, helpers, threads));
     }
 
     // ------------------------------------------------------------------------------------------
@@ -769,18 +783,28 @@ public final class Model {
      * the state slot it reads (null for θ and computed views), which not every tensor may have.
      */
     /** A view to read, with the element type its chunks are sent as. */
-    public record ResolvedView(View label, ViewSource source, String slot, WireType wire) {
+    /**
+     * A view to read: its label, where its values come from, and how it is read out. {@code inPlace}:
+     * read straight into its destination (a shared segment) under the read lock, rather than copied
+     * out first so that a slow network receiver holds up no step.
+     */
+    public record ResolvedView(View label, ViewSource source, String slot, WireType wire, boolean inPlace) {
         ResolvedView(View label, ViewSource source) {
             this(label, source, null);
         }
 
         ResolvedView(View label, ViewSource source, String slot) {
-            this(label, source, slot, WireType.FLOAT32);
+            this(label, source, slot, WireType.FLOAT32, false);
         }
 
         /** The same view, sent as {@code type}. */
         public ResolvedView sentAs(WireType type) {
-            return new ResolvedView(label, source, slot, type);
+            return new ResolvedView(label, source, slot, type, inPlace);
+        }
+
+        /** The same view, read straight into a destination that never blocks (see {@code inPlace}). */
+        public ResolvedView readInPlace() {
+            return new ResolvedView(label, source, slot, wire, true);
         }
     }
 }

@@ -182,8 +182,9 @@ final class ModelFactory {
         } catch (OutOfMemoryError e) {
             tensors.forEach(t -> t.storage.free());
             registry.release(bytes);
-            throw OptError.exhausted("model '%s': out of memory allocating %d bytes; raise the JVM heap (-Xmx)"
-                    + " or lower --memory-limit", Echo.of(name), bytes).withReason(OptError.Reason.OUT_OF_MEMORY).with("model", Echo.of(name));
+            throw OptError.exhausted("model '%s': out of memory allocating %d bytes; " + (engine.name().equals("cpu")
+                    ? "raise the JVM heap (-Xmx) or lower --memory-limit" : "the device is full: lower --memory-limit"),
+                    Echo.of(name), bytes).withReason(OptError.Reason.OUT_OF_MEMORY).with("model", Echo.of(name));
         }
         Model model = new Model(spec, tensors, new ArrayList<>(groups.values()), training, engine, bytes + metadata,
                 registry, timers);

@@ -5,6 +5,7 @@ import dev.optsidecar.proto.v1.ModelSpec;
 import dev.optsidecar.proto.v1.ModelState;
 import dev.optsidecar.proto.v1.Schedule;
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.observe.Progress;
 import dev.optsidecar.server.snapshot.SafetensorsFile;
 import dev.optsidecar.server.snapshot.Snapshot;
 
@@ -18,6 +19,8 @@ import java.util.List;
  * yet visible, so journaled steps can be replayed on it first.
  */
 public final class ModelLoader {
+    private static final java.util.logging.Logger LOG =
+            java.util.logging.Logger.getLogger(ModelLoader.class.getName());
     private ModelLoader() {}
 
     /** Loads a verified snapshot under {@code name}; with {@code replacing}, a model of that name may exist. */
@@ -38,18 +41,27 @@ public final class ModelLoader {
         PendingModel pending = registry.prepare(spec, replacing);
         try {
             List<TensorEntry> tensors = pending.model().tensors();
+            Progress progress = Progress.start(LOG, "load_snapshot", name, "loading snapshot " + snapshot.id()
+                    + " of model '" + snapshot.info().getModel() + "'", "bytes", dataBytes(tensors, state));
             for (TensorEntry t : tensors) {
                 if (!weights.tensors().containsKey(t.name)) {
                     throw OptError.dataLoss("snapshot %s: %s lacks tensor '%s'", snapshot.id(), ModelCapture.WEIGHTS_FILE, t.name);
                 }
-                weights.readAll(t.name, (offset, data) -> pending.addWeights(t.index, offset, data));
+                weights.readAll(t.name, (offset, data) -> {
+                    progress.advance(data.remaining());
+                    pending.addWeights(t.index, offset, data);
+                });
                 for (String slot : t.slots) {
                     String key = t.name + "/" + slot;
                     if (state.tensors().containsKey(key)) {
-                        state.readAll(key, (offset, data) -> pending.addState(t.index, slot, offset, data));
+                        state.readAll(key, (offset, data) -> {
+                            progress.advance(data.remaining());
+                            pending.addState(t.index, slot, offset, data);
+                        });
                     }
                 }
             }
+            progress.finish();
             pending.model().setRun(meta.path("run").asText());
             pending.complete();
             return pending;
@@ -57,6 +69,18 @@ public final class ModelLoader {
             pending.discard();
             throw e;
         }
+    }
+
+    /** The float32 bytes a snapshot's tensors and their saved state slots hold. */
+    private static long dataBytes(List<TensorEntry> tensors, SafetensorsFile state) {
+        long bytes = 0;
+        for (TensorEntry t : tensors) {
+            bytes += t.numel * Float.BYTES;
+            for (String slot : t.slots) {
+                bytes += state.tensors().containsKey(t.name + "/" + slot) ? t.numel * Float.BYTES : 0;
+            }
+        }
+        return bytes;
     }
 
     /**

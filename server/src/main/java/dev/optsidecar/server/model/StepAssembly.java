@@ -1,6 +1,7 @@
 package dev.optsidecar.server.model;
 
 import dev.optsidecar.server.OptError;
+import dev.optsidecar.server.Parallel;
 import dev.optsidecar.server.engine.Ingest;
 import dev.optsidecar.server.engine.WireType;
 
@@ -71,6 +72,71 @@ public final class StepAssembly {
             sumOfSquares += ingest.sumOfSquares();
         }
         return bad >= 0 ? nonFinite : null;
+    }
+
+    /** A chunk of float32 elements to ingest: where it goes, and how many. */
+    public record Piece(int tensor, long offset, int count) {}
+
+    /** Reads a piece's bytes, on the thread that ingests it (so each thread may use its own buffer). */
+    @FunctionalInterface
+    public interface PieceReader {
+        ByteBuffer read(Piece piece);
+    }
+
+    /**
+     * Ingests float32 pieces on up to {@code threads} threads ({@code helpers} runs the others):
+     * each is read and copied into the gradient buffer by whichever thread takes it, and the
+     * figures are then folded in piece order, so the sum of squares and the first non-finite value
+     * are those of {@link #add} called piece by piece. On a failure the first one (in the order
+     * pieces were taken) is thrown once every thread has stopped; the assembly is then spoiled
+     * (its buffers partly written), as after any failed chunk.
+     *
+     * @return the first non-finite value's description, or null
+     */
+    String addAll(List<Piece> pieces, PieceReader reader, java.util.concurrent.Executor helpers, int threads) {
+        for (Piece p : pieces) {
+            TensorEntry t = checkRange(p);
+            if (coverage[p.tensor()].overlaps(p.offset(), p.offset() + p.count())) {
+                throw OptError.invalid("%s: elements [%d, %d) overlap elements already sent in step %d",
+                        t.describe(), p.offset(), p.offset() + p.count(), stepId).withField("chunk.offset");
+            }
+        }
+        Ingest[] ingested = new Ingest[pieces.size()];
+        Parallel.forEach(ingested.length, threads, helpers, i -> {
+            Piece p = pieces.get(i);
+            ByteBuffer data = reader.read(p);
+            ingested[i] = tensors.get(p.tensor()).storage.writeGradient(session.handles[p.tensor()], p.offset(), data,
+                    WireType.FLOAT32);
+        });
+        String first = null;
+        for (int i = 0; i < ingested.length; i++) {
+            Piece p = pieces.get(i);
+            coverage[p.tensor()].add(p.offset(), p.offset() + p.count());
+            long bad = ingested[i].firstNonFinite();
+            if (bad >= 0 && nonFinite == null) {
+                nonFinite = "gradient of " + tensors.get(p.tensor()).describe() + " has a non-finite value at element "
+                        + bad;
+            }
+            if (bad >= 0 && first == null) {
+                first = nonFinite;
+            }
+            if (bad < 0) {
+                sumOfSquares += ingested[i].sumOfSquares();
+            }
+        }
+        return first;
+    }
+
+    private TensorEntry checkRange(Piece p) {
+        if (p.tensor() < 0 || p.tensor() >= tensors.size()) {
+            throw new IllegalArgumentException("piece of tensor " + p.tensor() + " outside the model's " + tensors.size());
+        }
+        TensorEntry t = tensors.get(p.tensor());
+        if (p.count() <= 0 || p.count() > MAX_CHUNK_BYTES / Float.BYTES || p.offset() < 0
+                || p.offset() > t.numel - p.count()) {
+            throw new IllegalArgumentException("piece [" + p.offset() + ", +" + p.count() + ") of " + t.describe());
+        }
+        return t;
     }
 
     /** Validates a float32 chunk's tensor index, size and range against the model's tensors. */

@@ -26,7 +26,7 @@ public final class ViewReader implements AutoCloseable {
     private final WireType wire;
     private final List<TensorEntry> tensors;
     private final long version;
-    private long stamp;
+    private volatile long stamp;
     private int tensor;
     private long offset;
     private Published published;
@@ -66,7 +66,7 @@ public final class ViewReader implements AutoCloseable {
         this.tensors = tensors;
         this.version = version;
         this.stamp = stamp;
-        Published copy = copyOut(model, resolved, tensors, version);
+        Published copy = resolved.inPlace() ? null : copyOut(model, resolved, tensors, version);
         if (copy != null) {
             copy.retain();
             published = copy;
@@ -158,6 +158,42 @@ public final class ViewReader implements AutoCloseable {
             offset = 0;
         }
         return chunk;
+    }
+
+    /** A stretch of one tensor of the view: tensor {@code tensor}'s elements [offset, offset + count). */
+    public record Piece(int tensor, long offset, int count) {}
+
+    /**
+     * The view cut into pieces of at most {@code maxBytes} bytes, tensor by tensor, for a reader
+     * that streams under the read lock ({@link #streams}); {@link #readPiece} reads each, from any
+     * thread, until the reader is closed.
+     */
+    public synchronized List<Piece> pieces(int maxBytes) {
+        if (published != null) {
+            throw new IllegalStateException("the view was copied out: read its chunks with next()");
+        }
+        List<Piece> pieces = new ArrayList<>();
+        for (TensorEntry t : tensors) {
+            for (long at = 0; at < t.numel; ) {
+                int count = (int) Math.min(maxBytes / wire.bytes, t.numel - at);
+                pieces.add(new Piece(t.index, at, count));
+                at += count;
+            }
+        }
+        return pieces;
+    }
+
+    /** Writes {@code piece}'s values into {@code dst} from its position (see {@link #pieces}). */
+    public void readPiece(Piece piece, ByteBuffer dst) {
+        if (stamp == 0) {
+            throw new IllegalStateException("the reader holds no read lock");
+        }
+        source.read(model.tensors().get(piece.tensor()), piece.offset(), piece.count(), dst, wire);
+    }
+
+    /** Whether this reader produces each piece as it is read, under the read lock (else from a copy). */
+    public synchronized boolean streams() {
+        return published == null;
     }
 
     /** Releases the read lock or the copy; safe to call more than once. */

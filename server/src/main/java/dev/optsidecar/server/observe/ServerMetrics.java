@@ -5,6 +5,7 @@ import io.prometheus.metrics.core.metrics.Gauge;
 import io.prometheus.metrics.core.metrics.GaugeWithCallback;
 import io.prometheus.metrics.core.metrics.Histogram;
 import io.prometheus.metrics.instrumentation.jvm.JvmMetrics;
+import io.prometheus.metrics.model.registry.MultiCollector;
 import io.prometheus.metrics.model.registry.PrometheusRegistry;
 
 import java.util.Locale;
@@ -77,10 +78,22 @@ public final class ServerMetrics {
     private ServerMetrics() {
     }
 
+    /**
+     * The JVM's metrics, registered once per process: the library keeps every registry it
+     * registered them with, and a registry per server would keep each closed server's models alive.
+     */
+    private static final class Jvm {
+        static final PrometheusRegistry METRICS = new PrometheusRegistry();
+
+        static {
+            JvmMetrics.builder().register(METRICS);
+        }
+    }
+
     /** A server's metrics with the JVM's (memory, GC, threads, classes...) beside them. */
     public static ServerMetrics create() {
         ServerMetrics m = new ServerMetrics();
-        JvmMetrics.builder().register(m.registry);
+        m.registry.register((MultiCollector) Jvm.METRICS::scrape);
         return m;
     }
 

@@ -32,7 +32,9 @@ public final class SegmentFile implements AutoCloseable {
     private final FileChannel channel;
     private final SegmentLayout layout;
     private final Runnable onClose;
-    private boolean closed;
+    private volatile boolean closed;
+    /** Positional reads and writes share it; closing takes it alone. */
+    private final java.util.concurrent.locks.ReentrantReadWriteLock io = new java.util.concurrent.locks.ReentrantReadWriteLock();
 
     private SegmentFile(String name, Path path, Object fileKey, FileChannel channel, SegmentLayout layout,
                         Runnable onClose) {
@@ -124,34 +126,38 @@ public final class SegmentFile implements AutoCloseable {
     }
 
     /** Copies the gradient of {@code tensor} from element {@code element} into {@code dst}, filling it. */
-    public synchronized void readGradient(int tensor, long element, ByteBuffer dst) {
+    public void readGradient(int tensor, long element, ByteBuffer dst) {
         read(layout.gradient(tensor) + element * Float.BYTES, dst);
     }
 
     /** Copies the weights of {@code tensor} from element {@code element} into {@code dst}, filling it. */
-    public synchronized void readWeights(int tensor, long element, ByteBuffer dst) {
+    public void readWeights(int tensor, long element, ByteBuffer dst) {
         read(layout.weights(tensor) + element * Float.BYTES, dst);
     }
 
     /** Copies {@code src} into the weights of {@code tensor} from element {@code element}. */
-    public synchronized void writeWeights(int tensor, long element, ByteBuffer src) {
-        checkOpen();
+    public void writeWeights(int tensor, long element, ByteBuffer src) {
         long position = layout.weights(tensor) + element * Float.BYTES;
-        checkSize();
+        io.readLock().lock();
         try {
+            checkOpen();
+            checkSize();
             while (src.hasRemaining()) {
                 position += channel.write(src, position);
             }
+            checkSize();
         } catch (IOException e) {
             throw fault("cannot be written: " + e.getMessage());
+        } finally {
+            io.readLock().unlock();
         }
-        checkSize();
     }
 
     private void read(long position, ByteBuffer dst) {
-        checkOpen();
-        checkSize();
+        io.readLock().lock();
         try {
+            checkOpen();
+            checkSize();
             while (dst.hasRemaining()) {
                 int n = channel.read(dst, position);
                 if (n < 0) {
@@ -161,6 +167,8 @@ public final class SegmentFile implements AutoCloseable {
             }
         } catch (IOException e) {
             throw fault("cannot be read: " + e.getMessage());
+        } finally {
+            io.readLock().unlock();
         }
     }
 
@@ -192,11 +200,16 @@ public final class SegmentFile implements AutoCloseable {
      * still names it), so that an abandoned segment's grace period counts from its last use.
      */
     @Override
-    public synchronized void close() {
-        if (closed) {
-            return;
+    public void close() {
+        io.writeLock().lock(); // waits for reads and writes under way: positional I/O runs on several threads
+        try {
+            if (closed) {
+                return;
+            }
+            closed = true;
+        } finally {
+            io.writeLock().unlock();
         }
-        closed = true;
         try {
             BasicFileAttributes attrs = Files.readAttributes(path, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
             if (Objects.equals(attrs.fileKey(), fileKey)) {

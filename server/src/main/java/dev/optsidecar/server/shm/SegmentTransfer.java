@@ -1,15 +1,19 @@
 package dev.optsidecar.server.shm;
 
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.Parallel;
 import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.StepAssembly;
 import dev.optsidecar.server.model.ViewReader;
 
 import java.nio.ByteBuffer;
+import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
+import java.util.concurrent.ForkJoinPool;
+import java.util.zip.CRC32C;
 
 /**
  * Moves a step's data between a segment and the model through the paths chunks take: what is read
@@ -22,7 +26,9 @@ public final class SegmentTransfer {
 
     /**
      * Reads every tensor not in {@code noGrad} from the segment into {@code assembly}: its gradient,
-     * or for a set-weights step its weights region, where the trainer's parameters live.
+     * or for a set-weights step its weights region, where the trainer's parameters live. The 1 MiB
+     * pieces are read and ingested on up to {@link #COPY_THREADS} threads, with the same figures
+     * (norm, first non-finite value) as chunks sent in that order.
      *
      * @return the first non-finite value's description, or null
      */
@@ -30,9 +36,7 @@ public final class SegmentTransfer {
                                 boolean setsWeights) {
         segment.verify();
         Set<Integer> skip = new HashSet<>(noGrad);
-        // Direct: a positional read fills it straight from the file, with no bounce buffer.
-        ByteBuffer slice = ByteBuffer.allocateDirect(StepAssembly.MAX_CHUNK_BYTES);
-        String nonFinite = null;
+        List<StepAssembly.Piece> pieces = new ArrayList<>();
         for (int t = 0; t < segment.tensors(); t++) {
             if (skip.contains(t)) {
                 continue;
@@ -40,38 +44,85 @@ public final class SegmentTransfer {
             long numel = segment.numel(t);
             for (long at = 0; at < numel; ) {
                 int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / Float.BYTES, numel - at);
-                slice.clear().limit(count * Float.BYTES);
-                if (setsWeights) {
-                    segment.readWeights(t, at, slice);
-                } else {
-                    segment.readGradient(t, at, slice);
-                }
-                slice.flip();
-                String bad = model.addChunk(assembly, t, at, slice, WireType.FLOAT32); // a segment holds float32
-                if (bad != null && nonFinite == null) {
-                    nonFinite = bad;
-                }
+                pieces.add(new StepAssembly.Piece(t, at, count));
                 at += count;
             }
         }
-        return nonFinite;
+        StepAssembly.PieceReader reader = piece -> {
+            ByteBuffer slice = SLICE.get();
+            slice.clear().limit(piece.count() * Float.BYTES);
+            if (setsWeights) {
+                segment.readWeights(piece.tensor(), piece.offset(), slice);
+            } else {
+                segment.readGradient(piece.tensor(), piece.offset(), slice);
+            }
+            return slice.flip();
+        };
+        return model.addPieces(assembly, pieces, reader, ForkJoinPool.commonPool(), COPY_THREADS);
     }
 
-    /** Writes {@code reader}'s view into the segment's weights regions; returns its version. Closes the reader. */
-    public static long writeView(ViewReader reader, SegmentFile segment) {
-        return writeView(reader, segment, bytes -> { });
-    }
+    /**
+     * Threads that copy a step's pieces in: a copy is bound by memory bandwidth, which a few
+     * cores saturate; the calling thread is one of them.
+     */
+    static final int COPY_THREADS = Math.max(1, Math.min(4, ForkJoinPool.getCommonPoolParallelism() + 1));
 
-    /** As {@link #writeView(ViewReader, SegmentFile)}, telling {@code written} the bytes of each piece written. */
-    public static long writeView(ViewReader reader, SegmentFile segment, java.util.function.LongConsumer written) {
+    /** The view written into a segment: its version, the CRC-32C of each 1 MiB piece written in order, its bytes. */
+    public record WrittenView(long version, int[] crc32c, long bytes) {}
+
+    /**
+     * Writes {@code reader}'s view into the segment's weights regions, noting the CRC-32C of each
+     * piece of {@link StepAssembly#MAX_CHUNK_BYTES} written (tensor by tensor; a trainer compares
+     * them with its parameters' to notice its own edits without hashing them twice). A reader that
+     * streams under the read lock has its pieces written on up to {@link #COPY_THREADS} threads,
+     * each from the engine into that thread's direct buffer and from there into the file: one copy
+     * on each side. Closes the reader.
+     */
+    public static WrittenView writeView(ViewReader reader, SegmentFile segment) {
         try (reader) {
             segment.verify();
-            while (reader.hasNext()) {
-                WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
-                segment.writeWeights(chunk.getTensor(), chunk.getOffset(), chunk.getData().asReadOnlyByteBuffer());
-                written.accept(chunk.getData().size());
+            if (!reader.streams()) {
+                List<Integer> sums = new ArrayList<>();
+                long written = 0;
+                while (reader.hasNext()) {
+                    WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
+                    ByteBuffer bytes = chunk.getData().asReadOnlyByteBuffer();
+                    sums.add(crc32c(bytes));
+                    written += bytes.remaining();
+                    segment.writeWeights(chunk.getTensor(), chunk.getOffset(), bytes);
+                }
+                return new WrittenView(reader.version(), sums.stream().mapToInt(Integer::intValue).toArray(), written);
             }
-            return reader.version();
+            List<ViewReader.Piece> pieces = reader.pieces(StepAssembly.MAX_CHUNK_BYTES);
+            int[] sums = new int[pieces.size()];
+            long written = 0;
+            for (ViewReader.Piece piece : pieces) {
+                written += (long) piece.count() * Float.BYTES;
+            }
+            Parallel.forEach(pieces.size(), COPY_THREADS, ForkJoinPool.commonPool(), i -> {
+                ViewReader.Piece piece = pieces.get(i);
+                ByteBuffer slice = SLICE.get();
+                slice.clear();
+                reader.readPiece(piece, slice);
+                slice.flip();
+                sums[i] = crc32c(slice);
+                segment.writeWeights(piece.tensor(), piece.offset(), slice);
+            });
+            return new WrittenView(reader.version(), sums, written);
         }
     }
+
+    private static int crc32c(ByteBuffer bytes) {
+        CRC32C crc = new CRC32C();
+        crc.update(bytes.duplicate());
+        return (int) crc.getValue();
+    }
+
+    /**
+     * One slice per thread, direct: a positional read or write moves it straight to or from the
+     * file (a heap buffer would go through a temporary direct one), and it is not allocated anew
+     * for every step.
+     */
+    private static final ThreadLocal<ByteBuffer> SLICE =
+            ThreadLocal.withInitial(() -> ByteBuffer.allocateDirect(StepAssembly.MAX_CHUNK_BYTES));
 }

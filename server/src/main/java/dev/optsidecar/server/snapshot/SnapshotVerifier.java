@@ -1,6 +1,7 @@
 package dev.optsidecar.server.snapshot;
 
 import dev.optsidecar.proto.v1.SnapshotInfo;
+import dev.optsidecar.server.observe.Progress;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -20,6 +21,8 @@ import java.util.zip.CRC32C;
  * file's presence, size and (when reading data) CRC32C, and (when opening) its header.
  */
 final class SnapshotVerifier {
+    private static final java.util.logging.Logger LOG =
+            java.util.logging.Logger.getLogger(SnapshotVerifier.class.getName());
     private final SnapshotFiles files;
 
     SnapshotVerifier(SnapshotFiles files) {
@@ -55,12 +58,16 @@ final class SnapshotVerifier {
                 throw new Problem(Manifest.FILE_NAME + ": names model '" + manifest.model() + "'");
             }
             info.setModel(manifest.model());
+            long dataBytes = manifest.files().stream().mapToLong(Manifest.FileEntry::bytes).sum();
+            Progress progress = Progress.start(LOG, "verify_snapshot", manifest.model(),
+                    "verifying snapshot " + id + " of model '" + manifest.model() + "'", "bytes", dataBytes);
             for (Manifest.FileEntry f : manifest.files()) {
-                SafetensorsFile sf = checkFile(dir, f, readData, openFiles);
+                SafetensorsFile sf = checkFile(dir, f, readData, openFiles, readData ? progress : null);
                 if (sf != null) {
                     opened.put(f.name(), sf);
                 }
             }
+            progress.finish();
         } catch (Problem e) {
             problem = e.getMessage();
         } catch (IOException e) {
@@ -105,7 +112,8 @@ final class SnapshotVerifier {
         }
     }
 
-    private static SafetensorsFile checkFile(Path dir, Manifest.FileEntry f, boolean readData, boolean open)
+    private static SafetensorsFile checkFile(Path dir, Manifest.FileEntry f, boolean readData, boolean open,
+                                             Progress progress)
             throws Problem, IOException {
         Path p = dir.resolve(f.name());
         if (!Files.isRegularFile(p)) {
@@ -116,7 +124,7 @@ final class SnapshotVerifier {
             throw new Problem(f.name() + (size < f.bytes() ? ": truncated, " : ": too long, ") + size
                     + " bytes where the manifest says " + f.bytes());
         }
-        if (readData && crc32c(p) != f.crc32c()) {
+        if (readData && crc32c(p, progress) != f.crc32c()) {
             throw new Problem(f.name() + ": CRC32C mismatch");
         }
         if (!open) {
@@ -136,12 +144,13 @@ final class SnapshotVerifier {
     }
 
     /** CRC32C of a whole file, read once through a direct buffer. */
-    private static int crc32c(Path p) throws IOException {
+    private static int crc32c(Path p, Progress progress) throws IOException {
         CRC32C crc = new CRC32C();
         ByteBuffer buf = IoBuffers.take();
         try (FileChannel ch = FileChannel.open(p, StandardOpenOption.READ)) {
             while (ch.read(buf.clear()) >= 0) {
                 buf.flip();
+                progress.advance(buf.remaining());
                 crc.update(buf);
             }
         } finally {

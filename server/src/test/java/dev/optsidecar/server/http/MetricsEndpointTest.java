@@ -233,6 +233,47 @@ class MetricsEndpointTest {
         }
     }
 
+    @Test
+    void theApisTokensGuardTheHttpPort(@TempDir Path dir) throws Exception {
+        client.register(TestData.spec("team-a/run", "SGD", TestData.hp("lr", 0.1), 4).build(),
+                TestData.data(TestData.random(4, 1)));
+        client.register(TestData.spec("team-b/run", "SGD", TestData.hp("lr", 0.1), 4).build(),
+                TestData.data(TestData.random(4, 2)));
+        Path file = dev.optsidecar.server.auth.TokenFiles.of()
+                .token("ops", "ops-token", "reader", "*")
+                .token("a-reader", "a-token", "reader", "team-a/*")
+                .writeTo(dir.resolve("tokens.json"));
+        try (dev.optsidecar.server.auth.TokenAuthority tokens = dev.optsidecar.server.auth.TokenAuthority.load(file,
+                java.time.Duration.ofSeconds(5));
+             HttpApi guarded = HttpApi.start(new InetSocketAddress("127.0.0.1", 0), null,
+                     server.server().registry(), server.server().persistence(), new TokenAccess(tokens))) {
+            String base = "http://127.0.0.1:" + guarded.port();
+            java.util.function.BiFunction<String, String, Integer> status = (path, token) -> {
+                HttpRequest.Builder request = HttpRequest.newBuilder(URI.create(base + path));
+                if (token != null) {
+                    request.header("Authorization", "Bearer " + token);
+                }
+                try {
+                    return http.send(request.build(), HttpResponse.BodyHandlers.ofString()).statusCode();
+                } catch (Exception e) {
+                    throw new AssertionError(e);
+                }
+            };
+            assertEquals(401, status.apply("/metrics", null));
+            assertEquals(401, status.apply("/metrics", "not-a-token"));
+            assertEquals(200, status.apply("/metrics", "ops-token"));
+            assertEquals(403, status.apply("/metrics", "a-token")); // its series name every model
+            assertEquals(200, status.apply("/api/models/team-a%2Frun", "a-token"));
+            assertEquals(403, status.apply("/api/models/team-b%2Frun/figures", "a-token"));
+            assertEquals(401, status.apply("/api/models", null));
+            HttpResponse<String> listed = http.send(HttpRequest.newBuilder(URI.create(base + "/api/models"))
+                    .header("Authorization", "Bearer a-token").build(), HttpResponse.BodyHandlers.ofString());
+            List<String> names = new ArrayList<>();
+            json.readTree(listed.body()).get("models").forEach(m -> names.add(m.get("name").asText()));
+            assertEquals(List.of("team-a/run"), names);
+        }
+    }
+
     private HttpResponse<String> get(String path) throws Exception {
         return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + api.port() + path)).build(),
                 HttpResponse.BodyHandlers.ofString());

@@ -129,14 +129,18 @@ class SharedMemoryStepTest {
             RawStep s = open(viaSegment, seg.message);
             for (int k = 1; k <= 3; k++) {
                 float[][] expected = StandardModel.zeros();
-                f.step(viaChunks, grads(k), expected);
+                StepResult viaChunksResult = f.step(viaChunks, grads(k), expected);
                 seg.putGradients(grads(k));
                 s.send(commit(k, ViewKind.VIEW_TRAIN));
                 StepResult r = result(s, k);
+                // Pieces ingested on several threads: the norm of chunks sent in order, to the bit.
+                assertEquals(Double.doubleToRawLongBits(viaChunksResult.getGradNorm()),
+                        Double.doubleToRawLongBits(r.getGradNorm()), "gradient norm, step " + k);
                 assertTrue(r.getWeightsInSegment());
                 assertEquals(k, r.getVersion());
                 assertEquals(k, r.getWeightsVersion());
                 assertBitsEqual(expected, seg.weights(), "weights written into the segment, step " + k);
+                assertEquals(crc32cOf(seg.weights()), r.getWeightsCrc32CList(), "CRC-32C of each piece written");
             }
             s.halfClose();
             assertEquals(Status.Code.OK, s.awaitClose().getCode());
@@ -210,6 +214,23 @@ class SharedMemoryStepTest {
     }
 
     /** Fails if the model's version or weights moved. */
+    /** The CRC-32C of each 1 MiB piece of each tensor's little-endian float32 bytes, as the segment holds them. */
+    private static java.util.List<Integer> crc32cOf(float[][] weights) {
+        int piece = 1 << 20;
+        java.util.List<Integer> out = new java.util.ArrayList<>();
+        for (float[] w : weights) {
+            java.nio.ByteBuffer bytes = java.nio.ByteBuffer.allocate(w.length * Float.BYTES)
+                    .order(java.nio.ByteOrder.LITTLE_ENDIAN);
+            bytes.asFloatBuffer().put(w);
+            for (int at = 0; at < bytes.capacity(); at += piece) {
+                java.util.zip.CRC32C crc = new java.util.zip.CRC32C();
+                crc.update(bytes.array(), at, Math.min(piece, bytes.capacity() - at));
+                out.add((int) crc.getValue());
+            }
+        }
+        return out;
+    }
+
     private static void assertUnchanged(String model, long version, float[][] weights) {
         assertEquals(version, f.describe(model).getVersion());
         assertBitsEqual(weights, f.pull(model), "weights of " + model);

@@ -111,20 +111,23 @@ final class CpuTensor implements EngineTensor {
         return ingest(grads, offset, src);
     }
 
-    /** Copies gradient values in, noting the first NaN or Inf and their sum of squares. */
+    /**
+     * Copies gradient values in, noting their sum of squares and the first NaN or Inf. The squares
+     * are summed in double, where no finite float32 value can overflow, so a finite sum proves every
+     * value finite: the common case is one pass over the (cache-hot) chunk, and the index of a bad
+     * value is searched for only when the sum is not finite.
+     */
     private Ingest ingest(float[][] into, long offset, ByteBuffer src) {
         FloatBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
         int count = in.remaining();
         copyIn(into, offset, in);
-        long bad = firstNonFinite(into, offset, count);
-        return new Ingest(bad, bad >= 0 ? Double.NaN : sumOfSquares(into, offset, count));
+        return checked(into, offset, count);
     }
 
     /**
-     * The 16-bit ingest: each element is widened, stored, and seen by the non-finite check and the
-     * sum of squares in one pass. The squares are summed in the float32 ingest's order (two
-     * interleaved sums per block piece), so a step over 16-bit gradients has the norm, to the bit,
-     * of one over the same values sent as float32.
+     * The 16-bit ingest: each element is widened and stored, then seen by the same sum of squares as
+     * the float32 ingest, so a step over 16-bit gradients has the norm, to the bit, of one over the
+     * same values sent as float32.
      */
     private Ingest ingestWidening(float[][] into, long offset, ByteBuffer src, WireType wire) {
         ShortBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer();
@@ -132,43 +135,29 @@ final class CpuTensor implements EngineTensor {
         short[] bits = shortScratch(count);
         in.get(bits, 0, count);
         boolean bfloat16 = wire == WireType.BFLOAT16;
-        long[] first = {-1};
-        double[] sums = new double[2];
         forEachSegment(offset, count, (b, from, to, done) -> {
             float[] a = into[b];
-            int maxMagnitude = 0;
-            double s0 = 0;
-            double s1 = 0;
             int k = done - from;
-            int i = from;
-            for (; i + 1 < to; i += 2) {
-                float v0 = bfloat16 ? HalfFloats.bfloat16ToFloat(bits[k + i]) : HalfFloats.float16ToFloat(bits[k + i]);
-                float v1 = bfloat16 ? HalfFloats.bfloat16ToFloat(bits[k + i + 1])
-                        : HalfFloats.float16ToFloat(bits[k + i + 1]);
-                a[i] = v0;
-                a[i + 1] = v1;
-                maxMagnitude = Math.max(maxMagnitude, Math.max(Float.floatToRawIntBits(v0) & 0x7fffffff,
-                        Float.floatToRawIntBits(v1) & 0x7fffffff));
-                s0 += (double) v0 * v0;
-                s1 += (double) v1 * v1;
-            }
-            if (i < to) {
-                float v = bfloat16 ? HalfFloats.bfloat16ToFloat(bits[k + i]) : HalfFloats.float16ToFloat(bits[k + i]);
-                a[i] = v;
-                maxMagnitude = Math.max(maxMagnitude, Float.floatToRawIntBits(v) & 0x7fffffff);
-                s0 += (double) v * v;
-            }
-            sums[0] += s0;
-            sums[1] += s1;
-            if (first[0] < 0 && maxMagnitude >= 0x7f800000) {
-                for (int j = from; j < to && first[0] < 0; j++) {
-                    if (!Float.isFinite(a[j])) {
-                        first[0] = ((long) b << blockShift) + j;
-                    }
+            if (bfloat16) {
+                for (int i = from; i < to; i++) {
+                    a[i] = HalfFloats.bfloat16ToFloat(bits[k + i]);
+                }
+            } else {
+                for (int i = from; i < to; i++) {
+                    a[i] = HalfFloats.float16ToFloat(bits[k + i]);
                 }
             }
         });
-        return new Ingest(first[0], first[0] >= 0 ? Double.NaN : sums[0] + sums[1]);
+        return checked(into, offset, count);
+    }
+
+    /** The ingest figures of elements already stored: their sum of squares, or the first non-finite one. */
+    private Ingest checked(float[][] blocks, long offset, int count) {
+        double sum = sumOfSquares(blocks, offset, count);
+        if (Double.isFinite(sum)) {
+            return new Ingest(-1, sum);
+        }
+        return new Ingest(firstNonFinite(blocks, offset, count), Double.NaN);
     }
 
     /** Scratch for 16-bit elements, one per thread, grown to the largest chunk. */
@@ -369,49 +358,70 @@ final class CpuTensor implements EngineTensor {
         dst.position(dst.position() + count * Short.BYTES);
     }
 
-    /**
-     * Finds the first NaN or Inf among {@code count} elements at {@code offset}. The common,
-     * all-finite case is an integer max over the exponent bits, which the JIT vectorises; the
-     * index is searched for only when that max says something is there.
-     */
+    /** The index of the first NaN or Inf among {@code count} elements at {@code offset}, or -1. */
     private long firstNonFinite(float[][] blocks, long offset, int count) {
         long[] first = {-1};
         forEachSegment(offset, count, (b, from, to, done) -> {
             float[] a = blocks[b];
-            int maxMagnitude = 0;
-            for (int i = from; i < to; i++) {
-                maxMagnitude = Math.max(maxMagnitude, Float.floatToRawIntBits(a[i]) & 0x7fffffff);
-            }
-            if (first[0] < 0 && maxMagnitude >= 0x7f800000) {
-                for (int i = from; i < to && first[0] < 0; i++) {
-                    if (!Float.isFinite(a[i])) {
-                        first[0] = ((long) b << blockShift) + i;
-                    }
+            for (int i = from; i < to && first[0] < 0; i++) {
+                if (!Float.isFinite(a[i])) {
+                    first[0] = ((long) b << blockShift) + i;
                 }
             }
         });
         return first[0];
     }
 
-    /** Sum of squares in double, with two accumulators so the adds overlap. */
+    /** Lanes of the sum of squares: independent sums, so the adds overlap in the pipeline. */
+    private static final int SUM_LANES = 8;
+
+    /**
+     * Sum of squares in double over {@link #SUM_LANES} lanes (element i of a block piece goes to
+     * lane i mod 8 counted from the piece's start), combined pairwise in a fixed order: the same
+     * elements in the same pieces always give the same bits.
+     */
     private double sumOfSquares(float[][] blocks, long offset, int count) {
-        double[] sums = new double[2];
-        forEachSegment(offset, count, (b, from, to, done) -> {
-            float[] a = blocks[b];
-            double s0 = 0;
-            double s1 = 0;
-            int i = from;
-            for (; i + 1 < to; i += 2) {
-                s0 += (double) a[i] * a[i];
-                s1 += (double) a[i + 1] * a[i + 1];
-            }
-            if (i < to) {
-                s0 += (double) a[i] * a[i];
-            }
-            sums[0] += s0;
-            sums[1] += s1;
-        });
-        return sums[0] + sums[1];
+        double[] lanes = new double[SUM_LANES];
+        forEachSegment(offset, count, (b, from, to, done) -> addSquares(blocks[b], from, to, lanes));
+        return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    }
+
+    private static void addSquares(float[] a, int from, int to, double[] lanes) {
+        double s0 = 0;
+        double s1 = 0;
+        double s2 = 0;
+        double s3 = 0;
+        double s4 = 0;
+        double s5 = 0;
+        double s6 = 0;
+        double s7 = 0;
+        int i = from;
+        for (; i + SUM_LANES <= to; i += SUM_LANES) {
+            double v0 = a[i];
+            double v1 = a[i + 1];
+            double v2 = a[i + 2];
+            double v3 = a[i + 3];
+            double v4 = a[i + 4];
+            double v5 = a[i + 5];
+            double v6 = a[i + 6];
+            double v7 = a[i + 7];
+            s0 += v0 * v0;
+            s1 += v1 * v1;
+            s2 += v2 * v2;
+            s3 += v3 * v3;
+            s4 += v4 * v4;
+            s5 += v5 * v5;
+            s6 += v6 * v6;
+            s7 += v7 * v7;
+        }
+        double[] tail = {s0, s1, s2, s3, s4, s5, s6, s7};
+        for (int lane = 0; i < to; i++, lane++) {
+            double v = a[i];
+            tail[lane] += v * v;
+        }
+        for (int lane = 0; lane < SUM_LANES; lane++) {
+            lanes[lane] += tail[lane];
+        }
     }
 
     private void checkRange(long offset, long count) {

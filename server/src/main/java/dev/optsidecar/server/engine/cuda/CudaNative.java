@@ -1,0 +1,130 @@
+package dev.optsidecar.server.engine.cuda;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+
+/**
+ * The CUDA engine's native library ({@code src/main/cuda/cuda_engine.cu}), shipped in the jar as
+ * {@value #RESOURCE} and loaded from a temporary copy. Device pointers, streams and events are
+ * passed as longs. A failed CUDA call throws {@link CudaException}, or {@link OutOfMemoryError}
+ * when memory ran out.
+ */
+final class CudaNative {
+    static final String RESOURCE = "/native/linux-x86_64/liboptsidecar_cuda.so";
+    /** A library file to load instead of the jar's: the tests' CPU emulation of the CUDA runtime. */
+    static final String LIBRARY_PROPERTY = "optsidecar.cuda.library";
+    /** {@code cudaErrorInsufficientDriver}: no driver, or one too old for the runtime. */
+    static final int ERROR_INSUFFICIENT_DRIVER = 35;
+    /** {@code cudaErrorNoDevice}. */
+    static final int ERROR_NO_DEVICE = 100;
+    /** {@code osc::REDUCE_BLOCKS}: doubles of scratch a measured program or a sum of squares needs. */
+    static final int REDUCE_BLOCKS = 1024;
+
+    private CudaNative() {}
+
+    private static String loadFailure;
+    private static boolean loaded;
+
+    /**
+     * Loads the library once; returns null when it is loaded, else why it cannot be (not in this
+     * build, not loadable here).
+     */
+    static synchronized String load() {
+        if (loaded || loadFailure != null) {
+            return loadFailure;
+        }
+        String override = System.getProperty(LIBRARY_PROPERTY);
+        if (override != null) {
+            System.load(override);
+            loaded = true;
+            return null;
+        }
+        String os = System.getProperty("os.name", "").toLowerCase(java.util.Locale.ROOT);
+        String arch = System.getProperty("os.arch", "");
+        if (!os.contains("linux") || !(arch.equals("amd64") || arch.equals("x86_64"))) {
+            loadFailure = "the CUDA library is built for Linux x86-64 only, not " + os + " " + arch;
+            return loadFailure;
+        }
+        try (InputStream in = CudaNative.class.getResourceAsStream(RESOURCE)) {
+            if (in == null) {
+                loadFailure = "this build has no CUDA library (it was built without the CUDA toolkit)";
+                return loadFailure;
+            }
+            Path file = Files.createTempFile("optsidecar-cuda", ".so");
+            file.toFile().deleteOnExit();
+            Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
+            System.load(file.toString());
+            loaded = true;
+            return null;
+        } catch (IOException | UnsatisfiedLinkError e) {
+            loadFailure = "the CUDA library could not be loaded: " + e.getMessage();
+            return loadFailure;
+        }
+    }
+
+    /** Devices visible, or the negated CUDA error code. */
+    static native int deviceCount();
+
+    /** "cudaErrorX (description)" of a CUDA error code. */
+    static native String errorName(int code);
+
+    /** The native kernel catalogue, "id|slots|scalars|flags" a line. */
+    static native String catalogue();
+
+    /** Selects the device for the calling thread and returns "name|major|minor|totalBytes". */
+    static native String useDevice(int device);
+
+    /** Makes {@code device} the calling thread's device. */
+    static native void setDevice(int device);
+
+    static native long freeBytes();
+
+    static native long streamCreate();
+
+    static native void streamSynchronize(long stream);
+
+    static native void streamDestroy(long stream);
+
+    static native long malloc(long bytes);
+
+    static native void free(long pointer);
+
+    /** Zeroes {@code bytes} at {@code pointer} in stream order and waits. */
+    static native void zero(long pointer, long bytes, long stream);
+
+    /** Page-locked host memory as a direct buffer. */
+    static native ByteBuffer hostAlloc(long bytes);
+
+    static native void hostFree(ByteBuffer buffer);
+
+    static native long eventCreate();
+
+    static native void eventSynchronize(long event);
+
+    /** Starts copying the first {@code bytes} of a pinned buffer to the device; {@code event} fires when done. */
+    static native void copyIn(long device, ByteBuffer pinned, long bytes, long stream, long event);
+
+    /** Copies {@code bytes} from the device into a pinned buffer after the stream's work, and waits. */
+    static native void copyOut(ByteBuffer pinned, long device, long bytes, long stream);
+
+    static native void copyDevice(long dst, long src, long bytes, long stream);
+
+    /** Writes a table of device pointers into device memory and waits. */
+    static native void writePointers(long table, long[] pointers, long stream);
+
+    /** Launches a program (see {@link NativeProgram}); with {@code updateTotal}, adds its update's squares there. */
+    static native void runProgram(long theta, long grad, long slotTable, long n, int[] codes, int[] flags, int[] slots,
+                                  float[] scalars, int count, long partials, long updateTotal, long stream);
+
+    static native void runView(long out, long theta, long slotTable, long offset, long n, int code, int[] slots,
+                               float[] scalars, long stream);
+
+    static native void combine(long out, long[] buffers, float divisor, long n, long stream);
+
+    /** Σ g² of {@code n} floats in the fixed reduction order, into the device double at {@code result}. */
+    static native void sumOfSquares(long g, long n, long partials, long result, long stream);
+}
