@@ -182,10 +182,17 @@ final class HeadlessBrowser implements AutoCloseable {
     @Override
     public void close() throws InterruptedException {
         socket.abort();
+        // Its renderer and helper processes too, so none still writes into the profile when the
+        // test's temporary folder is deleted.
+        List<ProcessHandle> helpers = process.descendants().toList();
         process.destroy();
         if (!process.waitFor(10, TimeUnit.SECONDS)) {
             process.destroyForcibly();
             process.waitFor(10, TimeUnit.SECONDS);
+        }
+        for (ProcessHandle helper : helpers) {
+            helper.destroy();
+            helper.onExit().completeOnTimeout(helper, 5, TimeUnit.SECONDS).join();
         }
     }
 
