@@ -10,6 +10,7 @@ import com.sun.net.httpserver.HttpsConfigurator;
 import com.sun.net.httpserver.HttpsParameters;
 import com.sun.net.httpserver.HttpsServer;
 import dev.optsidecar.proto.v1.ListSnapshotsResponse;
+import dev.optsidecar.proto.v1.ModelInfo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.ServerTls;
 import dev.optsidecar.server.durability.Persistence;
@@ -40,10 +41,14 @@ import java.util.logging.Logger;
  *
  * <ul>
  *   <li>{@code GET /api/models}: {@code {"models": [ModelInfo...]}}, as Describe answers for each;</li>
- *   <li>{@code GET /api/models/NAME}: its ModelInfo;</li>
+ *   <li>{@code GET /api/models/NAME}: its ModelInfo; with {@code ?brief=true} (both routes) without
+ *       its tensors and state, whose size grows with the tensors and clients (what the dashboard
+ *       polls);</li>
  *   <li>{@code GET /api/models/NAME/figures?from_version=&max_versions=}: a FiguresResponse page;</li>
  *   <li>{@code GET /api/models/NAME/history?from_version=&max_versions=}: a HistoryResponse page;</li>
- *   <li>{@code GET /api/models/NAME/snapshots}: a ListSnapshotsResponse (empty without --state-dir).</li>
+ *   <li>{@code GET /api/models/NAME/snapshots?verify=}: a ListSnapshotsResponse (empty without --state-dir);
+ *       {@code verify=false} checks each snapshot's manifest and its files' presence and sizes without
+ *       reading the data (what the dashboard polls), {@code true} (the default) reads every checksum.</li>
  * </ul>
  *
  * Every data route (metrics and the API) passes {@link HttpAccess#check} first, in {@link #handle}.
@@ -175,6 +180,7 @@ public final class HttpApi implements AutoCloseable {
             if (parts.isEmpty() || !parts.get(0).equals("models") || parts.size() > 3) {
                 error(exchange, 404, "no such API route; see /api/models");
             } else if (parts.size() == 1) {
+                boolean brief = flag(query, "brief", false);
                 StringBuilder body = new StringBuilder("{\"models\":[");
                 String sep = "";
                 for (Model m : registry.models()) {
@@ -182,7 +188,7 @@ public final class HttpApi implements AutoCloseable {
                         continue;
                     }
                     try {
-                        body.append(sep).append(PROTO_JSON.print(m.describe()));
+                        body.append(sep).append(PROTO_JSON.print(describe(m, brief)));
                         sep = ",";
                     } catch (OptError e) {
                         // deleted while listed: left out
@@ -193,12 +199,12 @@ public final class HttpApi implements AutoCloseable {
                 Model m = registry.get(parts.get(1), "model");
                 String what = parts.size() == 2 ? "" : parts.get(2);
                 MessageOrBuilder answer = switch (what) {
-                    case "" -> m.describe();
+                    case "" -> describe(m, flag(query, "brief", false));
                     case "figures" -> m.figures(number(query, "from_version"), (int) number(query, "max_versions"));
                     case "history" -> m.history(number(query, "from_version"), (int) number(query, "max_versions"));
                     case "snapshots" -> persistence == null ? ListSnapshotsResponse.getDefaultInstance()
-                            : ListSnapshotsResponse.newBuilder().addAllSnapshots(persistence.store().list(m.name()))
-                            .build();
+                            : ListSnapshotsResponse.newBuilder().addAllSnapshots(persistence.store().list(m.name(),
+                            flag(query, "verify", true))).build();
                     default -> null;
                 };
                 if (answer == null) {
@@ -222,6 +228,11 @@ public final class HttpApi implements AutoCloseable {
         }
     }
 
+    private static ModelInfo describe(Model m, boolean brief) {
+        ModelInfo info = m.describe();
+        return brief ? info.toBuilder().clearTensors().clearState().build() : info;
+    }
+
     /** A query parameter as an unsigned number (0 when absent); anything else is INVALID_ARGUMENT naming it. */
     private static long number(Map<String, String> query, String name) {
         String value = query.get(name);
@@ -238,6 +249,19 @@ public final class HttpApi implements AutoCloseable {
             throw OptError.invalid("%s: '%s' is not a version count or number", name,
                     value.length() > 40 ? value.substring(0, 40) + "..." : value);
         }
+    }
+
+    /** A query parameter as true or false ({@code fallback} when absent); anything else is INVALID_ARGUMENT naming it. */
+    private static boolean flag(Map<String, String> query, String name, boolean fallback) {
+        String value = query.get(name);
+        if (value == null || value.isEmpty()) {
+            return fallback;
+        }
+        if (value.equals("true") || value.equals("false")) {
+            return Boolean.parseBoolean(value);
+        }
+        throw OptError.invalid("%s: '%s' is not true or false", name,
+                value.length() > 40 ? value.substring(0, 40) + "..." : value);
     }
 
     private static Map<String, String> query(String raw) {
