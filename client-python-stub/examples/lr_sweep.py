@@ -158,6 +158,17 @@ def open_optimizer(key: RunKey, model: torch.nn.Module, args: argparse.Namespace
                            model=model_name(args.name_prefix, key), ephemeral=True, schedule=schedule)
 
 
+def evaluate(model: torch.nn.Module, opt: RemoteOptimizer, key: RunKey, data: Data) -> float:
+    """Test accuracy at the optimizer's eval view (Schedule-Free's x), then back to the train view."""
+    if OPTIMIZERS[key.optimizer].eval_view:
+        opt.eval()
+    try:
+        return accuracy(model, data.x_test, data.y_test)
+    finally:
+        opt.train()
+        model.train()
+
+
 def train_run(key: RunKey, model: torch.nn.Module, opt: RemoteOptimizer, data: Data,
               args: argparse.Namespace) -> RunResult:
     """One run to the end. A run whose loss or gradient turns non-finite stops there and is scored
@@ -175,6 +186,7 @@ def train_run(key: RunKey, model: torch.nn.Module, opt: RemoteOptimizer, data: D
                 diverged = True
                 break
             loss.backward()
+            opt.log(loss=loss.item())  # the run's curve, live in the server's dashboard
             try:
                 opt.step()
             except InvalidArgument as e:
@@ -185,9 +197,10 @@ def train_run(key: RunKey, model: torch.nn.Module, opt: RemoteOptimizer, data: D
             losses.append(loss.item())
         if diverged:
             break
-    if OPTIMIZERS[key.optimizer].eval_view:
-        opt.eval()
-    test_accuracy = accuracy(model, data.x_test, data.y_test)
+        if epoch < args.epochs:
+            opt.client.log_figures(opt.model, eval_accuracy=evaluate(model, opt, key, data))
+    test_accuracy = evaluate(model, opt, key, data)
+    opt.client.log_figures(opt.model, eval_accuracy=test_accuracy)
     train_loss = statistics.fmean(losses) if losses else math.nan
     return RunResult(key, test_accuracy, train_loss, diverged, time.monotonic() - started)
 
