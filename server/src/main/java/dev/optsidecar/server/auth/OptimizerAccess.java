@@ -5,7 +5,9 @@ import dev.optsidecar.proto.v1.DeleteRequest;
 import dev.optsidecar.proto.v1.DescribeRequest;
 import dev.optsidecar.proto.v1.ExportRequest;
 import dev.optsidecar.proto.v1.ForkRequest;
+import dev.optsidecar.proto.v1.FiguresRequest;
 import dev.optsidecar.proto.v1.HistoryRequest;
+import dev.optsidecar.proto.v1.LogFiguresRequest;
 import dev.optsidecar.proto.v1.ListSnapshotsRequest;
 import dev.optsidecar.proto.v1.PullRequest;
 import dev.optsidecar.proto.v1.RegisterRequest;
@@ -34,6 +36,8 @@ public final class OptimizerAccess {
             Map.entry("Describe", m -> List.of(reader(((DescribeRequest) m).getModel(), "model"))),
             Map.entry("Pull", m -> List.of(reader(((PullRequest) m).getModel(), "model"))),
             Map.entry("History", m -> List.of(reader(((HistoryRequest) m).getModel(), "model"))),
+            Map.entry("Figures", m -> List.of(reader(((FiguresRequest) m).getModel(), "model"))),
+            Map.entry("LogFigures", m -> List.of(trainer(((LogFiguresRequest) m).getModel(), "model"))),
             Map.entry("ListSnapshots", m -> ((ListSnapshotsRequest) m).getModel().isEmpty() ? List.of()
                     : List.of(reader(((ListSnapshotsRequest) m).getModel(), "model"))),
             Map.entry("Step", m -> ((StepRequest) m).hasOpen()

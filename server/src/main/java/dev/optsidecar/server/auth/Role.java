@@ -4,9 +4,9 @@ import java.util.Locale;
 
 /** What a token may do, each role including the ones before it: read, then train, then administer. */
 public enum Role {
-    /** Describe, List, Pull, History, ListSnapshots. */
+    /** Describe, List, Pull, History, Figures, ListSnapshots. */
     READER,
-    /** Also Step (setting weights included), Register, Fork into a name it may use, Snapshot, Export, AddTensors, RenewLease. */
+    /** Also Step (setting weights included), LogFigures, Register, Fork into a name it may use, Snapshot, Export, AddTensors, RenewLease. */
     TRAINER,
     /** Also Delete and Restore. */
     ADMIN;

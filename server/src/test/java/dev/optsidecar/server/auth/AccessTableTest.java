@@ -56,6 +56,8 @@ class AccessTableTest {
             new Row("Describe", Role.READER, (c, stub, m) -> c.describe(m)),
             new Row("Pull", Role.READER, (c, stub, m) -> c.pull(m, TokenServer.data(zeros()))),
             new Row("History", Role.READER, (c, stub, m) -> c.history(m, 0)),
+            new Row("Figures", Role.READER, (c, stub, m) -> c.figures(m, 0)),
+            new Row("LogFigures", Role.TRAINER, (c, stub, m) -> c.logFigures(m, java.util.Map.of("accuracy", 0.5))),
             new Row("ListSnapshots", Role.READER, (c, stub, m) -> c.listSnapshots(m)),
             new Row("Step", Role.TRAINER, (c, stub, m) -> {
                 try (Trainer t = c.trainer(m, "t")) {

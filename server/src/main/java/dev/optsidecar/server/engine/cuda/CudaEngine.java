@@ -271,15 +271,15 @@ public final class CudaEngine implements Engine {
     /**
      * Copies gradient elements of type {@code wire} into device floats at {@code base + offset},
      * widening 16-bit ones, noting the first NaN or Inf and the sum of squares on the way, in the
-     * CPU engine's order (two sums, even and odd positions), so the norm is the CPU engine's.
+     * CPU engine's order (eight sums, by position mod 8 from the chunk's start, combined pairwise),
+     * so the norm is the CPU engine's.
      */
     Ingest uploadGradient(long base, long offset, ByteBuffer src, WireType wire) {
         ByteBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN);
         int count = in.remaining() / wire.bytes;
         long at = base + offset * Float.BYTES;
         long first = -1;
-        double s0 = 0;
-        double s1 = 0;
+        double[] lanes = new double[8];
         int done = 0;
         while (done < count) {
             Staging stage = acquireStaging();
@@ -297,20 +297,17 @@ public final class CudaEngine implements Engine {
             }
             CudaNative.copyIn(at, pinned, (long) n * Float.BYTES, stream, stage.event());
             for (int i = 0; i < n; i++) {
-                float v = floats.get(i);
-                if (((done + i) & 1) == 0) {
-                    s0 += (double) v * v;
-                } else {
-                    s1 += (double) v * v;
-                }
-                if (first < 0 && !Float.isFinite(v)) {
+                double v = floats.get(i);
+                lanes[(done + i) & 7] += v * v;
+                if (first < 0 && !Double.isFinite(v)) {
                     first = offset + done + i;
                 }
             }
             at += (long) n * Float.BYTES;
             done += n;
         }
-        return new Ingest(first, first >= 0 ? Double.NaN : s0 + s1);
+        return new Ingest(first, first >= 0 ? Double.NaN
+                : ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])));
     }
 
     /** Copies {@code count} device floats at {@code base + offset} into {@code dst}, rounded to {@code wire}. */
