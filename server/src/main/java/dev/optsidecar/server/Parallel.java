@@ -17,12 +17,12 @@ public final class Parallel {
      */
     public static void forEach(int n, int threads, Executor helpers, IntConsumer task) {
         AtomicInteger next = new AtomicInteger();
-        AtomicReference<RuntimeException> failure = new AtomicReference<>();
+        AtomicReference<Throwable> failure = new AtomicReference<>();
         Runnable worker = () -> {
             for (int i = next.getAndIncrement(); i < n && failure.get() == null; i = next.getAndIncrement()) {
                 try {
                     task.accept(i);
-                } catch (RuntimeException e) {
+                } catch (RuntimeException | Error e) { // every thread stops before anything is thrown
                     failure.compareAndSet(null, e);
                 }
             }
@@ -34,8 +34,12 @@ public final class Parallel {
         }
         worker.run();
         CompletableFuture.allOf(running).join(); // the workers catch their own failures
-        if (failure.get() != null) {
-            throw failure.get();
+        Throwable first = failure.get();
+        if (first instanceof Error e) {
+            throw e;
+        }
+        if (first != null) {
+            throw (RuntimeException) first;
         }
     }
 }
