@@ -2,7 +2,6 @@ package dev.optsidecar.server.shm;
 
 import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.server.Parallel;
-import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.StepAssembly;
 import dev.optsidecar.server.model.ViewReader;
@@ -120,8 +119,8 @@ public final class SegmentTransfer {
 
     /**
      * One slice per thread, direct: a positional read or write moves it straight to or from the
-     * file (a heap buffer would go through a temporary direct one), and it is not allocated anew
-     * for every step.
+     * file (a heap buffer would go through a temporary direct one); it is not allocated anew for
+     * every step, and a view's piece stays in cache in it to be checksummed.
      */
     private static final ThreadLocal<ByteBuffer> SLICE =
             ThreadLocal.withInitial(() -> ByteBuffer.allocateDirect(StepAssembly.MAX_CHUNK_BYTES));
