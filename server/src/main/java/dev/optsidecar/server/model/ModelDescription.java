@@ -22,6 +22,8 @@ final class ModelDescription {
                 .setMemoryBytes(m.memoryBytes() + m.sessionBytes() + m.recordBytes())
                 .setCoordination(m.coordinationStatus())
                 .setDefaults(m.defaults())
+                .setEngine(m.engine().name())
+                .setDevice(m.engine().device())
                 .setSchedule(Schedule.newBuilder()
                         .setType(m.training().schedule().type())
                         .setParameters(m.training().schedule().parameters()));

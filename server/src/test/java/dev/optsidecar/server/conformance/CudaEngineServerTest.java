@@ -64,6 +64,9 @@ class CudaEngineServerTest {
             server.client().register(TestData.spec("small", "Adam", TestData.hp("lr", 0.01), 10_000).build(),
                     List.of(TensorData.of(new float[10_000])));
             assertEquals(List.of("small"), server.client().list());
+            var info = server.client().describe("small"); // Describe names the engine that holds the model
+            assertEquals("cuda", info.getEngine());
+            assertTrue(!info.getDevice().isEmpty(), info::getDevice);
         }
     }
 }

@@ -119,6 +119,9 @@ class SharedMemoryStepTest {
         assertEquals(dir.toRealPath().toString(), info.getShmDir());
         assertEquals("cpu", info.getEngine());
         assertFalse(info.getVersion().isEmpty());
+        String model = register();
+        assertEquals("cpu", f.describe(model).getEngine()); // and Describe, for each model
+        assertEquals("", f.describe(model).getDevice());
     }
 
     @Test
