@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, free_port, server_jar
-from optsidecar import Client
+from optsidecar import Client, Unauthenticated
 
 DEPLOY = REPO_ROOT / "deploy"
 CHART = DEPLOY / "helm" / "optsidecar"
@@ -370,9 +370,13 @@ def test_the_charts_sidecar_settings_start_the_real_server(sidecar_sets, tmp_pat
     server = ServerWithEnvironment(container, tmp_path, {"OPTSIDECAR_HEALTH_PORT": health_port})
     try:
         socket_path = server.env["OPTSIDECAR_LISTEN"][len("unix:"):]
-        assert f"serving on unix://{socket_path}, health on 0.0.0.0:{health_port}" in server.await_serving()
+        tokens = server.env["OPTSIDECAR_AUTH_TOKENS"]
+        assert (f"serving on unix://{socket_path}, tokens from {tokens}, health on 0.0.0.0:{health_port}"
+                in server.await_serving())
         with Client(f"unix://{socket_path}", token=server.TOKEN) as client:
             assert client.list() == []
+        with Client(f"unix://{socket_path}") as anonymous, pytest.raises(Unauthenticated):
+            anonymous.list()  # the token file is in force
             assert client.server_info().shm_dir == server.env["OPTSIDECAR_SHM_DIR"] == str(shm_dir)
         assert (tmp_path / "state").is_dir()
     finally:
@@ -392,7 +396,9 @@ def test_the_charts_standalone_settings_serve_tls_to_a_client_with_the_ca(standa
     server = ServerWithEnvironment(container, tmp_path, {"OPTSIDECAR_PORT": port, "OPTSIDECAR_BIND": "127.0.0.1",
                                                          "OPTSIDECAR_HEALTH_PORT": health_port})
     try:
-        assert f"serving on 127.0.0.1:{port}, TCP with TLS, health on 0.0.0.0:{health_port}" in server.await_serving()
+        tokens = server.env["OPTSIDECAR_AUTH_TOKENS"]
+        assert (f"serving on 127.0.0.1:{port}, TCP with TLS, tokens from {tokens}, health on 0.0.0.0:{health_port}"
+                in server.await_serving())
         assert server.env["OPTSIDECAR_TLS_CERT"] == str(tls_dir / "tls.crt")
         with Client(f"127.0.0.1:{port}", tls_ca=str(tls_dir / "tls.crt"), token=server.TOKEN) as client:
             assert client.list() == []
