@@ -45,7 +45,7 @@ class DeviceArithmeticTest {
             }
             for (int bits = 0; bits < 1 << kernel.flags().size(); bits++) {
                 for (int trial = 0; trial < TRIALS; trial++) {
-                    KernelCall call = randomCall(kernel, bits, random, 0);
+                    KernelCall call = SelfTest.randomCall(kernel, bits, random, 0);
                     compareProgram(List.of(call), kernel.slots().size(), random);
                     checked++;
                 }
@@ -59,18 +59,18 @@ class DeviceArithmeticTest {
         SplittableRandom random = new SplittableRandom(41);
         for (int trial = 0; trial < TRIALS; trial++) {
             // Schedule-Free AdamW (z, v at 0, 1), an EMA shadow of y at 2, a second shadow at 3.
-            compareProgram(List.of(randomCall(Kernel.ADAMW_SCHEDULE_FREE, 2, random, 0),
-                    randomCall(Kernel.EMA_BLEND, 0, random, 2), randomCall(Kernel.EMA_BLEND, 0, random, 3)), 4, random);
+            compareProgram(List.of(SelfTest.randomCall(Kernel.ADAMW_SCHEDULE_FREE, 2, random, 0),
+                    SelfTest.randomCall(Kernel.EMA_BLEND, 0, random, 2), SelfTest.randomCall(Kernel.EMA_BLEND, 0, random, 3)), 4, random);
             // SGD with momentum (buffer at 0) inside Lookahead (slow at 1, cached momentum at 2), then an EMA.
-            compareProgram(List.of(randomCall(Kernel.SGD_MOMENTUM, 1, random, 0),
+            compareProgram(List.of(SelfTest.randomCall(Kernel.SGD_MOMENTUM, 1, random, 0),
                     Kernel.LOOKAHEAD_SYNC_PULLBACK.call().scalar("alpha", 0.5f).scalar("one_minus_alpha", 0.5f)
                             .slots(1, 0, 2).build(),
-                    randomCall(Kernel.EMA_BLEND, 0, random, 3)), 4, random);
+                    SelfTest.randomCall(Kernel.EMA_BLEND, 0, random, 3)), 4, random);
             // RAdam, Lookahead that zeroes the momentum, copy of θ into a fresh shadow.
-            compareProgram(List.of(randomCall(Kernel.RADAM_RECTIFIED, 7, random, 0),
+            compareProgram(List.of(SelfTest.randomCall(Kernel.RADAM_RECTIFIED, 7, random, 0),
                     Kernel.LOOKAHEAD_SYNC_RESET.call().scalar("alpha", 0.8f).scalar("one_minus_alpha", 0.2f)
                             .slots(2, 0).build(),
-                    randomCall(Kernel.COPY_PARAMS, 0, random, 3)), 4, random);
+                    SelfTest.randomCall(Kernel.COPY_PARAMS, 0, random, 3)), 4, random);
         }
     }
 
@@ -78,7 +78,7 @@ class DeviceArithmeticTest {
     void scheduleFreeEvalViewGivesTheReferenceBits() {
         SplittableRandom random = new SplittableRandom(7);
         for (int trial = 0; trial < TRIALS; trial++) {
-            KernelCall view = randomCall(Kernel.SCHEDULE_FREE_EVAL, 0, random, 1);
+            KernelCall view = SelfTest.randomCall(Kernel.SCHEDULE_FREE_EVAL, 0, random, 1);
             float[] theta = values(random, -1, 1);
             float[][] state = {values(random, -1, 1), values(random, -1, 1)};
             float[] expected = new float[N];
@@ -141,22 +141,6 @@ class DeviceArithmeticTest {
         for (int s = 0; s < slotCount; s++) {
             assertBits(expectedState[s], state[s], what + " slot " + s);
         }
-    }
-
-    /** A call with scalars drawn in (0.05, 1), flags from {@code bits}, slots from {@code firstSlot} on. */
-    private static KernelCall randomCall(Kernel kernel, int bits, SplittableRandom random, int firstSlot) {
-        KernelCall.Builder b = kernel.call();
-        for (String name : kernel.scalars()) {
-            b.scalar(name, (float) random.nextDouble(0.05, 1));
-        }
-        for (int f = 0; f < kernel.flags().size(); f++) {
-            b.flag(kernel.flags().get(f), (bits >> f & 1) != 0);
-        }
-        int[] slots = new int[kernel.slots().size()];
-        for (int s = 0; s < slots.length; s++) {
-            slots[s] = firstSlot + s;
-        }
-        return b.slots(slots).build();
     }
 
     private static float[] values(SplittableRandom random, double from, double to) {

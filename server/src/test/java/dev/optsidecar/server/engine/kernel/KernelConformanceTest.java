@@ -1,6 +1,7 @@
 package dev.optsidecar.server.engine.kernel;
 
 import dev.optsidecar.server.TestData;
+import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.engine.TensorProgram;
 import dev.optsidecar.server.engine.cpu.CpuEngine;
@@ -20,6 +21,7 @@ import java.util.List;
 import java.util.Set;
 import java.util.TreeSet;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.function.Consumer;
 import java.util.stream.Collectors;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -45,15 +47,27 @@ class KernelConformanceTest {
     @ParameterizedTest(name = "{0}")
     @MethodSource("dev.optsidecar.server.engine.kernel.KernelMatrix#cases")
     void cpuLoopsGiveTheReferenceBits(KernelMatrix.Case c) {
-        List<List<KernelCall>> programs = c.programs();
-        programs.forEach(KernelConformanceTest::note);
-        Algorithm alg = c.create();
         try (CpuEngine engine = new CpuEngine(2, BLOCK)) {
-            for (int n : SIZES) {
-                int slots = c.slotCount();
-                float[] theta = TestData.random(n, 1);
-                float[][] state = new float[slots][n];
-                EngineTensor tensor = engine.allocate(n, slots);
+            assertReferenceBits(engine, c, SIZES, KernelConformanceTest::note);
+        }
+    }
+
+    /**
+     * Runs case {@code c}'s programs step after step on {@code engine} for tensors of each of
+     * {@code sizes} elements, and after them its eval view and the way back: every bit of θ, of
+     * each state slot and of the view must be the reference loops'. {@code ran} sees each program run.
+     */
+    static void assertReferenceBits(Engine engine, KernelMatrix.Case c, int[] sizes,
+                                    Consumer<List<KernelCall>> ran) {
+        List<List<KernelCall>> programs = c.programs();
+        programs.forEach(ran);
+        Algorithm alg = c.create();
+        for (int n : sizes) {
+            int slots = c.slotCount();
+            float[] theta = TestData.random(n, 1);
+            float[][] state = new float[slots][n];
+            EngineTensor tensor = engine.allocate(n, slots);
+            try {
                 tensor.writeParams(0, TestData.le(theta));
                 for (int t = 0; t < programs.size(); t++) {
                     List<KernelCall> calls = programs.get(t);
@@ -78,13 +92,14 @@ class KernelConformanceTest {
                     ByteBuffer out = ByteBuffer.allocate(n * Float.BYTES).order(ByteOrder.LITTLE_ENDIAN);
                     tensor.readView(alg.evalView(), 0, n, out);
                     assertSameBits(expected, floats(out.flip()), c + ", " + n + " elements: eval view");
-                    note(List.of(alg.evalView()));
+                    ran.accept(List.of(alg.evalView()));
                     KernelCall toTrain = alg.trainFromEval();
                     engine.run(List.of(new TensorProgram(tensor, List.of(toTrain))));
                     ReferenceKernels.step(toTrain, theta, new float[n], state);
                     assertSameBits(theta, TestData.params(tensor), c + ", " + n + " elements: train from eval");
-                    note(List.of(toTrain));
+                    ran.accept(List.of(toTrain));
                 }
+            } finally {
                 tensor.free();
             }
         }
