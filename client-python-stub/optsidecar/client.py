@@ -36,6 +36,7 @@ is for (synchronous mode).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -47,9 +48,10 @@ from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
 import grpc
 
 from . import wire
+from .doorbell import Doorbell, connect as connect_doorbell
 from .buffers import WIRE_DTYPES, Destination, as_destination, check_wire_dtype, chunks, numel_of, source_array
 from .figures import check_figures
-from .errors import ProtocolError, ServerUnavailable, error_details, from_rpc_error
+from .errors import OptSidecarError, ProtocolError, ServerUnavailable, error_details, from_rpc_error
 from .shm import Segment, same_memory
 from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, VersionFigures, Weights
 from .spec import make_schedule, to_struct
@@ -627,6 +629,8 @@ class _LiveStream:
         self.outbox.put(open_request)
         self.call = step_method(self._requests())
         self.broken = False
+        #: The doorbell carrying this stream's commits and results, when one attached.
+        self.doorbell: Optional[Doorbell] = None
 
     def _requests(self) -> Iterator[Any]:
         while True:
@@ -669,6 +673,7 @@ class _LiveStream:
 
     def close(self, wait: float = 5.0) -> None:
         """Half-closes the stream; the server ends it once nothing is pending."""
+        self._close_doorbell()
         self._end_requests()
         finished = threading.Event()
         self.call.add_done_callback(lambda _: finished.set())
@@ -678,8 +683,14 @@ class _LiveStream:
     def abandon(self) -> None:
         """Cancels the call: the server drops any uncommitted step, and nothing changes."""
         self.broken = True
+        self._close_doorbell()
         self.call.cancel()
         self._end_requests()
+
+    def _close_doorbell(self) -> None:
+        if self.doorbell is not None:
+            self.doorbell.close()
+            self.doorbell = None
 
 
 class StepStream:
@@ -723,6 +734,10 @@ class StepStream:
             each way, while the server keeps float32 weights and optimizer state (mixed-precision
             training's master weights). A float16 gradient past ±65504 becomes ±Inf and is
             refused (or skipped) as non-finite.
+        segment: a shared-memory segment the stream's data goes through instead of chunks.
+        doorbell_path: with a segment, the server's doorbell socket as this process sees it
+            (``ServerInfo.doorbell_socket`` in its ``shm_dir``): commits and results then go over
+            it instead of through grpc.
     """
 
     #: Longest pause before the first retry of a step, doubled after each failure up to
@@ -734,7 +749,7 @@ class StepStream:
     def __init__(self, client: Client, model: str, client_id: str, numels: Sequence[int], *,
                  next_step_id: int = 1, retry_for: float = DEFAULT_RETRY_SECONDS,
                  base_version: Optional[int] = None, wire_dtype: str = "float32",
-                 segment: Optional[Segment] = None):
+                 segment: Optional[Segment] = None, doorbell_path: Optional[str] = None):
         if retry_for < 0:
             raise ValueError(f"retry_for must be 0 or more seconds, not {retry_for}")
         self.client = client
@@ -756,6 +771,9 @@ class StepStream:
         #: (or weights to set) are copied into it unless they are its regions already, and the
         #: returned view is copied out of it unless the destinations are its regions.
         self.segment = segment
+        #: The server's doorbell socket as this process sees it (None: none): with a segment, the
+        #: stream's commits and results go over it, not through grpc (see :mod:`optsidecar.doorbell`).
+        self.doorbell = doorbell_path
         self._live: Optional[_LiveStream] = None
         self._failed = False
         #: True after a step failed while its weights were arriving: the destinations may hold a
@@ -941,8 +959,11 @@ class StepStream:
             for index, g in enumerate(grads):
                 if g is not None:
                     copy_into_segment(g, region(index))
-            live.send(pb.StepRequest(commit=commit))
-            reply = live.receive()
+            if live.doorbell is not None:
+                reply = live.doorbell.commit(commit)
+            else:
+                live.send(pb.StepRequest(commit=commit))
+                reply = live.receive()
             if isinstance(reply, wire.ReceivedChunk):
                 raise ProtocolError(f"{action}: server streamed weights on a shared-memory stream")
             if reply.step_id != step_id:
@@ -975,15 +996,36 @@ class StepStream:
                 raise from_rpc_error(ended.call, f"step stream of model {self.model!r}", self.client.target)
         if self._live is None or self._live.broken:
             request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
+            secret = None
             if self.segment is not None:  # a segment holds float32: the wire type is the chunks'
                 request.open.shared.CopyFrom(self.segment.message())
+                if self.doorbell:
+                    secret = os.urandom(32)
+                    request.open.shared.doorbell_secret = secret
             else:
                 request.open.wire_dtype = WIRE_DTYPES[self.wire_dtype]
             self._live = _LiveStream(self.client._step, request)
+            if secret is not None:
+                self._live.doorbell = self._ring(secret)
             # A StepStream dropped without close() must not leave its call (and grpc's sending
             # thread, waiting for requests) behind.
             self._finalizer = weakref.finalize(self, _LiveStream.abandon, self._live)
         return self._live
+
+    def _ring(self, secret: bytes) -> Optional[Doorbell]:
+        """Attaches a doorbell to the new stream; a server that restarted has a socket of another
+        name in the same directory, which ServerInfo gives."""
+        line = connect_doorbell(self.doorbell, secret, self._live.call)
+        if line is None and not self._live.call.done():
+            try:
+                name = self.client.server_info().doorbell_socket
+            except OptSidecarError:
+                return None
+            moved = os.path.join(os.path.dirname(self.doorbell), name) if name else None
+            if moved != self.doorbell:
+                self.doorbell = moved
+                line = connect_doorbell(self.doorbell, secret, self._live.call)
+        return line
 
     def _forget(self) -> Optional[_LiveStream]:
         live, self._live = self._live, None

@@ -167,7 +167,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
             (``--shm-dir``) and this process sees its directory, else gRPC chunks; ``"shm"``
             (raise ``FailedPrecondition`` when it cannot be used) or ``"grpc"``. :attr:`transport`
             says which was chosen, the ``optsidecar`` logger why. Over shared memory the
-            parameters and their ``.grad`` are views of the segment (see :mod:`optsidecar.shared_params`).
+            parameters and their ``.grad`` are views of the segment (see :mod:`optsidecar.shared_params`),
+            and each step's commit and result go over the server's doorbell socket beside the
+            segments rather than through grpc (:attr:`doorbell`; see :mod:`optsidecar.doorbell`).
         shm_dir (str, optional): the server's shared-memory directory as this process sees it
             (default: the ``OPTSIDECAR_SHM_DIR`` environment variable, else the server's path).
         wire_dtype (str): ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: gradients go
@@ -380,9 +382,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
             return "grpc"
         why_not = SharedParameters.supported(self._params)
         directory = None
+        doorbell = ""
         if why_not is None:
             try:
-                server_dir = self.client.server_info().shm_dir
+                info = self.client.server_info()
+                server_dir, doorbell = info.shm_dir, info.doorbell_socket
             except OptSidecarError as e:
                 server_dir, why_not = "", f"the server does not say whether it offers shared memory ({e})"
             if why_not is None and not server_dir and not shm_dir:
@@ -416,6 +420,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             _LOG.info("model %r: grpc transport (%s)", self.model, why_not)
             return "grpc"
         self._bind_segment(segment)
+        self._stream.doorbell = os.path.join(directory, doorbell) if doorbell else None
         self._edits.record()
         _LOG.info("model %r: shm transport (segment %s in %s)", self.model, segment.name, directory)
         return "shm"
@@ -618,6 +623,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
         #: The last edited weights sent to the server (:class:`~optsidecar.edits.WeightsPush`), None before.
         self.last_push: Optional[WeightsPush] = None
         self._warned_eval_edits = False
+
+    @property
+    def doorbell(self) -> bool:
+        """Whether steps commit over the server's doorbell socket (shared memory, once a step
+        opened the stream), not through grpc."""
+        live = self._stream._live
+        return live is not None and live.doorbell is not None
 
     @property
     def edits(self) -> ParameterEdits:

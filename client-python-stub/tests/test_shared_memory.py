@@ -58,6 +58,7 @@ def test_shm_training_matches_grpc_bit_for_bit_and_torch(shm_server, algorithm, 
             train_step(model, shm, t)
             train_step(over_grpc, chunks, t)
             train_step(local, torch_opt, t)
+        assert shm.doorbell and not chunks.doorbell  # commits over the socket beside the segment
         assert_moved(before, params_of(model))
         assert_bits_equal(params_of(model), params_of(over_grpc), "shm vs grpc")
         assert_within_tolerance(params_of(model), params_of(local), f"{algorithm} over shm vs torch")
@@ -315,11 +316,15 @@ def test_exactly_once_over_shared_memory_through_a_killed_server(start_server, t
         for t in range(3):
             train_step(model, shm, t)
             train_step(over_grpc, chunks, t)
+        assert shm.doorbell
         durable.restart(crash=True)
         for t in range(3, 6):
             train_step(model, shm, t)
             train_step(over_grpc, chunks, t)
         assert shm.version == chunks.version == 6
+        # The restarted server has a doorbell of its own, found again; the dead one's was removed.
+        assert shm.doorbell
+        assert len([n for n in os.listdir(directory) if n.startswith("doorbell-")]) == 1
         assert_bits_equal(params_of(model), params_of(over_grpc), "after a SIGKILL and restore")
     finally:
         shm.close()
@@ -376,4 +381,4 @@ def test_added_parameters_and_a_loaded_state_dict_get_a_new_segment(shm_server):
             opt.close()
         runs[transport] = params_of(model)
     assert_bits_equal(runs["shm"], runs["grpc"], "after add_param_group and load_state_dict")
-    assert os.listdir(shm_server.shm_dir) == []
+    assert [n for n in os.listdir(shm_server.shm_dir) if n.startswith("optsidecar-")] == []

@@ -3,8 +3,10 @@ package dev.optsidecar.server;
 import dev.optsidecar.server.observe.LogEvent;
 import dev.optsidecar.proto.v1.OptimizerGrpc;
 import dev.optsidecar.server.api.OptimizerService;
+import dev.optsidecar.server.api.Statuses;
 import dev.optsidecar.server.auth.TokenAuthority;
 import dev.optsidecar.server.auth.TokenCheck;
+import dev.optsidecar.server.shm.Doorbell;
 import dev.optsidecar.server.shm.SegmentSweeper;
 import dev.optsidecar.server.shm.SharedMemory;
 import dev.optsidecar.server.api.UnparsableRequests;
@@ -51,6 +53,8 @@ public final class SidecarServer implements AutoCloseable {
     private final ModelRegistry registry;
     private final Persistence persistence;
     private final OptimizerService service;
+    /** The doorbell socket in --shm-dir; null without shared memory or when it could not be bound. */
+    private final Doorbell doorbell;
     /** False until startup's restores are done: until then Optimizer calls are refused with UNAVAILABLE. */
     private volatile boolean serving;
 
@@ -67,7 +71,8 @@ public final class SidecarServer implements AutoCloseable {
             threads.close();
             throw e;
         }
-        service = new OptimizerService(registry, persistence, threads.completions, shm);
+        doorbell = openDoorbell(shm);
+        service = new OptimizerService(registry, persistence, threads.completions, shm, doorbell);
         SegmentSweeper.schedule(shm, limits.idleStreamTimeout(), threads.timers);
         var guarded = UnparsableRequests.invalidArgument(service.bindService());
         if (endpoints.tokens() != null) {
@@ -89,6 +94,22 @@ public final class SidecarServer implements AutoCloseable {
         // The health service starts out SERVING for "": a load balancer must not send traffic yet.
         health.setStatus("", ServingStatus.NOT_SERVING);
         health.setStatus(OptimizerGrpc.SERVICE_NAME, ServingStatus.NOT_SERVING);
+    }
+
+    /**
+     * The doorbell beside the segments, when there are segments; a server that cannot bind one (a
+     * directory path too long for a socket address) serves shared memory with commits on gRPC.
+     */
+    private static Doorbell openDoorbell(SharedMemory shm) {
+        if (!shm.enabled()) {
+            return null;
+        }
+        try {
+            return Doorbell.open(shm.dir(), Statuses::toDoorbellError);
+        } catch (IOException | RuntimeException e) {
+            LOG.warning(() -> "no doorbell socket in " + shm.dir() + " (" + e + "): shared-memory steps commit over gRPC");
+            return null;
+        }
     }
 
     /**
@@ -279,6 +300,9 @@ public final class SidecarServer implements AutoCloseable {
     }
 
     private void releaseResources() {
+        if (doorbell != null) {
+            doorbell.close();
+        }
         if (persistence != null) {
             persistence.close();
         }

@@ -42,6 +42,7 @@ import dev.optsidecar.server.model.ModelLoader;
 import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.ViewReader;
 import dev.optsidecar.server.model.WireTypes;
+import dev.optsidecar.server.shm.Doorbell;
 import dev.optsidecar.server.shm.SegmentFile;
 import dev.optsidecar.server.shm.SegmentTransfer;
 import dev.optsidecar.server.shm.SharedMemory;
@@ -64,6 +65,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     /** The directory clients' shared segments are opened in; off unless --shm-dir. */
     private final SharedMemory sharedMemory;
+    private final Doorbell doorbell;
 
     public OptimizerService(ModelRegistry registry, Persistence persistence, Executor completions) {
         this(registry, persistence, completions, SharedMemory.off());
@@ -71,10 +73,17 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     public OptimizerService(ModelRegistry registry, Persistence persistence, Executor completions,
                             SharedMemory sharedMemory) {
+        this(registry, persistence, completions, sharedMemory, null);
+    }
+
+    /** As above, with the doorbell socket shared-memory streams may carry their steps over (null: none). */
+    public OptimizerService(ModelRegistry registry, Persistence persistence, Executor completions,
+                            SharedMemory sharedMemory, Doorbell doorbell) {
         this.registry = registry;
         this.persistence = persistence;
         this.completions = completions;
         this.sharedMemory = sharedMemory;
+        this.doorbell = doorbell;
     }
 
     @Override
@@ -84,6 +93,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
                 .setShmDir(sharedMemory.enabled() ? sharedMemory.dir().toString() : "")
                 .setEngine(registry.engine().name())
                 .setDevice(registry.engine().device())
+                .setDoorbellSocket(doorbell == null ? "" : doorbell.socketName())
                 .build());
     }
 
@@ -108,7 +118,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
 
     @Override
     public StreamObserver<StepRequest> step(StreamObserver<StepResponse> out) {
-        StepCall call = new StepCall(registry, sharedMemory, (ServerCallStreamObserver<StepResponse>) out,
+        StepCall call = new StepCall(registry, sharedMemory, doorbell, (ServerCallStreamObserver<StepResponse>) out,
                 openSteps::remove,
                 completions);
         openSteps.add(call);

@@ -3,6 +3,7 @@ package dev.optsidecar.server.api;
 import com.google.protobuf.Any;
 import com.google.rpc.BadRequest;
 import com.google.rpc.ErrorInfo;
+import dev.optsidecar.proto.v1.DoorbellError;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.snapshot.CorruptSnapshotException;
 import io.grpc.Status;
@@ -72,6 +73,21 @@ public final class Statuses {
         LOG.log(Level.SEVERE, "unexpected error while serving a request", t);
         return withDetails(Status.Code.INTERNAL, "internal error: " + t, OptError.Reason.INTERNAL_ERROR, "", Map.of(),
                 t);
+    }
+
+    /** The error frame that ends a doorbell with the status {@code t} ends its Step stream with. */
+    public static DoorbellError toDoorbellError(Throwable t) {
+        return doorbellError(toStatus(t));
+    }
+
+    /** The error frame that reports {@code e} on a doorbell. */
+    static DoorbellError doorbellError(StatusRuntimeException e) {
+        DoorbellError.Builder error = DoorbellError.newBuilder().setCode(e.getStatus().getCode().value());
+        if (e.getStatus().getDescription() != null) {
+            error.setMessage(e.getStatus().getDescription());
+        }
+        com.google.rpc.Status details = StatusProto.fromStatusAndTrailers(e.getStatus(), e.getTrailers());
+        return error.setStatusDetails(details.toByteString()).build();
     }
 
     /**

@@ -18,6 +18,8 @@ import dev.optsidecar.server.model.StepAssembly;
 import dev.optsidecar.server.model.StepOptions;
 import dev.optsidecar.server.model.ViewReader;
 import dev.optsidecar.server.model.WireTypes;
+import dev.optsidecar.server.shm.Doorbell;
+import dev.optsidecar.server.shm.DoorbellLine;
 import dev.optsidecar.server.shm.SegmentFile;
 import dev.optsidecar.server.shm.SegmentTransfer;
 import dev.optsidecar.server.shm.SharedMemory;
@@ -31,13 +33,21 @@ import io.grpc.stub.StreamObserver;
  * so a commit that arrives while the previous step's weights are still going out waits its turn.
  *
  * <p>With a shared segment (StepOpen.shared), a commit that received no chunks reads its data from
- * the segment, and the requested view is written into the segment instead of streamed.
+ * the segment, and the requested view is written into the segment instead of streamed. Such a
+ * stream's commits and results may travel over the doorbell socket instead (StepOpen.shared's
+ * doorbell_secret): they go through the same steps here, and the stream's end ends the doorbell.
  *
  * <p>Any error ends the stream with a status and leaves the model as it was before the step.
  */
-final class StepCall implements StreamObserver<StepRequest> {
+final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
     private final ModelRegistry registry;
     private final SharedMemory sharedMemory;
+    /** The doorbell socket a shared-memory stream's commits may come over instead; null without one. */
+    private final Doorbell doorbell;
+    /** The secret this stream registered with the doorbell (StepOpen.shared.doorbell_secret), or null. */
+    private com.google.protobuf.ByteString doorbellSecret;
+    /** The doorbell connection carrying this stream's commits and results, once one attached. */
+    private DoorbellLine line;
     private final ServerCallStreamObserver<StepResponse> out;
     /** The stream's shared segment, or null when its data travels in chunks. */
     private SegmentFile segment;
@@ -63,10 +73,12 @@ final class StepCall implements StreamObserver<StepRequest> {
     private java.util.concurrent.ScheduledFuture<?> idleCheck;
     private final StepMeter meter;
 
-    StepCall(ModelRegistry registry, SharedMemory sharedMemory, ServerCallStreamObserver<StepResponse> out,
-             java.util.function.Consumer<StepCall> onClose, java.util.concurrent.Executor completions) {
+    StepCall(ModelRegistry registry, SharedMemory sharedMemory, Doorbell doorbell,
+             ServerCallStreamObserver<StepResponse> out, java.util.function.Consumer<StepCall> onClose,
+             java.util.concurrent.Executor completions) {
         this.registry = registry;
         this.sharedMemory = sharedMemory;
+        this.doorbell = doorbell;
         this.out = out;
         this.onClose = onClose;
         this.completions = completions;
@@ -129,11 +141,9 @@ final class StepCall implements StreamObserver<StepRequest> {
                 case OPEN -> open(request);
                 case CHUNK -> chunk(request.getChunk());
                 case COMMIT -> {
-                    if (sending != null || awaiting != null) {
-                        deferredCommit = request.getCommit();
+                    if (!commitOrDefer(request.getCommit())) {
                         return; // resumes when the previous step's weights are out
                     }
-                    commit(request.getCommit());
                 }
                 default -> throw OptError.invalid("kind: empty StepRequest");
             }
@@ -145,6 +155,53 @@ final class StepCall implements StreamObserver<StepRequest> {
                 meter.rejected(e);
             }
             fail(e);
+        }
+    }
+
+    /** Runs {@code c} now, or keeps it for when the previous step's weights are out; false if kept. */
+    private boolean commitOrDefer(StepCommit c) {
+        if (sending != null || awaiting != null) {
+            deferredCommit = c;
+            return false;
+        }
+        commit(c);
+        return true;
+    }
+
+    @Override
+    public synchronized boolean attach(DoorbellLine l) {
+        if (closed || line != null) {
+            return false;
+        }
+        line = l;
+        lastActivityNanos = System.nanoTime();
+        return true;
+    }
+
+    @Override
+    public synchronized void doorbellCommit(StepCommit c) {
+        if (closed) {
+            return;
+        }
+        lastActivityNanos = System.nanoTime();
+        try {
+            commitOrDefer(c);
+        } catch (RuntimeException | Error e) {
+            meter.rejected(e);
+            fail(e);
+        }
+    }
+
+    @Override
+    public synchronized void doorbellRejected(OptError error) {
+        meter.rejected(error);
+        fail(error);
+    }
+
+    @Override
+    public synchronized void doorbellClosed(DoorbellLine l) {
+        if (line == l) {
+            line = null; // a step in flight was applied or not; the client's retry finds out from the ledger
         }
     }
 
@@ -165,6 +222,11 @@ final class StepCall implements StreamObserver<StepRequest> {
                         + " unspecified (it is the chunks')");
             }
             segment = sharedMemory.open(request.getOpen().getShared(), model.tensorNumels(), "open.shared");
+            var secret = request.getOpen().getShared().getDoorbellSecret();
+            if (!secret.isEmpty() && doorbell != null) {
+                doorbell.register(secret, this, "open.shared.doorbell_secret");
+                doorbellSecret = secret;
+            }
         }
     }
 
@@ -327,19 +389,19 @@ final class StepCall implements StreamObserver<StepRequest> {
                 withWeights.addWeightsCrc32C(crc);
             }
             meter.sentToSegment(written.bytes());
-            out.onNext(StepResponse.newBuilder().setResult(withWeights).build());
+            reply(withWeights.build());
             meter.sent();
             return;
         }
         if (weights != null) {
             result = result.toBuilder().setWeightsVersion(weights.version()).build();
         }
-        StepResponse done = StepResponse.newBuilder().setResult(result).build();
         if (weights == null) {
-            out.onNext(done);
+            reply(result);
             meter.sent();
             return;
         }
+        StepResponse done = StepResponse.newBuilder().setResult(result).build();
         sending = new ChunkSender<>(out, weights,
                 w -> {
                     meter.sentChunk(w.getData().size());
@@ -351,6 +413,15 @@ final class StepCall implements StreamObserver<StepRequest> {
                     sending = null;
                 });
         sending.drain();
+    }
+
+    /** Sends a result without weights chunks: over the doorbell when one is attached, else on the stream. */
+    private void reply(StepResult result) {
+        if (line != null) {
+            line.result(result);
+        } else {
+            out.onNext(StepResponse.newBuilder().setResult(result).build());
+        }
     }
 
     private synchronized void onReady() {
@@ -414,8 +485,12 @@ final class StepCall implements StreamObserver<StepRequest> {
         if (closed) {
             return;
         }
+        io.grpc.StatusRuntimeException status = Statuses.toStatus(e);
+        if (line != null) {
+            line.fail(Statuses.doorbellError(status));
+        }
         cleanup();
-        out.onError(Statuses.toStatus(e));
+        out.onError(status);
     }
 
     /** Server shutdown: ends the stream with UNAVAILABLE; a step not yet acknowledged is retried by the client. */
@@ -455,6 +530,14 @@ final class StepCall implements StreamObserver<StepRequest> {
             sending = null;
         }
         deferredCommit = null;
+        if (doorbellSecret != null) {
+            doorbell.unregister(doorbellSecret);
+            doorbellSecret = null;
+        }
+        if (line != null) {
+            line.close();
+            line = null;
+        }
         if (segment != null) {
             segment.close();
             segment = null;
