@@ -117,6 +117,10 @@ public final class Doorbell implements AutoCloseable {
     static void removeStale(Path dir) {
         try (var sockets = Files.newDirectoryStream(dir, PREFIX + "*" + SUFFIX)) {
             for (Path socket : sockets) {
+                if (!Files.readAttributes(socket, java.nio.file.attribute.BasicFileAttributes.class,
+                        java.nio.file.LinkOption.NOFOLLOW_LINKS).isOther()) {
+                    continue; // not a socket (connecting to a plain file is refused too)
+                }
                 try (SocketChannel probe = SocketChannel.open(UnixDomainSocketAddress.of(socket))) {
                     // someone listens: another server's
                 } catch (java.net.ConnectException refused) {
