@@ -3,8 +3,11 @@ several trainers share a model."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+
+from google.protobuf import struct_pb2
 
 from .spec import from_struct
 from .v1 import optimizer_pb2 as pb
@@ -196,7 +199,7 @@ class StepFigures:
             skipped=result.skipped,
             groups=tuple(
                 GroupFigures(g.group, g.lr, g.effective_lr, g.averaging_weight, dict(sorted(g.scalars.items())),
-                             dict(sorted(from_struct(g.hyperparameters).items())))
+                             dict(_hyperparameters(g.hyperparameters.SerializeToString())))
                 for g in result.groups
             ),
             grad_norm=result.grad_norm,
@@ -277,3 +280,11 @@ class CoordinationStatus:
             steps_timed_out=status.steps_timed_out,
             staleness_histogram=tuple(status.staleness_histogram),
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _hyperparameters(serialized: bytes) -> Dict[str, Any]:
+    """A group's hyperparameters as plain values, sorted by name. Every step reports them, and they
+    rarely change: converting the Struct anew each time cost more than the rest of a small step's
+    result. Callers copy the dict they get."""
+    return dict(sorted(from_struct(struct_pb2.Struct.FromString(serialized)).items()))
