@@ -18,14 +18,19 @@ import java.util.logging.Logger;
 /**
  * One connection to the doorbell: a thread reads its frames (first the secret, then commits) and
  * hands commits to the stream it attached to; results and the final error are written from
- * whichever thread has them. Writes never wait: the client reads each result before it sends its
- * next commit, so a write that does not fit the socket's buffer means the client stopped reading,
- * and the line is cut off.
+ * whichever thread has them. Writes wait little: the client reads each result before it sends
+ * its next commit, so the socket's buffer has room for a result unless the client stopped reading;
+ * a result larger than that buffer (a model of billions of parameters lists a CRC per MiB) may
+ * wait up to {@link #WRITE_WAIT_MILLIS} for the client to take it, and a line whose client
+ * takes nothing for that long is cut off.
  */
 public final class DoorbellLine {
     private static final Logger LOG = Logger.getLogger(DoorbellLine.class.getName());
     private static final AtomicInteger NEXT_ID = new AtomicInteger();
     private static final int LENGTH_BYTES = Integer.BYTES;
+    static final long WRITE_WAIT_MILLIS = 5_000;
+    /** A line's reader holds little: a frame buffer and a selector. */
+    private static final long READER_STACK_BYTES = 256 * 1024;
 
     private final Doorbell doorbell;
     private final SocketChannel channel;
@@ -46,7 +51,8 @@ public final class DoorbellLine {
             selector.close();
             throw e;
         }
-        this.reader = new Thread(this::serve, "optsidecar-doorbell-" + NEXT_ID.incrementAndGet());
+        this.reader = new Thread(null, this::serve, "optsidecar-doorbell-" + NEXT_ID.incrementAndGet(),
+                READER_STACK_BYTES);
         reader.setDaemon(true);
     }
 
@@ -151,15 +157,33 @@ public final class DoorbellLine {
         ByteBuffer out = ByteBuffer.allocate(LENGTH_BYTES + bytes.length).order(ByteOrder.LITTLE_ENDIAN);
         out.putInt(bytes.length).put(bytes).flip();
         try {
+            long deadline = System.nanoTime() + WRITE_WAIT_MILLIS * 1_000_000;
             while (out.hasRemaining()) {
-                if (channel.write(out) == 0) {
-                    LOG.warning("doorbell line cut off: its client sends commits without reading their results");
+                if (channel.write(out) == 0 && !awaitWritable(deadline)) {
+                    LOG.warning("doorbell line cut off: its client does not read its results");
                     close();
                     return;
                 }
             }
         } catch (IOException e) {
             close();
+        }
+    }
+
+    /** Waits until the socket takes more bytes; false if it did not before {@code deadline}. */
+    private boolean awaitWritable(long deadline) throws IOException {
+        try (Selector writable = Selector.open()) {
+            channel.register(writable, SelectionKey.OP_WRITE);
+            while (!closed) {
+                long left = (deadline - System.nanoTime()) / 1_000_000;
+                if (left <= 0) {
+                    return false;
+                }
+                if (writable.select(left) > 0) {
+                    return true;
+                }
+            }
+            return false;
         }
     }
 

@@ -271,6 +271,46 @@ class DoorbellTest {
     }
 
     @Test
+    void aClientThatReadsNoResultsIsCutOffAndTheServerGoesOn() throws Exception {
+        String model = register();
+        ByteString secret = secret();
+        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+            seg.putGradients(grads(1));
+            RawStep s = open(model, seg.message, secret);
+            Line line = new Line().attach(secret);
+            // Commits without reading a result, until the server hangs up: its results fill the
+            // socket, it waits for the client to take them, then cuts the line off.
+            CompletableFuture<Integer> sent = CompletableFuture.supplyAsync(() -> {
+                int k = 0;
+                try {
+                    while (k < 1_000_000) {
+                        k++;
+                        line.send(DoorbellFrame.newBuilder().setCommit(StepCommit.newBuilder().setStepId(k)
+                                .setView(View.newBuilder().setKind(ViewKind.VIEW_NONE))).build());
+                    }
+                } catch (IOException hungUp) {
+                    // the server closed the line
+                }
+                return k;
+            });
+            int commits = sent.get(60, TimeUnit.SECONDS);
+            assertTrue(commits < 1_000_000, "the server kept reading commits whose results nobody read");
+            int results = 0;
+            for (DoorbellFrame frame; (frame = line.read()) != null; ) {
+                assertTrue(frame.hasResult(), "a frame that is no result: " + frame.getKindCase());
+                results++;
+            }
+            line.close();
+            int sentCommits = commits;
+            int received = results;
+            assertTrue(received > 0 && received < sentCommits, () -> received + " results for " + sentCommits + " commits");
+            // The stream is intact and another trainer steps.
+            s.cancel();
+            f.step(register(), grads(1), StandardModel.zeros());
+        }
+    }
+
+    @Test
     void aSecretOfTheWrongLengthIsRefusedAtOpen() throws Exception {
         String model = register();
         try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
