@@ -177,3 +177,13 @@ def start_server():
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def shm_server(start_server, tmp_path):
+    """A server of the test's own with ``--shm-dir`` (its path in ``shm_dir``)."""
+    directory = tmp_path / "shm"
+    directory.mkdir()
+    server = start_server("--shm-dir", directory)
+    server.shm_dir = str(directory)
+    return server

@@ -16,15 +16,6 @@ from optsidecar.v1 import optimizer_pb2 as pb
 LENGTH = struct.Struct("<I")
 
 
-@pytest.fixture
-def shm_server(start_server, tmp_path):
-    directory = tmp_path / "shm"
-    directory.mkdir()
-    server = start_server("--shm-dir", directory)
-    server.shm_dir = str(directory)
-    return server
-
-
 def socket_path(server):
     name = Client(server.target).server_info().doorbell_socket
     assert name.startswith("doorbell-") and name.endswith(".sock")

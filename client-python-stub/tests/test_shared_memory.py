@@ -18,15 +18,6 @@ from optsidecar import Client, FailedPrecondition, RemoteOptimizer, edits
 from optsidecar.shm import Segment
 
 
-@pytest.fixture
-def shm_server(start_server, tmp_path):
-    directory = tmp_path / "shm"
-    directory.mkdir()
-    server = start_server("--shm-dir", directory)
-    server.shm_dir = str(directory)
-    return server
-
-
 def params_of(model):
     return [p.detach().clone() for p in model.parameters()]
 
