@@ -1,6 +1,8 @@
 """The doorbell socket beside the shared segments, against the real server: steps commit over it,
 errors on it are the Step stream's errors, and nobody without a stream's secret can use it."""
 
+import hashlib
+import json
 import os
 import socket
 import stat
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 from helpers import make_mlp, train_step
-from optsidecar import Client, InvalidArgument, RemoteOptimizer
+from optsidecar import Client, InvalidArgument, PermissionDenied, RemoteOptimizer
 from optsidecar.v1 import optimizer_pb2 as pb
 
 LENGTH = struct.Struct("<I")
@@ -104,5 +106,35 @@ def test_a_connection_without_a_streams_secret_is_refused_and_harms_no_trainer(s
         for t in range(1, 4):
             train_step(model, opt, t)
         assert opt.doorbell and opt.version == 4
+    finally:
+        opt.close()
+
+
+def test_with_tokens_only_a_stream_the_token_opened_gets_a_doorbell(start_server, tmp_path):
+    entries = [{"name": "ci", "sha256": hashlib.sha256(b"ci-secret").hexdigest(), "role": "trainer", "models": ["ci-*"]},
+               {"name": "dash", "sha256": hashlib.sha256(b"dash-secret").hexdigest(), "role": "reader",
+                "models": ["*"]}]
+    (tmp_path / "tokens.json").write_text(json.dumps({"tokens": entries}))
+    (tmp_path / "shm").mkdir()
+    server = start_server("--auth-tokens", tmp_path / "tokens.json", "--shm-dir", tmp_path / "shm")
+    model = make_mlp(5)
+    opt = RemoteOptimizer(model.parameters(), 1e-2, target=server.target, algorithm="AdamW", model="ci-bell",
+                          token="ci-secret")
+    try:
+        train_step(model, opt, 0)
+        assert opt.transport == "shm" and opt.doorbell
+        # A reader's token may not open a Step stream, so it never gets a secret to ring with.
+        reader_model = make_mlp(5)
+        reader = RemoteOptimizer(reader_model.parameters(), target=server.target, model="ci-bell", attach=True,
+                                 token="dash-secret")
+        try:
+            reader_model(torch.ones(2, 6)).sum().backward()
+            with pytest.raises(PermissionDenied):
+                reader.step()
+            assert not reader.doorbell
+        finally:
+            reader.close()
+        train_step(model, opt, 1)
+        assert opt.version == 2
     finally:
         opt.close()
