@@ -366,6 +366,11 @@ public final class OptSidecarClient implements AutoCloseable {
                 .putAllFigures(figures).build()).getVersion();
     }
 
+    /** The server's version, engine and device, shared-memory directory and doorbell socket. */
+    public dev.optsidecar.proto.v1.ServerInfoResponse serverInfo() {
+        return blocking.serverInfo(dev.optsidecar.proto.v1.ServerInfoRequest.getDefaultInstance());
+    }
+
     public List<String> list() {
         return blocking.list(ListRequest.getDefaultInstance()).getModelsList();
     }

@@ -45,6 +45,8 @@ public final class Trainer implements AutoCloseable {
     private WireDtype wireDtype = WireDtype.WIRE_FLOAT32;
     /** The shared-memory segment steps go through, or null for chunks. */
     private ClientSegment segment;
+    /** The server's doorbell socket as this process sees it, when it has one: shared-memory commits go over it. */
+    private java.nio.file.Path doorbellSocket;
     /** Figures {@link #log}ged since the last step: they go with the next one. */
     private final Map<String, Double> pendingFigures = new LinkedHashMap<>();
 
@@ -379,6 +381,7 @@ public final class Trainer implements AutoCloseable {
             segment.close();
         }
         segment = created;
+        doorbellSocket = doorbellIn(shmDir);
         stream = null; // the next step opens a stream that names the segment
         return this;
     }
@@ -435,8 +438,14 @@ public final class Trainer implements AutoCloseable {
             for (int k = 0; k < present.size(); k++) {
                 segment.put(presentIndex.get(k), present.get(k), setsWeights);
             }
-            s.requests.onNext(StepRequest.newBuilder().setCommit(commit).build());
-            StepResult result = OptSidecarClient.await(pending.result);
+            StepResult result;
+            if (s.doorbell != null) {
+                s.pending = null;
+                result = s.doorbell.commit(commit.build());
+            } else {
+                s.requests.onNext(StepRequest.newBuilder().setCommit(commit).build());
+                result = OptSidecarClient.await(pending.result);
+            }
             if (weightsOut != null && result.getWeightsInSegment()) {
                 for (int i = 0; i < weightsOut.size(); i++) {
                     segment.get(i, weightsOut.get(i));
@@ -454,17 +463,52 @@ public final class Trainer implements AutoCloseable {
         if (stream == null || stream.failed) {
             stream = new Stream();
             StepOpen.Builder open = StepOpen.newBuilder().setModel(model).setClientId(clientId).setWireDtype(stream.wire);
+            com.google.protobuf.ByteString secret = null;
             if (segment != null) {
                 open.setShared(segment.message);
+                if (doorbellSocket != null) {
+                    byte[] bytes = new byte[32];
+                    SECRETS.nextBytes(bytes);
+                    secret = com.google.protobuf.ByteString.copyFrom(bytes);
+                    open.getSharedBuilder().setDoorbellSecret(secret);
+                }
             }
             stream.requests.onNext(StepRequest.newBuilder().setOpen(open).build());
+            if (secret != null) {
+                Stream opened = stream;
+                opened.doorbell = Doorbell.attach(doorbellSocket, secret, () -> opened.failed);
+                java.nio.file.Path now = opened.doorbell != null || opened.failed ? doorbellSocket
+                        : doorbellIn(doorbellSocket.getParent());
+                if (now != null && !now.equals(doorbellSocket)) { // a restarted server's socket has a new name
+                    doorbellSocket = now;
+                    opened.doorbell = Doorbell.attach(doorbellSocket, secret, () -> opened.failed);
+                }
+            }
         }
         return stream;
     }
 
+    /** The server's doorbell socket in {@code shmDir}, or null when it has none (or does not answer now). */
+    private java.nio.file.Path doorbellIn(java.nio.file.Path shmDir) {
+        try {
+            String name = client.serverInfo().getDoorbellSocket();
+            return name.isEmpty() ? null : shmDir.resolve(name);
+        } catch (io.grpc.StatusRuntimeException e) {
+            return null;
+        }
+    }
+
+    /** Whether this trainer's steps commit over the server's doorbell socket (shared memory, once a step opened the stream). */
+    public boolean usesDoorbell() {
+        return stream != null && !stream.failed && stream.doorbell != null;
+    }
+
+    private static final java.security.SecureRandom SECRETS = new java.security.SecureRandom();
+
     @Override
     public void close() {
         if (stream != null) {
+            stream.closeDoorbell();
             stream.requests.onCompleted();
             stream = null;
         }
@@ -493,6 +537,8 @@ public final class Trainer implements AutoCloseable {
         volatile boolean failed;
         /** The server ended the stream because the model's tensors changed (AddTensors). */
         volatile boolean modelChanged;
+        /** The doorbell carrying this stream's commits and results, when one attached. */
+        volatile Doorbell doorbell;
 
         Stream() {
             this.requests = (ClientCallStreamObserver<StepRequest>) client.async.step(this);
@@ -552,7 +598,16 @@ public final class Trainer implements AutoCloseable {
 
         void cancel(Throwable cause) {
             failed = true;
+            closeDoorbell();
             requests.cancel("client abandoned the step", cause);
+        }
+
+        void closeDoorbell() {
+            Doorbell bell = doorbell;
+            doorbell = null;
+            if (bell != null) {
+                bell.close();
+            }
         }
     }
 }

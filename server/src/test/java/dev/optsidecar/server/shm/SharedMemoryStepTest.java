@@ -153,6 +153,25 @@ class SharedMemoryStepTest {
     }
 
     @Test
+    void javaTrainersErrorOverTheDoorbellIsTheStreamsAndTheNextStepGoesOn() throws IOException {
+        String model = register();
+        try (dev.optsidecar.client.Trainer trainer = f.client().trainer(model, "nan").useSharedMemory(dir)) {
+            trainer.step(tensors(grads(1)), tensors(StandardModel.zeros()));
+            assertTrue(trainer.usesDoorbell());
+            float[][] g = grads(2);
+            g[1][3] = Float.NaN;
+            StatusRuntimeException refused = assertThrows(StatusRuntimeException.class,
+                    () -> trainer.step(tensors(g), tensors(StandardModel.zeros())));
+            assertEquals(Status.Code.INVALID_ARGUMENT, refused.getStatus().getCode());
+            assertEquals("NON_FINITE_GRADIENT", dev.optsidecar.client.ServerError.of(refused).reason());
+            assertEquals(1, f.describe(model).getVersion());
+            StepResult next = trainer.step(tensors(grads(2)), tensors(StandardModel.zeros()));
+            assertEquals(2, next.getVersion());
+            assertTrue(trainer.usesDoorbell(), "the stream after the error has no doorbell");
+        }
+    }
+
+    @Test
     void javaTrainerThroughSharedMemoryMatchesChunks() throws IOException {
         String viaChunks = register();
         String viaSegment = register();
@@ -175,6 +194,7 @@ class SharedMemoryStepTest {
                 }
                 chunks.step(some, tensors(expected));
                 StepResult r = shared.step(some, tensors(actual));
+                assertTrue(shared.usesDoorbell(), "the Java trainer's commits went on the stream");
                 assertTrue(r.getWeightsInSegment());
                 assertEquals(k, r.getWeightsVersion());
                 assertBitsEqual(expected, actual, "weights of step " + k);
