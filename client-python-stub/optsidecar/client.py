@@ -1001,7 +1001,7 @@ class StepStream:
                 request.open.shared.CopyFrom(self.segment.message())
                 if self.doorbell:
                     secret = os.urandom(32)
-                    request.open.shared.doorbell_secret = secret
+                    request.open.doorbell_secret = secret
             else:
                 request.open.wire_dtype = WIRE_DTYPES[self.wire_dtype]
             self._live = _LiveStream(self.client._step, request)

@@ -470,7 +470,7 @@ public final class Trainer implements AutoCloseable {
                     byte[] bytes = new byte[32];
                     SECRETS.nextBytes(bytes);
                     secret = com.google.protobuf.ByteString.copyFrom(bytes);
-                    open.getSharedBuilder().setDoorbellSecret(secret);
+                    open.setDoorbellSecret(secret);
                 }
             }
             stream.requests.onNext(StepRequest.newBuilder().setOpen(open).build());

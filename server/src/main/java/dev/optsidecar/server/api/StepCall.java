@@ -34,7 +34,7 @@ import io.grpc.stub.StreamObserver;
  *
  * <p>With a shared segment (StepOpen.shared), a commit that received no chunks reads its data from
  * the segment, and the requested view is written into the segment instead of streamed. Such a
- * stream's commits and results may travel over the doorbell socket instead (StepOpen.shared's
+ * stream's commits and results may travel over the doorbell socket instead (StepOpen's
  * doorbell_secret): they go through the same steps here, and the stream's end ends the doorbell.
  *
  * <p>Any error ends the stream with a status and leaves the model as it was before the step.
@@ -44,7 +44,7 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
     private final SharedMemory sharedMemory;
     /** The doorbell socket a shared-memory stream's commits may come over instead; null without one. */
     private final Doorbell doorbell;
-    /** The secret this stream registered with the doorbell (StepOpen.shared.doorbell_secret), or null. */
+    /** The secret this stream registered with the doorbell (StepOpen.doorbell_secret), or null. */
     private com.google.protobuf.ByteString doorbellSecret;
     /** The doorbell connection carrying this stream's commits and results, once one attached. */
     private DoorbellLine line;
@@ -222,9 +222,15 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
                         + " unspecified (it is the chunks')");
             }
             segment = sharedMemory.open(request.getOpen().getShared(), model.tensorNumels(), "open.shared");
-            var secret = request.getOpen().getShared().getDoorbellSecret();
-            if (!secret.isEmpty() && doorbell != null) {
-                doorbell.register(secret, this, "open.shared.doorbell_secret");
+        }
+        var secret = request.getOpen().getDoorbellSecret();
+        if (!secret.isEmpty()) {
+            if (segment == null) {
+                throw OptError.invalid("open.doorbell_secret: only a stream whose data goes through a shared segment"
+                        + " commits over the doorbell; chunks travel on the stream").withField("open.doorbell_secret");
+            }
+            if (doorbell != null) {
+                doorbell.register(secret, this, "open.doorbell_secret");
                 doorbellSecret = secret;
             }
         }

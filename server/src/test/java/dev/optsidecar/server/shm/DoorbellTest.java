@@ -95,7 +95,7 @@ class DoorbellTest {
     private static RawStep open(String model, SharedSegment shared, ByteString secret) {
         return RawStep.start(f.async()).send(StepRequest.newBuilder().setOpen(StepOpen.newBuilder().setModel(model)
                 .setClientId("trainer-" + SEQ.incrementAndGet())
-                .setShared(shared.toBuilder().setDoorbellSecret(secret))).build());
+                .setShared(shared).setDoorbellSecret(secret)).build());
     }
 
     private static StepCommit commit(long stepId) {
@@ -317,8 +317,18 @@ class DoorbellTest {
             RawStep s = open(model, seg.message, ByteString.copyFromUtf8("eight..."));
             Status status = s.awaitClose();
             assertEquals(Status.Code.INVALID_ARGUMENT, status.getCode());
-            assertTrue(status.getDescription().startsWith("open.shared.doorbell_secret:"), status.getDescription());
+            assertTrue(status.getDescription().startsWith("open.doorbell_secret:"), status.getDescription());
         }
+    }
+
+    @Test
+    void aStreamOfChunksHasNoDoorbell() {
+        String model = register();
+        RawStep s = RawStep.start(f.async()).send(StepRequest.newBuilder().setOpen(StepOpen.newBuilder().setModel(model)
+                .setDoorbellSecret(secret())).build());
+        Status status = s.awaitClose();
+        assertEquals(Status.Code.INVALID_ARGUMENT, status.getCode());
+        assertTrue(status.getDescription().startsWith("open.doorbell_secret:"), status.getDescription());
     }
 
     @Test
