@@ -9,6 +9,7 @@
 #include <jni.h>
 
 #include <stdlib.h>
+#include <cmath>
 #include <string.h>
 
 #include <map>
@@ -23,6 +24,19 @@
 namespace {
 
 constexpr int COMBINE_FAN_IN = 32;
+constexpr const char* EMULATED_UUID = "0e0e0e0e-0000-4000-8000-000000000001";
+
+// CUDA IPC within this process: a handle is the exporting memory's address and size behind a
+// marker, so that a handle not made by ipc_handle below does not open.
+constexpr char IPC_MARKER[16] = "osc-emulated-ip";
+struct IpcHandle {
+    char marker[16];
+    int64_t address;
+    int64_t bytes;
+    char unused[32];
+};
+static_assert(sizeof(IpcHandle) == 64, "a cudaIpcMemHandle_t is 64 bytes");
+std::map<void*, int> opened_handles;
 
 std::mutex allocations_lock;
 std::map<void*, size_t> allocations;
@@ -89,7 +103,7 @@ JNIEXPORT jstring JNICALL JNI_NAME(useDevice)(JNIEnv* env, jclass, jint device) 
         throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException", "cudaSetDevice: no emulated device");
         return nullptr;
     }
-    std::string text = "CPU emulation|0|0|" + std::to_string((unsigned long long)device_bytes());
+    std::string text = "CPU emulation|0|0|" + std::to_string((unsigned long long)device_bytes()) + "|" + EMULATED_UUID;
     return env->NewStringUTF(text.c_str());
 }
 
@@ -211,6 +225,57 @@ JNIEXPORT void JNICALL JNI_NAME(combine)(JNIEnv* env, jclass, jlong out, jlongAr
     }
 }
 
+JNIEXPORT jlongArray JNICALL JNI_NAME(ipcOpen)(JNIEnv* env, jclass, jbyteArray handle) {
+    IpcHandle h{};
+    if (env->GetArrayLength(handle) != (jsize)sizeof(h)) {
+        throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException",
+                   "cudaIpcOpenMemHandle: cudaErrorInvalidValue (a handle is 64 bytes)");
+        return nullptr;
+    }
+    env->GetByteArrayRegion(handle, 0, sizeof(h), reinterpret_cast<jbyte*>(&h));
+    if (memcmp(h.marker, IPC_MARKER, sizeof(IPC_MARKER)) != 0) {
+        throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException",
+                   "cudaIpcOpenMemHandle: cudaErrorInvalidResourceHandle (invalid resource handle)");
+        return nullptr;
+    }
+    std::lock_guard<std::mutex> guard(allocations_lock);
+    opened_handles[ptr<void>(h.address)]++;
+    jlong out[2] = {h.address, h.bytes};
+    jlongArray result = env->NewLongArray(2);
+    env->SetLongArrayRegion(result, 0, 2, out);
+    return result;
+}
+
+JNIEXPORT void JNICALL JNI_NAME(ipcClose)(JNIEnv* env, jclass, jlong p) {
+    std::lock_guard<std::mutex> guard(allocations_lock);
+    auto it = opened_handles.find(ptr<void>(p));
+    if (it == opened_handles.end()) {
+        throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException", "cudaIpcCloseMemHandle: not open");
+        return;
+    }
+    if (--it->second == 0) opened_handles.erase(it);
+}
+
+JNIEXPORT void JNICALL JNI_NAME(ingest)(JNIEnv*, jclass, jlong dst, jlong src, jlong n, jlong piece, jlong sums,
+                                        jlong firsts, jlong) {
+    memcpy(ptr<void>(dst), ptr<void>(src), (size_t)n * sizeof(float));
+    const float* g = ptr<const float>(dst);
+    for (int64_t start = 0, block = 0; start < n; start += piece, block++) {
+        int64_t count = n - start < piece ? n - start : piece;
+        for (int lane = 0; lane < osc::INGEST_LANES; lane++) {
+            double sum = 0;
+            long long first = -1;
+            for (int64_t k = lane; k < count; k += osc::INGEST_LANES) {
+                double v = g[start + k];
+                sum += v * v;
+                if (first < 0 && !std::isfinite(v)) first = start + k;
+            }
+            ptr<double>(sums)[block * osc::INGEST_LANES + lane] = sum;
+            ptr<long long>(firsts)[block * osc::INGEST_LANES + lane] = first;
+        }
+    }
+}
+
 JNIEXPORT void JNICALL JNI_NAME(sumOfSquares)(JNIEnv*, jclass, jlong g, jlong n, jlong, jlong result, jlong) {
     *ptr<double>(result) = osc::sum_squares_in_order(ptr<const float>(g), n);
 }
@@ -226,4 +291,24 @@ extern "C" JNIEXPORT void JNICALL Java_dev_optsidecar_server_engine_cuda_Emulate
     JNIEnv*, jclass, jlong bytes) {
     std::lock_guard<std::mutex> guard(allocations_lock);
     device_limit = allocated + (size_t)bytes;
+}
+
+/** Tests' knob: a handle to {@code bytes} of host memory at {@code address}, as another process would export one. */
+extern "C" JNIEXPORT jbyteArray JNICALL Java_dev_optsidecar_server_engine_cuda_EmulatedCuda_ipcHandle(
+    JNIEnv* env, jclass, jlong address, jlong bytes) {
+    IpcHandle h{};
+    memcpy(h.marker, IPC_MARKER, sizeof(IPC_MARKER));
+    h.address = address;
+    h.bytes = bytes;
+    jbyteArray out = env->NewByteArray(sizeof(h));
+    env->SetByteArrayRegion(out, 0, sizeof(h), reinterpret_cast<const jbyte*>(&h));
+    return out;
+}
+
+/** Tests' knob: how many IPC mappings are open now. */
+extern "C" JNIEXPORT jint JNICALL Java_dev_optsidecar_server_engine_cuda_EmulatedCuda_openIpcMappings(JNIEnv*, jclass) {
+    std::lock_guard<std::mutex> guard(allocations_lock);
+    int open = 0;
+    for (auto& entry : opened_handles) open += entry.second;
+    return open;
 }

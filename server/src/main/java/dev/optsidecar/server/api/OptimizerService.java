@@ -84,6 +84,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
                 .setShmDir(sharedMemory.enabled() ? sharedMemory.dir().toString() : "")
                 .setEngine(registry.engine().name())
                 .setDevice(registry.engine().device())
+                .setDeviceUuid(registry.engine().deviceUuid())
                 .build());
     }
 
