@@ -312,3 +312,8 @@ extern "C" JNIEXPORT jint JNICALL Java_dev_optsidecar_server_engine_cuda_Emulate
     for (auto& entry : opened_handles) open += entry.second;
     return open;
 }
+
+extern "C" JNIEXPORT jlong JNICALL Java_dev_optsidecar_server_engine_cuda_EmulatedCuda_address(JNIEnv* env, jclass,
+                                                                                            jobject direct) {
+    return (jlong)(intptr_t)env->GetDirectBufferAddress(direct);
+}

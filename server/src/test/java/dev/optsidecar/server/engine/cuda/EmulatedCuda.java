@@ -52,4 +52,19 @@ public final class EmulatedCuda {
     }
 
     static native void setFreeBytes(long bytes);
+
+    /**
+     * A CUDA IPC handle to {@code memory} (a direct buffer: host memory is the emulated device's),
+     * as a trainer's process would export one for its allocation; only the emulation opens it.
+     */
+    public static byte[] ipcHandle(java.nio.ByteBuffer memory) {
+        return ipcHandle(address(memory), memory.capacity());
+    }
+
+    private static native byte[] ipcHandle(long address, long bytes);
+
+    private static native long address(java.nio.ByteBuffer direct);
+
+    /** IPC mappings open now (each stream that mapped a handle closes its own when it ends). */
+    public static native int openIpcMappings();
 }
