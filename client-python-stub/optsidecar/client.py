@@ -756,6 +756,9 @@ class StepStream:
         #: (or weights to set) are copied into it unless they are its regions already, and the
         #: returned view is copied out of it unless the destinations are its regions.
         self.segment = segment
+        #: The trainer's device buffers (a :class:`~optsidecar.cuda_ipc.DeviceSegment`) the server
+        #: maps through CUDA IPC (None: not used): the data never leaves the GPU.
+        self.device_segment: Any = None
         self._live: Optional[_LiveStream] = None
         self._failed = False
         #: True after a step failed while its weights were arriving: the destinations may hold a
@@ -897,6 +900,10 @@ class StepStream:
         # A new sink per attempt: a retry receives every value again, into the same destinations.
         sink = _Sink(destinations, self.wire_dtype) if destinations is not None else None
         live = self._open()
+        if self.device_segment is not None:
+            from . import cuda_ipc
+
+            return cuda_ipc.attempt(self, live, step_id, grads, commit, destinations, action)
         if self.segment is not None:
             return self._attempt_shared(live, step_id, grads, commit, destinations, action)
         try:
@@ -975,7 +982,9 @@ class StepStream:
                 raise from_rpc_error(ended.call, f"step stream of model {self.model!r}", self.client.target)
         if self._live is None or self._live.broken:
             request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
-            if self.segment is not None:  # a segment holds float32: the wire type is the chunks'
+            if self.device_segment is not None:  # float32 on the device: the wire type is the chunks'
+                request.open.cuda_ipc.CopyFrom(self.device_segment.message())
+            elif self.segment is not None:  # a segment holds float32: the wire type is the chunks'
                 request.open.shared.CopyFrom(self.segment.message())
             else:
                 request.open.wire_dtype = WIRE_DTYPES[self.wire_dtype]
