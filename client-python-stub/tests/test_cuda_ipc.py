@@ -10,8 +10,9 @@ from typing import NamedTuple
 import pytest
 import torch
 
+from conftest import ServerProcess
 from helpers import make_mlp
-from optsidecar import RemoteOptimizer
+from optsidecar import Client, RemoteOptimizer
 from optsidecar.client import StepStream
 from optsidecar.cuda_ipc import ALIGNMENT, layout, message, normalized_uuid, unavailable_reason
 from optsidecar.device_staging import device_fingerprints
@@ -19,6 +20,25 @@ from optsidecar.errors import FailedPrecondition
 from optsidecar.v1 import optimizer_pb2 as pb
 
 SERVER_GPU = "0e0e0e0e-0000-4000-8000-000000000001"
+
+
+@pytest.fixture(scope="module")
+def cpu_server():
+    """A server on the CPU engine even on a machine with a GPU (where auto would pick cuda)."""
+    server = ServerProcess(args=["--engine", "cpu"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def target(cpu_server) -> str:
+    return cpu_server.target
+
+
+@pytest.fixture(scope="module")
+def client(target):
+    with Client(target) as c:
+        yield c
 
 
 def test_layout_puts_every_parameter_then_every_gradient_each_aligned():
