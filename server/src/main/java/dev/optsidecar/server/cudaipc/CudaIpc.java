@@ -1,6 +1,7 @@
 package dev.optsidecar.server.cudaipc;
 
 import dev.optsidecar.proto.v1.CudaIpcBuffers;
+import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.cuda.CudaEngine;
@@ -112,7 +113,14 @@ public final class CudaIpc {
     /** Writes the reader's view into the trainer's parameters and waits for it; returns its version. Closes the reader. */
     public static long writeView(ViewReader reader, IpcMapping mapping) {
         try (reader) {
-            reader.writeTo(mapping);
+            if (reader.streams()) {
+                reader.writeTo(mapping);
+            } else { // a copy shared by a sync step's trainers: from the host
+                while (reader.hasNext()) {
+                    WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
+                    mapping.writeParams(chunk.getTensor(), chunk.getOffset(), chunk.getData().asReadOnlyByteBuffer());
+                }
+            }
             mapping.finish();
             return reader.version();
         }

@@ -2,7 +2,10 @@ package dev.optsidecar.server.cudaipc;
 
 import com.google.protobuf.ByteString;
 import com.google.rpc.ErrorInfo;
+import dev.optsidecar.proto.v1.Coordination;
+import dev.optsidecar.proto.v1.CoordinationMode;
 import dev.optsidecar.proto.v1.CudaIpcBuffers;
+import dev.optsidecar.proto.v1.SyncOptions;
 import dev.optsidecar.proto.v1.NonFinitePolicy;
 import dev.optsidecar.proto.v1.ServerInfoRequest;
 import dev.optsidecar.proto.v1.StepCommit;
@@ -74,12 +77,20 @@ class CudaIpcStepTest {
      */
     static final class TrainerBuffer {
         final ByteBuffer memory;
+        /** Where the buffers start in the allocation. */
+        final int base;
         final long[] weightsOffsets = new long[SIZES.length];
         final long[] gradientOffsets = new long[SIZES.length];
         final long paramsBytes;
         final long gradientsBytes;
 
         TrainerBuffer() {
+            this(null, 0);
+        }
+
+        /** Buffers at {@code base} in {@code allocation}, or in an allocation of their own when it is null. */
+        TrainerBuffer(ByteBuffer allocation, int base) {
+            this.base = base;
             long at = 0;
             for (int t = 0; t < SIZES.length; t++) {
                 weightsOffsets[t] = at;
@@ -91,7 +102,12 @@ class CudaIpcStepTest {
                 at = aligned(at + 4L * SIZES[t]);
             }
             gradientsBytes = at - paramsBytes;
-            memory = ByteBuffer.allocateDirect((int) at).order(ByteOrder.LITTLE_ENDIAN);
+            memory = allocation != null ? allocation : ByteBuffer.allocateDirect((int) at).order(ByteOrder.LITTLE_ENDIAN);
+        }
+
+        static int bytes() {
+            TrainerBuffer b = new TrainerBuffer();
+            return b.memory.capacity();
         }
 
         private static long aligned(long n) {
@@ -101,8 +117,8 @@ class CudaIpcStepTest {
         CudaIpcBuffers.Builder message() {
             ByteString handle = ByteString.copyFrom(EmulatedCuda.ipcHandle(memory));
             CudaIpcBuffers.Builder b = CudaIpcBuffers.newBuilder()
-                    .setParamsHandle(handle).setParamsOffset(0).setParamsBytes(paramsBytes)
-                    .setGradientsHandle(handle).setGradientsOffset(paramsBytes).setGradientsBytes(gradientsBytes);
+                    .setParamsHandle(handle).setParamsOffset(base).setParamsBytes(paramsBytes)
+                    .setGradientsHandle(handle).setGradientsOffset(base + paramsBytes).setGradientsBytes(gradientsBytes);
             for (int t = 0; t < SIZES.length; t++) {
                 b.addWeightsOffsets(weightsOffsets[t]).addGradientOffsets(gradientOffsets[t]);
             }
@@ -110,11 +126,11 @@ class CudaIpcStepTest {
         }
 
         void putGradients(float[][] g) {
-            put(g, paramsBytes, gradientOffsets);
+            put(g, base + paramsBytes, gradientOffsets);
         }
 
         void putWeights(float[][] w) {
-            put(w, 0, weightsOffsets);
+            put(w, base, weightsOffsets);
         }
 
         private void put(float[][] values, long base, long[] offsets) {
@@ -129,7 +145,7 @@ class CudaIpcStepTest {
             float[][] out = StandardModel.zeros();
             for (int t = 0; t < out.length; t++) {
                 for (int i = 0; i < out[t].length; i++) {
-                    out[t][i] = memory.getFloat((int) weightsOffsets[t] + 4 * i);
+                    out[t][i] = memory.getFloat(base + (int) weightsOffsets[t] + 4 * i);
                 }
             }
             return out;
@@ -231,6 +247,51 @@ class CudaIpcStepTest {
         assertBitsEqual(expectedEval, buffer.weights(), "the eval point computed into the trainer's memory");
         s.halfClose();
         assertEquals(Status.Code.OK, s.awaitClose().getCode());
+    }
+
+    /**
+     * Two trainers of a sync step whose buffers lie in one allocation (one handle, mapped once):
+     * both receive the weights of one step with the mean of their gradients, from the copy the
+     * step shares among its contributors.
+     */
+    @Test
+    void syncTrainersSharingAnAllocationBothReceiveTheStepsWeights() {
+        String viaChunks = register("Adam");
+        String viaDevice = "ipc-sync-" + SEQ.incrementAndGet();
+        f.client().register(StandardModel.adamSpec(viaDevice).toBuilder()
+                .setCoordination(Coordination.newBuilder().setMode(CoordinationMode.COORDINATION_SYNC)
+                        .setSync(SyncOptions.newBuilder().setK(2))).build(), tensors(initialWeights(7)));
+        int size = TrainerBuffer.bytes();
+        ByteBuffer allocation = ByteBuffer.allocateDirect(2 * size).order(ByteOrder.LITTLE_ENDIAN);
+        TrainerBuffer a = new TrainerBuffer(allocation, 0);
+        TrainerBuffer b = new TrainerBuffer(allocation, size);
+        a.putGradients(grads(1));
+        b.putGradients(grads(2));
+        RawStep first = open(f, viaDevice, a.message().build());
+        RawStep second = open(f, viaDevice, b.message().build());
+        first.send(commit(1, ViewKind.VIEW_TRAIN));
+        second.send(commit(1, ViewKind.VIEW_TRAIN));
+        StepResult r1 = result(first, 1);
+        StepResult r2 = result(second, 1);
+        assertTrue(r1.getWeightsOnDevice() && r2.getWeightsOnDevice());
+        assertEquals(1, r1.getVersion());
+        // The sync step's mean: the two gradients added, then halved, in float32.
+        float[][] mean = grads(1);
+        float[][] other = grads(2);
+        for (int t = 0; t < mean.length; t++) {
+            for (int i = 0; i < mean[t].length; i++) {
+                mean[t][i] = (mean[t][i] + other[t][i]) / 2f;
+            }
+        }
+        float[][] expected = StandardModel.zeros();
+        f.step(viaChunks, mean, expected);
+        assertBitsEqual(expected, a.weights(), "the first trainer's weights");
+        assertBitsEqual(expected, b.weights(), "the second trainer's weights");
+        first.halfClose();
+        second.halfClose();
+        assertEquals(Status.Code.OK, first.awaitClose().getCode());
+        assertEquals(Status.Code.OK, second.awaitClose().getCode());
+        SidecarFixture.awaitTrue("the shared allocation unmapped", () -> EmulatedCuda.openIpcMappings() == 0);
     }
 
     @Test

@@ -10,7 +10,10 @@ import dev.optsidecar.server.engine.kernel.KernelCall;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashMap;
+import java.util.HexFormat;
 import java.util.List;
+import java.util.Map;
 
 /**
  * A trainer's parameter and gradient buffers on the engine's GPU, mapped from the CUDA IPC
@@ -39,9 +42,27 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
         }
     }
 
+    /**
+     * Allocations mapped in this process, by handle, with the streams using each: CUDA maps a
+     * handle once per process, and two trainers' buffers (or one trainer's, on a stream that ends
+     * as the next opens) may lie in one allocation of the trainer's caching allocator.
+     */
+    private static final Map<String, Opened> OPENED = new HashMap<>();
+
+    private static final class Opened {
+        final long pointer;
+        final long bytes;
+        int users;
+
+        Opened(long pointer, long bytes) {
+            this.pointer = pointer;
+            this.bytes = bytes;
+        }
+    }
+
     private final CudaEngine engine;
-    /** Pointers {@link CudaNative#ipcOpen} returned, each unmapped once at close. */
-    private final List<Long> mapped = new ArrayList<>();
+    /** Handles of the allocations this mapping uses, each given back once at close. */
+    private final List<String> mapped = new ArrayList<>();
     private long params;
     private long gradients;
     private final long[] weightsOffsets;
@@ -69,8 +90,7 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
             try {
                 long[] p = m.map(params.handle(), "params_handle");
                 m.params = m.place(p, params, "params");
-                long[] g = Arrays.equals(params.handle(), gradients.handle()) ? p
-                        : m.map(gradients.handle(), "gradients_handle");
+                long[] g = m.map(gradients.handle(), "gradients_handle");
                 m.gradients = m.place(g, gradients, "gradients");
             } catch (Refused | RuntimeException | Error e) {
                 m.close();
@@ -80,13 +100,23 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
         return m;
     }
 
+    /** {pointer, bytes} of the allocation {@code handle} names, mapped now or by another stream before. */
     private long[] map(byte[] handle, String field) throws Refused {
-        try {
-            long[] opened = CudaNative.ipcOpen(handle);
-            mapped.add(opened[0]);
-            return opened;
-        } catch (CudaException e) {
-            throw new Refused(field + " does not open on the server's GPU: " + e.getMessage(), true);
+        String key = HexFormat.of().formatHex(handle);
+        synchronized (OPENED) {
+            Opened opened = OPENED.get(key);
+            if (opened == null) {
+                try {
+                    long[] made = CudaNative.ipcOpen(handle);
+                    opened = new Opened(made[0], made[1]);
+                } catch (CudaException e) {
+                    throw new Refused(field + " does not open on the server's GPU: " + e.getMessage(), true);
+                }
+                OPENED.put(key, opened);
+            }
+            opened.users++;
+            mapped.add(key);
+            return new long[] {opened.pointer, opened.bytes};
         }
     }
 
@@ -228,6 +258,17 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
         }
     }
 
+    /**
+     * Copies float32 values of tensor {@code tensor} from the host into the trainer's parameters at
+     * element {@code offset} (a view copied out before, as a sync step shares it among trainers).
+     */
+    public void writeParams(int tensor, long offset, ByteBuffer floats) {
+        synchronized (engine) {
+            engine.enter();
+            engine.upload(params + weightsOffsets[tensor], offset, floats);
+        }
+    }
+
     /** Waits until every view written is in the trainer's memory. */
     public void finish() {
         synchronized (engine) {
@@ -246,8 +287,14 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
             closed = true;
             engine.enter();
             CudaNative.streamSynchronize(engine.stream());
-            for (long p : mapped) {
-                CudaNative.ipcClose(p);
+            synchronized (OPENED) {
+                for (String key : mapped) {
+                    Opened opened = OPENED.get(key);
+                    if (--opened.users == 0) {
+                        OPENED.remove(key);
+                        CudaNative.ipcClose(opened.pointer);
+                    }
+                }
             }
             mapped.clear();
             if (scratch != 0) {
