@@ -47,6 +47,25 @@ def layout(numels: Sequence[int]) -> Tuple[List[int], List[int], int, int]:
     return weights, gradients, params_bytes, max(at, ALIGNMENT)
 
 
+#: Bytes of a ``cudaIpcMemHandle_t``.
+HANDLE_BYTES = 64
+
+
+def ipc_mem_handle(exported: bytes) -> bytes:
+    """The ``cudaIpcMemHandle_t`` in what torch's ``_share_cuda_()`` returns: the handle itself
+    (older torch), or a version byte, a kind byte (``c``: a cudaMalloc allocation) and the handle.
+    An expandable segment (``e``, ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``) has no such
+    handle: ValueError."""
+    if len(exported) == HANDLE_BYTES:
+        return exported
+    if len(exported) == HANDLE_BYTES + 2 and exported[1:2] == b"c":
+        return exported[2:]
+    if len(exported) > 1 and exported[1:2] == b"e":
+        raise ValueError("torch allocated the parameters in an expandable segment, which CUDA IPC cannot export "
+                         "(unset expandable_segments in PYTORCH_CUDA_ALLOC_CONF to step through CUDA IPC)")
+    raise ValueError(f"torch exported a CUDA IPC handle of {len(exported)} bytes in a form this client does not know")
+
+
 def normalized_uuid(value: Any) -> str:
     """A GPU UUID as the server writes it: lowercase, without nvidia-smi's ``GPU-`` prefix."""
     text = str(value or "").strip().lower()
@@ -100,7 +119,7 @@ class DeviceSegment:
         self.buffer = torch.zeros(size // 4, dtype=torch.float32, device=self.device)
         # (device, handle, storage bytes, storage offset in the allocation, ...): torch's export.
         shared = self.buffer.untyped_storage()._share_cuda_()
-        self.handle: bytes = bytes(shared[1])
+        self.handle: bytes = ipc_mem_handle(bytes(shared[1]))
         self.offset: int = int(shared[3])
         self.size = size
 

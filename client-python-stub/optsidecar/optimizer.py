@@ -410,7 +410,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         why_not = unavailable_reason(self._params, info.engine, info.device_uuid)
         if why_not is not None:
             return why_not
-        self._bind_device_segment(DeviceSegment(self._params[0].device, [p.numel() for p in self._params]))
+        try:
+            segment = DeviceSegment(self._params[0].device, [p.numel() for p in self._params])
+        except (ValueError, RuntimeError) as e:
+            return f"the parameters' device memory cannot be exported: {e}"
+        self._bind_device_segment(segment)
         return None
 
     def _bind_device_segment(self, segment: DeviceSegment) -> None:

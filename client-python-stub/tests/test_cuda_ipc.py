@@ -14,7 +14,7 @@ from conftest import ServerProcess
 from helpers import make_mlp
 from optsidecar import Client, RemoteOptimizer
 from optsidecar.client import StepStream
-from optsidecar.cuda_ipc import ALIGNMENT, layout, message, normalized_uuid, unavailable_reason
+from optsidecar.cuda_ipc import ALIGNMENT, ipc_mem_handle, layout, message, normalized_uuid, unavailable_reason
 from optsidecar.device_staging import device_fingerprints
 from optsidecar.errors import FailedPrecondition
 from optsidecar.v1 import optimizer_pb2 as pb
@@ -57,6 +57,16 @@ def test_layout_puts_every_parameter_then_every_gradient_each_aligned():
     assert (m.params_offset, m.params_bytes) == (512, params_bytes)
     assert (m.gradients_offset, m.gradients_bytes) == (512 + params_bytes, size - params_bytes)
     assert list(m.weights_offsets) == weights and list(m.gradient_offsets) == gradients
+
+
+def test_the_handle_is_found_in_either_form_torch_exports():
+    handle = bytes(range(64))
+    assert ipc_mem_handle(handle) == handle  # the handle alone
+    assert ipc_mem_handle(b"\x01c" + handle) == handle  # a version and kind byte before it: a cudaMalloc block
+    with pytest.raises(ValueError, match="expandable segment"):
+        ipc_mem_handle(b"\x01e" + bytes(40))
+    with pytest.raises(ValueError, match="of 10 bytes"):
+        ipc_mem_handle(bytes(10))
 
 
 class _Parameter(NamedTuple):
