@@ -195,6 +195,7 @@ class CudaIpcStepTest {
         assertEquals("cuda", info.getEngine());
         assertTrue(info.getDeviceUuid().matches("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
                 info::getDeviceUuid);
+        assertEquals(info.getDeviceUuid(), f.describe(register("Adam")).getDeviceUuid()); // and Describe
     }
 
     @Test
