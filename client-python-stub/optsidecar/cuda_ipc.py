@@ -153,6 +153,27 @@ def message(handle: bytes, offset: int, numels: Sequence[int], weights_offsets: 
                              gradient_offsets=list(gradient_offsets))
 
 
+def probe(client: Any, model: str, buffers: Any) -> Optional[str]:
+    """Whether the server can map ``buffers`` (a :class:`DeviceSegment`, or what has its
+    ``message()``) for ``model``: opens a Step stream with them, anonymously, and ends it at once
+    (the server maps the buffers when the stream opens). Returns the server's reason when it
+    cannot (``CUDA_IPC_UNAVAILABLE``), None when it can; other errors are raised."""
+    import grpc
+
+    from .errors import from_rpc_error
+
+    request = pb.StepRequest(open=pb.StepOpen(model=model, cuda_ipc=buffers.message()))
+    try:
+        for _ in client._step(iter([request]), timeout=client.timeout):
+            pass
+    except grpc.RpcError as e:
+        error = from_rpc_error(e, f"open a CUDA IPC stream on model {model!r}", client.target)
+        if error.reason == "CUDA_IPC_UNAVAILABLE":
+            return f"the server cannot map the parameters' device memory: {error.details}"
+        raise error from None
+    return None
+
+
 def attempt(stream: Any, live: Any, step_id: int, grads: Sequence[Any], commit: pb.StepCommit,
             destinations: Optional[Sequence[Any]], action: str) -> Any:
     """Sends a step once on ``stream``'s device segment (a :class:`~optsidecar.client.StepStream`

@@ -30,7 +30,7 @@ from .live_hyperparameters import LiveHyperparameters, normalized
 from .param_groups import add_group, parse_new_group
 from .param_state import ParameterState
 from .params import ParsedGroup, parse_params
-from .cuda_ipc import DeviceDestination, DeviceSegment, unavailable_reason
+from .cuda_ipc import DeviceDestination, DeviceSegment, probe, unavailable_reason
 from .device_staging import HostStaging, SegmentStaging, is_cuda
 from .shared_params import SharedParameters
 from .shm import SHM_DIR_ENVIRONMENT_VARIABLE, Segment, usable_directory
@@ -414,6 +414,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
             segment = DeviceSegment(self._params[0].device, [p.numel() for p in self._params])
         except (ValueError, RuntimeError) as e:
             return f"the parameters' device memory cannot be exported: {e}"
+        why_not = probe(self.client, self.model, segment)  # before the parameters move in: a refusal leaves them
+        if why_not is not None:
+            return why_not
         self._bind_device_segment(segment)
         return None
 

@@ -14,7 +14,8 @@ from conftest import ServerProcess
 from helpers import make_mlp
 from optsidecar import Client, RemoteOptimizer
 from optsidecar.client import StepStream
-from optsidecar.cuda_ipc import ALIGNMENT, ipc_mem_handle, layout, message, normalized_uuid, unavailable_reason
+from optsidecar.cuda_ipc import (ALIGNMENT, ipc_mem_handle, layout, message, normalized_uuid, probe,
+                                 unavailable_reason)
 from optsidecar.device_staging import device_fingerprints
 from optsidecar.errors import FailedPrecondition
 from optsidecar.v1 import optimizer_pb2 as pb
@@ -145,6 +146,17 @@ def test_the_cpu_engine_refuses_device_buffers_and_the_model_is_unchanged(client
             stream.step([torch.ones(n) for n in numels], [torch.zeros(n) for n in numels])
         assert e.value.reason == "CUDA_IPC_UNAVAILABLE"
         stream.close()
+        assert client.describe(opt.model).version == 0
+    finally:
+        opt.delete()
+
+
+def test_the_probe_reports_why_the_server_cannot_map_the_buffers(client):
+    model = make_mlp()
+    opt = RemoteOptimizer(model.parameters(), 0.1, client=client, algorithm="SGD", transport="grpc")
+    try:
+        numels = [p.numel() for p in model.parameters()]
+        assert "the server's engine is cpu" in probe(client, opt.model, _HostBuffers(numels))
         assert client.describe(opt.model).version == 0
     finally:
         opt.delete()
