@@ -31,7 +31,7 @@ from .param_groups import add_group, parse_new_group
 from .param_state import ParameterState
 from .params import ParsedGroup, parse_params
 from .cuda_ipc import DeviceDestination, DeviceSegment, probe, unavailable_reason
-from .device_staging import HostStaging, SegmentStaging, is_cuda
+from .device_staging import HostStaging, SegmentStaging, is_cuda, synchronize
 from .shared_params import SharedParameters
 from .shm import SHM_DIR_ENVIRONMENT_VARIABLE, Segment, usable_directory
 from .figures import check_figures, loss_figure
@@ -426,6 +426,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._shared.bind()
         self._stream.device_segment = segment
         self._device_destinations = [DeviceDestination(p) for p in self._params]
+        self._pull_destinations: Optional[List[Destination]] = None
         self._edits.record()
 
     def _choose_host_transport(self, transport: str, shm_dir: Optional[str]) -> str:
@@ -860,10 +861,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._stream.partial_weights = False
 
     def _pull_into_params(self, view: str) -> None:
+        if self._device_segment is not None:  # a pull comes as chunks: through host staging
+            if self._pull_destinations is None:
+                self._pull_destinations = [Destination(p) for p in self._params]
+            destinations = self._pull_destinations
+        else:
+            destinations = self._destinations()
         try:
-            weights = self.client.pull(self.model, view, self._destinations(), wire_dtype=self.wire_dtype,
+            weights = self.client.pull(self.model, view, destinations, wire_dtype=self.wire_dtype,
                                        segment=self._segment)
         finally:
+            synchronize(p.device for p in self._params if p.is_cuda)  # copies to the device are done
             self._edits.record()  # what arrived is the server's, even if the pull broke off
         self.version = weights.version
 

@@ -141,3 +141,29 @@ def test_an_edit_through_p_data_on_the_device_is_pushed(cuda_server, transport):
     finally:
         opt.delete()
         reference.delete()
+
+
+@pytest.mark.parametrize("transport", ["cuda-ipc", "shm", "grpc"])
+def test_eval_and_train_views_reach_cuda_parameters(cuda_server, transport):
+    """Schedule-Free's eval point pulled into CUDA parameters and the train view back, between steps."""
+    runs = []
+    for device, options in (("cuda", dict(transport=transport)), ("cpu", dict(transport="grpc"))):
+        params = initial(device)
+        opt = RemoteOptimizer(params, target=cuda_server.target, algorithm="AdamWScheduleFree", lr=1e-2,
+                              warmup_steps=2, **options)
+        runs.append((params, opt))
+    try:
+        assert runs[0][1].transport == transport
+        for t in range(STEPS):
+            for params, opt in runs:
+                opt.train()
+                opt.zero_grad()
+                put_gradients(params, t)
+                opt.step()
+                opt.eval()
+            (on_device, _), (twin, _) = runs
+            for i, (p, q) in enumerate(zip(on_device, twin)):
+                assert torch.equal(p.detach().cpu(), q.detach()), f"{transport}: eval point of tensor {i}, step {t}"
+    finally:
+        for _, opt in runs:
+            opt.delete()
