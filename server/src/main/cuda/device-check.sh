@@ -114,11 +114,11 @@ run() {
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'grpcio', grpc.__version__, 'protobuf', google.protobuf.__version__)" 2>&1 | tee -a "$report" \
       && [ "${PIPESTATUS[0]}" -eq 0 ]; then
     say "## the Python client's CUDA tests against a server on --engine cuda"
-    (cd "$dir/python" && timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_params.py tests/test_cuda_ipc.py 2>&1) \
+    (cd "$dir/python" && timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_params.py tests/test_cuda_ipc.py 2>&1) \
       | tail -40 | tee -a "$report"
     [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
     say "## the step a torch trainer on the same GPU sees through CUDA IPC"
-    timeout 240 python3 "$dir/ipc_bench.py" "$jar" "$ipc_sizes" 2>&1 | tee -a "$report"
+    timeout 150 python3 "$dir/ipc_bench.py" "$jar" "$ipc_sizes" 2>&1 | tee -a "$report"
     [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
   else
     say "FAIL the Python client does not import here (above: the missing module, or a protobuf runtime older"
