@@ -36,16 +36,19 @@ def synchronize(devices: Iterable[torch.device]) -> None:
 
 def device_fingerprints(params: Sequence[torch.Tensor]) -> List[Tuple[int, int]]:
     """Each CUDA parameter's fingerprint, computed where it lives: the 64-bit sums of its float32
-    values' bit patterns, at every position and at even positions (two reductions, no copy of the
-    values), all read back in one transfer."""
+    values' bit patterns at even and at odd positions (one reduction over pairs, one pass over the
+    values), every parameter's read back in one transfer."""
     if not params:
         return []
     sums = []
     for p in params:
         bits = p.detach().to(torch.float32).reshape(-1).view(torch.int32)
-        sums.append(torch.sum(bits, dtype=torch.int64))
-        sums.append(torch.sum(bits[::2], dtype=torch.int64))
-    values = torch.stack(sums).cpu().tolist()
+        pairs = bits.numel() // 2
+        even_odd = bits[:2 * pairs].view(pairs, 2).sum(dim=0, dtype=torch.int64)
+        if bits.numel() % 2:
+            even_odd = even_odd + torch.stack([bits[-1].to(torch.int64), torch.zeros_like(even_odd[1])])
+        sums.append(even_odd)
+    values = torch.cat(sums).cpu().tolist()
     return [(values[2 * k], values[2 * k + 1]) for k in range(len(params))]
 
 

@@ -16,11 +16,11 @@ After the client writes weights into the parameters it records, for each one, th
   are the segment's weights). With the ``crc32c`` package (the CPU's CRC instruction: about 7
   GB/s here, some 5 ms for 40 MB of parameters) this is cheap; without it zlib's CRC32 is used
   (1.5 to 2 GB/s), and server-reported values are ignored. A CUDA parameter is fingerprinted on
-  its device instead (:func:`~optsidecar.device_staging.device_fingerprint`: 64-bit sums of its
-  values' bit patterns, all and at even positions; every parameter's in one transfer), which sees
-  any changed value and any change of several unless their bit patterns' differences cancel out in
-  both sums (a permutation of values across even and odd positions is seen; one within either is
-  not). Another parameter that is not CPU float32 contiguous is copied to the host for it. Set
+  its device instead (:func:`~optsidecar.device_staging.device_fingerprints`: 64-bit sums of its
+  values' bit patterns at even and at odd positions, one pass; every parameter's in one transfer),
+  which sees any changed value and any change of several unless their bit patterns' differences
+  cancel out in both sums (a permutation of values across even and odd positions is seen; one
+  within either is not). Another parameter that is not CPU float32 contiguous is copied to the host for it. Set
   :attr:`ParameterEdits.compare_contents` to False to rely on the first two alone, which cost
   nothing.
 

@@ -169,6 +169,9 @@ def test_device_fingerprints_see_a_changed_value_and_a_swap_across_even_and_odd_
     changed = values.clone()
     changed[500] = torch.nextafter(changed[500], torch.tensor(2.0))  # one bit of one value
     assert device_fingerprints([changed])[0] != base
+    last = values.clone()
+    last[-1] = 0.5  # the odd element out of the pairs
+    assert device_fingerprints([last])[0] != base
     swapped = values.clone()
     swapped[[10, 11]] = swapped[[11, 10]]
     assert device_fingerprints([swapped])[0] != base

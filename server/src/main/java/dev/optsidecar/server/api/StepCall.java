@@ -287,7 +287,7 @@ final class StepCall implements StreamObserver<StepRequest> {
                 "open.shared.gradient_offsets");
     }
 
-    /** Rejects a step whose gradient read from shared memory had a NaN or Inf, as a chunk's would be. */
+    /** Rejects a step whose gradient read from a segment or a trainer's GPU had a NaN or Inf, as a chunk's would be. */
     private void rejectNonFinite(String nonFinite, StepOptions options, String field) {
         if (nonFinite != null && !options.setsWeights() && policy != NonFinitePolicy.NON_FINITE_SKIP) {
             throw OptError.invalid("step %s: %s (the model's non_finite policy rejects such steps)",
