@@ -226,7 +226,8 @@ final class StepCall implements StreamObserver<StepRequest> {
         StepOptions options = StepOptions.of(c);
         Model.ResolvedView resolved = m.resolveView(c.getView(), "commit.view", true);
         Model.ResolvedView view = resolved == null ? null
-                : segment != null || deviceBuffers != null ? resolved.sentAs(wire).readInPlace() : resolved.sentAs(wire);
+                : segment != null || deviceBuffers != null ? resolved.sentAs(wire).readInPlace()
+                : resolved.sentAs(wire);
         if (assembly == null) {
             replayedStepId = null;
             StepResult stored = m.appliedResult(session, c.getStepId());

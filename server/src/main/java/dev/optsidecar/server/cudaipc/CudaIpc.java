@@ -110,7 +110,7 @@ public final class CudaIpc {
         return m.addFromDevice(assembly, noGrad, setsWeights ? mapping.weights() : mapping.gradients());
     }
 
-    /** Writes the reader's view into the trainer's parameters and waits for it; returns its version. Closes the reader. */
+    /** Writes the reader's view into the trainer's parameters, waits for it and returns its version; closes the reader. */
     public static long writeView(ViewReader reader, IpcMapping mapping) {
         try (reader) {
             if (reader.streams()) {

@@ -38,7 +38,10 @@ public interface Engine extends AutoCloseable {
         return "";
     }
 
-    /** The device's UUID (8-4-4-4-12 hex digits) for ServerInfo, so a trainer can tell it is on the same GPU; empty for the CPU. */
+    /**
+     * The device's UUID (8-4-4-4-12 hex digits) for ServerInfo, so that a trainer can tell it is on
+     * the same GPU; empty for the CPU.
+     */
     default String deviceUuid() {
         return "";
     }
