@@ -250,6 +250,11 @@ public final class CudaEngine implements Engine {
         return stream;
     }
 
+    /** Whether {@link #close} ran (the device context's stream and buffers are gone). */
+    boolean isClosed() {
+        return closed;
+    }
+
     /** The engine's pinned buffer of the ring for a small read back (its copy waited for). */
     ByteBuffer pinnedForRead() {
         return acquireStaging().buffer();

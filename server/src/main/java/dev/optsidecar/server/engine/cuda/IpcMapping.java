@@ -285,22 +285,29 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
                 return;
             }
             closed = true;
-            engine.enter();
-            CudaNative.streamSynchronize(engine.stream());
+            // After the engine closed (the server shutting down) no CUDA call is made: the mappings
+            // and the scratch go with the process.
+            boolean live = !engine.isClosed();
+            if (live) {
+                engine.enter();
+                CudaNative.streamSynchronize(engine.stream());
+            }
             synchronized (OPENED) {
                 for (String key : mapped) {
                     Opened opened = OPENED.get(key);
                     if (--opened.users == 0) {
                         OPENED.remove(key);
-                        CudaNative.ipcClose(opened.pointer);
+                        if (live) {
+                            CudaNative.ipcClose(opened.pointer);
+                        }
                     }
                 }
             }
             mapped.clear();
-            if (scratch != 0) {
+            if (scratch != 0 && live) {
                 CudaNative.free(scratch);
-                scratch = 0;
             }
+            scratch = 0;
         }
     }
 }
