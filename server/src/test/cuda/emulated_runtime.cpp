@@ -8,7 +8,11 @@
 // EmulatedCuda.setFreeBytes bounds the "device" memory, so that running out can be tested.
 #include <jni.h>
 
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cmath>
 #include <string.h>
 
@@ -37,6 +41,33 @@ struct IpcHandle {
 };
 static_assert(sizeof(IpcHandle) == 64, "a cudaIpcMemHandle_t is 64 bytes");
 std::map<void*, int> opened_handles;
+
+// A handle from another process: a file (in /dev/shm) whose shared mapping stands for the other
+// process's device memory, so that a trainer process's buffers can be mapped by a server process.
+constexpr char IPC_FILE_MARKER[16] = "osc-emulated-fi";
+struct IpcFileHandle {
+    char marker[16];
+    char path[48];
+};
+static_assert(sizeof(IpcFileHandle) == 64, "a cudaIpcMemHandle_t is 64 bytes");
+std::map<void*, size_t> file_mappings;
+
+/** Maps the file a file handle names; returns its address and size, or nullptr. */
+void* map_file(const IpcFileHandle& h, size_t* bytes) {
+    char path[sizeof(h.path) + 1] = {0};
+    memcpy(path, h.path, sizeof(h.path));
+    int fd = open(path, O_RDWR);
+    if (fd < 0) return nullptr;
+    struct stat st;
+    void* p = nullptr;
+    if (fstat(fd, &st) == 0 && st.st_size > 0) {
+        p = mmap(nullptr, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) p = nullptr;
+        *bytes = (size_t)st.st_size;
+    }
+    close(fd);
+    return p;
+}
 
 std::mutex allocations_lock;
 std::map<void*, size_t> allocations;
@@ -233,6 +264,24 @@ JNIEXPORT jlongArray JNICALL JNI_NAME(ipcOpen)(JNIEnv* env, jclass, jbyteArray h
         return nullptr;
     }
     env->GetByteArrayRegion(handle, 0, sizeof(h), reinterpret_cast<jbyte*>(&h));
+    if (memcmp(h.marker, IPC_FILE_MARKER, sizeof(IPC_FILE_MARKER)) == 0) {
+        IpcFileHandle f;
+        memcpy(&f, &h, sizeof(f));
+        size_t bytes = 0;
+        void* p = map_file(f, &bytes);
+        if (p == nullptr) {
+            throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException",
+                       "cudaIpcOpenMemHandle: cudaErrorMapBufferObjectFailed (the emulated handle's file does not map)");
+            return nullptr;
+        }
+        std::lock_guard<std::mutex> guard(allocations_lock);
+        opened_handles[p]++;
+        file_mappings[p] = bytes;
+        jlong out[2] = {(jlong)(intptr_t)p, (jlong)bytes};
+        jlongArray result = env->NewLongArray(2);
+        env->SetLongArrayRegion(result, 0, 2, out);
+        return result;
+    }
     if (memcmp(h.marker, IPC_MARKER, sizeof(IPC_MARKER)) != 0) {
         throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException",
                    "cudaIpcOpenMemHandle: cudaErrorInvalidResourceHandle (invalid resource handle)");
@@ -253,7 +302,14 @@ JNIEXPORT void JNICALL JNI_NAME(ipcClose)(JNIEnv* env, jclass, jlong p) {
         throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException", "cudaIpcCloseMemHandle: not open");
         return;
     }
-    if (--it->second == 0) opened_handles.erase(it);
+    if (--it->second == 0) {
+        opened_handles.erase(it);
+        auto file = file_mappings.find(ptr<void>(p));
+        if (file != file_mappings.end()) {
+            munmap(file->first, file->second);
+            file_mappings.erase(file);
+        }
+    }
 }
 
 JNIEXPORT void JNICALL JNI_NAME(ingest)(JNIEnv*, jclass, jlong dst, jlong src, jlong n, jlong piece, jlong sums,

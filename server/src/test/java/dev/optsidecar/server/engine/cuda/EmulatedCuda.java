@@ -10,7 +10,8 @@ import java.util.concurrent.TimeUnit;
  * The CUDA engine on this CPU: its Java side as it is, over an emulation of its native library
  * ({@code src/test/cuda/emulated_runtime.cpp}) that runs the real per-element functions and
  * reductions of {@code kernels.h}, compiled with g++. Loaded instead of the jar's library, once per
- * test JVM.
+ * test JVM. Its CUDA IPC handles name this process's memory, or a file whose shared mapping
+ * stands for another process's device memory (a trainer process's, in the Python client's tests).
  */
 public final class EmulatedCuda {
     private EmulatedCuda() {}
