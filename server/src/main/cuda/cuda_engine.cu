@@ -94,6 +94,7 @@ __global__ void fold_kernel(const double* partials, double* total, bool reset) {
 }
 
 constexpr int INGEST_THREADS = 256;
+constexpr int THREADS_FOR_SUMS = 256;
 constexpr int INGEST_TILE = 4096;
 
 // One block per piece of `piece` elements (the host ingest's chunks): copies src into dst and
@@ -128,6 +129,34 @@ __global__ void ingest_kernel(float* dst, const float* src, int64_t n, int64_t p
     if (lane < osc::INGEST_LANES) {
         sums[blockIdx.x * osc::INGEST_LANES + lane] = sum;
         firsts[blockIdx.x * osc::INGEST_LANES + lane] = first;
+    }
+}
+
+// dst = src (unless src is null: dst is only read), and sums[0], sums[1] += the 64-bit wrapping sums
+// of dst's values' bit patterns, as signed 32-bit integers, at even and at odd positions. Integer
+// sums do not depend on the order they are taken in.
+__global__ void copy_sums_kernel(float* dst, const float* src, int64_t n, unsigned long long* sums) {
+    __shared__ unsigned long long shared[2][THREADS_FOR_SUMS];
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    unsigned long long even = 0, odd = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float v = src != nullptr ? src[i] : dst[i];
+        if (src != nullptr) dst[i] = v;
+        unsigned long long bits = (unsigned long long)(long long)__float_as_int(v);
+        if (i & 1) odd += bits; else even += bits;
+    }
+    shared[0][threadIdx.x] = even;
+    shared[1][threadIdx.x] = odd;
+    for (int half = THREADS_FOR_SUMS / 2; half > 0; half /= 2) {
+        __syncthreads();
+        if (threadIdx.x < half) {
+            shared[0][threadIdx.x] += shared[0][threadIdx.x + half];
+            shared[1][threadIdx.x] += shared[1][threadIdx.x + half];
+        }
+    }
+    if (threadIdx.x == 0) {
+        atomicAdd(&sums[0], shared[0][0]);
+        atomicAdd(&sums[1], shared[1][0]);
     }
 }
 
@@ -258,6 +287,17 @@ OSC_EXPORT jlongArray JNICALL JNI_NAME(ipcOpen)(JNIEnv* env, jclass, jbyteArray 
 
 OSC_EXPORT void JNICALL JNI_NAME(ipcClose)(JNIEnv* env, jclass, jlong p) {
     check(env, cudaIpcCloseMemHandle(ptr<void>(p)), "cudaIpcCloseMemHandle");
+}
+
+/**
+ * Copies n floats from src to dst (src 0: copies nothing) and adds the sums of dst's bit patterns
+ * at even and at odd positions to the two 64-bit integers at sums (copy_sums_kernel).
+ */
+OSC_EXPORT void JNICALL JNI_NAME(copySums)(JNIEnv* env, jclass, jlong dst, jlong src, jlong n, jlong sums, jlong s) {
+    if (n == 0) return;
+    copy_sums_kernel<<<blocks_for(n), THREADS_FOR_SUMS, 0, stream(s)>>>(ptr<float>(dst), ptr<const float>(src), n,
+                                                                        ptr<unsigned long long>(sums));
+    check(env, cudaGetLastError(), "copy and sums launch");
 }
 
 /**

@@ -312,6 +312,13 @@ JNIEXPORT void JNICALL JNI_NAME(ipcClose)(JNIEnv* env, jclass, jlong p) {
     }
 }
 
+JNIEXPORT void JNICALL JNI_NAME(copySums)(JNIEnv*, jclass, jlong dst, jlong src, jlong n, jlong sums, jlong) {
+    if (src != 0) memcpy(ptr<void>(dst), ptr<void>(src), (size_t)n * sizeof(float));
+    unsigned long long* out = ptr<unsigned long long>(sums);
+    const int32_t* bits = ptr<const int32_t>(dst);
+    for (int64_t i = 0; i < n; i++) out[i & 1] += (unsigned long long)(long long)bits[i];
+}
+
 JNIEXPORT void JNICALL JNI_NAME(ingest)(JNIEnv*, jclass, jlong dst, jlong src, jlong n, jlong piece, jlong sums,
                                         jlong firsts, jlong) {
     memcpy(ptr<void>(dst), ptr<void>(src), (size_t)n * sizeof(float));

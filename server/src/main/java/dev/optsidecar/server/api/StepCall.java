@@ -346,9 +346,13 @@ final class StepCall implements StreamObserver<StepRequest> {
     private void send(StepResult result, ViewReader weights) {
         lastActivityNanos = System.nanoTime(); // the time the step took is not the client's idleness
         if (weights != null && deviceBuffers != null) {
-            long version = CudaIpc.writeView(weights, deviceBuffers);
-            out.onNext(StepResponse.newBuilder().setResult(result.toBuilder().setWeightsOnDevice(true)
-                    .setWeightsVersion(version)).build());
+            CudaIpc.WrittenView written = CudaIpc.writeView(weights, deviceBuffers);
+            StepResult.Builder onDevice = result.toBuilder().setWeightsOnDevice(true)
+                    .setWeightsVersion(written.version()).clearWeightsDeviceSums();
+            for (long sum : written.sums()) {
+                onDevice.addWeightsDeviceSums(sum);
+            }
+            out.onNext(StepResponse.newBuilder().setResult(onDevice).build());
             meter.sent();
             return;
         }

@@ -44,7 +44,7 @@ public final class CudaIpc {
         long[] gradients = checkRegions(buffers.getGradientOffsetsList(), numels, buffers.getGradientsBytes(),
                 field + ".gradient_offsets", field + ".gradients_bytes");
         try {
-            return IpcMapping.open(cuda,
+            return IpcMapping.open(cuda, numels,
                     new IpcMapping.Buffer(buffers.getParamsHandle().toByteArray(), buffers.getParamsOffset(),
                             buffers.getParamsBytes()), weights,
                     new IpcMapping.Buffer(buffers.getGradientsHandle().toByteArray(), buffers.getGradientsOffset(),
@@ -110,9 +110,13 @@ public final class CudaIpc {
         return m.addFromDevice(assembly, noGrad, setsWeights ? mapping.weights() : mapping.gradients());
     }
 
-    /** Writes the reader's view into the trainer's parameters, waits for it and returns its version; closes the reader. */
-    public static long writeView(ViewReader reader, IpcMapping mapping) {
+    /** A view written into a trainer's parameters: its version and the sums of each tensor's values' bits. */
+    public record WrittenView(long version, long[] sums) {}
+
+    /** Writes the reader's view into the trainer's parameters and waits for it; closes the reader. */
+    public static WrittenView writeView(ViewReader reader, IpcMapping mapping) {
         try (reader) {
+            mapping.startView();
             if (reader.streams()) {
                 reader.writeTo(mapping);
             } else { // a copy shared by a sync step's trainers: from the host
@@ -121,8 +125,8 @@ public final class CudaIpc {
                     mapping.writeParams(chunk.getTensor(), chunk.getOffset(), chunk.getData().asReadOnlyByteBuffer());
                 }
             }
-            mapping.finish();
-            return reader.version();
+            long[] sums = mapping.finish();
+            return new WrittenView(reader.version(), sums);
         }
     }
 }

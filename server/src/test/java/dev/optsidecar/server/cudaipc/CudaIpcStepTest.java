@@ -152,6 +152,26 @@ class CudaIpcStepTest {
         }
     }
 
+    /** The sums a view's result reports: per tensor, its values' bit patterns summed at even and at odd positions. */
+    private static List<Long> bitSums(float[][] values) {
+        List<Long> sums = new ArrayList<>();
+        for (float[] tensor : values) {
+            long even = 0;
+            long odd = 0;
+            for (int i = 0; i < tensor.length; i++) {
+                long bits = Float.floatToRawIntBits(tensor[i]);
+                if (i % 2 == 0) {
+                    even += bits;
+                } else {
+                    odd += bits;
+                }
+            }
+            sums.add(even);
+            sums.add(odd);
+        }
+        return sums;
+    }
+
     private static String register(String algorithm) {
         String name = "ipc-" + SEQ.incrementAndGet();
         var hp = algorithm.equals("Adam") ? struct("lr", 0.01, "betas", List.of(0.8, 0.95), "weight_decay", 0.01)
@@ -216,6 +236,7 @@ class CudaIpcStepTest {
             assertTrue(r.getWeightsOnDevice());
             assertEquals(k, r.getWeightsVersion());
             assertBitsEqual(expected, buffer.weights(), "weights written into the trainer's memory, step " + k);
+            assertEquals(bitSums(expected), r.getWeightsDeviceSumsList(), "the sums of the weights written");
         }
         s.halfClose();
         assertEquals(Status.Code.OK, s.awaitClose().getCode());
@@ -246,6 +267,7 @@ class CudaIpcStepTest {
         float[][] expectedEval = StandardModel.zeros();
         f.client().pull(viaChunks, View.newBuilder().setKind(ViewKind.VIEW_EVAL).build(), tensors(expectedEval));
         assertBitsEqual(expectedEval, buffer.weights(), "the eval point computed into the trainer's memory");
+        assertEquals(bitSums(expectedEval), r.getWeightsDeviceSumsList(), "the sums of the eval point");
         s.halfClose();
         assertEquals(Status.Code.OK, s.awaitClose().getCode());
     }
@@ -288,6 +310,8 @@ class CudaIpcStepTest {
         f.step(viaChunks, mean, expected);
         assertBitsEqual(expected, a.weights(), "the first trainer's weights");
         assertBitsEqual(expected, b.weights(), "the second trainer's weights");
+        assertEquals(bitSums(expected), r1.getWeightsDeviceSumsList(), "the sums of the weights copied in");
+        assertEquals(bitSums(expected), r2.getWeightsDeviceSumsList(), "the sums of the weights copied in");
         first.halfClose();
         second.halfClose();
         assertEquals(Status.Code.OK, first.awaitClose().getCode());

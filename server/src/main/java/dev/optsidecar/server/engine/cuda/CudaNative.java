@@ -141,6 +141,13 @@ final class CudaNative {
      */
     static native void ingest(long dst, long src, long n, long piece, long sums, long firsts, long stream);
 
+    /**
+     * Copies {@code n} floats from {@code src} to {@code dst} ({@code src} 0: none) and adds the
+     * 64-bit wrapping sums of {@code dst}'s bit patterns (signed 32-bit) at even and at odd positions
+     * to the two longs at {@code sums}.
+     */
+    static native void copySums(long dst, long src, long n, long sums, long stream);
+
     /** {@code osc::INGEST_LANES}: the host ingest's lanes (position mod 8 in a chunk). */
     static final int INGEST_LANES = 8;
 

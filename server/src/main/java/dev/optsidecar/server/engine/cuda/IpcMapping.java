@@ -67,27 +67,37 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
     private long gradients;
     private final long[] weightsOffsets;
     private final long[] gradientOffsets;
+    private final long[] numels;
+    /** Device longs, two per tensor: the sums of the view written (see {@link #finish}). */
+    private long viewSums;
+    /** Tensors the view being written has reached; those of them still to be summed. */
+    private final boolean[] written;
+    private final boolean[] toSum;
     /** Device scratch for the ingest's per-piece lane sums and first non-finite indexes. */
     private long scratch;
     private long scratchPieces;
     private boolean closed;
 
-    private IpcMapping(CudaEngine engine, long[] weightsOffsets, long[] gradientOffsets) {
+    private IpcMapping(CudaEngine engine, long[] numels, long[] weightsOffsets, long[] gradientOffsets) {
         this.engine = engine;
+        this.numels = numels.clone();
         this.weightsOffsets = weightsOffsets.clone();
         this.gradientOffsets = gradientOffsets.clone();
+        this.written = new boolean[numels.length];
+        this.toSum = new boolean[numels.length];
     }
 
     /**
      * Maps both buffers (one mapping when they share an allocation). The offsets are the caller's
      * to check against the buffers' sizes; each buffer is checked here against its allocation.
      */
-    public static IpcMapping open(CudaEngine engine, Buffer params, long[] weightsOffsets, Buffer gradients,
-                                  long[] gradientOffsets) throws Refused {
-        IpcMapping m = new IpcMapping(engine, weightsOffsets, gradientOffsets);
+    public static IpcMapping open(CudaEngine engine, long[] numels, Buffer params, long[] weightsOffsets,
+                                  Buffer gradients, long[] gradientOffsets) throws Refused {
+        IpcMapping m = new IpcMapping(engine, numels, weightsOffsets, gradientOffsets);
         synchronized (engine) {
             engine.enter();
             try {
+                m.viewSums = CudaNative.malloc(Math.max(1, 2L * numels.length) * Long.BYTES);
                 long[] p = m.map(params.handle(), "params_handle");
                 m.params = m.place(p, params, "params");
                 long[] g = m.map(gradients.handle(), "gradients_handle");
@@ -225,12 +235,28 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
         }
     }
 
+    /** Starts writing a view: no tensor written, the sums zeroed. */
+    public void startView() {
+        synchronized (engine) {
+            engine.enter();
+            Arrays.fill(written, false);
+            Arrays.fill(toSum, false);
+            CudaNative.zero(viewSums, 2L * numels.length * Long.BYTES, engine.stream());
+        }
+    }
+
+    /** Copies {@code src} into tensor {@code tensor}'s parameters (0: they were written already), summing them. */
+    private void copyAndSum(int tensor, long src) {
+        CudaNative.copySums(params + weightsOffsets[tensor], src, numels[tensor],
+                viewSums + 2L * tensor * Long.BYTES, engine.stream());
+        written[tensor] = true;
+    }
+
     @Override
     public void params(int tensor, EngineTensor storage) {
         synchronized (engine) {
             engine.enter();
-            CudaTensor t = (CudaTensor) storage;
-            CudaNative.copyDevice(params + weightsOffsets[tensor], t.theta(), t.numel() * Float.BYTES, engine.stream());
+            copyAndSum(tensor, ((CudaTensor) storage).theta());
         }
     }
 
@@ -238,9 +264,7 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
     public void slot(int tensor, EngineTensor storage, int slot) {
         synchronized (engine) {
             engine.enter();
-            CudaTensor t = (CudaTensor) storage;
-            CudaNative.copyDevice(params + weightsOffsets[tensor], t.slot(slot), t.numel() * Float.BYTES,
-                    engine.stream());
+            copyAndSum(tensor, ((CudaTensor) storage).slot(slot));
         }
     }
 
@@ -255,6 +279,7 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
             NativeProgram p = NativeProgram.of(List.of(view));
             CudaNative.runView(params + weightsOffsets[tensor], t.theta(), t.slotTable(), 0, t.numel(), p.codes()[0],
                     p.slots(), p.scalars(), engine.stream());
+            copyAndSum(tensor, 0);
         }
     }
 
@@ -266,14 +291,33 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
         synchronized (engine) {
             engine.enter();
             engine.upload(params + weightsOffsets[tensor], offset, floats);
+            written[tensor] = true;
+            toSum[tensor] = true;
         }
     }
 
-    /** Waits until every view written is in the trainer's memory. */
-    public void finish() {
+    /**
+     * Waits until the view written is in the trainer's memory and returns, when it reached every
+     * tensor, two sums per tensor in order: the 64-bit wrapping sums of its values' bit patterns
+     * (signed 32-bit) at even and at odd positions; else none.
+     */
+    public long[] finish() {
         synchronized (engine) {
             engine.enter();
-            CudaNative.streamSynchronize(engine.stream());
+            for (int t = 0; t < numels.length; t++) {
+                if (toSum[t]) {
+                    copyAndSum(t, 0);
+                }
+            }
+            for (boolean w : written) {
+                if (!w) {
+                    CudaNative.streamSynchronize(engine.stream());
+                    return new long[0];
+                }
+            }
+            long[] sums = new long[2 * numels.length];
+            readBack(viewSums, sums.length, (buffer, from, n) -> buffer.asLongBuffer().get(sums, from, n));
+            return sums;
         }
     }
 
@@ -308,6 +352,10 @@ public final class IpcMapping implements DeviceViewTarget, AutoCloseable {
                 CudaNative.free(scratch);
             }
             scratch = 0;
+            if (viewSums != 0 && live) {
+                CudaNative.free(viewSums);
+            }
+            viewSums = 0;
         }
     }
 }
