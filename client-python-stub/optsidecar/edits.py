@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -103,6 +103,9 @@ class ParameterEdits:
         self.params = list(params)
         #: Compare contents too, to catch writes through ``p.data`` (see the module's docstring).
         self.compare_contents = True
+        #: Which parameters are fingerprinted by :func:`~optsidecar.device_staging.device_fingerprints`
+        #: (sums, on their device) rather than by CRC: CUDA ones, and over CUDA IPC every one.
+        self.summed: Callable[[int], bool] = lambda i: self.params[i].is_cuda
         self._recorded: List[Optional[Tuple[int, int, Optional[Tuple[int, ...]]]]] = [None] * len(self.params)
 
     def _state(self, p: torch.Tensor, fingerprint: Any = None) -> Tuple[int, int, Optional[Tuple[int, ...]]]:
@@ -115,20 +118,24 @@ class ParameterEdits:
         and read back together (one synchronisation, not one per parameter)."""
         if not self.compare_contents:
             return {}
-        on_device = [i for i in indices if self.params[i].is_cuda]
+        on_device = [i for i in indices if self.summed(i)]
         return dict(zip(on_device, device_fingerprints([self.params[i] for i in on_device])))
 
     def record(self, indices: Optional[Sequence[int]] = None,
-               crc32c: Optional[Mapping[int, Tuple[int, ...]]] = None) -> None:
+               crc32c: Optional[Mapping[int, Tuple[int, ...]]] = None,
+               sums: Optional[Mapping[int, Tuple[int, int]]] = None) -> None:
         """Notes the parameters (all, or those of ``indices``) as the server's: call after writing
         weights into them, or after the server received them. ``crc32c``: the CRC-32C the server
-        reported of the pieces it wrote into some of them, by index, taken instead of hashing them."""
+        reported of the pieces it wrote into some of them, by index, taken instead of hashing them;
+        ``sums``: likewise the sums it reported of parameters fingerprinted by sums."""
         known = crc32c if crc32c is not None and FINGERPRINTS_ARE_CRC32C and self.compare_contents else {}
         chosen = list(range(len(self.params)) if indices is None else indices)
-        on_device = self._device_fingerprints(chosen)
+        reported = {i: s for i, s in (sums or {}).items() if self.compare_contents and self.summed(i)}
+        on_device = dict(reported)
+        on_device.update(self._device_fingerprints([i for i in chosen if i not in reported]))
         for i in chosen:
             p = self.params[i]
-            if i in known:
+            if i in known and not self.summed(i):
                 self._recorded[i] = (p._version, p.data_ptr(), known[i])
             else:
                 self._recorded[i] = self._state(p, on_device.get(i))

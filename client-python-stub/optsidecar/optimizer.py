@@ -426,6 +426,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._shared.bind()
         self._stream.device_segment = segment
         self._device_destinations = [DeviceDestination(p) for p in self._params]
+        self._edits.summed = lambda i: True  # the buffer's sums: what the server reports of its writes
         self._pull_destinations: Optional[List[Destination]] = None
         self._edits.record()
 
@@ -686,7 +687,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         finally:
             if self._stream.partial_weights:
                 self._edits.record()  # what arrived is the server's, not the trainer's
-        self._edits.record(crc32c=self._written_crc32c(figures))
+        self._edits.record(crc32c=self._written_crc32c(figures), sums=self._written_sums(figures))
         self._pending_figures.clear()  # they went with this step
         self._hyperparameters.confirm(changes, figures)
         self.last_result = figures
@@ -718,6 +719,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if pieces is None:
             return {}
         return {i: crc for i, crc in enumerate(pieces) if self._shared.is_bound(i)}
+
+    def _written_sums(self, figures: StepFigures) -> Dict[int, Tuple[int, int]]:
+        """The sums the server reported of the weights it wrote into the device buffer (CUDA IPC),
+        for each parameter that is that very memory."""
+        sums = figures.weights_device_sums
+        if self._device_segment is None or len(sums) != 2 * len(self._params):
+            return {}
+        return {i: (sums[2 * i], sums[2 * i + 1]) for i in range(len(self._params)) if self._shared.is_bound(i)}
 
     def _push_edits(self) -> None:
         """Sends the parameters the trainer changed since the client last wrote them, as one

@@ -136,6 +136,9 @@ def test_steps_edits_and_views_over_cuda_ipc_match_chunks(emulated_cuda_server, 
             assert ipc.last_result.grad_norm == chunks.last_result.grad_norm, f"norm of step {t}"
             for i, (p, q) in enumerate(zip(ipc_params, chunk_params)):
                 assert torch.equal(p, q), f"tensor {i} after step {t}"
+        # The server reported the sums of what it wrote: they are the record the edit check compares
+        # with (a mismatch would push every tensor before every step).
+        assert len(ipc.last_result.weights_device_sums) == 2 * len(SHAPES)
         assert ipc.last_push is not None and ipc.last_push.tensors == ("p0",)
         assert ipc.version == chunks.version == STEPS + 1
         # A tensor without a gradient this step is skipped, as torch skips a None .grad.
