@@ -195,3 +195,30 @@ def test_a_handle_the_server_cannot_map_falls_back_under_auto(emulated_cuda_serv
         assert opt.version == 1
     finally:
         opt.delete()
+
+
+def test_a_param_group_added_moves_every_parameter_into_a_new_buffer(emulated_cuda_server, emulated_ipc):
+    runs = []
+    for transport in ("cuda-ipc", "grpc"):
+        params = initial()
+        opt = RemoteOptimizer(params[:2], target=emulated_cuda_server.target, algorithm="AdamW", transport=transport,
+                              **HYPERPARAMETERS)
+        runs.append((params, opt))
+    try:
+        for t in range(2):
+            for params, opt in runs:
+                if t == 1:
+                    opt.add_param_group({"params": [params[2]], "weight_decay": 0.0})
+                opt.zero_grad()
+                put_gradients(params, t)  # the third parameter's gradient counts once it is in a group
+                opt.step()
+        (ipc_params, ipc), (chunk_params, _) = runs
+        assert ipc.transport == "cuda-ipc" and len(ipc._device_segment.numels) == 3
+        buffer = ipc._device_segment.buffer
+        assert all(buffer.data_ptr() <= p.data_ptr() < buffer.data_ptr() + 4 * buffer.numel() for p in ipc_params)
+        for i, (p, q) in enumerate(zip(ipc_params, chunk_params)):
+            assert torch.equal(p, q), f"tensor {i}"
+        assert ipc.last_push is None
+    finally:
+        for _, opt in runs:
+            opt.delete()
