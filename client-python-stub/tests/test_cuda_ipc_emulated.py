@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,10 @@ class FileBackedSegment(DeviceSegment):
         self.numels = [int(n) for n in numels]
         self.weights_offsets, self.gradient_offsets, self.params_bytes, self.size = layout(self.numels)
         self.device = torch.device("cpu")
-        self.path = f"/dev/shm/osc-test-{secrets.token_hex(8)}"
+        # A short path: the emulation's handle holds at most 47 bytes of it.
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        self.path = os.path.join(directory, f"osc-test-{secrets.token_hex(8)}")
+        assert len(self.path.encode()) < 48, self.path
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, self.size)
@@ -181,7 +185,7 @@ def test_a_handle_the_server_cannot_map_falls_back_under_auto(emulated_cuda_serv
     class Unmappable(FileBackedSegment):
         def __init__(self, device, numels):
             super().__init__(device, numels)
-            self.handle = FILE_MARKER + b"/dev/shm/osc-test-missing".ljust(48, b"\0")
+            self.handle = FILE_MARKER + (self.path + "-missing").encode().ljust(48, b"\0")
 
     monkeypatch.setattr(optimizer_module, "DeviceSegment", Unmappable)
     params = initial()
