@@ -23,6 +23,10 @@ from .buffers import Destination
 from .shm import Segment
 
 
+#: The torch dtype of each wire type's values.
+_WIRE_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def is_cuda(tensors: Iterable[Any]) -> bool:
     """Whether any of the tensors is on a CUDA device."""
     return any(t is not None and getattr(t, "is_cuda", False) for t in tensors)
@@ -60,9 +64,12 @@ class HostStaging:
         self._buffers: Dict[int, torch.Tensor] = {}
         self._devices: List[torch.device] = []
 
-    def gradients(self, grads: Sequence[Optional[torch.Tensor]]) -> List[Optional[torch.Tensor]]:
-        """The gradients with each CUDA one copied into its pinned buffer (float32, all copies
-        queued, then one synchronisation): host tensors that chunks are sliced from in place."""
+    def gradients(self, grads: Sequence[Optional[torch.Tensor]],
+                  wire_dtype: str = "float32") -> List[Optional[torch.Tensor]]:
+        """The gradients with each CUDA one copied into its pinned buffer (of the wire type, a
+        16-bit one rounded on the device so that half the bytes cross; all copies queued, then one
+        synchronisation): host tensors that chunks are sliced from in place."""
+        dtype = _WIRE_TORCH_DTYPES[wire_dtype]
         out: List[Optional[torch.Tensor]] = []
         devices = set()
         for i, g in enumerate(grads):
@@ -70,9 +77,9 @@ class HostStaging:
                 out.append(g)
                 continue
             buffer = self._buffers.get(i)
-            if buffer is None or buffer.numel() != g.numel():
-                buffer = self._buffers[i] = torch.empty(g.numel(), dtype=torch.float32, pin_memory=True)
-            buffer.copy_(g.detach().reshape(-1), non_blocking=True)
+            if buffer is None or buffer.numel() != g.numel() or buffer.dtype != dtype:
+                buffer = self._buffers[i] = torch.empty(g.numel(), dtype=dtype, pin_memory=True)
+            buffer.copy_(g.detach().reshape(-1).to(dtype), non_blocking=True)
             devices.add(g.device)
             out.append(buffer)
         synchronize(devices)

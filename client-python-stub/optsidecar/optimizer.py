@@ -663,7 +663,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         reported.update(self._pending_figures)
         destinations = self._destinations()
         if self._host_staging is not None:
-            grads = self._host_staging.gradients(grads)
+            grads = self._host_staging.gradients(grads, self.wire_dtype)
             destinations = self._host_staging.destinations(destinations)
         elif self._segment_staging is not None:
             grads = self._segment_staging.gradients(grads)
