@@ -136,6 +136,10 @@ class Destination:
         staging: a float32 buffer of the right size to reuse as staging, if one is needed.
     """
 
+    #: Copy staged values to a CUDA target without waiting (the caller synchronises the device
+    #: before it reads the target or reuses the staging buffer).
+    non_blocking = False
+
     def __init__(self, target: Any, staging: Optional[np.ndarray] = None):
         self.target = target
         self.numel = numel_of(target)
@@ -202,7 +206,7 @@ class Destination:
 
             staged = torch.from_numpy(self.array).view(self.target.shape)
             with torch.no_grad():
-                self.target.copy_(staged)
+                self.target.copy_(staged, non_blocking=self.non_blocking)
         else:
             np.copyto(self.target, self.array.reshape(np.shape(self.target)), casting="unsafe")
 

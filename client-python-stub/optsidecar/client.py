@@ -774,6 +774,9 @@ class StepStream:
         #: The server's doorbell socket as this process sees it (None: none): with a segment, the
         #: stream's commits and results go over it, not through grpc (see :mod:`optsidecar.doorbell`).
         self.doorbell = doorbell_path
+        #: The trainer's device buffers (a :class:`~optsidecar.cuda_ipc.DeviceSegment`) the server
+        #: maps through CUDA IPC (None: not used): the data never leaves the GPU.
+        self.device_segment: Any = None
         self._live: Optional[_LiveStream] = None
         self._failed = False
         #: True after a step failed while its weights were arriving: the destinations may hold a
@@ -915,6 +918,10 @@ class StepStream:
         # A new sink per attempt: a retry receives every value again, into the same destinations.
         sink = _Sink(destinations, self.wire_dtype) if destinations is not None else None
         live = self._open()
+        if self.device_segment is not None:
+            from . import cuda_ipc
+
+            return cuda_ipc.attempt(self, live, step_id, grads, commit, destinations, action)
         if self.segment is not None:
             return self._attempt_shared(live, step_id, grads, commit, destinations, action)
         try:
@@ -996,14 +1003,17 @@ class StepStream:
                 raise from_rpc_error(ended.call, f"step stream of model {self.model!r}", self.client.target)
         if self._live is None or self._live.broken:
             request = pb.StepRequest(open=pb.StepOpen(model=self.model, client_id=self.client_id))
-            secret = None
-            if self.segment is not None:  # a segment holds float32: the wire type is the chunks'
+            if self.device_segment is not None:  # float32 on the device: the wire type is the chunks'
+                request.open.cuda_ipc.CopyFrom(self.device_segment.message())
+            elif self.segment is not None:  # a segment holds float32: the wire type is the chunks'
                 request.open.shared.CopyFrom(self.segment.message())
-                if self.doorbell:
-                    secret = os.urandom(32)
-                    request.open.doorbell_secret = secret
             else:
                 request.open.wire_dtype = WIRE_DTYPES[self.wire_dtype]
+            # Data outside the stream: the commits and results may take the doorbell too.
+            outside = self.device_segment is not None or self.segment is not None
+            secret = os.urandom(32) if self.doorbell and outside else None
+            if secret is not None:
+                request.open.doorbell_secret = secret
             self._live = _LiveStream(self.client._step, request)
             if secret is not None:
                 self._live.doorbell = self._ring(secret)

@@ -15,9 +15,14 @@ After the client writes weights into the parameters it records, for each one, th
   the server reports the CRC of what it wrote (it does over shared memory, where the parameters
   are the segment's weights). With the ``crc32c`` package (the CPU's CRC instruction: about 7
   GB/s here, some 5 ms for 40 MB of parameters) this is cheap; without it zlib's CRC32 is used
-  (1.5 to 2 GB/s), and server-reported values are ignored. A parameter that is not CPU float32
-  contiguous is copied to the host for it. Set :attr:`ParameterEdits.compare_contents` to False
-  to rely on the first two alone, which cost nothing.
+  (1.5 to 2 GB/s), and server-reported values are ignored. A CUDA parameter is fingerprinted on
+  its device instead (:func:`~optsidecar.device_staging.device_fingerprints`: 64-bit sums of its
+  values' bit patterns at even and at odd positions, one pass; every parameter's in one transfer),
+  which sees any changed value and any change of several unless their bit patterns' differences
+  cancel out in both sums (a permutation of values across even and odd positions is seen; one
+  within either is not). Another parameter that is not CPU float32 contiguous is copied to the host for it. Set
+  :attr:`ParameterEdits.compare_contents` to False to rely on the first two alone, which cost
+  nothing.
 
 A parameter whose version, data pointer or CRC differs from the record was changed by the trainer.
 """
@@ -26,11 +31,12 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from .buffers import source_array
+from .device_staging import device_fingerprints
 
 __all__ = ["ParameterEdits", "WeightsPush"]
 
@@ -97,32 +103,55 @@ class ParameterEdits:
         self.params = list(params)
         #: Compare contents too, to catch writes through ``p.data`` (see the module's docstring).
         self.compare_contents = True
+        #: Which parameters are fingerprinted by :func:`~optsidecar.device_staging.device_fingerprints`
+        #: (sums, on their device) rather than by CRC: CUDA ones, and over CUDA IPC every one.
+        self.summed: Callable[[int], bool] = lambda i: self.params[i].is_cuda
         self._recorded: List[Optional[Tuple[int, int, Optional[Tuple[int, ...]]]]] = [None] * len(self.params)
 
-    def _state(self, p: torch.Tensor) -> Tuple[int, int, Optional[Tuple[int, ...]]]:
-        return p._version, p.data_ptr(), _fingerprint(p) if self.compare_contents else None
+    def _state(self, p: torch.Tensor, fingerprint: Any = None) -> Tuple[int, int, Optional[Tuple[int, ...]]]:
+        if self.compare_contents and fingerprint is None:
+            fingerprint = _fingerprint(p)
+        return p._version, p.data_ptr(), fingerprint if self.compare_contents else None
+
+    def _device_fingerprints(self, indices: Sequence[int]) -> Dict[int, Tuple[int, ...]]:
+        """The fingerprints of the CUDA parameters among ``indices``, computed on their devices
+        and read back together (one synchronisation, not one per parameter)."""
+        if not self.compare_contents:
+            return {}
+        on_device = [i for i in indices if self.summed(i)]
+        return dict(zip(on_device, device_fingerprints([self.params[i] for i in on_device])))
 
     def record(self, indices: Optional[Sequence[int]] = None,
-               crc32c: Optional[Mapping[int, Tuple[int, ...]]] = None) -> None:
+               crc32c: Optional[Mapping[int, Tuple[int, ...]]] = None,
+               sums: Optional[Mapping[int, Tuple[int, int]]] = None) -> None:
         """Notes the parameters (all, or those of ``indices``) as the server's: call after writing
         weights into them, or after the server received them. ``crc32c``: the CRC-32C the server
-        reported of the pieces it wrote into some of them, by index, taken instead of hashing them."""
+        reported of the pieces it wrote into some of them, by index, taken instead of hashing them;
+        ``sums``: likewise the sums it reported of parameters fingerprinted by sums."""
         known = crc32c if crc32c is not None and FINGERPRINTS_ARE_CRC32C and self.compare_contents else {}
-        for i in range(len(self.params)) if indices is None else indices:
+        chosen = list(range(len(self.params)) if indices is None else indices)
+        reported = {i: s for i, s in (sums or {}).items() if self.compare_contents and self.summed(i)}
+        on_device = dict(reported)
+        on_device.update(self._device_fingerprints([i for i in chosen if i not in reported]))
+        for i in chosen:
             p = self.params[i]
-            if i in known:
+            if i in known and not self.summed(i):
                 self._recorded[i] = (p._version, p.data_ptr(), known[i])
             else:
-                self._recorded[i] = self._state(p)
+                self._recorded[i] = self._state(p, on_device.get(i))
 
     def changed(self) -> List[int]:
         """Indices of the parameters written since they were recorded (all of them before the
         first :meth:`record`)."""
         out = []
+        unchanged = [i for i, p in enumerate(self.params)
+                     if self._recorded[i] is not None and self._recorded[i][:2] == (p._version, p.data_ptr())]
+        on_device = self._device_fingerprints(unchanged)
         for i, p in enumerate(self.params):
             recorded = self._recorded[i]
             if recorded is None or recorded[:2] != (p._version, p.data_ptr()):
                 out.append(i)
-            elif self.compare_contents and (recorded[2] is None or recorded[2] != _fingerprint(p)):
+            elif self.compare_contents and (recorded[2] is None
+                                            or recorded[2] != (on_device[i] if i in on_device else _fingerprint(p))):
                 out.append(i)
         return out

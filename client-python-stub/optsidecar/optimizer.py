@@ -30,6 +30,8 @@ from .live_hyperparameters import LiveHyperparameters, normalized
 from .param_groups import add_group, parse_new_group
 from .param_state import ParameterState
 from .params import ParsedGroup, parse_params
+from .cuda_ipc import DeviceDestination, DeviceSegment, probe, unavailable_reason
+from .device_staging import HostStaging, SegmentStaging, is_cuda, synchronize
 from .shared_params import SharedParameters
 from .shm import SHM_DIR_ENVIRONMENT_VARIABLE, Segment, usable_directory
 from .figures import check_figures, loss_figure
@@ -41,9 +43,9 @@ from .v1 import optimizer_pb2 as pb
 __all__ = ["RemoteOptimizer"]
 
 _LOG = logging.getLogger("optsidecar")
-#: How gradients and weights may travel: ``auto`` takes shared memory when the server and this
-#: process both can, else gRPC chunks.
-_TRANSPORTS = ("auto", "shm", "grpc")
+#: How gradients and weights may travel: ``auto`` takes CUDA IPC for CUDA parameters on the
+#: server's GPU, else shared memory when the server and this process both can, else gRPC chunks.
+_TRANSPORTS = ("auto", "cuda-ipc", "shm", "grpc")
 
 #: The format of a state dict's ``"optsidecar"`` entry. 3: torch's format with that entry holding
 #: the server's extras (a dict). Still loaded, with ``spec``, ``weights`` and ``slots`` at the top
@@ -163,13 +165,18 @@ class RemoteOptimizer(torch.optim.Optimizer):
             auto-named model, False for a named one. With ``attach=True`` the optimizer renews the
             lease of an ephemeral model it attaches to but never deletes it.
         lease_seconds (int): the lease's grace period (default 60).
-        transport (str): ``"auto"`` (default): shared memory when the server offers it
-            (``--shm-dir``) and this process sees its directory, else gRPC chunks; ``"shm"``
-            (raise ``FailedPrecondition`` when it cannot be used) or ``"grpc"``. :attr:`transport`
-            says which was chosen, the ``optsidecar`` logger why. Over shared memory the
-            parameters and their ``.grad`` are views of the segment (see :mod:`optsidecar.shared_params`),
-            and each step's commit and result go over the server's doorbell socket beside the
-            segments rather than through grpc (:attr:`doorbell`; see :mod:`optsidecar.doorbell`).
+        transport (str): ``"auto"`` (default): CUDA IPC when the parameters are CUDA float32 on
+            the very GPU of a server on the cuda engine, else shared memory when the server offers
+            it (``--shm-dir``) and this process sees its directory, else gRPC chunks;
+            ``"cuda-ipc"`` or ``"shm"`` (raise ``FailedPrecondition`` when it cannot be used) or
+            ``"grpc"``. :attr:`transport` says which was chosen, the ``optsidecar`` logger why.
+            Over shared memory CPU parameters and their ``.grad`` are views of the segment (see
+            :mod:`optsidecar.shared_params`); over CUDA IPC CUDA parameters and their ``.grad``
+            are views of one device buffer the server maps (see :mod:`optsidecar.cuda_ipc`).
+            CUDA parameters over chunks or shared memory go through page-locked host memory (see
+            :mod:`optsidecar.device_staging`). Over either, each step's commit and result go over
+            the server's doorbell socket beside the segments (when this process sees its
+            ``--shm-dir``) rather than through grpc (:attr:`doorbell`; see :mod:`optsidecar.doorbell`).
         shm_dir (str, optional): the server's shared-memory directory as this process sees it
             (default: the ``OPTSIDECAR_SHM_DIR`` environment variable, else the server's path).
         wire_dtype (str): ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: gradients go
@@ -358,7 +365,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._init_edits()
         self._segment: Optional[Segment] = None
         self._shared: Optional[SharedParameters] = None
-        #: ``"shm"`` or ``"grpc"``: how this optimizer's gradients and weights travel.
+        #: CUDA parameters: their device buffer (CUDA IPC), or the host staging of chunks or of a segment.
+        self._device_segment: Optional[DeviceSegment] = None
+        self._host_staging: Optional[HostStaging] = None
+        self._segment_staging: Optional[SegmentStaging] = None
+        #: ``"cuda-ipc"``, ``"shm"`` or ``"grpc"``: how this optimizer's gradients and weights travel.
         self.transport = self._choose_transport(transport, shm_dir)
         if attach:
             self._pull_into_params("train")
@@ -375,12 +386,66 @@ class RemoteOptimizer(torch.optim.Optimizer):
     # -- transport -----------------------------------------------------------------------------
 
     def _choose_transport(self, transport: str, shm_dir: Optional[str]) -> str:
-        """Sets up shared memory when asked (``"shm"``) or possible (``"auto"``), else chunks over
-        gRPC; logs which and why."""
+        """Sets up CUDA IPC or shared memory when asked (``"cuda-ipc"``, ``"shm"``) or possible
+        (``"auto"``), else chunks over gRPC; logs which and why."""
+        if transport in ("auto", "cuda-ipc"):
+            why_not_ipc = self._setup_cuda_ipc(shm_dir)
+            if why_not_ipc is None:
+                _LOG.info("model %r: cuda-ipc transport (the server's GPU maps the parameters)", self.model)
+                return "cuda-ipc"
+            if transport == "cuda-ipc":
+                raise FailedPrecondition(f"transport='cuda-ipc' for model {self.model!r}: {why_not_ipc}",
+                                         reason="CUDA_IPC_UNAVAILABLE")
+            _LOG.info("model %r: no cuda-ipc transport (%s)", self.model, why_not_ipc)
+        chosen = self._choose_host_transport(transport, shm_dir)
+        if chosen == "grpc" and is_cuda(self._params):
+            self._host_staging = HostStaging()
+        return chosen
+
+    def _setup_cuda_ipc(self, shm_dir: Optional[str]) -> Optional[str]:
+        """Moves the parameters and their gradients into one device buffer the server maps; returns
+        why it cannot, or None. Steps ring the server's doorbell when this process sees its
+        ``--shm-dir``."""
+        try:
+            info = self.client.server_info()
+        except OptSidecarError as e:
+            return f"the server does not say which engine it runs ({e})"
+        why_not = unavailable_reason(self._params, info.engine, info.device_uuid)
+        if why_not is not None:
+            return why_not
+        try:
+            segment = DeviceSegment(self._params[0].device, [p.numel() for p in self._params])
+        except (ValueError, RuntimeError) as e:
+            return f"the parameters' device memory cannot be exported: {e}"
+        why_not = probe(self.client, self.model, segment)  # before the parameters move in: a refusal leaves them
+        if why_not is not None:
+            return why_not
+        self._bind_device_segment(segment)
+        directory = usable_directory(info.shm_dir, shm_dir) if info.doorbell_socket else None
+        self._stream.doorbell = os.path.join(directory, info.doorbell_socket) if directory else None
+        return None
+
+    def _bind_device_segment(self, segment: DeviceSegment) -> None:
+        self._device_segment = segment
+        self._shared = SharedParameters(segment, self._params)
+        self._shared.bind()
+        self._stream.device_segment = segment
+        self._device_destinations = [DeviceDestination(p) for p in self._params]
+        self._edits.summed = lambda i: True  # the buffer's sums: what the server reports of its writes
+        self._pull_destinations: Optional[List[Destination]] = None
+        self._edits.record()
+
+    def _choose_host_transport(self, transport: str, shm_dir: Optional[str]) -> str:
+        """Shared memory when asked (``"shm"``) or possible (``"auto"``), else chunks over gRPC."""
         if transport == "grpc":
             _LOG.info("model %r: grpc transport (asked for)", self.model)
             return "grpc"
-        why_not = SharedParameters.supported(self._params)
+        staged = is_cuda(self._params)
+        if staged:
+            why_not = None if all(p.dtype == torch.float32 for p in self._params) else \
+                "a parameter is not float32; shared memory holds float32 parameters"
+        else:
+            why_not = SharedParameters.supported(self._params)
         directory = None
         doorbell = ""
         if why_not is None:
@@ -413,12 +478,24 @@ class RemoteOptimizer(torch.optim.Optimizer):
                     raise
                 why_not = f"the server cannot map the segment: {e.details}"
                 segment.remove()
+        if segment is not None and why_not is None and staged:
+            try:
+                self._segment_staging = SegmentStaging(segment)
+            except (OSError, RuntimeError) as e:
+                why_not = f"the segment cannot be page-locked for CUDA copies: {e}"
+                segment.remove()
         if why_not is not None:
             if transport == "shm":
                 raise FailedPrecondition(f"transport='shm' for model {self.model!r}: {why_not}",
                                          reason="SHARED_MEMORY_UNAVAILABLE")
             _LOG.info("model %r: grpc transport (%s)", self.model, why_not)
             return "grpc"
+        if staged:
+            self._segment = segment
+            self._stream.segment = segment
+            _LOG.info("model %r: shm transport, CUDA parameters staged through the segment (%s in %s)", self.model,
+                      segment.name, directory)
+            return "shm"
         self._bind_segment(segment)
         self._stream.doorbell = os.path.join(directory, doorbell) if doorbell else None
         self._edits.record()
@@ -592,10 +669,21 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if closure_loss is not None:
             reported["loss"] = closure_loss
         reported.update(self._pending_figures)
+        destinations = self._destinations()
+        if self._host_staging is not None:
+            grads = self._host_staging.gradients(grads, self.wire_dtype)
+            destinations = self._host_staging.destinations(destinations)
+        elif self._segment_staging is not None:
+            grads = self._segment_staging.gradients(grads)
+            destinations = self._segment_staging.destinations()
         try:
-            figures = self._stream.step(grads, self._destinations(), view="train", group_lr=self._group_lr(),
+            figures = self._stream.step(grads, destinations, view="train", group_lr=self._group_lr(),
                                         base_version=self.version, group_hyperparameters=changes,
                                         figures=reported)
+            if self._host_staging is not None:
+                self._host_staging.finish()
+            elif self._segment_staging is not None:
+                self._segment_staging.weights_into(self._params)
         except StaleGradient as e:
             raise e.with_message(f"{e} [call optimizer.pull(), compute the gradient again and step]") from None
         except ModelChanged as e:
@@ -607,7 +695,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         finally:
             if self._stream.partial_weights:
                 self._edits.record()  # what arrived is the server's, not the trainer's
-        self._edits.record(crc32c=self._written_crc32c(figures))
+        self._edits.record(crc32c=self._written_crc32c(figures), sums=self._written_sums(figures))
         self._pending_figures.clear()  # they went with this step
         self._hyperparameters.confirm(changes, figures)
         self.last_result = figures
@@ -646,6 +734,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if pieces is None:
             return {}
         return {i: crc for i, crc in enumerate(pieces) if self._shared.is_bound(i)}
+
+    def _written_sums(self, figures: StepFigures) -> Dict[int, Tuple[int, int]]:
+        """The sums the server reported of the weights it wrote into the device buffer (CUDA IPC),
+        for each parameter that is that very memory."""
+        sums = figures.weights_device_sums
+        if self._device_segment is None or len(sums) != 2 * len(self._params):
+            return {}
+        return {i: (sums[2 * i], sums[2 * i + 1]) for i in range(len(self._params)) if self._shared.is_bound(i)}
 
     def _push_edits(self) -> None:
         """Sends the parameters the trainer changed since the client last wrote them, as one
@@ -690,6 +786,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         contiguous, else through a staging buffer kept for the next time. Each is made again only
         when its parameter's tensor, memory, shape, dtype or device changed (making one per
         parameter per step costs more than a small step)."""
+        if self._device_segment is not None:
+            return self._device_destinations
         destinations = []
         for i, p in enumerate(self._params):
             key = (id(p), p.data_ptr(), tuple(p.shape), p.dtype, p.device, p.is_contiguous())
@@ -787,10 +885,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._stream.partial_weights = False
 
     def _pull_into_params(self, view: str) -> None:
+        if self._device_segment is not None:  # a pull comes as chunks: through host staging
+            if self._pull_destinations is None:
+                self._pull_destinations = [Destination(p) for p in self._params]
+            destinations = self._pull_destinations
+        else:
+            destinations = self._destinations()
         try:
-            weights = self.client.pull(self.model, view, self._destinations(), wire_dtype=self.wire_dtype,
+            weights = self.client.pull(self.model, view, destinations, wire_dtype=self.wire_dtype,
                                        segment=self._segment)
         finally:
+            synchronize(p.device for p in self._params if p.is_cuda)  # copies to the device are done
             self._edits.record()  # what arrived is the server's, even if the pull broke off
         self.version = weights.version
 
@@ -964,7 +1069,19 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._stream = StepStream(self.client, self.model, self.client_id, [t.numel for t in info.tensors],
                                   next_step_id=max(old.next_step_id, next_step_id(info, self.client_id)),
                                   retry_for=old.retry_for, wire_dtype=old.wire_dtype)
-        if self._segment is not None:
+        if self._device_segment is not None:
+            # The tensors changed: a device buffer laid out for them; the parameters keep their values.
+            pending = set(self._edits.changed())
+            self._bind_device_segment(DeviceSegment(self._params[0].device, [p.numel() for p in self._params]))
+            self._edits.record([i for i in range(len(self._params)) if i not in pending])
+        elif self._segment_staging is not None:
+            old_segment = self._segment
+            self._segment_staging.close()
+            self._segment = Segment(os.path.dirname(old_segment.path), [p.numel() for p in self._params])
+            self._segment_staging = SegmentStaging(self._segment)
+            self._stream.segment = self._segment
+            old_segment.remove()
+        elif self._segment is not None:
             # The tensors changed: a segment laid out for them; the parameters keep their values.
             pending = set(self._edits.changed())
             old_segment = self._segment
@@ -1099,6 +1216,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if self._lease is not None:
             self._lease.stop()
         self._stream.close()
+        if self._segment_staging is not None:
+            self._segment_staging.close()
         if self._segment is not None:
             self._segment.remove()  # the parameters keep the mapping until they are gone
         try:

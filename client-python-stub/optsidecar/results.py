@@ -151,6 +151,8 @@ class StepFigures:
         kind: ``"gradient"``, or ``"set_weights"`` for a step that replaced weights.
         weights_crc32c: over shared memory, the CRC-32C of each tensor's weights as the server
             wrote them into the segment (empty otherwise).
+        weights_device_sums: over CUDA IPC, per tensor the sums of its weights' bit patterns at
+            even and at odd positions, as the server wrote them (signed 64-bit; empty otherwise).
     """
 
     step_id: int
@@ -169,6 +171,7 @@ class StepFigures:
     weights_version: Optional[int] = None
     kind: str = "gradient"
     weights_crc32c: Tuple[int, ...] = ()
+    weights_device_sums: Tuple[int, ...] = ()
 
     @property
     def lr(self) -> Dict[str, float]:
@@ -214,6 +217,9 @@ class StepFigures:
             weights_version=weights_version,
             kind=_KINDS.get(result.kind, str(result.kind)),
             weights_crc32c=tuple(result.weights_crc32c) if weights_version is not None else (),
+            # fixed64 on the wire; the sums are two's complement, as torch's int64 holds them.
+            weights_device_sums=tuple(s - (1 << 64) if s >= 1 << 63 else s for s in result.weights_device_sums)
+            if weights_version is not None else (),
         )
 
 

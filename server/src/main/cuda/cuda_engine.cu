@@ -93,6 +93,73 @@ __global__ void fold_kernel(const double* partials, double* total, bool reset) {
     if (t == 0) *total = reset ? shared[0] : *total + shared[0];
 }
 
+constexpr int INGEST_THREADS = 256;
+constexpr int THREADS_FOR_SUMS = 256;
+constexpr int INGEST_TILE = 4096;
+
+// One block per piece of `piece` elements (the host ingest's chunks): copies src into dst and
+// leaves, for each of the 8 lanes (position mod 8 from the piece's start), Σ v² in element order
+// (as the host ingest sums them) and the first non-finite element's index, or -1. The block stages
+// a tile in shared memory with coalesced loads; 8 threads then fold it in order.
+__global__ void ingest_kernel(float* dst, const float* src, int64_t n, int64_t piece, double* sums,
+                              long long* firsts) {
+    __shared__ float tile[INGEST_TILE];
+    const int64_t start = (int64_t)blockIdx.x * piece;
+    const int64_t count = n - start < piece ? n - start : piece;
+    const int lane = threadIdx.x;
+    double sum = 0;
+    long long first = -1;
+    for (int64_t at = 0; at < count; at += INGEST_TILE) {
+        const int here = count - at < INGEST_TILE ? (int)(count - at) : INGEST_TILE;
+        __syncthreads();  // the lanes are done with the previous tile
+        for (int k = threadIdx.x; k < here; k += blockDim.x) {
+            float v = src[start + at + k];
+            dst[start + at + k] = v;
+            tile[k] = v;
+        }
+        __syncthreads();
+        if (lane < osc::INGEST_LANES) {
+            for (int k = lane; k < here; k += osc::INGEST_LANES) {
+                double v = tile[k];
+                sum += v * v;
+                if (first < 0 && !isfinite(v)) first = start + at + k;
+            }
+        }
+    }
+    if (lane < osc::INGEST_LANES) {
+        sums[blockIdx.x * osc::INGEST_LANES + lane] = sum;
+        firsts[blockIdx.x * osc::INGEST_LANES + lane] = first;
+    }
+}
+
+// dst = src (unless src is null: dst is only read), and sums[0], sums[1] += the 64-bit wrapping sums
+// of dst's values' bit patterns, as signed 32-bit integers, at even and at odd positions. Integer
+// sums do not depend on the order they are taken in.
+__global__ void copy_sums_kernel(float* dst, const float* src, int64_t n, unsigned long long* sums) {
+    __shared__ unsigned long long shared[2][THREADS_FOR_SUMS];
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    unsigned long long even = 0, odd = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float v = src != nullptr ? src[i] : dst[i];
+        if (src != nullptr) dst[i] = v;
+        unsigned long long bits = (unsigned long long)(long long)__float_as_int(v);
+        if (i & 1) odd += bits; else even += bits;
+    }
+    shared[0][threadIdx.x] = even;
+    shared[1][threadIdx.x] = odd;
+    for (int half = THREADS_FOR_SUMS / 2; half > 0; half /= 2) {
+        __syncthreads();
+        if (threadIdx.x < half) {
+            shared[0][threadIdx.x] += shared[0][threadIdx.x + half];
+            shared[1][threadIdx.x] += shared[1][threadIdx.x + half];
+        }
+    }
+    if (threadIdx.x == 0) {
+        atomicAdd(&sums[0], shared[0][0]);
+        atomicAdd(&sums[1], shared[1][0]);
+    }
+}
+
 int blocks_for(int64_t n) {
     int64_t b = (n + THREADS - 1) / THREADS;
     return (int)(b < 1 ? 1 : b > MAX_BLOCKS ? MAX_BLOCKS : b);
@@ -163,14 +230,88 @@ OSC_EXPORT jstring JNICALL JNI_NAME(catalogue)(JNIEnv* env, jclass) {
     return env->NewStringUTF(out.c_str());
 }
 
-/** Makes device the calling thread's device and describes it: "name|major|minor|totalBytes". */
+/** Makes device the calling thread's device and describes it: "name|major|minor|totalBytes|uuid". */
 OSC_EXPORT jstring JNICALL JNI_NAME(useDevice)(JNIEnv* env, jclass, jint device) {
     if (!check(env, cudaSetDevice(device), "cudaSetDevice")) return nullptr;
     cudaDeviceProp prop;
     if (!check(env, cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties")) return nullptr;
+    // The UUID as nvidia-smi and torch write it: 8-4-4-4-12 lowercase hex digits.
+    std::string uuid;
+    const char* hex = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) uuid += '-';
+        unsigned char b = (unsigned char)prop.uuid.bytes[i];
+        uuid += hex[b >> 4];
+        uuid += hex[b & 15];
+    }
     std::string text = std::string(prop.name) + "|" + std::to_string(prop.major) + "|" + std::to_string(prop.minor)
-                       + "|" + std::to_string((unsigned long long)prop.totalGlobalMem);
+                       + "|" + std::to_string((unsigned long long)prop.totalGlobalMem) + "|" + uuid;
     return env->NewStringUTF(text.c_str());
+}
+
+/**
+ * Maps another process's allocation from its cudaIpcMemHandle_t (CUDA_IPC_HANDLE_SIZE bytes) into
+ * this one: {device pointer, bytes of the allocation from that pointer on}. The size comes from the
+ * driver (cuMemGetAddressRange), so that offsets a client sends are checked against the memory
+ * really mapped, never trusted.
+ */
+OSC_EXPORT jlongArray JNICALL JNI_NAME(ipcOpen)(JNIEnv* env, jclass, jbyteArray handle) {
+    cudaIpcMemHandle_t h;
+    if (env->GetArrayLength(handle) != (jsize)sizeof(h)) {
+        check(env, cudaErrorInvalidValue, "cudaIpcOpenMemHandle: a handle is 64 bytes");
+        return nullptr;
+    }
+    env->GetByteArrayRegion(handle, 0, sizeof(h), reinterpret_cast<jbyte*>(h.reserved));
+    void* p = nullptr;
+    if (!check(env, cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle")) {
+        return nullptr;
+    }
+    typedef int (*AddressRange)(unsigned long long* base, size_t* size, unsigned long long pointer);
+    void* entry = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    unsigned long long base = 0;
+    size_t size = 0;
+    if (!check(env, cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &entry, 12000, cudaEnableDefault, &found),
+               "cudaGetDriverEntryPointByVersion(cuMemGetAddressRange)")
+        || found != cudaDriverEntryPointSuccess || entry == nullptr
+        || reinterpret_cast<AddressRange>(entry)(&base, &size, (unsigned long long)(uintptr_t)p) != 0) {
+        cudaIpcCloseMemHandle(p);
+        if (!env->ExceptionCheck()) check(env, cudaErrorInvalidValue, "cuMemGetAddressRange of a mapped handle");
+        return nullptr;
+    }
+    jlong out[2] = {(jlong)(intptr_t)p, (jlong)(base + size - (unsigned long long)(uintptr_t)p)};
+    jlongArray result = env->NewLongArray(2);
+    if (result != nullptr) env->SetLongArrayRegion(result, 0, 2, out);
+    return result;
+}
+
+OSC_EXPORT void JNICALL JNI_NAME(ipcClose)(JNIEnv* env, jclass, jlong p) {
+    check(env, cudaIpcCloseMemHandle(ptr<void>(p)), "cudaIpcCloseMemHandle");
+}
+
+/**
+ * Copies n floats from src to dst (src 0: copies nothing) and adds the sums of dst's bit patterns
+ * at even and at odd positions to the two 64-bit integers at sums (copy_sums_kernel).
+ */
+OSC_EXPORT void JNICALL JNI_NAME(copySums)(JNIEnv* env, jclass, jlong dst, jlong src, jlong n, jlong sums, jlong s) {
+    if (n == 0) return;
+    copy_sums_kernel<<<blocks_for(n), THREADS_FOR_SUMS, 0, stream(s)>>>(ptr<float>(dst), ptr<const float>(src), n,
+                                                                        ptr<unsigned long long>(sums));
+    check(env, cudaGetLastError(), "copy and sums launch");
+}
+
+/**
+ * Copies n floats from src to dst on the device and leaves per piece of `piece` elements, per lane,
+ * Σ v² (doubles at sums) and the first non-finite index (longs at firsts): INGEST_LANES each.
+ */
+OSC_EXPORT void JNICALL JNI_NAME(ingest)(JNIEnv* env, jclass, jlong dst, jlong src, jlong n, jlong piece, jlong sums,
+                                         jlong firsts, jlong s) {
+    if (n == 0) return;
+    int64_t pieces = (n + piece - 1) / piece;
+    ingest_kernel<<<(unsigned)pieces, INGEST_THREADS, 0, stream(s)>>>(ptr<float>(dst), ptr<const float>(src), n,
+                                                                      piece, ptr<double>(sums),
+                                                                      ptr<long long>(firsts));
+    check(env, cudaGetLastError(), "ingest launch");
 }
 
 /** Makes device the calling thread's device (each thread that calls in must, once). */

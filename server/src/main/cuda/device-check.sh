@@ -4,23 +4,28 @@
 #   device-check.sh prepare [DIR]   on the build machine, after `mvn package` made the server jar
 #                                   with its CUDA library: puts into DIR (default: device-check/ at
 #                                   the repository root, git-ignored) the jar, a jlink Java runtime
-#                                   (the GPU machines have no Java), the reference vectors and the
-#                                   torch bench. About 45 MB.
+#                                   (the GPU machines have no Java), the reference vectors, the
+#                                   torch benches, and the Python client with its tests (and the
+#                                   crc32c wheel for Python 3.12 when PyPI can be reached). About 45 MB.
 #   device-check.sh run [DIR]       on a GPU machine (no Java or network needed): the engine's
 #                                   self-test, every kernel against the CPU engine bit for bit,
 #                                   determinism, the fused step against a device copy, the
 #                                   conformance run against a server started with --engine cuda,
-#                                   and torch's fused AdamW and RAdam on the same GPU. Writes
-#                                   DIR/report.txt (and $OUT/report.txt when $OUT is set); exit 0
-#                                   when every check passed.
+#                                   the Python client's CUDA tests (CUDA parameters over every
+#                                   transport, CUDA IPC) against such a server, torch's fused AdamW
+#                                   and RAdam on the same GPU, and the step a torch trainer sees
+#                                   through CUDA IPC beside them. Writes DIR/report.txt (and
+#                                   $OUT/report.txt when $OUT is set); exit 0 when every check passed.
 #
-# SIZES (default 10000000,100000000,1000000000) sets the bench's element counts.
+# SIZES (default 10000000,100000000,1000000000) sets the engine bench's element counts, IPC_SIZES
+# (default 10000000,100000000) the CUDA IPC bench's.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../../.." && pwd)
 mode=${1:-}
 dir=${2:-$root/device-check}
 sizes=${SIZES:-10000000,100000000,1000000000}
+ipc_sizes=${IPC_SIZES:-10000000,100000000}
 
 prepare() {
   set -e
@@ -38,7 +43,17 @@ prepare() {
   rm -rf "$(dirname "$runtime")"
   local reference=${OPTSIDECAR_REFERENCE_DIR:-$root/../shared/reference}
   if [ -d "$reference" ]; then cp -r "$reference" "$dir/reference" && chmod -R u+w "$dir/reference"; fi
-  cp "$here/device-check.sh" "$here/torch_bench.py" "$dir/"
+  cp "$here/device-check.sh" "$here/torch_bench.py" "$here/ipc_bench.py" "$dir/"
+  mkdir -p "$dir/python/tests"
+  cp -r "$root/client-python-stub/optsidecar" "$dir/python/"
+  cp "$root"/client-python-stub/tests/{conftest.py,helpers.py,test_cuda_params.py,test_cuda_ipc.py} "$dir/python/tests/"
+  find "$dir/python" -name __pycache__ -prune -exec rm -rf {} +
+  # The client's optional CRC-32C (the edit check's fast hash); without it zlib's CRC32 is used.
+  mkdir -p "$dir/wheels"
+  if ! python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+      --platform manylinux2014_x86_64 --dest "$dir/wheels" crc32c 2> "$dir/wheels/download.log"; then
+    echo "note: crc32c not downloaded (see $dir/wheels/download.log); the client falls back to zlib"
+  fi
   du -sh "$dir"
 }
 
@@ -84,6 +99,32 @@ run() {
 
   say "## torch on the same GPU: AdamW(fused=True) and RAdam"
   timeout 240 python3 "$dir/torch_bench.py" "$sizes" 2>&1 | tee -a "$report"
+
+  # The Python client, its wheels unpacked beside it (a wheel is a zip), and java on the PATH for
+  # the tests' and the bench's servers.
+  local site="$work/site"
+  mkdir -p "$site"
+  for wheel in "$dir"/wheels/*.whl; do
+    [ -f "$wheel" ] && python3 -m zipfile -e "$wheel" "$site"
+  done
+  export PYTHONPATH="$dir/python:$site${PYTHONPATH:+:$PYTHONPATH}"
+  export PATH="$work/java/bin:$PATH" OPTSIDECAR_SERVER_JAR="$jar"
+  say "## the Python client on this machine's python3"
+  if python3 -c "import sys, grpc, google.protobuf, numpy, torch; import optsidecar.v1.optimizer_pb2, optsidecar
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'grpcio', grpc.__version__, 'protobuf', google.protobuf.__version__)" 2>&1 | tee -a "$report" \
+      && [ "${PIPESTATUS[0]}" -eq 0 ]; then
+    say "## the Python client's CUDA tests against a server on --engine cuda"
+    (cd "$dir/python" && timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_params.py tests/test_cuda_ipc.py 2>&1) \
+      | tail -40 | tee -a "$report"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
+    say "## the step a torch trainer on the same GPU sees through CUDA IPC"
+    timeout 150 python3 "$dir/ipc_bench.py" "$jar" "$ipc_sizes" 2>&1 | tee -a "$report"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
+  else
+    say "FAIL the Python client does not import here (above: the missing module, or a protobuf runtime older"
+    say "     than the generated stubs need); its CUDA tests and the CUDA IPC bench did not run"
+    failed=1
+  fi
 
   say "## result: $([ "$failed" -eq 0 ] && echo all passed || echo FAILED)"
   if [ -n "${OUT:-}" ]; then cp "$report" "$OUT/report.txt"; fi

@@ -302,6 +302,8 @@ OSC_FN float combine(const float* const* buffers, int count, float divisor, int6
 constexpr int REDUCE_THREADS = 256;
 constexpr int REDUCE_BLOCKS = 1024;
 constexpr int64_t REDUCE_STRIDE = (int64_t)REDUCE_THREADS * REDUCE_BLOCKS;
+// The gradient ingest's lanes: sums by position mod 8 from a chunk's start, as the CPU engine's.
+constexpr int INGEST_LANES = 8;
 
 OSC_FN double strided_squares(const float* g, int64_t n, int64_t k) {
     double sum = 0;

@@ -8,7 +8,12 @@
 // EmulatedCuda.setFreeBytes bounds the "device" memory, so that running out can be tested.
 #include <jni.h>
 
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmath>
 #include <string.h>
 
 #include <map>
@@ -23,6 +28,46 @@
 namespace {
 
 constexpr int COMBINE_FAN_IN = 32;
+constexpr const char* EMULATED_UUID = "0e0e0e0e-0000-4000-8000-000000000001";
+
+// CUDA IPC within this process: a handle is the exporting memory's address and size behind a
+// marker, so that a handle not made by ipc_handle below does not open.
+constexpr char IPC_MARKER[16] = "osc-emulated-ip";
+struct IpcHandle {
+    char marker[16];
+    int64_t address;
+    int64_t bytes;
+    char unused[32];
+};
+static_assert(sizeof(IpcHandle) == 64, "a cudaIpcMemHandle_t is 64 bytes");
+std::map<void*, int> opened_handles;
+
+// A handle from another process: a file (in /dev/shm) whose shared mapping stands for the other
+// process's device memory, so that a trainer process's buffers can be mapped by a server process.
+constexpr char IPC_FILE_MARKER[16] = "osc-emulated-fi";
+struct IpcFileHandle {
+    char marker[16];
+    char path[48];
+};
+static_assert(sizeof(IpcFileHandle) == 64, "a cudaIpcMemHandle_t is 64 bytes");
+std::map<void*, size_t> file_mappings;
+
+/** Maps the file a file handle names; returns its address and size, or nullptr. */
+void* map_file(const IpcFileHandle& h, size_t* bytes) {
+    char path[sizeof(h.path) + 1] = {0};
+    memcpy(path, h.path, sizeof(h.path));
+    int fd = open(path, O_RDWR);
+    if (fd < 0) return nullptr;
+    struct stat st;
+    void* p = nullptr;
+    if (fstat(fd, &st) == 0 && st.st_size > 0) {
+        p = mmap(nullptr, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) p = nullptr;
+        *bytes = (size_t)st.st_size;
+    }
+    close(fd);
+    return p;
+}
 
 std::mutex allocations_lock;
 std::map<void*, size_t> allocations;
@@ -89,7 +134,7 @@ JNIEXPORT jstring JNICALL JNI_NAME(useDevice)(JNIEnv* env, jclass, jint device) 
         throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException", "cudaSetDevice: no emulated device");
         return nullptr;
     }
-    std::string text = "CPU emulation|0|0|" + std::to_string((unsigned long long)device_bytes());
+    std::string text = "CPU emulation|0|0|" + std::to_string((unsigned long long)device_bytes()) + "|" + EMULATED_UUID;
     return env->NewStringUTF(text.c_str());
 }
 
@@ -211,6 +256,89 @@ JNIEXPORT void JNICALL JNI_NAME(combine)(JNIEnv* env, jclass, jlong out, jlongAr
     }
 }
 
+JNIEXPORT jlongArray JNICALL JNI_NAME(ipcOpen)(JNIEnv* env, jclass, jbyteArray handle) {
+    IpcHandle h{};
+    if (env->GetArrayLength(handle) != (jsize)sizeof(h)) {
+        throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException",
+                   "cudaIpcOpenMemHandle: cudaErrorInvalidValue (a handle is 64 bytes)");
+        return nullptr;
+    }
+    env->GetByteArrayRegion(handle, 0, sizeof(h), reinterpret_cast<jbyte*>(&h));
+    if (memcmp(h.marker, IPC_FILE_MARKER, sizeof(IPC_FILE_MARKER)) == 0) {
+        IpcFileHandle f;
+        memcpy(&f, &h, sizeof(f));
+        size_t bytes = 0;
+        void* p = map_file(f, &bytes);
+        if (p == nullptr) {
+            throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException",
+                       "cudaIpcOpenMemHandle: cudaErrorMapBufferObjectFailed (the emulated handle's file does not map)");
+            return nullptr;
+        }
+        std::lock_guard<std::mutex> guard(allocations_lock);
+        opened_handles[p]++;
+        file_mappings[p] = bytes;
+        jlong out[2] = {(jlong)(intptr_t)p, (jlong)bytes};
+        jlongArray result = env->NewLongArray(2);
+        env->SetLongArrayRegion(result, 0, 2, out);
+        return result;
+    }
+    if (memcmp(h.marker, IPC_MARKER, sizeof(IPC_MARKER)) != 0) {
+        throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException",
+                   "cudaIpcOpenMemHandle: cudaErrorInvalidResourceHandle (invalid resource handle)");
+        return nullptr;
+    }
+    std::lock_guard<std::mutex> guard(allocations_lock);
+    opened_handles[ptr<void>(h.address)]++;
+    jlong out[2] = {h.address, h.bytes};
+    jlongArray result = env->NewLongArray(2);
+    env->SetLongArrayRegion(result, 0, 2, out);
+    return result;
+}
+
+JNIEXPORT void JNICALL JNI_NAME(ipcClose)(JNIEnv* env, jclass, jlong p) {
+    std::lock_guard<std::mutex> guard(allocations_lock);
+    auto it = opened_handles.find(ptr<void>(p));
+    if (it == opened_handles.end()) {
+        throw_java(env, "dev/optsidecar/server/engine/cuda/CudaException", "cudaIpcCloseMemHandle: not open");
+        return;
+    }
+    if (--it->second == 0) {
+        opened_handles.erase(it);
+        auto file = file_mappings.find(ptr<void>(p));
+        if (file != file_mappings.end()) {
+            munmap(file->first, file->second);
+            file_mappings.erase(file);
+        }
+    }
+}
+
+JNIEXPORT void JNICALL JNI_NAME(copySums)(JNIEnv*, jclass, jlong dst, jlong src, jlong n, jlong sums, jlong) {
+    if (src != 0) memcpy(ptr<void>(dst), ptr<void>(src), (size_t)n * sizeof(float));
+    unsigned long long* out = ptr<unsigned long long>(sums);
+    const int32_t* bits = ptr<const int32_t>(dst);
+    for (int64_t i = 0; i < n; i++) out[i & 1] += (unsigned long long)(long long)bits[i];
+}
+
+JNIEXPORT void JNICALL JNI_NAME(ingest)(JNIEnv*, jclass, jlong dst, jlong src, jlong n, jlong piece, jlong sums,
+                                        jlong firsts, jlong) {
+    memcpy(ptr<void>(dst), ptr<void>(src), (size_t)n * sizeof(float));
+    const float* g = ptr<const float>(dst);
+    for (int64_t start = 0, block = 0; start < n; start += piece, block++) {
+        int64_t count = n - start < piece ? n - start : piece;
+        for (int lane = 0; lane < osc::INGEST_LANES; lane++) {
+            double sum = 0;
+            long long first = -1;
+            for (int64_t k = lane; k < count; k += osc::INGEST_LANES) {
+                double v = g[start + k];
+                sum += v * v;
+                if (first < 0 && !std::isfinite(v)) first = start + k;
+            }
+            ptr<double>(sums)[block * osc::INGEST_LANES + lane] = sum;
+            ptr<long long>(firsts)[block * osc::INGEST_LANES + lane] = first;
+        }
+    }
+}
+
 JNIEXPORT void JNICALL JNI_NAME(sumOfSquares)(JNIEnv*, jclass, jlong g, jlong n, jlong, jlong result, jlong) {
     *ptr<double>(result) = osc::sum_squares_in_order(ptr<const float>(g), n);
 }
@@ -226,4 +354,29 @@ extern "C" JNIEXPORT void JNICALL Java_dev_optsidecar_server_engine_cuda_Emulate
     JNIEnv*, jclass, jlong bytes) {
     std::lock_guard<std::mutex> guard(allocations_lock);
     device_limit = allocated + (size_t)bytes;
+}
+
+/** Tests' knob: a handle to {@code bytes} of host memory at {@code address}, as another process would export one. */
+extern "C" JNIEXPORT jbyteArray JNICALL Java_dev_optsidecar_server_engine_cuda_EmulatedCuda_ipcHandle(
+    JNIEnv* env, jclass, jlong address, jlong bytes) {
+    IpcHandle h{};
+    memcpy(h.marker, IPC_MARKER, sizeof(IPC_MARKER));
+    h.address = address;
+    h.bytes = bytes;
+    jbyteArray out = env->NewByteArray(sizeof(h));
+    env->SetByteArrayRegion(out, 0, sizeof(h), reinterpret_cast<const jbyte*>(&h));
+    return out;
+}
+
+/** Tests' knob: how many IPC mappings are open now. */
+extern "C" JNIEXPORT jint JNICALL Java_dev_optsidecar_server_engine_cuda_EmulatedCuda_openIpcMappings(JNIEnv*, jclass) {
+    std::lock_guard<std::mutex> guard(allocations_lock);
+    int open = 0;
+    for (auto& entry : opened_handles) open += entry.second;
+    return open;
+}
+
+extern "C" JNIEXPORT jlong JNICALL Java_dev_optsidecar_server_engine_cuda_EmulatedCuda_address(JNIEnv* env, jclass,
+                                                                                            jobject direct) {
+    return (jlong)(intptr_t)env->GetDirectBufferAddress(direct);
 }

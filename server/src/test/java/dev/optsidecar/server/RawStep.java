@@ -26,6 +26,8 @@ import static org.junit.jupiter.api.Assertions.fail;
  */
 public final class RawStep implements ClientResponseObserver<StepRequest, StepResponse> {
     public final List<StepResponse> responses = new CopyOnWriteArrayList<>();
+    /** How the server ended the call, with its trailers, when it ended with an error. */
+    public volatile Throwable error;
     private final CompletableFuture<Status> closed = new CompletableFuture<>();
     private ClientCallStreamObserver<StepRequest> requests;
 
@@ -153,6 +155,7 @@ public final class RawStep implements ClientResponseObserver<StepRequest, StepRe
 
     @Override
     public void onError(Throwable t) {
+        error = t;
         closed.complete(Status.fromThrowable(t));
     }
 

@@ -93,6 +93,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
                 .setShmDir(sharedMemory.enabled() ? sharedMemory.dir().toString() : "")
                 .setEngine(registry.engine().name())
                 .setDevice(registry.engine().device())
+                .setDeviceUuid(registry.engine().deviceUuid())
                 .setDoorbellSocket(doorbell == null ? "" : doorbell.socketName())
                 .build());
     }

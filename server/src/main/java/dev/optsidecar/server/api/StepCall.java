@@ -10,7 +10,9 @@ import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.WireNumbers;
+import dev.optsidecar.server.cudaipc.CudaIpc;
 import dev.optsidecar.server.engine.WireType;
+import dev.optsidecar.server.engine.cuda.IpcMapping;
 import dev.optsidecar.server.model.ClientSession;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.ModelRegistry;
@@ -33,8 +35,9 @@ import io.grpc.stub.StreamObserver;
  * so a commit that arrives while the previous step's weights are still going out waits its turn.
  *
  * <p>With a shared segment (StepOpen.shared), a commit that received no chunks reads its data from
- * the segment, and the requested view is written into the segment instead of streamed. Such a
- * stream's commits and results may travel over the doorbell socket instead (StepOpen's
+ * the segment, and the requested view is written into the segment instead of streamed. With CUDA
+ * IPC buffers (StepOpen.cuda_ipc) the same happens on the GPU, in the trainer's device memory.
+ * Such a stream's commits and results may travel over the doorbell socket instead (StepOpen's
  * doorbell_secret): they go through the same steps here, and the stream's end ends the doorbell.
  *
  * <p>Any error ends the stream with a status and leaves the model as it was before the step.
@@ -51,6 +54,8 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
     private final ServerCallStreamObserver<StepResponse> out;
     /** The stream's shared segment, or null when its data travels in chunks. */
     private SegmentFile segment;
+    /** The trainer's device buffers (StepOpen.cuda_ipc), or null. */
+    private IpcMapping deviceBuffers;
     private Model model;
     private ClientSession session;
     /** A sync step waiting for the other trainers' contributions. */
@@ -223,11 +228,24 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
             }
             segment = sharedMemory.open(request.getOpen().getShared(), model.tensorNumels(), "open.shared");
         }
+        if (request.getOpen().hasCudaIpc()) {
+            if (requested != WireType.FLOAT32) {
+                throw OptError.invalid("open.wire_dtype: CUDA IPC buffers hold float32; leave the wire type"
+                        + " unspecified (it is the chunks')");
+            }
+            if (segment != null) {
+                throw OptError.invalid("open.cuda_ipc: a stream moves its data through a shared segment or CUDA IPC"
+                        + " buffers, not both").withField("open.cuda_ipc");
+            }
+            deviceBuffers = CudaIpc.open(registry.engine(), request.getOpen().getCudaIpc(), model.tensorNumels(),
+                    "open.cuda_ipc");
+        }
         var secret = request.getOpen().getDoorbellSecret();
         if (!secret.isEmpty()) {
-            if (segment == null) {
+            if (segment == null && deviceBuffers == null) {
                 throw OptError.invalid("open.doorbell_secret: only a stream whose data goes through a shared segment"
-                        + " commits over the doorbell; chunks travel on the stream").withField("open.doorbell_secret");
+                        + " or CUDA IPC buffers commits over the doorbell; chunks travel on the stream")
+                        .withField("open.doorbell_secret");
             }
             if (doorbell != null) {
                 doorbell.register(secret, this, "open.doorbell_secret");
@@ -277,7 +295,8 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
         StepOptions options = StepOptions.of(c);
         Model.ResolvedView resolved = m.resolveView(c.getView(), "commit.view", true);
         Model.ResolvedView view = resolved == null ? null
-                : segment != null ? resolved.sentAs(wire).readInPlace() : resolved.sentAs(wire);
+                : segment != null || deviceBuffers != null ? resolved.sentAs(wire).readInPlace()
+                : resolved.sentAs(wire);
         if (assembly == null) {
             replayedStepId = null;
             StepResult stored = m.appliedResult(session, c.getStepId());
@@ -296,6 +315,9 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
             if (segment != null) {
                 ingestSegment(m, options);
                 meter.segmentRead(segmentBytes(m, options.noGrad()));
+            } else if (deviceBuffers != null) {
+                rejectNonFinite(CudaIpc.ingest(m, assembly, deviceBuffers, options.noGrad(), options.setsWeights()),
+                        options, "open.cuda_ipc.gradient_offsets");
             }
         } else if (assembly.stepId() != c.getStepId()) {
             throw OptError.precondition("commit.step_id: commit for step %s, but the chunks sent were for step %s",
@@ -331,12 +353,17 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
 
     /** Reads a commit's gradients (or weights to set) from the segment, rejecting a non-finite one like a chunk. */
     private void ingestSegment(Model m, StepOptions options) {
-        String nonFinite = SegmentTransfer.ingest(m, assembly, segment, options.noGrad(), options.setsWeights());
+        rejectNonFinite(SegmentTransfer.ingest(m, assembly, segment, options.noGrad(), options.setsWeights()), options,
+                "open.shared.gradient_offsets");
+    }
+
+    /** Rejects a step whose gradient read from a segment or a trainer's GPU had a NaN or Inf, as a chunk's would be. */
+    private void rejectNonFinite(String nonFinite, StepOptions options, String field) {
         if (nonFinite != null && !options.setsWeights() && policy != NonFinitePolicy.NON_FINITE_SKIP) {
             throw OptError.invalid("step %s: %s (the model's non_finite policy rejects such steps)",
                     Long.toUnsignedString(assembly.stepId()), nonFinite)
-                    .withReason(OptError.Reason.NON_FINITE_GRADIENT).withField("open.shared.gradient_offsets")
-                    .with("model", m.name()).with("step_id", Long.toUnsignedString(assembly.stepId()));
+                    .withReason(OptError.Reason.NON_FINITE_GRADIENT).withField(field)
+                    .with("model", model.name()).with("step_id", Long.toUnsignedString(assembly.stepId()));
         }
     }
 
@@ -387,6 +414,17 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
      */
     private void send(StepResult result, ViewReader weights) {
         lastActivityNanos = System.nanoTime(); // the time the step took is not the client's idleness
+        if (weights != null && deviceBuffers != null) {
+            CudaIpc.WrittenView written = CudaIpc.writeView(weights, deviceBuffers);
+            StepResult.Builder onDevice = result.toBuilder().setWeightsOnDevice(true)
+                    .setWeightsVersion(written.version()).clearWeightsDeviceSums();
+            for (long sum : written.sums()) {
+                onDevice.addWeightsDeviceSums(sum);
+            }
+            reply(onDevice.build());
+            meter.sent();
+            return;
+        }
         if (weights != null && segment != null) {
             SegmentTransfer.WrittenView written = SegmentTransfer.writeView(weights, segment);
             StepResult.Builder withWeights = result.toBuilder().setWeightsInSegment(true)
@@ -547,6 +585,10 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
         if (segment != null) {
             segment.close();
             segment = null;
+        }
+        if (deviceBuffers != null) {
+            deviceBuffers.close();
+            deviceBuffers = null;
         }
     }
 }

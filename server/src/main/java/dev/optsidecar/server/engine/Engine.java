@@ -38,6 +38,14 @@ public interface Engine extends AutoCloseable {
         return "";
     }
 
+    /**
+     * The device's UUID (8-4-4-4-12 hex digits) for ServerInfo, so that a trainer can tell it is on
+     * the same GPU; empty for the CPU.
+     */
+    default String deviceUuid() {
+        return "";
+    }
+
     /** Number of threads the engine computes on. */
     int threads();
 

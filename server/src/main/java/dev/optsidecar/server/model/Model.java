@@ -410,6 +410,23 @@ public final class Model {
         return ingesting(a, () -> a.addAll(pieces, reader, helpers, threads));
     }
 
+    /**
+     * Ingests every tensor not in {@code noGrad} from device memory (see {@link
+     * StepAssembly#addFromDevice}); returns the first non-finite value's description, or null.
+     */
+    public String addFromDevice(StepAssembly a, List<Integer> noGrad,
+                                dev.optsidecar.server.engine.DeviceGradientSource source) {
+        return ingesting(a, () -> {
+            List<Integer> tensors = new java.util.ArrayList<>();
+            for (int t = 0; t < this.tensors.size(); t++) {
+                if (!noGrad.contains(t)) {
+                    tensors.add(t);
+                }
+            }
+            return a.addFromDevice(tensors, source);
+        });
+    }
+
     // ------------------------------------------------------------------------------------------
     // Steps
 

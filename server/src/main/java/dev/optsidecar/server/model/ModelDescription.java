@@ -24,6 +24,7 @@ final class ModelDescription {
                 .setDefaults(m.defaults())
                 .setEngine(m.engine().name())
                 .setDevice(m.engine().device())
+                .setDeviceUuid(m.engine().deviceUuid())
                 .setSchedule(Schedule.newBuilder()
                         .setType(m.training().schedule().type())
                         .setParameters(m.training().schedule().parameters()));

@@ -2,6 +2,7 @@ package dev.optsidecar.server.model;
 
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.Parallel;
+import dev.optsidecar.server.engine.DeviceGradientSource;
 import dev.optsidecar.server.engine.Ingest;
 import dev.optsidecar.server.engine.WireType;
 
@@ -108,6 +109,11 @@ public final class StepAssembly {
             ingested[i] = tensors.get(p.tensor()).storage.writeGradient(session.handles[p.tensor()], p.offset(), data,
                     WireType.FLOAT32);
         });
+        return fold(pieces, ingested);
+    }
+
+    /** Marks pieces received and folds their figures in piece order; returns the first non-finite one's description. */
+    private String fold(List<Piece> pieces, Ingest[] ingested) {
         String first = null;
         for (int i = 0; i < ingested.length; i++) {
             Piece p = pieces.get(i);
@@ -125,6 +131,36 @@ public final class StepAssembly {
             }
         }
         return first;
+    }
+
+    /**
+     * Ingests every tensor of {@code tensors} whole from device memory through {@code source}
+     * (CUDA IPC), then folds its pieces' figures in order as {@link #addAll} does, so the norm is
+     * that of the same values sent as chunks of {@link #MAX_CHUNK_BYTES}.
+     *
+     * @return the first non-finite value's description, or null
+     */
+    String addFromDevice(List<Integer> tensors, DeviceGradientSource source) {
+        List<DeviceGradientSource.Target> targets = new java.util.ArrayList<>();
+        List<Piece> pieces = new java.util.ArrayList<>();
+        int perPiece = MAX_CHUNK_BYTES / Float.BYTES;
+        for (int tensor : tensors) {
+            TensorEntry t = this.tensors.get(tensor);
+            if (!coverage[tensor].isEmpty()) {
+                throw OptError.invalid("%s: chunks were sent in step %d, whose gradients come from the device",
+                        t.describe(), stepId).withField("chunk.offset");
+            }
+            targets.add(new DeviceGradientSource.Target(tensor, t.storage, session.handles[tensor]));
+            for (long at = 0; at < t.numel; at += perPiece) {
+                pieces.add(new Piece(tensor, at, (int) Math.min(perPiece, t.numel - at)));
+            }
+        }
+        List<Ingest[]> perTensor = source.ingest(targets, perPiece);
+        Ingest[] ingested = perTensor.stream().flatMap(java.util.Arrays::stream).toArray(Ingest[]::new);
+        if (ingested.length != pieces.size()) {
+            throw new IllegalStateException(ingested.length + " pieces ingested of " + pieces.size());
+        }
+        return fold(pieces, ingested);
     }
 
     private TensorEntry checkRange(Piece p) {

@@ -3,6 +3,7 @@ package dev.optsidecar.server.model;
 import com.google.protobuf.UnsafeByteOperations;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.engine.DeviceViewTarget;
 import dev.optsidecar.server.engine.WireType;
 
 import java.nio.ByteBuffer;
@@ -189,6 +190,19 @@ public final class ViewReader implements AutoCloseable {
             throw new IllegalStateException("the reader holds no read lock");
         }
         source.read(model.tensors().get(piece.tensor()), piece.offset(), piece.count(), dst, wire);
+    }
+
+    /**
+     * Writes the whole view into {@code target} on the device, tensor by tensor, for a reader that
+     * streams under the read lock ({@link #streams}); the target says when the writes are done.
+     */
+    public void writeTo(DeviceViewTarget target) {
+        if (stamp == 0) {
+            throw new IllegalStateException("the reader holds no read lock");
+        }
+        for (TensorEntry t : tensors) {
+            source.write(t, target);
+        }
     }
 
     /** Whether this reader produces each piece as it is read, under the read lock (else from a copy). */

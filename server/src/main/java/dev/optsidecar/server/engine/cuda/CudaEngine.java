@@ -39,6 +39,7 @@ public final class CudaEngine implements Engine {
 
     private final int device;
     private final String description;
+    private final String uuid;
     private final long stream;
     private final ByteBuffer[] staging = new ByteBuffer[STAGING_BUFFERS];
     private final long[] stagingEvents = new long[STAGING_BUFFERS];
@@ -50,9 +51,10 @@ public final class CudaEngine implements Engine {
     private final ThreadLocal<Boolean> onDevice = ThreadLocal.withInitial(() -> false);
     private boolean closed;
 
-    private CudaEngine(int device, String description) {
+    private CudaEngine(int device, String description, String uuid) {
         this.device = device;
         this.description = description;
+        this.uuid = uuid;
         onDevice.set(true);
         this.stream = CudaNative.streamCreate();
         for (int i = 0; i < STAGING_BUFFERS; i++) {
@@ -100,7 +102,7 @@ public final class CudaEngine implements Engine {
             String[] info = CudaNative.useDevice(device).split("\\|");
             architecture = "sm_" + info[1] + info[2];
             engine = new CudaEngine(device, info[0] + " (device " + device + ", " + architecture + ", "
-                    + Long.parseLong(info[3]) / (1L << 20) + " MiB)");
+                    + Long.parseLong(info[3]) / (1L << 20) + " MiB)", info[4]);
         } catch (CudaException e) {
             throw new Unavailable("CUDA device " + device + " cannot be used: " + e.getMessage());
         } catch (OutOfMemoryError e) {
@@ -139,6 +141,11 @@ public final class CudaEngine implements Engine {
     @Override
     public String device() {
         return description;
+    }
+
+    @Override
+    public String deviceUuid() {
+        return uuid;
     }
 
     /** Free bytes on the device now. */
@@ -241,6 +248,16 @@ public final class CudaEngine implements Engine {
 
     long stream() {
         return stream;
+    }
+
+    /** Whether {@link #close} ran (the device context's stream and buffers are gone). */
+    boolean isClosed() {
+        return closed;
+    }
+
+    /** The engine's pinned buffer of the ring for a small read back (its copy waited for). */
+    ByteBuffer pinnedForRead() {
+        return acquireStaging().buffer();
     }
 
     /** A pinned buffer of the ring (little-endian, cleared) and the event that fires when its copy is done. */

@@ -75,7 +75,7 @@ final class CudaNative {
     /** The native kernel catalogue, "id|slots|scalars|flags" a line. */
     static native String catalogue();
 
-    /** Selects the device for the calling thread and returns "name|major|minor|totalBytes". */
+    /** Selects the device for the calling thread and returns "name|major|minor|totalBytes|uuid". */
     static native String useDevice(int device);
 
     /** Makes {@code device} the calling thread's device. */
@@ -124,6 +124,32 @@ final class CudaNative {
                                float[] scalars, long stream);
 
     static native void combine(long out, long[] buffers, float divisor, long n, long stream);
+
+    /**
+     * Maps another process's device allocation from its {@code cudaIpcMemHandle_t} and returns
+     * {device pointer, bytes of the allocation from there}.
+     */
+    static native long[] ipcOpen(byte[] handle);
+
+    /** Unmaps what {@link #ipcOpen} mapped. */
+    static native void ipcClose(long pointer);
+
+    /**
+     * Copies {@code n} floats from {@code src} to {@code dst} on the device and leaves, per piece
+     * of {@code piece} elements and per each of its {@value #INGEST_LANES} lanes, Σ v² (doubles at
+     * {@code sums}) and the first non-finite element's index or -1 (longs at {@code firsts}).
+     */
+    static native void ingest(long dst, long src, long n, long piece, long sums, long firsts, long stream);
+
+    /**
+     * Copies {@code n} floats from {@code src} to {@code dst} ({@code src} 0: none) and adds the
+     * 64-bit wrapping sums of {@code dst}'s bit patterns (signed 32-bit) at even and at odd positions
+     * to the two longs at {@code sums}.
+     */
+    static native void copySums(long dst, long src, long n, long sums, long stream);
+
+    /** {@code osc::INGEST_LANES}: the host ingest's lanes (position mod 8 in a chunk). */
+    static final int INGEST_LANES = 8;
 
     /** Σ g² of {@code n} floats in the fixed reduction order, into the device double at {@code result}. */
     static native void sumOfSquares(long g, long n, long partials, long result, long stream);

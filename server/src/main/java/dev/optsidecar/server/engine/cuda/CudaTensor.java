@@ -75,6 +75,16 @@ final class CudaTensor implements EngineTensor {
         return slotTable;
     }
 
+    /** Device address of state slot {@code slot}. */
+    long slot(int slot) {
+        return slots[slot];
+    }
+
+    /** Device address of gradient buffer {@code handle}. */
+    long gradientBuffer(int handle) {
+        return buffer(handle);
+    }
+
     @Override
     public long numel() {
         return numel;

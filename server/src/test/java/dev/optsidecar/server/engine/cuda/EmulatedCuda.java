@@ -10,7 +10,8 @@ import java.util.concurrent.TimeUnit;
  * The CUDA engine on this CPU: its Java side as it is, over an emulation of its native library
  * ({@code src/test/cuda/emulated_runtime.cpp}) that runs the real per-element functions and
  * reductions of {@code kernels.h}, compiled with g++. Loaded instead of the jar's library, once per
- * test JVM.
+ * test JVM. Its CUDA IPC handles name this process's memory, or a file whose shared mapping
+ * stands for another process's device memory (a trainer process's, in the Python client's tests).
  */
 public final class EmulatedCuda {
     private EmulatedCuda() {}
@@ -52,4 +53,19 @@ public final class EmulatedCuda {
     }
 
     static native void setFreeBytes(long bytes);
+
+    /**
+     * A CUDA IPC handle to {@code memory} (a direct buffer: host memory is the emulated device's),
+     * as a trainer's process would export one for its allocation; only the emulation opens it.
+     */
+    public static byte[] ipcHandle(java.nio.ByteBuffer memory) {
+        return ipcHandle(address(memory), memory.capacity());
+    }
+
+    private static native byte[] ipcHandle(long address, long bytes);
+
+    private static native long address(java.nio.ByteBuffer direct);
+
+    /** IPC mappings open now (each stream that mapped a handle closes its own when it ends). */
+    public static native int openIpcMappings();
 }
