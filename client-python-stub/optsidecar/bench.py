@@ -7,7 +7,7 @@ torch offers (``AdamW(fused=True)`` where torch has it, else foreach AdamW), and
 
 - ``grpc``: gradients and weights as float32 chunks over TCP; ``grpc-bf16``: as bfloat16 chunks;
 - ``uds``, ``uds-bf16``: the same over the server's Unix domain socket;
-- ``shm``: through a shared-memory segment (gRPC carries only the commit and the result).
+- ``shm``: through a shared-memory segment (the commit and the result over the server's doorbell socket).
 
 Only ``opt.step()`` is timed. Each remote variant runs in turn beside the two local optimizers,
 the three alternating step by step (and which goes first) so that a busy machine slows all
