@@ -687,6 +687,20 @@ class _LiveStream:
         self.call.cancel()
         self._end_requests()
 
+    def commit_without_chunks(self, commit: pb.StepCommit, action: str) -> pb.StepResult:
+        """Commits a step whose data is outside the stream (a segment, device buffers) and returns
+        its result: over the doorbell when one attached, else on the stream."""
+        if self.doorbell is not None:
+            reply = self.doorbell.commit(commit)
+        else:
+            self.send(pb.StepRequest(commit=commit))
+            reply = self.receive()
+        if isinstance(reply, wire.ReceivedChunk):
+            raise ProtocolError(f"{action}: the server streamed weights for a step whose data is outside the stream")
+        if reply.step_id != commit.step_id:
+            raise ProtocolError(f"{action}: server answered step {reply.step_id}")
+        return reply
+
     def _close_doorbell(self) -> None:
         if self.doorbell is not None:
             self.doorbell.close()
@@ -966,15 +980,7 @@ class StepStream:
             for index, g in enumerate(grads):
                 if g is not None:
                     copy_into_segment(g, region(index))
-            if live.doorbell is not None:
-                reply = live.doorbell.commit(commit)
-            else:
-                live.send(pb.StepRequest(commit=commit))
-                reply = live.receive()
-            if isinstance(reply, wire.ReceivedChunk):
-                raise ProtocolError(f"{action}: server streamed weights on a shared-memory stream")
-            if reply.step_id != step_id:
-                raise ProtocolError(f"{action}: server answered step {reply.step_id}")
+            reply = live.commit_without_chunks(commit, action)
             weights_version = None
             if destinations is not None:
                 if not reply.weights_in_segment:

@@ -185,7 +185,6 @@ def attempt(stream: Any, live: Any, step_id: int, grads: Sequence[Any], commit: 
 
     from .errors import ProtocolError, from_rpc_error
     from .results import StepFigures
-    from . import wire
 
     segment = stream.device_segment
     region = segment.weights_tensor if commit.kind == pb.STEP_SET_WEIGHTS else segment.gradient_tensor
@@ -195,15 +194,7 @@ def attempt(stream: Any, live: Any, step_id: int, grads: Sequence[Any], commit: 
                 if g is not None and g.data_ptr() != region(index).data_ptr():
                     region(index).copy_(torch.as_tensor(g).detach().reshape(-1))
         segment.synchronize()
-        if live.doorbell is not None:
-            reply = live.doorbell.commit(commit)
-        else:
-            live.send(pb.StepRequest(commit=commit))
-            reply = live.receive()
-        if isinstance(reply, wire.ReceivedChunk):
-            raise ProtocolError(f"{action}: server streamed weights on a CUDA IPC stream")
-        if reply.step_id != step_id:
-            raise ProtocolError(f"{action}: server answered step {reply.step_id}")
+        reply = live.commit_without_chunks(commit, action)
         weights_version = None
         if destinations is not None:
             if not reply.weights_on_device:
