@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -973,20 +973,35 @@ class StepStream:
 
     def _attempt_shared(self, live: _LiveStream, step_id: int, grads: Sequence[Any], commit: pb.StepCommit,
                         destinations: Optional[List[Destination]], action: str) -> StepFigures:
-        """Sends the step once through the segment: only the commit travels on the stream."""
+        """Sends the step once through the segment: only the commit travels."""
         segment = self.segment
         region = segment.weights if commit.kind == pb.STEP_SET_WEIGHTS else segment.gradient
-        try:
+
+        def put() -> None:
             for index, g in enumerate(grads):
                 if g is not None:
                     copy_into_segment(g, region(index))
+
+        return self.attempt_outside(live, commit, destinations, action, put=put,
+                                    written=lambda reply: reply.weights_in_segment, where="the segment",
+                                    copy_back=lambda: copy_from_segment(segment, destinations, range(len(destinations))))
+
+    def attempt_outside(self, live: _LiveStream, commit: pb.StepCommit, destinations: Optional[Sequence[Any]],
+                        action: str, *, put: Callable[[], None], written: Callable[[pb.StepResult], bool],
+                        where: str, copy_back: Callable[[], None]) -> StepFigures:
+        """One attempt of a step whose data is outside the stream (a segment, device buffers):
+        ``put()`` places the data, the commit goes (over the doorbell or the stream), and when the
+        step returns weights, which ``written(result)`` says the server put in ``where``,
+        ``copy_back()`` brings them into the destinations."""
+        try:
+            put()
             reply = live.commit_without_chunks(commit, action)
             weights_version = None
             if destinations is not None:
-                if not reply.weights_in_segment:
-                    raise ProtocolError(f"{action}: the server did not write the weights into the segment")
+                if not written(reply):
+                    raise ProtocolError(f"{action}: the server did not write the weights into {where}")
                 self.partial_weights = True
-                copy_from_segment(segment, destinations, range(len(destinations)))
+                copy_back()
                 weights_version = reply.weights_version
             self.partial_weights = False
             self._failed = False

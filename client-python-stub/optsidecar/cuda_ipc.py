@@ -180,37 +180,21 @@ def attempt(stream: Any, live: Any, step_id: int, grads: Sequence[Any], commit: 
     with ``device_segment``): gradients (or weights to set) not already in their regions are copied
     there on the device, the device is synchronised, and only the commit travels; the view comes
     back in the parameter regions, copied on the device into destinations that are not them."""
-    import grpc
     import torch
-
-    from .errors import ProtocolError, from_rpc_error
-    from .results import StepFigures
 
     segment = stream.device_segment
     region = segment.weights_tensor if commit.kind == pb.STEP_SET_WEIGHTS else segment.gradient_tensor
-    try:
+
+    def put() -> None:
         with torch.no_grad():
             for index, g in enumerate(grads):
                 if g is not None and g.data_ptr() != region(index).data_ptr():
                     region(index).copy_(torch.as_tensor(g).detach().reshape(-1))
         segment.synchronize()
-        reply = live.commit_without_chunks(commit, action)
-        weights_version = None
-        if destinations is not None:
-            if not reply.weights_on_device:
-                raise ProtocolError(f"{action}: the server did not write the weights into the device buffers")
-            stream.partial_weights = True
-            copy_out(segment, destinations)
-            weights_version = reply.weights_version
-        stream.partial_weights = False
-        stream._failed = False
-        return StepFigures.from_proto(reply, weights_version)
-    except grpc.RpcError as e:
-        stream._drop(live)
-        raise from_rpc_error(e, action, stream.client.target) from None
-    except BaseException:
-        stream._drop(live)
-        raise
+
+    return stream.attempt_outside(live, commit, destinations, action, put=put,
+                                  written=lambda reply: reply.weights_on_device, where="the device buffers",
+                                  copy_back=lambda: copy_out(segment, destinations))
 
 
 class DeviceDestination(Destination):
