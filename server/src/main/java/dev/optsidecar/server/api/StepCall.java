@@ -51,6 +51,9 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
     private com.google.protobuf.ByteString doorbellSecret;
     /** The doorbell connection carrying this stream's commits and results, once one attached. */
     private DoorbellLine line;
+    /** Whether the commit being applied (or awaited), and the one deferred, came over the doorbell. */
+    private boolean commitOverDoorbell;
+    private boolean deferredOverDoorbell;
     private final ServerCallStreamObserver<StepResponse> out;
     /** The stream's shared segment, or null when its data travels in chunks. */
     private SegmentFile segment;
@@ -146,7 +149,7 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
                 case OPEN -> open(request);
                 case CHUNK -> chunk(request.getChunk());
                 case COMMIT -> {
-                    if (!commitOrDefer(request.getCommit())) {
+                    if (!commitOrDefer(request.getCommit(), false)) {
                         return; // resumes when the previous step's weights are out
                     }
                 }
@@ -163,12 +166,17 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
         }
     }
 
-    /** Runs {@code c} now, or keeps it for when the previous step's weights are out; false if kept. */
-    private boolean commitOrDefer(StepCommit c) {
+    /**
+     * Runs {@code c} now, or keeps it for when the previous step's weights are out; false if kept.
+     * Its result goes back the way it came: over the doorbell or on the stream.
+     */
+    private boolean commitOrDefer(StepCommit c, boolean overDoorbell) {
         if (sending != null || awaiting != null) {
             deferredCommit = c;
+            deferredOverDoorbell = overDoorbell;
             return false;
         }
+        commitOverDoorbell = overDoorbell;
         commit(c);
         return true;
     }
@@ -190,7 +198,7 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
         }
         lastActivityNanos = System.nanoTime();
         try {
-            commitOrDefer(c);
+            commitOrDefer(c, true);
         } catch (RuntimeException | Error e) {
             meter.rejected(e);
             fail(e);
@@ -459,9 +467,9 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
         sending.drain();
     }
 
-    /** Sends a result without weights chunks: over the doorbell when one is attached, else on the stream. */
+    /** Sends a result without weights chunks: over the doorbell if its commit came that way, else on the stream. */
     private void reply(StepResult result) {
-        if (line != null) {
+        if (commitOverDoorbell && line != null) {
             line.result(result);
         } else {
             out.onNext(StepResponse.newBuilder().setResult(result).build());
@@ -491,6 +499,7 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
         if (deferredCommit != null) {
             StepCommit c = deferredCommit;
             deferredCommit = null;
+            commitOverDoorbell = deferredOverDoorbell;
             commit(c);
             out.request(1);
             if (sending == null) {

@@ -205,6 +205,25 @@ class DoorbellTest {
     }
 
     @Test
+    void aResultGoesBackTheWayItsCommitCame() throws Exception {
+        String model = register();
+        ByteString secret = secret();
+        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+            seg.putGradients(grads(1));
+            RawStep s = open(model, seg.message, secret);
+            try (Line line = new Line().attach(secret)) {
+                assertEquals(1, line.step(1).getVersion());
+                s.commit(commit(2)); // on the stream, with the doorbell attached
+                SidecarFixture.awaitTrue("the stream's result", () -> s.responses.size() == 1 || s.isClosed());
+                assertEquals(2, s.responses.get(0).getResult().getVersion());
+                assertEquals(3, line.step(3).getVersion());
+                assertEquals(1, s.responses.size(), "a doorbell commit's result went to the stream");
+            }
+            s.cancel();
+        }
+    }
+
+    @Test
     void anErrorEndsTheDoorbellAndTheStreamWithOneStatus() throws Exception {
         String model = register();
         ByteString secret = secret();
