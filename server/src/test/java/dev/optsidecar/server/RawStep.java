@@ -7,6 +7,7 @@ import dev.optsidecar.proto.v1.StepCommit;
 import dev.optsidecar.proto.v1.StepOpen;
 import dev.optsidecar.proto.v1.StepRequest;
 import dev.optsidecar.proto.v1.StepResponse;
+import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
 import io.grpc.Status;
@@ -117,6 +118,31 @@ public final class RawStep implements ClientResponseObserver<StepRequest, StepRe
     public RawStep commit(long stepId, ViewKind view) {
         return commit(StepCommit.newBuilder().setStepId(stepId)
                 .setView(View.newBuilder().setKind(view)).build());
+    }
+
+    /**
+     * The results received so far on a stream whose weights go outside it (a shared segment, a
+     * trainer's device buffers); fails if weights chunks were streamed instead.
+     */
+    public java.util.List<StepResult> resultsWithoutChunks() {
+        java.util.List<StepResult> r = new java.util.ArrayList<>();
+        for (StepResponse x : responses) {
+            if (x.hasResult()) {
+                r.add(x.getResult());
+            }
+            org.junit.jupiter.api.Assertions.assertFalse(x.hasWeights(),
+                    "weights were streamed although they went outside the stream");
+        }
+        return r;
+    }
+
+    /** Waits for the {@code n}-th result (1-based) of {@link #resultsWithoutChunks}. */
+    public StepResult resultWithoutChunks(int n) {
+        SidecarFixture.awaitTrue("result " + n, () -> isClosed() || resultsWithoutChunks().size() >= n);
+        java.util.List<StepResult> r = resultsWithoutChunks();
+        org.junit.jupiter.api.Assertions.assertTrue(r.size() >= n,
+                () -> "the stream ended with " + awaitClose() + " before result " + n);
+        return r.get(n - 1);
     }
 
     public RawStep halfClose() {

@@ -12,7 +12,6 @@ import dev.optsidecar.proto.v1.StepCommit;
 import dev.optsidecar.proto.v1.StepKind;
 import dev.optsidecar.proto.v1.StepOpen;
 import dev.optsidecar.proto.v1.StepRequest;
-import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
@@ -186,28 +185,8 @@ class CudaIpcStepTest {
                 .setModel(model).setClientId("trainer-" + SEQ.incrementAndGet()).setCudaIpc(buffers)).build());
     }
 
-    private static StepRequest commit(long stepId, ViewKind view) {
-        return StepRequest.newBuilder().setCommit(StepCommit.newBuilder().setStepId(stepId)
-                .setView(View.newBuilder().setKind(view))).build();
-    }
 
-    private static StepResult result(RawStep s, int n) {
-        SidecarFixture.awaitTrue("result " + n, () -> s.isClosed() || results(s).size() >= n);
-        List<StepResult> r = results(s);
-        assertTrue(r.size() >= n, () -> "the stream ended with " + s.awaitClose() + " before result " + n);
-        return r.get(n - 1);
-    }
 
-    private static List<StepResult> results(RawStep s) {
-        List<StepResult> r = new ArrayList<>();
-        for (StepResponse x : s.responses) {
-            if (x.hasResult()) {
-                r.add(x.getResult());
-            }
-            assertFalse(x.hasWeights(), "weights were streamed although they went into the trainer's memory");
-        }
-        return r;
-    }
 
     @Test
     void serverInfoNamesTheDevicesUuid() {
@@ -228,8 +207,8 @@ class CudaIpcStepTest {
             float[][] expected = StandardModel.zeros();
             StepResult viaChunksResult = f.step(viaChunks, grads(k), expected);
             buffer.putGradients(grads(k));
-            s.send(commit(k, ViewKind.VIEW_TRAIN));
-            StepResult r = result(s, k);
+            s.commit(k, ViewKind.VIEW_TRAIN);
+            StepResult r = s.resultWithoutChunks(k);
             // Ingested on the device per 1 MiB piece, in the host ingest's lanes: the norm of chunks, to the bit.
             assertEquals(Double.doubleToRawLongBits(viaChunksResult.getGradNorm()),
                     Double.doubleToRawLongBits(r.getGradNorm()), "gradient norm, step " + k);
@@ -254,15 +233,15 @@ class CudaIpcStepTest {
         buffer.putWeights(newWeights);
         s.send(StepRequest.newBuilder().setCommit(StepCommit.newBuilder().setStepId(1)
                 .setKind(StepKind.STEP_SET_WEIGHTS).setView(View.newBuilder().setKind(ViewKind.VIEW_NONE))).build());
-        assertEquals(1, result(s, 1).getVersion());
+        assertEquals(1, s.resultWithoutChunks(1).getVersion());
         assertBitsEqual(newWeights, f.pull(viaDevice), "weights set from the trainer's memory");
         try (var trainer = f.client().trainer(viaChunks, "chunks")) {
             trainer.setWeights(tensors(newWeights));
             trainer.step(grads(1), StandardModel.zeros());
         }
         buffer.putGradients(grads(1));
-        s.send(commit(2, ViewKind.VIEW_EVAL));
-        StepResult r = result(s, 2);
+        s.commit(2, ViewKind.VIEW_EVAL);
+        StepResult r = s.resultWithoutChunks(2);
         assertTrue(r.getWeightsOnDevice());
         float[][] expectedEval = StandardModel.zeros();
         f.client().pull(viaChunks, View.newBuilder().setKind(ViewKind.VIEW_EVAL).build(), tensors(expectedEval));
@@ -292,10 +271,10 @@ class CudaIpcStepTest {
         b.putGradients(grads(2));
         RawStep first = open(f, viaDevice, a.message().build());
         RawStep second = open(f, viaDevice, b.message().build());
-        first.send(commit(1, ViewKind.VIEW_TRAIN));
-        second.send(commit(1, ViewKind.VIEW_TRAIN));
-        StepResult r1 = result(first, 1);
-        StepResult r2 = result(second, 1);
+        first.commit(1, ViewKind.VIEW_TRAIN);
+        second.commit(1, ViewKind.VIEW_TRAIN);
+        StepResult r1 = first.resultWithoutChunks(1);
+        StepResult r2 = second.resultWithoutChunks(1);
         assertTrue(r1.getWeightsOnDevice() && r2.getWeightsOnDevice());
         assertEquals(1, r1.getVersion());
         // The sync step's mean: the two gradients added, then halved, in float32.
@@ -328,7 +307,7 @@ class CudaIpcStepTest {
         g[0][270_000] = Float.NaN; // in the second 1 MiB piece of tensor 0
         buffer.putGradients(g);
         RawStep s = open(f, model, buffer.message().build());
-        s.send(commit(1, ViewKind.VIEW_TRAIN));
+        s.commit(1, ViewKind.VIEW_TRAIN);
         Status status = s.awaitClose();
         assertEquals(Status.Code.INVALID_ARGUMENT, status.getCode());
         assertTrue(status.getDescription().contains("element 270000"), status::getDescription);

@@ -86,6 +86,10 @@ class DoorbellTest {
         return name;
     }
 
+    private static TestSegment segment() throws IOException {
+        return new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES);
+    }
+
     private static ByteString secret() {
         byte[] bytes = new byte[32];
         RANDOM.nextBytes(bytes);
@@ -179,7 +183,7 @@ class DoorbellTest {
         String viaChunks = register();
         String viaDoorbell = register();
         ByteString secret = secret();
-        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+        try (TestSegment seg = segment()) {
             RawStep s = open(viaDoorbell, seg.message, secret);
             try (Line line = new Line().attach(secret)) {
                 for (int k = 1; k <= 3; k++) {
@@ -208,7 +212,7 @@ class DoorbellTest {
     void aResultGoesBackTheWayItsCommitCame() throws Exception {
         String model = register();
         ByteString secret = secret();
-        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+        try (TestSegment seg = segment()) {
             seg.putGradients(grads(1));
             RawStep s = open(model, seg.message, secret);
             try (Line line = new Line().attach(secret)) {
@@ -227,7 +231,7 @@ class DoorbellTest {
     void anErrorEndsTheDoorbellAndTheStreamWithOneStatus() throws Exception {
         String model = register();
         ByteString secret = secret();
-        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+        try (TestSegment seg = segment()) {
             RawStep s = open(model, seg.message, secret);
             try (Line line = new Line().attach(secret)) {
                 line.step(1);
@@ -251,7 +255,7 @@ class DoorbellTest {
     void afterTheSecretOnlyCommitsMayCome() throws Exception {
         String model = register();
         ByteString secret = secret();
-        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+        try (TestSegment seg = segment()) {
             RawStep s = open(model, seg.message, secret);
             try (Line line = new Line().attach(secret)) {
                 line.send(DoorbellFrame.newBuilder().setSecret(secret).build());
@@ -267,7 +271,7 @@ class DoorbellTest {
     void aStreamTakesOneDoorbellAndAStrangerNone() throws Exception {
         String model = register();
         ByteString secret = secret();
-        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+        try (TestSegment seg = segment()) {
             RawStep s = open(model, seg.message, secret);
             try (Line first = new Line().attach(secret); Line second = new Line()) {
                 second.send(DoorbellFrame.newBuilder().setSecret(secret).build());
@@ -293,7 +297,7 @@ class DoorbellTest {
     void aClientThatReadsNoResultsIsCutOffAndTheServerGoesOn() throws Exception {
         String model = register();
         ByteString secret = secret();
-        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+        try (TestSegment seg = segment()) {
             seg.putGradients(grads(1));
             RawStep s = open(model, seg.message, secret);
             Line line = new Line().attach(secret);
@@ -332,7 +336,7 @@ class DoorbellTest {
     @Test
     void aSecretOfTheWrongLengthIsRefusedAtOpen() throws Exception {
         String model = register();
-        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+        try (TestSegment seg = segment()) {
             RawStep s = open(model, seg.message, ByteString.copyFromUtf8("eight..."));
             Status status = s.awaitClose();
             assertEquals(Status.Code.INVALID_ARGUMENT, status.getCode());
@@ -368,7 +372,7 @@ class DoorbellTest {
         // The silent ones are gone: a trainer's doorbell attaches again.
         String model = register();
         ByteString secret = secret();
-        try (TestSegment seg = new TestSegment(dir, "optsidecar-bell-" + SEQ.incrementAndGet(), SIZES)) {
+        try (TestSegment seg = segment()) {
             RawStep s = open(model, seg.message, secret);
             SidecarFixture.awaitTrue("pending connections released", () -> {
                 try (Line line = new Line()) {

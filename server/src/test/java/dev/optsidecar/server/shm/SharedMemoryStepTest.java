@@ -8,7 +8,6 @@ import dev.optsidecar.proto.v1.StepCommit;
 import dev.optsidecar.proto.v1.StepKind;
 import dev.optsidecar.proto.v1.StepOpen;
 import dev.optsidecar.proto.v1.StepRequest;
-import dev.optsidecar.proto.v1.StepResponse;
 import dev.optsidecar.proto.v1.StepResult;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.ViewKind;
@@ -89,29 +88,8 @@ class SharedMemoryStepTest {
         return s;
     }
 
-    private static StepRequest commit(long stepId, ViewKind view) {
-        return StepRequest.newBuilder().setCommit(StepCommit.newBuilder().setStepId(stepId)
-                .setView(View.newBuilder().setKind(view))).build();
-    }
 
-    /** Waits for the result of the {@code n}-th step (1-based) on {@code s}. */
-    private static StepResult result(RawStep s, int n) {
-        SidecarFixture.awaitTrue("result " + n, () -> s.isClosed() || results(s).size() >= n);
-        List<StepResult> r = results(s);
-        assertTrue(r.size() >= n, () -> "the stream ended with " + s.awaitClose() + " before result " + n);
-        return r.get(n - 1);
-    }
 
-    private static List<StepResult> results(RawStep s) {
-        List<StepResult> r = new ArrayList<>();
-        for (StepResponse x : s.responses) {
-            if (x.hasResult()) {
-                r.add(x.getResult());
-            }
-            assertFalse(x.hasWeights(), "weights were streamed although they went into the segment");
-        }
-        return r;
-    }
 
     @Test
     void serverInfoNamesTheDirectory() throws IOException {
@@ -134,8 +112,8 @@ class SharedMemoryStepTest {
                 float[][] expected = StandardModel.zeros();
                 StepResult viaChunksResult = f.step(viaChunks, grads(k), expected);
                 seg.putGradients(grads(k));
-                s.send(commit(k, ViewKind.VIEW_TRAIN));
-                StepResult r = result(s, k);
+                s.commit(k, ViewKind.VIEW_TRAIN);
+                StepResult r = s.resultWithoutChunks(k);
                 // Pieces ingested on several threads: the norm of chunks sent in order, to the bit.
                 assertEquals(Double.doubleToRawLongBits(viaChunksResult.getGradNorm()),
                         Double.doubleToRawLongBits(r.getGradNorm()), "gradient norm, step " + k);
@@ -229,7 +207,7 @@ class SharedMemoryStepTest {
             s.send(StepRequest.newBuilder().setCommit(StepCommit.newBuilder().setStepId(1)
                     .setKind(StepKind.STEP_SET_WEIGHTS).setView(View.newBuilder().setKind(ViewKind.VIEW_NONE)))
                     .build());
-            assertEquals(1, result(s, 1).getVersion());
+            assertEquals(1, s.resultWithoutChunks(1).getVersion());
             s.halfClose();
             s.awaitClose();
         }
@@ -278,11 +256,11 @@ class SharedMemoryStepTest {
         try (TestSegment seg = segment()) {
             RawStep s = openMapped(model, seg);
             seg.putGradients(grads(1));
-            s.send(commit(1, ViewKind.VIEW_TRAIN));
-            assertEquals(1, result(s, 1).getVersion());
+            s.commit(1, ViewKind.VIEW_TRAIN);
+            assertEquals(1, s.resultWithoutChunks(1).getVersion());
             float[][] before = f.pull(model);
             seg.truncate(seg.size() / 2);
-            s.send(commit(2, ViewKind.VIEW_TRAIN));
+            s.commit(2, ViewKind.VIEW_TRAIN);
             assertReason(s.awaitClose(), Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_FAULT", "shrank");
             assertUnchanged(model, 1, before);
         }
@@ -297,7 +275,7 @@ class SharedMemoryStepTest {
             RawStep s = openMapped(model, seg);
             Files.delete(seg.path);
             seg.putGradients(grads(1));
-            s.send(commit(1, ViewKind.VIEW_TRAIN));
+            s.commit(1, ViewKind.VIEW_TRAIN);
             assertReason(s.awaitClose(), Status.Code.FAILED_PRECONDITION, "SHARED_MEMORY_FAULT", "deleted");
             assertUnchanged(model, 0, initialWeights(7));
         }
@@ -311,7 +289,7 @@ class SharedMemoryStepTest {
             g[0][1234] = Float.NaN;
             seg.putGradients(g);
             RawStep s = open(model, seg.message);
-            s.send(commit(1, ViewKind.VIEW_TRAIN));
+            s.commit(1, ViewKind.VIEW_TRAIN);
             assertReason(s.awaitClose(), Status.Code.INVALID_ARGUMENT, "NON_FINITE_GRADIENT", "'w'", "1234");
             assertUnchanged(model, 0, initialWeights(7));
         }
@@ -342,12 +320,12 @@ class SharedMemoryStepTest {
                 RawStep s = openMapped(model, seg);
                 // The open is checked against the file's size: truncate only once it has been.
                 SidecarFixture.awaitTrue("the segment opened", () -> f.sharedMemory().inUse(name));
-                s.send(commit(1, ViewKind.VIEW_NONE));
+                s.commit(1, ViewKind.VIEW_NONE);
                 Thread.sleep(trial * 2L);
                 seg.truncate(4096);
                 Status end;
-                SidecarFixture.awaitTrue("the step's end", () -> s.isClosed() || !results(s).isEmpty());
-                if (!results(s).isEmpty()) {
+                SidecarFixture.awaitTrue("the step's end", () -> s.isClosed() || !s.resultsWithoutChunks().isEmpty());
+                if (!s.resultsWithoutChunks().isEmpty()) {
                     applied++;
                     assertEquals(version + 1, f.describe(model).getVersion());
                     s.cancel();
