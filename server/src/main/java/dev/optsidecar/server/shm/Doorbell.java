@@ -49,8 +49,8 @@ public final class Doorbell implements AutoCloseable {
     private static final String SUFFIX = ".sock";
     /** Connections that have not yet named an open stream; more are closed at once. */
     static final int MAX_PENDING = 64;
-    public static final int MIN_SECRET_BYTES = 16;
-    public static final int MAX_SECRET_BYTES = 64;
+    private static final int MIN_SECRET_BYTES = 16;
+    private static final int MAX_SECRET_BYTES = 64;
 
     /** The Step stream a line serves, as the line sees it. */
     public interface Stream {
@@ -143,10 +143,7 @@ public final class Doorbell implements AutoCloseable {
 
     /** Lets a line that presents {@code secret} serve {@code stream}; a secret of the wrong length or in use is refused. */
     public synchronized void register(ByteString secret, Stream stream, String field) {
-        if (secret.size() < MIN_SECRET_BYTES || secret.size() > MAX_SECRET_BYTES) {
-            throw OptError.invalid("%s: a doorbell secret is %d to %d random bytes, not %d", field, MIN_SECRET_BYTES,
-                    MAX_SECRET_BYTES, secret.size()).withField(field);
-        }
+        checkSecret(secret, field);
         String key = digest(secret);
         if (streams.putIfAbsent(key, stream) != null) {
             throw OptError.invalid("%s: another open Step stream has this doorbell secret; draw a fresh one for each"
@@ -158,6 +155,14 @@ public final class Doorbell implements AutoCloseable {
     /** Forgets {@code secret}: no line can attach to its stream any more. */
     public synchronized void unregister(ByteString secret) {
         streams.remove(digest(secret));
+    }
+
+    /** Refuses a secret of the wrong length, naming {@code field}. */
+    static void checkSecret(ByteString secret, String field) {
+        if (secret.size() < MIN_SECRET_BYTES || secret.size() > MAX_SECRET_BYTES) {
+            throw OptError.invalid("%s: a doorbell secret holds %d to %d bytes, drawn at random; this one has %d",
+                    field, MIN_SECRET_BYTES, MAX_SECRET_BYTES, secret.size()).withField(field);
+        }
     }
 
     /** The stream registered under {@code secret}, waiting for its StepOpen until {@code deadline}; null if none came. */

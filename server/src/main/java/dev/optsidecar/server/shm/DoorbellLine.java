@@ -121,9 +121,10 @@ public final class DoorbellLine {
                     .withField("secret"));
             return null;
         }
-        if (hello.getSecret().size() < Doorbell.MIN_SECRET_BYTES || hello.getSecret().size() > Doorbell.MAX_SECRET_BYTES) {
-            fail(OptError.invalid("doorbell: a secret is %d to %d bytes, not %d", Doorbell.MIN_SECRET_BYTES,
-                    Doorbell.MAX_SECRET_BYTES, hello.getSecret().size()).withField("secret"));
+        try {
+            Doorbell.checkSecret(hello.getSecret(), "secret");
+        } catch (OptError e) {
+            fail(e);
             return null;
         }
         Doorbell.Stream stream = doorbell.await(hello.getSecret(), deadline);
