@@ -935,9 +935,9 @@ class StepStream:
         if self.device_segment is not None:
             from . import cuda_ipc
 
-            return cuda_ipc.attempt(self, live, step_id, grads, commit, destinations, action)
+            return cuda_ipc.attempt(self, live, grads, commit, destinations, action)
         if self.segment is not None:
-            return self._attempt_shared(live, step_id, grads, commit, destinations, action)
+            return self._attempt_shared(live, grads, commit, destinations, action)
         try:
             for index, g in enumerate(grads):
                 if g is not None:
@@ -971,7 +971,7 @@ class StepStream:
             self._drop(live)
             raise
 
-    def _attempt_shared(self, live: _LiveStream, step_id: int, grads: Sequence[Any], commit: pb.StepCommit,
+    def _attempt_shared(self, live: _LiveStream, grads: Sequence[Any], commit: pb.StepCommit,
                         destinations: Optional[List[Destination]], action: str) -> StepFigures:
         """Sends the step once through the segment: only the commit travels."""
         segment = self.segment

@@ -174,7 +174,7 @@ def probe(client: Any, model: str, buffers: Any) -> Optional[str]:
     return None
 
 
-def attempt(stream: Any, live: Any, step_id: int, grads: Sequence[Any], commit: pb.StepCommit,
+def attempt(stream: Any, live: Any, grads: Sequence[Any], commit: pb.StepCommit,
             destinations: Optional[Sequence[Any]], action: str) -> Any:
     """Sends a step once on ``stream``'s device segment (a :class:`~optsidecar.client.StepStream`
     with ``device_segment``): gradients (or weights to set) not already in their regions are copied
