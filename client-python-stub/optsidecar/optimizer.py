@@ -33,7 +33,7 @@ from .params import ParsedGroup, parse_params
 from .cuda_ipc import DeviceDestination, DeviceSegment, probe, unavailable_reason
 from .device_staging import HostStaging, SegmentStaging, is_cuda, synchronize
 from .shared_params import SharedParameters
-from .shm import SHM_DIR_ENVIRONMENT_VARIABLE, Segment, usable_directory
+from .shm import SHM_DIR_ENVIRONMENT_VARIABLE, HandoffRefused, SealedSegment, Segment, sealed_segments_work, usable_directory
 from .figures import check_figures, loss_figure
 from .results import CoordinationStatus, StepFigures, VersionContributions, VersionFigures
 from .spec import from_struct, model_spec, optimizer_config, tensor_groups
@@ -46,6 +46,8 @@ _LOG = logging.getLogger("optsidecar")
 #: How gradients and weights may travel: ``auto`` takes CUDA IPC for CUDA parameters on the
 #: server's GPU, else shared memory when the server and this process both can, else gRPC chunks.
 _TRANSPORTS = ("auto", "cuda-ipc", "shm", "grpc")
+#: Kinds of shared segment (``shm_segment``): see :class:`RemoteOptimizer`.
+_SEGMENT_KINDS = ("auto", "sealed", "file")
 
 #: The format of a state dict's ``"optsidecar"`` entry. 3: torch's format with that entry holding
 #: the server's extras (a dict). Still loaded, with ``spec``, ``weights`` and ``slots`` at the top
@@ -179,6 +181,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
             ``--shm-dir``) rather than through grpc (:attr:`doorbell`; see :mod:`optsidecar.doorbell`).
         shm_dir (str, optional): the server's shared-memory directory as this process sees it
             (default: the ``OPTSIDECAR_SHM_DIR`` environment variable, else the server's path).
+        shm_segment (str): with shared memory, ``"auto"`` (default): a sealed segment where the
+            server takes them (a memfd handed over on its segment socket, which the server maps:
+            one copy each way instead of two; Linux), else a segment file in the directory;
+            ``"sealed"`` (never a file: without a sealed segment the transport is gRPC, or
+            ``FailedPrecondition`` with ``transport="shm"``) or ``"file"``.
         wire_dtype (str): ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: gradients go
             to the server, and the weights come back into the parameters, rounded to this type
             (nearest even), half the bytes each way; the server keeps float32 weights and
@@ -275,8 +282,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  client: Optional[Client] = None, retry_for: float = DEFAULT_RETRY_SECONDS,
                  coordination: Any = None, ephemeral: Optional[bool] = None,
                  lease_seconds: int = DEFAULT_LEASE_SECONDS, wire_dtype: str = "float32", transport: str = "auto",
-                 shm_dir: Optional[str] = None, tls_ca: Optional[str] = None, tls_cert: Optional[str] = None,
-                 tls_key: Optional[str] = None, token: Optional[str] = None, **hyperparameters: Any):
+                 shm_dir: Optional[str] = None, shm_segment: str = "auto", tls_ca: Optional[str] = None,
+                 tls_cert: Optional[str] = None, tls_key: Optional[str] = None, token: Optional[str] = None,
+                 **hyperparameters: Any):
         if isinstance(lr, str) or positional:
             given = f"{lr!r}" + "".join(f", {a!r}" for a in positional)
             raise TypeError(f"RemoteOptimizer(params, lr, *, target=..., algorithm=..., model=..., client_id=..., "
@@ -284,6 +292,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
                             f"target='host:port' (and algorithm=...) by keyword (got {given} after params)")
         if transport not in _TRANSPORTS:
             raise ValueError(f"transport must be one of {list(_TRANSPORTS)}, not {transport!r}")
+        if shm_segment not in _SEGMENT_KINDS:
+            raise ValueError(f"shm_segment must be one of {list(_SEGMENT_KINDS)}, not {shm_segment!r}")
+        self._segment_kind = shm_segment
         if lr is not None:
             hyperparameters["lr"] = lr
         check_wire_dtype(wire_dtype)
@@ -447,11 +458,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         else:
             why_not = SharedParameters.supported(self._params)
         directory = None
-        doorbell = ""
+        doorbell = segment_socket = ""
         if why_not is None:
             try:
                 info = self.client.server_info()
-                server_dir, doorbell = info.shm_dir, info.doorbell_socket
+                server_dir, doorbell, segment_socket = info.shm_dir, info.doorbell_socket, info.segment_socket
             except OptSidecarError as e:
                 server_dir, why_not = "", f"the server does not say whether it offers shared memory ({e})"
             if why_not is None and not server_dir and not shm_dir:
@@ -464,10 +475,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                f"container)")
         segment = None
         if why_not is None:
-            try:
-                segment = Segment(directory, [p.numel() for p in self._params])
-            except OSError as e:
-                why_not = f"cannot create a segment in {directory!r}: {e}"
+            segment, why_not = self._new_segment(directory, segment_socket)
         if segment is not None:
             try:
                 # The server maps it and writes the train view there: proof that it sees the file.
@@ -490,17 +498,47 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                          reason="SHARED_MEMORY_UNAVAILABLE")
             _LOG.info("model %r: grpc transport (%s)", self.model, why_not)
             return "grpc"
+        where = "sealed, mapped by the server" if segment.sealed else f"file {segment.name} in {directory}"
         if staged:
             self._segment = segment
             self._stream.segment = segment
-            _LOG.info("model %r: shm transport, CUDA parameters staged through the segment (%s in %s)", self.model,
-                      segment.name, directory)
+            _LOG.info("model %r: shm transport, CUDA parameters staged through the segment (%s)", self.model, where)
             return "shm"
         self._bind_segment(segment)
         self._stream.doorbell = os.path.join(directory, doorbell) if doorbell else None
         self._edits.record()
-        _LOG.info("model %r: shm transport (segment %s in %s)", self.model, segment.name, directory)
+        _LOG.info("model %r: shm transport (segment %s)", self.model, where)
         return "shm"
+
+    def _new_segment(self, directory: str, segment_socket: str) -> Tuple[Optional[Segment], Optional[str]]:
+        """A sealed segment where the server takes them (see :class:`SealedSegment`), else a segment
+        file in ``directory``; or None and why neither can be made."""
+        numels = [p.numel() for p in self._params]
+        if self._segment_kind == "sealed" and not (segment_socket and sealed_segments_work()):
+            return None, ("the server takes no sealed segments (it has no segment socket)" if sealed_segments_work()
+                          else "this platform cannot make sealed segments (memfd_create, seals, SCM_RIGHTS)")
+        if self._segment_kind != "file" and segment_socket and sealed_segments_work():
+            first = [os.path.join(directory, segment_socket)]
+
+            def locate() -> str:
+                """The server's segment socket: as first told, then as a restarted server tells it."""
+                if first:
+                    return first.pop()
+                socket_name = self.client.server_info().segment_socket
+                if not socket_name:
+                    raise HandoffRefused("the server has no segment socket any more")
+                return os.path.join(directory, socket_name)
+
+            try:
+                return SealedSegment(numels, locate), None
+            except OSError as e:  # HandoffRefused too
+                if self._segment_kind == "sealed":
+                    return None, f"the server did not take a sealed segment: {e}"
+                _LOG.info("model %r: no sealed segment (%s); a segment file instead", self.model, e)
+        try:
+            return Segment(directory, numels), None
+        except OSError as e:
+            return None, f"cannot create a segment in {directory!r}: {e}"
 
     def _bind_segment(self, segment: Segment) -> None:
         """Moves the parameters and their gradients into ``segment`` and steps through it."""
@@ -1077,7 +1115,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         elif self._segment_staging is not None:
             old_segment = self._segment
             self._segment_staging.close()
-            self._segment = Segment(os.path.dirname(old_segment.path), [p.numel() for p in self._params])
+            self._segment = old_segment.renewed([p.numel() for p in self._params])
             self._segment_staging = SegmentStaging(self._segment)
             self._stream.segment = self._segment
             old_segment.remove()
@@ -1085,7 +1123,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             # The tensors changed: a segment laid out for them; the parameters keep their values.
             pending = set(self._edits.changed())
             old_segment = self._segment
-            self._bind_segment(Segment(os.path.dirname(old_segment.path), [p.numel() for p in self._params]))
+            self._bind_segment(old_segment.renewed([p.numel() for p in self._params]))
             old_segment.remove()
             self._edits.record([i for i in range(len(self._params)) if i not in pending])
 

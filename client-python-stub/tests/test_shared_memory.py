@@ -33,16 +33,18 @@ def segment_range(opt):
     return start, start + len(buffer)
 
 
+@pytest.mark.parametrize("segment", ["sealed", "file"])
 @pytest.mark.parametrize("algorithm,reference", [("AdamW", torch.optim.AdamW), ("RAdam", torch.optim.RAdam)])
-def test_shm_training_matches_grpc_bit_for_bit_and_torch(shm_server, algorithm, reference):
+def test_shm_training_matches_grpc_bit_for_bit_and_torch(shm_server, algorithm, reference, segment):
     model = make_mlp(1)
     over_grpc, local = twin(model), twin(model)
     shm = RemoteOptimizer(model.parameters(), target=shm_server.target, algorithm=algorithm, lr=1e-2,
-                          weight_decay=0.05)
+                          weight_decay=0.05, shm_segment=segment)
     chunks = RemoteOptimizer(over_grpc.parameters(), target=shm_server.target, algorithm=algorithm, lr=1e-2,
                              weight_decay=0.05, transport="grpc")
     torch_opt = reference(local.parameters(), lr=1e-2, weight_decay=0.05)
     assert (shm.transport, chunks.transport) == ("shm", "grpc")
+    assert shm._segment.sealed == (segment == "sealed")
     before = params_of(model)
     try:
         for t in range(8):
@@ -223,7 +225,8 @@ def test_a_gradient_replaced_by_another_tensor_is_copied_in(shm_server):
 @pytest.mark.parametrize("spoil", ["truncate", "delete", "replace"])
 def test_a_spoiled_segment_fails_only_that_trainer(shm_server, spoil):
     model = make_mlp(7)
-    opt = RemoteOptimizer(model.parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2, retry_for=0)
+    opt = RemoteOptimizer(model.parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2, retry_for=0,
+                          shm_segment="file")
     try:
         train_step(model, opt, 0)
         with Client(shm_server.target) as c:
@@ -268,7 +271,8 @@ def test_several_trainers_each_with_its_own_segment_in_sync_mode(shm_server):
     second = RemoteOptimizer(replica.named_parameters(), target=shm_server.target, model=name, attach=True)
     try:
         assert first.transport == second.transport == "shm"
-        assert first._segment.path != second._segment.path
+        assert first._segment.sealed and second._segment.sealed
+        assert first._segment.name != second._segment.name
         errors = []
 
         def run(m, opt, offset):
@@ -300,6 +304,7 @@ def test_exactly_once_over_shared_memory_through_a_killed_server(start_server, t
     model = make_mlp(10)
     over_grpc = twin(model)
     shm = RemoteOptimizer(model.parameters(), target=durable.target, algorithm="RAdam", lr=1e-2, model="shm-run")
+    assert shm._segment.sealed  # handed to the restarted server again below
     chunks = RemoteOptimizer(over_grpc.parameters(), target=durable.target, algorithm="RAdam", lr=1e-2,
                              model="grpc-run", transport="grpc")
     try:
@@ -316,6 +321,7 @@ def test_exactly_once_over_shared_memory_through_a_killed_server(start_server, t
         # The restarted server has a doorbell of its own, found again; the dead one's was removed.
         assert shm.doorbell
         assert len([n for n in os.listdir(directory) if n.startswith("doorbell-")]) == 1
+        assert len([n for n in os.listdir(directory) if n.startswith("segments-")]) == 1
         assert_bits_equal(params_of(model), params_of(over_grpc), "after a SIGKILL and restore")
     finally:
         shm.close()
@@ -323,7 +329,8 @@ def test_exactly_once_over_shared_memory_through_a_killed_server(start_server, t
 
 
 def test_the_segment_is_removed_on_close_and_on_garbage_collection(shm_server):
-    opt = RemoteOptimizer(make_mlp(11).parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2)
+    opt = RemoteOptimizer(make_mlp(11).parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2,
+                          shm_segment="file")
     path = opt._segment.path
     assert os.path.exists(path)
     assert os.stat(path).st_mode & 0o777 == 0o600
@@ -349,14 +356,14 @@ def test_added_parameters_and_a_loaded_state_dict_get_a_new_segment(shm_server):
         opt = RemoteOptimizer(list(model[0].parameters()), target=shm_server.target, algorithm="AdamW", lr=1e-2,
                               transport=transport)
         try:
-            first_segment = opt._segment.path if transport == "shm" else None
+            first_segment = opt._segment if transport == "shm" else None
             for t in range(3):
                 train_step(model, opt, t)
             for p in head:
                 p.requires_grad_(True)
             opt.add_param_group({"params": head, "lr": 1e-3})
             if transport == "shm":
-                assert opt._segment.path != first_segment and not os.path.exists(first_segment)
+                assert opt._segment is not first_segment and first_segment.removed and opt._segment.sealed
                 start, end = segment_range(opt)
                 assert all(start <= p.data_ptr() < end for p in model.parameters())
             for t in range(3, 6):

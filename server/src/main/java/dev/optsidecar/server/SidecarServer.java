@@ -7,6 +7,7 @@ import dev.optsidecar.server.api.Statuses;
 import dev.optsidecar.server.auth.TokenAuthority;
 import dev.optsidecar.server.auth.TokenCheck;
 import dev.optsidecar.server.shm.Doorbell;
+import dev.optsidecar.server.shm.SegmentHandoff;
 import dev.optsidecar.server.shm.SegmentSweeper;
 import dev.optsidecar.server.shm.SharedMemory;
 import dev.optsidecar.server.api.UnparsableRequests;
@@ -55,6 +56,8 @@ public final class SidecarServer implements AutoCloseable {
     private final OptimizerService service;
     /** The doorbell socket in --shm-dir; null without shared memory or when it could not be bound. */
     private final Doorbell doorbell;
+    /** The socket sealed segments are handed over on; null without shared memory or where they cannot work. */
+    private final SegmentHandoff segmentHandoff;
     /** False until startup's restores are done: until then Optimizer calls are refused with UNAVAILABLE. */
     private volatile boolean serving;
 
@@ -72,6 +75,7 @@ public final class SidecarServer implements AutoCloseable {
             throw e;
         }
         doorbell = openDoorbell(shm);
+        segmentHandoff = openSegmentHandoff(shm);
         service = new OptimizerService(registry, persistence, threads.completions, shm, doorbell);
         SegmentSweeper.schedule(shm, limits.idleStreamTimeout(), threads.timers);
         var guarded = UnparsableRequests.invalidArgument(service.bindService());
@@ -108,6 +112,24 @@ public final class SidecarServer implements AutoCloseable {
             return Doorbell.open(shm.dir(), Statuses::toDoorbellError);
         } catch (IOException | RuntimeException e) {
             LOG.warning(() -> "no doorbell socket in " + shm.dir() + " (" + e + "): shared-memory steps commit over gRPC");
+            return null;
+        }
+    }
+
+    /**
+     * The segment socket beside the segments, when there are segments and the platform lets the
+     * server map sealed ones; else clients' segments are files only.
+     */
+    private static SegmentHandoff openSegmentHandoff(SharedMemory shm) {
+        if (!shm.enabled()) {
+            return null;
+        }
+        try {
+            SegmentHandoff handoff = SegmentHandoff.open(shm.dir());
+            shm.takeSealed(handoff);
+            return handoff;
+        } catch (IOException | RuntimeException | LinkageError e) {
+            LOG.warning(() -> "no segment socket in " + shm.dir() + " (" + e.getMessage() + "): segments are files only");
             return null;
         }
     }
@@ -302,6 +324,9 @@ public final class SidecarServer implements AutoCloseable {
     private void releaseResources() {
         if (doorbell != null) {
             doorbell.close();
+        }
+        if (segmentHandoff != null) {
+            segmentHandoff.close();
         }
         if (persistence != null) {
             persistence.close();

@@ -43,7 +43,7 @@ import dev.optsidecar.server.model.ModelRegistry;
 import dev.optsidecar.server.model.ViewReader;
 import dev.optsidecar.server.model.WireTypes;
 import dev.optsidecar.server.shm.Doorbell;
-import dev.optsidecar.server.shm.SegmentFile;
+import dev.optsidecar.server.shm.Segment;
 import dev.optsidecar.server.shm.SegmentTransfer;
 import dev.optsidecar.server.shm.SharedMemory;
 import io.grpc.stub.ServerCallStreamObserver;
@@ -95,6 +95,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
                 .setDevice(registry.engine().device())
                 .setDeviceUuid(registry.engine().deviceUuid())
                 .setDoorbellSocket(doorbell == null ? "" : doorbell.socketName())
+                .setSegmentSocket(sharedMemory.segmentSocket())
                 .build());
     }
 
@@ -172,7 +173,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
     private WeightsChunk pullIntoSegment(PullRequest request) {
         Model model = registry.get(request.getModel(), "model");
         Model.ResolvedView view = model.resolveView(request.getView(), "view", false).readInPlace();
-        try (SegmentFile segment = sharedMemory.open(request.getShared(), model.tensorNumels(), "shared")) {
+        try (Segment segment = sharedMemory.open(request.getShared(), model.tensorNumels(), "shared")) {
             ViewReader reader = model.read(view, request.getTensorsList(), "tensors");
             long version = SegmentTransfer.writeView(reader, segment).version();
             return WeightsChunk.newBuilder().setView(reader.view()).setVersion(version).build();

@@ -22,7 +22,7 @@ import dev.optsidecar.server.model.ViewReader;
 import dev.optsidecar.server.model.WireTypes;
 import dev.optsidecar.server.shm.Doorbell;
 import dev.optsidecar.server.shm.DoorbellLine;
-import dev.optsidecar.server.shm.SegmentFile;
+import dev.optsidecar.server.shm.Segment;
 import dev.optsidecar.server.shm.SegmentTransfer;
 import dev.optsidecar.server.shm.SharedMemory;
 import io.grpc.stub.ServerCallStreamObserver;
@@ -56,7 +56,7 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
     private boolean deferredOverDoorbell;
     private final ServerCallStreamObserver<StepResponse> out;
     /** The stream's shared segment, or null when its data travels in chunks. */
-    private SegmentFile segment;
+    private Segment segment;
     /** The trainer's device buffers (StepOpen.cuda_ipc), or null. */
     private IpcMapping deviceBuffers;
     private Model model;

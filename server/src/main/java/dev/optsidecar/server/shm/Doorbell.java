@@ -14,11 +14,7 @@ import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.attribute.PosixFilePermissions;
-import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
-import java.security.SecureRandom;
 import java.util.HashMap;
-import java.util.HexFormat;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
@@ -44,13 +40,12 @@ public final class Doorbell implements AutoCloseable {
     public static final int MAX_FRAME_BYTES = 1 << 20;
     /** How long a connection has to send its secret, and the server waits for the StepOpen naming it. */
     static final long HELLO_WAIT_NANOS = TimeUnit.SECONDS.toNanos(5);
-    /** Socket file names: the prefix, 16 hex digits, the suffix (one place, for binding and sweeping). */
+    /** Socket file names: this prefix, then as {@link SocketFiles#fresh} makes them. */
     private static final String PREFIX = "doorbell-";
-    private static final String SUFFIX = ".sock";
     /** Connections that have not yet named an open stream; more are closed at once. */
     static final int MAX_PENDING = 64;
-    private static final int MIN_SECRET_BYTES = 16;
-    private static final int MAX_SECRET_BYTES = 64;
+    private static final int MIN_SECRET_BYTES = SocketFiles.MIN_SECRET_BYTES;
+    private static final int MAX_SECRET_BYTES = SocketFiles.MAX_SECRET_BYTES;
 
     /** The Step stream a line serves, as the line sees it. */
     public interface Stream {
@@ -93,9 +88,7 @@ public final class Doorbell implements AutoCloseable {
      */
     public static Doorbell open(Path dir, Function<Throwable, DoorbellError> errorFrames) throws IOException {
         removeStale(dir);
-        byte[] id = new byte[8];
-        new SecureRandom().nextBytes(id);
-        Path socket = dir.resolve(PREFIX + HexFormat.of().formatHex(id) + SUFFIX);
+        Path socket = SocketFiles.fresh(dir, PREFIX);
         ServerSocketChannel server = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
         try {
             server.bind(UnixDomainSocketAddress.of(socket));
@@ -110,30 +103,8 @@ public final class Doorbell implements AutoCloseable {
         return doorbell;
     }
 
-    /**
-     * Removes the sockets of servers that died without closing theirs (a SIGKILL): a socket
-     * nobody listens on refuses connections. Other servers' live sockets in the same directory stay.
-     */
     static void removeStale(Path dir) {
-        try (var sockets = Files.newDirectoryStream(dir, PREFIX + "*" + SUFFIX)) {
-            for (Path socket : sockets) {
-                if (!Files.readAttributes(socket, java.nio.file.attribute.BasicFileAttributes.class,
-                        java.nio.file.LinkOption.NOFOLLOW_LINKS).isOther()) {
-                    continue; // not a socket (connecting to a plain file is refused too)
-                }
-                try (SocketChannel probe = SocketChannel.open(UnixDomainSocketAddress.of(socket))) {
-                    // someone listens: another server's
-                } catch (java.net.ConnectException refused) {
-                    if (Files.deleteIfExists(socket)) {
-                        LOG.info(() -> "removed the doorbell socket of a server that is gone: " + socket.getFileName());
-                    }
-                } catch (IOException | RuntimeException e) {
-                    // not a socket we can judge: leave it
-                }
-            }
-        } catch (IOException e) {
-            LOG.warning(() -> "cannot look for stale doorbell sockets in " + dir + ": " + e);
-        }
+        SocketFiles.removeStale(dir, PREFIX);
     }
 
     /** The socket's file name in --shm-dir, as ServerInfo reports it. */
@@ -257,10 +228,6 @@ public final class Doorbell implements AutoCloseable {
     }
 
     private static String digest(ByteString secret) {
-        try {
-            return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(secret.toByteArray()));
-        } catch (NoSuchAlgorithmException e) {
-            throw new IllegalStateException("every Java runtime has SHA-256", e);
-        }
+        return SocketFiles.digest(secret.toByteArray());
     }
 }

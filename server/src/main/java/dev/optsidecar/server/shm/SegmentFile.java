@@ -25,7 +25,7 @@ import java.util.Set;
  * is still large enough; anything else becomes that client's FAILED_PRECONDITION,
  * SHARED_MEMORY_FAULT. Accesses and {@link #close} are serialized.
  */
-public final class SegmentFile implements AutoCloseable {
+public final class SegmentFile implements Segment {
     private final String name;
     private final Path path;
     private final Object fileKey;
@@ -94,14 +94,17 @@ public final class SegmentFile implements AutoCloseable {
         }
     }
 
+    @Override
     public String name() {
         return name;
     }
 
+    @Override
     public int tensors() {
         return layout.tensors();
     }
 
+    @Override
     public long numel(int tensor) {
         return layout.numel(tensor);
     }
@@ -110,6 +113,7 @@ public final class SegmentFile implements AutoCloseable {
      * Fails with SHARED_MEMORY_FAULT unless the segment's path still names the file opened, at its
      * full size: a client that deleted, replaced or truncated it gets an error, not stale values.
      */
+    @Override
     public synchronized void verify() {
         checkOpen();
         try {
@@ -123,6 +127,32 @@ public final class SegmentFile implements AutoCloseable {
             throw fault("cannot be checked: " + e.getMessage());
         }
         checkSize();
+    }
+
+    @Override
+    public <T> T using(java.util.function.Supplier<T> work) {
+        return work.get();
+    }
+
+    @Override
+    public ByteBuffer read(boolean weights, int tensor, long element, int count, ByteBuffer scratch) {
+        scratch.clear().limit(count * Float.BYTES);
+        if (weights) {
+            readWeights(tensor, element, scratch);
+        } else {
+            readGradient(tensor, element, scratch);
+        }
+        return scratch.flip();
+    }
+
+    @Override
+    public ByteBuffer weightsTarget(int tensor, long element, int count, ByteBuffer scratch) {
+        return scratch.clear().limit(count * Float.BYTES);
+    }
+
+    @Override
+    public void weightsFilled(int tensor, long element, ByteBuffer filled) {
+        writeWeights(tensor, element, filled);
     }
 
     /** Copies the gradient of {@code tensor} from element {@code element} into {@code dst}, filling it. */

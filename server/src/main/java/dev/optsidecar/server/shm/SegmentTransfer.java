@@ -18,7 +18,8 @@ import java.util.zip.CRC32C;
  * Moves a step's data between a segment and the model through the paths chunks take: what is read
  * from the segment goes to {@link Model#addChunk} in 1 MiB slices (so the non-finite check, the
  * gradient norm, the journal and exactly-once see the same thing as with chunks), and a view is
- * written into the segment chunk by chunk as the {@link ViewReader} produces it.
+ * written into the segment chunk by chunk as the {@link ViewReader} produces it. A file's pieces
+ * go through a buffer per thread; a sealed segment's are views of its mapping, one copy each way.
  */
 public final class SegmentTransfer {
     private SegmentTransfer() {}
@@ -31,7 +32,7 @@ public final class SegmentTransfer {
      *
      * @return the first non-finite value's description, or null
      */
-    public static String ingest(Model model, StepAssembly assembly, SegmentFile segment, List<Integer> noGrad,
+    public static String ingest(Model model, StepAssembly assembly, Segment segment, List<Integer> noGrad,
                                 boolean setsWeights) {
         segment.verify();
         Set<Integer> skip = new HashSet<>(noGrad);
@@ -47,17 +48,11 @@ public final class SegmentTransfer {
                 at += count;
             }
         }
-        StepAssembly.PieceReader reader = piece -> {
-            ByteBuffer slice = SLICE.get();
-            slice.clear().limit(piece.count() * Float.BYTES);
-            if (setsWeights) {
-                segment.readWeights(piece.tensor(), piece.offset(), slice);
-            } else {
-                segment.readGradient(piece.tensor(), piece.offset(), slice);
-            }
-            return slice.flip();
-        };
-        return model.addPieces(assembly, pieces, reader, ForkJoinPool.commonPool(), COPY_THREADS);
+        // A mapped segment's piece is a view of the client's memory, read once by the ingest (which
+        // copies, then checks the copy), so values rewritten meanwhile cannot slip past the check.
+        StepAssembly.PieceReader reader = piece ->
+                segment.read(setsWeights, piece.tensor(), piece.offset(), piece.count(), SLICE.get());
+        return segment.using(() -> model.addPieces(assembly, pieces, reader, ForkJoinPool.commonPool(), COPY_THREADS));
     }
 
     /**
@@ -77,38 +72,44 @@ public final class SegmentTransfer {
      * each from the engine into that thread's direct buffer and from there into the file: one copy
      * on each side. Closes the reader.
      */
-    public static WrittenView writeView(ViewReader reader, SegmentFile segment) {
+    public static WrittenView writeView(ViewReader reader, Segment segment) {
         try (reader) {
             segment.verify();
-            if (!reader.streams()) {
-                List<Integer> sums = new ArrayList<>();
-                long written = 0;
-                while (reader.hasNext()) {
-                    WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
-                    ByteBuffer bytes = chunk.getData().asReadOnlyByteBuffer();
-                    sums.add(crc32c(bytes));
-                    written += bytes.remaining();
-                    segment.writeWeights(chunk.getTensor(), chunk.getOffset(), bytes);
-                }
-                return new WrittenView(reader.version(), sums.stream().mapToInt(Integer::intValue).toArray(), written);
-            }
-            List<ViewReader.Piece> pieces = reader.pieces(StepAssembly.MAX_CHUNK_BYTES);
-            int[] sums = new int[pieces.size()];
-            long written = 0;
-            for (ViewReader.Piece piece : pieces) {
-                written += (long) piece.count() * Float.BYTES;
-            }
-            Parallel.forEach(pieces.size(), COPY_THREADS, ForkJoinPool.commonPool(), i -> {
-                ViewReader.Piece piece = pieces.get(i);
-                ByteBuffer slice = SLICE.get();
-                slice.clear();
-                reader.readPiece(piece, slice);
-                slice.flip();
-                sums[i] = crc32c(slice);
-                segment.writeWeights(piece.tensor(), piece.offset(), slice);
-            });
-            return new WrittenView(reader.version(), sums, written);
+            return segment.using(() -> write(reader, segment));
         }
+    }
+
+    private static WrittenView write(ViewReader reader, Segment segment) {
+        if (!reader.streams()) {
+            List<Integer> sums = new ArrayList<>();
+            long written = 0;
+            while (reader.hasNext()) {
+                WeightsChunk chunk = reader.next(StepAssembly.MAX_CHUNK_BYTES);
+                ByteBuffer bytes = chunk.getData().asReadOnlyByteBuffer();
+                sums.add(crc32c(bytes));
+                written += bytes.remaining();
+                int count = bytes.remaining() / Float.BYTES;
+                ByteBuffer target = segment.weightsTarget(chunk.getTensor(), chunk.getOffset(), count, SLICE.get());
+                target.put(bytes).flip();
+                segment.weightsFilled(chunk.getTensor(), chunk.getOffset(), target);
+            }
+            return new WrittenView(reader.version(), sums.stream().mapToInt(Integer::intValue).toArray(), written);
+        }
+        List<ViewReader.Piece> pieces = reader.pieces(StepAssembly.MAX_CHUNK_BYTES);
+        int[] sums = new int[pieces.size()];
+        long written = 0;
+        for (ViewReader.Piece piece : pieces) {
+            written += (long) piece.count() * Float.BYTES;
+        }
+        Parallel.forEach(pieces.size(), COPY_THREADS, ForkJoinPool.commonPool(), i -> {
+            ViewReader.Piece piece = pieces.get(i);
+            ByteBuffer target = segment.weightsTarget(piece.tensor(), piece.offset(), piece.count(), SLICE.get());
+            reader.readPiece(piece, target);
+            target.flip();
+            sums[i] = crc32c(target);
+            segment.weightsFilled(piece.tensor(), piece.offset(), target);
+        });
+        return new WrittenView(reader.version(), sums, written);
     }
 
     private static int crc32c(ByteBuffer bytes) {

@@ -18,6 +18,8 @@ public final class SharedMemory {
     private static final SharedMemory OFF = new SharedMemory(null);
 
     private final Path dir;
+    /** The socket sealed segments are handed over on; null when there is none. */
+    private volatile SegmentHandoff handoff;
     /** How many streams and calls have each name open, so the sweeper never removes a segment in use. */
     private final ConcurrentHashMap<String, AtomicInteger> open = new ConcurrentHashMap<>();
 
@@ -47,11 +49,14 @@ public final class SharedMemory {
      * Validates {@code segment} against tensors of {@code numels} elements and maps it; the caller
      * closes it. {@code field} names the request's SharedSegment in errors.
      */
-    public SegmentFile open(SharedSegment segment, long[] numels, String field) {
+    public Segment open(SharedSegment segment, long[] numels, String field) {
         if (dir == null) {
             throw OptError.precondition("%s: the server was started without --shm-dir, so it maps no shared memory;"
                     + " send chunks instead", field).withReason(OptError.Reason.SHARED_MEMORY_UNAVAILABLE)
                     .withField(field);
+        }
+        if (!segment.getHandoffToken().isEmpty()) {
+            return openSealed(segment, numels, field);
         }
         String name = SegmentName.check(segment.getName(), field + ".name");
         SegmentLayout layout = SegmentLayout.of(segment, numels, field);
@@ -65,8 +70,34 @@ public final class SharedMemory {
         }
     }
 
+    private Segment openSealed(SharedSegment segment, long[] numels, String field) {
+        if (!segment.getName().isEmpty()) {
+            throw OptError.invalid("%s: a segment is a file (name) or a sealed segment (handoff_token), not both",
+                    field).withField(field + ".name");
+        }
+        SegmentHandoff handoff = this.handoff;
+        if (handoff == null) {
+            throw OptError.precondition("%s.handoff_token: this server takes no sealed segments (it has no segment"
+                    + " socket); use a segment file", field).withReason(OptError.Reason.SHARED_MEMORY_UNAVAILABLE)
+                    .withField(field + ".handoff_token");
+        }
+        SegmentLayout layout = SegmentLayout.of(segment, numels, field);
+        return MappedSegment.of(handoff.claim(segment.getHandoffToken(), field + ".handoff_token"), layout, field);
+    }
+
+    /** Takes sealed segments handed over on {@code handoff}'s socket from now on (the server closes it). */
+    public void takeSealed(SegmentHandoff handoff) {
+        this.handoff = handoff;
+    }
+
     private void release(String name) {
         open.computeIfPresent(name, (n, uses) -> uses.decrementAndGet() == 0 ? null : uses);
+    }
+
+    /** The name in the directory of the socket sealed segments are handed over on; empty when there is none. */
+    public String segmentSocket() {
+        SegmentHandoff h = handoff;
+        return h == null ? "" : h.socketName();
     }
 
     /** How many segments are open now, for diagnostics and tests. */

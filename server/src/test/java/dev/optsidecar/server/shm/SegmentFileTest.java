@@ -21,7 +21,7 @@ class SegmentFileTest {
             String name = "optsidecar-race-" + trial;
             try (TestSegment file = new TestSegment(dir, name, new int[] {FLOATS})) {
                 SharedMemory shm = SharedMemory.in(dir);
-                try (SegmentFile segment = shm.open(file.message, new long[] {FLOATS}, "open.shared")) {
+                try (SegmentFile segment = (SegmentFile) shm.open(file.message, new long[] {FLOATS}, "open.shared")) {
                     Thread truncator = new Thread(() -> {
                         try {
                             Thread.sleep(5);

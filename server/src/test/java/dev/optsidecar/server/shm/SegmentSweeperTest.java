@@ -26,7 +26,7 @@ class SegmentSweeperTest {
         Files.setLastModifiedTime(directory, old);
         SharedMemory shm = SharedMemory.in(dir);
         try (TestSegment inUse = new TestSegment(dir, "optsidecar-in-use", new int[] {4});
-             SegmentFile mapped = shm.open(inUse.message, new long[] {4}, "open.shared")) {
+             Segment mapped = shm.open(inUse.message, new long[] {4}, "open.shared")) {
             Files.setLastModifiedTime(inUse.path, old);
             assertEquals(1, new SegmentSweeper(shm, Duration.ofMinutes(1)).sweep());
             assertFalse(Files.exists(abandoned));
