@@ -7,7 +7,8 @@ torch offers (``AdamW(fused=True)`` where torch has it, else foreach AdamW), and
 
 - ``grpc``: gradients and weights as float32 chunks over TCP; ``grpc-bf16``: as bfloat16 chunks;
 - ``uds``, ``uds-bf16``: the same over the server's Unix domain socket;
-- ``shm``: through a shared-memory segment (the commit and the result over the server's doorbell socket).
+- ``shm``: through a sealed shared-memory segment the server maps (the commit and the result over
+  the server's doorbell socket); ``shm-file``: through a segment file the server reads and writes.
 
 Only ``opt.step()`` is timed. Each remote variant runs in turn beside the two local optimizers,
 the three alternating step by step (and which goes first) so that a busy machine slows all
@@ -29,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -59,7 +60,8 @@ VARIANTS = {v.name: v for v in [
     Variant("grpc-bf16", False, {"transport": "grpc", "wire_dtype": "bfloat16"}, 2),
     Variant("uds", True, {"transport": "grpc"}, 4),
     Variant("uds-bf16", True, {"transport": "grpc", "wire_dtype": "bfloat16"}, 2),
-    Variant("shm", True, {"transport": "shm"}, 0),
+    Variant("shm", True, {"transport": "shm", "shm_segment": "sealed"}, 0),
+    Variant("shm-file", True, {"transport": "shm", "shm_segment": "file"}, 0),
 ]}
 
 
@@ -109,6 +111,19 @@ def fastest_label() -> str:
     return "AdamW fused" if probe.defaults.get("fused") else "AdamW foreach"
 
 
+#: Small sizes get more steps (this many over the parameter count, up to MAX_STEPS): a step of
+#: a millisecond or less needs hundreds of samples for a stable median, and the timed loop stays
+#: short.
+SMALL_SIZE_STEPS = 2e8
+MAX_STEPS = 400
+
+
+def steps_for(n: int, repeats: int, warmup: int) -> Tuple[int, int]:
+    """Timed and warm-up steps for ``n`` parameters: at least those asked for."""
+    timed = max(repeats, min(MAX_STEPS, int(SMALL_SIZE_STEPS // max(n, 1))))
+    return timed, max(warmup, timed // 10)
+
+
 def timed_step(opt: torch.optim.Optimizer) -> float:
     """Seconds one ``opt.step()`` takes."""
     start = time.perf_counter()
@@ -135,7 +150,7 @@ def bench_size(n: int, variant: Variant, target: str, repeats: int, warmup: int,
                 p.grad = g
             if remote.grad is None or remote.grad.data_ptr() != grads[i % _GRADIENTS].data_ptr():
                 # Over shared memory .grad lives in the segment: fill it rather than replace it.
-                if remote.grad is not None and variant.name == "shm":
+                if remote.grad is not None and variant.name.startswith("shm"):
                     remote.grad.copy_(grads[i % _GRADIENTS])
                 else:
                     remote.grad = grads[i % _GRADIENTS]
@@ -151,19 +166,29 @@ def bench_size(n: int, variant: Variant, target: str, repeats: int, warmup: int,
                statistics.median(times[2]), variant.wire_bytes, max_diff)
 
 
+#: Untimed steps of a 1K model per transport in the warm-up: a step's fixed-cost code (parsing,
+#: bookkeeping, the doorbell) runs once per step, so the JIT compiler reaches it only after
+#: thousands of steps, where the big loops need a few dozen.
+SMALL_WARMUP_STEPS = 3000
+
+
 def warm_up_server(target: str, steps: int, n: int = 10**6) -> None:
-    """Untimed remote steps on a throwaway model, so that the server's JIT compiler has done its
-    work before anything is measured (a fresh JVM needs a few dozen steps)."""
+    """Untimed remote steps on throwaway models, so that the server's JIT compiler has done its
+    work before anything is measured: ``steps`` of an ``n``-parameter model, then (with ``steps``)
+    SMALL_WARMUP_STEPS of a 1K one over shared memory (where the server offers it) and over gRPC."""
     if steps <= 0:
         return
-    param = torch.nn.Parameter(torch.zeros(n))
-    param.grad = torch.randn(n, generator=torch.Generator().manual_seed(1))
-    opt = RemoteOptimizer([param], target=target, algorithm="RAdam", model=f"bench-warmup-{os.getpid()}")
-    try:
-        for _ in range(steps):
-            opt.step()
-    finally:
-        opt.delete()
+    for size, count, transports in ((n, steps, ("auto",)), (1000, SMALL_WARMUP_STEPS, ("auto", "grpc"))):
+        for transport in transports:
+            param = torch.nn.Parameter(torch.zeros(size))
+            param.grad = torch.randn(size, generator=torch.Generator().manual_seed(1))
+            opt = RemoteOptimizer([param], target=target, algorithm="RAdam", transport=transport,
+                                  model=f"bench-warmup-{size}-{transport}-{os.getpid()}")
+            try:
+                for _ in range(count):
+                    opt.step()
+            finally:
+                opt.delete()
 
 
 def header(target: str, started: bool, threads: int, repeats: int, warmup: int, server_warmup: int,
@@ -175,8 +200,10 @@ def header(target: str, started: bool, threads: int, repeats: int, warmup: int, 
         f"{torch.get_num_threads()}, server engine threads {threads if started else '(as started)'}",
         f"  server {target} ({'started here' if started else 'running'}); RAdam lr {lr:g}, one float32 tensor per size; "
         f"fastest local step: {fastest_label()}",
-        f"  opt.step() only: median of {repeats} after {warmup} warm-up steps per size and variant, local RAdam, "
-        f"local fastest and remote alternating (server first warmed by {server_warmup} steps of a 1M model)",
+        f"  opt.step() only: median of {repeats} after {warmup} warm-up steps per size and variant (more for small "
+        f"sizes: {SMALL_SIZE_STEPS:g} / params, at most {MAX_STEPS}, a tenth of them warm-up), local RAdam, "
+        f"local fastest and remote alternating (server first warmed by {server_warmup} steps of a 1M model and "
+        f"{SMALL_WARMUP_STEPS} of a 1K one over shm and gRPC each)",
         "  /RAdam, /fastest: remote step time over local RAdam's, over the fastest local step's; MB/s = 2 x params x "
         "wire bytes / remote step time; max|dw| = largest |RAdam - remote| weight at the end",
     ])
@@ -233,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             shm_dir = tempfile.mkdtemp(prefix="optsidecar-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
             stack.callback(lambda: os.path.isdir(shm_dir) and os.rmdir(shm_dir))
             server_args = ["--threads", str(args.threads), "--listen", f"unix:{socket_path}"]
-            if any(v.name == "shm" for v in variants):
+            if any(v.name.startswith("shm") for v in variants):
                 server_args += ["--shm-dir", shm_dir]
             server = LocalServer(args.start_server, java_options=[f"-Xmx{args.server_heap}"], server_args=server_args)
             target = stack.enter_context(server).target
@@ -247,7 +274,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     print(f"{size_label(n):>7}  {variant.name:<10}  skipped: no Unix socket (--unix-socket)", flush=True)
                     continue
                 where = f"unix:{socket_path}" if variant.unix_socket else target
-                print(format_row(bench_size(n, variant, where, args.repeats, args.warmup, args.lr)), flush=True)
+                print(format_row(bench_size(n, variant, where, *steps_for(n, args.repeats, args.warmup), args.lr)),
+                      flush=True)
     return 0
 
 
