@@ -11,6 +11,14 @@ public final class Parallel {
     private Parallel() {}
 
     /**
+     * Threads for a bulk copy (gradients in, views out, narrowing to 16 bits): a copy is bound by
+     * memory bandwidth, which a few cores saturate; the calling thread is one of them, the others
+     * come from the common pool.
+     */
+    public static final int COPY_THREADS =
+            Math.max(1, Math.min(4, java.util.concurrent.ForkJoinPool.getCommonPoolParallelism() + 1));
+
+    /**
      * Runs {@code task} once for each index in [0, n), on up to {@code threads} threads: this one,
      * and others from {@code helpers}. Returns when every thread has stopped; then throws the first
      * failure, if any (the indexes not yet taken by then are skipped).

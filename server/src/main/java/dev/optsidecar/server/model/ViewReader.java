@@ -98,15 +98,24 @@ public final class ViewReader implements AutoCloseable {
         if (!model.reserveTransient(bytes)) {
             return null;
         }
-        List<WeightsChunk> chunks = new ArrayList<>();
+        record Piece(TensorEntry tensor, long offset, int count) {}
+        List<Piece> pieces = new ArrayList<>();
         for (TensorEntry t : tensors) {
             for (long at = 0; at < t.numel; ) {
                 int count = (int) Math.min(StepAssembly.MAX_CHUNK_BYTES / wire.bytes, t.numel - at);
-                chunks.add(chunk(resolved.label(), resolved.source(), wire, t, version, at, count));
+                pieces.add(new Piece(t, at, count));
                 at += count;
             }
         }
-        return new Published(chunks, bytes);
+        // On a few threads: the copy (and narrowing) holds the read lock, and is the bulk of a
+        // chunked step's time after the optimizer's own pass.
+        WeightsChunk[] chunks = new WeightsChunk[pieces.size()];
+        dev.optsidecar.server.Parallel.forEach(chunks.length, dev.optsidecar.server.Parallel.COPY_THREADS,
+                java.util.concurrent.ForkJoinPool.commonPool(), i -> {
+                    Piece p = pieces.get(i);
+                    chunks[i] = chunk(resolved.label(), resolved.source(), wire, p.tensor(), version, p.offset(), p.count());
+                });
+        return new Published(List.of(chunks), bytes);
     }
 
     /** The chunks copied out, to share with more readers; null when this reader streams under the lock. */

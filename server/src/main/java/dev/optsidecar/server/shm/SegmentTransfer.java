@@ -55,11 +55,7 @@ public final class SegmentTransfer {
         return segment.using(() -> model.addPieces(assembly, pieces, reader, ForkJoinPool.commonPool(), COPY_THREADS));
     }
 
-    /**
-     * Threads that copy a step's pieces in: a copy is bound by memory bandwidth, which a few
-     * cores saturate; the calling thread is one of them.
-     */
-    static final int COPY_THREADS = Math.max(1, Math.min(4, ForkJoinPool.getCommonPoolParallelism() + 1));
+    private static final int COPY_THREADS = Parallel.COPY_THREADS;
 
     /** The view written into a segment: its version, the CRC-32C of each 1 MiB piece written in order, its bytes. */
     public record WrittenView(long version, int[] crc32c, long bytes) {}
