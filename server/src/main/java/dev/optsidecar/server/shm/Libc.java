@@ -71,6 +71,11 @@ final class Libc {
             why = "sealed segments need 64-bit Linux";
         } else {
             try {
+                if (System.getProperty("jna.tmpdir") == null) {
+                    // JNA unpacks its stub library into ~/.cache by default, which a container with a
+                    // read-only root file system lacks; the JVM's temporary directory is writable there.
+                    System.setProperty("jna.tmpdir", System.getProperty("java.io.tmpdir"));
+                }
                 library = Native.load("c", C.class);
             } catch (LinkageError | RuntimeException e) {
                 why = "the C library cannot be called from Java here: " + e.getMessage();

@@ -34,7 +34,8 @@ final class SealedMemory {
     private final String name;
     private final FileChannel channel;
     private final long size;
-    private final MappedByteBuffer[] windows;
+    /** Windows mapped so far, by index: only those a step touches (a sparse memfd may be huge). */
+    private final java.util.Map<Long, MappedByteBuffer> windows = new java.util.concurrent.ConcurrentHashMap<>();
     private final ReentrantReadWriteLock unmapping = new ReentrantReadWriteLock();
     private int holders = 1;
     private boolean unmapped;
@@ -43,7 +44,6 @@ final class SealedMemory {
         this.name = name;
         this.channel = channel;
         this.size = size;
-        this.windows = new MappedByteBuffer[(int) Math.max(1, (size + WINDOW - 1) / WINDOW)];
     }
 
     /**
@@ -115,12 +115,8 @@ final class SealedMemory {
         unmapping.writeLock().lock();
         try {
             unmapped = true;
-            for (int i = 0; i < windows.length; i++) {
-                if (windows[i] != null) {
-                    unmap(windows[i]);
-                    windows[i] = null;
-                }
-            }
+            windows.values().forEach(SealedMemory::unmap);
+            windows.clear();
         } finally {
             unmapping.writeLock().unlock();
         }
@@ -152,29 +148,21 @@ final class SealedMemory {
         if (bytes > WINDOW_OVERLAP || position < 0 || position + bytes > size) {
             throw new IllegalArgumentException("bytes [" + position + ", " + (position + bytes) + ") of " + size);
         }
-        int w = (int) (position / WINDOW);
+        long w = position / WINDOW;
         MappedByteBuffer window = window(w);
         int at = (int) (position - w * WINDOW);
         return window.slice(at, bytes).order(ByteOrder.LITTLE_ENDIAN);
     }
 
-    private MappedByteBuffer window(int w) {
-        MappedByteBuffer window = windows[w];
-        if (window != null) {
-            return window;
-        }
-        synchronized (windows) {
-            if (windows[w] == null) {
-                long start = w * WINDOW;
-                try {
-                    windows[w] = channel.map(FileChannel.MapMode.READ_WRITE, start,
-                            Math.min(WINDOW + WINDOW_OVERLAP, size - start));
-                } catch (IOException e) {
-                    throw new java.io.UncheckedIOException("cannot map sealed segment " + name, e);
-                }
+    private MappedByteBuffer window(long w) {
+        return windows.computeIfAbsent(w, index -> {
+            long start = index * WINDOW;
+            try {
+                return channel.map(FileChannel.MapMode.READ_WRITE, start, Math.min(WINDOW + WINDOW_OVERLAP, size - start));
+            } catch (IOException e) {
+                throw new java.io.UncheckedIOException("cannot map sealed segment " + name, e);
             }
-            return windows[w];
-        }
+        });
     }
 
     /** Unmaps now (the JDK otherwise unmaps when the buffer is collected). */

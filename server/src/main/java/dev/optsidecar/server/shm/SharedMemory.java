@@ -94,6 +94,11 @@ public final class SharedMemory {
         open.computeIfPresent(name, (n, uses) -> uses.decrementAndGet() == 0 ? null : uses);
     }
 
+    /** The socket sealed segments are handed over on; null when there is none. */
+    SegmentHandoff handoff() {
+        return handoff;
+    }
+
     /** The name in the directory of the socket sealed segments are handed over on; empty when there is none. */
     public String segmentSocket() {
         SegmentHandoff h = handoff;

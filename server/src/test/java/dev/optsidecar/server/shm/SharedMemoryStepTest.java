@@ -20,6 +20,8 @@ import io.grpc.StatusRuntimeException;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 import java.io.IOException;
 import java.nio.file.Files;
@@ -76,6 +78,15 @@ class SharedMemoryStepTest {
         return new TestSegment(dir, "optsidecar-test-" + SEQ.incrementAndGet(), SIZES);
     }
 
+    /** A segment file, or a sealed segment handed over on the server's segment socket. */
+    private static TestSegment segment(boolean sealed) throws IOException {
+        if (!sealed) {
+            return segment();
+        }
+        String socket = f.blocking().serverInfo(ServerInfoRequest.getDefaultInstance()).getSegmentSocket();
+        return TestSegment.sealed(dir.resolve(socket), SIZES);
+    }
+
     private static RawStep open(String model, SharedSegment shared) {
         return RawStep.start(f.async()).send(StepRequest.newBuilder().setOpen(StepOpen.newBuilder()
                 .setModel(model).setClientId("trainer-" + SEQ.incrementAndGet()).setShared(shared)).build());
@@ -102,11 +113,12 @@ class SharedMemoryStepTest {
         assertEquals("", f.describe(model).getDevice());
     }
 
-    @Test
-    void stepsThroughTheSegmentMatchChunksBitForBit() throws IOException {
+    @ParameterizedTest(name = "sealed {0}")
+    @ValueSource(booleans = {false, true})
+    void stepsThroughTheSegmentMatchChunksBitForBit(boolean sealed) throws IOException {
         String viaChunks = register();
         String viaSegment = register();
-        try (TestSegment seg = segment()) {
+        try (TestSegment seg = segment(sealed)) {
             RawStep s = open(viaSegment, seg.message);
             for (int k = 1; k <= 3; k++) {
                 float[][] expected = StandardModel.zeros();
@@ -182,11 +194,12 @@ class SharedMemoryStepTest {
         assertBitsEqual(f.pull(viaChunks), f.pull(viaSegment), "pulled weights");
     }
 
-    @Test
-    void pullWritesTheViewIntoTheSegment() throws IOException {
+    @ParameterizedTest(name = "sealed {0}")
+    @ValueSource(booleans = {false, true})
+    void pullWritesTheViewIntoTheSegment(boolean sealed) throws IOException {
         String model = register();
         f.step(model, grads(1), StandardModel.zeros());
-        try (TestSegment seg = segment()) {
+        try (TestSegment seg = segment(sealed)) {
             var chunks = f.blocking().pull(PullRequest.newBuilder().setModel(model).setShared(seg.message).build());
             WeightsChunk only = chunks.next();
             assertFalse(chunks.hasNext());
@@ -197,11 +210,12 @@ class SharedMemoryStepTest {
         }
     }
 
-    @Test
-    void setWeightsReadsTheWeightsRegions() throws IOException {
+    @ParameterizedTest(name = "sealed {0}")
+    @ValueSource(booleans = {false, true})
+    void setWeightsReadsTheWeightsRegions(boolean sealed) throws IOException {
         String model = register();
         float[][] edited = initialWeights(123);
-        try (TestSegment seg = segment()) {
+        try (TestSegment seg = segment(sealed)) {
             seg.putWeights(edited);
             RawStep s = open(model, seg.message);
             s.send(StepRequest.newBuilder().setCommit(StepCommit.newBuilder().setStepId(1)
@@ -281,10 +295,11 @@ class SharedMemoryStepTest {
         }
     }
 
-    @Test
-    void nonFiniteGradientInTheSegmentIsRejectedLikeAChunk() throws IOException {
+    @ParameterizedTest(name = "sealed {0}")
+    @ValueSource(booleans = {false, true})
+    void nonFiniteGradientInTheSegmentIsRejectedLikeAChunk(boolean sealed) throws IOException {
         String model = register();
-        try (TestSegment seg = segment()) {
+        try (TestSegment seg = segment(sealed)) {
             float[][] g = grads(1);
             g[0][1234] = Float.NaN;
             seg.putGradients(g);

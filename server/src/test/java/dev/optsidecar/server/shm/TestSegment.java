@@ -23,8 +23,22 @@ final class TestSegment implements AutoCloseable {
     private final FileChannel channel;
     private final MappedByteBuffer map;
 
+    /** The connection a sealed segment was handed over on; -1 for a file (or once closed). */
+    private int connection;
+
     TestSegment(Path dir, String name, int[] sizes) throws IOException {
-        this.path = dir.resolve(name);
+        this(dir, name, sizes, null);
+    }
+
+    /**
+     * A sealed segment (a memfd sealed against shrinking) handed over on {@code segmentSocket},
+     * kept by the server while this is open.
+     */
+    static TestSegment sealed(Path segmentSocket, int[] sizes) throws IOException {
+        return new TestSegment(null, null, sizes, segmentSocket);
+    }
+
+    private TestSegment(Path dir, String name, int[] sizes, Path segmentSocket) throws IOException {
         this.sizes = sizes;
         weights = new long[sizes.length];
         gradients = new long[sizes.length];
@@ -35,15 +49,37 @@ final class TestSegment implements AutoCloseable {
                 at += (sizes[t] * 4L + 7) / 8 * 8;
             }
         }
-        SharedSegment.Builder b = SharedSegment.newBuilder().setName(name);
+        SharedSegment.Builder b = SharedSegment.newBuilder();
         for (int t = 0; t < sizes.length; t++) {
             b.addWeightsOffsets(weights[t]).addGradientOffsets(gradients[t]);
         }
-        message = b.build();
-        channel = FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.READ,
-                StandardOpenOption.WRITE);
-        channel.truncate(at);
-        channel.write(java.nio.ByteBuffer.allocate(1), at - 1); // sets the size
+        if (segmentSocket == null) {
+            this.path = dir.resolve(name);
+            message = b.setName(name).build();
+            channel = FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.READ,
+                    StandardOpenOption.WRITE);
+            channel.truncate(at);
+            channel.write(java.nio.ByteBuffer.allocate(1), at - 1); // sets the size
+            connection = -1;
+        } else {
+            this.path = null;
+            int fd = Memfds.create(at, Memfds.F_SEAL_SHRINK | Memfds.F_SEAL_GROW | Memfds.F_SEAL_SEAL);
+            try {
+                channel = FileChannel.open(Path.of("/proc/self/fd/" + fd), StandardOpenOption.READ,
+                        StandardOpenOption.WRITE);
+                byte[] token = new byte[32];
+                new java.security.SecureRandom().nextBytes(token);
+                Memfds.Handed handed = Memfds.handOver(segmentSocket.toString(), fd, token);
+                if (!handed.reply().getRefused().isEmpty()) {
+                    handed.close();
+                    throw new IOException("the server refused the sealed segment: " + handed.reply().getRefused());
+                }
+                connection = handed.connection();
+                message = b.setHandoffToken(com.google.protobuf.ByteString.copyFrom(token)).build();
+            } finally {
+                Memfds.close(fd);
+            }
+        }
         map = channel.map(FileChannel.MapMode.READ_WRITE, 0, at);
     }
 
@@ -80,8 +116,17 @@ final class TestSegment implements AutoCloseable {
         channel.truncate(bytes);
     }
 
+    /** Closes the connection a sealed segment was handed over on (the server lets go once no stream uses it). */
+    void closeConnection() {
+        if (connection >= 0) {
+            Memfds.close(connection);
+            connection = -1;
+        }
+    }
+
     @Override
     public void close() throws IOException {
         channel.close();
+        closeConnection();
     }
 }
