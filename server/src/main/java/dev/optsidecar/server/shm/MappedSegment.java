@@ -27,6 +27,14 @@ final class MappedSegment implements Segment {
                     field, memory.name(), memory.size(), layout.end())
                     .withReason(OptError.Reason.SHARED_MEMORY_UNAVAILABLE).withField(field + ".handoff_token");
         }
+        try {
+            memory.mapThrough(layout.end());
+        } catch (java.io.IOException | RuntimeException e) {
+            memory.release();
+            throw OptError.precondition("%s: sealed segment %s cannot be mapped: %s", field, memory.name(),
+                    e.getMessage()).withReason(OptError.Reason.SHARED_MEMORY_UNAVAILABLE)
+                    .withField(field + ".handoff_token");
+        }
         return new MappedSegment(memory, layout);
     }
 

@@ -154,6 +154,21 @@ final class SealedMemory {
         return window.slice(at, bytes).order(ByteOrder.LITTLE_ENDIAN);
     }
 
+    /**
+     * Maps the windows covering bytes [0, {@code end}) now, so that a mapping the system refuses
+     * (address space, a limit on mappings) is the client's error when its stream opens, not
+     * mid-step. Throws IOException saying why.
+     */
+    void mapThrough(long end) throws IOException {
+        try {
+            for (long w = 0; w * WINDOW < end; w++) {
+                window(w);
+            }
+        } catch (java.io.UncheckedIOException e) {
+            throw e.getCause();
+        }
+    }
+
     private MappedByteBuffer window(long w) {
         return windows.computeIfAbsent(w, index -> {
             long start = index * WINDOW;
