@@ -297,7 +297,7 @@ public final class Trainer implements AutoCloseable {
         sizes = sizesOf(client.describe(model));
         if (segment != null) {
             try {
-                useSharedMemory(segment.path.getParent()); // laid out for the new tensors
+                useSharedMemory(segment.dir, segment.sealed() ? SegmentKind.SEALED : SegmentKind.FILE); // laid out for the new tensors
             } catch (java.io.IOException e) {
                 throw new java.io.UncheckedIOException(e);
             }
@@ -367,16 +367,34 @@ public final class Trainer implements AutoCloseable {
         return this;
     }
 
-    /**
-     * Moves this trainer's gradients and weights through a shared-memory segment created in
-     * {@code shmDir} (the server's --shm-dir as this process sees it; ServerInfo reports the
-     * server's path) instead of chunks: each step copies its gradients into the segment and the
-     * weights out of it, and only control messages travel over gRPC. The server refuses a segment
-     * it cannot map at the next step with FAILED_PRECONDITION, SHARED_MEMORY_UNAVAILABLE. The
-     * segment is removed when the trainer is closed.
-     */
+    /** Which kind of segment {@link #useSharedMemory(java.nio.file.Path, SegmentKind)} makes. */
+    public enum SegmentKind {
+        /** Sealed where the server takes one (Linux, its segment socket), else a file. */
+        AUTO,
+        /** A memfd sealed against shrinking, handed to the server, which maps it (IOException if it cannot be). */
+        SEALED,
+        /** A file in the directory, which the server reads and writes. */
+        FILE
+    }
+
+    /** {@link #useSharedMemory(java.nio.file.Path, SegmentKind)} with {@link SegmentKind#AUTO}. */
     public Trainer useSharedMemory(java.nio.file.Path shmDir) throws java.io.IOException {
-        ClientSegment created = new ClientSegment(shmDir, sizes);
+        return useSharedMemory(shmDir, SegmentKind.AUTO);
+    }
+
+    /**
+     * Moves this trainer's gradients and weights through a shared-memory segment instead of
+     * chunks: each step copies its gradients into the segment and the weights out of it, and only
+     * control messages travel over gRPC (commits and results over the doorbell socket). {@code
+     * shmDir} is the server's --shm-dir as this process sees it (ServerInfo reports the server's
+     * path). A sealed segment (a memfd handed over on the server's segment socket there) is mapped
+     * by the server, one copy each way on its side; a segment file is read and written through a
+     * buffer. The server refuses a segment it cannot use at the next step with FAILED_PRECONDITION,
+     * SHARED_MEMORY_UNAVAILABLE. The segment is let go when the trainer is closed.
+     */
+    public Trainer useSharedMemory(java.nio.file.Path shmDir, SegmentKind kind) throws java.io.IOException {
+        ClientSegment created = ClientSegment.create(shmDir, sizes, () -> segmentSocketIn(shmDir),
+                kind == SegmentKind.SEALED, kind == SegmentKind.FILE);
         if (segment != null) {
             segment.close();
         }
@@ -461,11 +479,13 @@ public final class Trainer implements AutoCloseable {
 
     private Stream openStream() {
         if (stream == null || stream.failed) {
+            // First: a sealed segment a restarted server lost is handed over again (or UNAVAILABLE).
+            dev.optsidecar.proto.v1.SharedSegment shared = segment != null ? segment.message() : null;
             stream = new Stream();
             StepOpen.Builder open = StepOpen.newBuilder().setModel(model).setClientId(clientId).setWireDtype(stream.wire);
             com.google.protobuf.ByteString secret = null;
             if (segment != null) {
-                open.setShared(segment.message);
+                open.setShared(shared);
                 if (doorbellSocket != null) {
                     byte[] bytes = new byte[32];
                     SECRETS.nextBytes(bytes);
@@ -496,6 +516,21 @@ public final class Trainer implements AutoCloseable {
         } catch (io.grpc.StatusRuntimeException e) {
             return null;
         }
+    }
+
+    /** The server's segment socket in {@code shmDir}, or null when it has none (or does not answer now). */
+    private java.nio.file.Path segmentSocketIn(java.nio.file.Path shmDir) {
+        try {
+            String name = client.serverInfo().getSegmentSocket();
+            return name.isEmpty() ? null : shmDir.resolve(name);
+        } catch (io.grpc.StatusRuntimeException e) {
+            return null;
+        }
+    }
+
+    /** Whether this trainer's shared-memory segment is a sealed one, which the server maps. */
+    public boolean usesSealedSegment() {
+        return segment != null && segment.sealed();
     }
 
     /** Whether this trainer's steps commit over the server's doorbell socket (shared memory, once a step opened the stream). */

@@ -246,6 +246,22 @@ public final class SegmentHandoff implements AutoCloseable {
         }
     }
 
+    /**
+     * Ends every connection, as a restart would: each segment is released once no stream uses it,
+     * and a client hands it over again for its next stream.
+     */
+    void endConnections() {
+        synchronized (connections) {
+            for (int fd : connections) {
+                try {
+                    Libc.c().shutdown(fd, Libc.SHUT_RDWR); // wakes its thread, which releases and closes
+                } catch (LastErrorException ignored) {
+                    // ended already
+                }
+            }
+        }
+    }
+
     /** Stops accepting, ends every connection (releasing segments no stream uses) and removes the socket file. */
     @Override
     public void close() {
@@ -261,15 +277,7 @@ public final class SegmentHandoff implements AutoCloseable {
             Thread.currentThread().interrupt();
         }
         Libc.closeQuietly(listening);
-        synchronized (connections) {
-            for (int fd : connections) {
-                try {
-                    Libc.c().shutdown(fd, Libc.SHUT_RDWR); // wakes its thread, which releases and closes
-                } catch (LastErrorException ignored) {
-                    // ended already
-                }
-            }
-        }
+        endConnections();
         try {
             Files.deleteIfExists(socket);
         } catch (IOException e) {

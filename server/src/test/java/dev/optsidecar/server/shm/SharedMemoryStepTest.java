@@ -162,18 +162,48 @@ class SharedMemoryStepTest {
     }
 
     @Test
-    void javaTrainerThroughSharedMemoryMatchesChunks() throws IOException {
+    void javaTrainerHandsItsSealedSegmentOverAgainWhenTheServerLostIt() throws IOException {
+        String model = register();
+        try (dev.optsidecar.client.Trainer trainer = f.client().trainer(model, "lost")
+                .useSharedMemory(dir, dev.optsidecar.client.Trainer.SegmentKind.SEALED)) {
+            trainer.step(tensors(grads(1)), tensors(StandardModel.zeros()));
+            SidecarFixture.awaitTrue("held", () -> f.sharedMemory().handoff().held() == 1);
+            f.sharedMemory().handoff().endConnections(); // as a restarted server holds none
+            SidecarFixture.awaitTrue("let go", () -> f.sharedMemory().handoff().held() == 0);
+            // A step the server refuses ends the stream: the next step opens another, naming the segment.
+            var refused = new dev.optsidecar.client.Trainer.StepOptions().figure("not a figure name!", 1.0);
+            StatusRuntimeException e = assertThrows(StatusRuntimeException.class,
+                    () -> trainer.step(tensors(grads(2)), tensors(StandardModel.zeros()), refused));
+            assertEquals(Status.Code.INVALID_ARGUMENT, e.getStatus().getCode());
+            float[][] weights = StandardModel.zeros();
+            StepResult r = trainer.step(tensors(grads(2)), tensors(weights));
+            assertEquals(2, r.getVersion());
+            assertTrue(r.getWeightsInSegment());
+            assertEquals(1, f.sharedMemory().handoff().held(), "handed over again, under a fresh token");
+            assertBitsEqual(f.pull(model), weights, "weights through the segment handed over again");
+        }
+    }
+
+    @ParameterizedTest(name = "sealed {0}")
+    @ValueSource(booleans = {false, true})
+    void javaTrainerThroughSharedMemoryMatchesChunks(boolean sealed) throws IOException {
         String viaChunks = register();
         String viaSegment = register();
-        java.nio.file.Path created;
+        java.nio.file.Path created = null;
+        var kind = sealed ? dev.optsidecar.client.Trainer.SegmentKind.SEALED : dev.optsidecar.client.Trainer.SegmentKind.FILE;
         try (dev.optsidecar.client.Trainer chunks = f.client().trainer(viaChunks, "chunks");
-             dev.optsidecar.client.Trainer shared = f.client().trainer(viaSegment, "shared").useSharedMemory(dir)) {
+             dev.optsidecar.client.Trainer shared = f.client().trainer(viaSegment, "shared").useSharedMemory(dir, kind)) {
+            assertEquals(sealed, shared.usesSealedSegment());
             try (var files = Files.list(dir)) {
                 created = files.filter(p -> p.getFileName().toString().startsWith("optsidecar-")
-                        && p.getFileName().toString().length() == "optsidecar-".length() + 32).findFirst().orElseThrow();
+                        && p.getFileName().toString().length() == "optsidecar-".length() + 32).findFirst().orElse(null);
             }
-            assertEquals(java.util.Set.of(java.nio.file.attribute.PosixFilePermission.OWNER_READ,
-                    java.nio.file.attribute.PosixFilePermission.OWNER_WRITE), Files.getPosixFilePermissions(created));
+            if (sealed) {
+                assertEquals(null, created, "a sealed segment is no file in the directory");
+            } else {
+                assertEquals(java.util.Set.of(java.nio.file.attribute.PosixFilePermission.OWNER_READ,
+                        java.nio.file.attribute.PosixFilePermission.OWNER_WRITE), Files.getPosixFilePermissions(created));
+            }
             for (int k = 1; k <= 3; k++) {
                 float[][] expected = StandardModel.zeros();
                 float[][] actual = StandardModel.zeros();
@@ -190,7 +220,10 @@ class SharedMemoryStepTest {
                 assertBitsEqual(expected, actual, "weights of step " + k);
             }
         }
-        assertFalse(Files.exists(created), "the trainer's segment outlived it");
+        if (created != null) {
+            assertFalse(Files.exists(created), "the trainer's segment outlived it");
+        }
+        SidecarFixture.awaitTrue("the sealed segment let go", () -> f.sharedMemory().handoff().held() == 0);
         assertBitsEqual(f.pull(viaChunks), f.pull(viaSegment), "pulled weights");
     }
 
