@@ -33,7 +33,8 @@ from .params import ParsedGroup, parse_params
 from .cuda_ipc import DeviceDestination, DeviceSegment, probe, unavailable_reason
 from .device_staging import HostStaging, SegmentStaging, is_cuda, synchronize
 from .shared_params import SharedParameters
-from .shm import SHM_DIR_ENVIRONMENT_VARIABLE, HandoffRefused, SealedSegment, Segment, sealed_segments_work, usable_directory
+from .shm import (SHM_DIR_ENVIRONMENT_VARIABLE, HandoffRefused, SealedSegment, Segment, sealed_segments_work,
+                  usable_directory)
 from .figures import check_figures, loss_figure
 from .results import CoordinationStatus, StepFigures, VersionContributions, VersionFigures
 from .spec import from_struct, model_spec, optimizer_config, tensor_groups
@@ -510,7 +511,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         _LOG.info("model %r: shm transport (segment %s)", self.model, where)
         return "shm"
 
-    def _new_segment(self, directory: str, segment_socket: str) -> Tuple[Optional[Segment], Optional[str]]:
+    def _new_segment(self, directory: str,
+                     segment_socket: str) -> Tuple[Union[Segment, SealedSegment, None], Optional[str]]:
         """A sealed segment where the server takes them (see :class:`SealedSegment`), else a segment
         file in ``directory``; or None and why neither can be made."""
         numels = [p.numel() for p in self._params]

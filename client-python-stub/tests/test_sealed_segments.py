@@ -250,9 +250,15 @@ def test_rewriting_the_gradient_mid_step_never_slips_a_nan_past_the_check(shm_se
         gradient = opt._segment.gradient(0)
 
         def scribble():
+            # A NaN at one place about a fifth of the time, at another place each round: reads
+            # catch it whole, or not at all, or while it is being written.
+            at = 0
             while not stop.is_set():
-                gradient[::997] = float("nan")
-                gradient[::997] = 0.5
+                at = (at + 997) % gradient.size
+                gradient[at] = float("nan")
+                time.sleep(0.0002)
+                gradient[at] = 0.5
+                time.sleep(0.0008)
 
         scribbler = threading.Thread(target=scribble)
         scribbler.start()

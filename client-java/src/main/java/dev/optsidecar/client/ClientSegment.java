@@ -49,9 +49,9 @@ final class ClientSegment implements AutoCloseable {
         IOException whyNot = null;
         if (!fileOnly) {
             Path socket = segmentSocket.get();
-            if (socket == null || SealedHandoff.unavailable() != null) {
+            if (socket == null || UnixCalls.unavailable() != null) {
                 whyNot = new IOException(socket == null ? "the server takes no sealed segments (no segment socket)"
-                        : SealedHandoff.unavailable());
+                        : UnixCalls.unavailable());
             } else {
                 try {
                     return new ClientSegment(dir, numels, segmentSocket, true);

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.shm;
 
 import com.sun.jna.LastErrorException;
+import dev.optsidecar.client.UnixCalls;
 
 import java.io.IOException;
 import java.lang.reflect.Field;
@@ -54,15 +55,15 @@ final class SealedMemory {
         try {
             int seals;
             try {
-                seals = Libc.c().fcntl(fd, Libc.F_GET_SEALS);
+                seals = UnixCalls.c().fcntl(fd, UnixCalls.F_GET_SEALS);
             } catch (LastErrorException e) {
-                throw new Refused(e.getErrorCode() == Libc.EINVAL
+                throw new Refused(e.getErrorCode() == UnixCalls.EINVAL
                         ? "the descriptor is not a memfd (it has no seals)" : "its seals cannot be read: " + e.getMessage());
             }
-            if ((seals & Libc.F_SEAL_SHRINK) == 0) {
+            if ((seals & UnixCalls.F_SEAL_SHRINK) == 0) {
                 throw new Refused("the memfd is not sealed against shrinking (add F_SEAL_SHRINK)");
             }
-            if ((seals & (Libc.F_SEAL_WRITE | Libc.F_SEAL_FUTURE_WRITE)) != 0) {
+            if ((seals & (UnixCalls.F_SEAL_WRITE | UnixCalls.F_SEAL_FUTURE_WRITE)) != 0) {
                 throw new Refused("the memfd is sealed against writes, but the server writes views into it");
             }
             // A descriptor of this process, reopened by path: the client cannot point it elsewhere.
@@ -77,7 +78,7 @@ final class SealedMemory {
         } catch (IOException e) {
             throw new Refused("the memfd cannot be opened: " + e.getMessage());
         } finally {
-            Libc.closeQuietly(fd);
+            UnixCalls.closeQuietly(fd);
         }
     }
 

@@ -3,6 +3,7 @@ package dev.optsidecar.server.shm;
 import com.google.protobuf.ByteString;
 import com.sun.jna.LastErrorException;
 import com.sun.jna.Memory;
+import dev.optsidecar.client.UnixCalls;
 import dev.optsidecar.proto.v1.SegmentHandoffReply;
 import dev.optsidecar.server.OptError;
 
@@ -60,25 +61,25 @@ public final class SegmentHandoff implements AutoCloseable {
      * reachable, a path too long for a socket address).
      */
     public static SegmentHandoff open(Path dir) throws IOException {
-        if (Libc.unavailable() != null) {
-            throw new IOException(Libc.unavailable());
+        if (UnixCalls.unavailable() != null) {
+            throw new IOException(UnixCalls.unavailable());
         }
         SocketFiles.removeStale(dir, PREFIX);
         Path socket = SocketFiles.fresh(dir, PREFIX);
         String path = socket.toString();
-        Memory address = Libc.unixAddress(path);
+        Memory address = UnixCalls.unixAddress(path);
         if (address == null) {
             throw new IOException("the path " + path + " is too long for a Unix socket");
         }
         int fd = -1;
         try {
-            fd = Libc.c().socket(Libc.AF_UNIX, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC, 0);
-            Libc.c().bind(fd, address, Libc.unixAddressLength(path));
+            fd = UnixCalls.c().socket(UnixCalls.AF_UNIX, UnixCalls.SOCK_STREAM | UnixCalls.SOCK_CLOEXEC, 0);
+            UnixCalls.c().bind(fd, address, UnixCalls.unixAddressLength(path));
             Files.setPosixFilePermissions(socket, PosixFilePermissions.fromString("rw-------"));
-            Libc.c().listen(fd, 64);
+            UnixCalls.c().listen(fd, 64);
         } catch (LastErrorException | IOException e) {
             if (fd >= 0) {
-                Libc.closeQuietly(fd);
+                UnixCalls.closeQuietly(fd);
             }
             Files.deleteIfExists(socket);
             throw e instanceof IOException io ? io : new IOException("cannot listen on " + path + ": " + e.getMessage(), e);
@@ -117,24 +118,24 @@ public final class SegmentHandoff implements AutoCloseable {
         while (!closed) {
             int fd;
             try {
-                fd = Libc.c().accept4(listening, null, null, Libc.SOCK_CLOEXEC);
+                fd = UnixCalls.c().accept4(listening, null, null, UnixCalls.SOCK_CLOEXEC);
             } catch (LastErrorException e) {
                 if (closed) {
                     return;
                 }
-                if (e.getErrorCode() != Libc.EINTR) {
+                if (e.getErrorCode() != UnixCalls.EINTR) {
                     LOG.warning(() -> "segment socket " + socket.getFileName() + ": accept failed: " + e.getMessage());
                     sleepBriefly(); // e.g. out of descriptors: do not spin
                 }
                 continue;
             }
             if (closed) {
-                Libc.closeQuietly(fd);
+                UnixCalls.closeQuietly(fd);
                 return;
             }
             if (!slots.tryAcquire()) {
                 refuse(fd, "the server holds " + MAX_CONNECTIONS + " sealed segments already; use a segment file");
-                Libc.closeQuietly(fd);
+                UnixCalls.closeQuietly(fd);
                 continue;
             }
             synchronized (connections) {
@@ -181,11 +182,11 @@ public final class SegmentHandoff implements AutoCloseable {
             reply(fd, SegmentHandoffReply.getDefaultInstance());
             Libc.receiveTimeout(fd, 0);
             // Held until the client closes (or sends anything more, which it must not).
-            Libc.c().recv(fd, new Memory(1), 1, 0);
+            UnixCalls.c().recv(fd, new Memory(1), 1, 0);
         } catch (LastErrorException e) {
             // the client went away, or the server is closing
         } finally {
-            descriptors.forEach(Libc::closeQuietly);
+            descriptors.forEach(UnixCalls::closeQuietly);
             if (key != null) {
                 byToken.remove(key, memory);
             }
@@ -194,7 +195,7 @@ public final class SegmentHandoff implements AutoCloseable {
             }
             synchronized (connections) { // close() must not shut down a number reused meanwhile
                 connections.remove(fd);
-                Libc.closeQuietly(fd);
+                UnixCalls.closeQuietly(fd);
             }
             slots.release();
         }
@@ -254,7 +255,7 @@ public final class SegmentHandoff implements AutoCloseable {
         synchronized (connections) {
             for (int fd : connections) {
                 try {
-                    Libc.c().shutdown(fd, Libc.SHUT_RDWR); // wakes its thread, which releases and closes
+                    UnixCalls.c().shutdown(fd, UnixCalls.SHUT_RDWR); // wakes its thread, which releases and closes
                 } catch (LastErrorException ignored) {
                     // ended already
                 }
@@ -267,7 +268,7 @@ public final class SegmentHandoff implements AutoCloseable {
     public void close() {
         closed = true;
         try {
-            Libc.c().shutdown(listening, Libc.SHUT_RDWR); // wakes the acceptor
+            UnixCalls.c().shutdown(listening, UnixCalls.SHUT_RDWR); // wakes the acceptor
         } catch (LastErrorException ignored) {
             // not listening any more
         }
@@ -276,7 +277,7 @@ public final class SegmentHandoff implements AutoCloseable {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
-        Libc.closeQuietly(listening);
+        UnixCalls.closeQuietly(listening);
         endConnections();
         try {
             Files.deleteIfExists(socket);

@@ -1,5 +1,6 @@
 package dev.optsidecar.server.shm;
 
+import dev.optsidecar.client.UnixCalls;
 import dev.optsidecar.proto.v1.ServerInfoRequest;
 import dev.optsidecar.proto.v1.StepOpen;
 import dev.optsidecar.proto.v1.StepRequest;
@@ -95,7 +96,7 @@ class SegmentHandoffTest {
 
     @Test
     void aSegmentIsHeldWhileItsConnectionIsOpen() {
-        int fd = Memfds.create(1 << 16, Memfds.F_SEAL_SHRINK);
+        int fd = Memfds.create(1 << 16, UnixCalls.F_SEAL_SHRINK);
         Memfds.Handed handed = Memfds.handOver(socket(), fd, token());
         Memfds.close(fd);
         assertEquals("", handed.reply().getRefused());

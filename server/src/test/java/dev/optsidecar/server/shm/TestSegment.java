@@ -1,5 +1,6 @@
 package dev.optsidecar.server.shm;
 
+import dev.optsidecar.client.UnixCalls;
 import dev.optsidecar.proto.v1.SharedSegment;
 
 import java.io.IOException;
@@ -63,7 +64,7 @@ final class TestSegment implements AutoCloseable {
             connection = -1;
         } else {
             this.path = null;
-            int fd = Memfds.create(at, Memfds.F_SEAL_SHRINK | Memfds.F_SEAL_GROW | Memfds.F_SEAL_SEAL);
+            int fd = Memfds.create(at, UnixCalls.F_SEAL_SHRINK | UnixCalls.F_SEAL_GROW | UnixCalls.F_SEAL_SEAL);
             try {
                 channel = FileChannel.open(Path.of("/proc/self/fd/" + fd), StandardOpenOption.READ,
                         StandardOpenOption.WRITE);
