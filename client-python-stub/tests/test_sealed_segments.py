@@ -324,3 +324,52 @@ def test_the_server_lets_go_of_the_memory_when_the_trainer_is_killed(shm_server)
     finally:
         if trainer.poll() is None:
             trainer.kill()
+
+
+def test_random_bytes_and_descriptors_on_the_socket_leave_the_server_whole(shm_server, tmp_path):
+    """A hostile client's worth of random handoffs: random lengths and bytes, zero to three
+    descriptors of every kind. Each is refused or taken (then let go); the server holds nothing
+    afterwards and still serves a trainer."""
+    import random
+
+    path = segment_socket(shm_server)
+    rng = random.Random(20261206)
+    plain = os.open(tmp_path / "plain", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        for _ in range(120):
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 90)))
+            if rng.random() < 0.4 and payload:
+                payload = bytes([len(payload) - 1]) + payload[1:]  # a plausible length byte
+            fds = []
+            for _ in range(rng.choice([0, 1, 1, 1, 2, 3])):
+                kind = rng.choice(["sealed", "unsealed", "plain", "pipe"])
+                fds.append(memfd(4096 * rng.randrange(1, 4), ALL_SEALS if kind == "sealed" else 0)
+                           if kind in ("sealed", "unsealed") else os.dup(plain) if kind == "plain" else _pipe_end())
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.settimeout(10)
+            try:
+                connection.connect(path)
+                if payload or fds:
+                    socket.send_fds(connection, [payload or b"\0"], fds)
+                if rng.random() < 0.5:
+                    connection.shutdown(socket.SHUT_WR)  # some say no more; the rest just leave
+                    try:
+                        connection.recv(1 << 16)
+                    except OSError:
+                        pass
+            finally:
+                connection.close()
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        os.close(plain)
+    assert wait_for(lambda: mapped_memfds(shm_server) == 0)
+    assert not [line for line in shm_server.log if "Exception" in line or "SEVERE" in line]
+    model = make_mlp(24)
+    opt = RemoteOptimizer(model.parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2,
+                          shm_segment="sealed", transport="shm")
+    try:
+        train_step(model, opt, 0)
+        assert opt.version == 1
+    finally:
+        opt.close()
