@@ -185,6 +185,8 @@ public final class SegmentHandoff implements AutoCloseable {
             UnixCalls.c().recv(fd, new Memory(1), 1, 0);
         } catch (LastErrorException e) {
             // the client went away, or the server is closing
+        } catch (RuntimeException e) {
+            LOG.warning(() -> "segment socket " + socket.getFileName() + ": a connection failed: " + e);
         } finally {
             descriptors.forEach(UnixCalls::closeQuietly);
             if (key != null) {
@@ -204,22 +206,31 @@ public final class SegmentHandoff implements AutoCloseable {
     /**
      * The token: one length byte, then that many bytes, the descriptor coming with the first of
      * them; null at the end of the stream. Descriptors that came are added to {@code descriptors}.
+     * A length out of bounds gives a token of that length, unread, to be refused for it; more
+     * bytes than the length promised give an empty one.
      */
     private static byte[] readToken(int fd, List<Integer> descriptors) {
         ByteArrayOutputStream got = new ByteArrayOutputStream();
-        int wanted = 1;
-        while (got.size() < wanted) {
-            Libc.Received r = Libc.receive(fd, 1 + SocketFiles.MAX_SECRET_BYTES - got.size() + 1);
+        int wanted = -1;
+        do {
+            int room = wanted < 0 ? 2 + SocketFiles.MAX_SECRET_BYTES : wanted - got.size();
+            Libc.Received r = Libc.receive(fd, room);
             descriptors.addAll(r.descriptors());
             if (r.bytes().length == 0) {
                 return null;
             }
             got.writeBytes(r.bytes());
-            wanted = 1 + (got.toByteArray()[0] & 0xff);
-            if (got.size() > wanted) {
-                return new byte[0]; // more than the token: refused for its length
+            if (wanted < 0) {
+                int length = got.toByteArray()[0] & 0xff;
+                if (length < SocketFiles.MIN_SECRET_BYTES || length > SocketFiles.MAX_SECRET_BYTES) {
+                    return new byte[length];
+                }
+                wanted = 1 + length;
+                if (got.size() > wanted) {
+                    return new byte[0];
+                }
             }
-        }
+        } while (got.size() < wanted);
         byte[] all = got.toByteArray();
         return java.util.Arrays.copyOfRange(all, 1, all.length);
     }
