@@ -51,9 +51,21 @@ def _aligned(n: int) -> int:
 
 
 class _Regions:
-    """Each tensor's weights and gradient regions in a mapped segment of ``self.size`` bytes."""
+    """Each tensor's weights and gradient regions in a mapped segment of ``self.size`` bytes, and
+    its letting go (``self._finalizer``: a file is removed, a sealed segment's memfd and
+    connection closed)."""
 
     mmap: mmap.mmap
+    _finalizer: weakref.finalize
+
+    @property
+    def removed(self) -> bool:
+        """Whether the segment was let go (the mapping stays valid while arrays use it)."""
+        return not self._finalizer.alive
+
+    def remove(self) -> None:
+        """Lets go of the segment (a file is removed); arrays and tensors on it keep their memory."""
+        self._finalizer()
 
     def _lay_out(self, numels: Sequence[int]) -> None:
         self.numels = [int(n) for n in numels]
@@ -120,15 +132,6 @@ class Segment(_Regions):
         """The segment as a protocol message (``StepOpen.shared``, ``PullRequest.shared``)."""
         return pb.SharedSegment(name=self.name, weights_offsets=self.weights_offsets,
                                 gradient_offsets=self.gradient_offsets)
-
-    @property
-    def removed(self) -> bool:
-        """Whether the file was removed (the mapping stays valid while arrays use it)."""
-        return not self._finalizer.alive
-
-    def remove(self) -> None:
-        """Removes the file; arrays and tensors on it keep their memory until they are gone."""
-        self._finalizer()
 
     def renewed(self, numels: Sequence[int]) -> "Segment":
         """A new segment of the same kind and place, for tensors of ``numels`` elements."""
@@ -240,15 +243,6 @@ class SealedSegment(_Regions):
                 raise ServerUnavailable(f"cannot hand the sealed segment to the server: {e}") from e
         return pb.SharedSegment(handoff_token=self._token, weights_offsets=self.weights_offsets,
                                 gradient_offsets=self.gradient_offsets)
-
-    @property
-    def removed(self) -> bool:
-        """Whether the segment was let go (the mapping stays valid while arrays use it)."""
-        return not self._finalizer.alive
-
-    def remove(self) -> None:
-        """Lets the server and this process let go of the memfd; arrays on it keep their memory."""
-        self._finalizer()
 
     def renewed(self, numels: Sequence[int]) -> "SealedSegment":
         """A new sealed segment for tensors of ``numels`` elements, handed to the same server."""

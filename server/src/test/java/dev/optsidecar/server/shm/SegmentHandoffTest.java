@@ -47,12 +47,7 @@ class SegmentHandoffTest {
     @AfterAll
     static void stop() throws IOException {
         f.close();
-        try (var files = Files.list(dir)) {
-            for (Path p : files.toList()) {
-                Files.deleteIfExists(p);
-            }
-        }
-        Files.deleteIfExists(dir);
+        TestSegment.deleteDirectory(dir);
     }
 
     private static String socket() {

@@ -60,12 +60,7 @@ class SharedMemoryStepTest {
     @AfterAll
     static void stop() throws IOException {
         f.close();
-        try (var files = Files.list(dir)) {
-            for (Path p : files.toList()) {
-                Files.deleteIfExists(p);
-            }
-        }
-        Files.deleteIfExists(dir);
+        TestSegment.deleteDirectory(dir);
     }
 
     private static String register() {

@@ -117,6 +117,16 @@ final class TestSegment implements AutoCloseable {
         channel.truncate(bytes);
     }
 
+    /** Deletes {@code dir} and what the tests left in it. */
+    static void deleteDirectory(Path dir) throws IOException {
+        try (var files = java.nio.file.Files.list(dir)) {
+            for (Path p : files.toList()) {
+                java.nio.file.Files.deleteIfExists(p);
+            }
+        }
+        java.nio.file.Files.deleteIfExists(dir);
+    }
+
     /** Closes the connection a sealed segment was handed over on (the server lets go once no stream uses it). */
     void closeConnection() {
         if (connection >= 0) {
