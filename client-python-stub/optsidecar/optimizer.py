@@ -760,6 +760,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
         return live is not None and live.doorbell is not None
 
     @property
+    def shm_segment(self) -> Optional[str]:
+        """The kind of shared-memory segment steps go through: ``"sealed"`` (the server maps this
+        process's memory), ``"file"``, or None when they do not go through one."""
+        if self._segment is None:
+            return None
+        return "sealed" if self._segment.sealed else "file"
+
+    @property
     def edits(self) -> ParameterEdits:
         """How edited parameters are noticed; ``opt.edits.compare_contents = False`` skips the
         content check that catches writes through ``p.data`` (see :mod:`optsidecar.edits`)."""

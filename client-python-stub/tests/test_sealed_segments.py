@@ -221,7 +221,7 @@ def test_views_land_in_the_clients_memory_and_the_client_cannot_shrink_it(shm_se
     opt = RemoteOptimizer(model.parameters(), target=shm_server.target, algorithm="RAdam", lr=1e-2,
                           shm_segment="sealed", transport="shm")
     try:
-        assert opt._segment.sealed
+        assert opt.shm_segment == "sealed"
         train_step(model, opt, 0)
         assert mapped_memfds(shm_server) >= 1
         with Client(shm_server.target) as c:

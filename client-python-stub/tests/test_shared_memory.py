@@ -44,7 +44,7 @@ def test_shm_training_matches_grpc_bit_for_bit_and_torch(shm_server, algorithm, 
                              weight_decay=0.05, transport="grpc")
     torch_opt = reference(local.parameters(), lr=1e-2, weight_decay=0.05)
     assert (shm.transport, chunks.transport) == ("shm", "grpc")
-    assert shm._segment.sealed == (segment == "sealed")
+    assert shm.shm_segment == segment and chunks.shm_segment is None
     before = params_of(model)
     try:
         for t in range(8):
