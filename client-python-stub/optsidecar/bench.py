@@ -197,7 +197,8 @@ def header(target: str, started: bool, threads: int, repeats: int, warmup: int, 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return "\n".join([
         f"optsidecar bench: torch {torch.__version__}, {os.cpu_count()} CPUs ({usable} usable), torch threads "
-        f"{torch.get_num_threads()}, server engine threads {threads if started else '(as started)'}",
+        f"{torch.get_num_threads()} (OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}), server engine "
+        f"threads {threads if started else '(as started)'}",
         f"  server {target} ({'started here' if started else 'running'}); RAdam lr {lr:g}, one float32 tensor per size; "
         f"fastest local step: {fastest_label()}",
         f"  opt.step() only: median of {repeats} after {warmup} warm-up steps per size and variant (more for small "
