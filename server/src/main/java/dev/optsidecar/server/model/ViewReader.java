@@ -3,12 +3,14 @@ package dev.optsidecar.server.model;
 import com.google.protobuf.UnsafeByteOperations;
 import dev.optsidecar.proto.v1.View;
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.Parallel;
 import dev.optsidecar.server.engine.DeviceViewTarget;
 import dev.optsidecar.server.engine.WireType;
 
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.atomic.AtomicInteger;
 
 /**
@@ -110,11 +112,10 @@ public final class ViewReader implements AutoCloseable {
         // On a few threads: the copy (and narrowing) holds the read lock, and is the bulk of a
         // chunked step's time after the optimizer's own pass.
         WeightsChunk[] chunks = new WeightsChunk[pieces.size()];
-        dev.optsidecar.server.Parallel.forEach(chunks.length, dev.optsidecar.server.Parallel.COPY_THREADS,
-                java.util.concurrent.ForkJoinPool.commonPool(), i -> {
-                    Piece p = pieces.get(i);
-                    chunks[i] = chunk(resolved.label(), resolved.source(), wire, p.tensor(), version, p.offset(), p.count());
-                });
+        Parallel.forEach(chunks.length, Parallel.COPY_THREADS, ForkJoinPool.commonPool(), i -> {
+            Piece p = pieces.get(i);
+            chunks[i] = chunk(resolved.label(), resolved.source(), wire, p.tensor(), version, p.offset(), p.count());
+        });
         return new Published(List.of(chunks), bytes);
     }
 

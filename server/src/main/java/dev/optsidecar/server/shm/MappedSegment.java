@@ -74,7 +74,7 @@ final class MappedSegment implements Segment {
 
     @Override
     public ByteBuffer weightsTarget(int tensor, long element, int count, ByteBuffer scratch) {
-        return memory.view(layout.weights(tensor) + element * Float.BYTES, count * Float.BYTES);
+        return read(true, tensor, element, count, scratch); // the view is where they go
     }
 
     @Override
