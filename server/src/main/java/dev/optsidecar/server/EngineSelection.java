@@ -20,7 +20,7 @@ final class EngineSelection {
     private EngineSelection() {}
 
     /**
-     * The engine chosen and the line that says so (null for {@code --engine cpu}), logged by
+     * The engine chosen and the line that says so, logged by
      * {@link #log} once the server serves: a server that then fails to start says only why.
      */
     record Choice(Engine engine, String summary) {}
@@ -28,7 +28,7 @@ final class EngineSelection {
     /** @throws IllegalStateException with the reason, when {@code cuda} is asked for and cannot run */
     static Choice open(String mode, int device, int threads) {
         if (mode.equals("cpu")) {
-            return new Choice(new CpuEngine(threads), null);
+            return new Choice(new CpuEngine(threads), "engine: cpu, " + CpuEngine.bulkLoops());
         }
         try {
             CudaEngine cuda = CudaEngine.open(device);
@@ -37,7 +37,8 @@ final class EngineSelection {
             if (mode.equals("cuda")) {
                 throw new IllegalStateException("--engine cuda: " + e.getMessage());
             }
-            return new Choice(new CpuEngine(threads), "engine: cpu (CUDA not used: " + e.getMessage() + ")");
+            return new Choice(new CpuEngine(threads),
+                    "engine: cpu, " + CpuEngine.bulkLoops() + " (CUDA not used: " + e.getMessage() + ")");
         }
     }
 

@@ -42,17 +42,31 @@ class EngineFallbackIT {
         }
     }
 
+    /** The CPU engine's bulk loops the jar runs: native where the build had g++ to compile them. */
+    private static String expectedLoops() throws IOException {
+        try (ZipFile jar = new ZipFile(ServerJar.jar().toFile())) {
+            return jar.getEntry("native/linux-x86_64/liboptsidecar_cpu.so") != null
+                    ? "native bulk loops" : "Java bulk loops (this build has no CPU loops library";
+        }
+    }
+
+    /** Waits for a log line with {@code text}: the engine's is logged once the server serves, after the port's. */
+    private static void awaitLine(ServerJar server, String text) throws InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+        while (server.log().stream().noneMatch(l -> l.contains(text)) && System.nanoTime() < deadline) {
+            Thread.sleep(50);
+        }
+        assertTrue(server.log().stream().anyMatch(l -> l.contains(text)), () -> "no line with " + text + " in " + server.log());
+    }
+
     @Test
     void autoServesOnTheCpuAndLogsWhyNotCuda() throws Exception {
         try (ServerJar server = ServerJar.start("--port", "0")) {
-            // Logged once the server serves, so it may follow the line that gave the port.
-            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
-            while (server.log().stream().noneMatch(l -> l.contains("CUDA not used")) && System.nanoTime() < deadline) {
-                Thread.sleep(50);
-            }
+            awaitLine(server, "CUDA not used");
             List<String> lines = server.log().stream().filter(l -> l.contains("CUDA not used")).toList();
             assertEquals(1, lines.size(), server.log()::toString);
-            assertTrue(lines.get(0).contains("engine: cpu (CUDA not used: " + expectedReason()), lines::toString);
+            assertTrue(lines.get(0).contains("engine: cpu, " + expectedLoops() + " (CUDA not used: " + expectedReason()),
+                    lines::toString);
             ServerInfoResponse info = serverInfo(server);
             assertEquals("cpu", info.getEngine());
             assertEquals("", info.getDevice());
@@ -63,6 +77,7 @@ class EngineFallbackIT {
     void cpuServesWithoutLookingForCuda() throws Exception {
         try (ServerJar server = ServerJar.start("--port", "0", "--engine", "cpu")) {
             assertTrue(server.log().stream().noneMatch(l -> l.contains("CUDA")), server.log()::toString);
+            awaitLine(server, "engine: cpu, " + expectedLoops());
             assertEquals("cpu", serverInfo(server).getEngine());
         }
     }

@@ -48,6 +48,14 @@ public final class CpuEngine implements Engine {
         });
     }
 
+    /**
+     * How the tensor-wide loops outside the kernels (the gradient's sum of squares, the 16-bit
+     * conversions) run here: native, or in Java and why, for the start-up log.
+     */
+    public static String bulkLoops() {
+        return BulkLoops.NATIVE ? "native bulk loops" : "Java bulk loops (" + NativeLoops.UNAVAILABLE + ")";
+    }
+
     /** @throws ArithmeticException when the bytes do not fit a long */
     static long bytes(long numel, int slots) {
         return Math.multiplyExact(Math.multiplyExact(numel, (long) Float.BYTES), 2L + slots);

@@ -1,7 +1,6 @@
 package dev.optsidecar.server.engine.cpu;
 
 import dev.optsidecar.server.engine.EngineTensor;
-import dev.optsidecar.server.engine.HalfFloats;
 import dev.optsidecar.server.engine.Ingest;
 import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.engine.kernel.KernelCall;
@@ -134,20 +133,7 @@ final class CpuTensor implements EngineTensor {
         int count = in.remaining();
         short[] bits = shortScratch(count);
         in.get(bits, 0, count);
-        boolean bfloat16 = wire == WireType.BFLOAT16;
-        forEachSegment(offset, count, (b, from, to, done) -> {
-            float[] a = into[b];
-            int k = done - from;
-            if (bfloat16) {
-                for (int i = from; i < to; i++) {
-                    a[i] = HalfFloats.bfloat16ToFloat(bits[k + i]);
-                }
-            } else {
-                for (int i = from; i < to; i++) {
-                    a[i] = HalfFloats.float16ToFloat(bits[k + i]);
-                }
-            }
-        });
+        forEachSegment(offset, count, (b, from, to, done) -> BulkLoops.widen(wire, bits, done, into[b], from, to));
         return checked(into, offset, count);
     }
 
@@ -274,7 +260,7 @@ final class CpuTensor implements EngineTensor {
             return;
         }
         short[] bits = shortScratch(count);
-        narrow(scratch, 0, count, bits, 0, wire);
+        BulkLoops.narrow(wire, scratch, 0, count, bits, 0);
         putShorts(bits, count, dst);
     }
 
@@ -326,31 +312,8 @@ final class CpuTensor implements EngineTensor {
             return;
         }
         short[] bits = shortScratch(count);
-        forEachSegment(offset, count, (b, from, to, done) -> narrow(blocks[b], from, to, bits, done, wire));
+        forEachSegment(offset, count, (b, from, to, done) -> BulkLoops.narrow(wire, blocks[b], from, to, bits, done));
         putShorts(bits, count, dst);
-    }
-
-    /** Rounds {@code from[start, end)} into {@code to} from {@code at} on. */
-    private static void narrow(float[] from, int start, int end, short[] to, int at, WireType wire) {
-        if (wire == WireType.BFLOAT16) {
-            narrowToBfloat16(from, start, end, to, at);
-        } else {
-            narrowToFloat16(from, start, end, to, at);
-        }
-    }
-
-    private static void narrowToBfloat16(float[] from, int start, int end, short[] to, int at) {
-        int k = at - start;
-        for (int i = start; i < end; i++) {
-            to[k + i] = HalfFloats.floatToBfloat16(from[i]);
-        }
-    }
-
-    private static void narrowToFloat16(float[] from, int start, int end, short[] to, int at) {
-        int k = at - start;
-        for (int i = start; i < end; i++) {
-            to[k + i] = HalfFloats.floatToFloat16(from[i]);
-        }
     }
 
     private static void putShorts(short[] bits, int count, ByteBuffer dst) {
@@ -372,56 +335,15 @@ final class CpuTensor implements EngineTensor {
         return first[0];
     }
 
-    /** Lanes of the sum of squares: independent sums, so the adds overlap in the pipeline. */
-    private static final int SUM_LANES = 8;
-
     /**
-     * Sum of squares in double over {@link #SUM_LANES} lanes (element i of a block piece goes to
-     * lane i mod 8 counted from the piece's start), combined pairwise in a fixed order: the same
-     * elements in the same pieces always give the same bits.
+     * Sum of squares in double over {@link JavaLoops#SUM_LANES} lanes (element i of a block piece
+     * goes to lane i mod 8 counted from the piece's start), combined pairwise in a fixed order: the
+     * same elements in the same pieces always give the same bits.
      */
     private double sumOfSquares(float[][] blocks, long offset, int count) {
-        double[] lanes = new double[SUM_LANES];
-        forEachSegment(offset, count, (b, from, to, done) -> addSquares(blocks[b], from, to, lanes));
+        double[] lanes = new double[JavaLoops.SUM_LANES];
+        forEachSegment(offset, count, (b, from, to, done) -> BulkLoops.addSquares(blocks[b], from, to, lanes));
         return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-    }
-
-    private static void addSquares(float[] a, int from, int to, double[] lanes) {
-        double s0 = 0;
-        double s1 = 0;
-        double s2 = 0;
-        double s3 = 0;
-        double s4 = 0;
-        double s5 = 0;
-        double s6 = 0;
-        double s7 = 0;
-        int i = from;
-        for (; i + SUM_LANES <= to; i += SUM_LANES) {
-            double v0 = a[i];
-            double v1 = a[i + 1];
-            double v2 = a[i + 2];
-            double v3 = a[i + 3];
-            double v4 = a[i + 4];
-            double v5 = a[i + 5];
-            double v6 = a[i + 6];
-            double v7 = a[i + 7];
-            s0 += v0 * v0;
-            s1 += v1 * v1;
-            s2 += v2 * v2;
-            s3 += v3 * v3;
-            s4 += v4 * v4;
-            s5 += v5 * v5;
-            s6 += v6 * v6;
-            s7 += v7 * v7;
-        }
-        double[] tail = {s0, s1, s2, s3, s4, s5, s6, s7};
-        for (int lane = 0; i < to; i++, lane++) {
-            double v = a[i];
-            tail[lane] += v * v;
-        }
-        for (int lane = 0; lane < SUM_LANES; lane++) {
-            lanes[lane] += tail[lane];
-        }
     }
 
     private void checkRange(long offset, long count) {

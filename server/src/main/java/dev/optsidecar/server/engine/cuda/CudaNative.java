@@ -1,20 +1,17 @@
 package dev.optsidecar.server.engine.cuda;
 
-import java.io.IOException;
-import java.io.InputStream;
+import dev.optsidecar.server.engine.NativeLibrary;
+
 import java.nio.ByteBuffer;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 
 /**
  * The CUDA engine's native library ({@code src/main/cuda/cuda_engine.cu}), shipped in the jar as
- * {@value #RESOURCE} and loaded from a temporary copy. Device pointers, streams and events are
+ * {@value #LIBRARY_FILE} ({@link NativeLibrary}). Device pointers, streams and events are
  * passed as longs. A failed CUDA call throws {@link CudaException}, or {@link OutOfMemoryError}
  * when memory ran out.
  */
 final class CudaNative {
-    static final String RESOURCE = "/native/linux-x86_64/liboptsidecar_cuda.so";
+    static final String LIBRARY_FILE = "liboptsidecar_cuda.so";
     /** A library file to load instead of the jar's: the tests' CPU emulation of the CUDA runtime. */
     static final String LIBRARY_PROPERTY = "optsidecar.cuda.library";
     /** {@code cudaErrorInsufficientDriver}: no driver, or one too old for the runtime. */
@@ -43,27 +40,9 @@ final class CudaNative {
             loaded = true;
             return null;
         }
-        String os = System.getProperty("os.name", "").toLowerCase(java.util.Locale.ROOT);
-        String arch = System.getProperty("os.arch", "");
-        if (!os.contains("linux") || !(arch.equals("amd64") || arch.equals("x86_64"))) {
-            loadFailure = "the CUDA library is built for Linux x86-64 only, not " + os + " " + arch;
-            return loadFailure;
-        }
-        try (InputStream in = CudaNative.class.getResourceAsStream(RESOURCE)) {
-            if (in == null) {
-                loadFailure = "this build has no CUDA library (it was built without the CUDA toolkit)";
-                return loadFailure;
-            }
-            Path file = Files.createTempFile("optsidecar-cuda", ".so");
-            file.toFile().deleteOnExit();
-            Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
-            System.load(file.toString());
-            loaded = true;
-            return null;
-        } catch (IOException | UnsatisfiedLinkError e) {
-            loadFailure = "the CUDA library could not be loaded: " + e.getMessage();
-            return loadFailure;
-        }
+        loadFailure = NativeLibrary.load(LIBRARY_FILE, "CUDA", "it was built without the CUDA toolkit");
+        loaded = loadFailure == null;
+        return loadFailure;
     }
 
     /** Devices visible, or the negated CUDA error code. */

@@ -1,0 +1,170 @@
+// The CPU engine's bulk loops outside its kernels (engine/cpu/NativeLoops.java): the gradient's
+// sum of squares and the conversions between float32 and the 16-bit wire types. Each gives the
+// bits of the Java loop it stands in for (engine/cpu/JavaLoops.java): the same operations in the
+// same order, each rounded once (-ffp-contract=off: no multiply fused into an add). What makes it
+// faster is only that the compiler may run eight elements at once, which Java 17 does not.
+#include <jni.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define OSC_EXPORT extern "C" __attribute__((visibility("default"))) JNIEXPORT
+// One copy of each loop for AVX2 and one for any x86-64, chosen when the library loads.
+#define OSC_CLONES __attribute__((target_clones("avx2", "default")))
+
+namespace {
+
+constexpr int SUM_LANES = 8;
+
+// Element i of [from, to) goes to lane (i - from) mod 8; each lane is summed in order, in double.
+OSC_CLONES void add_squares(const float* a, int from, int to, double* lanes) {
+    double s[SUM_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = from;
+    for (; i + SUM_LANES <= to; i += SUM_LANES) {
+        for (int lane = 0; lane < SUM_LANES; lane++) {
+            double v = a[i + lane];
+            s[lane] = s[lane] + v * v;
+        }
+    }
+    for (int lane = 0; i < to; i++, lane++) {
+        double v = a[i];
+        s[lane] = s[lane] + v * v;
+    }
+    for (int lane = 0; lane < SUM_LANES; lane++) {
+        lanes[lane] = lanes[lane] + s[lane];
+    }
+}
+
+inline uint32_t bits_of(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+inline float float_of(uint32_t bits) {
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+OSC_CLONES void widen_bfloat16(const uint16_t* bits, float* to, int n) {
+    for (int i = 0; i < n; i++) {
+        to[i] = float_of((uint32_t)bits[i] << 16);
+    }
+}
+
+// Round to nearest even; a NaN stays a quiet NaN (truncating could leave Inf).
+OSC_CLONES void narrow_to_bfloat16(const float* from, uint16_t* to, int n) {
+    for (int i = 0; i < n; i++) {
+        uint32_t bits = bits_of(from[i]);
+        uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+        uint32_t quiet_nan = (bits >> 16) | 0x0040u;
+        to[i] = (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+    }
+}
+
+float widen_float16(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exponent = (h >> 10) & 0x1f;
+    uint32_t mantissa = h & 0x3ff;
+    if (exponent == 0x1f) {
+        return float_of(sign | 0x7f800000u | (mantissa << 13));
+    }
+    if (exponent == 0) {  // zero or subnormal: mantissa x 2^-24, exact in float32
+        float magnitude = (float)mantissa * 0x1p-24f;
+        return sign != 0 ? -magnitude : magnitude;
+    }
+    return float_of(sign | ((exponent + 127 - 15) << 23) | (mantissa << 13));
+}
+
+float float16_values[1 << 16];
+
+struct Float16Table {
+    Float16Table() {
+        for (uint32_t h = 0; h < (1u << 16); h++) float16_values[h] = widen_float16((uint16_t)h);
+    }
+} float16_table;
+
+void widen_float16s(const uint16_t* bits, float* to, int n) {
+    for (int i = 0; i < n; i++) {
+        to[i] = float16_values[bits[i]];
+    }
+}
+
+OSC_CLONES void narrow_to_float16(const float* from, uint16_t* to, int n) {
+    for (int i = 0; i < n; i++) {
+        float value = from[i];
+        uint32_t bits = bits_of(value);
+        uint32_t sign = (bits >> 16) & 0x8000u;
+        uint32_t magnitude = bits & 0x7fffffffu;
+        uint32_t half;
+        if (magnitude > 0x7f800000u) {
+            half = sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu);
+        } else if (magnitude >= 0x477ff000u) {  // 65520 and up round to Inf
+            half = sign | 0x7c00u;
+        } else if (magnitude >= 0x38800000u) {  // normal in float16: rebias, round to nearest even
+            uint32_t rebiased = magnitude - ((127u - 15u) << 23);
+            uint32_t rounding = 0xfffu + ((magnitude >> 13) & 1u);
+            half = sign | ((rebiased + rounding) >> 13);
+        } else {  // subnormal or zero: units of 2^-24, nearest even
+            half = sign | (uint32_t)(int32_t)rint(fabs((double)value) * 0x1p24);
+        }
+        to[i] = (uint16_t)half;
+    }
+}
+
+// The arrays of one call, held without copying for its (short) duration.
+struct Critical {
+    JNIEnv* env;
+    jarray array;
+    void* data;
+    jint release_mode;
+
+    Critical(JNIEnv* e, jarray a, bool writes) : env(e), array(a), release_mode(writes ? 0 : JNI_ABORT) {
+        data = env->GetPrimitiveArrayCritical(array, nullptr);
+    }
+    ~Critical() {
+        if (data != nullptr) env->ReleasePrimitiveArrayCritical(array, data, release_mode);
+    }
+};
+
+}  // namespace
+
+// The Java side checks every range against the arrays before calling.
+
+OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_addSquares(
+        JNIEnv* env, jclass, jfloatArray a, jint from, jint to, jdoubleArray lanes) {
+    Critical values(env, a, false);
+    Critical sums(env, lanes, true);
+    if (values.data == nullptr || sums.data == nullptr) return;  // an OutOfMemoryError is pending
+    add_squares(static_cast<const float*>(values.data), from, to, static_cast<double*>(sums.data));
+}
+
+OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_widen(
+        JNIEnv* env, jclass, jboolean bfloat16, jshortArray bits, jint at, jfloatArray to, jint from, jint end) {
+    Critical in(env, bits, false);
+    Critical out(env, to, true);
+    if (in.data == nullptr || out.data == nullptr) return;
+    const uint16_t* source = static_cast<const uint16_t*>(in.data) + at;
+    float* target = static_cast<float*>(out.data) + from;
+    if (bfloat16) {
+        widen_bfloat16(source, target, end - from);
+    } else {
+        widen_float16s(source, target, end - from);
+    }
+}
+
+OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_narrow(
+        JNIEnv* env, jclass, jboolean bfloat16, jfloatArray from, jint start, jint end, jshortArray to, jint at) {
+    Critical in(env, from, false);
+    Critical out(env, to, true);
+    if (in.data == nullptr || out.data == nullptr) return;
+    const float* source = static_cast<const float*>(in.data) + start;
+    uint16_t* target = static_cast<uint16_t*>(out.data) + at;
+    if (bfloat16) {
+        narrow_to_bfloat16(source, target, end - start);
+    } else {
+        narrow_to_float16(source, target, end - start);
+    }
+}

@@ -1,0 +1,57 @@
+package dev.optsidecar.server.engine.cpu;
+
+import dev.optsidecar.server.engine.WireType;
+
+import java.util.Objects;
+
+/**
+ * The bulk loops a tensor runs outside its kernels, on {@link NativeLoops} where the library
+ * loaded and the range is long enough to pay for the call, else on {@link JavaLoops}: the same
+ * bits either way.
+ */
+final class BulkLoops {
+    private BulkLoops() {}
+
+    /** Whether the native loops run; else {@link NativeLoops#UNAVAILABLE} says why not. */
+    static final boolean NATIVE = NativeLoops.UNAVAILABLE == null;
+    /** Shorter ranges stay in Java: a native call costs about as much as this many elements. */
+    static final int NATIVE_MIN = 256;
+
+    static void addSquares(float[] a, int from, int to, double[] lanes) {
+        if (NATIVE && to - from >= NATIVE_MIN) {
+            Objects.checkFromToIndex(from, to, a.length);
+            Objects.checkFromToIndex(0, JavaLoops.SUM_LANES, lanes.length);
+            NativeLoops.addSquares(a, from, to, lanes);
+        } else {
+            JavaLoops.addSquares(a, from, to, lanes);
+        }
+    }
+
+    /** {@code to[from, end)} = the 16-bit {@code wire} values {@code bits[at, at + end − from)}. */
+    static void widen(WireType wire, short[] bits, int at, float[] to, int from, int end) {
+        boolean bfloat16 = wire == WireType.BFLOAT16;
+        if (NATIVE && end - from >= NATIVE_MIN) {
+            Objects.checkFromToIndex(from, end, to.length);
+            Objects.checkFromIndexSize(at, end - from, bits.length);
+            NativeLoops.widen(bfloat16, bits, at, to, from, end);
+        } else if (bfloat16) {
+            JavaLoops.widenBfloat16(bits, at, to, from, end);
+        } else {
+            JavaLoops.widenFloat16(bits, at, to, from, end);
+        }
+    }
+
+    /** Rounds {@code from[start, end)} to the 16-bit {@code wire} type into {@code to} from {@code at} on. */
+    static void narrow(WireType wire, float[] from, int start, int end, short[] to, int at) {
+        boolean bfloat16 = wire == WireType.BFLOAT16;
+        if (NATIVE && end - start >= NATIVE_MIN) {
+            Objects.checkFromToIndex(start, end, from.length);
+            Objects.checkFromIndexSize(at, end - start, to.length);
+            NativeLoops.narrow(bfloat16, from, start, end, to, at);
+        } else if (bfloat16) {
+            JavaLoops.narrowToBfloat16(from, start, end, to, at);
+        } else {
+            JavaLoops.narrowToFloat16(from, start, end, to, at);
+        }
+    }
+}
