@@ -183,17 +183,17 @@ class Destination:
         to float32 in the same copy (a bfloat16 value is its float32's top half)."""
         values = np.frombuffer(data, dtype=_WIRE_ARRAY_DTYPES[wire_dtype])
         into = self.array[offset:offset + values.size]
-        if wire_dtype != "float32" and _torch_tensor_type() is not None:
+        if wire_dtype == "bfloat16":
+            np.left_shift(values, 16, out=into.view(np.uint32), dtype=np.uint32)
+        elif wire_dtype != "float32" and _torch_tensor_type() is not None:
             import torch
 
-            # torch widens 16-bit values with vectorised loops, about twice numpy's speed. The
-            # message bytes are read-only, which torch warns about; they are only read here.
+            # torch widens float16 with vectorised loops, several times numpy's speed. The message
+            # bytes are read-only, which torch warns about; they are only read here.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                wide = torch.frombuffer(data, dtype=torch.bfloat16 if wire_dtype == "bfloat16" else torch.float16)
+                wide = torch.frombuffer(data, dtype=torch.float16)
             torch.from_numpy(into).copy_(wide)
-        elif wire_dtype == "bfloat16":
-            np.left_shift(values, 16, out=into.view(np.uint32), dtype=np.uint32)
         else:
             into[...] = values
 

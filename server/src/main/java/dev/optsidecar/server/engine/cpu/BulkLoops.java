@@ -2,6 +2,7 @@ package dev.optsidecar.server.engine.cpu;
 
 import dev.optsidecar.server.engine.WireType;
 
+import java.nio.ByteBuffer;
 import java.util.Objects;
 
 /**
@@ -25,6 +26,27 @@ final class BulkLoops {
         } else {
             JavaLoops.addSquares(a, from, to, lanes);
         }
+    }
+
+    /**
+     * Copies {@code end − from} little-endian floats from {@code source} (direct, from its
+     * position plus {@code byteOffset}) into {@code to[from, end)} and adds their squares to
+     * {@code lanes} as {@link #addSquares} over {@code to[from, end)} would, in one pass (each
+     * few thousand values summed right after they are stored, from the cache).
+     *
+     * @return false, having done nothing, where that pass cannot run (no native loops, a heap
+     *         buffer, a short range): the caller copies and sums itself
+     */
+    static boolean copyAddingSquares(ByteBuffer source, long byteOffset, float[] to, int from, int end,
+                                     double[] lanes) {
+        if (!NATIVE || !source.isDirect() || end - from < NATIVE_MIN) {
+            return false;
+        }
+        Objects.checkFromToIndex(from, end, to.length);
+        Objects.checkFromIndexSize(byteOffset, (long) (end - from) * Float.BYTES, source.remaining());
+        Objects.checkFromToIndex(0, JavaLoops.SUM_LANES, lanes.length);
+        NativeLoops.copyAddingSquares(source, source.position() + byteOffset, to, from, end, lanes);
+        return true;
     }
 
     /** {@code to[from, end)} = the 16-bit {@code wire} values {@code bits[at, at + end − from)}. */

@@ -114,13 +114,22 @@ final class CpuTensor implements EngineTensor {
      * Copies gradient values in, noting their sum of squares and the first NaN or Inf. The squares
      * are summed in double, where no finite float32 value can overflow, so a finite sum proves every
      * value finite: the common case is one pass over the (cache-hot) chunk, and the index of a bad
-     * value is searched for only when the sum is not finite.
+     * value is searched for only when the sum is not finite. From a direct buffer (a shared
+     * segment) the native loops copy and sum in a single pass, of the values stored.
      */
     private Ingest ingest(float[][] into, long offset, ByteBuffer src) {
         FloatBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
         int count = in.remaining();
-        copyIn(into, offset, in);
-        return checked(into, offset, count);
+        double[] lanes = new double[JavaLoops.SUM_LANES];
+        boolean[] inOnePass = {true};
+        forEachSegment(offset, count, (b, from, to, done) -> inOnePass[0] &= BulkLoops.copyAddingSquares(
+                src, (long) done * Float.BYTES, into[b], from, to, lanes));
+        if (!inOnePass[0]) {
+            copyIn(into, offset, in);
+            return checked(into, offset, count);
+        }
+        double sum = sumOfLanes(lanes);
+        return Double.isFinite(sum) ? new Ingest(-1, sum) : new Ingest(firstNonFinite(into, offset, count), Double.NaN);
     }
 
     /**
@@ -343,6 +352,10 @@ final class CpuTensor implements EngineTensor {
     private double sumOfSquares(float[][] blocks, long offset, int count) {
         double[] lanes = new double[JavaLoops.SUM_LANES];
         forEachSegment(offset, count, (b, from, to, done) -> BulkLoops.addSquares(blocks[b], from, to, lanes));
+        return sumOfLanes(lanes);
+    }
+
+    private static double sumOfLanes(double[] lanes) {
         return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
     }
 

@@ -27,6 +27,14 @@ final class NativeLoops {
     /** {@link JavaLoops#addSquares}. */
     static native void addSquares(float[] a, int from, int to, double[] lanes);
 
+    /**
+     * {@code to[from, end)} = the little-endian floats of direct {@code buffer} from byte
+     * {@code byteOffset}, their squares (as stored in {@code to}) added to {@code lanes} as
+     * {@link JavaLoops#addSquares} adds them.
+     */
+    static native void copyAddingSquares(java.nio.ByteBuffer buffer, long byteOffset, float[] to, int from, int end,
+                                         double[] lanes);
+
     /** {@link JavaLoops#widenBfloat16} or {@link JavaLoops#widenFloat16}. */
     static native void widen(boolean bfloat16, short[] bits, int at, float[] to, int from, int end);
 

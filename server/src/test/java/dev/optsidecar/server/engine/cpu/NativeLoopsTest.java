@@ -3,6 +3,8 @@ package dev.optsidecar.server.engine.cpu;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -10,6 +12,7 @@ import java.util.List;
 import java.util.Random;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
@@ -84,6 +87,46 @@ class NativeLoopsTest {
                 }
             }
         }
+    }
+
+    @Test
+    void copyingFromADirectBufferSumsWhatItStores() {
+        Random random = new Random(5);
+        float[] values = awkwardFloats(20_011, 9);
+        for (int i = 0; i < values.length; i += 3) {
+            values[i] = (float) random.nextGaussian();
+        }
+        // Unaligned on purpose: a segment's pieces start wherever its layout puts them.
+        ByteBuffer source = ByteBuffer.allocateDirect(values.length * Float.BYTES + 3).order(ByteOrder.LITTLE_ENDIAN);
+        source.position(3);
+        source.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().put(values);
+        for (int trial = 0; trial < 120; trial++) {
+            int skip = random.nextInt(50);
+            int count = trial == 0 ? values.length - skip : BulkLoops.NATIVE_MIN + random.nextInt(values.length - skip
+                    - BulkLoops.NATIVE_MIN);
+            int from = random.nextInt(9);
+            float[] expected = new float[from + count + 4];
+            float[] actual = new float[from + count + 4];
+            System.arraycopy(values, skip, expected, from, count);
+            double[] expectedLanes = new double[JavaLoops.SUM_LANES];
+            JavaLoops.addSquares(expected, from, from + count, expectedLanes);
+            double[] actualLanes = new double[JavaLoops.SUM_LANES];
+            assertTrue(BulkLoops.copyAddingSquares(source.slice(), (long) skip * Float.BYTES, actual, from,
+                    from + count, actualLanes));
+            for (int i = 0; i < actual.length; i++) {
+                assertEquals(Float.floatToRawIntBits(expected[i]), Float.floatToRawIntBits(actual[i]), "element " + i);
+            }
+            for (int lane = 0; lane < expectedLanes.length; lane++) {
+                if (Double.isNaN(expectedLanes[lane])) {
+                    assertTrue(Double.isNaN(actualLanes[lane]));
+                } else {
+                    assertEquals(Double.doubleToRawLongBits(expectedLanes[lane]),
+                            Double.doubleToRawLongBits(actualLanes[lane]), "lane " + lane);
+                }
+            }
+        }
+        assertFalse(BulkLoops.copyAddingSquares(ByteBuffer.allocate(4096), 0, new float[1024], 0, 1024,
+                new double[JavaLoops.SUM_LANES]), "a heap buffer is the caller's to copy");
     }
 
     @Test
