@@ -184,6 +184,8 @@ class Destination:
         values = np.frombuffer(data, dtype=_WIRE_ARRAY_DTYPES[wire_dtype])
         into = self.array[offset:offset + values.size]
         if wire_dtype == "bfloat16":
+            # numpy's shift, on this thread: torch's copy would run on its OpenMP threads, which
+            # wait for cores the server is using (a 10M-value step spent 30 ms widening so, 9 ms here).
             np.left_shift(values, 16, out=into.view(np.uint32), dtype=np.uint32)
         elif wire_dtype != "float32" and _torch_tensor_type() is not None:
             import torch
