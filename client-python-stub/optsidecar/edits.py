@@ -13,9 +13,11 @@ After the client writes weights into the parameters it records, for each one, th
   tensor with a version counter of its own (torch 1.13 and 2.x alike). Comparing contents catches
   them too. It costs one pass over the weights before each step, and one after each write unless
   the server reports the CRC of what it wrote (it does over shared memory, where the parameters
-  are the segment's weights). With the ``crc32c`` package (the CPU's CRC instruction: about 7
-  GB/s here, some 5 ms for 40 MB of parameters) this is cheap; without it zlib's CRC32 is used
-  (1.5 to 2 GB/s), and server-reported values are ignored. A CUDA parameter is fingerprinted on
+  are the segment's weights). With PyPI's ``crc32c`` package (the CPU's CRC instruction: about
+  7 GB/s here, some 5 ms for 40 MB of parameters) this is cheap; a software-only build of it
+  (Debian 12's python3-crc32c: about 1.4 GB/s, 28 ms for 40 MB) or zlib's CRC32 without one
+  (1.5 to 2 GB/s, and server-reported values are then ignored) is not, and the optimizer warns
+  once it would hash 16 MiB or more so. A CUDA parameter is fingerprinted on
   its device instead (:func:`~optsidecar.device_staging.device_fingerprints`: 64-bit sums of its
   values' bit patterns at even and at odd positions, one pass; every parameter's in one transfer),
   which sees any changed value and any change of several unless their bit patterns' differences
@@ -29,6 +31,7 @@ A parameter whose version, data pointer or CRC differs from the record was chang
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -62,9 +65,20 @@ class WeightsPush:
 
 
 try:
+    import crc32c as _crc32c_package
     from crc32c import crc32c as _crc32c
 except ImportError:  # the content check falls back to zlib's slower CRC32
+    _crc32c_package = None
     _crc32c = None
+
+#: Whether fingerprints are computed with the CPU's CRC instruction: PyPI's crc32c is; some
+#: distributions build it software-only (Debian 12's python3-crc32c: about 1.4 GB/s, a fifth of
+#: the speed), and zlib's CRC32 never is.
+FAST_FINGERPRINTS = _crc32c_package is not None and bool(getattr(_crc32c_package, "hardware_based", True))
+
+#: CPU parameters of this many bytes or more, fingerprinted without the CRC instruction, are
+#: worth a warning: their content check then costs several milliseconds a step.
+SLOW_CHECK_WARNING_BYTES = 16 << 20
 
 #: Whether parameters are fingerprinted with CRC-32C, the checksum the server reports for the
 #: weights it writes into a shared segment (so those need not be hashed here again).
@@ -107,6 +121,13 @@ class ParameterEdits:
         #: (sums, on their device) rather than by CRC: CUDA ones, and over CUDA IPC every one.
         self.summed: Callable[[int], bool] = lambda i: self.params[i].is_cuda
         self._recorded: List[Optional[Tuple[int, int, Optional[Tuple[int, ...]]]]] = [None] * len(self.params)
+        hashed = sum(4 * p.numel() for p in self.params if not p.is_cuda)
+        if not FAST_FINGERPRINTS and hashed >= SLOW_CHECK_WARNING_BYTES:
+            warnings.warn(f"optsidecar: noticing edited parameters hashes their {hashed / 2**20:.0f} MiB before each "
+                          f"step, and this crc32c package (or zlib, without one) computes in software, several "
+                          f"times slower than the CPU's CRC instruction: install PyPI's crc32c, or set "
+                          f"optimizer.edits.compare_contents = False to notice edits by version counters alone "
+                          f"(writes through p.data are then not seen)", RuntimeWarning, stacklevel=4)
 
     def _state(self, p: torch.Tensor, fingerprint: Any = None) -> Tuple[int, int, Optional[Tuple[int, ...]]]:
         if self.compare_contents and fingerprint is None:

@@ -326,3 +326,17 @@ def test_a_push_whose_reply_is_lost_is_applied_once(client, server):
         finally:
             opt.delete()
             proxy.close()
+
+
+def test_hashing_large_parameters_in_software_warns(monkeypatch):
+    from optsidecar import edits
+
+    large = [torch.zeros(edits.SLOW_CHECK_WARNING_BYTES // 4 // 2), torch.zeros(edits.SLOW_CHECK_WARNING_BYTES // 4 // 2)]
+    monkeypatch.setattr(edits, "FAST_FINGERPRINTS", False)
+    with pytest.warns(RuntimeWarning, match="computes in software"):
+        edits.ParameterEdits(large)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        edits.ParameterEdits([torch.zeros(1000)])  # a few milliseconds at most: not worth a word
+        monkeypatch.setattr(edits, "FAST_FINGERPRINTS", True)
+        edits.ParameterEdits(large)
