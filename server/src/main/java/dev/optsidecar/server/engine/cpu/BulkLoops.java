@@ -34,6 +34,10 @@ final class BulkLoops {
      * {@code lanes} as {@link #addSquares} over {@code to[from, end)} would, in one pass (each
      * few thousand values summed right after they are stored, from the cache).
      *
+     * <p>A fault reading {@code source} would take the whole process down in native code (a Java
+     * copy turns it into an error): sources are memory that cannot vanish, the server's own
+     * buffers or a sealed segment's mapping (its memfd cannot shrink).
+     *
      * @return false, having done nothing, where that pass cannot run (no native loops, a heap
      *         buffer, a short range): the caller copies and sums itself
      */
