@@ -17,6 +17,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Deque, Dict, List, Sequence
@@ -236,6 +237,14 @@ def test_the_server_runs_from_the_unpacked_image_and_answers(cpu_image, tmp_path
         serving = next(line for line in server.log if "optsidecar serving on" in line)
         # The image's C libraries are enough for Netty's native transport (Unix sockets need it).
         assert "epoll" in serving and f"health on 0.0.0.0:{health_port}" in serving, serving
+        # So are they for the CPU engine's native loops, where the jar carries them (built with g++).
+        with zipfile.ZipFile(server_jar()) as jar:
+            native = "native/linux-x86_64/liboptsidecar_cpu.so" in jar.namelist()
+        engine = "engine: cpu, native bulk loops" if native else "engine: cpu, Java bulk loops"
+        deadline = time.monotonic() + STARTUP_SECONDS  # logged once the server serves
+        while not any(engine in line for line in list(server.log)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(engine in line for line in list(server.log)), server.output()
 
         probe = ImageProcess(rootfs, config, config["Healthcheck"]["Test"][1:],
                              {"OPTSIDECAR_HEALTH_PORT": str(health_port)})

@@ -170,13 +170,14 @@ def runtime_objects(runtime: Path) -> List[Path]:
 
 def jar_native_libraries(jar: Path, into: Path) -> List[Path]:
     """The Linux libraries of this architecture that the jar unpacks and loads at run time (Netty's
-    epoll transport, which Unix sockets need, and its TLS library): their dependencies must be in
-    the image too."""
+    epoll transport, which Unix sockets need, and its TLS library; the CPU engine's native loops,
+    built for x86-64): their dependencies must be in the image too."""
     arch = {"x86_64": "x86_64", "aarch64": "aarch_64"}[platform.machine()]
+    ours = "native/linux-x86_64/liboptsidecar_cpu.so" if arch == "x86_64" else None
     out = []
     with zipfile.ZipFile(jar) as z:
         for name in z.namelist():
-            if name.startswith("META-INF/native/") and name.endswith(f"_{arch}.so"):  # not .jnilib, .dll
+            if (name.startswith("META-INF/native/") and name.endswith(f"_{arch}.so")) or name == ours:  # not .dll
                 target = into / Path(name).name
                 target.write_bytes(z.read(name))
                 out.append(target)
