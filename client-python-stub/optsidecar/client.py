@@ -809,7 +809,8 @@ class StepStream:
              base_version: Optional[int] = None,
              group_hyperparameters: Optional[Mapping[str, Mapping[str, Any]]] = None,
              kind: str = "gradient", weights_view: ViewLike = None,
-             figures: Optional[Mapping[str, float]] = None) -> StepFigures:
+             figures: Optional[Mapping[str, float]] = None,
+             weights_crc32c: Optional[Sequence[int]] = None) -> StepFigures:
         """Applies one step, exactly once.
 
         Args:
@@ -832,6 +833,11 @@ class StepStream:
                 (Schedule-Free: the weights are x, and the server computes y from them).
             figures: named scalars to report with this step (``{"loss": 0.3}``), kept by the
                 server with the version it makes (see :meth:`Client.figures`).
+            weights_crc32c: over a shared segment, the CRC-32C of each 1 MiB piece of its
+                weights regions as last recorded (``StepResult.weights_crc32c``): the server
+                checks the segment against them first and fails the step with
+                ``FailedPrecondition`` (reason ``WEIGHTS_EDITED``, metadata ``tensors``) if the
+                weights were written since, applying nothing.
 
         Returns:
             the step's :class:`~optsidecar.results.StepFigures` (``replayed`` when the server had
@@ -876,6 +882,7 @@ class StepStream:
         for group, values in (group_hyperparameters or {}).items():
             commit.group_hyperparameters[group].CopyFrom(to_struct(values, f"group_hyperparameters[{group!r}]"))
         commit.figures.update(check_figures(figures or {}))
+        commit.weights_crc32c.extend(weights_crc32c or ())
         computed_at = self.base_version if base_version is None else base_version
         if computed_at is not None:
             commit.base_version = int(computed_at)

@@ -17,7 +17,9 @@ After the client writes weights into the parameters it records, for each one, th
   7 GB/s here, some 5 ms for 40 MB of parameters) this is cheap; a software-only build of it
   (Debian 12's python3-crc32c: about 1.4 GB/s, 28 ms for 40 MB) or zlib's CRC32 without one
   (1.5 to 2 GB/s, and server-reported values are then ignored) is not, and the optimizer warns
-  once it would hash 16 MiB or more so. A CUDA parameter is fingerprinted on
+  once it would hash 16 MiB or more so. Over a shared segment the server does the check instead
+  (``StepCommit.weights_crc32c``: the records are sent, and the server compares the segment's
+  weights with them before it reads the gradient), so no parameter is read before a step. A CUDA parameter is fingerprinted on
   its device instead (:func:`~optsidecar.device_staging.device_fingerprints`: 64-bit sums of its
   values' bit patterns at even and at odd positions, one pass; every parameter's in one transfer),
   which sees any changed value and any change of several unless their bit patterns' differences
@@ -121,13 +123,7 @@ class ParameterEdits:
         #: (sums, on their device) rather than by CRC: CUDA ones, and over CUDA IPC every one.
         self.summed: Callable[[int], bool] = lambda i: self.params[i].is_cuda
         self._recorded: List[Optional[Tuple[int, int, Optional[Tuple[int, ...]]]]] = [None] * len(self.params)
-        hashed = sum(4 * p.numel() for p in self.params if not p.is_cuda)
-        if not FAST_FINGERPRINTS and hashed >= SLOW_CHECK_WARNING_BYTES:
-            warnings.warn(f"optsidecar: noticing edited parameters hashes their {hashed / 2**20:.0f} MiB before each "
-                          f"step, and this crc32c package (or zlib, without one) computes in software, several "
-                          f"times slower than the CPU's CRC instruction: install PyPI's crc32c, or set "
-                          f"optimizer.edits.compare_contents = False to notice edits by version counters alone "
-                          f"(writes through p.data are then not seen)", RuntimeWarning, stacklevel=4)
+        self._warned_slow = False
 
     def _state(self, p: torch.Tensor, fingerprint: Any = None) -> Tuple[int, int, Optional[Tuple[int, ...]]]:
         if self.compare_contents and fingerprint is None:
@@ -161,18 +157,54 @@ class ParameterEdits:
             else:
                 self._recorded[i] = self._state(p, on_device.get(i))
 
-    def changed(self) -> List[int]:
+    def changed(self, contents_checked_elsewhere: bool = False) -> List[int]:
         """Indices of the parameters written since they were recorded (all of them before the
-        first :meth:`record`)."""
+        first :meth:`record`). With ``contents_checked_elsewhere`` (the server checks a shared
+        segment's weights against :meth:`recorded_crc32c`) only version counters and data
+        pointers are compared here: no parameter is read."""
         out = []
         unchanged = [i for i, p in enumerate(self.params)
                      if self._recorded[i] is not None and self._recorded[i][:2] == (p._version, p.data_ptr())]
-        on_device = self._device_fingerprints(unchanged)
+        if self.compare_contents and not contents_checked_elsewhere:
+            self._warn_if_slow()
+        on_device = {} if contents_checked_elsewhere else self._device_fingerprints(unchanged)
         for i, p in enumerate(self.params):
             recorded = self._recorded[i]
             if recorded is None or recorded[:2] != (p._version, p.data_ptr()):
                 out.append(i)
-            elif self.compare_contents and (recorded[2] is None
-                                            or recorded[2] != (on_device[i] if i in on_device else _fingerprint(p))):
+            elif self.compare_contents and not contents_checked_elsewhere and (
+                    recorded[2] is None or recorded[2] != (on_device[i] if i in on_device else _fingerprint(p))):
                 out.append(i)
         return out
+
+    def _warn_if_slow(self) -> None:
+        hashed = sum(4 * p.numel() for i, p in enumerate(self.params) if not self.summed(i))
+        if not FAST_FINGERPRINTS and hashed >= SLOW_CHECK_WARNING_BYTES and not self._warned_slow:
+            self._warned_slow = True
+            warnings.warn(f"optsidecar: noticing edited parameters hashes their {hashed / 2**20:.0f} MiB before each "
+                          f"step, and this crc32c package (or zlib, without one) computes in software, several "
+                          f"times slower than the CPU's CRC instruction: install PyPI's crc32c, or set "
+                          f"optimizer.edits.compare_contents = False to notice edits by version counters alone "
+                          f"(writes through p.data are then not seen)", RuntimeWarning, stacklevel=4)
+
+    def recorded_crc32c(self) -> Optional[List[int]]:
+        """The CRC-32C of every parameter's 1 MiB pieces as recorded, in order (what a step over a
+        shared segment sends for the server to check the segment's weights against), or None when
+        some parameter has no such record: contents are not compared, a parameter is fingerprinted
+        by sums or by zlib's CRC32, or it was never recorded."""
+        if not self.compare_contents or not FINGERPRINTS_ARE_CRC32C:
+            return None
+        out: List[int] = []
+        for i, p in enumerate(self.params):
+            recorded = self._recorded[i]
+            if recorded is None or recorded[2] is None or self.summed(i) \
+                    or len(recorded[2]) != -(-4 * p.numel() // PIECE_BYTES):
+                return None
+            out.extend(recorded[2])
+        return out
+
+    def forget(self, indices: Sequence[int]) -> None:
+        """Drops the records of ``indices``: :meth:`changed` reports them until recorded again
+        (the server found their weights written since)."""
+        for i in indices:
+            self._recorded[i] = None

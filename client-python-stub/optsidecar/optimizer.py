@@ -377,6 +377,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._init_edits()
         self._segment: Optional[Segment] = None
         self._shared: Optional[SharedParameters] = None
+        #: Whether the server checks a segment's weights against the trainer's records (ServerInfo).
+        self._server_checks_weights = False
         #: CUDA parameters: their device buffer (CUDA IPC), or the host staging of chunks or of a segment.
         self._device_segment: Optional[DeviceSegment] = None
         self._host_staging: Optional[HostStaging] = None
@@ -464,6 +466,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             try:
                 info = self.client.server_info()
                 server_dir, doorbell, segment_socket = info.shm_dir, info.doorbell_socket, info.segment_socket
+                self._server_checks_weights = info.checks_segment_weights
             except OptSidecarError as e:
                 server_dir, why_not = "", f"the server does not say whether it offers shared memory ({e})"
             if why_not is None and not server_dir and not shm_dir:
@@ -688,7 +691,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 loss = closure()
         grads = []
         if self._shared is not None:
-            self._shared.rebind()  # a .data replaced by another tensor: into the segment (an edit)
+            # A .data replaced by another tensor: into the segment, and an edit (at the segment's
+            # address again, it has the pointer and version it was recorded with).
+            self._edits.forget(self._shared.rebind())
         shared_grads = self._shared.gradients() if self._shared is not None else None
         for index, (name, p) in enumerate(zip(self._names, self._params)):
             g = p.grad if shared_grads is None else shared_grads[index]
@@ -702,7 +707,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if self._stream.partial_weights:
             warnings.warn("the previous step failed while its weights were arriving, so the parameters may mix "
                           "two versions; call optimizer.resync() after such a failure", RuntimeWarning)
-        self._push_edits()
+        self._push_edits(contents_checked_elsewhere=self._weights_check() is not None)
         changes = self._hyperparameter_changes()
         reported = {}
         closure_loss = loss_figure(loss)
@@ -717,9 +722,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             grads = self._segment_staging.gradients(grads)
             destinations = self._segment_staging.destinations()
         try:
-            figures = self._stream.step(grads, destinations, view="train", group_lr=self._group_lr(),
-                                        base_version=self.version, group_hyperparameters=changes,
-                                        figures=reported)
+            figures = self._step_checking_weights(grads, destinations, changes, reported)
             if self._host_staging is not None:
                 self._host_staging.finish()
             elif self._segment_staging is not None:
@@ -742,6 +745,38 @@ class RemoteOptimizer(torch.optim.Optimizer):
         # The weights now in the parameters: the current ones after a replayed or late step.
         self.version = figures.weights_version if figures.weights_version is not None else figures.version
         return loss
+
+    def _step_checking_weights(self, grads: List[Any], destinations: List[Destination],
+                               changes: Dict[str, Dict[str, Any]], reported: Dict[str, float]) -> StepFigures:
+        """The step on the server; over a segment whose weights the server checks, once more after
+        pushing the parameters it found written (through ``p.data``, which no version counter
+        sees): the first attempt applied nothing."""
+        for attempt in (1, 2):
+            try:
+                return self._stream.step(grads, destinations, view="train", group_lr=self._group_lr(),
+                                         base_version=self.version, group_hyperparameters=changes,
+                                         figures=reported, weights_crc32c=self._weights_check())
+            except FailedPrecondition as e:
+                if e.reason != "WEIGHTS_EDITED" or attempt == 2:
+                    raise
+                edited = [int(i) for i in e.metadata.get("tensors", "").split(",") if i]
+                _LOG.debug("model %r: the server found parameters %s written since the last step; sending them",
+                           self.model, edited)
+                self._edits.forget(edited)
+                self._push_edits(contents_checked_elsewhere=True)
+        raise AssertionError("unreachable")
+
+    def _weights_check(self) -> Optional[List[int]]:
+        """The CRC-32C a step over this optimizer's segment sends for the server to check its
+        weights against (so this process need not read its parameters before each step), or None
+        where the client compares contents itself: no segment or a staged one (CUDA parameters),
+        a parameter not bound to it, a server that does not check, no CRC-32C records."""
+        if not self._server_checks_weights or self._shared is None or self._segment is None \
+                or self._segment_staging is not None or self._device_segment is not None:
+            return None
+        if not all(self._shared.is_bound(i) for i in range(len(self._params))):
+            return None
+        return self._edits.recorded_crc32c()
 
     # -- edited parameters ---------------------------------------------------------------------
 
@@ -791,10 +826,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
             return {}
         return {i: (sums[2 * i], sums[2 * i + 1]) for i in range(len(self._params)) if self._shared.is_bound(i)}
 
-    def _push_edits(self) -> None:
+    def _push_edits(self, contents_checked_elsewhere: bool = False) -> None:
         """Sends the parameters the trainer changed since the client last wrote them, as one
-        set-weights step (the others in ``no_grad``), before anything reads or overwrites them."""
-        changed = self._edits.changed()
+        set-weights step (the others in ``no_grad``), before anything reads or overwrites them.
+        ``contents_checked_elsewhere``: the step's server checks the segment's weights, so only
+        version counters and data pointers are compared here."""
+        changed = self._edits.changed(contents_checked_elsewhere)
         if not changed:
             return
         weights_view = "train"

@@ -333,10 +333,20 @@ def test_hashing_large_parameters_in_software_warns(monkeypatch):
 
     large = [torch.zeros(edits.SLOW_CHECK_WARNING_BYTES // 4 // 2), torch.zeros(edits.SLOW_CHECK_WARNING_BYTES // 4 // 2)]
     monkeypatch.setattr(edits, "FAST_FINGERPRINTS", False)
+    recorded = edits.ParameterEdits(large)
+    recorded.record()
     with pytest.warns(RuntimeWarning, match="computes in software"):
-        edits.ParameterEdits(large)
+        assert recorded.changed() == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        edits.ParameterEdits([torch.zeros(1000)])  # a few milliseconds at most: not worth a word
+        assert recorded.changed() == []  # once
+        small = edits.ParameterEdits([torch.zeros(1000)])  # a few milliseconds at most: not worth a word
+        small.record()
+        small.changed()
+        checked_by_the_server = edits.ParameterEdits(large)
+        checked_by_the_server.record()
+        checked_by_the_server.changed(contents_checked_elsewhere=True)
         monkeypatch.setattr(edits, "FAST_FINGERPRINTS", True)
-        edits.ParameterEdits(large)
+        fast = edits.ParameterEdits(large)
+        fast.record()
+        fast.changed()

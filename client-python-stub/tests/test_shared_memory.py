@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import assert_moved, assert_within_tolerance, batch, make_mlp, train_step, twin
-from optsidecar import Client, FailedPrecondition, RemoteOptimizer, edits
+from optsidecar import Client, FailedPrecondition, InvalidArgument, RemoteOptimizer, edits
 from optsidecar.shm import Segment
 
 
@@ -168,13 +168,16 @@ def test_edits_and_parameters_without_gradients_go_through_the_segment(shm_serve
         chunks.close()
 
 
-def test_the_edit_check_takes_the_servers_checksums_and_still_sees_data_writes(shm_server, monkeypatch):
+@pytest.mark.parametrize("segment", ["sealed", "file"])
+def test_the_server_checks_the_parameters_so_the_trainer_reads_none_and_still_sees_data_writes(
+        shm_server, monkeypatch, segment):
     crc32c = pytest.importorskip("crc32c")
     torch.manual_seed(6)  # the middle weight spans two pieces of 1 MiB
     model = torch.nn.Sequential(torch.nn.Linear(6, 512), torch.nn.Tanh(), torch.nn.Linear(512, 600), torch.nn.Tanh(),
                                 torch.nn.Linear(600, 3))
     over_grpc = twin(model)
-    shm = RemoteOptimizer(model.parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2)
+    shm = RemoteOptimizer(model.parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2,
+                          transport="shm", shm_segment=segment)
     chunks = RemoteOptimizer(over_grpc.parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2,
                              transport="grpc")
     try:
@@ -190,18 +193,65 @@ def test_the_edit_check_takes_the_servers_checksums_and_still_sees_data_writes(s
         monkeypatch.setattr(edits, "_fingerprint", lambda p: hashed.append(p) or fingerprint(p))
         train_step(model, shm, 1)
         train_step(over_grpc, chunks, 1)
-        # Both hash every parameter before the step; after it only the gRPC one hashes what it received.
-        assert len(hashed) == 3 * len(params)
+        # The gRPC trainer hashes every parameter before the step and what it received after it;
+        # over the segment the server checks the weights against the trainer's records, and the
+        # trainer reads none of its parameters.
+        assert len(hashed) == 2 * len(params) and all(any(h is p for p in over_grpc.parameters()) for h in hashed)
+        hashed.clear()
         with torch.no_grad():
             model[2].weight.data[-1].mul_(0.5)  # bumps no version counter: only the contents tell
             over_grpc[2].weight.data[-1].mul_(0.5)
         train_step(model, shm, 2)
         train_step(over_grpc, chunks, 2)
-        assert shm.last_push is not None and shm.last_push.tensors == chunks.last_push.tensors
+        assert shm.last_push is not None and shm.last_push.tensors == chunks.last_push.tensors == ("p2",)
         assert_bits_equal(params_of(model), params_of(over_grpc), "after a write through .data")
+        # The server found the write, the trainer sent that parameter and stepped again: it hashed
+        # only the parameter it sent (its record), nothing before the step.
+        assert [h is model[2].weight for h in hashed if not any(h is p for p in over_grpc.parameters())] == [True]
     finally:
         shm.close()
         chunks.close()
+
+
+@pytest.mark.parametrize("segment", ["sealed", "file"])
+def test_a_step_whose_segment_weights_differ_from_the_records_applies_nothing(shm_server, segment):
+    model = make_mlp()
+    opt = RemoteOptimizer(model.parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2,
+                          transport="shm", shm_segment=segment)
+    over_grpc = RemoteOptimizer(twin(model).parameters(), target=shm_server.target, algorithm="AdamW", lr=1e-2,
+                                transport="grpc")
+    try:
+        train_step(model, opt, 0)
+        recorded = opt._edits.recorded_crc32c()
+        assert recorded is not None and tuple(recorded) == opt.last_result.weights_crc32c
+        version = opt.client.describe(opt.model).version
+        weights = params_of(model)
+        x, _ = batch(1)
+        model(x).sum().backward()
+
+        def step(crc32c, **kwargs):
+            return opt._stream.step(opt._shared.gradients(), opt._destinations(), weights_crc32c=crc32c, **kwargs)
+
+        with pytest.raises(InvalidArgument) as too_few:
+            step(recorded[:-1])
+        assert too_few.value.field == "commit.weights_crc32c" and "pieces" in str(too_few.value)
+        with pytest.raises(FailedPrecondition) as edited:
+            step([recorded[0]] + [recorded[1] ^ 1] + recorded[2:])
+        assert edited.value.reason == "WEIGHTS_EDITED" and edited.value.metadata["tensors"] == "1"
+        assert edited.value.field == "commit.weights_crc32c"
+        with pytest.raises(InvalidArgument) as set_weights:  # the parameters are the segment's weights
+            opt._stream.step(list(model.parameters()), None, view="none", kind="set_weights", weights_crc32c=recorded)
+        assert set_weights.value.field == "commit.weights_crc32c"
+        with pytest.raises(InvalidArgument) as without_segment:
+            over_grpc._stream.step([p.grad for p in model.parameters()], None, view="none", weights_crc32c=recorded)
+        assert without_segment.value.field == "commit.weights_crc32c"
+        assert opt.client.describe(opt.model).version == version, "a refused step applied something"
+        assert_bits_equal(params_of(model), weights, "after refused steps")
+        step(recorded)  # the records are right: the step goes through
+        assert opt.client.describe(opt.model).version == version + 1
+    finally:
+        opt.close()
+        over_grpc.close()
 
 
 def test_a_gradient_replaced_by_another_tensor_is_copied_in(shm_server):

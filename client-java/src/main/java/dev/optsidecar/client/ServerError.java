@@ -43,6 +43,7 @@ public record ServerError(Status.Code code, String reason, String field, Map<Str
     public static final String PRECONDITION_FAILED = "PRECONDITION_FAILED";
     public static final String SHARED_MEMORY_UNAVAILABLE = "SHARED_MEMORY_UNAVAILABLE";
     public static final String SHARED_MEMORY_FAULT = "SHARED_MEMORY_FAULT";
+    public static final String WEIGHTS_EDITED = "WEIGHTS_EDITED";
     public static final String CUDA_IPC_UNAVAILABLE = "CUDA_IPC_UNAVAILABLE";
     public static final String MEMORY_LIMIT = "MEMORY_LIMIT";
     public static final String OUT_OF_MEMORY = "OUT_OF_MEMORY";

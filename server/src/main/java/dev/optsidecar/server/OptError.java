@@ -55,6 +55,8 @@ public final class OptError extends RuntimeException {
         SHARED_MEMORY_UNAVAILABLE,
         /** FAILED_PRECONDITION: a mapped segment shrank, vanished or failed while the server read or wrote it. */
         SHARED_MEMORY_FAULT,
+        /** FAILED_PRECONDITION: a segment's weights differ from what the trainer recorded (metadata tensors). */
+        WEIGHTS_EDITED,
         /** FAILED_PRECONDITION: CUDA IPC asked of a server whose engine is not cuda, or a handle it cannot open. */
         CUDA_IPC_UNAVAILABLE,
         /** RESOURCE_EXHAUSTED: the model would exceed --memory-limit (metadata limit, needed, free). */

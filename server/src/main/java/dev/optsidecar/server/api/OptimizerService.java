@@ -96,6 +96,7 @@ public final class OptimizerService extends OptimizerGrpc.OptimizerImplBase {
                 .setDeviceUuid(registry.engine().deviceUuid())
                 .setDoorbellSocket(doorbell == null ? "" : doorbell.socketName())
                 .setSegmentSocket(sharedMemory.segmentSocket())
+                .setChecksSegmentWeights(true)
                 .build());
     }
 

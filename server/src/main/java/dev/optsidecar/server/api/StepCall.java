@@ -301,6 +301,10 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
         meter.commit();
         WireNumbers.count(c.getStepId(), "commit.step_id");
         StepOptions options = StepOptions.of(c);
+        if (c.getWeightsCrc32CCount() > 0 && (segment == null || options.setsWeights())) {
+            throw OptError.invalid("commit.weights_crc32c: only a gradient step over a shared segment has weights to"
+                    + " check").withField("commit.weights_crc32c");
+        }
         Model.ResolvedView resolved = m.resolveView(c.getView(), "commit.view", true);
         Model.ResolvedView view = resolved == null ? null
                 : segment != null || deviceBuffers != null ? resolved.sentAs(wire).readInPlace()
@@ -318,6 +322,9 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
                 await(waiting.thenApply(outcome -> Boolean.TRUE),
                         applied -> answerRetry(m, m.appliedResult(session, c.getStepId()), view));
                 return;
+            }
+            if (segment != null && c.getWeightsCrc32CCount() > 0) {
+                SegmentTransfer.checkWeights(segment, c.getWeightsCrc32CList()); // before anything is read or changed
             }
             assembly = m.openStep(session, c.getStepId()); // legal only when every tensor is listed in no_grad
             if (segment != null) {

@@ -1,6 +1,7 @@
 package dev.optsidecar.server.shm;
 
 import dev.optsidecar.proto.v1.WeightsChunk;
+import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.Parallel;
 import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.StepAssembly;
@@ -11,6 +12,7 @@ import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
+import java.util.StringJoiner;
 import java.util.concurrent.ForkJoinPool;
 import java.util.zip.CRC32C;
 
@@ -35,7 +37,63 @@ public final class SegmentTransfer {
     public static String ingest(Model model, StepAssembly assembly, Segment segment, List<Integer> noGrad,
                                 boolean setsWeights) {
         segment.verify();
-        Set<Integer> skip = new HashSet<>(noGrad);
+        List<StepAssembly.Piece> pieces = pieces(segment, new HashSet<>(noGrad));
+        // A mapped segment's piece is a view of the client's memory, read once by the ingest (which
+        // copies, then checks the copy), so values rewritten meanwhile cannot slip past the check.
+        StepAssembly.PieceReader reader = piece ->
+                segment.read(setsWeights, piece.tensor(), piece.offset(), piece.count(), SLICE.get());
+        return segment.using(() -> model.addPieces(assembly, pieces, reader, ForkJoinPool.commonPool(), COPY_THREADS));
+    }
+
+    private static final int COPY_THREADS = Parallel.COPY_THREADS;
+
+    /**
+     * Checks the segment's weights regions against the CRC-32C of each piece the trainer recorded
+     * ({@code StepCommit.weights_crc32c}: the pieces {@link #writeView} reports), on up to
+     * {@link #COPY_THREADS} threads.
+     *
+     * @throws OptError INVALID_ARGUMENT for a wrong number of values; FAILED_PRECONDITION,
+     *                  WEIGHTS_EDITED naming the tensors whose weights differ
+     */
+    public static void checkWeights(Segment segment, List<Integer> expected) {
+        List<StepAssembly.Piece> pieces = pieces(segment, Set.of());
+        if (expected.size() != pieces.size()) {
+            throw OptError.invalid("commit.weights_crc32c: %d values, but the segment's weights are %d pieces of at"
+                    + " most %d bytes", expected.size(), pieces.size(), StepAssembly.MAX_CHUNK_BYTES)
+                    .withField("commit.weights_crc32c");
+        }
+        segment.verify();
+        boolean[] differs = new boolean[segment.tensors()];
+        segment.using(() -> {
+            Parallel.forEach(pieces.size(), COPY_THREADS, ForkJoinPool.commonPool(), i -> {
+                StepAssembly.Piece piece = pieces.get(i);
+                ByteBuffer weights = segment.read(true, piece.tensor(), piece.offset(), piece.count(), SLICE.get());
+                if (crc32c(weights) != expected.get(i)) {
+                    differs[piece.tensor()] = true;
+                }
+            });
+            return null;
+        });
+        StringJoiner edited = new StringJoiner(",");
+        for (int t = 0; t < differs.length; t++) {
+            if (differs[t]) {
+                edited.add(Integer.toString(t));
+            }
+        }
+        if (edited.length() > 0) {
+            throw OptError.precondition("commit.weights_crc32c: the weights of tensors %s in segment %s are not what"
+                    + " the trainer recorded: it wrote its parameters since; send them (a set-weights step) and"
+                    + " step again", edited, segment.name())
+                    .withReason(OptError.Reason.WEIGHTS_EDITED).withField("commit.weights_crc32c")
+                    .with("tensors", edited.toString());
+        }
+    }
+
+    /**
+     * The tensors not in {@code skip} in pieces of {@link StepAssembly#MAX_CHUNK_BYTES}, tensor by
+     * tensor: the pieces gradients are read in and views checksummed in.
+     */
+    private static List<StepAssembly.Piece> pieces(Segment segment, Set<Integer> skip) {
         List<StepAssembly.Piece> pieces = new ArrayList<>();
         for (int t = 0; t < segment.tensors(); t++) {
             if (skip.contains(t)) {
@@ -48,14 +106,8 @@ public final class SegmentTransfer {
                 at += count;
             }
         }
-        // A mapped segment's piece is a view of the client's memory, read once by the ingest (which
-        // copies, then checks the copy), so values rewritten meanwhile cannot slip past the check.
-        StepAssembly.PieceReader reader = piece ->
-                segment.read(setsWeights, piece.tensor(), piece.offset(), piece.count(), SLICE.get());
-        return segment.using(() -> model.addPieces(assembly, pieces, reader, ForkJoinPool.commonPool(), COPY_THREADS));
+        return pieces;
     }
-
-    private static final int COPY_THREADS = Parallel.COPY_THREADS;
 
     /** The view written into a segment: its version, the CRC-32C of each 1 MiB piece written in order, its bytes. */
     public record WrittenView(long version, int[] crc32c, long bytes) {}
