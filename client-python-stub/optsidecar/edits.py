@@ -123,7 +123,7 @@ class ParameterEdits:
         #: (sums, on their device) rather than by CRC: CUDA ones, and over CUDA IPC every one.
         self.summed: Callable[[int], bool] = lambda i: self.params[i].is_cuda
         self._recorded: List[Optional[Tuple[int, int, Optional[Tuple[int, ...]]]]] = [None] * len(self.params)
-        self._warned_slow = False
+        self._hash_speed_judged = False
 
     def _state(self, p: torch.Tensor, fingerprint: Any = None) -> Tuple[int, int, Optional[Tuple[int, ...]]]:
         if self.compare_contents and fingerprint is None:
@@ -178,9 +178,12 @@ class ParameterEdits:
         return out
 
     def _warn_if_slow(self) -> None:
+        """Warns, the first time parameters are hashed here, when that is slow; decided once."""
+        if self._hash_speed_judged:
+            return
+        self._hash_speed_judged = True
         hashed = sum(4 * p.numel() for i, p in enumerate(self.params) if not self.summed(i))
-        if not FAST_FINGERPRINTS and hashed >= SLOW_CHECK_WARNING_BYTES and not self._warned_slow:
-            self._warned_slow = True
+        if not FAST_FINGERPRINTS and hashed >= SLOW_CHECK_WARNING_BYTES:
             warnings.warn(f"optsidecar: noticing edited parameters hashes their {hashed / 2**20:.0f} MiB before each "
                           f"step, and this crc32c package (or zlib, without one) computes in software, several "
                           f"times slower than the CPU's CRC instruction: install PyPI's crc32c, or set "

@@ -751,20 +751,22 @@ class RemoteOptimizer(torch.optim.Optimizer):
         """The step on the server; over a segment whose weights the server checks, once more after
         pushing the parameters it found written (through ``p.data``, which no version counter
         sees): the first attempt applied nothing."""
-        for attempt in (1, 2):
-            try:
-                return self._stream.step(grads, destinations, view="train", group_lr=self._group_lr(),
-                                         base_version=self.version, group_hyperparameters=changes,
-                                         figures=reported, weights_crc32c=self._weights_check())
-            except FailedPrecondition as e:
-                if e.reason != "WEIGHTS_EDITED" or attempt == 2:
-                    raise
-                edited = [int(i) for i in e.metadata.get("tensors", "").split(",") if i]
-                _LOG.debug("model %r: the server found parameters %s written since the last step; sending them",
-                           self.model, edited)
-                self._edits.forget(edited)
-                self._push_edits(contents_checked_elsewhere=True)
-        raise AssertionError("unreachable")
+        def step() -> StepFigures:
+            return self._stream.step(grads, destinations, view="train", group_lr=self._group_lr(),
+                                     base_version=self.version, group_hyperparameters=changes,
+                                     figures=reported, weights_crc32c=self._weights_check())
+
+        try:
+            return step()
+        except FailedPrecondition as e:
+            if e.reason != "WEIGHTS_EDITED":
+                raise
+            edited = [int(i) for i in e.metadata.get("tensors", "").split(",") if i]
+        _LOG.debug("model %r: the server found parameters %s written since the last step; sending them",
+                   self.model, edited)
+        self._edits.forget(edited)
+        self._push_edits(contents_checked_elsewhere=True)
+        return step()
 
     def _weights_check(self) -> Optional[List[int]]:
         """The CRC-32C a step over this optimizer's segment sends for the server to check its

@@ -44,13 +44,8 @@ final class MappedSegment implements Segment {
     }
 
     @Override
-    public int tensors() {
-        return layout.tensors();
-    }
-
-    @Override
-    public long numel(int tensor) {
-        return layout.numel(tensor);
+    public SegmentLayout layout() {
+        return layout;
     }
 
     @Override

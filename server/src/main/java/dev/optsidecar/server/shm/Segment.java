@@ -13,9 +13,16 @@ public interface Segment extends AutoCloseable {
     /** How errors name the segment. */
     String name();
 
-    int tensors();
+    /** Where each tensor's gradient and weights regions lie, checked against the segment's size. */
+    SegmentLayout layout();
 
-    long numel(int tensor);
+    default int tensors() {
+        return layout().tensors();
+    }
+
+    default long numel(int tensor) {
+        return layout().numel(tensor);
+    }
 
     /** Fails with FAILED_PRECONDITION, SHARED_MEMORY_FAULT unless the segment can still be used. */
     void verify();

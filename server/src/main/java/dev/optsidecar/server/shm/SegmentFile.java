@@ -100,13 +100,8 @@ public final class SegmentFile implements Segment {
     }
 
     @Override
-    public int tensors() {
-        return layout.tensors();
-    }
-
-    @Override
-    public long numel(int tensor) {
-        return layout.numel(tensor);
+    public SegmentLayout layout() {
+        return layout;
     }
 
     /**

@@ -11,7 +11,7 @@ import java.util.List;
  * Where each tensor's weights and gradient lie in a segment: one region of numel × 4 bytes each,
  * 8-byte aligned and none overlapping another. Checked against the model before the file is opened.
  */
-final class SegmentLayout {
+public final class SegmentLayout {
     static final int ALIGNMENT = 8;
 
     private final long[] weights;
@@ -86,11 +86,11 @@ final class SegmentLayout {
         return end;
     }
 
-    int tensors() {
+    public int tensors() {
         return numels.length;
     }
 
-    long numel(int tensor) {
+    public long numel(int tensor) {
         return numels[tensor];
     }
 
