@@ -49,7 +49,8 @@ import grpc
 
 from . import wire
 from .doorbell import Doorbell, connect as connect_doorbell
-from .buffers import WIRE_DTYPES, Destination, as_destination, check_wire_dtype, chunks, numel_of, source_array
+from .buffers import (WIRE_DTYPES, Destination, as_destination, check_wire_dtype, chunks, numel_of, source_array,
+                      wire_chunks)
 from .figures import check_figures
 from .errors import OptSidecarError, ProtocolError, ServerUnavailable, error_details, from_rpc_error
 from .shm import Segment, same_memory
@@ -948,9 +949,9 @@ class StepStream:
         try:
             for index, g in enumerate(grads):
                 if g is not None:
-                    # Sliced from the gradient itself (converted once if it is not CPU float32 or
-                    # the wire type is 16-bit).
-                    for offset, data in chunks(source_array(g, self.wire_dtype)):
+                    # Sliced from the gradient itself (converted once if it is not CPU float32;
+                    # rounded chunk by chunk to a 16-bit wire type).
+                    for offset, data in wire_chunks(g, self.wire_dtype):
                         live.send(wire.gradient_chunk(step_id, index, offset, data))
             live.send(pb.StepRequest(commit=commit))
             while True:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from optsidecar import Client, InvalidArgument, RemoteOptimizer
-from optsidecar.buffers import Destination, source_array
+from optsidecar.buffers import CHUNK_BYTES, Destination, source_array, wire_chunks
 from optsidecar.spec import model_spec, optimizer_config
 from test_exactly_once import Proxy
 
@@ -114,6 +114,24 @@ def test_numpy_and_torch_sources_round_alike(wire_dtype):
     out = np.empty(values.numel(), np.float32)
     Destination(out).write(0, memoryview(from_numpy).cast("B"), wire_dtype)
     assert torch.equal(torch.from_numpy(out), values.to(TORCH_DTYPES[wire_dtype]).float())
+
+
+@pytest.mark.parametrize("wire_dtype", ["bfloat16", "float16"])
+def test_chunk_by_chunk_rounding_is_the_whole_tensors(wire_dtype):
+    """A CPU gradient is rounded one chunk at a time into a reused buffer; the bytes sent are
+    those of rounding it whole, for a contiguous tensor, a transposed one and one already 16-bit."""
+    per_chunk = CHUNK_BYTES // 2
+    g = torch.randn(2 * per_chunk + 12_345, generator=torch.Generator().manual_seed(3))
+    transposed = torch.randn(1_000, 700).t()
+    already = g.to(TORCH_DTYPES[wire_dtype])
+    threads = torch.get_num_threads()
+    for value in (g, transposed, already):
+        expected = value.to(TORCH_DTYPES[wire_dtype]).reshape(-1).view(torch.int16).numpy().tobytes()
+        pieces = [(offset, bytes(data)) for offset, data in wire_chunks(value, wire_dtype)]
+        assert [offset for offset, _ in pieces] == list(range(0, value.numel(), per_chunk))
+        assert all(len(data) <= CHUNK_BYTES for _, data in pieces)
+        assert b"".join(data for _, data in pieces) == expected
+    assert torch.get_num_threads() == threads  # the conversions' single thread was given back
 
 
 def test_a_nan_stays_a_nan_in_bfloat16_without_torch():
