@@ -1,7 +1,9 @@
 package dev.optsidecar.server;
 
-import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.Executor;
+import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.IntConsumer;
@@ -21,7 +23,11 @@ public final class Parallel {
     /**
      * Runs {@code task} once for each index in [0, n), on up to {@code threads} threads: this one,
      * and others from {@code helpers}. Returns when every thread has stopped; then throws the first
-     * failure, if any (the indexes not yet taken by then are skipped).
+     * failure, if any (the indexes not yet taken by then are skipped). A helper that has not
+     * started by the time this thread runs out of indexes is not waited for: it will find none.
+     *
+     * <p>Helpers are handed to {@code helpers} itself: {@code CompletableFuture.runAsync} would
+     * start a new thread for each instead whenever the common pool has one thread (two cores).
      */
     public static void forEach(int n, int threads, Executor helpers, IntConsumer task) {
         AtomicInteger next = new AtomicInteger();
@@ -35,19 +41,67 @@ public final class Parallel {
                 }
             }
         };
-        int others = Math.max(0, Math.min(threads, n) - 1);
-        CompletableFuture<?>[] running = new CompletableFuture<?>[others];
-        for (int h = 0; h < others; h++) {
-            running[h] = CompletableFuture.runAsync(worker, helpers);
+        Helper[] others = new Helper[Math.max(0, Math.min(threads, n) - 1)];
+        for (int h = 0; h < others.length; h++) {
+            others[h] = new Helper(worker);
+            try {
+                helpers.execute(others[h]);
+            } catch (RejectedExecutionException e) {
+                others[h].claimed.set(true); // never runs: this thread takes its share
+                others[h].finished.countDown();
+            }
         }
         worker.run();
-        CompletableFuture.allOf(running).join(); // the workers catch their own failures
+        for (Helper helper : others) {
+            helper.awaitIfStarted();
+        }
         Throwable first = failure.get();
         if (first instanceof Error e) {
             throw e;
         }
         if (first != null) {
             throw (RuntimeException) first;
+        }
+    }
+
+    /** One helper's run of the worker, unless the caller finished first and claimed it. */
+    private static final class Helper implements Runnable {
+        private final Runnable worker;
+        final AtomicBoolean claimed = new AtomicBoolean();
+        final CountDownLatch finished = new CountDownLatch(1);
+
+        Helper(Runnable worker) {
+            this.worker = worker;
+        }
+
+        @Override
+        public void run() {
+            if (!claimed.compareAndSet(false, true)) {
+                return;
+            }
+            try {
+                worker.run(); // catches the task's failures itself
+            } finally {
+                finished.countDown();
+            }
+        }
+
+        void awaitIfStarted() {
+            if (claimed.compareAndSet(false, true)) {
+                return;
+            }
+            boolean interrupted = false;
+            while (true) {
+                try {
+                    finished.await();
+                    break;
+                } catch (InterruptedException e) {
+                    interrupted = true; // the helper is writing into buffers this caller owns: wait it out
+                }
+            }
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
         }
     }
 }
