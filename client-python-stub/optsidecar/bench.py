@@ -15,7 +15,9 @@ the three alternating step by step (and which goes first) so that a busy machine
 alike; after the warm-up steps the median of the timed steps is reported, with the remote step's
 transfer rate (2 x parameter bytes per step: gradient in, weights out, at the wire's width) and,
 as a check, the largest difference between the remote weights and local RAdam's at the end. torch
-and the server use the same number of threads (``--threads``; the header prints both)::
+and the server use the same number of threads (``--threads``; the header prints both), torch's
+OpenMP threads sleeping between parallel operations (``--omp-wait-policy``, PASSIVE by default, as a
+trainer beside its server should run; the header prints it too)::
 
     python3 -m optsidecar.bench --start-server server/target/optsidecar-server.jar
     python3 -m optsidecar.bench --start-server JAR --sizes 1M,10M,50M,100M --transports grpc,uds,shm
@@ -241,6 +243,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--server-warmup", type=int, default=40,
                         help="untimed remote steps of a 1M model before all sizes (JIT warm-up)")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "inherit"],
+                        help="OMP_WAIT_POLICY for torch's OpenMP threads (read when torch loads: the bench restarts "
+                             "itself to set it). PASSIVE (default), as a trainer beside its server should run: "
+                             "threads that spin after each parallel operation hold the cores the server's step needs. "
+                             "inherit: the environment's")
     args = parser.parse_args(argv)
     unknown = [t for t in args.transports.split(",") if t.strip() and t.strip() not in VARIANTS]
     if unknown:
@@ -248,8 +255,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def restart_for_omp_policy(policy: str, environ: Dict[str, str],
+                           argv: Sequence[str]) -> Optional[Tuple[List[str], Dict[str, str]]]:
+    """The command and environment that rerun the bench under OMP_WAIT_POLICY ``policy``; None when
+    it already runs so (or ``policy`` is ``inherit``)."""
+    if policy == "inherit" or environ.get("OMP_WAIT_POLICY") == policy:
+        return None
+    return [sys.executable, "-m", "optsidecar.bench", *argv], dict(environ, OMP_WAIT_POLICY=policy)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    restart = restart_for_omp_policy(args.omp_wait_policy, dict(os.environ),
+                                     list(sys.argv[1:] if argv is None else argv))
+    if restart is not None:
+        command, environ = restart
+        os.execve(command[0], command, environ)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     variants = [VARIANTS[t.strip()] for t in args.transports.split(",") if t.strip()]
     torch.set_num_threads(args.threads)
