@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -52,6 +52,7 @@ from .doorbell import Doorbell, connect as connect_doorbell
 from .buffers import (WIRE_DTYPES, Destination, as_destination, check_wire_dtype, chunks, numel_of, source_array,
                       wire_chunks)
 from .figures import check_figures
+from .fingerprints import FINGERPRINTS_ARE_CRC32C, PIECE_BYTES, piece_fingerprints
 from .errors import OptSidecarError, ProtocolError, ServerUnavailable, error_details, from_rpc_error
 from .shm import Segment, same_memory
 from .results import Contribution, CoordinationStatus, StepFigures, VersionContributions, VersionFigures, Weights
@@ -571,11 +572,14 @@ def copy_into_segment(value: Any, region: Any) -> None:
 
 class _Sink:
     """Copies received chunks into their destinations and checks that they cover one view of one
-    version completely."""
+    version completely; with ``fingerprint``, also fingerprints the pieces each chunk fills."""
 
-    def __init__(self, destinations: List[Optional[Destination]], wire_dtype: str = "float32"):
+    def __init__(self, destinations: List[Optional[Destination]], wire_dtype: str = "float32",
+                 fingerprint: bool = False):
         self.destinations = destinations
         self.wire_dtype = wire_dtype
+        self.fingerprint = fingerprint and FINGERPRINTS_ARE_CRC32C
+        self._pieces: Dict[int, Dict[int, int]] = {}
         self.element_bytes = 4 if wire_dtype == "float32" else 2
         self.expected = sum(d.numel for d in destinations if d is not None)
         self.received = 0
@@ -596,6 +600,29 @@ class _Sink:
                                 f"{chunk.data.nbytes} bytes does not fit its {destination.numel} elements")
         destination.write(chunk.offset, chunk.data, self.wire_dtype)
         self.received += count
+        if self.fingerprint and not destination.staged:
+            self._fingerprint_pieces(chunk.tensor, destination, chunk.offset, count)
+
+    def _fingerprint_pieces(self, tensor: int, destination: Destination, offset: int, count: int) -> None:
+        """Fingerprints the pieces of the destination that ``[offset, offset + count)`` filled
+        whole, while they are in cache; a piece filled by parts of several chunks is left out."""
+        per_piece = PIECE_BYTES // 4
+        pieces = self._pieces.setdefault(tensor, {})
+        for k in range(-(-offset // per_piece), -(-destination.numel // per_piece)):
+            start, stop = k * per_piece, min((k + 1) * per_piece, destination.numel)
+            if stop > offset + count:
+                break
+            pieces[k], = piece_fingerprints(memoryview(destination.array[start:stop]).cast("B"))
+
+    def fingerprints(self) -> Dict[int, Tuple[int, ...]]:
+        """The fingerprints of the destinations whose every piece was filled whole by one chunk."""
+        per_piece = PIECE_BYTES // 4
+        out = {}
+        for tensor, pieces in self._pieces.items():
+            count = -(-self.destinations[tensor].numel // per_piece)
+            if len(pieces) == count:
+                out[tensor] = tuple(pieces[k] for k in range(count))
+        return out
 
     def finish(self, action: str) -> Weights:
         if self.received != self.expected:
@@ -797,6 +824,14 @@ class StepStream:
         #: True after a step failed while its weights were arriving: the destinations may hold a
         #: mix of old and new values until the next successful step or pull.
         self.partial_weights = False
+        #: Fingerprint weights as their chunks arrive (see :attr:`received_fingerprints`).
+        self.fingerprint_received = False
+        #: After a step that received weights in chunks, with :attr:`fingerprint_received`: for
+        #: each destination that is a CPU float32 tensor's own memory and was filled by whole
+        #: 1 MiB pieces, its :func:`~optsidecar.fingerprints.piece_fingerprints`, computed from
+        #: each chunk right after it was written, while in cache (the parameters need no pass of
+        #: their own to be recorded).
+        self.received_fingerprints: Dict[int, Tuple[int, ...]] = {}
 
     def open(self) -> "StepStream":
         """Opens the Step stream now rather than at the first step: from then on the server counts
@@ -938,7 +973,8 @@ class StepStream:
                  destinations: Optional[List[Destination]], action: str) -> StepFigures:
         """Sends the step once on the open stream (or a new one) and reads its reply."""
         # A new sink per attempt: a retry receives every value again, into the same destinations.
-        sink = _Sink(destinations, self.wire_dtype) if destinations is not None else None
+        sink = _Sink(destinations, self.wire_dtype, self.fingerprint_received) if destinations is not None else None
+        self.received_fingerprints = {}
         live = self._open()
         if self.device_segment is not None:
             from . import cuda_ipc
@@ -968,6 +1004,7 @@ class StepStream:
                 if sink is not None:
                     received = sink.finish(action)
                     weights_version = received.version if received.version >= 0 else reply.version
+                    self.received_fingerprints = sink.fingerprints()
                 self.partial_weights = False
                 self._failed = False
                 return StepFigures.from_proto(reply, weights_version)

@@ -13,7 +13,8 @@ After the client writes weights into the parameters it records, for each one, th
   tensor with a version counter of its own (torch 1.13 and 2.x alike). Comparing contents catches
   them too. It costs one pass over the weights before each step, and one after each write unless
   the server reports the CRC of what it wrote (it does over shared memory, where the parameters
-  are the segment's weights). With PyPI's ``crc32c`` package (the CPU's CRC instruction: about
+  are the segment's weights) or the weights came in chunks, which are hashed as they arrive,
+  while in cache. With PyPI's ``crc32c`` package (the CPU's CRC instruction: about
   7 GB/s here, some 5 ms for 40 MB of parameters) this is cheap; a software-only build of it
   (Debian 12's python3-crc32c: about 1.4 GB/s, 28 ms for 40 MB) or zlib's CRC32 without one
   (1.5 to 2 GB/s, and server-reported values are then ignored) is not, and the optimizer warns
@@ -34,7 +35,6 @@ A parameter whose version, data pointer or CRC differs from the record was chang
 from __future__ import annotations
 
 import warnings
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -42,6 +42,7 @@ import torch
 
 from .buffers import source_array
 from .device_staging import device_fingerprints
+from .fingerprints import FAST_FINGERPRINTS, FINGERPRINTS_ARE_CRC32C, PIECE_BYTES, piece_fingerprints
 
 __all__ = ["ParameterEdits", "WeightsPush"]
 
@@ -66,46 +67,13 @@ class WeightsPush:
     replayed: bool = False
 
 
-try:
-    import crc32c as _crc32c_package
-    from crc32c import crc32c as _crc32c
-except ImportError:  # the content check falls back to zlib's slower CRC32
-    _crc32c_package = None
-    _crc32c = None
-
-#: Whether fingerprints are computed with the CPU's CRC instruction: PyPI's crc32c is; some
-#: distributions build it software-only (Debian 12's python3-crc32c: about 1.4 GB/s, a fifth of
-#: the speed), and zlib's CRC32 never is.
-FAST_FINGERPRINTS = _crc32c_package is not None and bool(getattr(_crc32c_package, "hardware_based", True))
-
 #: CPU parameters of this many bytes or more, fingerprinted without the CRC instruction, are
 #: worth a warning: their content check then costs several milliseconds a step.
 SLOW_CHECK_WARNING_BYTES = 16 << 20
 
-#: Whether parameters are fingerprinted with CRC-32C, the checksum the server reports for the
-#: weights it writes into a shared segment (so those need not be hashed here again).
-FINGERPRINTS_ARE_CRC32C = _crc32c is not None
-
-
-#: Parameters are hashed in pieces of this many bytes: the pieces the server reports checksums of.
-PIECE_BYTES = 1 << 20
-
 
 def _fingerprint(p: torch.Tensor) -> Tuple[int, ...]:
-    data = memoryview(source_array(p)).cast("B")
-    crc = _crc32c if _crc32c is not None else zlib.crc32
-    return tuple(crc(data[at:at + PIECE_BYTES]) for at in range(0, len(data), PIECE_BYTES))
-
-
-def pieces_of(numels: Sequence[int], crc32c: Sequence[int]) -> Optional[List[Tuple[int, ...]]]:
-    """Splits the server's per-piece checksums of float32 tensors of ``numels`` elements into one
-    tuple per tensor; None when their number does not fit."""
-    out, at = [], 0
-    for n in numels:
-        count = -(-4 * n // PIECE_BYTES)
-        out.append(tuple(crc32c[at:at + count]))
-        at += count
-    return out if at == len(crc32c) else None
+    return piece_fingerprints(memoryview(source_array(p)).cast("B"))
 
 
 class ParameterEdits:

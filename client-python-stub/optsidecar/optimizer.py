@@ -23,7 +23,8 @@ from google.protobuf import json_format
 from .buffers import Destination, check_wire_dtype
 from .checkpoint import ServerState, capture, restore
 from .client import DEFAULT_RETRY_SECONDS, Client, StepStream, next_step_id
-from .edits import ParameterEdits, WeightsPush, pieces_of
+from .edits import ParameterEdits, WeightsPush
+from .fingerprints import pieces_of
 from .errors import (AlreadyExists, FailedPrecondition, InvalidArgument, ModelChanged, NotFound, OptSidecarError,
                      PermissionDenied, StaleGradient)
 from .live_hyperparameters import LiveHyperparameters, normalized
@@ -738,7 +739,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         finally:
             if self._stream.partial_weights:
                 self._edits.record()  # what arrived is the server's, not the trainer's
-        self._edits.record(crc32c=self._written_crc32c(figures), sums=self._written_sums(figures))
+        self._edits.record(crc32c={**self._written_crc32c(figures), **self._stream.received_fingerprints},
+                           sums=self._written_sums(figures))
         self._pending_figures.clear()  # they went with this step
         self._hyperparameters.confirm(changes, figures)
         self.last_result = figures
@@ -751,6 +753,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
         """The step on the server; over a segment whose weights the server checks, once more after
         pushing the parameters it found written (through ``p.data``, which no version counter
         sees): the first attempt applied nothing."""
+        self._stream.fingerprint_received = self._edits.compare_contents
+        self._stream.received_fingerprints = {}
+
         def step() -> StepFigures:
             return self._stream.step(grads, destinations, view="train", group_lr=self._group_lr(),
                                      base_version=self.version, group_hyperparameters=changes,

@@ -134,6 +134,40 @@ def test_chunk_by_chunk_rounding_is_the_whole_tensors(wire_dtype):
     assert torch.get_num_threads() == threads  # the conversions' single thread was given back
 
 
+@pytest.mark.parametrize("wire_dtype", ["float32", "bfloat16"])
+def test_received_weights_are_fingerprinted_as_they_arrive(target, monkeypatch, wire_dtype):
+    """The optimizer records what it received from the chunks themselves, as they arrive, instead
+    of hashing its parameters again after the step; the records are those of hashing them, and an
+    edit through ``p.data`` after the step is still noticed. A parameter received through a staging
+    buffer (not contiguous) is hashed as before."""
+    from optsidecar import edits
+
+    g = torch.Generator().manual_seed(4)
+    params = [torch.nn.Parameter(torch.randn(300_000, generator=g)),  # two pieces, the second partial
+              torch.nn.Parameter(torch.randn(700, 3, generator=g).t()),  # staged
+              torch.nn.Parameter(torch.randn(17, generator=g))]
+    opt = RemoteOptimizer(params, target=target, algorithm="AdamW", lr=1e-3, wire_dtype=wire_dtype)
+    hashed = []
+    fingerprint = edits._fingerprint
+    monkeypatch.setattr(edits, "_fingerprint", lambda p: hashed.append(p) or fingerprint(p))
+    try:
+        for step in range(2):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            hashed.clear()
+            opt.step()
+            # Before the step every parameter, after it only the staged one.
+            assert [id(h) for h in hashed] == [id(p) for p in params] + [id(params[1])]
+            assert opt.edits.recorded_crc32c() == [c for p in params for c in fingerprint(p)]
+        with torch.no_grad():
+            params[0].data[299_999] += 1.0  # in the partial piece; no version counter sees it
+        params[0].grad = torch.zeros(300_000)
+        opt.step()
+        assert opt.last_push is not None and opt.last_push.tensors == ("p0",)
+    finally:
+        opt.close()
+
+
 def test_a_nan_stays_a_nan_in_bfloat16_without_torch():
     bits = np.array([0x7FC00000, 0xFF800001, 0x7F800001], np.uint32)
     narrowed = source_array(bits.view(np.float32), "bfloat16")
