@@ -350,3 +350,19 @@ def test_hashing_large_parameters_in_software_warns(monkeypatch):
         fast = edits.ParameterEdits(large)
         fast.record()
         fast.changed()
+
+
+def test_large_parameters_are_fingerprinted_as_one_pass_would():
+    """Large data is hashed in two halves on two threads; the pieces are those of one pass."""
+    import zlib
+
+    import crc32c
+
+    from optsidecar import fingerprints
+
+    piece = fingerprints.PIECE_BYTES
+    for size in (fingerprints.TWO_THREADS_FROM_PIECES * piece, 19 * piece + 12_344, 3 * piece + 4):
+        data = memoryview(torch.randn(size // 4, generator=torch.Generator().manual_seed(size)).numpy()).cast("B")
+        crc = crc32c.crc32c if fingerprints.FINGERPRINTS_ARE_CRC32C else zlib.crc32
+        expected = tuple(crc(data[at:at + piece]) for at in range(0, len(data), piece))
+        assert fingerprints.piece_fingerprints(data) == expected, size
