@@ -754,7 +754,6 @@ class RemoteOptimizer(torch.optim.Optimizer):
         pushing the parameters it found written (through ``p.data``, which no version counter
         sees): the first attempt applied nothing."""
         self._stream.fingerprint_received = self._edits.compare_contents
-        self._stream.received_fingerprints = {}
 
         def step() -> StepFigures:
             return self._stream.step(grads, destinations, view="train", group_lr=self._group_lr(),
