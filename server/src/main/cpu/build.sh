@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the CPU engine's native loops, liboptsidecar_cpu.so, into OUT_DIR with the system's g++
-# (x86-64 only: each loop is compiled for AVX2 and for any x86-64 CPU, picked when it loads).
+# Builds the CPU engine's native loops, liboptsidecar_cpu.so, from every .cc file here, into
+# OUT_DIR with the system's g++ (x86-64 only: each loop is compiled for AVX2, or AVX-512 and AVX2,
+# and for any x86-64 CPU, picked when it loads).
 # Without g++, or on another architecture, it says so and builds nothing, and the CPU engine runs
 # its Java loops, which give the same bits.
 set -euo pipefail
@@ -26,5 +27,5 @@ fi
 "$cxx" -O3 -std=c++17 -shared -fPIC -fvisibility=hidden -ffp-contract=off -fno-math-errno \
   -static-libstdc++ -static-libgcc -Wall -Wextra -Werror \
   -I"$java_home/include" -I"$java_home/include/linux" \
-  -o "$library" "$here/cpu_loops.cc"
+  -o "$library" "$here"/*.cc
 echo "[cpu] built $library"

@@ -323,13 +323,32 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
                         applied -> answerRetry(m, m.appliedResult(session, c.getStepId()), view));
                 return;
             }
+            if (segment != null && segment.isMapped()) {
+                assembly = m.openStep(session, c.getStepId());
+                Model.SegmentStepOutcome inPlace = SegmentTransfer.stepInPlace(m, assembly, segment, options, view);
+                if (inPlace != null) {
+                    assembly = null;
+                    meter.segmentRead(inPlace.weightsBytes());
+                    meter.applied(false);
+                    meter.segmentStep(true);
+                    meter.result(inPlace.result());
+                    replyWithSegmentWeights(inPlace.result(), inPlace.result().getVersion(), inPlace.weightsCrc32c(),
+                            inPlace.weightsBytes());
+                    return;
+                }
+            }
             if (segment != null && c.getWeightsCrc32CCount() > 0) {
                 SegmentTransfer.checkWeights(segment, c.getWeightsCrc32CList()); // before anything is read or changed
             }
-            assembly = m.openStep(session, c.getStepId()); // legal only when every tensor is listed in no_grad
+            if (assembly == null) {
+                assembly = m.openStep(session, c.getStepId()); // legal only when every tensor is listed in no_grad
+            }
             if (segment != null) {
                 ingestSegment(m, options);
                 meter.segmentRead(segmentBytes(m, options.noGrad()));
+                if (!options.setsWeights()) {
+                    meter.segmentStep(false);
+                }
             } else if (deviceBuffers != null) {
                 rejectNonFinite(CudaIpc.ingest(m, assembly, deviceBuffers, options.noGrad(), options.setsWeights()),
                         options, "open.cuda_ipc.gradient_offsets");
@@ -442,14 +461,7 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
         }
         if (weights != null && segment != null) {
             SegmentTransfer.WrittenView written = SegmentTransfer.writeView(weights, segment);
-            StepResult.Builder withWeights = result.toBuilder().setWeightsInSegment(true)
-                    .setWeightsVersion(written.version()).clearWeightsCrc32C();
-            for (int crc : written.crc32c()) {
-                withWeights.addWeightsCrc32C(crc);
-            }
-            meter.sentToSegment(written.bytes());
-            reply(withWeights.build());
-            meter.sent();
+            replyWithSegmentWeights(result, written.version(), written.crc32c(), written.bytes());
             return;
         }
         if (weights != null) {
@@ -472,6 +484,18 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
                     sending = null;
                 });
         sending.drain();
+    }
+
+    /** Replies to a step whose weights of {@code version} are in the segment, with the CRC-32C of each piece. */
+    private void replyWithSegmentWeights(StepResult result, long version, int[] crc32c, long bytes) {
+        StepResult.Builder withWeights = result.toBuilder().setWeightsInSegment(true).setWeightsVersion(version)
+                .clearWeightsCrc32C();
+        for (int crc : crc32c) {
+            withWeights.addWeightsCrc32C(crc);
+        }
+        meter.sentToSegment(bytes);
+        reply(withWeights.build());
+        meter.sent();
     }
 
     /** Sends a result without weights chunks: over the doorbell if its commit came that way, else on the stream. */

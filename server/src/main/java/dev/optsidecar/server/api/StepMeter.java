@@ -56,6 +56,11 @@ final class StepMeter {
         committed = now;
     }
 
+    /** A gradient step over a shared segment went in place (one pass) or through copies. */
+    void segmentStep(boolean inPlace) {
+        metrics.segmentStep(model, inPlace);
+    }
+
     /** The model took the commit: applied, or (sync) joined its round, which may wait. */
     void applied(boolean waits) {
         long now = System.nanoTime();

@@ -28,6 +28,11 @@ public interface Engine extends AutoCloseable {
      */
     double runMeasuringUpdate(List<TensorProgram> programs);
 
+    /** How this engine runs a step straight from a trainer's shared memory, or null where it does not. */
+    default SegmentStepper segmentStepper() {
+        return null;
+    }
+
     /** The engine's kind as ServerInfo reports it: "cpu" or "cuda". */
     default String name() {
         return "cpu";

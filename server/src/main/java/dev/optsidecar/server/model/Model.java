@@ -12,6 +12,7 @@ import dev.optsidecar.proto.v1.ViewKind;
 import dev.optsidecar.server.Echo;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
+import dev.optsidecar.server.engine.SegmentStepper;
 import dev.optsidecar.server.engine.TensorProgram;
 import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.engine.kernel.Kernel;
@@ -74,6 +75,11 @@ public final class Model {
     final long[] emaUpdates;
     /** Lookahead's inner steps since its last synchronisation. */
     long lookaheadStep;
+    /**
+     * Bytes reserved for the engine's second buffers (steps from a segment): 0 before the first
+     * such step, -1 when the memory limit had no room for them.
+     */
+    private long spareBytes;
 
     /** @param timers runs sync steps' straggler timeouts */
     Model(ModelSpec spec, List<TensorEntry> tensors, List<GroupState> groups, Training training, Engine engine,
@@ -494,6 +500,107 @@ public final class Model {
         }
     }
 
+    /** A step run straight from a trainer's segment: its result, and the CRC-32C of each 1 MiB piece of the weights it wrote there. */
+    public record SegmentStepOutcome(StepResult result, int[] weightsCrc32c, long weightsBytes) {}
+
+    /**
+     * Applies a gradient step straight from the trainer's shared segment where the engine can
+     * ({@link SegmentStepper}): one pass reads the gradient there, checks that the segment's
+     * weights are the model's, bit for bit (as the trainer's CRC-32C records would), and writes the
+     * new weights in their place; nothing is copied in before or out after. That takes an async
+     * step of one trainer at the current version that wants the train view back as float32, with
+     * nothing in no_grad and no learning-rate or hyperparameter change, on a model without a
+     * journal (whose record would hold a copy of the gradient), clipping (which needs the norm
+     * before the pass), EMA, Lookahead or update norm, whose every tensor's step the stepper runs.
+     *
+     * @return the outcome, the new weights already in the segment; or null when the step cannot go
+     *         that way or the pass refused it (a NaN or Inf, or weights the trainer wrote since):
+     *         nothing has changed then, and the caller takes the copying path with the same assembly
+     */
+    public SegmentStepOutcome commitFromSegment(StepAssembly a, StepOptions options, ResolvedView view,
+                                                SegmentStepper.PieceViews views) {
+        SegmentStepper stepper = engine.segmentStepper();
+        if (stepper == null || sync || options.setsWeights() || !options.noGrad().isEmpty()
+                || !options.groupLr().isEmpty() || !options.groupHyperparameters().isEmpty() || view == null
+                || view.source() != ViewSource.TRAIN || view.wire() != WireType.FLOAT32
+                || training.clipGradNorm() > 0 || training.reportUpdateNorm() || !training.ema().isEmpty()
+                || training.lookahead() != null) {
+            return null;
+        }
+        checkCurrent(a);
+        long stamp = lock.writeLock();
+        try {
+            checkLive();
+            checkCurrent(a);
+            Long base = options.baseVersion();
+            if (steps.journals() || (base != null && base != version) || !a.isEmpty()
+                    || ledger.applied(name, a.clientId(), a.stepId()) != null || !reserveSpares(stepper)) {
+                return null;
+            }
+            checkAcceptingSteps();
+            boolean[] none = new boolean[tensors.size()];
+            List<SegmentStepper.Piece> pieces = segmentPieces();
+            SegmentStepper.Applied[] applied = {null};
+            StepResult result = steps.applyInPlace(a.session().contribution(a.stepId()), view.label(), plans -> {
+                List<TensorProgram> programs = StepComposition.compose(this, none, plans, false, List.of());
+                if (programs.size() != tensors.size() || !stepper.supports(programs)) {
+                    return null;
+                }
+                applied[0] = stepper.run(programs, pieces, views, java.util.concurrent.ForkJoinPool.commonPool(),
+                        dev.optsidecar.server.Parallel.COPY_THREADS);
+                if (applied[0] == null) {
+                    return null;
+                }
+                advance(none, plans, false, List.of());
+                return applied[0].sumOfSquares();
+            });
+            if (result == null) {
+                return null;
+            }
+            reportFigures(result, options.figures());
+            abandon(a);
+            long bytes = 0;
+            for (TensorEntry t : tensors) {
+                bytes += t.numel * Float.BYTES;
+            }
+            return new SegmentStepOutcome(result, applied[0].weightsCrc32c(), bytes);
+        } finally {
+            lock.unlockWrite(stamp);
+        }
+    }
+
+    /** Every tensor in pieces of {@link StepAssembly#MAX_CHUNK_BYTES}, tensor by tensor, as a segment's are read. */
+    private List<SegmentStepper.Piece> segmentPieces() {
+        List<SegmentStepper.Piece> pieces = new ArrayList<>();
+        int perPiece = StepAssembly.MAX_CHUNK_BYTES / Float.BYTES;
+        for (TensorEntry t : tensors) {
+            for (long at = 0; at < t.numel; at += perPiece) {
+                pieces.add(new SegmentStepper.Piece(t.index, at, (int) Math.min(perPiece, t.numel - at)));
+            }
+        }
+        return pieces;
+    }
+
+    /**
+     * Reserves the memory of the engine's second buffers at the first step from a segment; false
+     * (then and after) when the memory limit has no room for them: such steps take the copying path.
+     */
+    private boolean reserveSpares(SegmentStepper stepper) {
+        if (spareBytes == 0) {
+            long bytes = 0;
+            for (TensorEntry t : tensors) {
+                bytes = Math.addExact(bytes, stepper.spareBytes(t.numel, t.storage.slotCount()));
+            }
+            spareBytes = reserveTransient(bytes) ? bytes : -1;
+        }
+        return spareBytes > 0;
+    }
+
+    /** Bytes of the engine's second buffers for steps from a segment (0 until the first). */
+    long spareBytes() {
+        return Math.max(0, spareBytes);
+    }
+
     /** A trainer's figures join the version its step made; a step that made none (late, skipped) keeps none. */
     private void reportFigures(StepResult result, Map<String, Double> reported) {
         if (!result.getLate() && !result.getSkipped() && !result.getReplayed()) {
@@ -625,6 +732,12 @@ public final class Model {
         } else {
             engine.run(programs);
         }
+        advance(skip, plans, sync, emaDue);
+        return updateNorm;
+    }
+
+    /** Advances every counter a step moves, once the engine has run it. */
+    private void advance(boolean[] skip, Map<GroupState, StepPlan> plans, boolean sync, List<Integer> emaDue) {
         for (TensorEntry tensor : tensors) {
             if (!skip[tensor.index]) {
                 tensor.steps++;
@@ -637,7 +750,6 @@ public final class Model {
         }
         scheduleStep++;
         version++;
-        return updateNorm;
     }
 
     /** Contributions to the open sync step, waiting for it to be applied (0 in async mode). */
@@ -753,6 +865,10 @@ public final class Model {
         figures.clear();
         for (TensorEntry t : tensors) {
             t.storage.free();
+        }
+        if (spareBytes > 0) {
+            memory.release(spareBytes);
+            spareBytes = 0;
         }
     }
 

@@ -19,7 +19,7 @@ final class ModelDescription {
                 .setOptimizer(m.config())
                 .setVersion(m.version())
                 .addAllViews(m.views())
-                .setMemoryBytes(m.memoryBytes() + m.sessionBytes() + m.recordBytes())
+                .setMemoryBytes(m.memoryBytes() + m.sessionBytes() + m.recordBytes() + m.spareBytes())
                 .setCoordination(m.coordinationStatus())
                 .setDefaults(m.defaults())
                 .setEngine(m.engine().name())

@@ -66,6 +66,10 @@ final class StepApplier {
         this.log = log;
     }
 
+    boolean journals() {
+        return log != null;
+    }
+
     /** The record of a gradient step whose gradient is in the step buffers, to be applied to the current version. */
     StepRecord live(List<Contribution> contributions, boolean[] noGrad, Map<String, Struct> groupChanges,
                     double sumOfSquares, double lrScale, long staleness) {
@@ -200,18 +204,66 @@ final class StepApplier {
         double gradNorm = Math.sqrt(sumOfSquares);
         double clip = training.clipGradNorm() > 0
                 ? Math.min(1.0, training.clipGradNorm() / (gradNorm + 1e-6)) : 1.0;
-        Map<GroupState, StepPlan> plans = new LinkedHashMap<>();
-        StepResult.Builder result = StepResult.newBuilder()
+        StepResult.Builder result = header(contributions, skipped, label, staleness, lrScale)
+                .setGradNorm(gradNorm)
+                .setClipCoefficient(skipped ? 1.0 : clip);
+        Map<GroupState, StepPlan> plans = plan(result, lrScale, (float) clip, skipped);
+        if (skipped) {
+            return result.setVersion(model.version()).build();
+        }
+        long started = System.nanoTime();
+        Double updateNorm = engineStep.run(skip, plans);
+        return applied(result, contributions, staleness, updateNorm, (System.nanoTime() - started) / 1e9);
+    }
+
+    /** A pass that runs a planned step from where its gradient lies; the gradient's sum of squares, or null when it refused the step. */
+    @FunctionalInterface
+    interface InPlacePass {
+        Double run(Map<GroupState, StepPlan> plans);
+    }
+
+    /**
+     * Applies a gradient step of one trainer whose pass reads the gradient where the trainer left
+     * it (a shared segment: {@link Model#commitFromSegment}), so its norm is known only after the
+     * pass: only for a model that clips nothing (the clip coefficient is 1 before the norm is known)
+     * and journals nothing (a journal record holds the gradient, which this step never copies).
+     *
+     * @return the result, or null when the pass refused the step, which then changed nothing
+     */
+    StepResult applyInPlace(Contribution who, View label, InPlacePass pass) {
+        if (log != null || training.clipGradNorm() > 0) {
+            throw new IllegalStateException("a step applied in place needs a model without journal or clipping");
+        }
+        StepResult.Builder result = header(List.of(who), false, label, 0, 1.0).setClipCoefficient(1.0);
+        Map<GroupState, StepPlan> plans = plan(result, 1.0, 1f, false);
+        long started = System.nanoTime();
+        Double sumOfSquares = pass.run(plans);
+        if (sumOfSquares == null) {
+            return null;
+        }
+        result.setGradNorm(Math.sqrt(sumOfSquares));
+        StepResult applied = applied(result, List.of(who), 0, null, (System.nanoTime() - started) / 1e9);
+        remember(List.of(who), applied);
+        recordMetrics(applied);
+        return applied;
+    }
+
+    private static StepResult.Builder header(List<Contribution> contributions, boolean skipped, View label,
+                                             long staleness, double lrScale) {
+        return StepResult.newBuilder()
                 .setStepId(contributions.get(0).getStepId())
                 .setSkipped(skipped)
                 .setView(label)
-                .setGradNorm(gradNorm)
-                .setClipCoefficient(skipped ? 1.0 : clip)
                 .setStaleness(staleness)
                 .setLrScale(lrScale);
+    }
+
+    /** Each group's plan for this step, reported in {@code result}. */
+    private Map<GroupState, StepPlan> plan(StepResult.Builder result, double lrScale, float clip, boolean skipped) {
+        Map<GroupState, StepPlan> plans = new LinkedHashMap<>();
         for (GroupState g : groups) {
             double lr = lrFor(g) * lrScale;
-            StepPlan plan = g.algorithm.plan(g.scalars, lr, (float) clip);
+            StepPlan plan = g.algorithm.plan(g.scalars, lr, clip);
             plans.put(g, plan);
             result.addGroups(GroupStep.newBuilder()
                     .setGroup(g.name)
@@ -221,12 +273,12 @@ final class StepApplier {
                     .putAllScalars((skipped ? g.scalars : plan.after()).asMap())
                     .setHyperparameters(g.effective()));
         }
-        if (skipped) {
-            return result.setVersion(model.version()).build();
-        }
-        long started = System.nanoTime();
-        Double updateNorm = engineStep.run(skip, plans);
-        double stepSeconds = (System.nanoTime() - started) / 1e9;
+        return plans;
+    }
+
+    /** The result of a step the engine has run, recorded in the model's history and status. */
+    private StepResult applied(StepResult.Builder result, List<Contribution> contributions, long staleness,
+                               Double updateNorm, double stepSeconds) {
         if (updateNorm != null) {
             result.setUpdateNorm(updateNorm);
         }

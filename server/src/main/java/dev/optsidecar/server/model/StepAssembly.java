@@ -220,6 +220,16 @@ public final class StepAssembly {
         return nonFinite;
     }
 
+    /** Whether nothing has been received for any tensor. */
+    boolean isEmpty() {
+        for (Coverage c : coverage) {
+            if (!c.isEmpty()) {
+                return false;
+            }
+        }
+        return true;
+    }
+
     boolean received(int tensor) {
         return !coverage[tensor].isEmpty();
     }

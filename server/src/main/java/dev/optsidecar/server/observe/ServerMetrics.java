@@ -48,6 +48,10 @@ public final class ServerMetrics {
     private final Counter sentBytes = Counter.builder().name("optsidecar_step_sent_bytes_total")
             .help("Weights bytes sent back by Step streams")
             .labelNames("model", "transport", "dtype").register(registry);
+    private final Counter segmentSteps = Counter.builder().name("optsidecar_segment_steps_total")
+            .help("Gradient steps whose data came through a shared segment, by path: in_place (one pass from and"
+                    + " into the segment) or copied (gradient copied in, weights copied out)")
+            .labelNames("model", "path").register(registry);
     private final Gauge gradientNorm = Gauge.builder().name("optsidecar_gradient_norm")
             .help("Global L2 norm of the last applied step's gradient, before clipping")
             .labelNames("model").register(registry);
@@ -142,6 +146,11 @@ public final class ServerMetrics {
         receivedBytes.labelValues(model, label(transport), dtype).inc(bytes);
     }
 
+    /** A gradient step over a shared segment was applied in place or through copies. */
+    public void segmentStep(String model, boolean inPlace) {
+        segmentSteps.labelValues(model, inPlace ? "in_place" : "copied").inc();
+    }
+
     public void sent(String model, Transport transport, String dtype, long bytes) {
         sentBytes.labelValues(model, label(transport), dtype).inc(bytes);
     }
@@ -166,7 +175,7 @@ public final class ServerMetrics {
 
     /** The model was deleted: its series go, so that names come and go without piling up. */
     public void forget(String model) {
-        for (var metric : java.util.List.of(stepsApplied, stepsRejected, phaseSeconds, receivedBytes, sentBytes,
+        for (var metric : java.util.List.of(stepsApplied, stepsRejected, phaseSeconds, receivedBytes, sentBytes, segmentSteps,
                 gradientNorm, learningRate, staleness, syncWaitSeconds, journalAppendSeconds, journalFsyncSeconds,
                 snapshotSeconds, snapshotBytes, snapshotSuccess)) {
             metric.removeIf(labels -> labels.get(0).equals(model));

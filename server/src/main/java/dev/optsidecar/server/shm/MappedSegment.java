@@ -49,6 +49,11 @@ final class MappedSegment implements Segment {
     }
 
     @Override
+    public boolean isMapped() {
+        return true;
+    }
+
+    @Override
     public void verify() {
         if (closed) {
             throw new IllegalStateException("segment " + name() + " was closed");

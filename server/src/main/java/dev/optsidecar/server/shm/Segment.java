@@ -24,6 +24,15 @@ public interface Segment extends AutoCloseable {
         return layout().numel(tensor);
     }
 
+    /**
+     * Whether its buffers are views of memory that cannot vanish while mapped (a sealed memfd):
+     * native code may then read and write them directly, which a file that a client can truncate
+     * would turn into a fault that takes the process down.
+     */
+    default boolean isMapped() {
+        return false;
+    }
+
     /** Fails with FAILED_PRECONDITION, SHARED_MEMORY_FAULT unless the segment can still be used. */
     void verify();
 

@@ -4,7 +4,9 @@ import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.Parallel;
 import dev.optsidecar.server.model.Model;
+import dev.optsidecar.server.engine.SegmentStepper;
 import dev.optsidecar.server.model.StepAssembly;
+import dev.optsidecar.server.model.StepOptions;
 import dev.optsidecar.server.model.ViewReader;
 
 import java.nio.ByteBuffer;
@@ -46,6 +48,33 @@ public final class SegmentTransfer {
     }
 
     private static final int COPY_THREADS = Parallel.COPY_THREADS;
+
+    /**
+     * Applies a gradient step straight from a sealed segment where the model can ({@link
+     * Model#commitFromSegment}): the engine reads the gradient and writes the new weights through
+     * views of the mapping, piece by piece.
+     *
+     * @return the outcome, or null when the step must take the copying path (nothing changed)
+     */
+    public static Model.SegmentStepOutcome stepInPlace(Model model, StepAssembly assembly, Segment segment,
+                                                       StepOptions options, Model.ResolvedView view) {
+        if (!segment.isMapped()) {
+            return null;
+        }
+        segment.verify();
+        SegmentStepper.PieceViews views = new SegmentStepper.PieceViews() {
+            @Override
+            public ByteBuffer gradient(SegmentStepper.Piece piece) {
+                return segment.read(false, piece.program(), piece.offset(), piece.count(), null);
+            }
+
+            @Override
+            public ByteBuffer weights(SegmentStepper.Piece piece) {
+                return segment.read(true, piece.program(), piece.offset(), piece.count(), null);
+            }
+        };
+        return segment.using(() -> model.commitFromSegment(assembly, options, view, views));
+    }
 
     /**
      * Checks the segment's weights regions against the CRC-32C of each piece the trainer recorded

@@ -258,7 +258,7 @@ class SharedMemoryStepTest {
 
     /** Fails if the model's version or weights moved. */
     /** The CRC-32C of each 1 MiB piece of each tensor's little-endian float32 bytes, as the segment holds them. */
-    private static java.util.List<Integer> crc32cOf(float[][] weights) {
+    static java.util.List<Integer> crc32cOf(float[][] weights) {
         int piece = 1 << 20;
         java.util.List<Integer> out = new java.util.ArrayList<>();
         for (float[] w : weights) {

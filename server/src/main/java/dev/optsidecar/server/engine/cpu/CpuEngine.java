@@ -2,6 +2,7 @@ package dev.optsidecar.server.engine.cpu;
 
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.EngineTensor;
+import dev.optsidecar.server.engine.SegmentStepper;
 import dev.optsidecar.server.engine.TensorProgram;
 
 import java.util.ArrayList;
@@ -70,6 +71,13 @@ public final class CpuEngine implements Engine {
     public long bytesFor(long numel, int slots) {
         return bytes(numel, slots);
     }
+
+    @Override
+    public SegmentStepper segmentStepper() {
+        return SegmentStepKernel.AVAILABLE ? SEGMENT_STEPPER : null;
+    }
+
+    private static final SegmentStepper SEGMENT_STEPPER = new CpuSegmentStepper();
 
     @Override
     public int threads() {

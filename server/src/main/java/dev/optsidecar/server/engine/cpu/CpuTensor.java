@@ -25,6 +25,13 @@ final class CpuTensor implements EngineTensor {
     private float[][][] state;
     /** The same arrays by block: slotsByBlock[block][slot], as kernels take them. */
     private float[][][] slotsByBlock;
+    /**
+     * Second buffers for the parameters and each state slot, in the same blocks, for steps that
+     * write their results beside the current ones and swap them in ({@link CpuSegmentStepper});
+     * null until the first such step.
+     */
+    private float[][] spareParams;
+    private float[][][] spareState;
     /** Trainers' own gradient buffers by handle (null: free); replaced, never mutated, when it grows. */
     private volatile float[][][] gradientBuffers = new float[0][][];
 
@@ -78,6 +85,59 @@ final class CpuTensor implements EngineTensor {
     /** The state slots of one block, in slot order. */
     float[][] stateBlock(int b) {
         return slotsByBlock[b];
+    }
+
+    /** Allocates the second buffers unless they are there. */
+    void allocateSpares() {
+        if (spareParams == null) {
+            float[][][] slots = new float[state.length][][];
+            for (int s = 0; s < slots.length; s++) {
+                slots[s] = newBlocks();
+            }
+            spareParams = newBlocks();
+            spareState = slots;
+        }
+    }
+
+    boolean hasSpares() {
+        return spareParams != null;
+    }
+
+    void freeSpares() {
+        spareParams = null;
+        spareState = null;
+    }
+
+    float[] spareParamBlock(int b) {
+        return spareParams[b];
+    }
+
+    float[] spareSlotBlock(int slot, int b) {
+        return spareState[slot][b];
+    }
+
+    /** Makes the second buffers the tensor's parameters and state, and the current ones the spares. */
+    void swapSpares() {
+        float[][] params = this.params;
+        this.params = spareParams;
+        spareParams = params;
+        float[][][] state = this.state;
+        this.state = spareState;
+        spareState = state;
+        for (int b = 0; b < slotsByBlock.length; b++) {
+            for (int s = 0; s < this.state.length; s++) {
+                slotsByBlock[b][s] = this.state[s][b];
+            }
+        }
+    }
+
+    /** The block that holds element {@code element}, and the element's index within it. */
+    int blockOf(long element) {
+        return (int) (element >>> blockShift);
+    }
+
+    int indexInBlock(long element) {
+        return (int) (element & (blockSize - 1));
     }
 
     @Override
@@ -280,6 +340,7 @@ final class CpuTensor implements EngineTensor {
         gradientBuffers = new float[0][][];
         state = null;
         slotsByBlock = null;
+        freeSpares();
     }
 
     /** One piece of a range that lies within a single block. */
