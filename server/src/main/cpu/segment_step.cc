@@ -29,8 +29,9 @@
 
 #define OSC_EXPORT extern "C" __attribute__((visibility("default"))) JNIEXPORT
 #define OSC_INLINE inline __attribute__((always_inline))
-#define OSC_AVX2 __attribute__((target("avx2,fma")))
-#define OSC_AVX512 __attribute__((target("avx512f")))
+#define OSC_AVX2 __attribute__((target("avx2,fma,sse4.2")))
+#define OSC_AVX512 __attribute__((target("avx512f,sse4.2")))
+#define OSC_CRC __attribute__((target("avx2,sse4.2")))
 
 namespace {
 
@@ -198,13 +199,32 @@ OSC_AVX2 OSC_INLINE void pin(__m256& x) {
     __asm__ volatile("" : "+x"(x));
 }
 
-OSC_AVX512 jint step_avx512(const Step& s, const Piece& p, double* sums) {
+// The CRC-32C of the weights as they are written (the record a trainer keeps of them), with
+// SSE4.2's crc32 instruction while the values are in registers: a chain of eight a vector, hidden
+// behind the pass's memory traffic, where a pass of its own afterwards would read them again.
+OSC_CRC OSC_INLINE uint64_t crc_of_element(uint64_t crc, const float* at) {
+    uint32_t bits;
+    memcpy(&bits, at, sizeof bits);
+    return _mm_crc32_u32((uint32_t)crc, bits);
+}
+
+OSC_CRC OSC_INLINE uint64_t crc_of_vector(uint64_t crc, __m256i x) {
+    __m128i low = _mm256_castsi256_si128(x);
+    __m128i high = _mm256_extracti128_si256(x, 1);
+    crc = _mm_crc32_u64(crc, (uint64_t)_mm_cvtsi128_si64(low));
+    crc = _mm_crc32_u64(crc, (uint64_t)_mm_extract_epi64(low, 1));
+    crc = _mm_crc32_u64(crc, (uint64_t)_mm_cvtsi128_si64(high));
+    return _mm_crc32_u64(crc, (uint64_t)_mm_extract_epi64(high, 1));
+}
+
+OSC_AVX512 jint step_avx512(const Step& s, const Piece& p, double* sums, uint64_t& crc) {
     constexpr ptrdiff_t W = 16;
     const ptrdiff_t n = p.n;
     ptrdiff_t k = 0;
     for (ptrdiff_t peel = peel_count(p.theta_out, n, 64); k < peel; k++) {
         jint why = step_one(s, p, k, sums);
         if (why != APPLIED) return undo(p, k, why);
+        crc = crc_of_element(crc, p.theta_out + k);
     }
     // Locals, not p's and s's fields: stores through the arrays could alias those for the compiler.
     const char* gradient = p.gradient;
@@ -269,6 +289,8 @@ OSC_AVX512 jint step_avx512(const Step& s, const Piece& p, double* sums) {
         if (stream_m) _mm512_stream_ps(m_out + k, mi); else _mm512_storeu_ps(m_out + k, mi);
         if (stream_v) _mm512_stream_ps(v_out + k, vi); else _mm512_storeu_ps(v_out + k, vi);
         _mm512_storeu_ps(weights + 4 * k, t);
+        crc = crc_of_vector(crc, _mm512_castsi512_si256(_mm512_castps_si512(t)));
+        crc = crc_of_vector(crc, _mm512_extracti64x4_epi64(_mm512_castps_si512(t), 1));
         // Elements k..k+7, then k+8..k+15: both halves fall on the same eight lanes, in order.
         __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(g));
         __m512d high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(g), 1)));
@@ -280,17 +302,19 @@ OSC_AVX512 jint step_avx512(const Step& s, const Piece& p, double* sums) {
     for (; k < n; k++) {
         jint why = step_one(s, p, k, sums);
         if (why != APPLIED) return undo(p, k, why);
+        crc = crc_of_element(crc, p.theta_out + k);
     }
     return APPLIED;
 }
 
-OSC_AVX2 jint step_avx2(const Step& s, const Piece& p, double* sums) {
+OSC_AVX2 jint step_avx2(const Step& s, const Piece& p, double* sums, uint64_t& crc) {
     constexpr ptrdiff_t W = 8;
     const ptrdiff_t n = p.n;
     ptrdiff_t k = 0;
     for (ptrdiff_t peel = peel_count(p.theta_out, n, 32); k < peel; k++) {
         jint why = step_one(s, p, k, sums);
         if (why != APPLIED) return undo(p, k, why);
+        crc = crc_of_element(crc, p.theta_out + k);
     }
     const char* gradient = p.gradient;
     char* weights = p.weights;
@@ -357,6 +381,7 @@ OSC_AVX2 jint step_avx2(const Step& s, const Piece& p, double* sums) {
         if (stream_m) _mm256_stream_ps(m_out + k, mi); else _mm256_storeu_ps(m_out + k, mi);
         if (stream_v) _mm256_stream_ps(v_out + k, vi); else _mm256_storeu_ps(v_out + k, vi);
         _mm256_storeu_ps(reinterpret_cast<float*>(weights + 4 * k), t);
+        crc = crc_of_vector(crc, _mm256_castps_si256(t));
         __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(g));
         __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(g, 1));
         squares_low = _mm256_add_pd(squares_low, _mm256_mul_pd(low, low));
@@ -368,6 +393,7 @@ OSC_AVX2 jint step_avx2(const Step& s, const Piece& p, double* sums) {
     for (; k < n; k++) {
         jint why = step_one(s, p, k, sums);
         if (why != APPLIED) return undo(p, k, why);
+        crc = crc_of_element(crc, p.theta_out + k);
     }
     return APPLIED;
 }
@@ -375,8 +401,10 @@ OSC_AVX2 jint step_avx2(const Step& s, const Piece& p, double* sums) {
 bool has(int isa) {
     switch (isa) {
         case PORTABLE: return true;
-        case AVX2_FMA: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        case AVX512F: return __builtin_cpu_supports("avx512f");
+        case AVX2_FMA:
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                && __builtin_cpu_supports("sse4.2");
+        case AVX512F: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("sse4.2");
         default: return false;
     }
 }
@@ -407,12 +435,14 @@ struct Critical {
 // The pass over gradient[0, 4n) and weights[0, 4n), n = to − from, for both entry points.
 jint segment_step(JNIEnv* env, const char* gradient, char* weights, jfloatArray theta, jfloatArray m, jfloatArray v,
                   jfloatArray thetaOut, jfloatArray mOut, jfloatArray vOut, jint from, jint to, jfloatArray scalars,
-                  jint flags, jdoubleArray lanes) {
+                  jint flags, jdoubleArray lanes, jintArray crc32c) {
     // Read before the arrays are held: no other JNI call may come while they are.
     jfloat k[SCALARS];
     jdouble lane_sums[SUM_LANES];
+    jint record[2];
     env->GetFloatArrayRegion(scalars, 0, SCALARS, k);
     env->GetDoubleArrayRegion(lanes, 0, SUM_LANES, lane_sums);
+    env->GetIntArrayRegion(crc32c, 0, 2, record);
     if (env->ExceptionCheck()) return -1;
     Step s;
     s.grad_scale = k[0];
@@ -430,6 +460,8 @@ jint segment_step(JNIEnv* env, const char* gradient, char* weights, jfloatArray 
     s.lerp = (flags & LERP) != 0;
     s.lerp_from_m = fabsf(s.one_minus_beta1) < 0.5f;
     double sums[SUM_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
+    uint64_t crc = ~(uint32_t)record[0];  // a CRC-32C value goes on from its complement
+    bool checksums = true;
     jint result;
     {
         Critical theta_in(env, theta, false);
@@ -453,9 +485,9 @@ jint segment_step(JNIEnv* env, const char* gradient, char* weights, jfloatArray 
         p.v_out = static_cast<float*>(v_new.data) + from;
         p.n = to - from;
         switch (__atomic_load_n(&isa_in_use, __ATOMIC_RELAXED)) {
-            case AVX512F: result = step_avx512(s, p, sums); break;
-            case AVX2_FMA: result = step_avx2(s, p, sums); break;
-            default: result = step_portable(s, p, sums); break;
+            case AVX512F: result = step_avx512(s, p, sums, crc); break;
+            case AVX2_FMA: result = step_avx2(s, p, sums, crc); break;
+            default: result = step_portable(s, p, sums); checksums = false; break;
         }
         // Non-temporal stores are weakly ordered: they must be visible before the caller reads them.
         _mm_sfence();
@@ -465,6 +497,9 @@ jint segment_step(JNIEnv* env, const char* gradient, char* weights, jfloatArray 
             lane_sums[lane] = lane_sums[lane] + sums[lane];
         }
         env->SetDoubleArrayRegion(lanes, 0, SUM_LANES, lane_sums);
+        record[0] = (jint) ~(uint32_t)crc;
+        record[1] = checksums ? 1 : 0;
+        env->SetIntArrayRegion(crc32c, 0, 2, record);
     }
     return result;
 }
@@ -482,19 +517,9 @@ char* address_of(JNIEnv* env, jobject buffer) {
 // SegmentStepKernel checks every range, the buffers and the arrays before calling.
 
 OSC_EXPORT jint JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_radamSegmentStep(
-        JNIEnv* env, jclass, jobject segment, jlong gradientByte, jlong weightsByte, jfloatArray theta, jfloatArray m,
-        jfloatArray v, jfloatArray thetaOut, jfloatArray mOut, jfloatArray vOut, jint from, jint to,
-        jfloatArray scalars, jint flags, jdoubleArray lanes) {
-    char* base = address_of(env, segment);
-    if (base == nullptr) return -1;
-    return segment_step(env, base + gradientByte, base + weightsByte, theta, m, v, thetaOut, mOut, vOut, from, to,
-                        scalars, flags, lanes);
-}
-
-OSC_EXPORT jint JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_radamSegmentStepViews(
         JNIEnv* env, jclass, jobject gradient, jlong gradientByte, jobject weights, jlong weightsByte,
         jfloatArray theta, jfloatArray m, jfloatArray v, jfloatArray thetaOut, jfloatArray mOut, jfloatArray vOut,
-        jint from, jint to, jfloatArray scalars, jint flags, jdoubleArray lanes) {
+        jint from, jint to, jfloatArray scalars, jint flags, jdoubleArray lanes, jintArray crc32c) {
     char* gradient_base = address_of(env, gradient);
     if (gradient_base == nullptr) return -1;
     char* weights_base = address_of(env, weights);
@@ -508,7 +533,7 @@ OSC_EXPORT jint JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_radamS
         return -1;
     }
     return segment_step(env, gradient_base + gradientByte, weights_base + weightsByte, theta, m, v, thetaOut, mOut,
-                        vOut, from, to, scalars, flags, lanes);
+                        vOut, from, to, scalars, flags, lanes, crc32c);
 }
 
 OSC_EXPORT jint JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_segmentStepIsa(JNIEnv*, jclass,

@@ -26,6 +26,18 @@ import java.util.Map;
 record GroupChange(GroupState group, double lr, Hyperparameters hyperparameters, Algorithm algorithm) {
     private static final String LR = "lr";
 
+    /** What puts the group back as it is now: taken before {@link #apply}, for a step that is then refused. */
+    Runnable undo() {
+        double lr = group.baseLr;
+        Hyperparameters hp = group.hyperparameters;
+        Algorithm before = group.algorithm;
+        return () -> {
+            group.baseLr = lr;
+            group.hyperparameters = hp;
+            group.algorithm = before;
+        };
+    }
+
     void apply() {
         if (hyperparameters != null) {
             group.hyperparameters = hyperparameters;

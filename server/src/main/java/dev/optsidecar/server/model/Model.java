@@ -509,7 +509,8 @@ public final class Model {
      * weights are the model's, bit for bit (as the trainer's CRC-32C records would), and writes the
      * new weights in their place; nothing is copied in before or out after. That takes an async
      * step of one trainer at the current version that wants the train view back as float32, with
-     * nothing in no_grad and no learning-rate or hyperparameter change, on a model without a
+     * nothing in no_grad (learning-rate and hyperparameter changes are applied, and undone if the
+     * pass refuses the step), on a model without a
      * journal (whose record would hold a copy of the gradient), clipping (which needs the norm
      * before the pass), EMA, Lookahead or update norm, whose every tensor's step the stepper runs.
      *
@@ -520,14 +521,15 @@ public final class Model {
     public SegmentStepOutcome commitFromSegment(StepAssembly a, StepOptions options, ResolvedView view,
                                                 SegmentStepper.PieceViews views) {
         SegmentStepper stepper = engine.segmentStepper();
-        if (stepper == null || sync || options.setsWeights() || !options.noGrad().isEmpty()
-                || !options.groupLr().isEmpty() || !options.groupHyperparameters().isEmpty() || view == null
+        if (stepper == null || sync || options.setsWeights() || !options.noGrad().isEmpty() || view == null
                 || view.source() != ViewSource.TRAIN || view.wire() != WireType.FLOAT32
                 || training.clipGradNorm() > 0 || training.reportUpdateNorm() || !training.ema().isEmpty()
                 || training.lookahead() != null) {
             return null;
         }
         checkCurrent(a);
+        Map<String, Struct> changes = GroupChange.combine(groups, name, options.groupLr(),
+                options.groupHyperparameters());
         long stamp = lock.writeLock();
         try {
             checkLive();
@@ -538,22 +540,12 @@ public final class Model {
                 return null;
             }
             checkAcceptingSteps();
-            boolean[] none = new boolean[tensors.size()];
-            List<SegmentStepper.Piece> pieces = segmentPieces();
             SegmentStepper.Applied[] applied = {null};
-            StepResult result = steps.applyInPlace(a.session().contribution(a.stepId()), view.label(), plans -> {
-                List<TensorProgram> programs = StepComposition.compose(this, none, plans, false, List.of());
-                if (programs.size() != tensors.size() || !stepper.supports(programs)) {
-                    return null;
-                }
-                applied[0] = stepper.run(programs, pieces, views, java.util.concurrent.ForkJoinPool.commonPool(),
-                        dev.optsidecar.server.Parallel.COPY_THREADS);
-                if (applied[0] == null) {
-                    return null;
-                }
-                advance(none, plans, false, List.of());
-                return applied[0].sumOfSquares();
-            });
+            StepResult result = steps.applyInPlace(a.session().contribution(a.stepId()), changes, view.label(),
+                    plans -> {
+                        applied[0] = stepFromSegment(stepper, plans, views);
+                        return applied[0] == null ? null : applied[0].sumOfSquares();
+                    });
             if (result == null) {
                 return null;
             }
@@ -567,6 +559,25 @@ public final class Model {
         } finally {
             lock.unlockWrite(stamp);
         }
+    }
+
+    /**
+     * Runs a planned step from a segment and advances the counters; null, having changed nothing,
+     * when the stepper cannot run its programs or refused it. Under the write lock.
+     */
+    private SegmentStepper.Applied stepFromSegment(SegmentStepper stepper, Map<GroupState, StepPlan> plans,
+                                                   SegmentStepper.PieceViews views) {
+        boolean[] none = new boolean[tensors.size()];
+        List<TensorProgram> programs = StepComposition.compose(this, none, plans, false, List.of());
+        if (programs.size() != tensors.size() || !stepper.supports(programs)) {
+            return null;
+        }
+        SegmentStepper.Applied applied = stepper.run(programs, segmentPieces(), views,
+                java.util.concurrent.ForkJoinPool.commonPool(), dev.optsidecar.server.Parallel.COPY_THREADS);
+        if (applied != null) {
+            advance(none, plans, false, List.of());
+        }
+        return applied;
     }
 
     /** Every tensor in pieces of {@link StepAssembly#MAX_CHUNK_BYTES}, tensor by tensor, as a segment's are read. */

@@ -230,15 +230,19 @@ final class StepApplier {
      *
      * @return the result, or null when the pass refused the step, which then changed nothing
      */
-    StepResult applyInPlace(Contribution who, View label, InPlacePass pass) {
+    StepResult applyInPlace(Contribution who, Map<String, Struct> groupChanges, View label, InPlacePass pass) {
         if (log != null || training.clipGradNorm() > 0) {
             throw new IllegalStateException("a step applied in place needs a model without journal or clipping");
         }
+        List<GroupChange> changes = resolveChanges(groupChanges);
+        List<Runnable> undo = changes.stream().map(GroupChange::undo).toList();
+        changes.forEach(GroupChange::apply);
         StepResult.Builder result = header(List.of(who), false, label, 0, 1.0).setClipCoefficient(1.0);
         Map<GroupState, StepPlan> plans = plan(result, 1.0, 1f, false);
         long started = System.nanoTime();
         Double sumOfSquares = pass.run(plans);
         if (sumOfSquares == null) {
+            undo.forEach(Runnable::run);
             return null;
         }
         result.setGradNorm(Math.sqrt(sumOfSquares));

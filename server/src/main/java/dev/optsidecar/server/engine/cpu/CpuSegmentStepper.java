@@ -16,8 +16,8 @@ import java.util.zip.CRC32C;
 /**
  * The CPU engine's step from a segment ({@link SegmentStepper}): each piece is one native pass
  * ({@link SegmentStepKernel}) from the segment and the current buffers into the spares and the
- * segment's weights, then the CRC-32C of the weights it wrote, while they are in cache. The
- * spares become the tensors' buffers only when every piece has passed.
+ * segment's weights, which also takes the CRC-32C of the weights it writes. The spares become
+ * the tensors' buffers only when every piece has passed.
  */
 final class CpuSegmentStepper implements SegmentStepper {
     @Override
@@ -65,16 +65,15 @@ final class CpuSegmentStepper implements SegmentStepper {
             TensorProgram program = programs.get(piece.program());
             ByteBuffer weights = views.weights(piece);
             double[] lanes = new double[JavaLoops.SUM_LANES];
+            int[] crc = new int[2];
             int result = step((CpuTensor) program.tensor(), program.calls().get(0), piece, views.gradient(piece),
-                    weights, lanes);
+                    weights, lanes, crc);
             outcome[i] = result;
             if (result != SegmentStepKernel.APPLIED) {
                 refused.set(true);
                 return;
             }
-            CRC32C crc = new CRC32C();
-            crc.update(weights.duplicate());
-            crc32c[i] = (int) crc.getValue();
+            crc32c[i] = crc[1] == 1 ? crc[0] : crc32c(weights);
             sums[i] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
         });
         if (refused.get()) {
@@ -93,7 +92,7 @@ final class CpuSegmentStepper implements SegmentStepper {
 
     /** One piece, block by block (a piece may span blocks where blocks are small). */
     private static int step(CpuTensor t, KernelCall call, Piece piece, ByteBuffer gradient, ByteBuffer weights,
-                            double[] lanes) {
+                            double[] lanes, int[] crc) {
         int m = call.slot("exp_avg");
         int v = call.slot("exp_avg_sq");
         long at = piece.offset();
@@ -106,7 +105,7 @@ final class CpuSegmentStepper implements SegmentStepper {
             float[][] slots = t.stateBlock(b);
             int result = SegmentStepKernel.run(gradient, byteOffset, weights, byteOffset, t.paramBlock(b), slots[m],
                     slots[v], t.spareParamBlock(b), t.spareSlotBlock(m, b), t.spareSlotBlock(v, b), from, to, call,
-                    lanes);
+                    lanes, crc);
             if (result != SegmentStepKernel.APPLIED) {
                 if (at > piece.offset()) { // the blocks of this piece already done
                     putBack(t, piece.offset(), (int) (at - piece.offset()), weights);
@@ -116,6 +115,13 @@ final class CpuSegmentStepper implements SegmentStepper {
             at += to - from;
         }
         return SegmentStepKernel.APPLIED;
+    }
+
+    /** The CRC-32C of the weights a piece wrote, where the kernel could not take it on the way. */
+    private static int crc32c(ByteBuffer weights) {
+        CRC32C crc = new CRC32C();
+        crc.update(weights.duplicate());
+        return (int) crc.getValue();
     }
 
     /**

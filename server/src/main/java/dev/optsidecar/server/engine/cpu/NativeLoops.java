@@ -44,36 +44,30 @@ final class NativeLoops {
     /**
      * RAdam's rectified step ({@link RAdamLoops#rectified}'s bits) over elements {@code [from, to)}
      * of a block whose gradient and trainer's weights are the little-endian floats of direct
-     * {@code segment} from bytes {@code gradientByte} and {@code weightsByte} (from its address,
-     * element {@code from} first): θ, m, v are read from {@code theta}, {@code m}, {@code v} and
-     * their new values written to {@code thetaOut}, {@code mOut}, {@code vOut} and θ's also to the
-     * segment's weights; the gradient's squares are added to {@code lanes[0, 8)} as
-     * {@link JavaLoops#addSquares} adds them. Each segment value is read once, so the value checked
-     * is the value used.
+     * buffers {@code gradient} and {@code weights} (views of one segment) from bytes
+     * {@code gradientByte} and {@code weightsByte} of each, element {@code from} first: θ, m, v are
+     * read from {@code theta}, {@code m}, {@code v} and their new values written to
+     * {@code thetaOut}, {@code mOut}, {@code vOut} and θ's also to the segment's weights; the
+     * gradient's squares are added to {@code lanes[0, 8)} as {@link JavaLoops#addSquares} adds
+     * them, and the CRC-32C in {@code crc32c[0]} is continued over the weights written, unless
+     * {@code crc32c[1]} comes back 0 (an x86-64 without SSE4.2: the caller computes it). Each
+     * segment value is read once, so the value checked is the value used; regions that overlap in
+     * memory throw IllegalArgumentException before anything is read.
      *
      * <p>It stops at the first element whose weight in the segment is not bitwise theta's
      * ({@link SegmentStepKernel#EDITED}) or whose gradient is NaN or infinite
-     * ({@link SegmentStepKernel#NON_FINITE}): then the segment's weights are as it found them, the
-     * lanes unchanged, and the output arrays hold anything.
+     * ({@link SegmentStepKernel#NON_FINITE}): then the segment's weights are as it found them, and
+     * the lanes, the CRC and the output arrays hold anything.
      *
      * @param scalars grad_scale, decay_factor, weight_decay, beta1, one_minus_beta1, beta2,
      *                one_minus_beta2, step_size, eps
      * @param flags   1 decoupled_weight_decay, 2 coupled_weight_decay, 4 lerp_first_moment
      * @return {@link SegmentStepKernel#APPLIED}, {@code EDITED} or {@code NON_FINITE}
      */
-    static native int radamSegmentStep(java.nio.ByteBuffer segment, long gradientByte, long weightsByte,
-                                       float[] theta, float[] m, float[] v, float[] thetaOut, float[] mOut,
-                                       float[] vOut, int from, int to, float[] scalars, int flags, double[] lanes);
-
-    /**
-     * {@link #radamSegmentStep} with the gradient and the weights in two direct buffers (views of
-     * one segment), each offset from its own buffer's address; regions that overlap in memory throw
-     * IllegalArgumentException before anything is read. {@code gradient} may be read-only.
-     */
-    static native int radamSegmentStepViews(java.nio.ByteBuffer gradient, long gradientByte,
-                                            java.nio.ByteBuffer weights, long weightsByte, float[] theta, float[] m,
-                                            float[] v, float[] thetaOut, float[] mOut, float[] vOut, int from, int to,
-                                            float[] scalars, int flags, double[] lanes);
+    static native int radamSegmentStep(java.nio.ByteBuffer gradient, long gradientByte,
+                                       java.nio.ByteBuffer weights, long weightsByte, float[] theta, float[] m,
+                                       float[] v, float[] thetaOut, float[] mOut, float[] vOut, int from, int to,
+                                       float[] scalars, int flags, double[] lanes, int[] crc32c);
 
     /**
      * Test hook: forces the instruction set {@link #radamSegmentStep} uses (0 portable, 1 AVX2+FMA,

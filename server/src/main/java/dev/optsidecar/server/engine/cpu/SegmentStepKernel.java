@@ -52,17 +52,19 @@ final class SegmentStepKernel {
     static int run(ByteBuffer segment, long gradientByte, long weightsByte, float[] theta, float[] m, float[] v,
                    float[] thetaOut, float[] mOut, float[] vOut, int from, int to, KernelCall call, double[] lanes) {
         return run(segment, gradientByte, segment, weightsByte, theta, m, v, thetaOut, mOut, vOut, from, to, call,
-                lanes);
+                lanes, new int[2]);
     }
 
     /**
      * {@link #run(ByteBuffer, long, long, float[], float[], float[], float[], float[], float[], int, int,
      * KernelCall, double[]) run} with the gradient and the weights in two direct buffers, views of
-     * the segment, each offset from its own start; {@code gradient} may be read-only.
+     * the segment, each offset from its own start ({@code gradient} may be read-only), and the
+     * CRC-32C of the weights written: {@code crc32c[0]}, continued (0 to start a piece), unless
+     * {@code crc32c[1]} comes back 0 (no SSE4.2: the caller computes it).
      */
     static int run(ByteBuffer gradient, long gradientByte, ByteBuffer weights, long weightsByte, float[] theta,
                    float[] m, float[] v, float[] thetaOut, float[] mOut, float[] vOut, int from, int to,
-                   KernelCall call, double[] lanes) {
+                   KernelCall call, double[] lanes, int[] crc32c) {
         if (!AVAILABLE) {
             throw new IllegalStateException("no native segment step: " + NativeLoops.UNAVAILABLE);
         }
@@ -76,6 +78,7 @@ final class SegmentStepKernel {
         Objects.checkFromToIndex(from, to, mOut.length);
         Objects.checkFromToIndex(from, to, vOut.length);
         Objects.checkFromToIndex(0, JavaLoops.SUM_LANES, lanes.length);
+        Objects.checkFromToIndex(0, 2, crc32c.length);
         if (!gradient.isDirect()) {
             throw new IllegalArgumentException("the gradient must be in a direct buffer: " + gradient);
         }
@@ -98,16 +101,9 @@ final class SegmentStepKernel {
         int flags = (call.flag("decoupled_weight_decay") ? DECOUPLED : 0)
                 | (call.flag("coupled_weight_decay") ? COUPLED : 0)
                 | (call.flag("lerp_first_moment") ? LERP : 0);
-        if (gradient != weights) {
-            // Views of one mapping may still overlap: the native side compares their addresses.
-            return NativeLoops.radamSegmentStepViews(gradient, gradientByte, weights, weightsByte, theta, m, v,
-                    thetaOut, mOut, vOut, from, to, scalars, flags, lanes);
-        }
-        if (bytes > 0 && gradientByte < weightsByte + bytes && weightsByte < gradientByte + bytes) {
-            throw new IllegalArgumentException("gradient bytes " + gradientByte + " and weights bytes " + weightsByte
-                    + " overlap over " + bytes + " bytes");
-        }
-        return NativeLoops.radamSegmentStep(gradient, gradientByte, weightsByte, theta, m, v, thetaOut, mOut, vOut,
-                from, to, scalars, flags, lanes);
+        // Regions that overlap (in one buffer, or in two views of one mapping) are refused natively,
+        // where their addresses are known.
+        return NativeLoops.radamSegmentStep(gradient, gradientByte, weights, weightsByte, theta, m, v, thetaOut, mOut,
+                vOut, from, to, scalars, flags, lanes, crc32c);
     }
 }

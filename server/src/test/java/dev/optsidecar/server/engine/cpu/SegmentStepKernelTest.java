@@ -13,6 +13,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
+import java.util.zip.CRC32C;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -334,7 +335,7 @@ class SegmentStepKernelTest {
     }
 
     /** Views of the gradient and weights regions, as a mapped segment hands pieces out. */
-    private Run runOnViews(int from, int to, KernelCall call, double[] lanes) {
+    private Run runOnViews(int from, int to, KernelCall call, double[] lanes, int[] crc32c) {
         int bytes = (to - from) * Float.BYTES;
         ByteBuffer gradientView = segment.slice(GRADIENT_BASE + from * Float.BYTES, bytes).asReadOnlyBuffer();
         ByteBuffer weightsView = segment.slice(WEIGHTS_BASE + from * Float.BYTES, bytes);
@@ -343,8 +344,39 @@ class SegmentStepKernelTest {
         float[] vOut = new float[N];
         double[] sums = lanes.clone();
         int result = SegmentStepKernel.run(gradientView, 0, weightsView, 0, theta, m, v, thetaOut, mOut, vOut, from,
-                to, call, sums);
+                to, call, sums, crc32c);
         return new Run(result, thetaOut, mOut, vOut, sums);
+    }
+
+    /** With SSE4.2 (the vector levels) the pass took the CRC-32C of the weights it wrote, as java.util.zip's. */
+    private void assertWeightsCrc32c(int isa, int from, int to, int[] crc32c, String where) {
+        if (isa == 0) {
+            assertEquals(0, crc32c[1], where + ": the portable level leaves the CRC to the caller");
+            return;
+        }
+        assertEquals(1, crc32c[1], where + ": the CRC was taken");
+        CRC32C expected = new CRC32C();
+        expected.update(segment.slice(WEIGHTS_BASE + from * Float.BYTES, (to - from) * Float.BYTES));
+        assertEquals((int) expected.getValue(), crc32c[0], where + ": CRC-32C of the weights written");
+    }
+
+    @Test
+    void aPieceRunInTwoCallsContinuesItsCrc() {
+        KernelCall call = call(false, false, false, 1f, 0.9);
+        byte[] original = bytesOf(segment);
+        for (int isa : isas()) {
+            if (isa == 0) {
+                continue;
+            }
+            NativeLoops.segmentStepIsa(isa);
+            segment.clear();
+            segment.put(original).clear();
+            int[] crc32c = new int[2];
+            assertEquals(SegmentStepKernel.APPLIED, runOnViews(3, 517, call, new double[8], crc32c).result());
+            assertEquals(SegmentStepKernel.APPLIED, runOnViews(517, 4000, call, new double[8], crc32c).result());
+            assertWeightsCrc32c(isa, 3, 4000, crc32c, "isa " + isa + ", [3, 517) then [517, 4000)");
+        }
+        NativeLoops.segmentStepIsa(-1);
     }
 
     @Test
@@ -362,9 +394,11 @@ class SegmentStepKernelTest {
                 byte[] after = bytesOf(segment);
                 segment.clear();
                 segment.put(original).clear();
-                Run views = runOnViews(from, to, call, lanes);
+                int[] crc32c = new int[2];
+                Run views = runOnViews(from, to, call, lanes, crc32c);
                 assertEquals(SegmentStepKernel.APPLIED, views.result(), where);
                 assertArrayEquals(after, bytesOf(segment), where + ": the segment");
+                assertWeightsCrc32c(isa, from, to, crc32c, where);
                 for (int i = from; i < to; i++) {
                     assertEquals(Float.floatToRawIntBits(whole.thetaOut()[i]), Float.floatToRawIntBits(views.thetaOut()[i]));
                     assertEquals(Float.floatToRawIntBits(whole.mOut()[i]), Float.floatToRawIntBits(views.mOut()[i]));
@@ -378,7 +412,7 @@ class SegmentStepKernelTest {
         int at = WEIGHTS_BASE + 700 * Float.BYTES;
         segment.putInt(at, segment.getInt(at) ^ 1);
         byte[] before = bytesOf(segment);
-        assertEquals(SegmentStepKernel.EDITED, runOnViews(3, 1000, call, lanes).result());
+        assertEquals(SegmentStepKernel.EDITED, runOnViews(3, 1000, call, lanes, new int[2]).result());
         assertArrayEquals(before, bytesOf(segment), "the views' weights restored");
 
         // Two views over the same bytes: only their addresses show it.
@@ -388,12 +422,12 @@ class SegmentStepKernelTest {
         float[] out2 = new float[N];
         float[] out3 = new float[N];
         assertThrows(IllegalArgumentException.class, () -> SegmentStepKernel.run(first, 0, second, 0, theta, m, v,
-                out1, out2, out3, 0, 1000, call, new double[8]));
+                out1, out2, out3, 0, 1000, call, new double[8], new int[2]));
         assertArrayEquals(before, bytesOf(segment), "nothing written");
         assertThrows(IllegalArgumentException.class, () -> SegmentStepKernel.run(first, 0, second.asReadOnlyBuffer(), 0,
-                theta, m, v, out1, out2, out3, 0, 10, call, new double[8]), "read-only weights");
+                theta, m, v, out1, out2, out3, 0, 10, call, new double[8], new int[2]), "read-only weights");
         assertThrows(IndexOutOfBoundsException.class, () -> SegmentStepKernel.run(first, 4, second, 0, theta, m, v,
-                out1, out2, out3, 0, 1000, call, new double[8]), "past the gradient view");
+                out1, out2, out3, 0, 1000, call, new double[8], new int[2]), "past the gradient view");
     }
 
     @Test
