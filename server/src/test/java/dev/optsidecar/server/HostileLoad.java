@@ -210,6 +210,9 @@ final class HostileLoad {
     }
 
     private void check(String what, Status status) {
+        if (status.getCause() != null) {
+            return; // made by the client's own transport (the connection died under a SIGKILL), not an answer
+        }
         if (status.getCode() == Status.Code.INTERNAL || status.getCode() == Status.Code.UNKNOWN) {
             record(what + ": " + status);
         }

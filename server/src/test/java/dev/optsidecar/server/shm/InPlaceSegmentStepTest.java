@@ -172,6 +172,70 @@ class InPlaceSegmentStepTest {
         }
     }
 
+    /**
+     * A trainer that rewrites its gradient while its steps run, NaN and back: each step is applied
+     * with values it wrote, or refused with the model as it was; the model never holds a NaN.
+     */
+    @Test
+    void aGradientRewrittenDuringStepsNeverReachesTheModelHalfApplied() throws Exception {
+        String model = register(f, false);
+        try (TestSegment seg = sealed(f)) {
+            RawStep first = open(f, model, seg);
+            stepUntilInPlace(first, seg, model);
+            first.halfClose();
+            assertEquals(Status.Code.OK, first.awaitClose().getCode());
+            float[][] finite = grads(60);
+            float[][] spoiled = grads(60);
+            for (int i = 0; i < spoiled[0].length; i += 9_999) {
+                spoiled[0][i] = Float.NaN;
+            }
+            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+            Thread hostile = new Thread(() -> {
+                java.util.Random random = new java.util.Random(61);
+                while (!stop.get()) {
+                    seg.putGradients(spoiled);
+                    seg.putGradients(finite);
+                    java.util.concurrent.locks.LockSupport.parkNanos(random.nextInt(3_000_000)); // some steps run clean
+                }
+            });
+            double inPlaceBefore = segmentSteps(f, model, "in_place");
+            hostile.start();
+            int applied = 0;
+            int refused = 0;
+            try {
+                for (int k = 0; k < 40; k++) {
+                    long version = f.describe(model).getVersion();
+                    float[][] before = f.pull(model);
+                    RawStep s = open(f, model, seg);
+                    s.commit(commit(1_000 + k, List.of()));
+                    s.halfClose();
+                    Status status = s.awaitClose();
+                    float[][] after = f.pull(model);
+                    for (float[] tensor : after) {
+                        for (float value : tensor) {
+                            assertTrue(Float.isFinite(value), "a non-finite weight after step " + k);
+                        }
+                    }
+                    if (status.isOk()) {
+                        applied++;
+                        assertEquals(version + 1, f.describe(model).getVersion());
+                    } else {
+                        refused++;
+                        assertEquals(Status.Code.INVALID_ARGUMENT, status.getCode(), status::toString);
+                        assertEquals(version, f.describe(model).getVersion());
+                        assertBitsEqual(before, after, "the model after a refused step");
+                    }
+                }
+            } finally {
+                stop.set(true);
+                hostile.join();
+            }
+            assertTrue(refused > 0, "no step saw a NaN (" + applied + " applied)");
+            assertTrue(segmentSteps(f, model, "in_place") > inPlaceBefore, "no step went in place");
+        }
+        f.assertServerHealthy("healthy-after-rewrites");
+    }
+
     @Test
     void withoutRoomForTheSecondBuffersStepsAreCopied(@TempDir Path shm) throws IOException {
         long modelBytes = 0;

@@ -51,10 +51,14 @@ public final class CpuEngine implements Engine {
 
     /**
      * How the tensor-wide loops outside the kernels (the gradient's sum of squares, the 16-bit
-     * conversions) run here: native, or in Java and why, for the start-up log.
+     * conversions) run here: native, or in Java and why; and whether steps over a sealed segment
+     * can run in place. For the start-up log.
      */
     public static String bulkLoops() {
-        return BulkLoops.NATIVE ? "native bulk loops" : "Java bulk loops (" + NativeLoops.UNAVAILABLE + ")";
+        if (!BulkLoops.NATIVE) {
+            return "Java bulk loops (" + NativeLoops.UNAVAILABLE + ")";
+        }
+        return SegmentStepKernel.VECTORISED ? "native bulk loops, in-place segment steps" : "native bulk loops";
     }
 
     /** @throws ArithmeticException when the bytes do not fit a long */
@@ -74,7 +78,7 @@ public final class CpuEngine implements Engine {
 
     @Override
     public SegmentStepper segmentStepper() {
-        return SegmentStepKernel.AVAILABLE ? SEGMENT_STEPPER : null;
+        return SegmentStepKernel.VECTORISED ? SEGMENT_STEPPER : null;
     }
 
     private static final SegmentStepper SEGMENT_STEPPER = new CpuSegmentStepper();

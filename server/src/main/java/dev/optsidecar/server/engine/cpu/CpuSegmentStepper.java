@@ -22,7 +22,7 @@ import java.util.zip.CRC32C;
 final class CpuSegmentStepper implements SegmentStepper {
     @Override
     public boolean supports(List<TensorProgram> programs) {
-        if (!SegmentStepKernel.AVAILABLE) {
+        if (!SegmentStepKernel.VECTORISED) {
             return false;
         }
         for (TensorProgram p : programs) {

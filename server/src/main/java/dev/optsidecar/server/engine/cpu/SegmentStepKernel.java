@@ -21,6 +21,11 @@ final class SegmentStepKernel {
 
     /** Whether the native kernel can run (the library loaded); else callers take the copying path. */
     static final boolean AVAILABLE = BulkLoops.NATIVE;
+    /**
+     * Whether it runs vectorised (AVX2 and up, with SSE4.2 for the CRC): the portable loop is
+     * several times slower than the copying path's passes, so the engine steps in place only then.
+     */
+    static final boolean VECTORISED = AVAILABLE && NativeLoops.segmentStepIsa(-1) > 0;
 
     /** The native side's flag bits. */
     private static final int DECOUPLED = 1;
