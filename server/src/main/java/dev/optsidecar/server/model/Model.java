@@ -500,7 +500,7 @@ public final class Model {
         }
     }
 
-    /** A step run straight from a trainer's segment: its result, and the CRC-32C of each 1 MiB piece of the weights it wrote there. */
+    /** A step run from a trainer's segment: its result, the CRC-32C of each 1 MiB piece of weights written there. */
     public record SegmentStepOutcome(StepResult result, int[] weightsCrc32c, long weightsBytes) {}
 
     /**
@@ -510,9 +510,9 @@ public final class Model {
      * new weights in their place; nothing is copied in before or out after. That takes an async
      * step of one trainer at the current version that wants the train view back as float32, with
      * nothing in no_grad (learning-rate and hyperparameter changes are applied, and undone if the
-     * pass refuses the step), on a model without a
-     * journal (whose record would hold a copy of the gradient), clipping (which needs the norm
-     * before the pass), EMA, Lookahead or update norm, whose every tensor's step the stepper runs.
+     * pass refuses the step), on a model without a journal (whose record would hold a copy of the
+     * gradient), clipping (which needs the norm before the pass), EMA, Lookahead or update norm,
+     * whose every tensor's step the stepper runs.
      *
      * @return the outcome, the new weights already in the segment; or null when the step cannot go
      *         that way or the pass refused it (a NaN or Inf, or weights the trainer wrote since):

@@ -216,7 +216,7 @@ final class StepApplier {
         return applied(result, contributions, staleness, updateNorm, (System.nanoTime() - started) / 1e9);
     }
 
-    /** A pass that runs a planned step from where its gradient lies; the gradient's sum of squares, or null when it refused the step. */
+    /** Runs a planned step from where its gradient lies: the gradient's sum of squares, or null if it refused the step. */
     @FunctionalInterface
     interface InPlacePass {
         Double run(Map<GroupState, StepPlan> plans);
