@@ -19,7 +19,7 @@ fi
 java_home=${JAVA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v javac)")")")}
 library="$out/liboptsidecar_cpu.so"
 mkdir -p "$out"
-if [ -f "$library" ] && [ -z "$(find "$here" -newer "$library" -type f \( -name '*.cc' -o -name build.sh \))" ]; then
+if [ -f "$library" ] && [ -z "$(find "$here" -newer "$library" -type f \( -name '*.cc' -o -name '*.h' -o -name build.sh \))" ]; then
   echo "[cpu] $library is up to date"
   exit 0
 fi

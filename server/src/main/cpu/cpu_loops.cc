@@ -5,6 +5,8 @@
 // faster is only that the compiler may run eight elements at once, which Java 17 does not.
 #include <jni.h>
 
+#include "jni_arrays.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -156,20 +158,7 @@ OSC_CLONES void narrow_to_float16(const float* from, uint16_t* to, int n) {
     }
 }
 
-// The arrays of one call, held without copying for its (short) duration.
-struct Critical {
-    JNIEnv* env;
-    jarray array;
-    void* data;
-    jint release_mode;
-
-    Critical(JNIEnv* e, jarray a, bool writes) : env(e), array(a), release_mode(writes ? 0 : JNI_ABORT) {
-        data = env->GetPrimitiveArrayCritical(array, nullptr);
-    }
-    ~Critical() {
-        if (data != nullptr) env->ReleasePrimitiveArrayCritical(array, data, release_mode);
-    }
-};
+using optsidecar::Critical;
 
 }  // namespace
 

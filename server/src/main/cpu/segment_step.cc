@@ -12,6 +12,8 @@
 // chosen when the library loads; all three give the same bits.
 #include <jni.h>
 
+#include "jni_arrays.h"
+
 // GCC 12 takes the AVX-512 intrinsics' deliberately undefined pass-through operands for
 // uninitialized variables.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -417,20 +419,7 @@ int best_isa() {
 const int best = best_isa();
 int isa_in_use = best;  // only tests change it (segmentStepIsa)
 
-// The arrays of one call, held without copying for its (short) duration.
-struct Critical {
-    JNIEnv* env;
-    jarray array;
-    void* data;
-    jint release_mode;
-
-    Critical(JNIEnv* e, jarray a, bool writes) : env(e), array(a), release_mode(writes ? 0 : JNI_ABORT) {
-        data = env->GetPrimitiveArrayCritical(array, nullptr);
-    }
-    ~Critical() {
-        if (data != nullptr) env->ReleasePrimitiveArrayCritical(array, data, release_mode);
-    }
-};
+using optsidecar::Critical;
 
 // The pass over gradient[0, 4n) and weights[0, 4n), n = to − from, for both entry points.
 jint segment_step(JNIEnv* env, const char* gradient, char* weights, jfloatArray theta, jfloatArray m, jfloatArray v,
