@@ -65,8 +65,9 @@ class EngineFallbackIT {
             awaitLine(server, "CUDA not used");
             List<String> lines = server.log().stream().filter(l -> l.contains("CUDA not used")).toList();
             assertEquals(1, lines.size(), server.log()::toString);
-            assertTrue(lines.get(0).contains("engine: cpu, " + expectedLoops() + " (CUDA not used: " + expectedReason()),
-                    lines::toString);
+            // After the loops, whether segment steps run in place (AVX2 CPUs), then why not CUDA.
+            assertTrue(lines.get(0).contains("engine: cpu, " + expectedLoops()), lines::toString);
+            assertTrue(lines.get(0).contains(" (CUDA not used: " + expectedReason()), lines::toString);
             ServerInfoResponse info = serverInfo(server);
             assertEquals("cpu", info.getEngine());
             assertEquals("", info.getDevice());
