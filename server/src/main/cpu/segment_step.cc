@@ -1,15 +1,17 @@
-// RAdam's rectified step over one piece of a tensor whose gradient and weights sit in a segment
-// shared with the trainer (engine/cpu/SegmentStepKernel.java), in one pass: it reads the gradient
-// and the trainer's copy of the weights from the segment, checks them, writes the new weights and
-// state into spare arrays (the caller swaps them in only once every piece has applied) and the new
-// weights back into the segment, and sums the gradient's squares. Each element gets the bits of
-// RAdamLoops.rectified, and the sums those of JavaLoops.addSquares: the same operations in the
-// same order, each rounded once (-ffp-contract=off; the Java's Math.fma are explicit fmas here).
+// RAdam's rectified step, or Adam's (AdamW's), over one piece of a tensor whose gradient and
+// weights sit in a segment shared with the trainer (engine/cpu/SegmentStepKernel.java), in one
+// pass: it reads the gradient and the trainer's copy of the weights from the segment, checks them,
+// writes the new weights and state into spare arrays (the caller swaps them in only once every
+// piece has applied) and the new weights back into the segment, with their CRC-32C, and sums the
+// gradient's squares. Each element gets the bits of RAdamLoops.rectified or AdamLoops.adam, and
+// the sums those of JavaLoops.addSquares: the same operations in the same order, each rounded once
+// (-ffp-contract=off; the Java's Math.fma are explicit fmas here).
 //
 // The pass is bound by memory traffic, so the spare arrays are written with non-temporal stores:
 // a normal store first reads its line into the cache (twice the traffic for those arrays) and
-// evicts inputs still to come; the segment's weights, just read, take normal stores. One variant for AVX-512F, one for AVX2+FMA, one for any x86-64,
-// chosen when the library loads; all three give the same bits.
+// evicts inputs still to come; the segment's weights, just read, take normal stores. One variant
+// for AVX-512F, one for AVX2+FMA, one for any x86-64, chosen when the library loads; all three
+// give the same bits.
 #include <jni.h>
 
 #include "jni_arrays.h"
@@ -46,8 +48,9 @@ constexpr jint NON_FINITE = 2;
 constexpr jint DECOUPLED = 1;
 constexpr jint COUPLED = 2;
 constexpr jint LERP = 4;
+constexpr jint ADAM = 8;  // Adam's denominator, fma(sqrt(v), inv_sqrt_bias_correction2, eps)
 
-constexpr int SCALARS = 9;
+constexpr int SCALARS = 10;
 constexpr int SUM_LANES = 8;
 constexpr uint32_t EXPONENT = 0x7f800000u;  // all ones in a float's exponent: Inf or NaN
 // How far ahead the vector loops ask for their five input streams: the hardware prefetchers
@@ -68,10 +71,12 @@ struct Step {
     float neg_step;
     float eps;
     float lerp_complement;  // 1 − one_minus_beta1, lerp's factor in its second form
+    float inv_sqrt_bias_correction2;  // Adam's; RAdam adds eps to sqrt(v) itself
     bool decoupled;
     bool coupled;
     bool lerp;
     bool lerp_from_m;  // |one_minus_beta1| < 0.5: lerp's first form, m + w·(g − m)
+    bool adam;
 };
 
 // One piece: element k of each array is element from + k of the tensor's block.
@@ -128,7 +133,8 @@ OSC_INLINE jint step_one(const Step& s, const Piece& p, ptrdiff_t k, double* sum
         mi = gi - (gi - m) * s.lerp_complement;
     }
     float vi = fmaf(s.one_minus_beta2 * gi, gi, p.v[k] * s.beta2);
-    float t = fmaf(s.neg_step, mi / (sqrtf(vi) + s.eps), pi);
+    float denominator = s.adam ? fmaf(sqrtf(vi), s.inv_sqrt_bias_correction2, s.eps) : sqrtf(vi) + s.eps;
+    float t = fmaf(s.neg_step, mi / denominator, pi);
     p.theta_out[k] = t;
     p.m_out[k] = mi;
     p.v_out[k] = vi;
@@ -254,6 +260,8 @@ OSC_AVX512 jint step_avx512(const Step& s, const Piece& p, double* sums, uint64_
     const __m512 one_minus_beta2 = _mm512_set1_ps(s.one_minus_beta2);
     const __m512 neg_step = _mm512_set1_ps(s.neg_step);
     const __m512 eps = _mm512_set1_ps(s.eps);
+    const __m512 inv_sqrt_bias_correction2 = _mm512_set1_ps(s.inv_sqrt_bias_correction2);
+    const bool adam = s.adam;
     const __m512i exponent = _mm512_set1_epi32((int)EXPONENT);
     const ptrdiff_t start = k;
     double rotated[SUM_LANES];
@@ -286,7 +294,9 @@ OSC_AVX512 jint step_avx512(const Step& s, const Piece& p, double* sums, uint64_
         }
         __m512 v = _mm512_loadu_ps(v_in + k);
         __m512 vi = _mm512_fmadd_ps(_mm512_mul_ps(one_minus_beta2, gi), gi, _mm512_mul_ps(v, beta2));
-        __m512 t = _mm512_fmadd_ps(neg_step, _mm512_div_ps(mi, _mm512_add_ps(_mm512_sqrt_ps(vi), eps)), pi);
+        __m512 root = _mm512_sqrt_ps(vi);
+        __m512 denominator = adam ? _mm512_fmadd_ps(root, inv_sqrt_bias_correction2, eps) : _mm512_add_ps(root, eps);
+        __m512 t = _mm512_fmadd_ps(neg_step, _mm512_div_ps(mi, denominator), pi);
         if (stream_theta) _mm512_stream_ps(theta_out + k, t); else _mm512_storeu_ps(theta_out + k, t);
         if (stream_m) _mm512_stream_ps(m_out + k, mi); else _mm512_storeu_ps(m_out + k, mi);
         if (stream_v) _mm512_stream_ps(v_out + k, vi); else _mm512_storeu_ps(v_out + k, vi);
@@ -343,6 +353,8 @@ OSC_AVX2 jint step_avx2(const Step& s, const Piece& p, double* sums, uint64_t& c
     const __m256 one_minus_beta2 = _mm256_set1_ps(s.one_minus_beta2);
     const __m256 neg_step = _mm256_set1_ps(s.neg_step);
     const __m256 eps = _mm256_set1_ps(s.eps);
+    const __m256 inv_sqrt_bias_correction2 = _mm256_set1_ps(s.inv_sqrt_bias_correction2);
+    const bool adam = s.adam;
     const __m256i exponent = _mm256_set1_epi32((int)EXPONENT);
     const ptrdiff_t start = k;
     double rotated[SUM_LANES];
@@ -378,7 +390,9 @@ OSC_AVX2 jint step_avx2(const Step& s, const Piece& p, double* sums, uint64_t& c
         }
         __m256 v = _mm256_loadu_ps(v_in + k);
         __m256 vi = _mm256_fmadd_ps(_mm256_mul_ps(one_minus_beta2, gi), gi, _mm256_mul_ps(v, beta2));
-        __m256 t = _mm256_fmadd_ps(neg_step, _mm256_div_ps(mi, _mm256_add_ps(_mm256_sqrt_ps(vi), eps)), pi);
+        __m256 root = _mm256_sqrt_ps(vi);
+        __m256 denominator = adam ? _mm256_fmadd_ps(root, inv_sqrt_bias_correction2, eps) : _mm256_add_ps(root, eps);
+        __m256 t = _mm256_fmadd_ps(neg_step, _mm256_div_ps(mi, denominator), pi);
         if (stream_theta) _mm256_stream_ps(theta_out + k, t); else _mm256_storeu_ps(theta_out + k, t);
         if (stream_m) _mm256_stream_ps(m_out + k, mi); else _mm256_storeu_ps(m_out + k, mi);
         if (stream_v) _mm256_stream_ps(v_out + k, vi); else _mm256_storeu_ps(v_out + k, vi);
@@ -443,11 +457,13 @@ jint segment_step(JNIEnv* env, const char* gradient, char* weights, jfloatArray 
     s.one_minus_beta2 = k[6];
     s.neg_step = -k[7];
     s.eps = k[8];
+    s.inv_sqrt_bias_correction2 = k[9];
     s.lerp_complement = 1.0f - s.one_minus_beta1;
     s.decoupled = (flags & DECOUPLED) != 0;
     s.coupled = (flags & COUPLED) != 0;
     s.lerp = (flags & LERP) != 0;
     s.lerp_from_m = fabsf(s.one_minus_beta1) < 0.5f;
+    s.adam = (flags & ADAM) != 0;
     double sums[SUM_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
     uint64_t crc = ~(uint32_t)record[0];  // a CRC-32C value goes on from its complement
     bool checksums = true;
@@ -505,7 +521,7 @@ char* address_of(JNIEnv* env, jobject buffer) {
 
 // SegmentStepKernel checks every range, the buffers and the arrays before calling.
 
-OSC_EXPORT jint JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_radamSegmentStep(
+OSC_EXPORT jint JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_segmentStep(
         JNIEnv* env, jclass, jobject gradient, jlong gradientByte, jobject weights, jlong weightsByte,
         jfloatArray theta, jfloatArray m, jfloatArray v, jfloatArray thetaOut, jfloatArray mOut, jfloatArray vOut,
         jint from, jint to, jfloatArray scalars, jint flags, jdoubleArray lanes, jintArray crc32c) {

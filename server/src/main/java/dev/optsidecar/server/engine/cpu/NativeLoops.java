@@ -42,7 +42,8 @@ final class NativeLoops {
     static native void narrow(boolean bfloat16, float[] from, int start, int end, short[] to, int at);
 
     /**
-     * RAdam's rectified step ({@link RAdamLoops#rectified}'s bits) over elements {@code [from, to)}
+     * RAdam's rectified step ({@link RAdamLoops#rectified}'s bits), or with flag 8 Adam's
+     * ({@link AdamLoops#adam}'s, without amsgrad), over elements {@code [from, to)}
      * of a block whose gradient and trainer's weights are the little-endian floats of direct
      * buffers {@code gradient} and {@code weights} (views of one segment) from bytes
      * {@code gradientByte} and {@code weightsByte} of each, element {@code from} first: θ, m, v are
@@ -60,17 +61,17 @@ final class NativeLoops {
      * the lanes, the CRC and the output arrays hold anything.
      *
      * @param scalars grad_scale, decay_factor, weight_decay, beta1, one_minus_beta1, beta2,
-     *                one_minus_beta2, step_size, eps
-     * @param flags   1 decoupled_weight_decay, 2 coupled_weight_decay, 4 lerp_first_moment
+     *                one_minus_beta2, step_size, eps, inv_sqrt_bias_correction2 (Adam's)
+     * @param flags   1 decoupled_weight_decay, 2 coupled_weight_decay, 4 lerp_first_moment, 8 Adam
      * @return {@link SegmentStepKernel#APPLIED}, {@code EDITED} or {@code NON_FINITE}
      */
-    static native int radamSegmentStep(java.nio.ByteBuffer gradient, long gradientByte,
+    static native int segmentStep(java.nio.ByteBuffer gradient, long gradientByte,
                                        java.nio.ByteBuffer weights, long weightsByte, float[] theta, float[] m,
                                        float[] v, float[] thetaOut, float[] mOut, float[] vOut, int from, int to,
                                        float[] scalars, int flags, double[] lanes, int[] crc32c);
 
     /**
-     * Test hook: forces the instruction set {@link #radamSegmentStep} uses (0 portable, 1 AVX2+FMA,
+     * Test hook: forces the instruction set {@link #segmentStep} uses (0 portable, 1 AVX2+FMA,
      * 2 AVX-512F; −1 the best this CPU has) and returns the one now in use. A level this CPU lacks
      * is refused: the one in use stays and is returned.
      */

@@ -7,7 +7,7 @@ import java.nio.ByteBuffer;
 import java.util.Objects;
 
 /**
- * The native RAdam step over a segment piece ({@link NativeLoops#radamSegmentStep}), bounds-checked:
+ * The native RAdam or Adam step over a segment piece ({@link NativeLoops#segmentStep}), bounds-checked:
  * one pass that reads the gradient and the trainer's weights from the segment, writes the new θ,
  * m and v into spare arrays and the new θ into the segment, and sums the gradient's squares.
  */
@@ -31,12 +31,13 @@ final class SegmentStepKernel {
     private static final int DECOUPLED = 1;
     private static final int COUPLED = 2;
     private static final int LERP = 4;
+    private static final int ADAM = 8;
 
     private SegmentStepKernel() {}
 
-    /** Whether {@code call} is a kernel this pass implements: {@link Kernel#RADAM_RECTIFIED}, any scalars and flags. */
+    /** Whether {@code call} is a kernel this pass implements: {@link Kernel#RADAM_RECTIFIED} or {@link Kernel#ADAM}. */
     static boolean supports(KernelCall call) {
-        return call.kernel() == Kernel.RADAM_RECTIFIED;
+        return call.kernel() == Kernel.RADAM_RECTIFIED || call.kernel() == Kernel.ADAM;
     }
 
     /**
@@ -74,7 +75,8 @@ final class SegmentStepKernel {
             throw new IllegalStateException("no native segment step: " + NativeLoops.UNAVAILABLE);
         }
         if (!supports(call)) {
-            throw new IllegalArgumentException("the segment step runs radam_rectified, not " + call.kernel().id());
+            throw new IllegalArgumentException("the segment step runs radam_rectified and adam, not "
+                    + call.kernel().id());
         }
         Objects.checkFromToIndex(from, to, theta.length);
         Objects.checkFromToIndex(from, to, m.length);
@@ -98,17 +100,19 @@ final class SegmentStepKernel {
                 || vOut == theta || vOut == m || vOut == v || thetaOut == mOut || thetaOut == vOut || mOut == vOut) {
             throw new IllegalArgumentException("the output arrays must be distinct from the inputs and each other");
         }
+        boolean adam = call.kernel() == Kernel.ADAM;
         float[] scalars = {
             call.scalar("grad_scale"), call.scalar("decay_factor"), call.scalar("weight_decay"),
             call.scalar("beta1"), call.scalar("one_minus_beta1"), call.scalar("beta2"),
             call.scalar("one_minus_beta2"), call.scalar("step_size"), call.scalar("eps"),
+            adam ? call.scalar("inv_sqrt_bias_correction2") : 1f,
         };
         int flags = (call.flag("decoupled_weight_decay") ? DECOUPLED : 0)
                 | (call.flag("coupled_weight_decay") ? COUPLED : 0)
-                | (call.flag("lerp_first_moment") ? LERP : 0);
+                | (adam ? ADAM : call.flag("lerp_first_moment") ? LERP : 0);
         // Regions that overlap (in one buffer, or in two views of one mapping) are refused natively,
         // where their addresses are known.
-        return NativeLoops.radamSegmentStep(gradient, gradientByte, weights, weightsByte, theta, m, v, thetaOut, mOut,
+        return NativeLoops.segmentStep(gradient, gradientByte, weights, weightsByte, theta, m, v, thetaOut, mOut,
                 vOut, from, to, scalars, flags, lanes, crc32c);
     }
 }

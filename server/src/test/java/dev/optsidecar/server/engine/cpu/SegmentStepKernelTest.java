@@ -23,8 +23,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
- * The native segment step gives RAdamLoops.rectified's bits and JavaLoops.addSquares' sums at
- * every instruction-set level this CPU has, and leaves the segment as it found it when it stops.
+ * The native segment step gives RAdamLoops.rectified's and AdamLoops.adam's bits and
+ * JavaLoops.addSquares' sums at every instruction-set level this CPU has, and leaves the segment
+ * as it found it when it stops.
  */
 class SegmentStepKernelTest {
     private static final int N = 5_040;
@@ -121,8 +122,37 @@ class SegmentStepKernelTest {
                 .build();
     }
 
+    /** Adam's call at step 3 (AdamW's with {@code decoupled}). */
+    private static KernelCall adamCall(boolean decoupled, boolean coupled, float gradScale) {
+        double lr = 1e-3;
+        double weightDecay = 0.01;
+        return Kernel.ADAM.call()
+                .scalar("grad_scale", gradScale)
+                .scalar("decay_factor", (float) (1 - lr * weightDecay))
+                .scalar("weight_decay", (float) weightDecay)
+                .scalar("beta1", 0.9f)
+                .scalar("one_minus_beta1", (float) (1 - 0.9))
+                .scalar("beta2", 0.999f)
+                .scalar("one_minus_beta2", (float) (1 - 0.999))
+                .scalar("step_size", (float) (lr / (1 - Math.pow(0.9, 3))))
+                .scalar("inv_sqrt_bias_correction2", (float) (1 / Math.sqrt(1 - Math.pow(0.999, 3))))
+                .scalar("eps", 1e-8f)
+                .flag("decoupled_weight_decay", decoupled)
+                .flag("coupled_weight_decay", coupled)
+                .slots(0, 1)
+                .build();
+    }
+
+    /** The engine's own loop for {@code call}, the reference. */
+    private static BlockLoop reference(KernelCall call) {
+        return call.kernel() == Kernel.ADAM ? AdamLoops.adam(call, false) : RAdamLoops.rectified(call);
+    }
+
     private static List<KernelCall> calls() {
         return List.of(
+                adamCall(false, false, 1f),
+                adamCall(true, false, 1f), // AdamW
+                adamCall(false, true, 0.5f),
                 call(false, false, false, 1f, 0.9),
                 call(true, false, false, 1f, 0.9),
                 call(false, true, false, 1f, 0.9),
@@ -177,7 +207,7 @@ class SegmentStepKernelTest {
     }
 
     @Test
-    void appliesRAdamLoopsBitsAtEveryLevel() {
+    void appliesTheEngineLoopsBitsAtEveryLevel() {
         float[] thetaBefore = theta.clone();
         float[] mBefore = m.clone();
         float[] vBefore = v.clone();
@@ -194,7 +224,7 @@ class SegmentStepKernelTest {
                     String where = "isa " + isa + ", " + call + ", [" + from + ", " + to + ")";
                     float[] p = theta.clone();
                     float[][] state = {m.clone(), v.clone()};
-                    RAdamLoops.rectified(call).apply(p, gradient, state, from, to);
+                    reference(call).apply(p, gradient, state, from, to);
                     double[] lanes = someLanes(random);
                     double[] expectedLanes = lanes.clone();
                     JavaLoops.addSquares(gradient, from, to, expectedLanes);
@@ -443,8 +473,14 @@ class SegmentStepKernelTest {
     }
 
     @Test
-    void supportsRAdamRectifiedOnly() {
+    void supportsRAdamRectifiedAndAdamOnly() {
         assertTrue(SegmentStepKernel.supports(call(false, false, false, 1f, 0.9)));
+        assertTrue(SegmentStepKernel.supports(adamCall(true, false, 1f)));
+        assertFalse(SegmentStepKernel.supports(Kernel.ADAM_AMSGRAD.call()
+                .scalar("grad_scale", 1).scalar("decay_factor", 1).scalar("weight_decay", 0).scalar("beta1", 0.9f)
+                .scalar("one_minus_beta1", 0.1f).scalar("beta2", 0.999f).scalar("one_minus_beta2", 0.001f)
+                .scalar("step_size", 1e-3f).scalar("inv_sqrt_bias_correction2", 1f).scalar("eps", 1e-8f)
+                .flag("decoupled_weight_decay", false).flag("coupled_weight_decay", false).slots(0, 1, 2).build()));
         assertFalse(SegmentStepKernel.supports(Kernel.RADAM_SGD_PHASE.call()
                 .scalar("grad_scale", 1).scalar("decay_factor", 1).scalar("weight_decay", 0).scalar("beta1", 0.9f)
                 .scalar("one_minus_beta1", 0.1f).scalar("beta2", 0.999f).scalar("one_minus_beta2", 0.001f)
