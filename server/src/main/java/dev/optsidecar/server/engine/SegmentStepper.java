@@ -14,7 +14,8 @@ import java.util.concurrent.Executor;
  * had already replaced in the segment are put back, and the caller takes the path that copies.
  *
  * <p>The second buffers hold the tensor's parameters and state slots again ({@link #spareBytes}):
- * an engine allocates them at a tensor's first such step, the caller having reserved the memory.
+ * an engine allocates them at a tensor's first such step, the caller having reserved the memory,
+ * and frees them with the tensor.
  */
 public interface SegmentStepper {
     /** Whether every program is one this stepper runs: a single call of a kernel it implements. */
@@ -22,9 +23,6 @@ public interface SegmentStepper {
 
     /** Bytes of the second buffers a tensor of {@code numel} elements with {@code slots} state slots needs. */
     long spareBytes(long numel, int slots);
-
-    /** Frees a tensor's second buffers, if it has them (a model that stops stepping from a segment). */
-    void freeSpares(EngineTensor tensor);
 
     /** Elements [offset, offset + count) of program {@code program}'s tensor. */
     record Piece(int program, long offset, int count) {}

@@ -1,7 +1,6 @@
 package dev.optsidecar.server.engine.cpu;
 
 import dev.optsidecar.server.Parallel;
-import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.engine.SegmentStepper;
 import dev.optsidecar.server.engine.TensorProgram;
 import dev.optsidecar.server.engine.kernel.KernelCall;
@@ -36,11 +35,6 @@ final class CpuSegmentStepper implements SegmentStepper {
     @Override
     public long spareBytes(long numel, int slots) {
         return Math.multiplyExact(Math.multiplyExact(numel, (long) Float.BYTES), 1L + slots);
-    }
-
-    @Override
-    public void freeSpares(EngineTensor tensor) {
-        ((CpuTensor) tensor).freeSpares();
     }
 
     @Override

@@ -99,11 +99,7 @@ final class CpuTensor implements EngineTensor {
         }
     }
 
-    boolean hasSpares() {
-        return spareParams != null;
-    }
-
-    void freeSpares() {
+    private void freeSpares() {
         spareParams = null;
         spareState = null;
     }
