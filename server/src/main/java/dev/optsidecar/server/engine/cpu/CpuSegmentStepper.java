@@ -25,7 +25,8 @@ final class CpuSegmentStepper implements SegmentStepper {
             return false;
         }
         for (TensorProgram p : programs) {
-            if (!(p.tensor() instanceof CpuTensor) || p.calls().size() != 1 || !SegmentStepKernel.supports(p.calls().get(0))) {
+            if (!(p.tensor() instanceof CpuTensor) || p.calls().size() != 1
+                    || !SegmentStepKernel.supports(p.calls().get(0))) {
                 return false;
             }
         }
@@ -51,6 +52,30 @@ final class CpuSegmentStepper implements SegmentStepper {
         int[] crc32c = new int[pieces.size()];
         double[] sums = new double[pieces.size()];
         AtomicBoolean refused = new AtomicBoolean();
+        try {
+            runPieces(programs, pieces, views, helpers, threads, outcome, crc32c, sums, refused);
+        } catch (RuntimeException | Error e) { // the segment goes back as the trainer left it, whatever failed
+            restore(programs, pieces, views, outcome);
+            throw e;
+        }
+        if (refused.get()) {
+            restore(programs, pieces, views, outcome);
+            return null;
+        }
+        for (TensorProgram p : programs) {
+            ((CpuTensor) p.tensor()).swapSpares();
+        }
+        double sumOfSquares = 0;
+        for (double s : sums) {
+            sumOfSquares += s; // in piece order, as the copying path folds its pieces
+        }
+        return new Applied(sumOfSquares, crc32c);
+    }
+
+    /** Every piece on up to {@code threads} threads, until one is refused; each piece's outcome, CRC and sum. */
+    private static void runPieces(List<TensorProgram> programs, List<Piece> pieces, PieceViews views,
+                                  Executor helpers, int threads, int[] outcome, int[] crc32c, double[] sums,
+                                  AtomicBoolean refused) {
         Parallel.forEach(pieces.size(), threads, helpers, i -> {
             if (refused.get()) {
                 return; // the step is refused: the pieces left need neither running nor undoing
@@ -70,18 +95,6 @@ final class CpuSegmentStepper implements SegmentStepper {
             crc32c[i] = crc[1] == 1 ? crc[0] : crc32c(weights);
             sums[i] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
         });
-        if (refused.get()) {
-            restore(programs, pieces, views, outcome);
-            return null;
-        }
-        for (TensorProgram p : programs) {
-            ((CpuTensor) p.tensor()).swapSpares();
-        }
-        double sumOfSquares = 0;
-        for (double s : sums) {
-            sumOfSquares += s; // in piece order, as the copying path folds its pieces
-        }
-        return new Applied(sumOfSquares, crc32c);
     }
 
     /** One piece, block by block (a piece may span blocks where blocks are small). */
