@@ -57,6 +57,8 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
     private final ServerCallStreamObserver<StepResponse> out;
     /** The stream's shared segment, or null when its data travels in chunks. */
     private Segment segment;
+    /** The CRC-32C of each piece of the weights this stream last wrote into its segment (StepResult.weights_crc32c). */
+    private java.util.List<Integer> writtenRecords = java.util.List.of();
     /** The trainer's device buffers (StepOpen.cuda_ipc), or null. */
     private IpcMapping deviceBuffers;
     private Model model;
@@ -323,7 +325,10 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
                         applied -> answerRetry(m, m.appliedResult(session, c.getStepId()), view));
                 return;
             }
-            if (segment != null && segment.isMapped()) {
+            // In place only when the trainer's records, if it sent any, are those of the weights this
+            // stream wrote: records it holds of other weights are checked on the copying path.
+            if (segment != null && segment.isMapped()
+                    && (c.getWeightsCrc32CCount() == 0 || c.getWeightsCrc32CList().equals(writtenRecords))) {
                 assembly = m.openStep(session, c.getStepId());
                 Model.SegmentStepOutcome inPlace = SegmentTransfer.stepInPlace(m, assembly, segment, options, view);
                 if (inPlace != null) {
@@ -493,6 +498,7 @@ final class StepCall implements StreamObserver<StepRequest>, Doorbell.Stream {
         for (int crc : crc32c) {
             withWeights.addWeightsCrc32C(crc);
         }
+        writtenRecords = withWeights.getWeightsCrc32CList();
         meter.sentToSegment(bytes);
         reply(withWeights.build());
         meter.sent();
