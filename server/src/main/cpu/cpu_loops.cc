@@ -5,6 +5,7 @@
 // faster is only that the compiler may run eight elements at once, which Java 17 does not.
 #include <jni.h>
 
+#include "float_bits.h"
 #include "jni_arrays.h"
 
 #include <math.h>
@@ -80,17 +81,8 @@ OSC_CLONES void copy_adding_squares(const float* from, float* to, int n, double*
     }
 }
 
-inline uint32_t bits_of(float value) {
-    uint32_t bits;
-    memcpy(&bits, &value, sizeof bits);
-    return bits;
-}
-
-inline float float_of(uint32_t bits) {
-    float value;
-    memcpy(&value, &bits, sizeof value);
-    return value;
-}
+using optsidecar::bits_of;
+using optsidecar::float_of;
 
 OSC_CLONES void widen_bfloat16(const uint16_t* bits, float* to, int n) {
     for (int i = 0; i < n; i++) {

@@ -14,6 +14,7 @@
 // give the same bits.
 #include <jni.h>
 
+#include "float_bits.h"
 #include "jni_arrays.h"
 
 // GCC 12 takes the AVX-512 intrinsics' deliberately undefined pass-through operands for
@@ -92,17 +93,8 @@ struct Piece {
     ptrdiff_t n;
 };
 
-inline uint32_t bits_of(float value) {
-    uint32_t bits;
-    memcpy(&bits, &value, sizeof bits);
-    return bits;
-}
-
-inline float float_of(uint32_t bits) {
-    float value;
-    memcpy(&value, &bits, sizeof value);
-    return value;
-}
+using optsidecar::bits_of;
+using optsidecar::float_of;
 
 typedef uint32_t SegmentWord __attribute__((aligned(1), may_alias));
 
