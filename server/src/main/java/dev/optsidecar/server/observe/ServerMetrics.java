@@ -175,9 +175,9 @@ public final class ServerMetrics {
 
     /** The model was deleted: its series go, so that names come and go without piling up. */
     public void forget(String model) {
-        for (var metric : java.util.List.of(stepsApplied, stepsRejected, phaseSeconds, receivedBytes, sentBytes, segmentSteps,
-                gradientNorm, learningRate, staleness, syncWaitSeconds, journalAppendSeconds, journalFsyncSeconds,
-                snapshotSeconds, snapshotBytes, snapshotSuccess)) {
+        for (var metric : java.util.List.of(stepsApplied, stepsRejected, phaseSeconds, receivedBytes, sentBytes,
+                segmentSteps, gradientNorm, learningRate, staleness, syncWaitSeconds, journalAppendSeconds,
+                journalFsyncSeconds, snapshotSeconds, snapshotBytes, snapshotSuccess)) {
             metric.removeIf(labels -> labels.get(0).equals(model));
         }
     }

@@ -3,8 +3,8 @@ package dev.optsidecar.server.shm;
 import dev.optsidecar.proto.v1.WeightsChunk;
 import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.Parallel;
-import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.engine.SegmentStepper;
+import dev.optsidecar.server.model.Model;
 import dev.optsidecar.server.model.StepAssembly;
 import dev.optsidecar.server.model.StepOptions;
 import dev.optsidecar.server.model.ViewReader;
@@ -62,6 +62,7 @@ public final class SegmentTransfer {
             return null;
         }
         segment.verify();
+        // A piece's program is its tensor's index: the model runs one program per tensor, in order.
         SegmentStepper.PieceViews views = new SegmentStepper.PieceViews() {
             @Override
             public ByteBuffer gradient(SegmentStepper.Piece piece) {

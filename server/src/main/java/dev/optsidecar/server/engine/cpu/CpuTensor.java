@@ -127,11 +127,12 @@ final class CpuTensor implements EngineTensor {
         }
     }
 
-    /** The block that holds element {@code element}, and the element's index within it. */
+    /** The block that holds element {@code element}. */
     int blockOf(long element) {
         return (int) (element >>> blockShift);
     }
 
+    /** Element {@code element}'s index within its block. */
     int indexInBlock(long element) {
         return (int) (element & (blockSize - 1));
     }
