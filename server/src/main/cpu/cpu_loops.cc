@@ -128,6 +128,31 @@ void widen_float16s(const uint16_t* bits, float* to, int n) {
     }
 }
 
+// to[0, n) = the 16-bit values bits[0, n) widened, their squares added to lanes as add_squares
+// adds those of to[0, n) (lane = i mod 8): the 16-bit ingest's widening and its NaN proof and
+// norm in one pass, each few thousand values summed right after they are stored, from the cache.
+OSC_CLONES void widen_adding_squares(bool bfloat16, const uint16_t* bits, float* to, int n, double* lanes) {
+    Double4 low = {0, 0, 0, 0};
+    Double4 high = {0, 0, 0, 0};
+    for (int done = 0; done < n; done += STAGE) {
+        int count = n - done < STAGE ? n - done : STAGE;
+        if (bfloat16) {
+            widen_bfloat16(bits + done, to + done, count);
+        } else {
+            widen_float16s(bits + done, to + done, count);
+        }
+        add_squares_by_eight(to + done, count, low, high);
+    }
+    double s[SUM_LANES] = {low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3]};
+    for (int i = n - n % SUM_LANES, lane = 0; i < n; i++, lane++) {  // STAGE is a multiple of 8
+        double v = to[i];
+        s[lane] = s[lane] + v * v;
+    }
+    for (int lane = 0; lane < SUM_LANES; lane++) {
+        lanes[lane] = lanes[lane] + s[lane];
+    }
+}
+
 OSC_CLONES void narrow_to_float16(const float* from, uint16_t* to, int n) {
     for (int i = 0; i < n; i++) {
         float value = from[i];
@@ -187,6 +212,17 @@ OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_widen(
     } else {
         widen_float16s(source, target, end - from);
     }
+}
+
+OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_widenAddingSquares(
+        JNIEnv* env, jclass, jboolean bfloat16, jshortArray bits, jint at, jfloatArray to, jint from, jint end,
+        jdoubleArray lanes) {
+    Critical in(env, bits, false);
+    Critical out(env, to, true);
+    Critical sums(env, lanes, true);
+    if (in.data == nullptr || out.data == nullptr || sums.data == nullptr) return;
+    widen_adding_squares(bfloat16, static_cast<const uint16_t*>(in.data) + at, static_cast<float*>(out.data) + from,
+                         end - from, static_cast<double*>(sums.data));
 }
 
 OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_narrow(

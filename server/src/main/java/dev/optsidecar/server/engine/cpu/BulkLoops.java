@@ -67,6 +67,23 @@ final class BulkLoops {
         }
     }
 
+    /**
+     * {@link #widen}, then {@link #addSquares} over {@code to[from, end)}: one pass natively (each
+     * few thousand values summed right after they are stored), the same bits either way.
+     */
+    static void widenAddingSquares(WireType wire, short[] bits, int at, float[] to, int from, int end,
+                                   double[] lanes) {
+        if (NATIVE && end - from >= NATIVE_MIN) {
+            Objects.checkFromToIndex(from, end, to.length);
+            Objects.checkFromIndexSize(at, end - from, bits.length);
+            Objects.checkFromToIndex(0, JavaLoops.SUM_LANES, lanes.length);
+            NativeLoops.widenAddingSquares(wire == WireType.BFLOAT16, bits, at, to, from, end, lanes);
+        } else {
+            widen(wire, bits, at, to, from, end);
+            addSquares(to, from, end, lanes);
+        }
+    }
+
     /** Rounds {@code from[start, end)} to the 16-bit {@code wire} type into {@code to} from {@code at} on. */
     static void narrow(WireType wire, float[] from, int start, int end, short[] to, int at) {
         boolean bfloat16 = wire == WireType.BFLOAT16;

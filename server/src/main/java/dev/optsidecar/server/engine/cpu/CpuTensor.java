@@ -190,17 +190,20 @@ final class CpuTensor implements EngineTensor {
     }
 
     /**
-     * The 16-bit ingest: each element is widened and stored, then seen by the same sum of squares as
-     * the float32 ingest, so a step over 16-bit gradients has the norm, to the bit, of one over the
-     * same values sent as float32.
+     * The 16-bit ingest: each element is widened and stored, and the stored values seen by the same
+     * sum of squares as the float32 ingest's (in the same pass), so a step over 16-bit gradients has
+     * the norm, to the bit, of one over the same values sent as float32.
      */
     private Ingest ingestWidening(float[][] into, long offset, ByteBuffer src, WireType wire) {
         ShortBuffer in = src.slice().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer();
         int count = in.remaining();
         short[] bits = shortScratch(count);
         in.get(bits, 0, count);
-        forEachSegment(offset, count, (b, from, to, done) -> BulkLoops.widen(wire, bits, done, into[b], from, to));
-        return checked(into, offset, count);
+        double[] lanes = new double[JavaLoops.SUM_LANES];
+        forEachSegment(offset, count, (b, from, to, done) -> BulkLoops.widenAddingSquares(wire, bits, done, into[b],
+                from, to, lanes));
+        double sum = sumOfLanes(lanes);
+        return Double.isFinite(sum) ? new Ingest(-1, sum) : new Ingest(firstNonFinite(into, offset, count), Double.NaN);
     }
 
     /** The ingest figures of elements already stored: their sum of squares, or the first non-finite one. */

@@ -38,6 +38,13 @@ final class NativeLoops {
     /** {@link JavaLoops#widenBfloat16} or {@link JavaLoops#widenFloat16}. */
     static native void widen(boolean bfloat16, short[] bits, int at, float[] to, int from, int end);
 
+    /**
+     * {@link #widen}, then the squares of {@code to[from, end)} added to {@code lanes} as
+     * {@link JavaLoops#addSquares} adds them, in one pass.
+     */
+    static native void widenAddingSquares(boolean bfloat16, short[] bits, int at, float[] to, int from, int end,
+                                          double[] lanes);
+
     /** {@link JavaLoops#narrowToBfloat16} or {@link JavaLoops#narrowToFloat16}. */
     static native void narrow(boolean bfloat16, float[] from, int start, int end, short[] to, int at);
 

@@ -1,5 +1,7 @@
 package dev.optsidecar.server.engine.cpu;
 
+import dev.optsidecar.server.engine.WireType;
+
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
@@ -150,6 +152,58 @@ class NativeLoopsTest {
             for (int i = 0; i < actual.length; i++) {
                 assertEquals(Float.floatToRawIntBits(expected[i]), Float.floatToRawIntBits(actual[i]),
                         (bfloat16 ? "bfloat16 " : "float16 ") + "element " + i);
+            }
+        }
+    }
+
+    @Test
+    void wideningWhileSummingGivesWhatWideningThenSummingGives() {
+        Random random = new Random(13);
+        short[] bits = new short[20_011];
+        for (int i = 0; i < bits.length; i++) {
+            bits[i] = (short) random.nextInt(); // every kind of value: NaN, Inf, subnormal, both zeros
+        }
+        for (boolean bfloat16 : new boolean[] {true, false}) {
+            WireType wire = bfloat16 ? WireType.BFLOAT16 : WireType.FLOAT16;
+            for (int trial = 0; trial < 60; trial++) {
+                boolean finite = trial % 2 == 0;
+                short[] source = bits.clone();
+                if (finite) { // a finite sum, as most gradients have: every value kept from Inf and NaN
+                    for (int i = 0; i < source.length; i++) {
+                        source[i] = (short) (source[i] & (bfloat16 ? 0xbf7f : 0xbbff));
+                    }
+                }
+                int at = random.nextInt(40);
+                int count = trial == 0 ? source.length - at : BulkLoops.NATIVE_MIN
+                        + random.nextInt(source.length - at - BulkLoops.NATIVE_MIN);
+                int from = random.nextInt(9);
+                float[] expected = new float[from + count + 3];
+                float[] actual = new float[from + count + 3];
+                double[] expectedLanes = new double[JavaLoops.SUM_LANES];
+                double[] actualLanes = new double[JavaLoops.SUM_LANES];
+                for (int lane = 0; lane < expectedLanes.length; lane++) {
+                    expectedLanes[lane] = actualLanes[lane] = random.nextDouble();
+                }
+                if (bfloat16) {
+                    JavaLoops.widenBfloat16(source, at, expected, from, from + count);
+                } else {
+                    JavaLoops.widenFloat16(source, at, expected, from, from + count);
+                }
+                JavaLoops.addSquares(expected, from, from + count, expectedLanes);
+                BulkLoops.widenAddingSquares(wire, source, at, actual, from, from + count, actualLanes);
+                String where = wire + ", trial " + trial;
+                for (int i = 0; i < actual.length; i++) {
+                    assertEquals(Float.floatToRawIntBits(expected[i]), Float.floatToRawIntBits(actual[i]),
+                            where + ", element " + i);
+                }
+                for (int lane = 0; lane < expectedLanes.length; lane++) {
+                    if (Double.isNaN(expectedLanes[lane])) {
+                        assertTrue(Double.isNaN(actualLanes[lane]), where + ", lane " + lane);
+                    } else {
+                        assertEquals(Double.doubleToRawLongBits(expectedLanes[lane]),
+                                Double.doubleToRawLongBits(actualLanes[lane]), where + ", lane " + lane);
+                    }
+                }
             }
         }
     }
