@@ -40,6 +40,19 @@ inline void add_squares_by_eight(const float* a, int count, Double4& low, Double
     }
 }
 
+// Adds to lanes what a by-eight pass over a[0, n) left in low and high, with the squares of the
+// elements it did not take, a[n - n mod 8, n) (lane 0 first): each lane summed in order, then added.
+inline void fold_lanes(const float* a, int n, const Double4& low, const Double4& high, double* lanes) {
+    double s[SUM_LANES] = {low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3]};
+    for (int i = n - n % SUM_LANES, lane = 0; i < n; i++, lane++) {
+        double v = a[i];
+        s[lane] = s[lane] + v * v;
+    }
+    for (int lane = 0; lane < SUM_LANES; lane++) {
+        lanes[lane] = lanes[lane] + s[lane];
+    }
+}
+
 // Element i of [from, to) goes to lane (i - from) mod 8; each lane is summed in order, in double,
 // then added to its entry of lanes.
 OSC_CLONES void add_squares(const float* a, int from, int to, double* lanes) {
@@ -47,14 +60,7 @@ OSC_CLONES void add_squares(const float* a, int from, int to, double* lanes) {
     Double4 high = {0, 0, 0, 0};
     int count = to - from;
     add_squares_by_eight(a + from, count, low, high);
-    double s[SUM_LANES] = {low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3]};
-    for (int i = count - count % SUM_LANES, lane = 0; i < count; i++, lane++) {
-        double v = a[from + i];
-        s[lane] = s[lane] + v * v;
-    }
-    for (int lane = 0; lane < SUM_LANES; lane++) {
-        lanes[lane] = lanes[lane] + s[lane];
-    }
+    fold_lanes(a + from, count, low, high, lanes);
 }
 
 // Elements copied at a time before they are summed, while they are in the L1 cache.
@@ -71,14 +77,7 @@ OSC_CLONES void copy_adding_squares(const float* from, float* to, int n, double*
         memcpy(to + done, from + done, sizeof(float) * count);
         add_squares_by_eight(to + done, count, low, high);
     }
-    double s[SUM_LANES] = {low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3]};
-    for (int i = n - n % SUM_LANES, lane = 0; i < n; i++, lane++) {  // STAGE is a multiple of 8
-        double v = to[i];
-        s[lane] = s[lane] + v * v;
-    }
-    for (int lane = 0; lane < SUM_LANES; lane++) {
-        lanes[lane] = lanes[lane] + s[lane];
-    }
+    fold_lanes(to, n, low, high, lanes);  // STAGE is a multiple of 8: only the last stage has a tail
 }
 
 using optsidecar::bits_of;
@@ -143,14 +142,7 @@ OSC_CLONES void widen_adding_squares(bool bfloat16, const uint16_t* bits, float*
         }
         add_squares_by_eight(to + done, count, low, high);
     }
-    double s[SUM_LANES] = {low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3]};
-    for (int i = n - n % SUM_LANES, lane = 0; i < n; i++, lane++) {  // STAGE is a multiple of 8
-        double v = to[i];
-        s[lane] = s[lane] + v * v;
-    }
-    for (int lane = 0; lane < SUM_LANES; lane++) {
-        lanes[lane] = lanes[lane] + s[lane];
-    }
+    fold_lanes(to, n, low, high, lanes);  // STAGE is a multiple of 8: only the last stage has a tail
 }
 
 OSC_CLONES void narrow_to_float16(const float* from, uint16_t* to, int n) {
