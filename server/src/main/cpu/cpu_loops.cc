@@ -217,16 +217,28 @@ OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_widenA
                          end - from, static_cast<double*>(sums.data));
 }
 
-OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_narrow(
-        JNIEnv* env, jclass, jboolean bfloat16, jfloatArray from, jint start, jint end, jshortArray to, jint at) {
+// The 16-bit values land in a short[] (at an element index) or a byte[] (at an even byte index):
+// to_unit is the size of to's elements, so at * to_unit is the byte the first value goes to.
+static void narrow_into(JNIEnv* env, jboolean bfloat16, jfloatArray from, jint start, jint end, jarray to,
+                        jlong to_byte) {
     Critical in(env, from, false);
     Critical out(env, to, true);
     if (in.data == nullptr || out.data == nullptr) return;
     const float* source = static_cast<const float*>(in.data) + start;
-    uint16_t* target = static_cast<uint16_t*>(out.data) + at;
+    uint16_t* target = reinterpret_cast<uint16_t*>(static_cast<char*>(out.data) + to_byte);
     if (bfloat16) {
         narrow_to_bfloat16(source, target, end - start);
     } else {
         narrow_to_float16(source, target, end - start);
     }
+}
+
+OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_narrow(
+        JNIEnv* env, jclass, jboolean bfloat16, jfloatArray from, jint start, jint end, jshortArray to, jint at) {
+    narrow_into(env, bfloat16, from, start, end, to, static_cast<jlong>(at) * 2);
+}
+
+OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_narrowIntoBytes(
+        JNIEnv* env, jclass, jboolean bfloat16, jfloatArray from, jint start, jint end, jbyteArray to, jint byteAt) {
+    narrow_into(env, bfloat16, from, start, end, to, byteAt);
 }

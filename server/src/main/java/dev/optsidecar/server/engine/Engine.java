@@ -28,6 +28,14 @@ public interface Engine extends AutoCloseable {
      */
     double runMeasuringUpdate(List<TensorProgram> programs);
 
+    /**
+     * Whether {@link #run} honours {@link TensorProgram#weightsOut}: the step's pass writes each
+     * tensor's new θ into a reply's chunks as it goes, sparing the reply a pass of its own.
+     */
+    default boolean writesWeightChunks() {
+        return false;
+    }
+
     /** How this engine runs a step straight from a trainer's shared memory, or null where it does not. */
     default SegmentStepper segmentStepper() {
         return null;

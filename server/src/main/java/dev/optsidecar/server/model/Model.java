@@ -14,6 +14,7 @@ import dev.optsidecar.server.OptError;
 import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.SegmentStepper;
 import dev.optsidecar.server.engine.TensorProgram;
+import dev.optsidecar.server.engine.ViewChunks;
 import dev.optsidecar.server.engine.WireType;
 import dev.optsidecar.server.engine.kernel.Kernel;
 import dev.optsidecar.server.engine.kernel.KernelCall;
@@ -42,6 +43,8 @@ public final class Model {
     private final List<TensorEntry> tensors;
     private final List<GroupState> groups;
     private final Engine engine;
+    /** The reply weights of the step being applied (see {@link ReplyWeights}); null between steps. */
+    private ReplyWeights replyWeights;
     private final long memoryBytes;
     private final StampedLock lock = new StampedLock();
     private final Trainers trainers;
@@ -234,6 +237,11 @@ public final class Model {
 
     Engine engine() {
         return engine;
+    }
+
+    /** Where the running step writes tensor {@code index}'s new θ for its reply, or null. Under the write lock. */
+    ViewChunks replyWeights(int index) {
+        return replyWeights == null ? null : replyWeights.forTensor(index);
     }
 
     void setVersion(long version) {
@@ -458,6 +466,7 @@ public final class Model {
         View label = view == null ? NO_VIEW : view.label();
         boolean skipped = !options.setsWeights() && a.nonFinite() != null
                 && policy == NonFinitePolicy.NON_FINITE_SKIP;
+        ReplyWeights reply = null;
         long stamp = lock.writeLock();
         try {
             checkLive();
@@ -483,17 +492,30 @@ public final class Model {
                         reportFigures(o.result(), options.figures());
                         return o;
                     });
+                } else if (sync && !skipped) {
+                    result = rounds.late(a, label); // its step was applied without it
                 } else {
-                    result = sync && !skipped ? rounds.late(a, label) // its step was applied without it
-                            : applyAtOnce(a, skip, changes, skipped, baseVersion, label);
+                    reply = ReplyWeights.reserve(this, view, skip);
+                    replyWeights = reply;
+                    try {
+                        result = applyAtOnce(a, skip, changes, skipped, baseVersion, label);
+                    } finally {
+                        replyWeights = null;
+                    }
                 }
                 reportFigures(result, options.figures());
             }
             abandon(a);
             long readStamp = lock.tryConvertToReadLock(stamp);
             stamp = 0;
-            return CompletableFuture.completedFuture(new StepOutcome(result, readerAfterStep(view, readStamp)));
+            ViewReader.Published written = reply == null ? null : reply.publish(view.label(), version);
+            reply = null;
+            return CompletableFuture.completedFuture(new StepOutcome(result, written != null
+                    ? readerOfWritten(view, written, readStamp) : readerAfterStep(view, readStamp)));
         } finally {
+            if (reply != null) {
+                reply.release();
+            }
             if (stamp != 0) {
                 lock.unlockWrite(stamp);
             }
@@ -696,6 +718,15 @@ public final class Model {
         }
         engine.run(programs);
         version++;
+    }
+
+    /** A reader of the weights the step wrote for its reply; releases the read lock. */
+    private ViewReader readerOfWritten(ResolvedView view, ViewReader.Published written, long readStamp) {
+        try {
+            return new ViewReader(this, view.label(), version, written);
+        } finally {
+            lock.unlockRead(readStamp);
+        }
     }
 
     /** Opens the requested view after a step, releasing the read lock when there is none to read. */

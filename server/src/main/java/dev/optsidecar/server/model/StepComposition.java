@@ -49,7 +49,7 @@ final class StepComposition {
                         key -> training.ema().get(i).update(emaUpdates[i], shadow)));
             }
             if (!calls.isEmpty()) {
-                programs.add(new TensorProgram(tensor.storage, calls));
+                programs.add(new TensorProgram(tensor.storage, calls, m.replyWeights(tensor.index)));
             }
         }
         return programs;

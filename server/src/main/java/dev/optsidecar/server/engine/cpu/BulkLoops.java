@@ -3,6 +3,7 @@ package dev.optsidecar.server.engine.cpu;
 import dev.optsidecar.server.engine.WireType;
 
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.Objects;
 
 /**
@@ -81,6 +82,26 @@ final class BulkLoops {
         } else {
             widen(wire, bits, at, to, from, end);
             addSquares(to, from, end, lanes);
+        }
+    }
+
+    /**
+     * Writes {@code from[start, end)} into {@code to} from byte {@code byteAt} on as little-endian
+     * {@code wire} values: copied as float32, rounded to nearest even to a 16-bit type.
+     */
+    static void toWire(WireType wire, float[] from, int start, int end, byte[] to, int byteAt) {
+        Objects.checkFromToIndex(start, end, from.length);
+        Objects.checkFromIndexSize(byteAt, (end - start) * wire.bytes, to.length);
+        if (wire == WireType.FLOAT32) {
+            ByteBuffer.wrap(to, byteAt, (end - start) * Float.BYTES).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer()
+                    .put(from, start, end - start);
+        } else if (NATIVE && end - start >= NATIVE_MIN) {
+            NativeLoops.narrowIntoBytes(wire == WireType.BFLOAT16, from, start, end, to, byteAt);
+        } else {
+            short[] bits = new short[end - start];
+            narrow(wire, from, start, end, bits, 0);
+            ByteBuffer.wrap(to, byteAt, bits.length * Short.BYTES).order(ByteOrder.LITTLE_ENDIAN).asShortBuffer()
+                    .put(bits);
         }
     }
 

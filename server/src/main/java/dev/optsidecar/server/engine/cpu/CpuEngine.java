@@ -4,6 +4,7 @@ import dev.optsidecar.server.engine.Engine;
 import dev.optsidecar.server.engine.EngineTensor;
 import dev.optsidecar.server.engine.SegmentStepper;
 import dev.optsidecar.server.engine.TensorProgram;
+import dev.optsidecar.server.engine.ViewChunks;
 
 import java.util.ArrayList;
 import java.util.List;
@@ -103,13 +104,20 @@ public final class CpuEngine implements Engine {
     private void runLoops(List<TensorProgram> programs, DoubleAdder updateSquares) {
         List<CpuTensor> tensors = new ArrayList<>(programs.size());
         List<BlockLoop> loops = new ArrayList<>(programs.size());
+        List<ViewChunks> weightsOut = new ArrayList<>(programs.size());
         CpuKernels.Binder binder = new CpuKernels.Binder();
         for (TensorProgram program : programs) {
             BlockLoop loop = binder.program(program.calls());
             tensors.add((CpuTensor) program.tensor());
             loops.add(updateSquares == null ? loop : new UpdateNorm(loop, updateSquares));
+            weightsOut.add(program.weightsOut());
         }
-        apply(tensors, loops);
+        apply(tensors, loops, weightsOut);
+    }
+
+    @Override
+    public boolean writesWeightChunks() {
+        return true;
     }
 
     /**
@@ -117,10 +125,11 @@ public final class CpuEngine implements Engine {
      * a kernel with a memory pass over the same arrays.
      */
     public void runLoop(List<EngineTensor> tensors, BlockLoop loop) {
-        apply(tensors.stream().map(CpuTensor.class::cast).toList(), java.util.Collections.nCopies(tensors.size(), loop));
+        apply(tensors.stream().map(CpuTensor.class::cast).toList(), java.util.Collections.nCopies(tensors.size(), loop),
+                java.util.Collections.nCopies(tensors.size(), null));
     }
 
-    private void apply(List<CpuTensor> tensors, List<BlockLoop> loops) {
+    private void apply(List<CpuTensor> tensors, List<BlockLoop> loops, List<ViewChunks> weightsOut) {
         long total = 0;
         for (CpuTensor t : tensors) {
             total += t.numel();
@@ -129,7 +138,7 @@ public final class CpuEngine implements Engine {
                 / ((long) threads * RANGES_PER_THREAD));
         List<Range> ranges = new ArrayList<>();
         for (int i = 0; i < tensors.size(); i++) {
-            split(tensors.get(i), loops.get(i), (int) Math.min(rangeLength, blockSize), ranges);
+            split(tensors.get(i), loops.get(i), weightsOut.get(i), (int) Math.min(rangeLength, blockSize), ranges);
         }
         if (pool == null || total < 2L * MIN_TASK || ranges.size() == 1) {
             for (Range r : ranges) {
@@ -140,12 +149,16 @@ public final class CpuEngine implements Engine {
         runShared(ranges);
     }
 
-    /** Cuts one tensor into ranges of at most {@code length} elements that never cross a block. */
-    private static void split(CpuTensor t, BlockLoop step, int length, List<Range> out) {
+    /**
+     * Cuts one tensor into ranges of at most {@code length} elements that never cross a block;
+     * with {@code weightsOut}, each tile's new θ is written there right after its step.
+     */
+    private static void split(CpuTensor t, BlockLoop step, ViewChunks weightsOut, int length, List<Range> out) {
         for (int b = 0; b < t.blockCount(); b++) {
             int n = t.blockLength(b);
+            BlockLoop loop = weightsOut == null ? step : Chain.of(List.of(step, new WeightsOut(weightsOut, t.blockStart(b))));
             for (int from = 0; from < n; from += length) {
-                out.add(new Range(t, b, from, Math.min(n, from + length), step));
+                out.add(new Range(t, b, from, Math.min(n, from + length), loop));
             }
         }
     }

@@ -70,8 +70,12 @@ final class CpuTensor implements EngineTensor {
     }
 
     int blockLength(int block) {
-        long start = (long) block << blockShift;
-        return (int) Math.min(blockSize, numel - start);
+        return (int) Math.min(blockSize, numel - blockStart(block));
+    }
+
+    /** The tensor's element index of block {@code block}'s first element. */
+    long blockStart(int block) {
+        return (long) block << blockShift;
     }
 
     float[] paramBlock(int b) {
@@ -323,14 +327,8 @@ final class CpuTensor implements EngineTensor {
         }
         float[] out = scratch;
         forEachSegment(offset, count, (b, from, to, done) -> view.compute(params[b], slotsByBlock[b], from, to, out, done));
-        if (wire == WireType.FLOAT32) {
-            dst.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().put(scratch, 0, count);
-            dst.position(dst.position() + count * Float.BYTES);
-            return;
-        }
-        short[] bits = shortScratch(count);
-        BulkLoops.narrow(wire, scratch, 0, count, bits, 0);
-        putShorts(bits, count, dst);
+        putWire(scratch, 0, count, dst, 0, wire);
+        dst.position(dst.position() + count * wire.bytes);
     }
 
     @Override
@@ -381,14 +379,29 @@ final class CpuTensor implements EngineTensor {
             copyOut(blocks, offset, count, dst);
             return;
         }
-        short[] bits = shortScratch(count);
-        forEachSegment(offset, count, (b, from, to, done) -> BulkLoops.narrow(wire, blocks[b], from, to, bits, done));
-        putShorts(bits, count, dst);
+        forEachSegment(offset, count, (b, from, to, done) -> putWire(blocks[b], from, to, dst, done, wire));
+        dst.position(dst.position() + count * wire.bytes);
     }
 
-    private static void putShorts(short[] bits, int count, ByteBuffer dst) {
-        dst.slice().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().put(bits, 0, count);
-        dst.position(dst.position() + count * Short.BYTES);
+    /**
+     * Writes {@code values[from, to)} as {@code wire} values into {@code dst} from element
+     * {@code at} past its position, which stays: straight into its array if it has one (a 16-bit
+     * type rounded on the way), else through a scratch.
+     */
+    private static void putWire(float[] values, int from, int to, ByteBuffer dst, int at, WireType wire) {
+        int byteAt = dst.position() + at * wire.bytes;
+        if (dst.hasArray()) {
+            BulkLoops.toWire(wire, values, from, to, dst.array(), dst.arrayOffset() + byteAt);
+            return;
+        }
+        if (wire == WireType.FLOAT32) {
+            dst.slice(byteAt, (to - from) * Float.BYTES).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer()
+                    .put(values, from, to - from);
+            return;
+        }
+        short[] bits = shortScratch(to - from);
+        BulkLoops.narrow(wire, values, from, to, bits, 0);
+        dst.slice(byteAt, (to - from) * wire.bytes).order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().put(bits, 0, to - from);
     }
 
     /** The index of the first NaN or Inf among {@code count} elements at {@code offset}, or -1. */

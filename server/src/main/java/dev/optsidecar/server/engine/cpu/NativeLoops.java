@@ -48,6 +48,9 @@ final class NativeLoops {
     /** {@link JavaLoops#narrowToBfloat16} or {@link JavaLoops#narrowToFloat16}. */
     static native void narrow(boolean bfloat16, float[] from, int start, int end, short[] to, int at);
 
+    /** {@link #narrow} into a byte array: the little-endian 16-bit values from byte {@code byteAt} (even) on. */
+    static native void narrowIntoBytes(boolean bfloat16, float[] from, int start, int end, byte[] to, int byteAt);
+
     /**
      * RAdam's rectified step ({@link RAdamLoops#rectified}'s bits), or with flag 8 Adam's
      * ({@link AdamLoops#adam}'s, without amsgrad), over elements {@code [from, to)}
