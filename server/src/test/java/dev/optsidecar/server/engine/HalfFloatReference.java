@@ -78,4 +78,16 @@ public enum HalfFloatReference {
         int chosen = below < above ? lo : above < below ? up : (lo % 2 == 0 ? lo : up);
         return sign | chosen;
     }
+
+    /** Each value rounded to this format and widened back: what a 16-bit chunk of it carries. */
+    public float[][] rounded(float[][] values) {
+        float[][] out = new float[values.length][];
+        for (int t = 0; t < values.length; t++) {
+            out[t] = new float[values[t].length];
+            for (int i = 0; i < values[t].length; i++) {
+                out[t][i] = (float) value(round(values[t][i]));
+            }
+        }
+        return out;
+    }
 }

@@ -73,17 +73,6 @@ class ReplyWeightsTest {
         return w;
     }
 
-    private static float[][] rounded(float[][] values, HalfFloatReference format) {
-        float[][] out = new float[values.length][];
-        for (int t = 0; t < values.length; t++) {
-            out[t] = new float[values[t].length];
-            for (int i = 0; i < values[t].length; i++) {
-                out[t][i] = (float) format.value(format.round(values[t][i]));
-            }
-        }
-        return out;
-    }
-
     /** The model's float32 train weights. */
     private static float[][] pull(SidecarFixture f, String model) {
         float[][] out = zeros();
@@ -113,13 +102,13 @@ class ReplyWeightsTest {
                 for (int k = 1; k <= 8; k++) { // RAdam's SGD-like steps and rectified ones, EMA and syncs
                     float[][] replied = zeros();
                     trainer.step(grads(k), replied);
-                    assertBitsEqual(rounded(pull(f, "reply"), format(wire)), replied, "weights replied to step " + k);
+                    assertBitsEqual(format(wire).rounded(pull(f, "reply")), replied, "weights replied to step " + k);
                 }
                 float[][] withoutGradient = grads(9);
                 withoutGradient[1] = null; // no pass over tensor 1: the reply reads the weights after the step
                 float[][] replied = zeros();
                 trainer.step(withoutGradient, replied);
-                assertBitsEqual(rounded(pull(f, "reply"), format(wire)), replied, "weights replied with a tensor left out");
+                assertBitsEqual(format(wire).rounded(pull(f, "reply")), replied, "weights replied with a tensor left out");
             }
             assertOnlyTheModelHeld(f, "reply", modelOnly);
         }
@@ -139,7 +128,7 @@ class ReplyWeightsTest {
                 StepResult r = trainer.step(bad, replied);
                 assertTrue(r.getSkipped(), "a NaN skips the step");
                 assertBitsEqual(before, pull(f, "skip"), "the skipped step changed nothing");
-                assertBitsEqual(rounded(before, HalfFloatReference.BFLOAT16), replied, "the weights replied");
+                assertBitsEqual(HalfFloatReference.BFLOAT16.rounded(before), replied, "the weights replied");
             }
             assertOnlyTheModelHeld(f, "skip", modelOnly);
         }
@@ -162,7 +151,7 @@ class ReplyWeightsTest {
                 for (int k = 1; k <= 3; k++) {
                     float[][] replied = zeros();
                     trainer.step(grads(k), replied);
-                    assertBitsEqual(rounded(pull(f, "room"), HalfFloatReference.BFLOAT16), replied, "step " + k);
+                    assertBitsEqual(HalfFloatReference.BFLOAT16.rounded(pull(f, "room")), replied, "step " + k);
                 }
             }
             assertFalse(f.server().registry().reservedBytes() > needed + (64 << 10), "within the limit");

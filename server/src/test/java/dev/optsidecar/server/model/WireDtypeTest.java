@@ -69,18 +69,6 @@ class WireDtypeTest {
         return spec.getName();
     }
 
-    /** Each value rounded to the format and widened back: what a 16-bit chunk of it carries. */
-    private static float[][] rounded(float[][] values, HalfFloatReference format) {
-        float[][] out = new float[values.length][];
-        for (int t = 0; t < values.length; t++) {
-            out[t] = new float[values[t].length];
-            for (int i = 0; i < values[t].length; i++) {
-                out[t][i] = (float) format.value(format.round(values[t][i]));
-            }
-        }
-        return out;
-    }
-
     @ParameterizedTest
     @EnumSource(value = WireDtype.class, names = {"WIRE_BFLOAT16", "WIRE_FLOAT16"})
     void aSixteenBitStepIsTheFloat32StepOfTheRoundedGradients(WireDtype wire) {
@@ -93,8 +81,8 @@ class WireDtypeTest {
                 float[][] sentAsSixteen = zeros();
                 float[][] sentAsFloat32 = zeros();
                 a.step(grads(k), sentAsSixteen);
-                b.step(rounded(grads(k), format), sentAsFloat32);
-                assertBitsEqual(rounded(sentAsFloat32, format), sentAsSixteen, "weights returned after step " + k);
+                b.step(format.rounded(grads(k)), sentAsFloat32);
+                assertBitsEqual(format.rounded(sentAsFloat32), sentAsSixteen, "weights returned after step " + k);
             }
         }
         assertBitsEqual(f.pull(wide), f.pull(narrow), "the float32 master weights");
@@ -128,7 +116,7 @@ class WireDtypeTest {
         }
         float[][] widened = zeros();
         f.client().pull(model, TRAIN, tensors(widened), List.of(), wire);
-        assertBitsEqual(rounded(master, format), widened, "the Java client's pull, widened");
+        assertBitsEqual(format.rounded(master), widened, "the Java client's pull, widened");
     }
 
     @ParameterizedTest
@@ -140,11 +128,11 @@ class WireDtypeTest {
         float[][] edited = initialWeights(77);
         try (Trainer a = f.client().trainer(narrow, "a", wire); Trainer b = f.client().trainer(wide, "b")) {
             a.step(grads(1), zeros());
-            b.step(rounded(grads(1), format), zeros());
+            b.step(format.rounded(grads(1)), zeros());
             a.setWeights(tensors(edited));
-            b.setWeights(tensors(rounded(edited, format)));
+            b.setWeights(tensors(format.rounded(edited)));
             a.step(grads(2), zeros());
-            b.step(rounded(grads(2), format), zeros());
+            b.step(format.rounded(grads(2)), zeros());
         }
         assertBitsEqual(f.pull(wide), f.pull(narrow), "weights after a 16-bit set and a step");
     }
@@ -161,7 +149,7 @@ class WireDtypeTest {
             first.join();
         }
         assertBitsEqual(f.pull(model), asFloat32, "the float32 trainer's weights");
-        assertBitsEqual(rounded(asFloat32, HalfFloatReference.BFLOAT16), asBfloat16, "the bfloat16 trainer's weights");
+        assertBitsEqual(HalfFloatReference.BFLOAT16.rounded(asFloat32), asBfloat16, "the bfloat16 trainer's weights");
     }
 
     /** A Step stream opened with {@code wire}. */
