@@ -14,7 +14,9 @@ Only ``opt.step()`` is timed. Each remote variant runs in turn beside the two lo
 the three alternating step by step (and which goes first) so that a busy machine slows all
 alike; after the warm-up steps the median of the timed steps is reported, with the remote step's
 transfer rate (2 x parameter bytes per step: gradient in, weights out, at the wire's width) and,
-as a check, the largest difference between the remote weights and local RAdam's at the end. torch
+as a check, the largest difference between the remote weights and local RAdam's at the end. Where
+a 16-bit variant and its float32 twin (``grpc-bf16`` and ``grpc``, ``uds-bf16`` and ``uds``) are
+both chosen, a second table times the two stepped in turn against each other, for their ratio. torch
 and the server use the same number of threads (``--threads``; the header prints both), torch's
 OpenMP threads sleeping between parallel operations (``--omp-wait-policy``, PASSIVE by default, as a
 trainer beside its server should run; the header prints it too)::
@@ -39,7 +41,8 @@ import torch
 from .launch import LocalServer
 from .optimizer import RemoteOptimizer
 
-__all__ = ["Row", "Variant", "VARIANTS", "parse_size", "bench_size", "format_row", "main"]
+__all__ = ["Row", "PairRow", "Variant", "VARIANTS", "WIRE_PAIRS", "parse_size", "bench_size", "bench_pair", "format_row",
+           "format_pair", "wire_pairs", "main"]
 
 _SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9}
 
@@ -168,6 +171,52 @@ def bench_size(n: int, variant: Variant, target: str, repeats: int, warmup: int,
                statistics.median(times[2]), variant.wire_bytes, max_diff)
 
 
+#: Each 16-bit variant and the float32 one it halves the bytes of, compared step by step.
+WIRE_PAIRS = (("grpc", "grpc-bf16"), ("uds", "uds-bf16"))
+
+
+class PairRow(NamedTuple):
+    """One size and wire pair: median remote step times in seconds, the two stepped in turn."""
+
+    params: int
+    wide: str
+    narrow: str
+    wide_s: float
+    narrow_s: float
+
+
+def wire_pairs(variants: Sequence[Variant]) -> List[Tuple[Variant, Variant]]:
+    """The pairs of :data:`WIRE_PAIRS` whose both variants were chosen."""
+    chosen = {v.name for v in variants}
+    return [(VARIANTS[w], VARIANTS[n]) for w, n in WIRE_PAIRS if w in chosen and n in chosen]
+
+
+def bench_pair(n: int, wide: Variant, narrow: Variant, target: str, repeats: int, warmup: int, lr: float = 1e-3,
+               seed: int = 0) -> PairRow:
+    """Times a float32 and a 16-bit remote variant on ``n`` parameters, stepped in turn (which one
+    first alternating) with the same gradients: a busy machine slows both alike, so their ratio is
+    steadier than that of two rows measured one after the other."""
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(n, generator=generator)) for _ in range(2)]
+    grads = [torch.randn(n, generator=generator) for _ in range(_GRADIENTS)]
+    optimizers = [RemoteOptimizer([p], lr, target=target, algorithm="RAdam",
+                                  model=f"bench-{size_label(n)}-{v.name}-pair-{os.getpid()}", **v.options)
+                  for p, v in zip(params, (wide, narrow))]
+    times: List[List[float]] = [[], []]
+    try:
+        for i in range(warmup + repeats):
+            for p in params:
+                p.grad = grads[i % _GRADIENTS]
+            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                seconds = timed_step(optimizers[k])
+                if i >= warmup:
+                    times[k].append(seconds)
+    finally:
+        for opt in optimizers:
+            opt.delete()
+    return PairRow(n, wide.name, narrow.name, statistics.median(times[0]), statistics.median(times[1]))
+
+
 #: Untimed steps of a 1K model per transport in the warm-up: a step's fixed-cost code (parsing,
 #: bookkeeping, the doorbell) runs once per step, so the JIT compiler reaches it only after
 #: thousands of steps, where the big loops need a few dozen.
@@ -222,6 +271,16 @@ def format_row(r: Row) -> str:
     return (f"{size_label(r.params):>7}  {r.variant:<10}  {r.radam_s * 1e3:>9.2f}  {r.fastest_s * 1e3:>10.2f}  "
             f"{r.remote_s * 1e3:>10.2f}  {r.remote_s / r.radam_s:>7.2f}  {r.remote_s / r.fastest_s:>8.2f}  "
             f"{rate}  {r.max_diff:>8.1e}")
+
+
+PAIR_HEADER = (f"{'params':>7}  {'float32':<10}  {'16-bit':<10}  {'float32 ms':>10}  {'16-bit ms':>10}  "
+               f"{'16-bit/float32':>14}")
+
+
+def format_pair(r: PairRow) -> str:
+    """One fixed-width line of the wire-pair table (columns as :data:`PAIR_HEADER`)."""
+    return (f"{size_label(r.params):>7}  {r.wide:<10}  {r.narrow:<10}  {r.wide_s * 1e3:>10.2f}  "
+            f"{r.narrow_s * 1e3:>10.2f}  {r.narrow_s / r.wide_s:>14.2f}")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -298,6 +357,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 where = f"unix:{socket_path}" if variant.unix_socket else target
                 print(format_row(bench_size(n, variant, where, *steps_for(n, args.repeats, args.warmup), args.lr)),
                       flush=True)
+        pairs = [(w, v) for w, v in wire_pairs(variants) if socket_path or not w.unix_socket]
+        if pairs:
+            print("\n16-bit against float32 chunks, the two remote optimizers stepped in turn (no local ones between):",
+                  flush=True)
+            print(PAIR_HEADER, flush=True)
+        for n in sizes:
+            for wide, narrow in pairs:
+                where = f"unix:{socket_path}" if wide.unix_socket else target
+                print(format_pair(bench_pair(n, wide, narrow, where, *steps_for(n, args.repeats, args.warmup),
+                                             args.lr)), flush=True)
     return 0
 
 
