@@ -217,8 +217,8 @@ OSC_EXPORT void JNICALL Java_dev_optsidecar_server_engine_cpu_NativeLoops_widenA
                          end - from, static_cast<double*>(sums.data));
 }
 
-// The 16-bit values land in a short[] (at an element index) or a byte[] (at an even byte index):
-// to_unit is the size of to's elements, so at * to_unit is the byte the first value goes to.
+// The 16-bit values land in a short[] or a byte[], from byte to_byte of its data (even: a whole
+// 16-bit slot, which the callers' indexes always are).
 static void narrow_into(JNIEnv* env, jboolean bfloat16, jfloatArray from, jint start, jint end, jarray to,
                         jlong to_byte) {
     Critical in(env, from, false);
