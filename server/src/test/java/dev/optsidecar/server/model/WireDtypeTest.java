@@ -121,6 +121,27 @@ class WireDtypeTest {
 
     @ParameterizedTest
     @EnumSource(value = WireDtype.class, names = {"WIRE_BFLOAT16", "WIRE_FLOAT16"})
+    void aComputedViewIsTheFloat32ViewRounded(WireDtype wire) {
+        // Schedule-Free's eval point x is computed from y and z as it is read: its 16-bit chunks
+        // are rounded from the computed values, and a step's 16-bit reply asking for it too.
+        View eval = View.newBuilder().setKind(ViewKind.VIEW_EVAL).build();
+        String model = register(spec("computed-" + SEQ.incrementAndGet(), "RAdamScheduleFree", struct("lr", 0.01),
+                NonFinitePolicy.NON_FINITE_POLICY_UNSPECIFIED));
+        float[][] replied = zeros();
+        try (Trainer a = f.client().trainer(model, "a", wire)) {
+            a.step(grads(1), zeros());
+            a.step(tensors(grads(2)), tensors(replied), new Trainer.StepOptions().view(eval));
+        }
+        float[][] wide = zeros();
+        float[][] narrow = zeros();
+        f.client().pull(model, eval, tensors(wide), List.of(), WireDtype.WIRE_FLOAT32);
+        f.client().pull(model, eval, tensors(narrow), List.of(), wire);
+        assertBitsEqual(format(wire).rounded(wide), narrow, "the eval view pulled in 16 bits");
+        assertBitsEqual(format(wire).rounded(wide), replied, "the eval view a 16-bit step replied with");
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = WireDtype.class, names = {"WIRE_BFLOAT16", "WIRE_FLOAT16"})
     void sixteenBitWeightsSetAreTheirExactValues(WireDtype wire) {
         HalfFloatReference format = format(wire);
         String narrow = register(radam("set-narrow"));
