@@ -102,17 +102,22 @@ class SegmentStepKernelTest {
         return levels;
     }
 
-    private static KernelCall call(boolean decoupled, boolean coupled, boolean lerp, float gradScale, double beta1) {
+    /** The scalars RAdam's and Adam's calls share: lr 1e-3, weight decay 0.01, beta2 0.999. */
+    private static KernelCall.Builder moments(Kernel kernel, float gradScale, double beta1) {
         double lr = 1e-3;
         double weightDecay = 0.01;
-        return Kernel.RADAM_RECTIFIED.call()
+        return kernel.call()
                 .scalar("grad_scale", gradScale)
                 .scalar("decay_factor", (float) (1 - lr * weightDecay))
                 .scalar("weight_decay", (float) weightDecay)
                 .scalar("beta1", (float) beta1)
                 .scalar("one_minus_beta1", (float) (1 - beta1))
                 .scalar("beta2", 0.999f)
-                .scalar("one_minus_beta2", (float) (1 - 0.999))
+                .scalar("one_minus_beta2", (float) (1 - 0.999));
+    }
+
+    private static KernelCall call(boolean decoupled, boolean coupled, boolean lerp, float gradScale, double beta1) {
+        return moments(Kernel.RADAM_RECTIFIED, gradScale, beta1)
                 .flag("decoupled_weight_decay", decoupled)
                 .flag("coupled_weight_decay", coupled)
                 .flag("lerp_first_moment", lerp)
@@ -125,15 +130,7 @@ class SegmentStepKernelTest {
     /** Adam's call at step 3 (AdamW's with {@code decoupled}). */
     private static KernelCall adamCall(boolean decoupled, boolean coupled, float gradScale) {
         double lr = 1e-3;
-        double weightDecay = 0.01;
-        return Kernel.ADAM.call()
-                .scalar("grad_scale", gradScale)
-                .scalar("decay_factor", (float) (1 - lr * weightDecay))
-                .scalar("weight_decay", (float) weightDecay)
-                .scalar("beta1", 0.9f)
-                .scalar("one_minus_beta1", (float) (1 - 0.9))
-                .scalar("beta2", 0.999f)
-                .scalar("one_minus_beta2", (float) (1 - 0.999))
+        return moments(Kernel.ADAM, gradScale, 0.9)
                 .scalar("step_size", (float) (lr / (1 - Math.pow(0.9, 3))))
                 .scalar("inv_sqrt_bias_correction2", (float) (1 / Math.sqrt(1 - Math.pow(0.999, 3))))
                 .scalar("eps", 1e-8f)
