@@ -42,7 +42,7 @@ from .launch import LocalServer
 from .optimizer import RemoteOptimizer
 
 __all__ = ["Row", "PairRow", "Variant", "VARIANTS", "WIRE_PAIRS", "parse_size", "bench_size", "bench_pair", "format_row",
-           "format_pair", "wire_pairs", "main"]
+           "format_pair", "wire_pairs", "process_cpu_seconds", "main"]
 
 _SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9}
 
@@ -176,13 +176,35 @@ WIRE_PAIRS = (("grpc", "grpc-bf16"), ("uds", "uds-bf16"))
 
 
 class PairRow(NamedTuple):
-    """One size and wire pair: median remote step times in seconds, the two stepped in turn."""
+    """One size and wire pair: median remote step times in seconds, the two stepped in turn, and
+    the mean CPU seconds a step of each used in this process and in the server (None where the
+    server's could not be read)."""
 
     params: int
     wide: str
     narrow: str
     wide_s: float
     narrow_s: float
+    wide_cpu_s: Optional[Tuple[float, Optional[float]]] = None
+    narrow_cpu_s: Optional[Tuple[float, Optional[float]]] = None
+
+    def cpu_ratio(self) -> Optional[float]:
+        """The 16-bit step's CPU time (client and server) over the float32 step's, where both are known."""
+        if self.wide_cpu_s is None or self.narrow_cpu_s is None or None in (self.wide_cpu_s[1], self.narrow_cpu_s[1]):
+            return None
+        return sum(self.narrow_cpu_s) / sum(self.wide_cpu_s)
+
+
+def process_cpu_seconds(pid: int) -> Optional[float]:
+    """CPU time (user and system, every thread) process ``pid`` has used, from ``/proc``; None
+    where it cannot be read (no ``/proc``, or the process has gone). It is counted in clock ticks
+    (10 ms): its mean over many steps is what means something."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def wire_pairs(variants: Sequence[Variant]) -> List[Tuple[Variant, Variant]]:
@@ -192,10 +214,12 @@ def wire_pairs(variants: Sequence[Variant]) -> List[Tuple[Variant, Variant]]:
 
 
 def bench_pair(n: int, wide: Variant, narrow: Variant, target: str, repeats: int, warmup: int, lr: float = 1e-3,
-               seed: int = 0) -> PairRow:
+               seed: int = 0, server_pid: Optional[int] = None) -> PairRow:
     """Times a float32 and a 16-bit remote variant on ``n`` parameters, stepped in turn (which one
     first alternating) with the same gradients: a busy machine slows both alike, so their ratio is
-    steadier than that of two rows measured one after the other."""
+    steadier than that of two rows measured one after the other. Each step's CPU time is counted
+    too, in this process and, given ``server_pid``, in the server: with both on the same cores, a
+    step takes at least its CPU time over the cores, whatever overlaps."""
     generator = torch.Generator().manual_seed(seed)
     params = [torch.nn.Parameter(torch.randn(n, generator=generator)) for _ in range(2)]
     grads = [torch.randn(n, generator=generator) for _ in range(_GRADIENTS)]
@@ -203,18 +227,34 @@ def bench_pair(n: int, wide: Variant, narrow: Variant, target: str, repeats: int
                                   model=f"bench-{size_label(n)}-{v.name}-pair-{os.getpid()}", **v.options)
                   for p, v in zip(params, (wide, narrow))]
     times: List[List[float]] = [[], []]
+
+    def cpu_now() -> Tuple[float, Optional[float]]:
+        return time.process_time(), None if server_pid is None else process_cpu_seconds(server_pid)
+
+    client_cpu: List[List[float]] = [[], []]
+    server_cpu: List[List[Optional[float]]] = [[], []]
     try:
         for i in range(warmup + repeats):
             for p in params:
                 p.grad = grads[i % _GRADIENTS]
             for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                client_before, server_before = cpu_now()
                 seconds = timed_step(optimizers[k])
+                client_after, server_after = cpu_now()
                 if i >= warmup:
                     times[k].append(seconds)
+                    client_cpu[k].append(client_after - client_before)
+                    server_cpu[k].append(None if server_before is None or server_after is None
+                                         else server_after - server_before)
     finally:
         for opt in optimizers:
             opt.delete()
-    return PairRow(n, wide.name, narrow.name, statistics.median(times[0]), statistics.median(times[1]))
+
+    def cpu(k: int) -> Tuple[float, Optional[float]]:
+        server = None if None in server_cpu[k] else statistics.fmean(server_cpu[k])
+        return statistics.fmean(client_cpu[k]), server
+
+    return PairRow(n, wide.name, narrow.name, statistics.median(times[0]), statistics.median(times[1]), cpu(0), cpu(1))
 
 
 #: Untimed steps of a 1K model per transport in the warm-up: a step's fixed-cost code (parsing,
@@ -274,13 +314,22 @@ def format_row(r: Row) -> str:
 
 
 PAIR_HEADER = (f"{'params':>7}  {'float32':<10}  {'16-bit':<10}  {'float32 ms':>10}  {'16-bit ms':>10}  "
-               f"{'16-bit/float32':>14}")
+               f"{'16-bit/float32':>14}  {'float32 CPU ms':>14}  {'16-bit CPU ms':>14}  {'CPU ratio':>9}")
+
+
+def _format_cpu(cpu: Optional[Tuple[float, Optional[float]]]) -> str:
+    if cpu is None:
+        return "-"
+    client, server = cpu
+    return f"{client * 1e3:.1f}+{'?' if server is None else f'{server * 1e3:.1f}'}"
 
 
 def format_pair(r: PairRow) -> str:
     """One fixed-width line of the wire-pair table (columns as :data:`PAIR_HEADER`)."""
+    ratio = r.cpu_ratio()
     return (f"{size_label(r.params):>7}  {r.wide:<10}  {r.narrow:<10}  {r.wide_s * 1e3:>10.2f}  "
-            f"{r.narrow_s * 1e3:>10.2f}  {r.narrow_s / r.wide_s:>14.2f}")
+            f"{r.narrow_s * 1e3:>10.2f}  {r.narrow_s / r.wide_s:>14.2f}  {_format_cpu(r.wide_cpu_s):>14}  "
+            f"{_format_cpu(r.narrow_cpu_s):>14}  {'-' if ratio is None else f'{ratio:.2f}':>9}")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -334,7 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     variants = [VARIANTS[t.strip()] for t in args.transports.split(",") if t.strip()]
     torch.set_num_threads(args.threads)
     with contextlib.ExitStack() as stack:
-        target, socket_path = args.target, args.unix_socket
+        target, socket_path, server_pid = args.target, args.unix_socket, None
         if args.start_server:
             scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="optsidecar-bench-"))
             socket_path = os.path.join(scratch, "server.sock")
@@ -345,6 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 server_args += ["--shm-dir", shm_dir]
             server = LocalServer(args.start_server, java_options=[f"-Xmx{args.server_heap}"], server_args=server_args)
             target = stack.enter_context(server).target
+            server_pid = server.process.pid
         print(header(target, bool(args.start_server), args.threads, args.repeats, args.warmup, args.server_warmup,
                      args.lr), flush=True)
         warm_up_server(target, args.server_warmup)
@@ -359,14 +409,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       flush=True)
         pairs = [(w, v) for w, v in wire_pairs(variants) if socket_path or not w.unix_socket]
         if pairs:
-            print("\n16-bit against float32 chunks, the two remote optimizers stepped in turn (no local ones between):",
-                  flush=True)
+            print("\n16-bit against float32 chunks, the two remote optimizers stepped in turn (no local ones between);"
+                  "\n  CPU ms: mean CPU time per step, this process's + the server's (? unless started here); CPU ratio:"
+                  " 16-bit's total over float32's", flush=True)
             print(PAIR_HEADER, flush=True)
         for n in sizes:
             for wide, narrow in pairs:
                 where = f"unix:{socket_path}" if wide.unix_socket else target
                 print(format_pair(bench_pair(n, wide, narrow, where, *steps_for(n, args.repeats, args.warmup),
-                                             args.lr)), flush=True)
+                                             args.lr, server_pid=server_pid)), flush=True)
     return 0
 
 

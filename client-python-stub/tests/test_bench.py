@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 
-from optsidecar.bench import VARIANTS, PairRow, format_pair, parse_args, restart_for_omp_policy, wire_pairs
+from optsidecar.bench import (VARIANTS, PairRow, bench_pair, format_pair, parse_args, process_cpu_seconds,
+                              restart_for_omp_policy, wire_pairs)
 
 
 def test_the_bench_restarts_itself_under_a_passive_openmp_wait_policy_by_default():
@@ -25,4 +29,46 @@ def test_a_sixteen_bit_variant_is_paired_with_its_float32_twin_only_when_both_ar
                wire_pairs(list(VARIANTS.values())))
     assert wire_pairs([VARIANTS["uds"], VARIANTS["shm"]]) == []
     assert format_pair(PairRow(10**7, "uds", "uds-bf16", 0.1, 0.065)).split() == [
-        "10M", "uds", "uds-bf16", "100.00", "65.00", "0.65"]
+        "10M", "uds", "uds-bf16", "100.00", "65.00", "0.65", "-", "-", "-"]
+
+
+def test_the_pair_table_counts_client_and_server_cpu_and_their_ratio_only_where_both_are_known():
+    row = PairRow(10**7, "grpc", "grpc-bf16", 0.103, 0.077, (0.079, 0.108), (0.050, 0.070))
+    assert format_pair(row).split()[6:] == ["79.0+108.0", "50.0+70.0", f"{120 / 187:.2f}"]
+    unknown_server = row._replace(wide_cpu_s=(0.079, None))
+    assert unknown_server.cpu_ratio() is None
+    assert format_pair(unknown_server).split()[6:] == ["79.0+?", "50.0+70.0", "-"]
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_cpu_time_is_read_for_this_process_and_for_another_one_while_it_lives():
+    before = process_cpu_seconds(os.getpid())
+    _spin(0.2)
+    assert process_cpu_seconds(os.getpid()) - before >= 0.15
+    # A child that spins for 0.5 s, then waits to be read.
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nend = time.perf_counter() + 0.5\n"
+                              "while time.perf_counter() < end: pass\nprint('spun', flush=True)\nsys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "spun\n"
+        assert 0.4 <= process_cpu_seconds(child.pid) <= 5
+    finally:
+        child.communicate("")
+    assert process_cpu_seconds(child.pid) is None  # reaped: nothing to read
+
+
+def test_a_pair_run_against_the_server_counts_both_sides_cpu(server, target):
+    row = bench_pair(10**5, VARIANTS["grpc"], VARIANTS["grpc-bf16"], target, repeats=4, warmup=1,
+                     server_pid=server.process.pid)
+    assert (row.params, row.wide, row.narrow) == (10**5, "grpc", "grpc-bf16")
+    assert row.wide_s > 0 and row.narrow_s > 0
+    for client, server_cpu in (row.wide_cpu_s, row.narrow_cpu_s):
+        assert client > 0 and server_cpu is not None and server_cpu >= 0
+    assert row.cpu_ratio() is not None
+    # Without the server's process id only this process's share is known.
+    assert bench_pair(10**5, VARIANTS["grpc"], VARIANTS["grpc-bf16"], target, repeats=2, warmup=1).cpu_ratio() is None
