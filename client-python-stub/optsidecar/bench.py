@@ -16,7 +16,8 @@ alike; after the warm-up steps the median of the timed steps is reported, with t
 transfer rate (2 x parameter bytes per step: gradient in, weights out, at the wire's width) and,
 as a check, the largest difference between the remote weights and local RAdam's at the end. Where
 a 16-bit variant and its float32 twin (``grpc-bf16`` and ``grpc``, ``uds-bf16`` and ``uds``) are
-both chosen, a second table times the two stepped in turn against each other, for their ratio. torch
+both chosen, a second table times the two stepped in turn against each other, for their ratio, and
+counts the CPU time each step used here and (with ``--start-server``) in the server. torch
 and the server use the same number of threads (``--threads``; the header prints both), torch's
 OpenMP threads sleeping between parallel operations (``--omp-wait-policy``, PASSIVE by default, as a
 trainer beside its server should run; the header prints it too)::
